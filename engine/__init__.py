@@ -1,0 +1,26 @@
+"""Tilewise's inference engine: nnU-Net v2 compatible sliding-window prediction with events and cancellation.
+
+Plain Python + torch (+ nnunetv2); never imports Qt or napari, so it runs in batch jobs and Ray workers.
+"""
+from __future__ import annotations
+
+import io as _io
+from contextlib import redirect_stdout as _redirect_stdout
+
+with _redirect_stdout(_io.StringIO()):  # nnunetv2.paths prints hints about unset environment variables
+    import nnunetv2.paths  # noqa: F401
+
+from .errors import Cancelled, InputError, ModelError, OutOfMemoryError, TilewiseError, UntrustedCheckpointError
+from .io import read_volume, write_labels
+from .model import ModelBundle, available_folds
+from .predictor import Predictor, Result, RunSettings
+from .presets import Preset, get_preset, load_presets
+from .runner import CancelToken, TileEvent
+from .tiling import Tile
+from .volume import Geometry, Volume
+
+__all__ = [
+    "Cancelled", "CancelToken", "Geometry", "InputError", "ModelBundle", "ModelError", "OutOfMemoryError",
+    "Predictor", "Preset", "Result", "RunSettings", "Tile", "TileEvent", "TilewiseError", "UntrustedCheckpointError",
+    "Volume", "available_folds", "get_preset", "load_presets", "read_volume", "write_labels",
+]

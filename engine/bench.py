@@ -1,0 +1,163 @@
+"""``tilewise bench``: our engine against nnU-Net's own predictor, same input, same settings, one run."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .cases import collect_cases
+from .cli import preset_from_args
+from .errors import TilewiseError
+from .model import ModelBundle, available_folds
+
+
+@dataclass
+class Timed:
+    """Wall time and peak resident memory of one finished child process."""
+
+    seconds: float
+    peak_rss_mb: float
+    returncode: int
+    stderr: str
+
+
+def run_timed(command: list[str], env: dict[str, str] | None = None) -> Timed:
+    """Run ``command`` to completion; report its wall time and peak RSS (including its own child processes)."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        text = err.read().decode(errors="replace")
+    return Timed(seconds, usage.ru_maxrss / 1024, process.returncode, text)
+
+
+def dice_per_label(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
+    """Dice of every non-zero label present in either map."""
+    labels = sorted(set(np.unique(a).tolist()) | set(np.unique(b).tolist()) - {0})
+    scores = {}
+    for label in labels:
+        in_a, in_b = a == label, b == label
+        total = int(in_a.sum()) + int(in_b.sum())
+        scores[int(label)] = 1.0 if total == 0 else 2.0 * int((in_a & in_b).sum()) / total
+    return scores
+
+
+def _stage_input(source: Path, bundle: ModelBundle, folder: Path) -> list[Path]:
+    """Copy the case into ``folder`` with nnU-Net's naming and the dataset's file ending (both tools read it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cases = collect_cases(source, folder / "unused", bundle.num_input_channels)
+    if len(cases) != 1:
+        raise TilewiseError(source, f"bench takes one case, found {len(cases)}")
+    staged = []
+    for channel, path in enumerate(cases[0].inputs):
+        target = folder / f"case_{channel:04d}{bundle.file_ending}"
+        sitk.WriteImage(sitk.ReadImage(str(path)), str(target), True)
+        staged.append(target)
+    return staged
+
+
+def _ours_command(args: argparse.Namespace, staged: Path, out: Path, report: Path) -> list[str]:
+    command = [sys.executable, "-m", "tilewise.engine.cli", "predict", "-i", str(staged), "-o", str(out),
+               "-m", str(args.model), "--preset", args.preset, "-device", args.device, "--report", str(report), "-q"]
+    for flag, value in (("-step_size", args.step_size), ("--precision", args.precision),
+                        ("--batch-size", args.batch_size), ("-chk", args.checkpoint)):
+        if value is not None:
+            command += [flag, str(value)]
+    if args.folds:
+        command += ["-f", *args.folds]
+    if args.disable_tta:
+        command.append("--disable_tta")
+    if args.trust_model:
+        command.append("--trust-model")
+    return command
+
+
+def _nnunet_command(args: argparse.Namespace, report: dict, staged: Path, out: Path, device: str) -> list[str]:
+    entry = "from nnunetv2.inference.predict_from_raw_data import predict_entry_point_modelfolder as m; m()"
+    command = [sys.executable, "-c", entry, "-i", str(staged), "-o", str(out), "-m", str(args.model),
+               "-f", *report["folds"], "-step_size", str(report["tile_step"]), "-device", device,
+               "--disable_progress_bar"]
+    if not report["mirror_axes"]:
+        command.append("--disable_tta")
+    if args.checkpoint:
+        command += ["-chk", args.checkpoint]
+    return command
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Run the bench command; prints a table and, as the last line, one JSON object."""
+    preset = preset_from_args(args)
+    model_dir = Path(args.model).expanduser()
+    folds = args.folds or preset.choose_folds(available_folds(model_dir, args.checkpoint) if model_dir.is_dir() else [])
+    bundle = ModelBundle.load(model_dir, folds=folds or None, checkpoint_name=args.checkpoint, trust=args.trust_model)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tilewise-bench-"))
+    try:
+        staged = _stage_input(Path(args.input), bundle, workdir / "input")
+        ours_out, report_path = workdir / "tilewise", workdir / "tilewise-report.json"
+        ours = run_timed(_ours_command(args, staged[0].parent, ours_out, report_path))
+        if ours.returncode != 0:
+            raise TilewiseError("tilewise predict", f"failed: {ours.stderr.strip().splitlines()[-1] if ours.stderr.strip() else ours.returncode}")
+        report = json.loads(report_path.read_text())
+        case = report["cases"][0]
+        summary: dict = {
+            "preset": preset.name, "device": report["device"], "precision": report["precision"],
+            "folds": report["folds"], "mirroring": bool(report["mirror_axes"]), "tile_step": report["tile_step"],
+            "batch_size": report["batch_size"], "tiles": case["tiles"], "forward_passes": case["forward_passes"],
+            "tiles_per_s": case["tiles"] / max(case["timings"]["sliding_window"], 1e-9),
+            "ours_s": round(ours.seconds, 2), "ours_peak_rss_mb": round(ours.peak_rss_mb),
+            "stages_s": {"load": round(report["load_s"], 2), **{k: round(v, 2) for k, v in case["timings"].items()}},
+        }
+        _print_ours(summary)
+        if args.against == "nnunet":
+            nnunet_out = workdir / "nnunet"
+            device = "cpu" if report["device"] == "cpu" else "cuda" if report["device"].startswith("cuda") else report["device"]
+            theirs = run_timed(_nnunet_command(args, report, staged[0].parent, nnunet_out, device))
+            if theirs.returncode != 0:
+                raise TilewiseError("nnUNetv2_predict_from_modelfolder", f"failed: {theirs.stderr.strip()[-300:]}")
+            ours_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(ours_out / f"case{bundle.file_ending}")))
+            their_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(nnunet_out / f"case{bundle.file_ending}")))
+            dice = dice_per_label(ours_labels, their_labels)
+            agreement = float((ours_labels == their_labels).mean())
+            summary.update({
+                "nnunet_s": round(theirs.seconds, 2), "nnunet_peak_rss_mb": round(theirs.peak_rss_mb),
+                "nnunet_precision": "fp16 autocast" if device.startswith("cuda") else "fp32",
+                "speedup": round(theirs.seconds / ours.seconds, 3), "dice": {str(k): round(v, 5) for k, v in dice.items()},
+                "dice_min": round(min(dice.values()), 5) if dice else 1.0, "voxel_agreement": round(agreement, 6),
+            })
+            _print_against(summary)
+        print(json.dumps(summary))
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _print_ours(summary: dict) -> None:
+    stages = "  ".join(f"{k} {v:.2f}s" for k, v in summary["stages_s"].items())
+    print(f"settings   preset {summary['preset']}, folds {','.join(summary['folds'])}, mirroring "
+          f"{'on' if summary['mirroring'] else 'off'}, step {summary['tile_step']}, {summary['precision']}, "
+          f"batch {summary['batch_size']}, device {summary['device']}")
+    print(f"tilewise   {summary['ours_s']:.2f}s end-to-end, peak {summary['ours_peak_rss_mb']} MB, "
+          f"{summary['tiles']} tiles ({summary['tiles_per_s']:.2f}/s), {summary['forward_passes']} forward passes")
+    print(f"  stages   {stages}")
+
+
+def _print_against(summary: dict) -> None:
+    dice = "  ".join(f"{k}: {v:.4f}" for k, v in summary["dice"].items())
+    print(f"nnU-Net    {summary['nnunet_s']:.2f}s end-to-end, peak {summary['nnunet_peak_rss_mb']} MB "
+          f"({summary['nnunet_precision']})")
+    print(f"speed-up   {summary['speedup']:.2f}x    Dice per label  {dice}    voxel agreement "
+          f"{summary['voxel_agreement']:.5f}")

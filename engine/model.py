@@ -1,0 +1,229 @@
+"""A trained nnU-Net v2 model folder: plans, labels, folds and one network per fold, built through nnunetv2."""
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import re
+from contextlib import redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint
+from .errors import ModelError
+
+CHECKPOINT_NAMES: tuple[str, ...] = ("checkpoint_final.pth", "checkpoint_best.pth")
+_FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
+
+
+def _fold_key(fold: str) -> tuple[int, str]:
+    return (1, fold) if fold == "all" else (0, f"{int(fold):06d}")
+
+
+def available_folds(model_dir: Path, checkpoint_name: str | None = None) -> list[str]:
+    """Folds (as strings: '0', '1', ..., 'all') with a checkpoint, in numeric order."""
+    names = (checkpoint_name,) if checkpoint_name else CHECKPOINT_NAMES
+    folds = [
+        match[1]
+        for child in model_dir.iterdir()
+        if child.is_dir() and (match := _FOLD_DIR.match(child.name)) and any((child / n).is_file() for n in names)
+    ]
+    return sorted(folds, key=_fold_key)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelError(path.parent, f"not an nnU-Net model folder ({path.name} is missing)")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelError(path, f"invalid JSON ({error})") from None
+
+
+@dataclass
+class ModelBundle:
+    """Everything needed to run one nnU-Net model: configuration, labels, mirror axes and per-fold networks."""
+
+    path: Path
+    dataset_json: dict[str, Any]
+    plans: dict[str, Any]
+    configuration_name: str
+    trainer_name: str
+    folds: list[str]
+    checkpoint_name: str
+    mirror_axes: tuple[int, ...]
+    fold_weights: list[dict[str, torch.Tensor]] = field(repr=False)
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: Path | str,
+        folds: list[str] | None = None,
+        checkpoint_name: str | None = None,
+        trust: bool = False,
+    ) -> "ModelBundle":
+        """Open an nnU-Net trained-model folder.
+
+        ``folds`` None means every fold with a checkpoint. ``checkpoint_name`` None prefers checkpoint_final.pth and
+        falls back to checkpoint_best.pth. Checkpoints are loaded safely unless ``trust`` is True.
+        """
+        path = Path(model_dir).expanduser()
+        if not path.is_dir():
+            raise ModelError(path, "model folder not found")
+        dataset_json = _read_json(path / "dataset.json")
+        plans = _read_json(path / "plans.json")
+        present = available_folds(path, checkpoint_name)
+        if not present:
+            wanted = checkpoint_name or " or ".join(CHECKPOINT_NAMES)
+            raise ModelError(path, f"no trained folds found (expected fold_*/{wanted})")
+        chosen = [str(f) for f in folds] if folds else present
+        missing = [f for f in chosen if f not in present]
+        if missing:
+            raise ModelError(path, f"fold(s) {', '.join(missing)} not found; available: {', '.join(present)}")
+
+        weights: list[dict[str, torch.Tensor]] = []
+        names: list[str] = []
+        configuration_name = trainer_name = ""
+        mirror_axes: tuple[int, ...] = ()
+        for index, fold in enumerate(chosen):
+            name = checkpoint_name or next(n for n in CHECKPOINT_NAMES if (path / f"fold_{fold}" / n).is_file())
+            checkpoint = load_checkpoint(path / f"fold_{fold}" / name, trust=trust)
+            if index == 0:
+                try:
+                    configuration_name = str(checkpoint["init_args"]["configuration"])
+                    trainer_name = str(checkpoint["trainer_name"])
+                except (KeyError, TypeError):
+                    raise ModelError(path / f"fold_{fold}" / name, "checkpoint lacks init_args/trainer_name") from None
+                axes = checkpoint.get("inference_allowed_mirroring_axes")
+                mirror_axes = tuple(int(a) for a in axes) if axes is not None else ()
+            weights.append(checkpoint["network_weights"])
+            names.append(name)
+        bundle = cls(
+            path=path,
+            dataset_json=dataset_json,
+            plans=plans,
+            configuration_name=configuration_name,
+            trainer_name=trainer_name,
+            folds=chosen,
+            checkpoint_name=names[0],
+            mirror_axes=mirror_axes,
+            fold_weights=weights,
+        )
+        bundle._validate()
+        return bundle
+
+    def _validate(self) -> None:
+        if self.configuration_name not in self.plans.get("configurations", {}):
+            raise ModelError(self.path, f"configuration '{self.configuration_name}' is not in plans.json")
+        if self.configuration_manager.previous_stage_name is not None:
+            raise ModelError(
+                self.path,
+                f"'{self.configuration_name}' is a cascade stage that needs the "
+                f"'{self.configuration_manager.previous_stage_name}' prediction first; cascades are not supported, "
+                "use the 3d_fullres or 3d_lowres model instead",
+            )
+
+    # ---- nnU-Net views of the plans -------------------------------------------------------------
+    @property
+    def plans_manager(self) -> Any:
+        """nnunetv2's PlansManager for plans.json."""
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        if not hasattr(self, "_plans_manager"):
+            self._plans_manager = PlansManager(self.plans)
+        return self._plans_manager
+
+    @property
+    def configuration_manager(self) -> Any:
+        """nnunetv2's ConfigurationManager of the configuration the checkpoints were trained with."""
+        if not hasattr(self, "_configuration_manager"):
+            self._configuration_manager = self.plans_manager.get_configuration(self.configuration_name)
+        return self._configuration_manager
+
+    @property
+    def label_manager(self) -> Any:
+        """nnunetv2's LabelManager (labels, regions, inference non-linearity)."""
+        if not hasattr(self, "_label_manager"):
+            self._label_manager = self.plans_manager.get_label_manager(self.dataset_json)
+        return self._label_manager
+
+    @property
+    def num_input_channels(self) -> int:
+        """Number of image channels the network expects."""
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+        return int(determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json))
+
+    @property
+    def channel_names(self) -> list[str]:
+        """Channel (modality) names from dataset.json, in channel order."""
+        channels = self.dataset_json.get("channel_names") or self.dataset_json.get("modality") or {}
+        return [str(channels[k]) for k in sorted(channels, key=int)]
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        """Output label value -> name (for region-based models, the values of regions_class_order)."""
+        labels = self.dataset_json["labels"]
+        if self.label_manager.has_regions:
+            order = self.dataset_json["regions_class_order"]
+            region_names = [name for name in labels if name != "background"]
+            return {0: "background", **{int(v): region_names[i] for i, v in enumerate(order)}}
+        return {int(v): str(k) for k, v in labels.items() if isinstance(v, int)}
+
+    @property
+    def patch_size(self) -> tuple[int, ...]:
+        """Network input tile size (2 or 3 axes)."""
+        return tuple(int(p) for p in self.configuration_manager.patch_size)
+
+    @property
+    def is_2d(self) -> bool:
+        """True for a 2d configuration (slices are predicted one by one)."""
+        return len(self.patch_size) == 2
+
+    @property
+    def dataset_name(self) -> str:
+        """Dataset name from dataset.json or plans.json."""
+        return str(self.dataset_json.get("name") or self.plans.get("dataset_name") or self.path.name)
+
+    @property
+    def file_ending(self) -> str:
+        """The dataset's image file ending ('.nii.gz' unless dataset.json says otherwise)."""
+        return str(self.dataset_json.get("file_ending", ".nii.gz"))
+
+    # ---- networks -----------------------------------------------------------------------------
+    def build_networks(self) -> list[nn.Module]:
+        """One network per fold, built by the checkpoint's trainer class (so custom trainers and ResEnc work)."""
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+        with redirect_stdout(io.StringIO()):
+            trainer_class = recursive_find_trainer_class_by_name(self.trainer_name)
+        if trainer_class is None:
+            raise ModelError(self.path, f"trainer class '{self.trainer_name}' not found in nnunetv2 or its plugins")
+        num_outputs = self.label_manager.num_segmentation_heads
+        networks = []
+        for fold, state in zip(self.folds, self.fold_weights):
+            network = self._build_one(trainer_class, num_outputs)
+            try:
+                network.load_state_dict(state)
+            except RuntimeError as error:
+                raise ModelError(self.path / f"fold_{fold}", f"weights do not fit the planned network ({str(error).splitlines()[0]})") from None
+            networks.append(network.eval())
+        return networks
+
+    def _build_one(self, trainer_class: Any, num_outputs: int) -> nn.Module:
+        parameters = inspect.signature(trainer_class.build_network_architecture).parameters
+        if "plans_manager" in parameters:
+            return trainer_class.build_network_architecture(
+                self.plans_manager, self.configuration_manager, self.num_input_channels, num_outputs,
+                enable_deep_supervision=False,
+            )
+        manager = self.configuration_manager
+        return trainer_class.build_network_architecture(
+            manager.network_arch_class_name, manager.network_arch_init_kwargs,
+            manager.network_arch_init_kwargs_req_import, self.num_input_channels, num_outputs,
+            enable_deep_supervision=False,
+        )

@@ -1,0 +1,92 @@
+"""``tilewise predict``: segment every case of an input and write labels next to nothing half-done."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .cases import collect_cases
+from .cli import preset_from_args, write_json
+from .io import read_volume, write_labels, write_probabilities
+from .predictor import Predictor
+from .runner import TileEvent
+
+
+class _Progress:
+    """A per-case tqdm bar on the terminal, fed by tile events."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+
+    def start(self, label: str) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=0, desc=label, unit="tile", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def __call__(self, event: TileEvent) -> None:
+        if self._bar is not None:
+            self._bar.total = event.total
+            self._bar.update(event.done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Run the predict command; returns the exit status."""
+    started = time.perf_counter()
+    preset = preset_from_args(args)
+    predictor = Predictor(args.model, preset, device=args.device, folds=args.folds,
+                          checkpoint_name=args.checkpoint, trust=args.trust_model)
+    output_dir = Path(args.output)
+    cases = collect_cases(Path(args.input), output_dir, predictor.bundle.num_input_channels, args.channels)
+    if args.continue_prediction:
+        cases = [c for c in cases if not c.output.exists()]
+    quiet = args.quiet
+    show_bar = not quiet and not args.disable_progress_bar and sys.stderr.isatty()
+    settings = predictor.settings
+    if args.verbose and not quiet:
+        print(f"model {predictor.bundle.path} ({predictor.bundle.configuration_name}), folds {settings.folds}, "
+              f"mirror axes {settings.mirror_axes}, step {settings.tile_step}, {settings.precision}, "
+              f"batch {settings.batch_size}, device {settings.device}", file=sys.stderr)
+    progress = _Progress(show_bar)
+    report_cases = []
+    for number, case in enumerate(cases, 1):
+        read_started = time.perf_counter()
+        volume = read_volume(list(case.inputs))
+        read_seconds = time.perf_counter() - read_started
+        progress.start(f"[{number}/{len(cases)}] {case.name}")
+        try:
+            result = predictor.predict(volume, on_event=progress, with_probabilities=args.save_probabilities)
+        finally:
+            progress.close()
+        write_started = time.perf_counter()
+        write_labels(result.labels, volume.geometry, case.output)
+        if args.save_probabilities and result.probabilities is not None:
+            write_probabilities(result.probabilities, result.properties, case.output_truncated)
+        timings = {"read": read_seconds, **{k: v for k, v in result.timings.items() if k != "load"},
+                   "write": time.perf_counter() - write_started}
+        for note in result.notes:
+            print(f"tilewise: note: {case.name}: {note}", file=sys.stderr)
+        if args.verbose and not quiet:
+            stages = ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())
+            print(f"{case.name}: {result.tiles} tiles, {result.forward_passes} passes; {stages}", file=sys.stderr)
+        report_cases.append({"case": case.name, "output": str(case.output), "tiles": result.tiles,
+                             "forward_passes": result.forward_passes, "timings": timings, "notes": result.notes})
+    total = time.perf_counter() - started
+    if not quiet:
+        print(f"tilewise: {len(cases)} case(s) written to {output_dir} in {total:.1f}s", file=sys.stderr)
+    if args.report is not None:
+        write_json(args.report, {
+            "model": str(predictor.bundle.path), "configuration": predictor.bundle.configuration_name,
+            "preset": preset.name, "folds": settings.folds, "mirror_axes": list(settings.mirror_axes),
+            "tile_step": settings.tile_step, "precision": settings.precision, "batch_size": settings.batch_size,
+            "device": str(settings.device), "load_s": predictor.load_seconds, "total_s": total, "cases": report_cases,
+        })
+    return 0

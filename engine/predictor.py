@@ -1,0 +1,159 @@
+"""One model, one preset, one device: preprocess -> sliding window -> export, with per-stage timings."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .devices import default_batch_size, resolve_device, resolve_precision
+from .errors import InputError
+from .export import export_logits, logits_to_labels
+from .model import ModelBundle, available_folds
+from .preprocess import preprocess
+from .presets import Preset
+from .runner import CancelToken, EventHandler, SlidingWindowRunner
+from .tiling import Tile
+from .volume import Geometry, Volume
+
+
+@dataclass
+class Result:
+    """Labels on the input grid (z, y, x) with the input's geometry, plus what the run cost."""
+
+    labels: np.ndarray
+    geometry: Geometry
+    probabilities: np.ndarray | None
+    properties: dict[str, Any]
+    timings: dict[str, float]
+    tiles: int
+    forward_passes: int
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """A preset resolved for one model and device: concrete folds, mirror axes, precision and batch size."""
+
+    folds: list[str]
+    mirror_axes: tuple[int, ...]
+    tile_step: float
+    precision: str
+    batch_size: int
+    device: torch.device
+
+
+class Predictor:
+    """Loads a model once and predicts volumes with it.
+
+    ``folds`` overrides the preset's choice; ``trust`` allows checkpoints that need full unpickling.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path | str,
+        preset: Preset,
+        device: str | torch.device = "auto",
+        folds: list[str] | None = None,
+        checkpoint_name: str | None = None,
+        trust: bool = False,
+    ) -> None:
+        started = time.perf_counter()
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.preset = preset
+        chosen = folds or preset.choose_folds(available_folds(Path(model_dir).expanduser(), checkpoint_name)
+                                               if Path(model_dir).expanduser().is_dir() else [])
+        self.bundle = ModelBundle.load(model_dir, folds=chosen or None, checkpoint_name=checkpoint_name, trust=trust)
+        self.networks = [net.to(self.device) for net in self.bundle.build_networks()]
+        spatial_axes = len(self.bundle.patch_size)
+        mirror_axes = tuple(a for a in self.bundle.mirror_axes if a < spatial_axes) if preset.mirroring else ()
+        self.settings = RunSettings(
+            folds=self.bundle.folds,
+            mirror_axes=mirror_axes,
+            tile_step=preset.tile_step,
+            precision=resolve_precision(preset.precision, self.device),
+            batch_size=preset.batch_size or default_batch_size(self.device),
+            device=self.device,
+        )
+        self.load_seconds = time.perf_counter() - started
+        self._runner: SlidingWindowRunner | None = None
+        self._pending_priority: Callable[[Tile], float] | None = None
+
+    def check_input(self, volume: Volume) -> None:
+        """Raise :class:`InputError` if ``volume`` cannot be segmented by this model."""
+        source = volume.sources[0] if volume.sources else "input"
+        needed = self.bundle.num_input_channels
+        if volume.num_channels != needed:
+            names = ", ".join(self.bundle.channel_names) or "?"
+            raise InputError(source, f"has {volume.num_channels} channel(s) but the model needs {needed} ({names})")
+        if volume.geometry.ndim == 2 and not self.bundle.is_2d:
+            raise InputError(source, f"is a 2D image but the model's '{self.bundle.configuration_name}' "
+                                     "configuration needs a 3D volume")
+        if not np.isfinite(volume.array).all():
+            raise InputError(source, "contains NaN or infinite voxel values")
+
+    def prioritise(self, key: Callable[[Tile], float]) -> None:
+        """Reorder the tiles not yet run (smaller key first); applies to the current or the next run."""
+        self._pending_priority = key
+        if self._runner is not None:
+            self._runner.prioritise(key)
+
+    def predict(
+        self,
+        volume: Volume,
+        on_event: EventHandler | None = None,
+        cancel: CancelToken | None = None,
+        provisional_labels: bool = False,
+        with_probabilities: bool = False,
+    ) -> Result:
+        """Segment ``volume``. Raises :class:`~tilewise.engine.Cancelled` (and returns nothing) if cancelled."""
+        self.check_input(volume)
+        timings: dict[str, float] = {"load": self.load_seconds}
+        started = time.perf_counter()
+        prepared = preprocess(volume, self.bundle)
+        timings["preprocess"] = time.perf_counter() - started
+
+        runner = SlidingWindowRunner(
+            self.networks, self.bundle.patch_size, self.settings.tile_step, self.settings.mirror_axes, self.device,
+            self.settings.precision, self.settings.batch_size, self.bundle.label_manager.num_segmentation_heads,
+            lambda logits: logits_to_labels(logits, self.bundle),
+        )
+        if self._pending_priority is not None:
+            runner.prioritise(self._pending_priority)
+        self._runner = runner
+        started = time.perf_counter()
+        tile_count = 0
+
+        def count_and_forward(event: Any) -> None:
+            nonlocal tile_count
+            tile_count = event.total
+            if on_event is not None:
+                on_event(event)
+
+        try:
+            logits = runner.run(prepared.data, prepared.mapper, count_and_forward, cancel, provisional_labels)
+        finally:
+            self._runner = None
+        timings["sliding_window"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        logits = logits[(slice(None), *prepared.unpadded)]
+        exported = export_logits(logits, self.bundle, prepared.properties, with_probabilities)
+        del logits
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        timings["export"] = time.perf_counter() - started
+        return Result(
+            labels=exported.labels,
+            geometry=volume.geometry,
+            probabilities=exported.probabilities,
+            properties=prepared.properties,
+            timings=timings,
+            tiles=tile_count,
+            forward_passes=tile_count * runner.passes_per_tile,
+            notes=list(runner.notes),
+        )

@@ -1,0 +1,61 @@
+"""nnU-Net's preprocessing of one case (transpose, crop to nonzero, normalise, resample), run in-process.
+
+We call the preprocessor class named in the plans (``DefaultPreprocessor`` unless the model says otherwise) on the
+in-memory array, so normalisation schemes, intensity statistics and the separate-z rule are exactly nnU-Net's.
+"""
+from __future__ import annotations
+
+import io
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .grid import GridMapper
+from .model import ModelBundle
+from .volume import Volume
+
+
+@dataclass
+class Preprocessed:
+    """Network-grid data (channels, z, y, x), padded to at least one tile, and how to map it back."""
+
+    data: torch.Tensor
+    properties: dict[str, Any]
+    mapper: GridMapper
+    unpadded: tuple[slice, slice, slice]
+
+
+def preprocess(volume: Volume, bundle: ModelBundle) -> Preprocessed:
+    """Run the model's nnU-Net preprocessor on ``volume`` and pad the result to the tile size as nnU-Net does."""
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
+
+    properties: dict[str, Any] = {
+        "spacing": volume.nnunet_spacing,
+        "sitk_stuff": {
+            "spacing": volume.geometry.spacing,
+            "origin": volume.geometry.origin,
+            "direction": volume.geometry.direction,
+        },
+    }
+    manager = bundle.configuration_manager
+    preprocessor = manager.preprocessor_class(verbose=False)
+    with redirect_stdout(io.StringIO()):
+        data, _, properties = preprocessor.run_case_npy(
+            volume.array, None, properties, bundle.plans_manager, manager, bundle.dataset_json
+        )
+    tensor = torch.from_numpy(data).to(dtype=torch.float32, memory_format=torch.contiguous_format)
+    network_shape = tuple(int(s) for s in tensor.shape[1:])
+    patch = bundle.patch_size
+    pad_target = patch if len(patch) == 3 else (1, *patch)
+    padded, revert = pad_nd_image(tensor, pad_target, "constant", {"value": 0}, True, None)
+    unpadded = tuple(slice(int(s.start), int(s.stop)) for s in revert[1:])
+    mapper = GridMapper(
+        transpose_forward=tuple(int(a) for a in bundle.plans_manager.transpose_forward),  # type: ignore[arg-type]
+        crop_start=tuple(int(lo) for lo, _ in properties["bbox_used_for_cropping"]),  # type: ignore[arg-type]
+        crop_shape=tuple(int(s) for s in properties["shape_after_cropping_and_before_resampling"]),  # type: ignore[arg-type]
+        network_shape=network_shape,  # type: ignore[arg-type]
+        pad_before=tuple(s.start for s in unpadded),  # type: ignore[arg-type]
+    )
+    return Preprocessed(data=padded, properties=properties, mapper=mapper, unpadded=unpadded)  # type: ignore[arg-type]

@@ -1,0 +1,267 @@
+"""The sliding-window loop: batches of tiles x mirrors x folds, Gaussian-weighted accumulation, events, cancel."""
+from __future__ import annotations
+
+import gc
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .devices import PRECISIONS
+from .errors import Cancelled, OutOfMemoryError
+from .grid import GridMapper
+from .tiling import Box, Tile, TileQueue, centre_out, gaussian_importance, plan_tiles
+
+
+@dataclass(frozen=True)
+class TileEvent:
+    """Reported after each tile's batch has run.
+
+    ``done`` counts finished tiles (1-based) of ``total``. ``network_box`` is the tile in the padded network grid,
+    ``input_box`` the input-grid region it covers (None if it lies in padding only) and ``labels`` the provisional
+    labels of ``input_box`` (None unless requested).
+    """
+
+    done: int
+    total: int
+    tile_index: int
+    network_box: Box
+    input_box: Box | None
+    labels: np.ndarray | None
+    elapsed_s: float
+    eta_s: float
+
+
+class CancelToken:
+    """Thread-safe flag a caller sets to stop a run before its next batch."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        """Ask the run to stop."""
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once :meth:`cancel` was called."""
+        return self._event.is_set()
+
+
+EventHandler = Callable[[TileEvent], None]
+LabelConverter = Callable[[torch.Tensor], torch.Tensor]
+
+
+def mirror_combinations(axes: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """nnU-Net's mirror set: every non-empty combination of the spatial axes, as tensor dims (offset by 2)."""
+    dims = [a + 2 for a in axes]
+    return [c for n in range(1, len(dims) + 1) for c in itertools.combinations(dims, n)]
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def _free_device_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def _available_host_bytes() -> int:
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 2**62
+
+
+class SlidingWindowRunner:
+    """Runs every tile of one preprocessed case through the fold networks and accumulates logits.
+
+    One network instance per fold stays on the device; each step forwards a batch of tiles through every fold and
+    mirror. The order of tiles (centre-out, or as :meth:`prioritise` asks) does not change the result.
+    """
+
+    def __init__(
+        self,
+        networks: list[nn.Module],
+        patch_size: tuple[int, ...],
+        tile_step: float,
+        mirror_axes: tuple[int, ...],
+        device: torch.device,
+        precision: str,
+        batch_size: int,
+        num_heads: int,
+        to_labels: LabelConverter,
+    ) -> None:
+        self.networks = networks
+        self.patch_size = tuple(patch_size)
+        self.tile_step = tile_step
+        self.mirrors = mirror_combinations(mirror_axes)
+        self.device = device
+        self.precision = precision
+        self.batch_size = max(1, batch_size)
+        self.num_heads = num_heads
+        self.to_labels = to_labels
+        self.notes: list[str] = []
+        self._queue: TileQueue | None = None
+        self._pending_priority: Callable[[Tile], float] | None = None
+
+    @property
+    def passes_per_tile(self) -> int:
+        """Forward passes per tile: (1 + mirrors) x folds."""
+        return (1 + len(self.mirrors)) * len(self.networks)
+
+    def prioritise(self, key: Callable[[Tile], float]) -> None:
+        """Run the remaining tiles in order of ``key`` (smaller first). Safe to call from another thread."""
+        self._pending_priority = key
+        if self._queue is not None:
+            self._queue.prioritise(key)
+
+    def run(
+        self,
+        data: torch.Tensor,
+        mapper: GridMapper,
+        on_event: EventHandler | None = None,
+        cancel: CancelToken | None = None,
+        provisional_labels: bool = False,
+    ) -> torch.Tensor:
+        """Predict ``data`` (channels, z, y, x; already padded to at least one tile).
+
+        Returns the Gaussian-averaged logits (heads, z, y, x) in float32. Raises :class:`Cancelled` if ``cancel``
+        is set; device memory is freed before it propagates.
+        """
+        on_device = True
+        while True:
+            try:
+                return self._run_once(data, mapper, on_event, cancel, provisional_labels, on_device)
+            except Cancelled:
+                _free_device_memory(self.device)
+                raise
+            except (RuntimeError, torch.OutOfMemoryError) as error:
+                if not _is_out_of_memory(error):
+                    raise
+                _free_device_memory(self.device)
+                if on_device and self.device.type != "cpu":
+                    on_device = False
+                    self.notes.append("device memory ran out: accumulators moved to host memory and the run restarted")
+                elif self.batch_size > 1:
+                    self.batch_size //= 2
+                    self.notes.append(f"memory ran out: batch size reduced to {self.batch_size} and the run restarted")
+                else:
+                    raise OutOfMemoryError(
+                        str(self.device), "out of memory even at batch size 1 with accumulators in host memory"
+                    ) from None
+
+    def _accumulator_placement(self, shape: tuple[int, ...], on_device: bool) -> tuple[torch.device, torch.dtype]:
+        voxels = int(np.prod(shape))
+        needed32 = (self.num_heads + 1) * voxels * 4
+        if on_device and self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if needed32 < 0.6 * free:
+                return self.device, torch.float32
+            if needed32 / 2 < 0.6 * free:
+                self.notes.append("accumulators kept on the device in float16 to fit its memory")
+                return self.device, torch.float16
+            on_device = False
+        host = self.device if on_device else torch.device("cpu")
+        if needed32 < 0.7 * _available_host_bytes():
+            return host, torch.float32
+        self.notes.append("accumulators kept in float16 to fit host memory")
+        return host, torch.float16
+
+    def _run_once(
+        self,
+        data: torch.Tensor,
+        mapper: GridMapper,
+        on_event: EventHandler | None,
+        cancel: CancelToken | None,
+        provisional_labels: bool,
+        on_device: bool,
+    ) -> torch.Tensor:
+        spatial = tuple(int(s) for s in data.shape[1:])
+        result_device, result_dtype = self._accumulator_placement(spatial, on_device)
+        tiles = centre_out(plan_tiles(spatial, self.patch_size, self.tile_step), spatial)  # type: ignore[arg-type]
+        self._queue = TileQueue(tiles)
+        if self._pending_priority is not None:
+            self._queue.prioritise(self._pending_priority)
+        logits = torch.zeros((self.num_heads, *spatial), dtype=result_dtype, device=result_device)
+        weights = torch.zeros(spatial, dtype=result_dtype, device=result_device)
+        gaussian = gaussian_importance(self.patch_size, self.device)
+        gaussian_here = gaussian.to(result_device)
+        data = data.to(self.device)
+        is_2d = len(self.patch_size) == 2
+        total, done, started = len(tiles), 0, time.perf_counter()
+        with torch.inference_mode():
+            while len(self._queue):
+                if cancel is not None and cancel.cancelled:
+                    del logits, weights, data
+                    raise Cancelled()
+                batch = self._queue.take(self.batch_size)
+                inputs = torch.stack([data[(slice(None), *self._network_slice(t.box, is_2d))] for t in batch])
+                predictions = self._forward(inputs).to(result_device)
+                for tile, prediction in zip(batch, predictions):
+                    region = self._network_slice(tile.box, is_2d)
+                    logits[(slice(None), *region)] += (prediction * gaussian_here).to(result_dtype)
+                    weights[region] += gaussian_here.to(result_dtype)
+                for tile in batch:
+                    done += 1
+                    if on_event is not None:
+                        elapsed = time.perf_counter() - started
+                        on_event(self._event(tile, logits, mapper, done, total, elapsed, provisional_labels))
+        self._queue = None
+        logits /= weights
+        if result_dtype != torch.float32:
+            logits = logits.float()
+        if torch.isinf(logits).any():
+            raise RuntimeError("non-finite logits after accumulation")
+        return logits
+
+    @staticmethod
+    def _network_slice(box: Box, is_2d: bool) -> tuple[int | slice, ...]:
+        return (box[0].start, box[1], box[2]) if is_2d else box
+
+    def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        dtype = PRECISIONS[self.precision]
+        autocast = torch.autocast(self.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+        total: torch.Tensor | None = None
+        with autocast:
+            for network in self.networks:
+                prediction = network(inputs).float()
+                for dims in self.mirrors:
+                    prediction += torch.flip(network(torch.flip(inputs, dims)), dims).float()
+                if self.mirrors:
+                    prediction /= len(self.mirrors) + 1
+                total = prediction if total is None else total + prediction
+        assert total is not None
+        if len(self.networks) > 1:
+            total /= len(self.networks)
+        return total
+
+    def _event(
+        self,
+        tile: Tile,
+        logits: torch.Tensor,
+        mapper: GridMapper,
+        done: int,
+        total: int,
+        elapsed: float,
+        provisional_labels: bool,
+    ) -> TileEvent:
+        input_box = mapper.input_box(tile.box)
+        labels = None
+        if provisional_labels and input_box is not None:
+            region = self.to_labels(logits[(slice(None), *tile.box)].float()).cpu().numpy()
+            labels = mapper.labels_to_input(region, tile.box, input_box)
+        eta = elapsed / done * (total - done)
+        return TileEvent(done, total, tile.index, tile.box, input_box, labels, elapsed, eta)

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny nnU-Net models built by nnU-Net's own planner, and synthetic cases."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import model_factory  # noqa: E402
+
+# Two cores: one torch thread per process keeps timings stable when tests and nnU-Net run side by side.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder where models are built once per test session."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def make_model(model_root: Path):
+    """Build (or reuse) a model folder: ``make_model(kind, folds=(0,), seed=0)``."""
+
+    def build(kind: str = "3d", folds: tuple[int, ...] = (0,), seed: int = 0, **kwargs) -> Path:
+        return model_factory.make_model(model_root, kind, folds=folds, seed=seed, **kwargs)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def ct_model(make_model) -> Path:
+    """The standard single-channel 3d_fullres test model (one fold)."""
+    return make_model("3d")
+
+
+@pytest.fixture
+def ct_case(tmp_path: Path) -> Path:
+    """A CT-like volume written as NIfTI (single channel, identity direction)."""
+    return model_factory.make_case(tmp_path / "ct_0000.nii.gz", "3d")

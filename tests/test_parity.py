@@ -1,0 +1,64 @@
+"""At the Reference preset our labels match nnU-Net's own nnUNetPredictor on the same input."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import model_factory
+from tilewise.engine import Predictor, get_preset, read_volume
+
+OBLIQUE = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # 90 degrees about z
+
+
+def dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
+    in_a, in_b = a == label, b == label
+    total = int(in_a.sum() + in_b.sum())
+    return 1.0 if total == 0 else 2.0 * int((in_a & in_b).sum()) / total
+
+
+def assert_parity(ours: np.ndarray, theirs: np.ndarray) -> None:
+    assert ours.shape == theirs.shape
+    assert (ours == theirs).mean() >= 0.999
+    labels = set(np.unique(theirs).tolist()) - {0}
+    assert labels, "the reference prediction must contain foreground for the test to mean anything"
+    for label in labels | (set(np.unique(ours).tolist()) - {0}):
+        assert dice(ours, theirs, label) >= 0.999, f"label {label}"
+
+
+CASES = [
+    pytest.param("3d", {}, id="3d_fullres"),
+    pytest.param("2d", {}, id="2d"),
+    pytest.param("two_channel", {}, id="two-channel"),
+    pytest.param("regions", {}, id="region-based"),
+    pytest.param("aniso", {"spacing": (0.8, 0.8, 4.0), "shape": (14, 60, 52)}, id="anisotropic-separate-z"),
+    pytest.param("3d", {"direction": OBLIQUE, "origin": (10.0, -20.0, 5.0), "spacing": (1.2, 0.9, 1.5)}, id="oblique-direction"),
+    pytest.param("resenc", {}, id="residual-encoder"),
+]
+
+
+@pytest.mark.parametrize(("kind", "case_kwargs"), CASES)
+def test_reference_preset_matches_nnunet(make_model, tmp_path: Path, kind: str, case_kwargs: dict) -> None:
+    model_dir = make_model(kind)
+    files = model_factory.case_files(tmp_path, "case", kind, **case_kwargs)
+    volume = read_volume(files)
+
+    result = Predictor(model_dir, get_preset("reference"), device="cpu").predict(volume)
+    reference = model_factory.nnunet_reference(model_dir, files, folds=(0,), step=0.5, mirroring=True)
+
+    assert_parity(result.labels, reference)
+    assert result.geometry.same_as(volume.geometry)
+
+
+def test_several_folds_are_averaged_like_nnunet(make_model, tmp_path: Path) -> None:
+    model_dir = make_model("3d", folds=(0, 1, 2))
+    files = model_factory.case_files(tmp_path, "case", "3d", seed=3)
+
+    predictor = Predictor(model_dir, get_preset("reference"), device="cpu")
+    assert predictor.settings.folds == ["0", "1", "2"]
+    result = predictor.predict(read_volume(files))
+    reference = model_factory.nnunet_reference(model_dir, files, folds=(0, 1, 2), step=0.5, mirroring=True)
+
+    assert_parity(result.labels, reference)
+    assert result.forward_passes == result.tiles * 8 * 3
