@@ -32,11 +32,9 @@ import shutil
 import sys
 import tempfile
 import threading
-import warnings
 from copy import deepcopy
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk

@@ -35,6 +35,7 @@ CASES = [
     pytest.param("aniso", {"spacing": (0.8, 0.8, 4.0), "shape": (14, 60, 52)}, id="anisotropic-separate-z"),
     pytest.param("3d", {"direction": OBLIQUE, "origin": (10.0, -20.0, 5.0), "spacing": (1.2, 0.9, 1.5)}, id="oblique-direction"),
     pytest.param("resenc", {}, id="residual-encoder"),
+    pytest.param("lowres", {}, id="3d_lowres"),
 ]
 
 

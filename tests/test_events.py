@@ -1,0 +1,171 @@
+"""Tile events, cancellation and re-prioritisation: the contract the viewer depends on."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import model_factory
+from tilewise.engine import Cancelled, CancelToken, Predictor, TileEvent, get_preset, read_volume
+
+
+@pytest.fixture
+def big_case(tmp_path: Path) -> Path:
+    return model_factory.make_case(tmp_path / "big_0000.nii.gz", "3d", shape=(64, 80, 72), seed=5)
+
+
+def test_events_cover_every_tile_exactly_once(ct_model: Path, big_case: Path) -> None:
+    volume = read_volume(big_case)
+    events: list[TileEvent] = []
+    result = Predictor(ct_model, get_preset("fast").with_overrides(tile_step=0.5), device="cpu").predict(
+        volume, on_event=events.append, provisional_labels=True
+    )
+    total = events[0].total
+    assert total == result.tiles > 1
+    assert [e.done for e in events] == list(range(1, total + 1))
+    assert sorted(e.tile_index for e in events) == list(range(total))
+    assert all(e.total == total for e in events)
+    assert events[-1].eta_s == 0.0
+    assert all(b.elapsed_s >= a.elapsed_s for a, b in zip(events, events[1:]))
+    covered = np.zeros(volume.shape, dtype=bool)
+    for event in events:
+        assert event.input_box is not None and event.labels is not None
+        assert event.labels.shape == tuple(s.stop - s.start for s in event.input_box)
+        covered[event.input_box] = True
+    crop = tuple(slice(int(lo), int(hi)) for lo, hi in result.properties["bbox_used_for_cropping"])
+    assert covered[crop].all(), "the tiles' input regions must cover the whole cropped input"
+
+
+def test_provisional_labels_of_last_tile_agree_with_final_labels(ct_model: Path, big_case: Path) -> None:
+    volume = read_volume(big_case)
+    events: list[TileEvent] = []
+    result = Predictor(ct_model, get_preset("preview"), device="cpu").predict(
+        volume, on_event=events.append, provisional_labels=True
+    )
+    # With tile step 1.0 a tile's region is final once it has run; nearest vs linear resampling may differ at edges.
+    agreement = [float((e.labels == result.labels[e.input_box]).mean()) for e in events]
+    assert min(agreement) > 0.9
+
+
+def test_tiles_run_centre_out_by_default(ct_model: Path, big_case: Path) -> None:
+    events: list[TileEvent] = []
+    Predictor(ct_model, get_preset("fast").with_overrides(tile_step=0.5), device="cpu").predict(
+        read_volume(big_case), on_event=events.append
+    )
+    def distance(event: TileEvent, shape: list[int]) -> float:
+        centre = [(s.start + s.stop - 1) / 2 for s in event.network_box]
+        return float(np.linalg.norm(np.subtract(centre, [(n - 1) / 2 for n in shape])))
+    shape = [max(e.network_box[a].stop for e in events) for a in range(3)]
+    distances = [distance(e, shape) for e in events]
+    assert distances == sorted(distances)
+
+
+def test_cancel_stops_within_one_batch_and_returns_nothing(ct_model: Path, big_case: Path, tmp_path: Path) -> None:
+    predictor = Predictor(ct_model, get_preset("reference"), device="cpu")
+    token = CancelToken()
+    seen: list[TileEvent] = []
+
+    def on_event(event: TileEvent) -> None:
+        seen.append(event)
+        if event.done == 2:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        predictor.predict(read_volume(big_case), on_event=on_event, cancel=token)
+    assert len(seen) == 2, "no batch may start after the cancel"
+    assert seen[0].total > 2
+    assert list(tmp_path.glob("*.nii.gz")) == [big_case]
+
+
+def test_cancel_from_another_thread(ct_model: Path, big_case: Path) -> None:
+    predictor = Predictor(ct_model, get_preset("reference"), device="cpu")
+    token = CancelToken()
+    first_tile = threading.Event()
+    outcome: list[BaseException | object] = []
+
+    def work() -> None:
+        try:
+            outcome.append(predictor.predict(read_volume(big_case), on_event=lambda e: first_tile.set(), cancel=token))
+        except Cancelled as error:
+            outcome.append(error)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    assert first_tile.wait(120)
+    token.cancel()
+    worker.join(60)
+    assert not worker.is_alive()
+    assert isinstance(outcome[0], Cancelled)
+
+
+def test_reordering_mid_run_gives_the_same_labels(ct_model: Path, big_case: Path) -> None:
+    volume = read_volume(big_case)
+    preset = get_preset("fast").with_overrides(tile_step=0.5)
+    baseline = Predictor(ct_model, preset, device="cpu").predict(volume)
+
+    predictor = Predictor(ct_model, preset, device="cpu")
+    order: list[int] = []
+
+    def on_event(event: TileEvent) -> None:
+        order.append(event.tile_index)
+        if event.done == 1:  # the viewer scrolled to the top slice: those tiles first
+            predictor.prioritise(lambda tile: -tile.box[0].start)
+
+    reordered = predictor.predict(volume, on_event=on_event)
+    assert order != sorted(order, key=lambda i: i)  # not nnU-Net's order
+    assert (reordered.labels == baseline.labels).mean() >= 0.9999
+    assert len(set(order)) == len(order) == baseline.tiles
+
+
+def test_slice_priority_puts_tiles_on_screen_first(ct_model: Path, big_case: Path) -> None:
+    predictor = Predictor(ct_model, get_preset("fast").with_overrides(tile_step=0.5), device="cpu")
+    volume = read_volume(big_case)
+    events: list[TileEvent] = []
+    slice_index = 3
+
+    def on_event(event: TileEvent) -> None:
+        events.append(event)
+
+    from tilewise.engine.preprocess import preprocess
+
+    mapper = preprocess(volume, predictor.bundle).mapper
+    predictor.prioritise(mapper.slice_priority(input_axis=0, index=slice_index))
+    predictor.predict(volume, on_event=on_event)
+    shows_slice = [e.input_box is not None and e.input_box[0].start <= slice_index < e.input_box[0].stop for e in events]
+    first_other = shows_slice.index(False)
+    assert any(shows_slice) and not any(shows_slice[first_other:])
+
+
+def test_batched_tiles_give_the_same_labels(ct_model: Path, big_case: Path) -> None:
+    volume = read_volume(big_case)
+    preset = get_preset("fast").with_overrides(precision="fp32")
+    one = Predictor(ct_model, preset.with_overrides(batch_size=1), device="cpu").predict(volume)
+    events: list[TileEvent] = []
+    three = Predictor(ct_model, preset.with_overrides(batch_size=3), device="cpu").predict(volume, on_event=events.append)
+    assert (one.labels == three.labels).mean() >= 0.9999
+    assert len(events) == three.tiles
+
+
+def test_accumulators_fall_back_when_memory_runs_out(ct_model: Path, big_case: Path, monkeypatch) -> None:
+    from tilewise.engine import runner as runner_module
+
+    calls = {"n": 0}
+    original = runner_module.SlidingWindowRunner._forward
+
+    def flaky_forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, inputs)
+
+    monkeypatch.setattr(runner_module.SlidingWindowRunner, "_forward", flaky_forward)
+    volume = read_volume(big_case)
+    preset = get_preset("fast").with_overrides(tile_step=0.5, batch_size=2, precision="fp32")
+    result = Predictor(ct_model, preset, device="cpu").predict(volume)
+    monkeypatch.setattr(runner_module.SlidingWindowRunner, "_forward", original)
+    expected = Predictor(ct_model, preset, device="cpu").predict(volume)
+    assert any("batch size reduced to 1" in note for note in result.notes)
+    assert (result.labels == expected.labels).all()

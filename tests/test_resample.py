@@ -1,0 +1,34 @@
+"""Our torch resampling of logits equals nnU-Net's numpy/scipy export resampling."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
+
+from tilewise.engine.resample import resample_logits
+
+CASES = [
+    pytest.param((20, 24, 28), (31, 17, 40), (1.0, 1.0, 1.0), (0.7, 1.5, 0.8), None, id="isotropic-up-and-down"),
+    pytest.param((8, 30, 30), (29, 41, 37), (4.0, 1.0, 1.0), (1.1, 0.8, 0.8), None, id="separate-z-coarse-input"),
+    pytest.param((30, 20, 25), (30, 31, 11), (1.0, 1.0, 1.0), (1.0, 0.6, 2.2), None, id="one-axis-unchanged"),
+    pytest.param((12, 22, 26), (40, 22, 26), (3.5, 1.0, 1.0), (1.0, 1.0, 1.0), True, id="forced-separate-z-only-z"),
+]
+
+
+@pytest.mark.parametrize(("shape", "new_shape", "spacing", "new_spacing", "force"), CASES)
+@pytest.mark.parametrize("order_z", [0, 1])
+def test_matches_nnunet(shape, new_shape, spacing, new_spacing, force, order_z) -> None:
+    generator = np.random.default_rng(0)
+    logits = generator.normal(size=(3, *shape)).astype(np.float32)
+    expected = resample_data_or_seg_to_shape(logits, new_shape, spacing, new_spacing, is_seg=False, order=1,
+                                             order_z=order_z, force_separate_z=force)
+    ours = resample_logits(torch.from_numpy(logits), new_shape, spacing, new_spacing, order=1, order_z=order_z,
+                           force_separate_z=force).numpy()
+    assert ours.shape == expected.shape == (3, *new_shape)
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+def test_same_shape_is_returned_unchanged() -> None:
+    logits = torch.randn(2, 5, 6, 7)
+    assert resample_logits(logits, (5, 6, 7), (1, 1, 1), (2, 2, 2)) is logits
