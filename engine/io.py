@@ -4,11 +4,13 @@ Supported: NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha, .mhd) and DICOM
 """
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
 import re
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,12 +50,67 @@ def _read_itk(path: Path) -> sitk.Image:
         raise InputError(path, "file not found")
     if path.is_dir():
         return _read_dicom_series(path)
-    if image_suffix(path) is None:
+    suffix = image_suffix(path)
+    if suffix is None:
         raise InputError(path, f"unsupported file type (expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM folder)")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        return sitk.ReadImage(str(path))
+        with _itk_messages_captured():
+            reader.ReadImageInformation()
+            if suffix in (".nii", ".nii.gz"):
+                _check_nifti_complete(path, reader)
+            return reader.Execute()
     except RuntimeError as error:
-        raise InputError(path, f"cannot read image ({_first_itk_reason(error)})") from None
+        raise InputError(path, f"cannot read image ({_itk_reason(error)})") from None
+
+
+@contextmanager
+def _itk_messages_captured() -> Iterator[None]:
+    """Keep ITK's C++ libraries from printing to the terminal (file descriptor 2); our error says it once."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _check_nifti_complete(path: Path, reader: sitk.ImageFileReader) -> None:
+    """Raise if a NIfTI file holds fewer voxel bytes than its header promises (ITK would pad them with zeros)."""
+    keys = set(reader.GetMetaDataKeys())
+    if not {"vox_offset", "bitpix"} <= keys:
+        return
+    voxels = int(np.prod(reader.GetSize())) * reader.GetNumberOfComponents()
+    expected = int(float(reader.GetMetaData("vox_offset"))) + voxels * int(reader.GetMetaData("bitpix")) // 8
+    if image_suffix(path) == ".nii":
+        complete = path.stat().st_size >= expected
+    else:
+        complete = _gzip_trailer_size(path) == expected % 2**32 or _decompressed_length(path) == expected
+    if not complete:
+        raise InputError(path, "file is truncated or corrupt (fewer voxel bytes than its header describes)")
+
+
+def _gzip_trailer_size(path: Path) -> int:
+    """The uncompressed size (mod 2**32) a complete gzip file records in its last four bytes."""
+    with open(path, "rb") as handle:
+        handle.seek(-4, os.SEEK_END)
+        return int.from_bytes(handle.read(4), "little")
+
+
+def _decompressed_length(path: Path) -> int:
+    """Uncompressed length by decompressing (-1 for a broken stream); used only when the trailer disagrees."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            return stream.seek(0, os.SEEK_END)
+    except (OSError, EOFError, zlib.error):
+        return -1
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
@@ -65,17 +122,21 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(largest)
     try:
-        return reader.Execute()
+        with _itk_messages_captured():
+            return reader.Execute()
     except RuntimeError as error:
-        raise InputError(folder, f"cannot read DICOM series ({_first_itk_reason(error)})") from None
+        raise InputError(folder, f"cannot read DICOM series ({_itk_reason(error)})") from None
 
 
-def _first_itk_reason(error: RuntimeError) -> str:
+def _itk_reason(error: RuntimeError) -> str:
+    """ITK's description of a read failure, or 'truncated or corrupt' when it only left a stale system error."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     for line in lines:
         if "Description:" in line:
-            return line.split("Description:", 1)[1].strip().rstrip(".")
-    return (lines[-1] if lines else "unknown reason")[:200]
+            reason = line.split("Description:", 1)[1].strip().rstrip(".")
+            if reason and not reason.startswith("Reason:"):
+                return reason[:200]
+    return "file is truncated or corrupt"
 
 
 def _geometry_of(image: sitk.Image) -> Geometry:

@@ -5,15 +5,16 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# Two cores shared by tests and nnU-Net: passive OpenMP waiting avoids spin-wait stalls (set before torch loads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import model_factory  # noqa: E402
 
-# Two cores: one torch thread per process keeps timings stable when tests and nnU-Net run side by side.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")

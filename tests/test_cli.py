@@ -1,15 +1,20 @@
 """The ``tilewise`` command line: predict (outputs, options, errors, Ctrl-C), models, and bare usage."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import pickle
+import pty
 import re
+import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
-import threading
+import termios
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -126,6 +131,23 @@ def test_predict_keeps_the_file_type(tmp_path: Path, ct_model: Path, preview: Pr
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["scan.nrrd"]
     assert_written_like(out / "scan.nrrd", expected(preview, source), source)
+
+
+def test_predict_dicom_folder(tmp_path: Path, ct_model: Path, preview: Predictor, capfd) -> None:
+    from test_io import write_dicom_series
+
+    nifti = model_factory.make_case(tmp_path / "ct.nii.gz", "3d", shape=SMALL, origin=(-3.0, 7.0, 11.0))
+    series = tmp_path / "series_17"
+    write_dicom_series(sitk.ReadImage(str(nifti)), series, "1.2.826.0.1.3680043.2.1125.99.1", "img")
+    out = tmp_path / "out"
+
+    code, _, err = run_cli(predict_args(series, out, ct_model), capfd)
+
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["series_17.nii.gz"]
+    written = sitk.ReadImage(str(out / "series_17.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), expected(preview, series))
+    assert_same_geometry(written, sitk.ReadImage(str(nifti)))
 
 
 def test_save_probabilities(tmp_path: Path, ct_model: Path, preview: Predictor, capfd) -> None:
@@ -362,41 +384,60 @@ def test_missing_required_option_is_a_usage_error(tmp_path: Path, ct_model: Path
 # ---- Ctrl-C -----------------------------------------------------------------------------------------------------
 
 
+def _read_available(fd: int, timeout: float) -> bytes:
+    """What the terminal ``fd`` has to read within ``timeout`` seconds (b'' if nothing; raises EOFError at the end)."""
+    ready, _, _ = select.select([fd], [], [], timeout)
+    if not ready:
+        return b""
+    try:
+        data = os.read(fd, 65536)
+    except OSError:  # Linux: EIO once the child closed its side
+        raise EOFError from None
+    if not data:
+        raise EOFError
+    return data
+
+
 def test_ctrl_c_stops_without_partial_output(tmp_path: Path, ct_model: Path) -> None:
     source = model_factory.make_case(tmp_path / "in" / "big_0000.nii.gz", "3d", shape=(96, 96, 96))
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tilewise.engine.cli", "predict", "-i", str(source), "-o", str(out),
-         "-m", str(ct_model), "--preset", "reference", "-device", "cpu", "--verbose"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    stderr_lines: list[str] = []
-    started = threading.Event()
-
-    def read_stderr() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            stderr_lines.append(line)
-            if line.startswith("model "):  # --verbose prints the settings once the model is loaded
-                started.set()
-
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
+    command = [sys.executable, "-m", "tilewise.engine.cli", "predict", "-i", str(source), "-o", str(out),
+               "-m", str(ct_model), "--preset", "reference", "-device", "cpu"]
+    # stderr on a terminal, so that the progress bar shows when the sliding window is running
+    terminal, child_side = pty.openpty()
+    fcntl.ioctl(child_side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    progress = re.compile(rb"\b([1-9]\d*)/(\d+) \[")
+    seen = b""
     try:
-        assert started.wait(timeout=180), "the model was never loaded:\n" + "".join(stderr_lines)
-        time.sleep(3.0)  # reading and preprocessing take a fraction of this; the sliding window takes minutes
-        assert process.poll() is None, "the run finished before it could be interrupted:\n" + "".join(stderr_lines)
-        process.send_signal(signal.SIGINT)
-        code = process.wait(timeout=30)
+        with subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=child_side,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"}) as process:
+            os.close(child_side)
+            child_side = -1
+            try:
+                deadline = time.monotonic() + 240
+                while not (match := progress.search(seen)):
+                    assert time.monotonic() < deadline, "no tile finished in time:\n" + seen.decode(errors="replace")
+                    seen += _read_available(terminal, 0.2)
+                assert int(match[1]) < int(match[2]), "the sliding window finished before it could be interrupted"
+                assert process.poll() is None, seen.decode(errors="replace")
+                process.send_signal(signal.SIGINT)
+                code = process.wait(timeout=30)
+                with contextlib.suppress(EOFError):
+                    while chunk := _read_available(terminal, 1.0):
+                        seen += chunk
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    reader.join(timeout=10)
+        os.close(terminal)
+        if child_side >= 0:
+            os.close(child_side)
+    stderr = seen.decode(errors="replace")
 
-    assert code == 130, "".join(stderr_lines)
-    assert "interrupted" in "".join(stderr_lines)
-    assert "Traceback" not in "".join(stderr_lines)
+    assert code == 130, stderr
+    assert "interrupted" in stderr
+    assert "Traceback" not in stderr
     assert image_files(out) == []
     assert not out.exists() or list(out.iterdir()) == []
 

@@ -226,6 +226,20 @@ def test_channel_files_are_stacked_in_order(tmp_path: Path) -> None:
     assert volume.sources == tuple(files)
 
 
+def test_vector_image_components_become_channels(tmp_path: Path) -> None:
+    array = np.random.default_rng(5).normal(size=(*SHAPE, 2)).astype(np.float32)
+    image = sitk.GetImageFromArray(array, isVector=True)
+    image.SetSpacing(SPACING)
+    path = tmp_path / "vector.nrrd"
+    sitk.WriteImage(image, str(path))
+
+    volume = read_volume(path)
+
+    assert volume.array.shape == (2, *SHAPE)
+    np.testing.assert_array_equal(volume.array, np.moveaxis(array, -1, 0))
+    assert volume.geometry.size == SHAPE[::-1]
+
+
 def test_channels_of_different_size_name_the_offending_file(tmp_path: Path) -> None:
     first = model_factory.make_case(tmp_path / "case_0000.nii.gz", "two_channel", shape=SHAPE, channel=0)
     second = model_factory.make_case(tmp_path / "case_0001.nii.gz", "two_channel", shape=(12, 16, 22), channel=1)

@@ -10,15 +10,19 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-try:  # tests/ as a package (tests/__init__.py) or as a plain rootdir-inserted folder
-    from . import model_factory as mf
-except ImportError:
+try:  # the same module object conftest.py imports (tests/ is put on sys.path there)
     import model_factory as mf
+except ImportError:  # tests/ imported as a package without that conftest
+    from . import model_factory as mf
 
 
 @pytest.fixture(scope="session")
-def factory_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("tilewise_models")
+def factory_root(request, tmp_path_factory):
+    """Share the session's model folder with the other tests when conftest.py provides one."""
+    try:
+        return request.getfixturevalue("model_root")
+    except pytest.FixtureLookupError:
+        return tmp_path_factory.mktemp("tilewise_models")
 
 
 @pytest.fixture(scope="session")
