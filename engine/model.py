@@ -44,6 +44,20 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ModelError(path, f"invalid JSON ({error})") from None
 
 
+STOCK_TRAINER = "nnUNetTrainer"
+
+
+def find_trainer_class(name: str) -> Any:
+    """The nnU-Net trainer class called ``name`` (nnunetv2's recursive search, which imports every trainer), or None."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    with redirect_stdout(io.StringIO()):
+        try:
+            return recursive_find_trainer_class_by_name(name)
+        except RuntimeError:  # nnunetv2 raises when no module defines the class
+            return None
+
+
 @dataclass
 class ModelBundle:
     """Everything needed to run one nnU-Net model: configuration, labels, mirror axes and per-fold networks."""
@@ -196,17 +210,11 @@ class ModelBundle:
 
     # ---- networks -----------------------------------------------------------------------------
     def build_networks(self) -> list[nn.Module]:
-        """One network per fold, built by the checkpoint's trainer class (so custom trainers and ResEnc work)."""
-        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-        with redirect_stdout(io.StringIO()):
-            trainer_class = recursive_find_trainer_class_by_name(self.trainer_name)
-        if trainer_class is None:
-            raise ModelError(self.path, f"trainer class '{self.trainer_name}' not found in nnunetv2 or its plugins")
+        """One network per fold, built as the checkpoint's trainer class builds it (custom trainers and ResEnc work)."""
         num_outputs = self.label_manager.num_segmentation_heads
         networks = []
         for fold, state in zip(self.folds, self.fold_weights):
-            network = self._build_one(trainer_class, num_outputs)
+            network = self._build_one(num_outputs)
             try:
                 network.load_state_dict(state)
             except RuntimeError as error:
@@ -214,14 +222,25 @@ class ModelBundle:
             networks.append(network.eval())
         return networks
 
-    def _build_one(self, trainer_class: Any, num_outputs: int) -> nn.Module:
+    def _build_one(self, num_outputs: int) -> nn.Module:
+        manager = self.configuration_manager
+        if self.trainer_name == STOCK_TRAINER:
+            # nnUNetTrainer.build_network_architecture is exactly this call; importing the trainer module costs ~2 s.
+            from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+            return get_network_from_plans(
+                manager.network_arch_class_name, manager.network_arch_init_kwargs,
+                manager.network_arch_init_kwargs_req_import, self.num_input_channels, num_outputs,
+                allow_init=True, deep_supervision=False,
+            )
+        trainer_class = find_trainer_class(self.trainer_name)
+        if trainer_class is None:
+            raise ModelError(self.path, f"trainer class '{self.trainer_name}' not found in nnunetv2 or its plugins")
         parameters = inspect.signature(trainer_class.build_network_architecture).parameters
         if "plans_manager" in parameters:
             return trainer_class.build_network_architecture(
-                self.plans_manager, self.configuration_manager, self.num_input_channels, num_outputs,
-                enable_deep_supervision=False,
+                self.plans_manager, manager, self.num_input_channels, num_outputs, enable_deep_supervision=False,
             )
-        manager = self.configuration_manager
         return trainer_class.build_network_architecture(
             manager.network_arch_class_name, manager.network_arch_init_kwargs,
             manager.network_arch_init_kwargs_req_import, self.num_input_channels, num_outputs,

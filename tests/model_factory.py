@@ -56,7 +56,7 @@ __all__ = [
     "UNTRUSTED_EXECUTIONS",
 ]
 
-MODEL_KINDS = ("3d", "2d", "two_channel", "regions", "aniso", "resenc", "lowres")
+MODEL_KINDS = ("3d", "2d", "two_channel", "regions", "aniso", "resenc", "lowres", "transposed")
 
 # --------------------------------------------------------------------------------------------------------------------
 # dataset / kind specifications
@@ -101,6 +101,24 @@ _DATASETS = {
         cases=[((48, 64, 64), (1.0, 1.0, 1.0)), ((52, 60, 64), (1.0, 1.0, 1.0)), ((48, 64, 60), (1.0, 1.0, 1.0)),
                ((50, 62, 62), (1.0, 1.0, 1.0))],
     ),
+    "transposed": dict(
+        id=906, name="Dataset906_TilewiseTransposed", family="ct",
+        channel_names={"0": "CT"},
+        labels={"background": 0, "liver": 1, "tumour": 2},
+        # the coarse axis is x (the LAST numpy axis): SimpleITK (x, y, z) spacing (3, p, p). nnU-Net's planner puts
+        # the axis with the largest target spacing first, so transpose_forward becomes [2, 0, 1]
+        cases=[((36, 40, 12), (3.0, 1.0, 1.0)), ((40, 40, 13), (3.0, 0.9, 0.9)), ((38, 42, 12), (3.0, 1.1, 1.1)),
+               ((40, 38, 14), (3.0, 1.0, 1.0)), ((36, 40, 13), (3.0, 0.95, 0.95))],
+    ),
+    # benchmark dataset (see make_bench_model): realistic sizes at 1.5 mm isotropic; not a test kind
+    "bench": dict(
+        id=990, name="Dataset990_TilewiseBench", family="ct",
+        channel_names={"0": "CT"},
+        labels={"background": 0, "liver": 1, "tumour": 2},
+        cases=[((140, 160, 160), (1.5, 1.5, 1.5)), ((150, 172, 168), (1.5, 1.5, 1.5)),
+               ((128, 150, 156), (1.5, 1.5, 1.5)), ((160, 178, 172), (1.5, 1.5, 1.5)),
+               ((144, 164, 150), (1.5, 1.5, 1.5))],
+    ),
 }
 
 # Planner knobs. These are attributes nnU-Net's planners expose; the planner then plans (patch size, topology,
@@ -132,10 +150,14 @@ _KINDS = {
     "aniso": dict(dataset="aniso", planner="default", configuration="3d_fullres"),
     "resenc": dict(dataset="ct", planner="resencM", configuration="3d_fullres"),
     "lowres": dict(dataset="lowres", planner="lowres", configuration="3d_lowres"),
+    "transposed": dict(dataset="transposed", planner="default", configuration="3d_fullres"),
 }
 
 _DEFAULT_SPACING = {"ct": (1.0, 1.0, 1.5), "mr": (1.0, 1.0, 1.0), "regions": (1.0, 1.0, 1.5),
-                    "aniso": (0.8, 0.8, 4.0), "lowres": (1.0, 1.0, 1.0)}
+                    "aniso": (0.8, 0.8, 4.0), "lowres": (1.0, 1.0, 1.0), "transposed": (3.0, 1.0, 1.0)}
+
+# numpy (z, y, x) shape of the sample case the heads are calibrated on, where make_case's default does not fit
+_CALIB_SHAPE = {"transposed": (40, 48, 14)}
 
 _TRAINER = "nnUNetTrainer"
 _SEG_SCALE = 20.0          # makes the random heads decisive
@@ -474,7 +496,8 @@ def _calibration_patch(root: Path, kind: str, plans: dict, dataset_json: dict, c
     """A sample case preprocessed by nnU-Net's own preprocessor, center-cropped/padded to the patch size."""
     pm, cm, lm, n_in = _managers(plans, dataset_json, configuration)
     with tempfile.TemporaryDirectory(dir=root) as td:
-        files = case_files(Path(td), "calib", kind, seed=4242)
+        shape = _CALIB_SHAPE.get(kind)
+        files = case_files(Path(td), "calib", kind, seed=4242, **({} if shape is None else {"shape": shape}))
         with _quiet():
             preprocessor = cm.preprocessor_class(verbose=False)
             data, _, _ = preprocessor.run_case([str(f) for f in files], None, pm, cm, dataset_json)
@@ -686,6 +709,8 @@ def make_model(root: Path, kind: str = "3d", folds: tuple[int, ...] = (0,), seed
       "lowres"      3d_lowres, planned honestly by nnU-Net (a small VRAM target makes the planner add
                     3d_lowres + 3d_cascade_fullres); the plans contain the cascade. The matching
                     3d_cascade_fullres model is built alongside, see :func:`make_cascade_model`.
+      "transposed"  3d_fullres CT whose coarse axis is x (SimpleITK spacing (3, 1, 1), the last numpy axis), so
+                    nnU-Net plans a non-identity transpose_forward ([2, 0, 1]); cases: small x, e.g. (40, 48, 14)
     Every fold has slightly different (perturbed) weights; all are decisive and predict every label.
     """
     folds = _check_args(kind, folds, checkpoint_name)
