@@ -44,6 +44,7 @@ __all__ = [
     "MODEL_KINDS",
     "make_model",
     "make_cascade_model",
+    "make_bench_model",
     "make_case",
     "case_files",
     "make_untrusted_checkpoint",
@@ -140,6 +141,11 @@ _PLANNERS = {
                    cls="ExperimentPlanner", plans_name="nnUNetPlans", kwargs={"gpu_memory_target_in_gb": 0.003},
                    attrs=dict(_TINY, UNet_blocks_per_stage_encoder=(2,) * 14,
                               UNet_blocks_per_stage_decoder=(1,) * 13)),
+    # the benchmark model: nnU-Net's default planner and default network widths (32 -> 320); only the VRAM target is
+    # lowered, so that the 3d_fullres patch comes out 80^3 for the bench dataset (1.6 - 1.85 GB all give 80^3)
+    "bench": dict(module="nnunetv2.experiment_planning.experiment_planners.default_experiment_planner",
+                  cls="ExperimentPlanner", plans_name="nnUNetPlans", kwargs={"gpu_memory_target_in_gb": 1.75},
+                  attrs={}),
 }
 
 _KINDS = {
@@ -151,13 +157,16 @@ _KINDS = {
     "resenc": dict(dataset="ct", planner="resencM", configuration="3d_fullres"),
     "lowres": dict(dataset="lowres", planner="lowres", configuration="3d_lowres"),
     "transposed": dict(dataset="transposed", planner="default", configuration="3d_fullres"),
+    # not in MODEL_KINDS and refused by make_model: built only by make_bench_model (make_case accepts it)
+    "bench": dict(dataset="bench", planner="bench", configuration="3d_fullres"),
 }
 
 _DEFAULT_SPACING = {"ct": (1.0, 1.0, 1.5), "mr": (1.0, 1.0, 1.0), "regions": (1.0, 1.0, 1.5),
-                    "aniso": (0.8, 0.8, 4.0), "lowres": (1.0, 1.0, 1.0), "transposed": (3.0, 1.0, 1.0)}
+                    "aniso": (0.8, 0.8, 4.0), "lowres": (1.0, 1.0, 1.0), "transposed": (3.0, 1.0, 1.0),
+                    "bench": (1.5, 1.5, 1.5)}
 
 # numpy (z, y, x) shape of the sample case the heads are calibrated on, where make_case's default does not fit
-_CALIB_SHAPE = {"transposed": (40, 48, 14)}
+_CALIB_SHAPE = {"transposed": (40, 48, 14), "bench": (160, 160, 160)}
 
 _TRAINER = "nnUNetTrainer"
 _SEG_SCALE = 20.0          # makes the random heads decisive
@@ -625,20 +634,25 @@ def _logging_dict(n_epochs: int, n_fg: int, rng: np.random.Generator) -> dict:
 
 
 def _checkpoint(net_weights: dict, plans: dict, dataset_json: dict, configuration: str, fold: int,
-                label_manager, patch_dim: int, seed: int) -> dict:
+                label_manager, patch_dim: int, seed: int, momentum_buffers: bool = True) -> dict:
     rng = np.random.default_rng(seed * 31 + fold)
     n_epochs = 3
     log = _logging_dict(n_epochs, len(label_manager.foreground_regions if label_manager.has_regions
                                       else label_manager.foreground_labels), rng)
     # optimizer state as nnU-Net's SGD + PolyLRScheduler write it (momentum buffers, initial_lr)
     gen = torch.Generator().manual_seed(seed * 31 + fold)
-    params = [torch.nn.Parameter(v.clone()) for k, v in net_weights.items()
-              if v.is_floating_point() and "running_" not in k]
+    unique, seen = [], set()  # a module's state_dict lists shared tensors under several keys; parameters() once
+    for k, v in net_weights.items():
+        alias = (v.data_ptr(), tuple(v.shape), v.dtype)
+        if v.is_floating_point() and "running_" not in k and alias not in seen:
+            seen.add(alias)
+            unique.append(v)
+    params = [torch.nn.Parameter(v.clone()) for v in unique]
     opt = torch.optim.SGD(params, lr=0.01, weight_decay=3e-5, momentum=0.99, nesterov=True)
     for group in opt.param_groups:
         group["initial_lr"] = 0.01
         group["lr"] = log["lrs"][-1]
-    for p in params:
+    for p in params if momentum_buffers else ():  # without: the state of an SGD that has not stepped yet
         opt.state[p]["momentum_buffer"] = 1e-3 * torch.randn(p.shape, generator=gen)
     return {
         "network_weights": net_weights,
@@ -655,7 +669,7 @@ def _checkpoint(net_weights: dict, plans: dict, dataset_json: dict, configuratio
 
 
 def _write_model_folder(out: Path, plans: dict, dataset_json: dict, fingerprint: dict, configuration: str,
-                        weights: dict, checkpoint_name: str, seed: int) -> None:
+                        weights: dict, checkpoint_name: str, seed: int, momentum_buffers: bool = True) -> None:
     pm, cm, lm, n_in = _managers(plans, dataset_json, configuration)
     out.mkdir(parents=True)
     _write_json(dataset_json, out / "dataset.json")
@@ -664,8 +678,8 @@ def _write_model_folder(out: Path, plans: dict, dataset_json: dict, fingerprint:
     for f, sd in weights.items():
         fd = out / f"fold_{f}"
         fd.mkdir()
-        torch.save(_checkpoint(sd, plans, dataset_json, configuration, f, lm, len(cm.patch_size), seed),
-                   fd / checkpoint_name)
+        torch.save(_checkpoint(sd, plans, dataset_json, configuration, f, lm, len(cm.patch_size), seed,
+                               momentum_buffers), fd / checkpoint_name)
         _write_json({"device": "cpu", "torch_version": torch.__version__, "cudnn_version": "None",
                      "configuration": configuration, "fold": f, "trainer": _TRAINER,
                      "note": "written by tests/model_factory.py"}, fd / "debug.json")
@@ -686,6 +700,9 @@ def _trainer_dir(base: Path, dataset_name: str, plans_name: str, configuration: 
 
 def _check_args(kind, folds, checkpoint_name):
     _spec(kind)
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"kind {kind!r} is not a test model kind (use make_bench_model for 'bench'); "
+                         f"expected one of {MODEL_KINDS}")
     folds = tuple(int(f) for f in folds)
     if not folds or len(set(folds)) != len(folds) or min(folds) < 0:
         raise ValueError(f"folds must be distinct non-negative ints, got {folds}")
@@ -755,6 +772,77 @@ def make_cascade_model(root: Path, folds: tuple[int, ...] = (0,), seed: int = 0,
     one-hot previous-stage segmentation). Engines that do not run cascades should refuse it."""
     lowres = make_model(root, "lowres", folds, seed, checkpoint_name)
     return lowres.parent / lowres.name.replace("__3d_lowres", "__3d_cascade_fullres")
+
+
+BENCH_CASE_NAME = "bench_ct_0000.nii.gz"
+BENCH_CASE_SHAPE = (160, 160, 160)
+_BENCH_CASE_SEED = 2024
+
+
+def make_bench_model(root: Path, seed: int = 0) -> tuple[Path, Path]:
+    """A benchmark-sized model and case (not used by the test suite: building takes a minute, predicting with
+    nnU-Net on a CPU minutes). Returns ``(model_dir, case_path)``; both are cached under ``root``.
+
+    * dataset: five synthetic CT-like cases of 128-178 voxels per side at 1.5 mm isotropic, labels
+      background / liver / tumour (three output channels), fingerprinted by nnU-Net's extractor;
+    * plans: nnU-Net's default ``ExperimentPlanner`` with its default network (PlainConvUNet, features 32 -> 320,
+      two convolutions per stage); only ``gpu_memory_target_in_gb`` is lowered (``_PLANNERS['bench']``) so that the
+      3d_fullres patch is 80 x 80 x 80 (five stages, about 16.5 M parameters);
+    * weights: fold_0 only, seeded random with decisive, bias-balanced heads (as :func:`make_model`), stored as
+      float16 (a float32 network loads them; nnU-Net's predictor was checked to) with shared tensors stored once
+      and an optimizer state without momentum buffers, so the checkpoint is about 33 MB instead of ~130 MB;
+    * case: ``root / "bench_ct_0000.nii.gz"``, int16 CT-like (air -1000 around a body), numpy (z, y, x)
+      160 x 160 x 160 at 1.5 mm, identity direction; the same anatomy for every ``seed`` (the seed only changes the
+      weights). ``root`` holds no other ``.nii.gz`` file, so it can be passed to nnU-Net's ``-i`` as is.
+    """
+    root = Path(root)
+    kind, spec = "bench", _KINDS["bench"]
+    ds, pl = _DATASETS[spec["dataset"]], _PLANNERS[spec["planner"]]
+    configuration = spec["configuration"]
+    seed = int(seed)
+    base = Path(root) / "tilewise_models" / f"v{_BUILD_VERSION}" / f"bench__seed-{seed}"
+    target = _trainer_dir(base, ds["name"], pl["plans_name"], configuration)
+
+    def build(tmp: Path):
+        planned = _planned(root, spec["dataset"], spec["planner"])
+        pre = planned / "nnUNet_preprocessed" / ds["name"]
+        plans = json.loads((pre / f"{pl['plans_name']}.json").read_text())
+        dataset_json = json.loads((pre / "dataset.json").read_text())
+        fingerprint = json.loads((pre / "dataset_fingerprint.json").read_text())
+        pm, cm, lm, n_in = _managers(plans, dataset_json, configuration)
+        sd32 = _make_fold_weights(plans, dataset_json, configuration, lm, root, kind, seed, (0,))[0]
+        net = _build_network(plans, dataset_json, configuration, 0)
+        net.load_state_dict(sd32)
+        del sd32
+        net.half()
+        sd16 = net.state_dict()  # keeps encoder / decoder.encoder / all_modules aliases sharing one storage
+        # what is stored must still be decisive and predict every label once loaded into a float32 network
+        check = _build_network(plans, dataset_json, configuration, 1)
+        check.load_state_dict(sd16)
+        with _inference_mode_net(check):
+            frac = _label_fractions(check(_calibration_patch(root, kind, plans, dataset_json, configuration)),
+                                    False, None)
+        if frac.min() < _MIN_LABEL_FRACTION:
+            raise RuntimeError(f"float16 bench weights lost a label (fractions {frac}); try another seed")
+        del check
+        _write_model_folder(_trainer_dir(tmp, ds["name"], pl["plans_name"], configuration), plans, dataset_json,
+                            fingerprint, configuration, {0: sd16}, "checkpoint_final.pth", seed,
+                            momentum_buffers=False)
+
+    with _lock:
+        if not target.is_dir():
+            if base.is_dir():  # incomplete leftovers
+                shutil.rmtree(base)
+            _atomic_build(base, build)
+        case = root / BENCH_CASE_NAME
+        if not case.is_file():
+            tmp_dir = Path(tempfile.mkdtemp(prefix=".bench_case.", dir=base.parent))
+            try:  # written elsewhere and moved: root never holds a half-written (or second) .nii.gz
+                os.replace(make_case(tmp_dir / BENCH_CASE_NAME, kind, shape=BENCH_CASE_SHAPE, seed=_BENCH_CASE_SEED),
+                           case)
+            finally:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+    return target, case
 
 
 def model_info(model_dir: Path) -> dict:

@@ -31,7 +31,7 @@ def cases_dir(tmp_path_factory):
 
 
 def _case_shape(kind):
-    return (12, 48, 56) if kind == "aniso" else (40, 48, 56)
+    return {"aniso": (12, 48, 56), "transposed": (40, 48, 14)}.get(kind, (40, 48, 56))
 
 
 def _load_checkpoint(path):
@@ -77,7 +77,7 @@ def test_kind_loads_and_predicts_every_label(kind, factory_root, cases_dir):
     if kind == "two_channel":
         assert cm.normalization_schemes == ["ZScoreNormalization"] * 2
         assert len(predictor.dataset_json["channel_names"]) == 2
-    if kind in ("3d", "2d", "regions", "aniso", "resenc", "lowres"):
+    if kind in ("3d", "2d", "regions", "aniso", "resenc", "lowres", "transposed"):
         assert cm.normalization_schemes == ["CTNormalization"]
     if kind == "regions":
         assert predictor.label_manager.has_regions
@@ -100,6 +100,35 @@ def test_kind_loads_and_predicts_every_label(kind, factory_root, cases_dir):
         assert not np.allclose(case_spacing, plan_spacing)  # resampling really happens
         do_sep, axis = determine_do_sep_z_and_axis(None, case_spacing, plan_spacing)
         assert do_sep and axis == 0
+    if kind == "transposed":
+        # x (the last numpy axis) is the coarse one, so nnU-Net moves it to the front
+        assert plans["transpose_forward"] != [0, 1, 2]
+        assert plans["transpose_forward"][0] == 2
+        assert plans["transpose_backward"] != plans["transpose_forward"]  # a 3-cycle: mixing them up shows
+        assert cm.spacing[0] == max(cm.spacing) == pytest.approx(3.0)
+        assert cm.patch_size[0] < min(cm.patch_size[1:])
+    else:
+        assert plans["transpose_forward"] == [0, 1, 2]
+
+
+def test_transposed_default_case_geometry(factory_root, cases_dir):
+    """make_case defaults to the transposed dataset's geometry (x coarse, SimpleITK spacing (3, 1, 1)); nnU-Net
+    predicts every label on such a case and hands it back in the case's own (z, y, x) order."""
+    files = mf.case_files(cases_dir, "case_transposed_default", "transposed", shape=(40, 48, 14), seed=11)
+    img = sitk.ReadImage(str(files[0]))
+    assert np.allclose(img.GetSpacing(), (3.0, 1.0, 1.0)) and mf.default_spacing("transposed") == (3.0, 1.0, 1.0)
+    seg = mf.nnunet_reference(mf.make_model(factory_root, "transposed"), files, mirroring=False)
+    assert seg.shape == (40, 48, 14)
+    assert set(mf.expected_labels("transposed")) <= set(np.unique(seg).tolist())
+
+
+def test_bench_kind_is_not_a_test_model(tmp_path):
+    assert "bench" not in mf.MODEL_KINDS
+    with pytest.raises(ValueError, match="make_bench_model"):
+        mf.make_model(tmp_path, "bench")
+    assert mf._PLANNERS["bench"]["attrs"] == {}  # nnU-Net's default network widths, unlike the test kinds
+    p = mf.make_case(tmp_path / "b_0000.nii.gz", "bench", shape=(8, 9, 10))
+    assert np.allclose(sitk.ReadImage(str(p)).GetSpacing(), (1.5, 1.5, 1.5))
 
 
 def test_multiple_folds_differ_and_ensemble(factory_root, cases_dir):

@@ -36,6 +36,7 @@ CASES = [
     pytest.param("3d", {"direction": OBLIQUE, "origin": (10.0, -20.0, 5.0), "spacing": (1.2, 0.9, 1.5)}, id="oblique-direction"),
     pytest.param("resenc", {}, id="residual-encoder"),
     pytest.param("lowres", {}, id="3d_lowres"),
+    pytest.param("transposed", {}, id="transposed-axes"),
 ]
 
 
