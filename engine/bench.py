@@ -46,7 +46,7 @@ def run_timed(command: list[str], env: dict[str, str] | None = None) -> Timed:
 
 def dice_per_label(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
     """Dice of every non-zero label present in either map."""
-    labels = sorted(set(np.unique(a).tolist()) | set(np.unique(b).tolist()) - {0})
+    labels = sorted((set(np.unique(a).tolist()) | set(np.unique(b).tolist())) - {0})
     scores = {}
     for label in labels:
         in_a, in_b = a == label, b == label

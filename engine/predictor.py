@@ -13,6 +13,7 @@ import torch
 from .devices import default_batch_size, resolve_device, resolve_precision
 from .errors import InputError
 from .export import export_logits, logits_to_labels
+from .host_memory import keep_freed_host_memory
 from .model import ModelBundle, available_folds
 from .preprocess import preprocess
 from .presets import Preset
@@ -65,6 +66,8 @@ class Predictor:
         started = time.perf_counter()
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.preset = preset
+        if self.device.type == "cpu":
+            keep_freed_host_memory()
         chosen = folds or preset.choose_folds(available_folds(Path(model_dir).expanduser(), checkpoint_name)
                                                if Path(model_dir).expanduser().is_dir() else [])
         self.bundle = ModelBundle.load(model_dir, folds=chosen or None, checkpoint_name=checkpoint_name, trust=trust)
