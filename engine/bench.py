@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from .cases import collect_cases
 from .cli import preset_from_args
 from .errors import TilewiseError
-from .model import ModelBundle, available_folds
+from .model import ModelBundle
 
 
 @dataclass
@@ -86,7 +86,7 @@ def _ours_command(args: argparse.Namespace, staged: Path, out: Path, report: Pat
 
 
 def _nnunet_command(args: argparse.Namespace, report: dict, staged: Path, out: Path, device: str) -> list[str]:
-    entry = "from nnunetv2.inference.predict_from_raw_data import predict_entry_point_modelfolder as m; m()"
+    entry = "from nnunetv2.inference.predict_from_raw_data import predict_entry_point_modelfolder as main; main()"
     command = [sys.executable, "-c", entry, "-i", str(staged), "-o", str(out), "-m", str(args.model),
                "-f", *report["folds"], "-step_size", str(report["tile_step"]), "-device", device,
                "--disable_progress_bar"]
@@ -100,9 +100,8 @@ def _nnunet_command(args: argparse.Namespace, report: dict, staged: Path, out: P
 def run_bench(args: argparse.Namespace) -> int:
     """Run the bench command; prints a table and, as the last line, one JSON object."""
     preset = preset_from_args(args)
-    model_dir = Path(args.model).expanduser()
-    folds = args.folds or preset.choose_folds(available_folds(model_dir, args.checkpoint) if model_dir.is_dir() else [])
-    bundle = ModelBundle.load(model_dir, folds=folds or None, checkpoint_name=args.checkpoint, trust=args.trust_model)
+    bundle = ModelBundle.load(args.model, folds=args.folds, checkpoint_name=args.checkpoint, trust=args.trust_model,
+                              fold_count=preset.fold_count)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tilewise-bench-"))
     try:
         staged = _stage_input(Path(args.input), bundle, workdir / "input")

@@ -79,11 +79,13 @@ class ModelBundle:
         folds: list[str] | None = None,
         checkpoint_name: str | None = None,
         trust: bool = False,
+        fold_count: int | None = None,
     ) -> "ModelBundle":
         """Open an nnU-Net trained-model folder.
 
-        ``folds`` None means every fold with a checkpoint. ``checkpoint_name`` None prefers checkpoint_final.pth and
-        falls back to checkpoint_best.pth. Checkpoints are loaded safely unless ``trust`` is True.
+        ``folds`` None means every fold with a checkpoint, or the first ``fold_count`` of them. ``checkpoint_name``
+        None prefers checkpoint_final.pth and falls back to checkpoint_best.pth. Checkpoints are loaded safely unless
+        ``trust`` is True.
         """
         path = Path(model_dir).expanduser()
         if not path.is_dir():
@@ -94,7 +96,7 @@ class ModelBundle:
         if not present:
             wanted = checkpoint_name or " or ".join(CHECKPOINT_NAMES)
             raise ModelError(path, f"no trained folds found (expected fold_*/{wanted})")
-        chosen = [str(f) for f in folds] if folds else present
+        chosen = [str(f) for f in folds] if folds else present[:fold_count]
         missing = [f for f in chosen if f not in present]
         if missing:
             raise ModelError(path, f"fold(s) {', '.join(missing)} not found; available: {', '.join(present)}")

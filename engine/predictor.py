@@ -14,7 +14,8 @@ from .devices import default_batch_size, resolve_device, resolve_precision
 from .errors import InputError
 from .export import export_logits, logits_to_labels
 from .host_memory import keep_freed_host_memory
-from .model import ModelBundle, available_folds
+from .grid import GridMapper
+from .model import ModelBundle
 from .preprocess import preprocess
 from .presets import Preset
 from .runner import CancelToken, EventHandler, SlidingWindowRunner
@@ -68,9 +69,8 @@ class Predictor:
         self.preset = preset
         if self.device.type == "cpu":
             keep_freed_host_memory()
-        chosen = folds or preset.choose_folds(available_folds(Path(model_dir).expanduser(), checkpoint_name)
-                                               if Path(model_dir).expanduser().is_dir() else [])
-        self.bundle = ModelBundle.load(model_dir, folds=chosen or None, checkpoint_name=checkpoint_name, trust=trust)
+        self.bundle = ModelBundle.load(model_dir, folds=folds, checkpoint_name=checkpoint_name, trust=trust,
+                                       fold_count=preset.fold_count)
         self.networks = [net.to(self.device) for net in self.bundle.build_networks()]
         spatial_axes = len(self.bundle.patch_size)
         mirror_axes = tuple(a for a in self.bundle.mirror_axes if a < spatial_axes) if preset.mirroring else ()
@@ -84,7 +84,9 @@ class Predictor:
         )
         self.load_seconds = time.perf_counter() - started
         self._runner: SlidingWindowRunner | None = None
+        self._mapper: GridMapper | None = None
         self._pending_priority: Callable[[Tile], float] | None = None
+        self._focus: tuple[int, int] | None = None
 
     def check_input(self, volume: Volume) -> None:
         """Raise :class:`InputError` if ``volume`` cannot be segmented by this model."""
@@ -102,8 +104,19 @@ class Predictor:
     def prioritise(self, key: Callable[[Tile], float]) -> None:
         """Reorder the tiles not yet run (smaller key first); applies to the current or the next run."""
         self._pending_priority = key
+        self._focus = None
         if self._runner is not None:
             self._runner.prioritise(key)
+
+    def focus_on_slice(self, input_axis: int, index: int) -> None:
+        """Run the tiles that show slice ``index`` of input axis ``input_axis`` (0 = z, 1 = y, 2 = x) first.
+
+        Safe to call from any thread, before or during a run (the viewer calls it as the user scrolls).
+        """
+        self._focus = (input_axis, index)
+        runner, mapper = self._runner, self._mapper
+        if runner is not None and mapper is not None:
+            runner.prioritise(mapper.slice_priority(input_axis, index))
 
     def predict(
         self,
@@ -125,9 +138,11 @@ class Predictor:
             self.settings.precision, self.settings.batch_size, self.bundle.label_manager.num_segmentation_heads,
             lambda logits: logits_to_labels(logits, self.bundle),
         )
-        if self._pending_priority is not None:
+        if self._focus is not None:
+            runner.prioritise(prepared.mapper.slice_priority(*self._focus))
+        elif self._pending_priority is not None:
             runner.prioritise(self._pending_priority)
-        self._runner = runner
+        self._mapper, self._runner = prepared.mapper, runner
         started = time.perf_counter()
         tile_count = 0
 
@@ -140,7 +155,7 @@ class Predictor:
         try:
             logits = runner.run(prepared.data, prepared.mapper, count_and_forward, cancel, provisional_labels)
         finally:
-            self._runner = None
+            self._runner = self._mapper = None
         timings["sliding_window"] = time.perf_counter() - started
 
         started = time.perf_counter()

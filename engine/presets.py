@@ -45,9 +45,10 @@ class Preset:
         """A copy with the given fields replaced; None values are ignored."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
-    def choose_folds(self, available: list[str]) -> list[str]:
-        """The folds this preset uses out of the available ones."""
-        return list(available) if self.folds == "all" else list(available)[: int(self.folds)]
+    @property
+    def fold_count(self) -> int | None:
+        """How many of the available folds to use (None: all)."""
+        return None if self.folds == "all" else int(self.folds)
 
 
 def load_presets(path: Path | None = None) -> dict[str, Preset]:

@@ -120,7 +120,7 @@ def test_reordering_mid_run_gives_the_same_labels(ct_model: Path, big_case: Path
     assert len(set(order)) == len(order) == baseline.tiles
 
 
-def test_slice_priority_puts_tiles_on_screen_first(ct_model: Path, big_case: Path) -> None:
+def test_focus_on_slice_puts_tiles_on_screen_first(ct_model: Path, big_case: Path) -> None:
     predictor = Predictor(ct_model, get_preset("fast").with_overrides(tile_step=0.5), device="cpu")
     volume = read_volume(big_case)
     events: list[TileEvent] = []
@@ -129,10 +129,7 @@ def test_slice_priority_puts_tiles_on_screen_first(ct_model: Path, big_case: Pat
     def on_event(event: TileEvent) -> None:
         events.append(event)
 
-    from tilewise.engine.preprocess import preprocess
-
-    mapper = preprocess(volume, predictor.bundle).mapper
-    predictor.prioritise(mapper.slice_priority(input_axis=0, index=slice_index))
+    predictor.focus_on_slice(input_axis=0, index=slice_index)
     predictor.predict(volume, on_event=on_event)
     shows_slice = [e.input_box is not None and e.input_box[0].start <= slice_index < e.input_box[0].stop for e in events]
     first_other = shows_slice.index(False)
@@ -169,3 +166,20 @@ def test_accumulators_fall_back_when_memory_runs_out(ct_model: Path, big_case: P
     expected = Predictor(ct_model, preset, device="cpu").predict(volume)
     assert any("batch size reduced to 1" in note for note in result.notes)
     assert (result.labels == expected.labels).all()
+
+
+def test_focus_moves_while_running(ct_model: Path, big_case: Path) -> None:
+    predictor = Predictor(ct_model, get_preset("fast").with_overrides(tile_step=0.5), device="cpu")
+    volume = read_volume(big_case)
+    last = volume.shape[0] - 1
+    events: list[TileEvent] = []
+
+    def on_event(event: TileEvent) -> None:
+        events.append(event)
+        if event.done == 1:  # the user scrolled to the last slice
+            predictor.focus_on_slice(0, last)
+
+    predictor.predict(volume, on_event=on_event)
+    shows_last = [e.input_box is not None and e.input_box[0].stop - 1 >= last for e in events[1:]]
+    assert any(shows_last)
+    assert not any(shows_last[shows_last.index(False):])
