@@ -112,7 +112,8 @@ def run_bench(args: argparse.Namespace) -> int:
         report = json.loads(report_path.read_text())
         case = report["cases"][0]
         summary: dict = {
-            "preset": preset.name, "device": report["device"], "precision": report["precision"],
+            "preset": preset.name, "device": report["device"], "device_name": report["device_name"],
+            "precision": report["precision"],
             "folds": report["folds"], "mirroring": bool(report["mirror_axes"]), "tile_step": report["tile_step"],
             "batch_size": report["batch_size"], "tiles": case["tiles"], "forward_passes": case["forward_passes"],
             "tiles_per_s": case["tiles"] / max(case["timings"]["sliding_window"], 1e-9),
@@ -148,7 +149,7 @@ def _print_ours(summary: dict) -> None:
     stages = "  ".join(f"{k} {v:.2f}s" for k, v in summary["stages_s"].items())
     print(f"settings   preset {summary['preset']}, folds {','.join(summary['folds'])}, mirroring "
           f"{'on' if summary['mirroring'] else 'off'}, step {summary['tile_step']}, {summary['precision']}, "
-          f"batch {summary['batch_size']}, device {summary['device']}")
+          f"batch {summary['batch_size']}, device {summary['device_name']}")
     print(f"tilewise   {summary['ours_s']:.2f}s end-to-end, peak {summary['ours_peak_rss_mb']} MB, "
           f"{summary['tiles']} tiles ({summary['tiles_per_s']:.2f}/s), {summary['forward_passes']} forward passes")
     print(f"  stages   {stages}")

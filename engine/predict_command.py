@@ -9,6 +9,7 @@ from typing import Any
 
 from .cases import collect_cases
 from .cli import preset_from_args, write_json
+from .devices import describe_device
 from .io import read_volume, write_labels, write_probabilities
 from .predictor import Predictor
 from .runner import TileEvent
@@ -87,6 +88,6 @@ def run_predict(args: argparse.Namespace) -> int:
             "model": str(predictor.bundle.path), "configuration": predictor.bundle.configuration_name,
             "preset": preset.name, "folds": settings.folds, "mirror_axes": list(settings.mirror_axes),
             "tile_step": settings.tile_step, "precision": settings.precision, "batch_size": settings.batch_size,
-            "device": str(settings.device), "load_s": predictor.load_seconds, "total_s": total, "cases": report_cases,
+            "device": str(settings.device), "device_name": describe_device(settings.device), "load_s": predictor.load_seconds, "total_s": total, "cases": report_cases,
         })
     return 0

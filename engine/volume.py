@@ -65,8 +65,3 @@ class Volume:
         if self.geometry.ndim == 2:
             return [float(abs(s)) for s in (max(spacing) * 999, *spacing[::-1])]
         return [float(abs(s)) for s in spacing[::-1]]
-
-    @property
-    def name(self) -> str:
-        """A short display name: the first source file's name, or 'volume'."""
-        return self.sources[0].name if self.sources else "volume"

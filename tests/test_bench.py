@@ -1,0 +1,40 @@
+"""``tilewise bench`` runs both engines on the same input and reports comparable numbers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tilewise.engine.bench import dice_per_label
+from tilewise.engine.cli import main
+
+REQUIRED = {"ours_s", "nnunet_s", "speedup", "dice_min", "preset", "device", "tiles", "tiles_per_s", "stages_s",
+            "ours_peak_rss_mb", "nnunet_peak_rss_mb", "dice"}
+
+
+def test_bench_against_nnunet_prints_json_last(ct_model: Path, ct_case: Path, capsys) -> None:
+    code = main(["bench", "-m", str(ct_model), "-i", str(ct_case), "--preset", "fast", "--precision", "fp32",
+                 "-device", "cpu", "--against", "nnunet"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    summary = json.loads(out[-1])
+    assert REQUIRED <= set(summary)
+    assert summary["preset"] == "fast" and summary["device"] == "cpu" and summary["precision"] == "fp32"
+    assert summary["dice_min"] >= 0.999
+    assert summary["speedup"] == pytest.approx(summary["nnunet_s"] / summary["ours_s"], rel=0.01)
+    assert set(summary["stages_s"]) >= {"load", "preprocess", "sliding_window", "export"}
+    assert any(line.startswith("nnU-Net") for line in out) and any(line.startswith("speed-up") for line in out)
+
+
+def test_bench_without_comparison(ct_model: Path, ct_case: Path, capsys) -> None:
+    assert main(["bench", "-m", str(ct_model), "-i", str(ct_case), "--preset", "preview", "-device", "cpu"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "nnunet_s" not in summary and summary["tiles"] >= 1 and summary["forward_passes"] == summary["tiles"]
+
+
+def test_dice_per_label_ignores_background_and_scores_misses() -> None:
+    a = np.array([0, 1, 1, 2, 2, 0])
+    b = np.array([0, 1, 2, 2, 2, 3])
+    assert dice_per_label(a, b) == {1: 2 / 3, 2: 0.8, 3: 0.0}
