@@ -69,9 +69,9 @@ def _stage_input(source: Path, bundle: ModelBundle, folder: Path) -> list[Path]:
     return staged
 
 
-def _ours_command(args: argparse.Namespace, staged: Path, out: Path, report: Path) -> list[str]:
+def _ours_command(args: argparse.Namespace, model_dir: Path, staged: Path, out: Path, report: Path) -> list[str]:
     command = [sys.executable, "-m", "tilewise.engine.cli", "predict", "-i", str(staged), "-o", str(out),
-               "-m", str(args.model), "--preset", args.preset, "-device", args.device, "--report", str(report), "-q"]
+               "-m", str(model_dir), "--preset", args.preset, "-device", args.device, "--report", str(report), "-q"]
     for flag, value in (("-step_size", args.step_size), ("--precision", args.precision),
                         ("--batch-size", args.batch_size), ("-chk", args.checkpoint)):
         if value is not None:
@@ -85,9 +85,10 @@ def _ours_command(args: argparse.Namespace, staged: Path, out: Path, report: Pat
     return command
 
 
-def _nnunet_command(args: argparse.Namespace, report: dict, staged: Path, out: Path, device: str) -> list[str]:
+def _nnunet_command(args: argparse.Namespace, report: dict, model_dir: Path, staged: Path, out: Path,
+                    device: str) -> list[str]:
     entry = "from nnunetv2.inference.predict_from_raw_data import predict_entry_point_modelfolder as main; main()"
-    command = [sys.executable, "-c", entry, "-i", str(staged), "-o", str(out), "-m", str(args.model),
+    command = [sys.executable, "-c", entry, "-i", str(staged), "-o", str(out), "-m", str(model_dir),
                "-f", *report["folds"], "-step_size", str(report["tile_step"]), "-device", device,
                "--disable_progress_bar"]
     if not report["mirror_axes"]:
@@ -106,7 +107,7 @@ def run_bench(args: argparse.Namespace) -> int:
     try:
         staged = _stage_input(Path(args.input), bundle, workdir / "input")
         ours_out, report_path = workdir / "tilewise", workdir / "tilewise-report.json"
-        ours = run_timed(_ours_command(args, staged[0].parent, ours_out, report_path))
+        ours = run_timed(_ours_command(args, bundle.path, staged[0].parent, ours_out, report_path))
         if ours.returncode != 0:
             raise TilewiseError("tilewise predict", f"failed: {ours.stderr.strip().splitlines()[-1] if ours.stderr.strip() else ours.returncode}")
         report = json.loads(report_path.read_text())
@@ -124,7 +125,7 @@ def run_bench(args: argparse.Namespace) -> int:
         if args.against == "nnunet":
             nnunet_out = workdir / "nnunet"
             device = "cpu" if report["device"] == "cpu" else "cuda" if report["device"].startswith("cuda") else report["device"]
-            theirs = run_timed(_nnunet_command(args, report, staged[0].parent, nnunet_out, device))
+            theirs = run_timed(_nnunet_command(args, report, bundle.path, staged[0].parent, nnunet_out, device))
             if theirs.returncode != 0:
                 raise TilewiseError("nnUNetv2_predict_from_modelfolder", f"failed: {theirs.stderr.strip()[-300:]}")
             ours_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(ours_out / f"case{bundle.file_ending}")))

@@ -35,6 +35,15 @@ def available_folds(model_dir: Path, checkpoint_name: str | None = None) -> list
     return sorted(folds, key=_fold_key)
 
 
+def resolve_model_dir(model_dir: Path | str) -> Path:
+    """A model folder path; the name 'demo' stands for the model bundled with Tilewise."""
+    from tilewise.resources import DEMO_MODEL_NAME, demo_model_dir
+
+    if str(model_dir) == DEMO_MODEL_NAME and not Path(DEMO_MODEL_NAME).exists():
+        return demo_model_dir()
+    return Path(model_dir).expanduser()
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelError(path.parent, f"not an nnU-Net model folder ({path.name} is missing)")
@@ -87,7 +96,7 @@ class ModelBundle:
         None prefers checkpoint_final.pth and falls back to checkpoint_best.pth. Checkpoints are loaded safely unless
         ``trust`` is True.
         """
-        path = Path(model_dir).expanduser()
+        path = resolve_model_dir(model_dir)
         if not path.is_dir():
             raise ModelError(path, "model folder not found")
         dataset_json = _read_json(path / "dataset.json")
