@@ -18,7 +18,7 @@ from .grid import GridMapper
 from .model import ModelBundle
 from .preprocess import preprocess
 from .presets import Preset
-from .runner import CancelToken, EventHandler, SlidingWindowRunner
+from .runner import CancelToken, EventHandler, SlidingWindowRunner, free_device_memory
 from .tiling import Tile
 from .volume import Geometry, Volume
 
@@ -69,6 +69,8 @@ class Predictor:
         self.preset = preset
         if self.device.type == "cpu":
             keep_freed_host_memory()
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed tile shapes: let cuDNN pick the fastest kernels once
         self.bundle = ModelBundle.load(model_dir, folds=folds, checkpoint_name=checkpoint_name, trust=trust,
                                        fold_count=preset.fold_count)
         self.networks = [net.to(self.device) for net in self.bundle.build_networks()]
@@ -160,10 +162,14 @@ class Predictor:
 
         started = time.perf_counter()
         logits = logits[(slice(None), *prepared.unpadded)]
-        exported = export_logits(logits, self.bundle, prepared.properties, with_probabilities)
+        try:
+            exported = export_logits(logits, self.bundle, prepared.properties, with_probabilities)
+        except torch.OutOfMemoryError:
+            free_device_memory(self.device)
+            runner.notes.append("device memory ran out during export: resampled on the host instead")
+            exported = export_logits(logits.cpu(), self.bundle, prepared.properties, with_probabilities)
         del logits
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_device_memory(self.device)
         timings["export"] = time.perf_counter() - started
         return Result(
             labels=exported.labels,

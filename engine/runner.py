@@ -68,7 +68,8 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
-def _free_device_memory(device: torch.device) -> None:
+def free_device_memory(device: torch.device) -> None:
+    """Return cached device memory to the driver (CUDA/MPS); collects garbage first."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -146,12 +147,12 @@ class SlidingWindowRunner:
             try:
                 return self._run_once(data, mapper, on_event, cancel, provisional_labels, on_device)
             except Cancelled:
-                _free_device_memory(self.device)
+                free_device_memory(self.device)
                 raise
             except (RuntimeError, torch.OutOfMemoryError) as error:
                 if not _is_out_of_memory(error):
                     raise
-                _free_device_memory(self.device)
+                free_device_memory(self.device)
                 if on_device and self.device.type != "cpu":
                     on_device = False
                     self.notes.append("device memory ran out: accumulators moved to host memory and the run restarted")

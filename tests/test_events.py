@@ -183,3 +183,24 @@ def test_focus_moves_while_running(ct_model: Path, big_case: Path) -> None:
     shows_last = [e.input_box is not None and e.input_box[0].stop - 1 >= last for e in events[1:]]
     assert any(shows_last)
     assert not any(shows_last[shows_last.index(False):])
+
+
+def test_export_falls_back_to_host_when_device_memory_runs_out(ct_model: Path, ct_case: Path, monkeypatch) -> None:
+    from tilewise.engine import predictor as predictor_module
+
+    original = predictor_module.export_logits
+    calls = {"n": 0}
+
+    def flaky_export(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+        return original(*args, **kwargs)
+
+    volume = read_volume(ct_case)
+    expected = Predictor(ct_model, get_preset("preview"), device="cpu").predict(volume)
+    monkeypatch.setattr(predictor_module, "export_logits", flaky_export)
+    result = Predictor(ct_model, get_preset("preview"), device="cpu").predict(volume)
+    assert calls["n"] == 2
+    assert any("during export" in note for note in result.notes)
+    assert (result.labels == expected.labels).all()
