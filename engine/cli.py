@@ -30,7 +30,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tilewise`` command."""
-    parser = argparse.ArgumentParser(prog="tilewise", description="Fast nnU-Net v2 inference with live feedback.")
+    parser = argparse.ArgumentParser(
+        prog="tilewise", description="Fast nnU-Net v2 inference with live feedback. Without a command, "
+        "'tilewise [IMAGE] [-m MODEL]' opens the viewer.")
     commands = parser.add_subparsers(dest="command")
 
     predict = commands.add_parser("predict", help="segment images with an nnU-Net model")
@@ -58,13 +60,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMMANDS: tuple[str, ...] = ("predict", "bench", "models")
+VIEWER_MODULE = "tilewise.gui.app"
+
+
+def open_viewer(argv: list[str]) -> int:
+    """Start the desktop viewer (``tilewise [PATH] [-m MODEL]``); it lives in the optional ``gui`` extra.
+
+    Imported by name at call time so that the engine itself never imports Qt or napari.
+    """
+    import importlib
+
+    try:
+        viewer = importlib.import_module(VIEWER_MODULE)
+    except ImportError as error:
+        print(f"tilewise: error: the viewer is not installed ({error.name} is missing); "
+              "install it with: pip install 'tilewise[gui]'", file=sys.stderr)
+        return EXIT_USAGE
+    return int(viewer.main(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tilewise`` console script."""
+    """Entry point of the ``tilewise`` console script: a sub-command, or the viewer when none is given."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments or (arguments[0] not in COMMANDS and arguments[0] not in ("-h", "--help")):
+        return open_viewer(arguments)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    args = parser.parse_args(arguments)
     try:
         if args.command == "predict":
             from .predict_command import run_predict

@@ -468,9 +468,29 @@ def test_models_with_nothing_found(tmp_path: Path, capfd) -> None:
     assert "no nnU-Net models" in out
 
 
-def test_bare_command_prints_usage(capfd) -> None:
-    code, out, _ = run_cli([], capfd)
-    assert code == 0
+def test_help_prints_usage(capfd) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    out = capfd.readouterr().out
+    assert exited.value.code == 0
     assert "usage: tilewise" in out
     for command in ("predict", "bench", "models"):
         assert command in out
+
+
+@pytest.mark.parametrize("argv", [[], ["scan.nii.gz"], ["scan.nii.gz", "-m", "demo"]])
+def test_no_command_opens_the_viewer(argv: list[str], monkeypatch) -> None:
+    import tilewise.engine.cli as cli
+
+    opened: list[list[str]] = []
+    monkeypatch.setattr(cli, "open_viewer", lambda arguments: opened.append(arguments) or 0)
+    assert main(argv) == 0
+    assert opened == [argv]
+
+
+def test_viewer_missing_is_a_clear_error(monkeypatch, capfd) -> None:
+    import tilewise.engine.cli as cli
+
+    monkeypatch.setattr(cli, "VIEWER_MODULE", "tilewise.gui.module_that_is_not_installed")
+    assert main([]) == 2
+    assert "pip install 'tilewise[gui]'" in capfd.readouterr().err

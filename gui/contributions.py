@@ -1,0 +1,115 @@
+"""napari plugin contributions (``napari.yaml``): reader, labels writer and sample data, all through the engine's io."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tilewise.engine import Volume, read_volume, write_labels as _write_labels
+from tilewise.engine.errors import InputError
+from tilewise.engine.io import IMAGE_SUFFIXES, image_suffix, is_dicom_folder, strip_suffix
+
+from .geometry import geometry_from_transform, layer_transform
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+
+def display_range(array: np.ndarray) -> tuple[float, float]:
+    """Contrast limits that ignore the extreme 0.5 % of voxels (read from a subsample, so it is quick)."""
+    step = max(1, int(round((array.size / 2_000_000) ** (1 / 3))))
+    sample = array[::step, ::step, ::step]
+    low, high = (float(v) for v in np.percentile(sample, (0.5, 99.5)))
+    if high <= low:
+        low, high = float(array.min()), float(array.max())
+    return (low, high if high > low else low + 1.0)
+
+
+def volume_layers(volume: Volume, name: str | None = None) -> list[LayerData]:
+    """One image layer per channel of ``volume``, placed in physical space (see :mod:`.geometry`)."""
+    source = volume.sources[0] if volume.sources else None
+    base = name or (_display_name(source) if source else "image")
+    layers: list[LayerData] = []
+    for channel in range(volume.num_channels):
+        data = volume.array[channel]
+        kwargs = {
+            "name": base if volume.num_channels == 1 else f"{base} (channel {channel})",
+            "colormap": "gray",
+            "contrast_limits": display_range(data),
+            "metadata": {"tilewise_geometry": volume.geometry, "tilewise_source": str(source or "")},
+            **layer_transform(volume.geometry),
+        }
+        layers.append((data, kwargs, "image"))
+    return layers
+
+
+def _display_name(path: Path) -> str:
+    path = Path(path)
+    return path.name if path.is_dir() else strip_suffix(path)
+
+
+def read_layers(path: str | Path | list[str]) -> list[LayerData]:
+    """Read an image file or DICOM folder (several paths: one file per channel) into napari layer data."""
+    return volume_layers(read_volume(path if isinstance(path, (str, Path)) else [Path(p) for p in path]))
+
+
+def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
+    """npe2 reader: NIfTI, NRRD, MetaImage files and DICOM series folders; None for anything else."""
+    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    if not paths:
+        return None
+    for candidate in paths:
+        if image_suffix(candidate) is None and not (candidate.is_dir() and is_dicom_folder(candidate)):
+            return None
+    return read_layers
+
+
+def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    """npe2 single-layer writer: a labels layer, written with the geometry of the image it was made from."""
+    target = Path(path)
+    if image_suffix(target) is None:
+        target = target.with_name(target.name + IMAGE_SUFFIXES[0])
+    labels = np.asarray(data)
+    metadata = attributes.get("metadata") or {}
+    geometry = metadata.get("tilewise_geometry")
+    if geometry is None or tuple(geometry.size[::-1]) != labels.shape[-len(geometry.size):]:
+        geometry = geometry_from_transform(labels.shape, attributes.get("scale", (1.0,) * 3),
+                                           attributes.get("translate", (0.0,) * 3),
+                                           attributes.get("affine", np.eye(4)))
+    _write_labels(labels, geometry, target)
+    return [str(target)]
+
+
+def sample_path() -> Path | None:
+    """The bundled sample volume, if this installation has one."""
+    try:
+        from tilewise import resources
+    except ImportError:
+        return None
+    finder = getattr(resources, "sample_path", None)
+    if finder is None:
+        return None
+    path = Path(finder())
+    return path if path.exists() else None
+
+
+def demo_model_dir() -> Path | None:
+    """The bundled demo model folder, if this installation has one."""
+    try:
+        from tilewise import resources
+    except ImportError:
+        return None
+    finder = getattr(resources, "demo_model_dir", None)
+    if finder is None:
+        return None
+    path = Path(finder())
+    return path if path.is_dir() else None
+
+
+def sample_volume() -> list[LayerData]:
+    """npe2 sample data: the sample volume shipped with Tilewise."""
+    path = sample_path()
+    if path is None:
+        raise InputError(None, "the Tilewise sample volume is not installed with this copy of Tilewise")
+    return read_layers(path)

@@ -1,0 +1,80 @@
+"""The labels layer that fills in while a run goes on, then holds the final result.
+
+Only the GUI thread touches it. Tile regions are queued as they arrive and written at most ~10 times a second, so a
+fast run does not flood the viewer with redraws; each write copies just the tile's region.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QObject, QTimer
+
+from tilewise.engine import Geometry
+
+from .colors import labels_colormap
+from .geometry import layer_transform
+
+UPDATE_INTERVAL_MS = 100
+
+
+class LivePreview(QObject):
+    """A labels layer on the input grid of ``geometry`` that tile events write into."""
+
+    def __init__(self, viewer: Any, name: str, shape: tuple[int, int, int], geometry: Geometry,
+                 label_values: list[int], interval_ms: int = UPDATE_INTERVAL_MS) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.name = name
+        self.layer = viewer.add_labels(
+            np.zeros(shape, dtype=np.uint8 if max(label_values, default=0) < 256 else np.uint16),
+            name=f"{name} (in progress)",
+            opacity=0.6,
+            colormap=labels_colormap(label_values),
+            metadata={"tilewise_geometry": geometry, "tilewise_preview": True},
+            **layer_transform(geometry),
+        )
+        self._pending: list[tuple[tuple[slice, ...], np.ndarray]] = []
+        self.updates = 0
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self.flush)
+
+    def add(self, box: tuple[slice, ...] | None, labels: np.ndarray | None) -> None:
+        """Queue one tile's provisional labels; the next timer tick writes every queued region at once."""
+        if box is None or labels is None:
+            return
+        self._pending.append((tuple(box), labels))
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def flush(self) -> None:
+        """Write the queued regions (later tiles win where they overlap) and redraw once."""
+        if not self._pending or self.layer not in self.viewer.layers:
+            self._pending.clear()
+            return
+        data = self.layer.data
+        for box, labels in self._pending:
+            data[box] = labels
+        self._pending.clear()
+        self.updates += 1
+        self.layer.refresh()
+
+    def finish(self, labels: np.ndarray) -> Any:
+        """Replace the preview with the final labels; returns the layer, now named without '(in progress)'."""
+        self._timer.stop()
+        self._pending.clear()
+        self.layer.data = labels
+        if self.layer not in self.viewer.layers:  # the person deleted the preview during the run
+            self.viewer.add_layer(self.layer)
+        self.layer.name = self.name
+        self.layer.metadata = {**self.layer.metadata, "tilewise_preview": False}
+        return self.layer
+
+    def discard(self) -> None:
+        """Remove the preview layer (after a cancel or a failure)."""
+        self._timer.stop()
+        self._pending.clear()
+        if self.layer in self.viewer.layers:
+            self.viewer.layers.remove(self.layer)

@@ -1,0 +1,170 @@
+"""Choosing a trained nnU-Net model: the models found on this computer, folders added with Browse, and the demo."""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from qtpy.QtCore import QSettings, Signal
+from qtpy.QtWidgets import (
+    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget,
+)
+
+from tilewise.engine.catalog import ModelInfo, default_search_roots, describe_model, find_models
+
+from .colors import label_color
+from .errors import show_error
+
+SETTINGS_EXTRA = "models/extra_folders"
+SETTINGS_LAST = "models/last"
+
+
+def label_names(info: ModelInfo) -> dict[int, str]:
+    """Output label value -> name, as the engine reports them (region models: values of regions_class_order)."""
+    try:
+        dataset = json.loads((info.path / "dataset.json").read_text())
+    except (OSError, ValueError):
+        dataset = {}
+    names = [name for name in info.labels if name != "background"]
+    order = dataset.get("regions_class_order")
+    if order:
+        return {int(v): names[i] for i, v in enumerate(order) if i < len(names)}
+    return {int(v): str(k) for k, v in info.labels.items() if isinstance(v, int) and int(v) != 0}
+
+
+def _icon(name: str):
+    import qtawesome
+
+    return qtawesome.icon(name)
+
+
+class ModelPanel(QWidget):
+    """A model list with a Browse button and a description of the chosen model."""
+
+    model_changed = Signal(object)  # ModelInfo or None
+
+    def __init__(self, settings: QSettings, demo_model: Path | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.settings = settings
+        self.demo_model = demo_model
+        self._models: list[ModelInfo] = []
+
+        self.combo = QComboBox()
+        self.combo.setToolTip("Trained nnU-Net models found under $nnUNet_results, TotalSegmentator's folder, "
+                              "and folders you added")
+        self.browse = QPushButton(_icon("fa5s.folder-open"), "Browse…")
+        self.browse.setToolTip("Add a trained nnU-Net model folder (the one that holds plans.json and fold_0)")
+        row = QHBoxLayout()
+        row.addWidget(self.combo, 1)
+        row.addWidget(self.browse)
+
+        self.dataset = QLabel()
+        self.configuration = QLabel()
+        self.folds = QLabel()
+        self.channels = QLabel()
+        self.labels = QLabel()
+        for label in (self.dataset, self.configuration, self.folds, self.channels, self.labels):
+            label.setWordWrap(True)
+        form = QFormLayout()
+        form.addRow("Dataset:", self.dataset)
+        form.addRow("Configuration:", self.configuration)
+        form.addRow("Trained folds:", self.folds)
+        form.addRow("Input channels:", self.channels)
+        form.addRow("Labels:", self.labels)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        layout.addLayout(form)
+
+        self.combo.currentIndexChanged.connect(self._on_index_changed)
+        self.browse.clicked.connect(self.browse_for_model)
+        self.refresh()
+
+    # ---- the list -------------------------------------------------------------------------------
+    def _extra_folders(self) -> list[str]:
+        value = self.settings.value(SETTINGS_EXTRA, [])
+        if isinstance(value, str):
+            value = [value]
+        return [str(v) for v in (value or [])]
+
+    def refresh(self) -> None:
+        """Search the default places and the remembered folders again."""
+        found: dict[str, ModelInfo] = {}
+        if self.demo_model is not None and (info := describe_model(self.demo_model)) is not None:
+            found[str(info.path)] = info
+        for info in find_models(default_search_roots() + [Path(f) for f in self._extra_folders()]):
+            found.setdefault(str(info.path), info)
+        self._models = list(found.values())
+        remembered = str(self.settings.value(SETTINGS_LAST, "") or "")
+        self.combo.blockSignals(True)
+        self.combo.clear()
+        for info in self._models:
+            demo = " (demo)" if self.demo_model is not None and info.path == self.demo_model else ""
+            self.combo.addItem(f"{info.dataset} · {info.configuration}{demo}", str(info.path))
+            self.combo.setItemData(self.combo.count() - 1, str(info.path), 3)  # 3 = Qt.ToolTipRole
+        if not self._models:
+            self.combo.addItem("No model found: use Browse… to add one", "")
+        index = self.combo.findData(remembered) if remembered else -1
+        self.combo.setCurrentIndex(index if index >= 0 else 0)
+        self.combo.blockSignals(False)
+        self._on_index_changed()
+
+    def browse_for_model(self) -> None:
+        """Ask for a folder and add the models in it."""
+        folder = QFileDialog.getExistingDirectory(self, "Choose a trained nnU-Net model folder")
+        if folder:
+            self.add_folder(Path(folder))
+
+    def add_folder(self, folder: Path) -> ModelInfo | None:
+        """Remember ``folder`` (a model folder or a folder holding models) and select the first model in it."""
+        folder = Path(folder).expanduser().resolve()
+        info = describe_model(folder)
+        models = [info] if info is not None else find_models([folder])
+        if not models:
+            show_error(self, "Not a model folder",
+                       f"{folder}: no trained nnU-Net model found. A model folder holds dataset.json, plans.json "
+                       "and fold_0/checkpoint_final.pth (as nnUNetv2_train leaves it).")
+            return None
+        extra = self._extra_folders()
+        if str(folder) not in extra:
+            self.settings.setValue(SETTINGS_EXTRA, extra + [str(folder)])
+        self.settings.setValue(SETTINGS_LAST, str(models[0].path))
+        self.refresh()
+        return self.current()
+
+    def select(self, model_dir: Path) -> ModelInfo | None:
+        """Select the model at ``model_dir``, adding it to the list if needed."""
+        index = self.combo.findData(str(Path(model_dir).expanduser().resolve()))
+        if index < 0:
+            return self.add_folder(Path(model_dir))
+        self.combo.setCurrentIndex(index)
+        return self.current()
+
+    def current(self) -> ModelInfo | None:
+        """The chosen model, or None."""
+        path = self.combo.currentData()
+        return next((m for m in self._models if str(m.path) == path), None)
+
+    # ---- the description ------------------------------------------------------------------------
+    def _on_index_changed(self, *_: object) -> None:
+        info = self.current()
+        if info is None:
+            for label in (self.dataset, self.configuration, self.folds, self.channels, self.labels):
+                label.setText("–")
+        else:
+            self.settings.setValue(SETTINGS_LAST, str(info.path))
+            self.dataset.setText(html.escape(info.dataset))
+            self.dataset.setToolTip(str(info.path))
+            self.configuration.setText(info.configuration)
+            self.folds.setText(", ".join(info.folds))
+            self.channels.setText(", ".join(info.channels) or "–")
+            self.labels.setText(self.labels_html(info))
+        self.model_changed.emit(info)
+
+    @staticmethod
+    def labels_html(info: ModelInfo) -> str:
+        """The model's labels, each after a square of the colour it is drawn in."""
+        items = [f'<span style="color:{label_color(v)}">&#9632;</span>&nbsp;{html.escape(name)}'
+                 for v, name in sorted(label_names(info).items())]
+        return "<br>".join(items) or "–"

@@ -1,0 +1,198 @@
+"""Speed preset and the Advanced section (folds, mirroring, tile step, precision, device)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from qtpy.QtCore import QSettings, Signal
+from qtpy.QtWidgets import (
+    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QVBoxLayout, QWidget,
+)
+from superqt import QCollapsible
+
+from tilewise.engine import Preset, load_presets
+
+SETTINGS_PRESET = "run/preset"
+DEFAULT_PRESET = "fast"
+PRECISIONS: tuple[tuple[str, str], ...] = (
+    ("reduced", "Reduced (automatic)"),
+    ("fp32", "Full (fp32)"),
+    ("bf16", "Reduced: bf16"),
+    ("fp16", "Reduced: fp16"),
+)
+
+
+def available_devices() -> list[tuple[str, str]]:
+    """(engine name, description) of every device this computer can run on, the automatic choice first."""
+    devices: list[tuple[str, str]] = []
+    if torch.cuda.is_available():
+        properties = torch.cuda.get_device_properties(0)
+        devices.append(("cuda", f"GPU: {properties.name} ({properties.total_memory / 2**30:.0f} GB)"))
+    if torch.backends.mps.is_available():
+        devices.append(("mps", "Apple GPU (MPS)"))
+    threads = torch.get_num_threads()
+    devices.append(("cpu", f"CPU ({threads} thread{'s' if threads != 1 else ''})"))
+    return [("auto", f"Automatic: {devices[0][1]}")] + devices
+
+
+@dataclass(frozen=True)
+class RunChoice:
+    """What the settings panel resolves to for one run."""
+
+    preset: Preset
+    folds: tuple[str, ...] | None
+    device: str
+
+
+class SettingsPanel(QWidget):
+    """A preset list with each preset's summary, and the fields of the chosen preset under Advanced."""
+
+    changed = Signal()
+
+    def __init__(self, settings: QSettings, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.settings = settings
+        self.presets = load_presets()
+        self._folds: list[str] = []
+        self._updating = False
+
+        self.preset = QComboBox()
+        for name, preset in self.presets.items():
+            self.preset.addItem(preset.label, name)
+            self.preset.setItemData(self.preset.count() - 1, preset.summary, 3)  # 3 = Qt.ToolTipRole
+        self.summary = QLabel()
+        self.summary.setWordWrap(True)
+        self.summary.setStyleSheet("color: palette(mid);")
+
+        self.fold_box = QWidget()
+        self.fold_layout = QHBoxLayout(self.fold_box)
+        self.fold_layout.setContentsMargins(0, 0, 0, 0)
+        self.fold_checks: list[QCheckBox] = []
+        self.mirroring = QCheckBox("average mirrored copies")
+        self.mirroring.setToolTip("Test-time augmentation: also predict mirrored copies of the image and average "
+                                  "them. A little more accurate, up to 8x slower in 3D")
+        self.tile_step = QDoubleSpinBox()
+        self.tile_step.setRange(0.1, 1.0)
+        self.tile_step.setSingleStep(0.05)
+        self.tile_step.setDecimals(2)
+        self.tile_step.setToolTip("Distance between neighbouring tiles as a fraction of the tile size: "
+                                  "0.5 = tiles overlap by half (nnU-Net's default), 1.0 = no overlap (fastest)")
+        self.precision = QComboBox()
+        for value, text in PRECISIONS:
+            self.precision.addItem(text, value)
+        self.precision.setToolTip("Numeric precision of the network: full precision gives nnU-Net's exact output; "
+                                  "reduced precision (bf16 or fp16, whichever this device runs fast) is faster on "
+                                  "most GPUs and recent CPUs")
+        self.device = QComboBox()
+        for value, text in available_devices():
+            self.device.addItem(text, value)
+        self.device.setToolTip("Where the network runs")
+
+        advanced_form = QFormLayout()
+        advanced_form.addRow("Folds:", self.fold_box)
+        advanced_form.addRow("Mirroring:", self.mirroring)
+        advanced_form.addRow("Tile step:", self.tile_step)
+        advanced_form.addRow("Precision:", self.precision)
+        advanced_form.addRow("Device:", self.device)
+        advanced_content = QWidget()
+        advanced_content.setLayout(advanced_form)
+        self.advanced = QCollapsible("Advanced")
+        self.advanced.addWidget(advanced_content)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        top = QFormLayout()
+        top.addRow("Speed:", self.preset)
+        layout.addLayout(top)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.advanced)
+
+        self.preset.currentIndexChanged.connect(self._on_preset_changed)
+        for signal in (self.mirroring.toggled, self.tile_step.valueChanged, self.precision.currentIndexChanged,
+                       self.device.currentIndexChanged):
+            signal.connect(self._on_field_changed)
+        remembered = str(self.settings.value(SETTINGS_PRESET, DEFAULT_PRESET) or DEFAULT_PRESET)
+        index = self.preset.findData(remembered)
+        self.preset.setCurrentIndex(index if index >= 0 else max(self.preset.findData(DEFAULT_PRESET), 0))
+        self._on_preset_changed()
+
+    # ---- public ---------------------------------------------------------------------------------
+    def current_preset(self) -> Preset:
+        """The chosen preset, before the Advanced fields are applied."""
+        return self.presets[self.preset.currentData()]
+
+    def select_preset(self, name: str) -> None:
+        """Choose a preset by name (this resets the Advanced fields to its values)."""
+        index = self.preset.findData(name)
+        if index < 0:
+            raise KeyError(name)
+        self.preset.setCurrentIndex(index)
+
+    def set_available_folds(self, folds: list[str]) -> None:
+        """Show one check box per trained fold of the chosen model."""
+        self._folds = list(folds)
+        for check in self.fold_checks:
+            self.fold_layout.removeWidget(check)
+            check.deleteLater()
+        self.fold_checks = []
+        for fold in self._folds:
+            check = QCheckBox(fold)
+            check.setToolTip(f"Use the network trained on fold {fold}; several folds are averaged")
+            check.toggled.connect(self._on_field_changed)
+            self.fold_layout.addWidget(check)
+            self.fold_checks.append(check)
+        self.fold_layout.addStretch(1)
+        self._apply_preset_folds()
+
+    def choice(self) -> RunChoice:
+        """The preset with the Advanced fields applied, the folds to use and the device."""
+        preset = self.current_preset().with_overrides(
+            mirroring=self.mirroring.isChecked(),
+            tile_step=round(float(self.tile_step.value()), 4),
+            precision=self.precision.currentData(),
+        )
+        chosen = tuple(c.text() for c in self.fold_checks if c.isChecked())
+        folds = chosen if chosen and self.fold_checks else None
+        return RunChoice(preset=preset, folds=folds, device=str(self.device.currentData()))
+
+    def is_customised(self) -> bool:
+        """True when an Advanced field differs from the chosen preset."""
+        preset = self.current_preset()
+        return (
+            self.mirroring.isChecked() != preset.mirroring
+            or abs(self.tile_step.value() - preset.tile_step) > 1e-6
+            or self.precision.currentData() != preset.precision
+            or tuple(c.text() for c in self.fold_checks if c.isChecked()) != self._preset_folds(preset)
+        )
+
+    # ---- internals ------------------------------------------------------------------------------
+    def _preset_folds(self, preset: Preset) -> tuple[str, ...]:
+        return tuple(self._folds[: preset.fold_count] if preset.fold_count else self._folds)
+
+    def _apply_preset_folds(self) -> None:
+        wanted = self._preset_folds(self.current_preset())
+        self._updating = True
+        for check in self.fold_checks:
+            check.setChecked(check.text() in wanted)
+        self._updating = False
+        self._on_field_changed()
+
+    def _on_preset_changed(self, *_: object) -> None:
+        preset = self.current_preset()
+        self.settings.setValue(SETTINGS_PRESET, preset.name)
+        self._updating = True
+        self.mirroring.setChecked(preset.mirroring)
+        self.tile_step.setValue(preset.tile_step)
+        index = self.precision.findData(preset.precision)
+        self.precision.setCurrentIndex(index if index >= 0 else 0)
+        self._updating = False
+        self._apply_preset_folds()
+
+    def _on_field_changed(self, *_: object) -> None:
+        if self._updating:
+            return
+        text = self.current_preset().summary
+        if self.is_customised():
+            text += " <b>Changed under Advanced.</b>"
+        self.summary.setText(text)
+        self.changed.emit()

@@ -1,0 +1,149 @@
+"""The engine run on a worker thread: model loading, preprocessing and the sliding window never touch the GUI thread.
+
+Tile events cross to the GUI thread as Qt signals (queued connections); cancelling sets the engine's
+:class:`CancelToken`, which the engine checks between batches.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QThread, Signal
+
+from tilewise.engine import (
+    Cancelled, CancelToken, Geometry, OutOfMemoryError, Predictor, Preset, TilewiseError, UntrustedCheckpointError,
+    Volume,
+)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything one run needs: the model, the resolved settings and the image channels (z, y, x arrays)."""
+
+    model_dir: Path
+    preset: Preset
+    device: str
+    folds: tuple[str, ...] | None
+    trust: bool
+    channels: tuple[Any, ...] = field(repr=False)
+    geometry: Geometry
+    sources: tuple[Path, ...] = ()
+
+    @property
+    def predictor_key(self) -> tuple[Any, ...]:
+        """Runs with the same key can share one loaded :class:`Predictor`."""
+        return (str(self.model_dir), self.preset, self.device, self.folds, self.trust)
+
+
+class PredictorCache:
+    """Keeps the last loaded model, so a second run with the same settings starts at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple[Any, ...] | None = None
+        self._predictor: Predictor | None = None
+
+    def get(self, request: RunRequest) -> Predictor:
+        """The cached predictor for ``request``, loading it (on the calling thread) when the key changed."""
+        with self._lock:
+            if self._key == request.predictor_key and self._predictor is not None:
+                return self._predictor
+            self._key, self._predictor = None, None  # free the old model before loading the next one
+            predictor = Predictor(request.model_dir, request.preset, device=request.device,
+                                  folds=list(request.folds) if request.folds else None, trust=request.trust)
+            self._key, self._predictor = request.predictor_key, predictor
+            return predictor
+
+    def clear(self) -> None:
+        """Drop the cached model."""
+        with self._lock:
+            self._key, self._predictor = None, None
+
+
+class RunFailure:
+    """Kinds of failure the widget treats differently."""
+
+    UNTRUSTED = "untrusted"
+    ERROR = "error"
+
+
+def plain_message(error: BaseException) -> str:
+    """A one-paragraph explanation of ``error`` for a dialog: the engine's message, never a traceback."""
+    if isinstance(error, OutOfMemoryError):
+        return (f"The computer ran out of memory while segmenting ({error}). Try the Preview or Fast preset, "
+                "fewer folds, or close other programs.")
+    if isinstance(error, TilewiseError):
+        return str(error)
+    if isinstance(error, MemoryError) or "out of memory" in str(error).lower():
+        return ("The computer ran out of memory while segmenting. Try the Preview or Fast preset, fewer folds, "
+                "or close other programs.")
+    return f"The segmentation stopped because of an unexpected problem: {type(error).__name__}: {error}"
+
+
+class SegmentationWorker(QThread):
+    """Runs one :class:`RunRequest`. Exactly one of ``succeeded``, ``cancelled`` or ``failed`` is emitted."""
+
+    stage = Signal(str)
+    tile = Signal(object)          # TileEvent
+    succeeded = Signal(object)     # Result
+    cancelled = Signal()
+    failed = Signal(str, str)      # RunFailure kind, plain message
+
+    def __init__(self, request: RunRequest, cache: PredictorCache) -> None:
+        super().__init__()
+        self.request = request
+        self.cache = cache
+        self.token = CancelToken()
+        self._predictor: Predictor | None = None
+        self._focus: tuple[int, int] | None = None
+        self._focus_lock = threading.Lock()
+
+    def cancel(self) -> None:
+        """Ask the run to stop; the engine stops before its next batch."""
+        self.token.cancel()
+
+    def stop_and_wait(self, timeout_ms: int = 120_000) -> bool:
+        """Cancel and block until the thread has ended (used when the window closes). True if it ended."""
+        self.cancel()
+        return self.wait(timeout_ms) if self.isRunning() else True
+
+    def focus_on_slice(self, input_axis: int, index: int) -> None:
+        """Run the tiles under this input slice first (any thread; remembered until the model is loaded)."""
+        with self._focus_lock:
+            self._focus = (input_axis, index)
+            predictor = self._predictor
+        if predictor is not None:
+            predictor.focus_on_slice(input_axis, index)
+
+    def run(self) -> None:  # noqa: D102 - QThread entry point
+        request = self.request
+        try:
+            self.stage.emit("Loading the model…")
+            predictor = self.cache.get(request)
+            with self._focus_lock:
+                self._predictor = predictor
+                focus = self._focus
+            if focus is not None:
+                predictor.focus_on_slice(*focus)
+            if self.token.cancelled:
+                raise Cancelled()
+            self.stage.emit("Preparing the image…")
+            array = np.stack([np.asarray(channel, dtype=np.float32) for channel in request.channels])
+            volume = Volume(array=array, geometry=request.geometry, sources=request.sources)
+            result = predictor.predict(volume, on_event=self.tile.emit, cancel=self.token, provisional_labels=True)
+            if self.token.cancelled:
+                raise Cancelled()
+        except Cancelled:
+            self.cancelled.emit()
+        except UntrustedCheckpointError as error:
+            self.failed.emit(RunFailure.UNTRUSTED, str(error))
+        except Exception as error:  # noqa: BLE001 - every failure becomes a dialog, never a traceback
+            self.failed.emit(RunFailure.ERROR, plain_message(error))
+        else:
+            self.succeeded.emit(result)
+        finally:
+            with self._focus_lock:
+                self._predictor = None

@@ -1,0 +1,314 @@
+"""The Tilewise dock widget driving the real engine: run, live preview, cancel, presets, errors, save, close."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+from tilewise.gui._preload import preload_native_libraries  # noqa: E402
+
+preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
+
+import SimpleITK as sitk  # noqa: E402
+from napari.layers import Labels  # noqa: E402
+from qtpy.QtCore import QSettings, Qt  # noqa: E402
+from qtpy.QtTest import QTest  # noqa: E402
+from qtpy.QtWidgets import QApplication, QMessageBox  # noqa: E402
+
+import model_factory  # noqa: E402
+from tilewise.engine import Predictor, get_preset, load_presets, read_volume  # noqa: E402
+from tilewise.gui.widget import TilewiseWidget  # noqa: E402
+from tilewise.gui.worker import plain_message  # noqa: E402
+from tilewise.engine.errors import OutOfMemoryError  # noqa: E402
+
+RUN_TIMEOUT_MS = 180_000
+
+
+@pytest.fixture
+def dialogs(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
+    """Every QMessageBox the widget shows, captured instead of blocking the test."""
+    shown: dict[str, list] = {"critical": [], "question": [], "answers": []}
+
+    def critical(parent, title, text, *args, **kwargs):
+        shown["critical"].append((title, text))
+        return QMessageBox.Ok
+
+    def question(parent, title, text, *args, **kwargs):
+        shown["question"].append((title, text))
+        return shown["answers"].pop(0) if shown["answers"] else QMessageBox.No
+
+    monkeypatch.setattr(QMessageBox, "critical", staticmethod(critical))
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(question))
+    return shown
+
+
+@pytest.fixture
+def gui(make_napari_viewer, tmp_path: Path, dialogs):
+    """A viewer with the Tilewise widget docked; settings go to a temporary file."""
+    viewer = make_napari_viewer(show=True)
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
+    widget = TilewiseWidget(viewer, settings=settings)
+    viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
+    index = widget.settings_panel.device.findData("cpu")
+    widget.settings_panel.device.setCurrentIndex(index)
+    yield viewer, widget
+    widget.shutdown()
+
+
+def _run(qtbot, widget: TilewiseWidget, timeout: int = RUN_TIMEOUT_MS) -> str:
+    with qtbot.waitSignal(widget.run_finished, timeout=timeout) as blocker:
+        widget.run_button.click()
+    return blocker.args[0]
+
+
+def _labels_layers(viewer) -> list[Labels]:
+    return [layer for layer in viewer.layers if isinstance(layer, Labels)]
+
+
+@pytest.fixture
+def oblique_case(tmp_path: Path) -> Path:
+    """A small CT-like case with a flipped direction and a non-zero origin."""
+    return model_factory.make_case(tmp_path / "oblique_0000.nii.gz", "3d", direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1),
+                                   origin=(12.5, -30.0, 7.0), seed=2)
+
+
+@pytest.fixture
+def big_case(tmp_path: Path) -> Path:
+    return model_factory.make_case(tmp_path / "big_0000.nii.gz", "3d", shape=(64, 80, 72), seed=5)
+
+
+def test_preview_run_gives_the_engines_labels_in_place(gui, qtbot, ct_model: Path, oblique_case: Path,
+                                                       tmp_path: Path) -> None:
+    viewer, widget = gui
+    widget.model_panel.select(ct_model)
+    [image] = widget.open_image(oblique_case)
+    widget.settings_panel.select_preset("preview")
+    tiles: list = []
+    previews: list = []
+    widget.run_button.clicked.connect(lambda: widget.worker.tile.connect(tiles.append))
+    widget.run_button.clicked.connect(lambda: previews.append(widget.preview))
+    started = time.perf_counter()
+    assert _run(qtbot, widget) == "done"
+    elapsed = time.perf_counter() - started
+    assert previews[0].updates <= elapsed / 0.1 + 1, "at most ~10 redraws a second, regions coalesced"
+
+    expected = Predictor(ct_model, get_preset("preview"), device="cpu").predict(read_volume(oblique_case)).labels
+    [labels] = _labels_layers(viewer)
+    assert labels is widget.result_layer
+    assert labels.name == "oblique_0000 segmentation"
+    assert viewer.dims.axis_labels == ("axial", "coronal", "sagittal")
+    np.testing.assert_array_equal(np.asarray(labels.data), expected)
+    assert len(tiles) == tiles[0].total > 1
+    # image and labels share one world transform: every voxel lands on the same physical point
+    for attribute in ("scale", "translate"):
+        np.testing.assert_allclose(getattr(labels, attribute), getattr(image, attribute))
+    np.testing.assert_allclose(labels.affine.affine_matrix, image.affine.affine_matrix)
+    reference = sitk.ReadImage(str(oblique_case))
+    for index_zyx in ((0, 0, 0), (3, 10, 20), (39, 47, 55)):
+        physical = reference.TransformIndexToPhysicalPoint([int(i) for i in index_zyx[::-1]])
+        np.testing.assert_allclose(labels.data_to_world(index_zyx), physical[::-1], atol=1e-6)
+    assert not widget.running and widget.run_button.text() == "Run segmentation"
+    assert widget.save_button.isEnabled()
+
+    saved = widget.save_labels(tmp_path / "out" / "seg.nrrd")
+    written = sitk.ReadImage(str(saved))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), expected)
+    for getter in ("GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(written, getter)(), getattr(reference, getter)(), atol=1e-6)
+    assert not gui[1].last_error
+
+
+def test_preview_fills_in_tile_regions_while_running(gui, qtbot, ct_model: Path, big_case: Path) -> None:
+    viewer, widget = gui
+    widget.model_panel.select(ct_model)
+    widget.open_image(big_case)
+    widget.settings_panel.select_preset("fast")
+    seen: list[np.ndarray] = []
+    widget.run_button.clicked.connect(
+        lambda: widget.worker.tile.connect(lambda event: seen.append(np.asarray(widget.preview.layer.data).copy()),
+                                           Qt.QueuedConnection))
+    assert _run(qtbot, widget) == "done"
+    assert widget.preview is None
+    assert seen and any(frame.any() for frame in seen), "the labels layer fills in before the run ends"
+    assert not all(frame.all() for frame in seen)
+
+
+def test_cancel_stops_within_one_batch_and_leaves_no_labels(gui, qtbot, ct_model: Path, big_case: Path) -> None:
+    viewer, widget = gui
+    widget.model_panel.select(ct_model)
+    widget.open_image(big_case)
+    widget.settings_panel.select_preset("reference")
+    emitted: list[float] = []
+    cancelled_at: list[float] = []
+
+    def on_tile_in_worker(event) -> None:  # runs on the worker thread, as the engine emits
+        emitted.append(time.perf_counter())
+
+    def on_tile_in_gui(event) -> None:
+        if not cancelled_at:
+            cancelled_at.append(time.perf_counter())
+            canvas = viewer.window._qt_viewer.canvas.native  # Esc while the image view has the keyboard
+            canvas.setFocus()
+            QTest.keyClick(canvas, Qt.Key_Escape)
+
+    def connect() -> None:
+        widget.worker.tile.connect(on_tile_in_worker, Qt.DirectConnection)
+        widget.worker.tile.connect(on_tile_in_gui)
+
+    widget.run_button.clicked.connect(connect)
+    window = viewer.window._qt_window
+    window.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=5000)
+    with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
+        widget.run_button.click()
+        assert widget.run_button.text() == "Cancel (Esc)"
+    assert blocker.args == ["cancelled"]
+    assert cancelled_at, "the run reported at least one tile"
+    assert len([t for t in emitted if t > cancelled_at[0]]) <= 1, "no batch may start after Cancel"
+    assert len(emitted) < 27
+    assert _labels_layers(viewer) == [], "a cancelled run leaves no labels"
+    assert widget.worker is None and widget.run_button.text() == "Run segmentation"
+    assert widget.run_button.isEnabled() and "Cancelled" in widget.status.text()
+
+    widget.settings_panel.select_preset("preview")
+    assert _run(qtbot, widget) == "done", "Run works again after a cancel"
+    assert len(_labels_layers(viewer)) == 1
+
+
+def test_scrolling_focuses_the_engine_on_the_slice_on_screen(gui, qtbot, ct_model: Path, big_case: Path) -> None:
+    viewer, widget = gui
+    widget.model_panel.select(ct_model)
+    [image] = widget.open_image(big_case)
+    widget.settings_panel.select_preset("reference")
+    emitted: list[tuple[float, object]] = []
+    focused: list[tuple[float, tuple[int, int]]] = []
+
+    def record(event) -> None:  # worker thread, as the engine emits
+        emitted.append((time.perf_counter(), event))
+
+    def scroll_then_cancel(event) -> None:
+        if not focused:
+            viewer.dims.set_point(0, image.data_to_world((60, 0, 0))[0])  # the person scrolls to slice 60
+            focused.append((time.perf_counter(), widget.worker._focus))
+        elif len([t for t, _ in emitted if t > focused[0][0]]) >= 4:
+            widget.cancel_run()
+
+    def connect() -> None:
+        widget.worker.tile.connect(record, Qt.DirectConnection)
+        widget.worker.tile.connect(scroll_then_cancel)
+
+    widget.run_button.clicked.connect(connect)
+    assert _run(qtbot, widget) == "cancelled"
+    scrolled_at, focus = focused[0]
+    assert focus == (0, 60)
+    after = [event for t, event in emitted if t > scrolled_at][1:]  # the batch in flight may finish first
+    assert len(after) >= 2 and all(event.input_box[0].start <= 60 < event.input_box[0].stop for event in after)
+
+
+def test_each_preset_shows_its_summary_and_settings(gui, qtbot, make_model, tmp_path: Path) -> None:
+    viewer, widget = gui
+    two_folds = make_model("3d", folds=(0, 1))
+    widget.model_panel.select(two_folds)
+    panel = widget.settings_panel
+    assert [c.text() for c in panel.fold_checks] == ["0", "1"]
+    for name, preset in load_presets().items():
+        panel.select_preset(name)
+        assert panel.summary.text() == preset.summary
+        choice = panel.choice()
+        assert choice.preset == preset
+        assert choice.folds == (("0", "1") if preset.folds == "all" else ("0",))
+        assert panel.mirroring.isChecked() == preset.mirroring
+        assert panel.tile_step.value() == pytest.approx(preset.tile_step)
+    panel.select_preset("fast")
+    panel.tile_step.setValue(0.6)
+    assert panel.choice().preset.tile_step == pytest.approx(0.6)
+    assert "Changed under Advanced" in panel.summary.text()
+    assert QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat).value("run/preset") == "fast"
+
+
+def test_every_preset_runs_to_the_end(gui, qtbot, ct_model: Path, tmp_path: Path) -> None:
+    viewer, widget = gui
+    case = model_factory.make_case(tmp_path / "small_0000.nii.gz", "3d", shape=(24, 40, 40), seed=3)
+    widget.model_panel.select(ct_model)
+    widget.open_image(case)
+    for name in load_presets():
+        widget.settings_panel.select_preset(name)
+        assert _run(qtbot, widget) == "done", name
+        assert set(np.unique(np.asarray(widget.result_layer.data))) <= {0, 1, 2}
+    assert len(_labels_layers(viewer)) == 4
+
+
+def test_unreadable_file_shows_a_plain_message(gui, dialogs, tmp_path: Path) -> None:
+    viewer, widget = gui
+    good = model_factory.make_case(tmp_path / "ct_0000.nii.gz", "3d")
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(good.read_bytes()[:2000])
+    assert widget.open_image(broken) == []
+    [(title, text)] = dialogs["critical"]
+    assert "could not be opened" in title
+    assert str(broken) in text and "truncated or corrupt" in text
+    assert "Traceback" not in text and len(viewer.layers) == 0
+
+
+def test_image_the_model_cannot_segment_shows_a_plain_message(gui, qtbot, dialogs, ct_model: Path,
+                                                              tmp_path: Path) -> None:
+    viewer, widget = gui
+    slice_path = tmp_path / "slice.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((48, 56), np.int16)), str(slice_path))
+    widget.model_panel.select(ct_model)
+    widget.open_image(slice_path)
+    assert _run(qtbot, widget) == "failed"
+    [(title, text)] = dialogs["critical"]
+    assert "2D image" in text and "3d_fullres" in text and "Traceback" not in text
+    assert _labels_layers(viewer) == [] and widget.run_button.isEnabled()
+
+
+def test_checkpoint_needing_trust_asks_before_loading(gui, qtbot, dialogs, ct_model: Path, ct_case: Path,
+                                                      tmp_path: Path) -> None:
+    viewer, widget = gui
+    model = tmp_path / "untrusted" / ct_model.name
+    shutil.copytree(ct_model, model)
+    model_factory.make_untrusted_checkpoint(model)
+    executed = len(model_factory.UNTRUSTED_EXECUTIONS)
+    widget.model_panel.select(model)
+    widget.open_image(ct_case)
+    widget.settings_panel.select_preset("preview")
+    assert _run(qtbot, widget) == "failed"  # answered No
+    [(title, text)] = dialogs["question"]
+    assert "Trust" in title and "Traceback" not in text
+    assert len(model_factory.UNTRUSTED_EXECUTIONS) == executed, "nothing was unpickled without consent"
+    assert _labels_layers(viewer) == [] and not dialogs["critical"]
+
+    dialogs["answers"].append(QMessageBox.Yes)
+    with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS,
+                          check_params_cb=lambda outcome: outcome == "done"):
+        widget.run_button.click()
+    assert len(_labels_layers(viewer)) == 1
+    assert str(model) in widget.qsettings.value("models/trusted")
+
+
+def test_out_of_memory_is_explained_in_plain_words() -> None:
+    text = plain_message(OutOfMemoryError("cuda", "out of memory even at batch size 1"))
+    assert "ran out of memory" in text and "Preview" in text
+    assert "ran out of memory" in plain_message(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))
+
+
+def test_closing_the_window_during_a_run_cancels_it(make_napari_viewer, qtbot, tmp_path: Path, ct_model: Path,
+                                                    big_case: Path, dialogs) -> None:
+    viewer = make_napari_viewer(show=True)
+    widget = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat))
+    viewer.window.add_dock_widget(widget, name="Tilewise")
+    widget.model_panel.select(ct_model)
+    widget.open_image(big_case)
+    widget.settings_panel.select_preset("reference")
+    widget.start_run()
+    worker = widget.worker
+    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=RUN_TIMEOUT_MS)
+    started = time.perf_counter()
+    viewer.close()
+    assert worker.isFinished() and worker.token.cancelled
+    assert time.perf_counter() - started < 30
