@@ -20,7 +20,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def build_viewer(args: argparse.Namespace, viewer: Any = None, show: bool = True) -> tuple[Any, Any]:
-    """A napari viewer titled Tilewise with the dock widget; opens the given image (else the sample, if installed).
+    """A napari viewer titled Tilewise with the dock widget; opens the given image (else the sample, if installed)
+    on a reading thread: the window shows at once and the image appears when it has been read.
 
     ``viewer`` reuses an existing napari viewer (tests pass one); otherwise a new one is made.
     """

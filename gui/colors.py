@@ -1,7 +1,9 @@
-"""One colour per label value, shared by the model description and the labels layers."""
+"""How labels are shown: one colour per label value (shared by the model description, the review panel and the
+labels layers) and their names in plain words."""
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Collection
 
 # Distinct colours that stay readable over a grey-scale image (after Sasha Trubetskoy's list of 20).
 _PALETTE: tuple[str, ...] = (
@@ -9,6 +11,11 @@ _PALETTE: tuple[str, ...] = (
     "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000", "#aaffc3", "#808000", "#ffd8b1",
     "#000075", "#808080",
 )
+
+
+def display_name(name: str) -> str:
+    """A dataset.json label name for people: 'grey_matter' -> 'grey matter'."""
+    return name.replace("_", " ").strip() or name
 
 
 def label_color(value: int) -> str:
@@ -26,10 +33,15 @@ def _rgba(hex_colour: str, alpha: float = 1.0) -> list[float]:
     return [int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5)] + [alpha]
 
 
-def labels_colormap(values: list[int]):
-    """A napari colormap that draws each of ``values`` in :func:`label_color` and leaves 0 transparent."""
+def labels_colormap(values: list[int], hidden: Collection[int] = ()):
+    """A napari colormap that draws each of ``values`` in :func:`label_color` and leaves 0 transparent.
+
+    Labels in ``hidden`` are fully transparent too: that is how the review panel hides single labels (napari's own
+    ``show_selected_label`` shows only one label at a time).
+    """
     from napari.utils.colormaps import DirectLabelColormap
 
     colours = {0: [0.0, 0.0, 0.0, 0.0], None: [1.0, 1.0, 1.0, 1.0]}
-    colours.update({int(v): _rgba(label_color(int(v))) for v in values if int(v) > 0})
+    colours.update({int(v): _rgba(label_color(int(v)), 0.0 if int(v) in hidden else 1.0)
+                    for v in values if int(v) > 0})
     return DirectLabelColormap(color_dict=colours)

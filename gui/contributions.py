@@ -16,14 +16,23 @@ from .geometry import geometry_from_transform, layer_transform
 LayerData = tuple[Any, dict[str, Any], str]
 
 
+def _subsample(array: np.ndarray) -> np.ndarray:
+    """About two million voxels spread evenly over ``array`` (all of it when it is smaller)."""
+    step = max(1, int(round((array.size / 2_000_000) ** (1 / 3))))
+    return array[::step, ::step, ::step] if array.ndim == 3 else array
+
+
 def display_range(array: np.ndarray) -> tuple[float, float]:
     """Contrast limits that ignore the extreme 0.5 % of voxels (read from a subsample, so it is quick)."""
-    step = max(1, int(round((array.size / 2_000_000) ** (1 / 3))))
-    sample = array[::step, ::step, ::step]
-    low, high = (float(v) for v in np.percentile(sample, (0.5, 99.5)))
+    low, high = (float(v) for v in np.percentile(_subsample(array), (0.5, 99.5)))
     if high <= low:
         low, high = float(array.min()), float(array.max())
     return (low, high if high > low else low + 1.0)
+
+
+def intensity_min(array: np.ndarray) -> float:
+    """The lowest intensity of ``array`` (of a subsample: CT air and padding are never isolated voxels)."""
+    return float(_subsample(array).min()) if array.size else 0.0
 
 
 def volume_layers(volume: Volume, name: str | None = None) -> list[LayerData]:
@@ -37,7 +46,8 @@ def volume_layers(volume: Volume, name: str | None = None) -> list[LayerData]:
             "name": base if volume.num_channels == 1 else f"{base} (channel {channel})",
             "colormap": "gray",
             "contrast_limits": display_range(data),
-            "metadata": {"tilewise_geometry": volume.geometry, "tilewise_source": str(source or "")},
+            "metadata": {"tilewise_geometry": volume.geometry, "tilewise_source": str(source or ""),
+                         "tilewise_intensity_min": intensity_min(data)},
             **layer_transform(volume.geometry),
         }
         layers.append((data, kwargs, "image"))

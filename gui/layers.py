@@ -1,10 +1,12 @@
 """The labels layer that fills in while a run goes on, then holds the final result.
 
 Only the GUI thread touches it. Tile regions are queued as they arrive and written at most ~10 times a second, so a
-fast run does not flood the viewer with redraws; each write copies just the tile's region.
+fast run does not flood the viewer with redraws; each write copies just the tile's region, and napari redraws only
+the slice on screen (in a 2D view).
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -16,28 +18,32 @@ from .colors import labels_colormap
 from .geometry import layer_transform
 
 UPDATE_INTERVAL_MS = 100
+INTERVAL_3D_MS = 1000
+MAX_INTERVAL_MS = 3000
 
 
 class LivePreview(QObject):
     """A labels layer on the input grid of ``geometry`` that tile events write into."""
 
     def __init__(self, viewer: Any, name: str, shape: tuple[int, int, int], geometry: Geometry,
-                 label_values: list[int], interval_ms: int = UPDATE_INTERVAL_MS) -> None:
+                 label_values: list[int], interval_ms: int = UPDATE_INTERVAL_MS, colormap: Any = None,
+                 opacity: float = 0.6, metadata: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.viewer = viewer
         self.name = name
         self.layer = viewer.add_labels(
             np.zeros(shape, dtype=np.uint8 if max(label_values, default=0) < 256 else np.uint16),
             name=f"{name} (in progress)",
-            opacity=0.6,
-            colormap=labels_colormap(label_values),
-            metadata={"tilewise_geometry": geometry, "tilewise_preview": True},
+            opacity=opacity,
+            colormap=colormap if colormap is not None else labels_colormap(label_values),
+            metadata={**(metadata or {}), "tilewise_geometry": geometry, "tilewise_preview": True},
             **layer_transform(geometry),
         )
         self._pending: list[tuple[tuple[slice, ...], np.ndarray]] = []
         self.updates = 0
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
+        self._interval_ms = interval_ms
         self._timer.setInterval(interval_ms)
         self._timer.timeout.connect(self.flush)
 
@@ -50,26 +56,35 @@ class LivePreview(QObject):
             self._timer.start()
 
     def flush(self) -> None:
-        """Write the queued regions (later tiles win where they overlap) and redraw once."""
+        """Write the queued regions (later tiles win where they overlap) and redraw once.
+
+        A redraw costs little in a 2D view (one slice) but can take long in a 3D view of a large volume (napari sends
+        the whole volume to the graphics card at the next paint); so in 3D the preview redraws at most once a second,
+        and any redraw that took long makes the next one wait ten times as long.
+        """
         if not self._pending or self.layer not in self.viewer.layers:
             self._pending.clear()
             return
+        started = time.perf_counter()
         data = self.layer.data
         for box, labels in self._pending:
             data[box] = labels
         self._pending.clear()
         self.updates += 1
         self.layer.refresh()
+        spent_ms = (time.perf_counter() - started) * 1000
+        shortest = self._interval_ms if self.viewer.dims.ndisplay == 2 else max(self._interval_ms, INTERVAL_3D_MS)
+        self._timer.setInterval(int(min(MAX_INTERVAL_MS, max(shortest, 10 * spent_ms))))
 
-    def finish(self, labels: np.ndarray) -> Any:
+    def finish(self, labels: np.ndarray, metadata: dict[str, Any] | None = None) -> Any:
         """Replace the preview with the final labels; returns the layer, now named without '(in progress)'."""
         self._timer.stop()
         self._pending.clear()
+        self.layer.metadata = {**self.layer.metadata, **(metadata or {}), "tilewise_preview": False}
         self.layer.data = labels
         if self.layer not in self.viewer.layers:  # the person deleted the preview during the run
             self.viewer.add_layer(self.layer)
         self.layer.name = self.name
-        self.layer.metadata = {**self.layer.metadata, "tilewise_preview": False}
         return self.layer
 
     def discard(self) -> None:

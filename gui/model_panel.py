@@ -12,7 +12,7 @@ from qtpy.QtWidgets import (
 
 from tilewise.engine.catalog import ModelInfo, default_search_roots, describe_model, find_models
 
-from .colors import label_color
+from .colors import display_name, label_color
 from .errors import show_error
 
 SETTINGS_EXTRA = "models/extra_folders"
@@ -30,6 +30,29 @@ def label_names(info: ModelInfo) -> dict[int, str]:
     if order:
         return {int(v): names[i] for i, v in enumerate(order) if i < len(names)}
     return {int(v): str(k) for k, v in info.labels.items() if isinstance(v, int) and int(v) != 0}
+
+
+def configuration_of(info: ModelInfo) -> str:
+    """The model's nnU-Net configuration ('3d_fullres', ...), also for a folder not named Trainer__Plans__config.
+
+    Such a folder (the demo model's is 'model') says it in each fold's debug.json, as nnUNetv2_train writes it;
+    else a plans file with a single configuration does.
+    """
+    if info.configuration != "?":
+        return info.configuration
+    for fold in info.folds:
+        try:
+            debug = json.loads((info.path / f"fold_{fold}" / "debug.json").read_text())
+        except (OSError, ValueError):
+            continue
+        value = debug.get("configuration_name") or debug.get("configuration") if isinstance(debug, dict) else None
+        if isinstance(value, str) and value:
+            return value
+    try:
+        configurations = list(json.loads((info.path / "plans.json").read_text()).get("configurations", {}))
+    except (OSError, ValueError, AttributeError):
+        configurations = []
+    return configurations[0] if len(configurations) == 1 else "?"
 
 
 def _icon(name: str):
@@ -101,7 +124,7 @@ class ModelPanel(QWidget):
         self.combo.clear()
         for info in self._models:
             demo = " (demo)" if self.demo_model is not None and info.path == self.demo_model else ""
-            self.combo.addItem(f"{info.dataset} · {info.configuration}{demo}", str(info.path))
+            self.combo.addItem(f"{info.dataset} · {configuration_of(info)}{demo}", str(info.path))
             self.combo.setItemData(self.combo.count() - 1, str(info.path), 3)  # 3 = Qt.ToolTipRole
         if not self._models:
             self.combo.addItem("No model found: use Browse… to add one", "")
@@ -156,7 +179,7 @@ class ModelPanel(QWidget):
             self.settings.setValue(SETTINGS_LAST, str(info.path))
             self.dataset.setText(html.escape(info.dataset))
             self.dataset.setToolTip(str(info.path))
-            self.configuration.setText(info.configuration)
+            self.configuration.setText(configuration_of(info))
             self.folds.setText(", ".join(info.folds))
             self.channels.setText(", ".join(info.channels) or "–")
             self.labels.setText(self.labels_html(info))
@@ -165,6 +188,6 @@ class ModelPanel(QWidget):
     @staticmethod
     def labels_html(info: ModelInfo) -> str:
         """The model's labels, each after a square of the colour it is drawn in."""
-        items = [f'<span style="color:{label_color(v)}">&#9632;</span>&nbsp;{html.escape(name)}'
+        items = [f'<span style="color:{label_color(v)}">&#9632;</span>&nbsp;{html.escape(display_name(name))}'
                  for v, name in sorted(label_names(info).items())]
         return "<br>".join(items) or "–"

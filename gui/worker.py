@@ -18,6 +18,8 @@ from tilewise.engine import (
     Volume,
 )
 
+from .volumes import count_labels
+
 
 @dataclass(frozen=True)
 class RunRequest:
@@ -88,7 +90,7 @@ class SegmentationWorker(QThread):
 
     stage = Signal(str)
     tile = Signal(object)          # TileEvent
-    succeeded = Signal(object)     # Result
+    succeeded = Signal(object, object)  # Result, voxels per label value (counted here, off the GUI thread)
     cancelled = Signal()
     failed = Signal(str, str)      # RunFailure kind, plain message
 
@@ -136,6 +138,7 @@ class SegmentationWorker(QThread):
             result = predictor.predict(volume, on_event=self.tile.emit, cancel=self.token, provisional_labels=True)
             if self.token.cancelled:
                 raise Cancelled()
+            counts = count_labels(result.labels)
         except Cancelled:
             self.cancelled.emit()
         except UntrustedCheckpointError as error:
@@ -143,7 +146,7 @@ class SegmentationWorker(QThread):
         except Exception as error:  # noqa: BLE001 - every failure becomes a dialog, never a traceback
             self.failed.emit(RunFailure.ERROR, plain_message(error))
         else:
-            self.succeeded.emit(result)
+            self.succeeded.emit(result, counts)
         finally:
             with self._focus_lock:
                 self._predictor = None

@@ -32,6 +32,8 @@ def test_viewer_opens_titled_maximised_with_widget_and_image(make_napari_viewer,
     assert window.windowState() & Qt.WindowMaximized
     assert isinstance(widget, TilewiseWidget)
     qtbot.waitUntil(widget.isVisible, timeout=5000)
+    assert widget.opening, "the image is read on a thread: the window shows at once"
+    qtbot.waitUntil(lambda: not widget.opening, timeout=60_000)
     assert [layer.name for layer in viewer.layers] == ["ct_0000"]
     assert widget.channel_combos[0].currentData() == "ct_0000"
     assert widget.model_panel.current().path == ct_model.resolve()
@@ -48,13 +50,14 @@ def test_viewer_starts_empty_without_sample_or_demo(make_napari_viewer, monkeypa
     widget.shutdown()
 
 
-def test_viewer_uses_demo_model_and_sample_when_installed(make_napari_viewer, monkeypatch: pytest.MonkeyPatch,
+def test_viewer_uses_demo_model_and_sample_when_installed(make_napari_viewer, qtbot, monkeypatch: pytest.MonkeyPatch,
                                                           ct_model: Path, ct_case: Path) -> None:
     from tilewise import resources
 
     monkeypatch.setattr(resources, "demo_model_dir", lambda: ct_model, raising=False)
     monkeypatch.setattr(resources, "sample_path", lambda: ct_case, raising=False)
     viewer, widget = app.build_viewer(app.parse_args([]), viewer=make_napari_viewer(), show=False)
+    qtbot.waitUntil(lambda: not widget.opening, timeout=60_000)
     assert [layer.name for layer in viewer.layers] == ["ct_0000"]
     assert widget.model_panel.current().path == ct_model
     assert "(demo)" in widget.model_panel.combo.currentText()
@@ -68,3 +71,20 @@ def test_models_are_found_under_nnunet_results(make_napari_viewer, monkeypatch: 
     viewer, widget = app.build_viewer(app.parse_args([]), viewer=make_napari_viewer(), show=False)
     assert widget.model_panel.current().path == ct_model
     widget.shutdown()
+
+
+def test_a_model_folder_with_any_name_shows_its_configuration(qtbot, ct_model: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from tilewise.engine.catalog import describe_model
+    from tilewise.gui.model_panel import ModelPanel
+
+    folder = tmp_path / "my model"  # not nnU-Net's Trainer__Plans__configuration name
+    shutil.copytree(ct_model, folder)
+    (folder / "fold_0" / "debug.json").write_text(json.dumps({"configuration_name": "3d_fullres"}))
+    assert describe_model(folder).configuration == "?"
+    panel = ModelPanel(QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat), demo_model=folder)
+    qtbot.addWidget(panel)
+    assert panel.configuration.text() == "3d_fullres"
+    assert panel.combo.currentText() == "TilewiseCT · 3d_fullres (demo)"

@@ -65,6 +65,21 @@ def _run(qtbot, widget: TilewiseWidget, timeout: int = RUN_TIMEOUT_MS) -> str:
     return blocker.args[0]
 
 
+def _open(qtbot, widget: TilewiseWidget, path) -> list:
+    """Open an image through the widget (read on a thread) and wait for its layers."""
+    with qtbot.waitSignal(widget.image_opened, timeout=60_000) as blocker:
+        assert widget.open_image(path)
+    return blocker.args[0]
+
+
+def _save(qtbot, widget: TilewiseWidget, path) -> Path:
+    """Save the result through the widget (written on a thread) and wait for the file."""
+    with qtbot.waitSignal(widget.saved, timeout=60_000) as blocker:
+        assert widget.save_labels(path)
+    assert blocker.args[0], widget.last_error
+    return Path(blocker.args[0])
+
+
 def _labels_layers(viewer) -> list[Labels]:
     return [layer for layer in viewer.layers if isinstance(layer, Labels)]
 
@@ -85,11 +100,11 @@ def test_preview_run_gives_the_engines_labels_in_place(gui, qtbot, ct_model: Pat
                                                        tmp_path: Path) -> None:
     viewer, widget = gui
     widget.model_panel.select(ct_model)
-    [image] = widget.open_image(oblique_case)
+    [image] = _open(qtbot, widget, oblique_case)
     widget.settings_panel.select_preset("preview")
     tiles: list = []
     previews: list = []
-    widget.run_button.clicked.connect(lambda: widget.worker.tile.connect(tiles.append))
+    widget.run_started.connect(lambda worker: worker.tile.connect(tiles.append))
     widget.run_button.clicked.connect(lambda: previews.append(widget.preview))
     started = time.perf_counter()
     assert _run(qtbot, widget) == "done"
@@ -114,7 +129,7 @@ def test_preview_run_gives_the_engines_labels_in_place(gui, qtbot, ct_model: Pat
     assert not widget.running and widget.run_button.text() == "Run segmentation"
     assert widget.save_button.isEnabled()
 
-    saved = widget.save_labels(tmp_path / "out" / "seg.nrrd")
+    saved = _save(qtbot, widget, tmp_path / "out" / "seg.nrrd")
     written = sitk.ReadImage(str(saved))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(written), expected)
     for getter in ("GetSpacing", "GetOrigin", "GetDirection"):
@@ -125,11 +140,11 @@ def test_preview_run_gives_the_engines_labels_in_place(gui, qtbot, ct_model: Pat
 def test_preview_fills_in_tile_regions_while_running(gui, qtbot, ct_model: Path, big_case: Path) -> None:
     viewer, widget = gui
     widget.model_panel.select(ct_model)
-    widget.open_image(big_case)
+    _open(qtbot, widget, big_case)
     widget.settings_panel.select_preset("fast")
     seen: list[np.ndarray] = []
-    widget.run_button.clicked.connect(
-        lambda: widget.worker.tile.connect(lambda event: seen.append(np.asarray(widget.preview.layer.data).copy()),
+    widget.run_started.connect(
+        lambda worker: worker.tile.connect(lambda event: seen.append(np.asarray(widget.preview.layer.data).copy()),
                                            Qt.QueuedConnection))
     assert _run(qtbot, widget) == "done"
     assert widget.preview is None
@@ -140,7 +155,7 @@ def test_preview_fills_in_tile_regions_while_running(gui, qtbot, ct_model: Path,
 def test_cancel_stops_within_one_batch_and_leaves_no_labels(gui, qtbot, ct_model: Path, big_case: Path) -> None:
     viewer, widget = gui
     widget.model_panel.select(ct_model)
-    widget.open_image(big_case)
+    _open(qtbot, widget, big_case)
     widget.settings_panel.select_preset("reference")
     emitted: list[float] = []
     cancelled_at: list[float] = []
@@ -155,11 +170,11 @@ def test_cancel_stops_within_one_batch_and_leaves_no_labels(gui, qtbot, ct_model
             canvas.setFocus()
             QTest.keyClick(canvas, Qt.Key_Escape)
 
-    def connect() -> None:
-        widget.worker.tile.connect(on_tile_in_worker, Qt.DirectConnection)
-        widget.worker.tile.connect(on_tile_in_gui)
+    def connect(worker) -> None:
+        worker.tile.connect(on_tile_in_worker, Qt.DirectConnection)
+        worker.tile.connect(on_tile_in_gui)
 
-    widget.run_button.clicked.connect(connect)
+    widget.run_started.connect(connect)
     window = viewer.window._qt_window
     window.activateWindow()
     qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=5000)
@@ -182,7 +197,7 @@ def test_cancel_stops_within_one_batch_and_leaves_no_labels(gui, qtbot, ct_model
 def test_scrolling_focuses_the_engine_on_the_slice_on_screen(gui, qtbot, ct_model: Path, big_case: Path) -> None:
     viewer, widget = gui
     widget.model_panel.select(ct_model)
-    [image] = widget.open_image(big_case)
+    [image] = _open(qtbot, widget, big_case)
     widget.settings_panel.select_preset("reference")
     emitted: list[tuple[float, object]] = []
     focused: list[tuple[float, tuple[int, int]]] = []
@@ -197,11 +212,11 @@ def test_scrolling_focuses_the_engine_on_the_slice_on_screen(gui, qtbot, ct_mode
         elif len([t for t, _ in emitted if t > focused[0][0]]) >= 4:
             widget.cancel_run()
 
-    def connect() -> None:
-        widget.worker.tile.connect(record, Qt.DirectConnection)
-        widget.worker.tile.connect(scroll_then_cancel)
+    def connect(worker) -> None:
+        worker.tile.connect(record, Qt.DirectConnection)
+        worker.tile.connect(scroll_then_cancel)
 
-    widget.run_button.clicked.connect(connect)
+    widget.run_started.connect(connect)
     assert _run(qtbot, widget) == "cancelled"
     scrolled_at, focus = focused[0]
     assert focus == (0, 60)
@@ -234,7 +249,7 @@ def test_every_preset_runs_to_the_end(gui, qtbot, ct_model: Path, tmp_path: Path
     viewer, widget = gui
     case = model_factory.make_case(tmp_path / "small_0000.nii.gz", "3d", shape=(24, 40, 40), seed=3)
     widget.model_panel.select(ct_model)
-    widget.open_image(case)
+    _open(qtbot, widget, case)
     for name in load_presets():
         widget.settings_panel.select_preset(name)
         assert _run(qtbot, widget) == "done", name
@@ -242,12 +257,12 @@ def test_every_preset_runs_to_the_end(gui, qtbot, ct_model: Path, tmp_path: Path
     assert len(_labels_layers(viewer)) == 4
 
 
-def test_unreadable_file_shows_a_plain_message(gui, dialogs, tmp_path: Path) -> None:
+def test_unreadable_file_shows_a_plain_message(gui, qtbot, dialogs, tmp_path: Path) -> None:
     viewer, widget = gui
     good = model_factory.make_case(tmp_path / "ct_0000.nii.gz", "3d")
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(good.read_bytes()[:2000])
-    assert widget.open_image(broken) == []
+    assert _open(qtbot, widget, broken) == []
     [(title, text)] = dialogs["critical"]
     assert "could not be opened" in title
     assert str(broken) in text and "truncated or corrupt" in text
@@ -260,7 +275,7 @@ def test_image_the_model_cannot_segment_shows_a_plain_message(gui, qtbot, dialog
     slice_path = tmp_path / "slice.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((48, 56), np.int16)), str(slice_path))
     widget.model_panel.select(ct_model)
-    widget.open_image(slice_path)
+    _open(qtbot, widget, slice_path)
     assert _run(qtbot, widget) == "failed"
     [(title, text)] = dialogs["critical"]
     assert "2D image" in text and "3d_fullres" in text and "Traceback" not in text
@@ -275,7 +290,7 @@ def test_checkpoint_needing_trust_asks_before_loading(gui, qtbot, dialogs, ct_mo
     model_factory.make_untrusted_checkpoint(model)
     executed = len(model_factory.UNTRUSTED_EXECUTIONS)
     widget.model_panel.select(model)
-    widget.open_image(ct_case)
+    _open(qtbot, widget, ct_case)
     widget.settings_panel.select_preset("preview")
     assert _run(qtbot, widget) == "failed"  # answered No
     [(title, text)] = dialogs["question"]
@@ -303,7 +318,7 @@ def test_closing_the_window_during_a_run_cancels_it(make_napari_viewer, qtbot, t
     widget = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat))
     viewer.window.add_dock_widget(widget, name="Tilewise")
     widget.model_panel.select(ct_model)
-    widget.open_image(big_case)
+    _open(qtbot, widget, big_case)
     widget.settings_panel.select_preset("reference")
     widget.start_run()
     worker = widget.worker

@@ -1,0 +1,282 @@
+"""Reviewing a segmentation: each label's volume in mL, show or hide single labels, the labels' opacity, Save.
+
+The panel shows the segmentation layer it is given: the one filling in during a run, then the result. What it shows
+travels in the layer's metadata (label names, voxel counts, voxel volume), so going back to an earlier result after
+a cancelled run shows that result's numbers again. When the person paints on the result, the voxels are counted
+again on a thread, a moment after the last stroke.
+"""
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtGui import QColor, QIcon, QPainter, QPixmap
+from qtpy.QtWidgets import (
+    QCheckBox, QGridLayout, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget,
+)
+
+from tilewise.engine import Geometry
+
+from .colors import display_name, label_color, labels_colormap
+from .tasks import BackgroundTask
+from .volumes import count_labels, format_ml
+
+META_NAMES = "tilewise_label_names"      # {value: name}
+META_COUNTS = "tilewise_voxel_counts"    # {value: voxels}, once the run has ended
+META_VOXEL_ML = "tilewise_voxel_ml"      # volume of one voxel in mL (None for a 2D image)
+DEFAULT_OPACITY = 0.6
+RECOUNT_DELAY_MS = 300
+
+
+def _swatch(colour: str, size: int = 14) -> QIcon:
+    pixmap = QPixmap(size, size)
+    pixmap.fill(QColor(colour))
+    painter = QPainter(pixmap)
+    painter.setPen(QColor("#202020"))
+    painter.drawRect(0, 0, size - 1, size - 1)
+    painter.end()
+    return QIcon(pixmap)
+
+
+class ReviewPanel(QWidget):
+    """Per-label volumes and visibility, the segmentation's opacity, and the Save button."""
+
+    visibility_changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.layer: Any = None
+        self.checks: dict[int, QCheckBox] = {}
+        self.volumes: dict[int, QLabel] = {}
+        self._hidden: set[int] = set()
+        self._names: dict[int, str] | None = None
+
+        self.hint = QLabel("Run a segmentation: each label's volume appears here, with a box to show or hide it.")
+        self.hint.setWordWrap(True)
+        self.table = QWidget()
+        self.grid = QGridLayout(self.table)
+        self.grid.setContentsMargins(0, 0, 0, 0)
+        self.grid.setHorizontalSpacing(12)
+        self.grid.setVerticalSpacing(2)
+        self.grid.setColumnStretch(0, 1)
+        self.method = QLabel()
+        self.method.setWordWrap(True)
+        self.method.setStyleSheet("color: palette(mid);")
+
+        self.opacity = QSlider(Qt.Horizontal)
+        self.opacity.setRange(0, 100)
+        self.opacity.setValue(int(round(DEFAULT_OPACITY * 100)))
+        self.opacity.setToolTip("How strongly the labels cover the image: 0 % invisible, 100 % opaque")
+        self.opacity_value = QLabel()
+        self.opacity_value.setMinimumWidth(40)
+        self.opacity_value.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
+        opacity_row = QHBoxLayout()
+        opacity_row.addWidget(QLabel("Label opacity:"))
+        opacity_row.addWidget(self.opacity, 1)
+        opacity_row.addWidget(self.opacity_value)
+
+        import qtawesome
+
+        self.save_button = QPushButton(qtawesome.icon("fa5s.save", color="#909090"), "Save segmentation…")
+        self.save_button.setToolTip("Write the labels as a file with the image's spacing, origin and orientation")
+        self.save_button.setEnabled(False)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.hint)
+        layout.addWidget(self.table)
+        layout.addWidget(self.method)
+        layout.addLayout(opacity_row)
+        layout.addWidget(self.save_button)
+
+        self.opacity.valueChanged.connect(self._on_opacity_slider)
+        self._on_opacity_slider(self.opacity.value())
+        self._recount_timer = QTimer(self)
+        self._recount_timer.setSingleShot(True)
+        self._recount_timer.setInterval(RECOUNT_DELAY_MS)
+        self._recount_timer.timeout.connect(self._recount)
+        self._counter: BackgroundTask | None = None
+        self._recount_again = False
+        self.show_layer(None)
+
+    # ---- public ---------------------------------------------------------------------------------
+    def show_layer(self, layer: Any) -> None:
+        """Review ``layer`` (a labels layer made by a run; None: nothing to review)."""
+        if self.layer is not None and layer is not self.layer:
+            for emitter, callback in ((self.layer.events.opacity, self._on_layer_opacity),
+                                      (self.layer.events.paint, self._on_painted)):
+                try:
+                    emitter.disconnect(callback)
+                except (RuntimeError, TypeError, ValueError):
+                    pass
+            self._recount_timer.stop()
+        previous, self.layer = self.layer, layer
+        names: dict[int, str] = dict(layer.metadata.get(META_NAMES) or {}) if layer is not None else {}
+        self._rebuild_rows(names)
+        if layer is not None:
+            if layer is not previous:
+                layer.events.opacity.connect(self._on_layer_opacity)
+                layer.events.paint.connect(self._on_painted)
+            self._on_layer_opacity()
+            self._apply_colormap()
+        self.refresh_volumes()
+
+    def refresh_volumes(self) -> None:
+        """Show the volumes stored in the layer's metadata ('…' while they are not known)."""
+        layer = self.layer
+        counts = layer.metadata.get(META_COUNTS) if layer is not None else None
+        voxel_ml = layer.metadata.get(META_VOXEL_ML) if layer is not None else None
+        for value, label in self.volumes.items():
+            if counts is None:
+                label.setText("…")
+                label.setToolTip("Measured when the run has ended")
+                continue
+            voxels = int(counts.get(value, 0))
+            if voxel_ml is None:
+                label.setText(f"{voxels:,} px")
+                label.setToolTip(f"{voxels:,} pixels (a 2D image has no volume)")
+            else:
+                label.setText(format_ml(voxels * voxel_ml))
+                label.setToolTip(f"{voxels:,} voxels × {voxel_ml * 1000:.3g} mm³")
+        geometry = layer.metadata.get("tilewise_geometry") if layer is not None else None
+        if counts is not None and voxel_ml is not None and isinstance(geometry, Geometry):
+            size = " × ".join(f"{s:.2f}" for s in geometry.spacing)
+            self.method.setText(f"Volume = the label's voxels on the image's own grid × the voxel volume ({size} mm "
+                                f"= {voxel_ml * 1000:.3g} mm³).")
+        elif layer is not None and counts is None:
+            self.method.setText("Volumes appear when the run has ended.")
+        else:
+            self.method.setText("")
+        self.method.setVisible(bool(self.method.text()))
+
+    def shutdown(self) -> None:
+        """Wait for a recount in progress (the window is closing)."""
+        self._recount_timer.stop()
+        counter, self._counter = self._counter, None
+        if counter is not None:
+            try:
+                counter.succeeded.disconnect()
+                counter.wait()
+            except (RuntimeError, TypeError):
+                pass
+
+    def volume_text(self, value: int) -> str:
+        """The volume shown for label ``value``."""
+        return self.volumes[value].text()
+
+    def hidden_labels(self) -> set[int]:
+        """Label values whose box is unticked."""
+        return set(self._hidden)
+
+    def set_label_visible(self, value: int, visible: bool) -> None:
+        """Tick or untick label ``value``."""
+        self.checks[value].setChecked(visible)
+
+    def layer_opacity(self) -> float:
+        """The opacity chosen with the slider (0-1)."""
+        return self.opacity.value() / 100.0
+
+    def colormap(self, values: list[int]) -> Any:
+        """The colormap for a segmentation with ``values``, hiding the unticked labels."""
+        return labels_colormap(values, hidden=self._hidden)
+
+    # ---- internals ------------------------------------------------------------------------------
+    def _rebuild_rows(self, names: dict[int, str]) -> None:
+        if names == self._names:
+            return
+        self._names = dict(names)
+        while self.grid.count():
+            item = self.grid.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        self.checks, self.volumes = {}, {}
+        self.hint.setVisible(not names)
+        self.table.setVisible(bool(names))
+        if not names:
+            return
+        header_label, header_volume = QLabel("<b>Show label</b>"), QLabel("<b>Volume</b>")
+        header_volume.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
+        self.grid.addWidget(header_label, 0, 0)
+        self.grid.addWidget(header_volume, 0, 1)
+        for row, (value, name) in enumerate(sorted(names.items()), start=1):
+            check = QCheckBox(display_name(name))
+            check.setIcon(_swatch(label_color(value)))
+            check.setChecked(value not in self._hidden)
+            check.setToolTip(f"{html.escape(name)}: label value {value}. Untick to hide it in the image.")
+            check.toggled.connect(lambda visible, v=value: self._on_toggled(v, visible))
+            volume = QLabel("…")
+            volume.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
+            volume.setTextInteractionFlags(Qt.TextSelectableByMouse)
+            self.grid.addWidget(check, row, 0)
+            self.grid.addWidget(volume, row, 1)
+            self.checks[value], self.volumes[value] = check, volume
+
+    def _on_toggled(self, value: int, visible: bool) -> None:
+        if visible:
+            self._hidden.discard(value)
+        else:
+            self._hidden.add(value)
+        self._apply_colormap()
+        self.visibility_changed.emit()
+
+    def _apply_colormap(self) -> None:
+        """Give the layer the colormap of the ticked labels (only when it differs: a new colormap redraws it)."""
+        if self.layer is None or not self.checks:
+            return
+        values = np.array(sorted(self.checks))
+        wanted = self.colormap(values.tolist())
+        try:
+            same = np.allclose(wanted.map(values), self.layer.colormap.map(values))
+        except (AttributeError, TypeError, ValueError):
+            same = False
+        if not same:
+            self.layer.colormap = wanted
+
+    def _on_painted(self, *_: object) -> None:
+        """The person edited the labels: count them again once the strokes pause."""
+        if self.layer is not None and self.layer.metadata.get(META_COUNTS) is not None:
+            self._recount_timer.start()
+
+    def _recount(self) -> None:
+        if self.layer is None:
+            return
+        if self._counter is not None:  # one count at a time; the newest edits get the next one
+            self._recount_again = True
+            return
+        layer = self.layer
+        counter = BackgroundTask(count_labels, np.asarray(layer.data))
+        counter.succeeded.connect(lambda counts: self._on_counted(layer, counts))
+        counter.failed.connect(lambda _message: self._on_counted(layer, None))
+        self._counter = counter
+        counter.start()
+
+    def _on_counted(self, layer: Any, counts: dict[int, int] | None) -> None:
+        counter, self._counter = self._counter, None
+        if counter is not None:
+            counter.wait(10_000)
+            counter.deleteLater()
+        if counts is not None:
+            layer.metadata = {**layer.metadata, META_COUNTS: dict(counts)}
+            if layer is self.layer:
+                self.refresh_volumes()
+        if self._recount_again:
+            self._recount_again = False
+            self._recount_timer.start()
+
+    def _on_opacity_slider(self, value: int) -> None:
+        self.opacity_value.setText(f"{value} %")
+        if self.layer is not None and abs(self.layer.opacity - value / 100.0) > 1e-6:
+            self.layer.opacity = value / 100.0
+
+    def _on_layer_opacity(self, *_: object) -> None:
+        """Follow changes made in napari's own layer controls."""
+        if self.layer is None:
+            return
+        value = int(round(float(self.layer.opacity) * 100))
+        if value != self.opacity.value():
+            self.opacity.blockSignals(True)
+            self.opacity.setValue(value)
+            self.opacity.blockSignals(False)
+            self.opacity_value.setText(f"{value} %")

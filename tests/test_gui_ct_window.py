@@ -1,0 +1,77 @@
+"""CT window presets: standard width / level, offered only when the image (or the model) is CT."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tilewise.gui._preload import preload_native_libraries  # noqa: E402
+
+preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
+
+from qtpy.QtCore import QSettings  # noqa: E402
+
+import model_factory  # noqa: E402
+from tilewise.gui.ct_window import CT_WINDOWS, looks_like_ct  # noqa: E402
+from tilewise.gui.widget import TilewiseWidget  # noqa: E402
+
+STANDARD = {"brain": (80, 40), "soft_tissue": (400, 40), "lung": (1500, -600), "bone": (1800, 400)}
+
+
+@pytest.fixture
+def gui(make_napari_viewer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A viewer with the widget and no model at all (no demo, no $nnUNet_results)."""
+    monkeypatch.setattr("tilewise.gui.widget.demo_model_dir", lambda: None)
+    monkeypatch.delenv("nnUNet_results", raising=False)
+    viewer = make_napari_viewer(show=True)
+    widget = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
+    viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
+    yield viewer, widget
+    widget.shutdown()
+
+
+def _open(qtbot, widget: TilewiseWidget, path: Path) -> list:
+    with qtbot.waitSignal(widget.image_opened, timeout=60_000) as blocker:
+        assert widget.open_image(path)
+    return blocker.args[0]
+
+
+def test_each_window_sets_the_standard_width_and_level(gui, qtbot, ct_model: Path, ct_case: Path) -> None:
+    viewer, widget = gui
+    widget.model_panel.select(ct_model)
+    [image] = _open(qtbot, widget, ct_case)
+    assert widget.ct_row.isVisible()
+    buttons = widget.ct_window.buttons
+    assert [buttons[w.key].text() for w in CT_WINDOWS] == ["Brain", "Soft tissue", "Lung", "Bone"]
+    for key, (width, level) in STANDARD.items():
+        buttons[key].click()
+        assert image.contrast_limits == pytest.approx([level - width / 2, level + width / 2])
+        assert [k for k, b in buttons.items() if b.isChecked()] == [key], "the window in use is shown pressed"
+        assert f"width {width} HU, level {level} HU" in buttons[key].toolTip()
+    image.contrast_limits = (-100, 300)  # the person drags napari's contrast slider
+    assert not any(b.isChecked() for b in buttons.values())
+
+
+def test_windows_are_offered_only_for_ct(gui, qtbot, ct_model: Path, tmp_path: Path) -> None:
+    viewer, widget = gui
+    assert widget.model_panel.current() is None
+    mr = model_factory.make_case(tmp_path / "mr_0000.nii.gz", "two_channel")  # MR-like: intensities >= 0
+    ct = model_factory.make_case(tmp_path / "ct_0000.nii.gz", "3d")           # air at -1000 HU
+    [mr_layer] = _open(qtbot, widget, mr)
+    assert not widget.ct_row.isVisible(), "an MR image gets no CT windows"
+    [ct_layer] = _open(qtbot, widget, ct)
+    assert widget.channel_combos[0].currentData() == "ct_0000"
+    assert widget.ct_row.isVisible() and widget.ct_window.layer is ct_layer, "intensities below -500: a CT"
+    widget.select_image("mr_0000")
+    assert not widget.ct_row.isVisible()
+    widget.model_panel.select(ct_model)  # the model's channel is named CT: offer them for its image
+    assert widget.ct_row.isVisible() and widget.ct_window.layer is mr_layer
+
+    widget.ct_window.buttons["bone"].click()
+    assert mr_layer.contrast_limits == pytest.approx([-500, 1300])
+    assert ct_layer.contrast_limits != mr_layer.contrast_limits, "only the image of the CT channel changes"
+
+
+def test_channel_names_that_mean_ct() -> None:
+    assert all(looks_like_ct([name]) for name in ("CT", "ct", "CT_arterial", "noncontrast CT", "CTA"))
+    assert not any(looks_like_ct([name]) for name in ("T1", "T2", "FLAIR", "SPECT", "post-contrast", "image"))

@@ -1,0 +1,82 @@
+"""Closing only the Tilewise panel (its x) during a run cancels the run cleanly; the viewer stays usable."""
+from __future__ import annotations
+
+import gc
+import weakref
+from pathlib import Path
+
+import pytest
+
+from tilewise.gui._preload import preload_native_libraries  # noqa: E402
+
+preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
+
+from napari.layers import Labels  # noqa: E402
+from napari.utils.progress import progress  # noqa: E402
+from qtpy.QtCore import QSettings  # noqa: E402
+from qtpy.QtWidgets import QApplication, QMessageBox  # noqa: E402
+
+import model_factory  # noqa: E402
+from tilewise.gui import _gc  # noqa: E402
+from tilewise.gui.widget import TilewiseWidget  # noqa: E402
+
+RUN_TIMEOUT_MS = 180_000
+
+
+
+def _start_in_a_closable_panel(viewer, qtbot, settings: Path, model: Path, case: Path):
+    """Dock a widget, open the case and start a long run; only weak references leave this function (as in the app,
+    where nothing but the dock holds the widget)."""
+    widget = TilewiseWidget(viewer, settings=QSettings(str(settings), QSettings.IniFormat))
+    dock = viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
+    widget.settings_panel.device.setCurrentIndex(widget.settings_panel.device.findData("cpu"))
+    widget.model_panel.select(model)
+    with qtbot.waitSignal(widget.image_opened, timeout=60_000):
+        widget.open_image(case)
+    widget.settings_panel.select_preset("reference")
+    outcomes: list[str] = []
+    widget.run_finished.connect(outcomes.append)
+    widget.run_started.connect(lambda worker: worker.finished.connect(lambda: outcomes.append("thread ended")))
+    assert widget.start_run()
+    qtbot.waitUntil(lambda: widget.preview is not None and widget.preview.updates >= 1, timeout=RUN_TIMEOUT_MS)
+    return weakref.ref(widget), widget.worker.token, dock, outcomes
+
+
+def test_closing_the_panel_during_a_run_cancels_it(make_napari_viewer, qtbot, tmp_path: Path, ct_model: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda *a, **k: QMessageBox.Ok))
+    viewer = make_napari_viewer(show=True)
+    case = model_factory.make_case(tmp_path / "big_0000.nii.gz", "3d", shape=(64, 80, 72), seed=5)
+    widget_ref, token, dock, outcomes = _start_in_a_closable_panel(
+        viewer, qtbot, tmp_path / "settings.ini", ct_model, case)
+    assert [layer for layer in viewer.layers if isinstance(layer, Labels)], "the preview is filling in"
+
+    dock.title.close_button.click()  # the x of the panel, not of the window
+    assert token.cancelled, "closing the panel cancels the run at once (it stops before the next batch)"
+    assert "Tilewise" not in viewer.window._wrapped_dock_widgets
+    qtbot.waitUntil(lambda: "cancelled" in outcomes, timeout=RUN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: "thread ended" in outcomes, timeout=10_000)
+    assert outcomes.count("cancelled") == 1 and "done" not in outcomes
+    assert [layer.name for layer in viewer.layers] == ["big_0000"], "the partial labels are removed"
+    assert not any(bar.desc.startswith("Tilewise") for bar in progress._all_instances)
+    assert not _gc.paused()
+
+    for _ in range(3):  # the panel is gone for good once the run has ended: no thread outlives it
+        QApplication.processEvents()
+        gc.collect()
+    assert widget_ref() is None, "nothing keeps the closed panel (and the model it loaded) alive"
+    viewer.add_image(viewer.layers["big_0000"].data, name="still usable")
+    assert len(viewer.layers) == 2
+
+
+def test_closing_the_panel_when_idle_changes_nothing(make_napari_viewer, qtbot, tmp_path: Path, ct_case: Path) -> None:
+    viewer = make_napari_viewer(show=True)
+    widget = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat))
+    dock = viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
+    with qtbot.waitSignal(widget.image_opened, timeout=60_000):
+        widget.open_image(ct_case)
+    dock.title.close_button.click()
+    assert not widget.running and [layer.name for layer in viewer.layers] == ["ct_0000"]
+    viewer.window.add_dock_widget(widget, name="Tilewise again", area="right")  # it can be docked again
+    assert widget.parent() is not None
+    widget.shutdown()

@@ -1,0 +1,111 @@
+"""Opening a volume never freezes the window: it is read on a thread, the layer is added on the GUI thread."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tilewise.gui._preload import preload_native_libraries  # noqa: E402
+
+preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
+
+import SimpleITK as sitk  # noqa: E402
+from napari.utils.progress import progress  # noqa: E402
+from qtpy.QtCore import QSettings, QTimer  # noqa: E402
+from qtpy.QtWidgets import QFileDialog, QMessageBox  # noqa: E402
+
+from tilewise.gui import widget as widget_module  # noqa: E402
+from tilewise.gui.widget import SETTINGS_OPEN_FOLDER, TilewiseWidget  # noqa: E402
+
+
+@pytest.fixture
+def dialogs(monkeypatch: pytest.MonkeyPatch) -> list:
+    shown: list = []
+    monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda parent, title, text, *a, **k:
+                                                              shown.append((title, text)) or QMessageBox.Ok))
+    return shown
+
+
+@pytest.fixture
+def gui(make_napari_viewer, tmp_path: Path, dialogs):
+    viewer = make_napari_viewer(show=True)
+    widget = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
+    viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
+    yield viewer, widget
+    widget.shutdown()
+
+
+def test_reading_runs_on_a_thread_with_a_busy_state(gui, qtbot, ct_case: Path, ct_model: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    viewer, widget = gui
+    widget.model_panel.select(ct_model)
+    release = threading.Event()
+    readers: list[threading.Thread] = []
+    real_read = widget_module.read_layers
+
+    def slow_read(path):  # a large file: reading takes as long as the test wants
+        readers.append(threading.current_thread())
+        assert release.wait(60)
+        return real_read(path)
+
+    monkeypatch.setattr(widget_module, "read_layers", slow_read)
+    assert widget.open_image(ct_case), "returns at once; the file is read meanwhile"
+    assert widget.opening and len(viewer.layers) == 0
+    assert widget.open_busy.isVisible() and widget.open_busy.maximum() == 0, "an indeterminate (busy) bar"
+    assert widget.open_status.text() == "Opening ct_0000.nii.gz…"
+    assert not widget.open_button.isEnabled() and not widget.run_button.isEnabled()
+    assert not widget.open_image(ct_case), "one image at a time"
+
+    ticks: list[int] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(10)
+    qtbot.waitUntil(lambda: len(ticks) >= 10, timeout=10_000)  # the event loop runs on while the file is read
+    qtbot.waitUntil(lambda: widget.activity is not None and widget.activity.bar is not None, timeout=10_000)
+    bar = widget.activity.bar
+    assert bar in progress._all_instances and bar.desc == "Tilewise: opening ct_0000.nii.gz" and bar.total == 0
+    timer.stop()
+
+    with qtbot.waitSignal(widget.image_opened, timeout=60_000) as blocker:
+        release.set()
+    [layer] = blocker.args[0]
+    assert readers and readers[0] is not threading.main_thread()
+    assert [candidate.name for candidate in viewer.layers] == ["ct_0000"] and layer.name == "ct_0000"
+    np.testing.assert_array_equal(np.asarray(layer.data),
+                                  sitk.GetArrayFromImage(sitk.ReadImage(str(ct_case))).astype(np.float32))
+    assert widget.channel_combos[0].currentData() == "ct_0000"
+    assert not widget.opening and not widget.open_busy.isVisible()
+    assert widget.open_button.isEnabled() and widget.run_button.isEnabled()
+    assert bar not in progress._all_instances, "the activity bar is gone"
+    assert widget.qsettings.value(SETTINGS_OPEN_FOLDER) == str(ct_case.parent)
+
+
+def test_the_open_dialog_starts_in_the_last_folder(gui, qtbot, ct_case: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    viewer, widget = gui
+    asked: list[str] = []
+
+    def open_dialog(parent, caption, directory, *args, **kwargs):
+        asked.append(directory)
+        return (str(ct_case), "")
+
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(open_dialog))
+    with qtbot.waitSignal(widget.image_opened, timeout=60_000):
+        widget.open_button.click()
+    widget.open_button.click()
+    qtbot.waitUntil(lambda: not widget.opening, timeout=60_000)
+    assert asked == ["", str(ct_case.parent)]
+    assert len(viewer.layers) == 2
+
+
+def test_a_file_that_cannot_be_read_gives_a_dialog(gui, qtbot, dialogs, tmp_path: Path) -> None:
+    viewer, widget = gui
+    missing = tmp_path / "gone.nii.gz"
+    with qtbot.waitSignal(widget.image_opened, timeout=60_000) as blocker:
+        widget.open_image(missing)
+    assert blocker.args == [[]]
+    [(title, text)] = dialogs
+    assert "could not be opened" in title and str(missing) in text and "Traceback" not in text
+    assert len(viewer.layers) == 0 and widget.open_button.isEnabled() and not widget.opening

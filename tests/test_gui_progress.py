@@ -1,0 +1,130 @@
+"""Progress in napari's activity panel (done/total, closed at the end and on cancel) and the busy finishing step."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tilewise.gui._preload import preload_native_libraries  # noqa: E402
+
+preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
+
+from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar  # noqa: E402
+from napari.utils.progress import progress  # noqa: E402
+from qtpy.QtCore import QSettings  # noqa: E402
+from qtpy.QtGui import QMovie  # noqa: E402
+from qtpy.QtWidgets import QMessageBox  # noqa: E402
+
+import model_factory  # noqa: E402
+from tilewise.engine import predictor as engine_predictor  # noqa: E402
+from tilewise.gui import activity  # noqa: E402
+from tilewise.gui.activity import busy_indicator  # noqa: E402
+from tilewise.gui.widget import FINISHING_TEXT, TilewiseWidget  # noqa: E402
+
+RUN_TIMEOUT_MS = 180_000
+
+
+@pytest.fixture
+def gui(make_napari_viewer, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ct_model: Path):
+    monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda *a, **k: QMessageBox.Ok))
+    viewer = make_napari_viewer(show=True)
+    widget = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
+    viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
+    widget.settings_panel.device.setCurrentIndex(widget.settings_panel.device.findData("cpu"))
+    widget.model_panel.select(ct_model)
+    case = model_factory.make_case(tmp_path / "big_0000.nii.gz", "3d", shape=(64, 80, 72), seed=5)
+    with qtbot.waitSignal(widget.image_opened, timeout=60_000):
+        widget.open_image(case)
+    yield viewer, widget
+    widget.shutdown()
+
+
+def _activity_bars(viewer) -> list[QtLabeledProgressBar]:
+    """The bars napari's activity panel shows now (it keeps closed ones until they are deleted: skip those)."""
+    dialog = viewer.window._qt_window._activity_dialog
+    return [bar for bar in dialog.findChildren(QtLabeledProgressBar)
+            if bar.progress is not None and bar.progress in progress._all_instances]
+
+
+def test_activity_panel_counts_tiles_and_closes_at_the_end(gui, qtbot, monkeypatch: pytest.MonkeyPatch) -> None:
+    viewer, widget = gui
+    monkeypatch.setattr(activity, "COUNT_INTERVAL_S", 0.0)  # a run of a second: show every count, not every 0.5 s
+    widget.settings_panel.select_preset("balanced")
+    seen: list[tuple[str, int, int]] = []
+    activities: list = []
+
+    indicators: list[tuple[bool, bool]] = []
+
+    def look(event) -> None:  # GUI thread, after the widget has handled the tile
+        activities.append(widget.activity)
+        for bar in _activity_bars(viewer):
+            seen.append((bar.description_label.text(), bar.qt_progress_bar.value(), bar.qt_progress_bar.maximum()))
+            if widget.activity is not None and widget.activity.bar is not None:  # not while napari builds the bar
+                indicator = busy_indicator(viewer)
+                indicators.append((not indicator.isHidden(), indicator.movie().state() == QMovie.Running))
+
+    widget.run_started.connect(lambda worker: worker.tile.connect(look))
+    with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
+        widget.run_button.click()
+    assert blocker.args == ["done"]
+    counted = [(value, maximum) for text, value, maximum in seen
+               if text.startswith("Tilewise: segmenting big_0000") and maximum > 0]
+    assert counted, "the activity panel showed the run with a tile count"
+    total = counted[-1][1]
+    assert all(maximum == total and 0 <= value <= total for value, maximum in counted)
+    assert len({value for value, _ in counted}) > 1, "and it moved"
+    assert indicators and all(shown and not animated for shown, animated in indicators), \
+        "napari's 'in progress' indicator is shown, still (its animation redraws the whole window)"
+    assert activities[0].closed and activities[0].bar is None and widget.activity is None
+    assert _activity_bars(viewer) == [], "closed at the end"
+
+
+def test_finishing_step_shows_a_busy_bar_with_what_it_does(gui, qtbot, monkeypatch: pytest.MonkeyPatch) -> None:
+    viewer, widget = gui
+    widget.settings_panel.select_preset("preview")
+    real_export = engine_predictor.export_logits
+
+    def slow_export(*args, **kwargs):  # a large many-label case: putting labels back on the input grid takes a while
+        time.sleep(1.5)
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(engine_predictor, "export_logits", slow_export)
+    at_last_tile: list[tuple[str, int, int]] = []
+    finishing_bars: list[tuple[str, int]] = []
+
+    def on_tile(event) -> None:
+        if event.done == event.total:
+            at_last_tile.append((widget.status.text(), widget.progress.minimum(), widget.progress.maximum()))
+
+    def activity_busy() -> bool:
+        bars = [(bar.description_label.text(), bar.qt_progress_bar.maximum()) for bar in _activity_bars(viewer)]
+        finishing_bars.extend(bars)
+        return ("Tilewise: writing labels on the input grid: ", 0) in bars
+
+    widget.run_started.connect(lambda worker: worker.tile.connect(on_tile))
+    with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
+        widget.run_button.click()
+        qtbot.waitUntil(lambda: bool(at_last_tile), timeout=RUN_TIMEOUT_MS)
+        assert widget.running, "the engine is still writing the labels"
+        qtbot.waitUntil(activity_busy, timeout=5_000)
+    assert blocker.args == ["done"]
+    assert at_last_tile == [(FINISHING_TEXT, 0, 0)], "the text says what happens; the bar is busy, not stuck"
+    assert FINISHING_TEXT == "Finishing: writing labels on the input grid…"
+    assert widget.progress.maximum() > 0 and widget.progress.value() == widget.progress.maximum()
+    assert widget.status.text().startswith("Done in")
+
+
+def test_cancel_from_the_activity_panel_stops_the_run_and_closes_the_bar(gui, qtbot) -> None:
+    viewer, widget = gui
+    widget.settings_panel.select_preset("reference")
+    with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
+        widget.run_button.click()
+        qtbot.waitUntil(lambda: any(bar.qt_progress_bar.value() >= 1 for bar in _activity_bars(viewer)),
+                        timeout=RUN_TIMEOUT_MS)
+        [bar] = _activity_bars(viewer)
+        assert not bar.cancel_button.isHidden(), "napari shows a Cancel button beside the bar"
+        bar.cancel_button.click()
+    assert blocker.args == ["cancelled"]
+    assert _activity_bars(viewer) == [] and widget.activity is None
+    assert not [layer for layer in viewer.layers if layer.name.endswith("(in progress)")]
