@@ -12,13 +12,15 @@ import torch
 
 from .devices import default_batch_size, resolve_device, resolve_precision
 from .errors import InputError
+from .backends.torch_backend import TorchBackend
+from .body_mask import body_mask
 from .export import export_logits, logits_to_labels
 from .host_memory import keep_freed_host_memory
 from .grid import GridMapper
 from .model import ModelBundle
 from .preprocess import preprocess
 from .presets import Preset
-from .runner import CancelToken, EventHandler, SlidingWindowRunner, free_device_memory
+from .runner import CancelToken, EventHandler, SlidingWindowRunner, background_logits, free_device_memory
 from .tiling import Tile
 from .volume import Geometry, Volume
 
@@ -34,6 +36,7 @@ class Result:
     timings: dict[str, float]
     tiles: int
     forward_passes: int
+    tiles_skipped: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -47,6 +50,7 @@ class RunSettings:
     precision: str
     batch_size: int
     device: torch.device
+    skip_empty_tiles: bool = False
 
 
 class Predictor:
@@ -83,7 +87,9 @@ class Predictor:
             precision=resolve_precision(preset.precision, self.device),
             batch_size=preset.batch_size or default_batch_size(self.device),
             device=self.device,
+            skip_empty_tiles=preset.skip_empty_tiles,
         )
+        self.backend = TorchBackend(self.networks, mirror_axes, self.device, self.settings.precision)
         self.load_seconds = time.perf_counter() - started
         self._runner: SlidingWindowRunner | None = None
         self._mapper: GridMapper | None = None
@@ -135,10 +141,15 @@ class Predictor:
         prepared = preprocess(volume, self.bundle)
         timings["preprocess"] = time.perf_counter() - started
 
+        skip_tile = None
+        if self.settings.skip_empty_tiles:
+            mask = body_mask(prepared.data, prepared.nonzero)
+            skip_tile = lambda tile: not mask.touches(tile.box)  # noqa: E731
+        heads = self.bundle.label_manager.num_segmentation_heads
         runner = SlidingWindowRunner(
-            self.networks, self.bundle.patch_size, self.settings.tile_step, self.settings.mirror_axes, self.device,
-            self.settings.precision, self.settings.batch_size, self.bundle.label_manager.num_segmentation_heads,
+            self.backend, self.bundle.patch_size, self.settings.tile_step, self.settings.batch_size, heads,
             lambda logits: logits_to_labels(logits, self.bundle),
+            background=background_logits(heads, self.bundle.label_manager.has_regions), skip_tile=skip_tile,
         )
         if self._focus is not None:
             runner.prioritise(prepared.mapper.slice_priority(*self._focus))
@@ -146,16 +157,8 @@ class Predictor:
             runner.prioritise(self._pending_priority)
         self._mapper, self._runner = prepared.mapper, runner
         started = time.perf_counter()
-        tile_count = 0
-
-        def count_and_forward(event: Any) -> None:
-            nonlocal tile_count
-            tile_count = event.total
-            if on_event is not None:
-                on_event(event)
-
         try:
-            logits = runner.run(prepared.data, prepared.mapper, count_and_forward, cancel, provisional_labels)
+            logits = runner.run(prepared.data, prepared.mapper, on_event, cancel, provisional_labels)
         finally:
             self._runner = self._mapper = None
         timings["sliding_window"] = time.perf_counter() - started
@@ -177,7 +180,8 @@ class Predictor:
             probabilities=exported.probabilities,
             properties=prepared.properties,
             timings=timings,
-            tiles=tile_count,
-            forward_passes=tile_count * runner.passes_per_tile,
+            tiles=runner.tiles_run,
+            forward_passes=runner.tiles_run * runner.passes_per_tile,
+            tiles_skipped=runner.tiles_skipped,
             notes=list(runner.notes),
         )

@@ -22,6 +22,8 @@ class Preprocessed:
     """Network-grid data (channels, z, y, x), padded to at least one tile, and how to map it back."""
 
     data: torch.Tensor
+    nonzero: torch.Tensor
+    """nnU-Net's nonzero mask (z, y, x) on the padded grid: False outside what it cropped to and in padding."""
     properties: dict[str, Any]
     mapper: GridMapper
     unpadded: tuple[slice, slice, slice]
@@ -42,7 +44,7 @@ def preprocess(volume: Volume, bundle: ModelBundle) -> Preprocessed:
     manager = bundle.configuration_manager
     preprocessor = manager.preprocessor_class(verbose=False)
     with redirect_stdout(io.StringIO()):
-        data, _, properties = preprocessor.run_case_npy(
+        data, seg, properties = preprocessor.run_case_npy(
             volume.array, None, properties, bundle.plans_manager, manager, bundle.dataset_json
         )
     tensor = torch.from_numpy(data).to(dtype=torch.float32, memory_format=torch.contiguous_format)
@@ -51,6 +53,8 @@ def preprocess(volume: Volume, bundle: ModelBundle) -> Preprocessed:
     pad_target = patch if len(patch) == 3 else (1, *patch)
     padded, revert = pad_nd_image(tensor, pad_target, "constant", {"value": 0}, True, None)
     unpadded = tuple(slice(int(s.start), int(s.stop)) for s in revert[1:])
+    nonzero = torch.zeros(padded.shape[1:], dtype=torch.bool)
+    nonzero[unpadded] = torch.from_numpy(seg[0] >= 0)
     mapper = GridMapper(
         transpose_forward=tuple(int(a) for a in bundle.plans_manager.transpose_forward),  # type: ignore[arg-type]
         crop_start=tuple(int(lo) for lo, _ in properties["bbox_used_for_cropping"]),  # type: ignore[arg-type]
@@ -58,4 +62,4 @@ def preprocess(volume: Volume, bundle: ModelBundle) -> Preprocessed:
         network_shape=network_shape,  # type: ignore[arg-type]
         pad_before=tuple(s.start for s in unpadded),  # type: ignore[arg-type]
     )
-    return Preprocessed(data=padded, properties=properties, mapper=mapper, unpadded=unpadded)  # type: ignore[arg-type]
+    return Preprocessed(data=padded, nonzero=nonzero, properties=properties, mapper=mapper, unpadded=unpadded)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ except ModuleNotFoundError:  # Python 3.10
 from .errors import TilewiseError
 
 PRESET_ORDER: tuple[str, ...] = ("reference", "balanced", "fast", "preview")
+BACKENDS: tuple[str, ...] = ("auto", "torch", "openvino")
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,8 @@ class Preset:
     """Settings of one speed/quality trade-off.
 
     ``folds`` is 'all' or the number of folds to use (the first n available); ``precision`` is fp32, fp16, bf16 or
-    'reduced'; ``batch_size`` 0 lets the engine choose for the device.
+    'reduced'; ``batch_size`` 0 lets the engine choose for the device; ``backend`` is auto, torch or openvino;
+    ``skip_empty_tiles`` skips tiles that lie entirely outside the body.
     """
 
     name: str
@@ -32,12 +34,17 @@ class Preset:
     tile_step: float = 0.5
     precision: str = "fp32"
     batch_size: int = 0
+    backend: str = "auto"
+    skip_empty_tiles: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.tile_step <= 1:
             raise TilewiseError(f"preset '{self.name}'", f"tile_step must be in (0, 1], got {self.tile_step}")
         if self.folds != "all" and not (isinstance(self.folds, int) and self.folds >= 1):
             raise TilewiseError(f"preset '{self.name}'", f"folds must be 'all' or a positive number, got {self.folds!r}")
+        if self.backend not in BACKENDS:
+            raise TilewiseError(f"preset '{self.name}'", f"backend must be one of {', '.join(BACKENDS)}, "
+                                                         f"got {self.backend!r}")
         if self.batch_size < 0:
             raise TilewiseError(f"preset '{self.name}'", f"batch_size must be >= 0, got {self.batch_size}")
 

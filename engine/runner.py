@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 import gc
-import itertools
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
-from .devices import PRECISIONS
+from .backends import ForwardBackend
 from .errors import Cancelled, OutOfMemoryError
 from .grid import GridMapper
 from .tiling import Box, Tile, TileQueue, centre_out, gaussian_importance, plan_tiles
@@ -58,12 +55,6 @@ EventHandler = Callable[[TileEvent], None]
 LabelConverter = Callable[[torch.Tensor], torch.Tensor]
 
 
-def mirror_combinations(axes: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """nnU-Net's mirror set: every non-empty combination of the spatial axes, as tensor dims (offset by 2)."""
-    dims = [a + 2 for a in axes]
-    return [c for n in range(1, len(dims) + 1) for c in itertools.combinations(dims, n)]
-
-
 def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
@@ -86,42 +77,52 @@ def _available_host_bytes() -> int:
         return 2**62
 
 
-class SlidingWindowRunner:
-    """Runs every tile of one preprocessed case through the fold networks and accumulates logits.
+def background_logits(num_heads: int, regions: bool) -> torch.Tensor:
+    """Logits that every label rule reads as background: softmax picks head 0, sigmoid regions are all off."""
+    values = torch.full((num_heads,), -10.0)
+    if not regions:
+        values[0] = 10.0
+    return values
 
-    One network instance per fold stays on the device; each step forwards a batch of tiles through every fold and
-    mirror. The order of tiles (centre-out, or as :meth:`prioritise` asks) does not change the result.
+
+class SlidingWindowRunner:
+    """Runs every tile of one preprocessed case through a forward backend and accumulates logits.
+
+    The backend forwards a batch of tiles through every fold and mirror. The order of tiles (centre-out, or as
+    :meth:`prioritise` asks) does not change the result. ``skip_tile`` (optional) names tiles not to run at all;
+    voxels that no run tile covers get ``background_logits`` (see :func:`background_logits`).
     """
 
     def __init__(
         self,
-        networks: list[nn.Module],
+        backend: ForwardBackend,
         patch_size: tuple[int, ...],
         tile_step: float,
-        mirror_axes: tuple[int, ...],
-        device: torch.device,
-        precision: str,
         batch_size: int,
         num_heads: int,
         to_labels: LabelConverter,
+        background: torch.Tensor | None = None,
+        skip_tile: Callable[[Tile], bool] | None = None,
     ) -> None:
-        self.networks = networks
+        self.backend = backend
+        self.device = backend.device
         self.patch_size = tuple(patch_size)
         self.tile_step = tile_step
-        self.mirrors = mirror_combinations(mirror_axes)
-        self.device = device
-        self.precision = precision
         self.batch_size = max(1, batch_size)
         self.num_heads = num_heads
         self.to_labels = to_labels
+        self.background = background
+        self.skip_tile = skip_tile
         self.notes: list[str] = []
+        self.tiles_run = 0
+        self.tiles_skipped = 0
         self._queue: TileQueue | None = None
         self._pending_priority: Callable[[Tile], float] | None = None
 
     @property
     def passes_per_tile(self) -> int:
         """Forward passes per tile: (1 + mirrors) x folds."""
-        return (1 + len(self.mirrors)) * len(self.networks)
+        return self.backend.passes_per_tile
 
     def prioritise(self, key: Callable[[Tile], float]) -> None:
         """Run the remaining tiles in order of ``key`` (smaller first). Safe to call from another thread."""
@@ -193,6 +194,10 @@ class SlidingWindowRunner:
         spatial = tuple(int(s) for s in data.shape[1:])
         result_device, result_dtype = self._accumulator_placement(spatial, on_device)
         tiles = centre_out(plan_tiles(spatial, self.patch_size, self.tile_step), spatial)  # type: ignore[arg-type]
+        planned = len(tiles)
+        if self.skip_tile is not None:
+            tiles = [tile for tile in tiles if not self.skip_tile(tile)]
+        self.tiles_run, self.tiles_skipped = len(tiles), planned - len(tiles)
         self._queue = TileQueue(tiles)
         if self._pending_priority is not None:
             self._queue.prioritise(self._pending_priority)
@@ -210,7 +215,7 @@ class SlidingWindowRunner:
                     raise Cancelled()
                 batch = self._queue.take(self.batch_size)
                 inputs = torch.stack([data[(slice(None), *self._network_slice(t.box, is_2d))] for t in batch])
-                predictions = self._forward(inputs).to(result_device)
+                predictions = self.backend(inputs).to(result_device)
                 for tile, prediction in zip(batch, predictions):
                     region = self._network_slice(tile.box, is_2d)
                     logits[(slice(None), *region)] += (prediction * gaussian_here).to(result_dtype)
@@ -221,6 +226,8 @@ class SlidingWindowRunner:
                         elapsed = time.perf_counter() - started
                         on_event(self._event(tile, logits, mapper, done, total, elapsed, provisional_labels))
         self._queue = None
+        if self.tiles_skipped:
+            self._fill_uncovered(logits, weights)
         logits /= weights
         if result_dtype != torch.float32:
             logits = logits.float()
@@ -232,22 +239,15 @@ class SlidingWindowRunner:
     def _network_slice(box: Box, is_2d: bool) -> tuple[int | slice, ...]:
         return (box[0].start, box[1], box[2]) if is_2d else box
 
-    def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        dtype = PRECISIONS[self.precision]
-        autocast = torch.autocast(self.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-        total: torch.Tensor | None = None
-        with autocast:
-            for network in self.networks:
-                prediction = network(inputs).float()
-                for dims in self.mirrors:
-                    prediction += torch.flip(network(torch.flip(inputs, dims)), dims).float()
-                if self.mirrors:
-                    prediction /= len(self.mirrors) + 1
-                total = prediction if total is None else total + prediction
-        assert total is not None
-        if len(self.networks) > 1:
-            total /= len(self.networks)
-        return total
+    def _fill_uncovered(self, logits: torch.Tensor, weights: torch.Tensor) -> None:
+        """Give voxels that no tile covered the background logits (weight 1), so they read as background."""
+        uncovered = weights == 0
+        if not bool(uncovered.any()):
+            return
+        background = self.background if self.background is not None else background_logits(self.num_heads, False)
+        for head in range(self.num_heads):
+            logits[head][uncovered] = float(background[head])
+        weights[uncovered] = 1
 
     def _event(
         self,

@@ -147,10 +147,10 @@ def test_batched_tiles_give_the_same_labels(ct_model: Path, big_case: Path) -> N
 
 
 def test_accumulators_fall_back_when_memory_runs_out(ct_model: Path, big_case: Path, monkeypatch) -> None:
-    from tilewise.engine import runner as runner_module
+    from tilewise.engine.backends.torch_backend import TorchBackend
 
     calls = {"n": 0}
-    original = runner_module.SlidingWindowRunner._forward
+    original = TorchBackend.__call__
 
     def flaky_forward(self, inputs: torch.Tensor) -> torch.Tensor:
         calls["n"] += 1
@@ -158,11 +158,11 @@ def test_accumulators_fall_back_when_memory_runs_out(ct_model: Path, big_case: P
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return original(self, inputs)
 
-    monkeypatch.setattr(runner_module.SlidingWindowRunner, "_forward", flaky_forward)
+    monkeypatch.setattr(TorchBackend, "__call__", flaky_forward)
     volume = read_volume(big_case)
     preset = get_preset("fast").with_overrides(tile_step=0.5, batch_size=2, precision="fp32")
     result = Predictor(ct_model, preset, device="cpu").predict(volume)
-    monkeypatch.setattr(runner_module.SlidingWindowRunner, "_forward", original)
+    monkeypatch.setattr(TorchBackend, "__call__", original)
     expected = Predictor(ct_model, preset, device="cpu").predict(volume)
     assert any("batch size reduced to 1" in note for note in result.notes)
     assert (result.labels == expected.labels).all()

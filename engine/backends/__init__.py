@@ -1,0 +1,37 @@
+"""Forward-pass backends: what the sliding-window runner asks for one batch of tiles.
+
+A backend owns the fold networks on its device and turns a batch of tiles into logits averaged over folds and
+mirrors, exactly as nnU-Net averages them. The runner does everything else (tiles, Gaussian weighting, events,
+cancel), so every backend gets the same tiling, ordering and accumulation.
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class ForwardBackend(Protocol):
+    """Runs batches of tiles through every fold and mirror of a model."""
+
+    name: str
+    """Short name shown in reports: 'torch' or 'openvino'."""
+    precision: str
+    """The precision it computes in: fp32, fp16 or bf16."""
+    device: torch.device
+    """Where the returned logits live (the runner accumulates them there or on the host)."""
+
+    @property
+    def passes_per_tile(self) -> int:
+        """Forward passes per tile: (1 + mirrors) x folds."""
+        ...
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, heads, *patch) in float32, averaged over folds and mirrors, for inputs (batch, channels,
+        *patch) on :attr:`device`."""
+        ...
+
+    def describe(self) -> str:
+        """One line for reports, e.g. 'torch cpu bf16'."""
+        ...

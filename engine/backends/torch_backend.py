@@ -1,0 +1,50 @@
+"""Forward passes with PyTorch on CPU, CUDA or Apple MPS (autocast for reduced precision)."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from ..devices import PRECISIONS
+from .mirrors import mirror_combinations
+
+
+class TorchBackend:
+    """The fold networks on one torch device; see :class:`~tilewise.engine.backends.ForwardBackend`."""
+
+    name = "torch"
+
+    def __init__(self, networks: list[nn.Module], mirror_axes: tuple[int, ...], device: torch.device,
+                 precision: str) -> None:
+        self.networks = networks
+        self.mirrors = mirror_combinations(mirror_axes)
+        self.device = device
+        self.precision = precision
+
+    @property
+    def passes_per_tile(self) -> int:
+        """Forward passes per tile: (1 + mirrors) x folds."""
+        return (1 + len(self.mirrors)) * len(self.networks)
+
+    def describe(self) -> str:
+        """E.g. 'torch cpu bf16'."""
+        return f"torch {self.device.type} {self.precision}"
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits averaged over folds and mirrors, float32, on :attr:`device`."""
+        dtype = PRECISIONS[self.precision]
+        autocast = torch.autocast(self.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+        total: torch.Tensor | None = None
+        with autocast:
+            for network in self.networks:
+                prediction = network(inputs).float()
+                for dims in self.mirrors:
+                    prediction += torch.flip(network(torch.flip(inputs, dims)), dims).float()
+                if self.mirrors:
+                    prediction /= len(self.mirrors) + 1
+                total = prediction if total is None else total + prediction
+        assert total is not None
+        if len(self.networks) > 1:
+            total /= len(self.networks)
+        return total
