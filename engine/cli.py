@@ -25,6 +25,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-chk", dest="checkpoint", default=None, help="checkpoint file name (default: checkpoint_final.pth, else checkpoint_best.pth)")
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16", "reduced"), default=None, help="forward-pass precision")
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=None, help="tiles per forward pass (0 = automatic)")
+    parser.add_argument("--backend", choices=("auto", "torch", "openvino"), default=None, help="forward-pass engine: auto (CUDA/MPS torch, else OpenVINO if installed, else torch), torch or openvino")
+    parser.add_argument("--skip-empty-tiles", dest="skip_empty_tiles", action=argparse.BooleanOptionalAction, default=None, help="do not run tiles entirely outside the body (default: the preset's choice; on for fast and preview)")
     parser.add_argument("--trust-model", dest="trust_model", action="store_true", help="allow checkpoints that need full unpickling (can run code: only for models you trust)")
 
 
@@ -32,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tilewise`` command."""
     parser = argparse.ArgumentParser(
         prog="tilewise", description="Fast nnU-Net v2 inference with live feedback. Without a command, "
-        "'tilewise [IMAGE] [-m MODEL]' opens the viewer.")
+        "'tilewise [IMAGE] [-m MODEL]' opens the viewer; 'tilewise --self-test' checks this installation.")
     commands = parser.add_subparsers(dest="command")
 
     predict = commands.add_parser("predict", help="segment images with an nnU-Net model")
@@ -64,6 +66,22 @@ COMMANDS: tuple[str, ...] = ("predict", "bench", "models")
 VIEWER_MODULE = "tilewise.gui.app"
 
 
+VIEWER_REQUIREMENTS: tuple[str, ...] = ("napari", "qtpy", "superqt", "qtawesome")
+
+
+def _missing_viewer_module() -> str | None:
+    """The first module of the ``gui`` extra that cannot be imported, or None when all are there."""
+    import importlib.util
+
+    for name in VIEWER_REQUIREMENTS:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):
+            return name
+    return None
+
+
 def open_viewer(argv: list[str]) -> int:
     """Start the desktop viewer (``tilewise [PATH] [-m MODEL]``); it lives in the optional ``gui`` extra.
 
@@ -71,18 +89,22 @@ def open_viewer(argv: list[str]) -> int:
     """
     import importlib
 
-    try:
-        viewer = importlib.import_module(VIEWER_MODULE)
-    except ImportError as error:
-        print(f"tilewise: error: the viewer is not installed ({error.name} is missing); "
+    missing = _missing_viewer_module()
+    if missing is not None:
+        print(f"tilewise: error: the viewer is not installed ({missing} is missing); "
               "install it with: pip install 'tilewise[gui]'", file=sys.stderr)
         return EXIT_USAGE
+    viewer = importlib.import_module(VIEWER_MODULE)
     return int(viewer.main(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tilewise`` console script: a sub-command, or the viewer when none is given."""
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["--self-test"]:
+        from .self_test import run_self_test
+
+        return run_self_test(arguments[1:])
     if not arguments or (arguments[0] not in COMMANDS and arguments[0] not in ("-h", "--help")):
         return open_viewer(arguments)
     parser = build_parser()
@@ -121,6 +143,8 @@ def preset_from_args(args: argparse.Namespace):  # noqa: ANN201 - returns Preset
         mirroring=False if args.disable_tta else None,
         precision=args.precision,
         batch_size=args.batch_size,
+        backend=args.backend,
+        skip_empty_tiles=args.skip_empty_tiles,
     )
 
 

@@ -21,3 +21,8 @@ def demo_model_dir() -> Path:
 def sample_path() -> Path:
     """The bundled sample T1 volume (a held-out case the demo model never saw in training)."""
     return _HERE / "demo" / "sample_t1.nii.gz"
+
+
+def reference_labels_path() -> Path:
+    """The demo model's labels for the sample at the ``reference`` preset (what ``tilewise --self-test`` checks)."""
+    return _HERE / "demo" / "sample_t1_reference_labels.nii.gz"
