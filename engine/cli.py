@@ -59,10 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list nnU-Net models in folders (default: $nnUNet_results)")
     models.add_argument("folders", nargs="*", type=Path, help="folders to search")
+
+    from .export_onnx_command import add_export_onnx_parser
+
+    add_export_onnx_parser(commands)
     return parser
 
 
-COMMANDS: tuple[str, ...] = ("predict", "bench", "models")
+COMMANDS: tuple[str, ...] = ("predict", "bench", "models", "export-onnx")
 VIEWER_MODULE = "tilewise.gui.app"
 
 
@@ -118,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .bench import run_bench
 
             return run_bench(args)
+        if args.command == "export-onnx":
+            from .export_onnx_command import run_export_onnx
+
+            return run_export_onnx(args)
         from .catalog import run_models
 
         return run_models(args)

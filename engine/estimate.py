@@ -10,7 +10,9 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 from .model import ModelBundle
@@ -21,23 +23,57 @@ OVERHEAD_S_PER_MVOXEL = 0.8
 """Preprocessing + export per million input voxels before a run has measured it (2-core CPU, demo sample)."""
 
 
-def network_grid_shape(bundle: ModelBundle, shape_zyx: Sequence[int], spacing_zyx: Sequence[float]) -> tuple[int, ...]:
+@dataclass(frozen=True)
+class ModelGrid:
+    """What the estimate needs to know of a model: its grid and tile (no weights, so it is cheap to keep)."""
+
+    transpose_forward: tuple[int, ...]
+    spacing: tuple[float, ...]
+    patch_size: tuple[int, ...]
+    mirror_axes: tuple[int, ...]
+
+    @classmethod
+    def of(cls, bundle: ModelBundle) -> "ModelGrid":
+        """The grid of a loaded model."""
+        return cls(tuple(int(a) for a in bundle.plans_manager.transpose_forward),
+                   tuple(float(s) for s in bundle.configuration_manager.spacing), tuple(bundle.patch_size),
+                   tuple(a for a in bundle.mirror_axes if a < len(bundle.patch_size)))
+
+
+def nonzero_extent(channels: Sequence[Any], stride: int = 4) -> tuple[int, int, int]:
+    """The (z, y, x) size of the box nnU-Net crops the image to (its nonzero voxels in any channel), found on every
+    ``stride``-th voxel and widened by the stride, so it costs milliseconds even for a large CT."""
+    shape = tuple(int(s) for s in channels[0].shape)
+    mask = np.zeros(tuple(-(-n // stride) for n in shape), dtype=bool)
+    for channel in channels:
+        mask |= np.asarray(channel[::stride, ::stride, ::stride]) != 0
+    if not mask.any():
+        return shape  # type: ignore[return-value]
+    extent = []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        low = max(int(hits[0]) * stride - stride, 0)
+        high = min(int(hits[-1]) * stride + 2 * stride, shape[axis])
+        extent.append(high - low)
+    return tuple(extent)  # type: ignore[return-value]
+
+
+def network_grid_shape(grid: ModelGrid, shape_zyx: Sequence[int], spacing_zyx: Sequence[float]) -> tuple[int, ...]:
     """The padded network grid an image of this shape and spacing becomes (before nnU-Net's crop to nonzero, so an
     upper bound)."""
-    transpose = [int(a) for a in bundle.plans_manager.transpose_forward]
-    shape = [int(shape_zyx[a]) for a in transpose]
-    spacing = [float(spacing_zyx[a]) for a in transpose]
-    target = [float(s) for s in bundle.configuration_manager.spacing]
+    shape = [int(shape_zyx[a]) for a in grid.transpose_forward]
+    spacing = [float(spacing_zyx[a]) for a in grid.transpose_forward]
+    target = list(grid.spacing)
     if len(target) < 3:
         target = [spacing[0], *target]
     resampled = [max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target)]
-    patch = bundle.patch_size if len(bundle.patch_size) == 3 else (1, *bundle.patch_size)
+    patch = grid.patch_size if len(grid.patch_size) == 3 else (1, *grid.patch_size)
     return tuple(max(n, p) for n, p in zip(resampled, patch))
 
 
-def count_tiles(bundle: ModelBundle, grid_shape: Sequence[int], tile_step: float) -> int:
+def count_tiles(grid: ModelGrid, grid_shape: Sequence[int], tile_step: float) -> int:
     """Tiles nnU-Net's sliding window places on ``grid_shape`` at ``tile_step``."""
-    patch = bundle.patch_size
+    patch = grid.patch_size
     spatial = list(grid_shape[1:]) if len(patch) == 2 else list(grid_shape)
     tiles = math.prod(_steps(n, p, tile_step) for n, p in zip(spatial, patch))
     return tiles * (int(grid_shape[0]) if len(patch) == 2 else 1)
@@ -48,10 +84,9 @@ def _steps(size: int, patch: int, step: float) -> int:
     return int(math.ceil((size - patch) / (patch * step))) + 1 if size > patch else 1
 
 
-def passes_per_tile(bundle: ModelBundle, mirroring: bool, fold_count: int) -> int:
+def passes_per_tile(grid: ModelGrid, mirroring: bool, fold_count: int) -> int:
     """Forward passes per tile: (1 + mirror combinations) x folds, as the engine will run them."""
-    axes = [a for a in bundle.mirror_axes if a < len(bundle.patch_size)] if mirroring else []
-    return (2 ** len(axes)) * fold_count
+    return (2 ** len(grid.mirror_axes) if mirroring else 1) * fold_count
 
 
 def time_forward_pass(predictor: Predictor, repeats: int = 2) -> float:
@@ -90,13 +125,12 @@ class Estimate:
         return self.tiles * self.passes_per_tile * self.seconds_per_pass + self.overhead_s
 
 
-def estimate_run(bundle: ModelBundle, preset: Preset, fold_count: int, shape_zyx: Sequence[int],
+def estimate_run(grid: ModelGrid, preset: Preset, fold_count: int, shape_zyx: Sequence[int],
                  spacing_zyx: Sequence[float], seconds_per_pass: float,
                  overhead_s_per_mvoxel: float = OVERHEAD_S_PER_MVOXEL) -> Estimate:
     """The estimate for ``preset`` with ``fold_count`` folds on an image of this shape and spacing (z, y, x), given
     the measured time per forward pass."""
-    grid = network_grid_shape(bundle, shape_zyx, spacing_zyx)
-    tiles = count_tiles(bundle, grid, preset.tile_step)
+    tiles = count_tiles(grid, network_grid_shape(grid, shape_zyx, spacing_zyx), preset.tile_step)
     voxels = math.prod(int(s) for s in shape_zyx)
-    return Estimate(tiles, passes_per_tile(bundle, preset.mirroring, fold_count), seconds_per_pass,
+    return Estimate(tiles, passes_per_tile(grid, preset.mirroring, fold_count), seconds_per_pass,
                     voxels / 1e6 * overhead_s_per_mvoxel)

@@ -63,6 +63,10 @@ class SettingsPanel(QWidget):
         self.summary = QLabel()
         self.summary.setWordWrap(True)
         self.summary.setStyleSheet("color: palette(mid);")
+        self.estimate = QLabel()
+        self.estimate.setWordWrap(True)
+        self.estimate.setToolTip("Tiles for this image x forward passes per tile x the time one pass took on this "
+                                 "device, plus preparing the image and the result; refined after every run")
 
         self.fold_box = QWidget()
         self.fold_layout = QHBoxLayout(self.fold_box)
@@ -105,6 +109,7 @@ class SettingsPanel(QWidget):
         top.addRow("Speed:", self.preset)
         layout.addLayout(top)
         layout.addWidget(self.summary)
+        layout.addWidget(self.estimate)
         layout.addWidget(self.advanced)
 
         self.preset.currentIndexChanged.connect(self._on_preset_changed)
@@ -127,6 +132,16 @@ class SettingsPanel(QWidget):
         if index < 0:
             raise KeyError(name)
         self.preset.setCurrentIndex(index)
+
+    def show_estimates(self, per_preset: dict[str, str], current: str) -> None:
+        """Show an estimated time after each preset's name, and ``current`` (the estimate for the chosen settings,
+        or a status such as 'Estimating…') under the summary."""
+        for index in range(self.preset.count()):
+            preset = self.presets[self.preset.itemData(index)]
+            estimate = per_preset.get(preset.name)
+            self.preset.setItemText(index, f"{preset.label}  ({estimate})" if estimate else preset.label)
+        self.estimate.setText(current)
+        self.estimate.setVisible(bool(current))
 
     def set_available_folds(self, folds: list[str]) -> None:
         """Show one check box per trained fold of the chosen model."""

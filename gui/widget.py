@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
 
 from tilewise.engine import write_labels
 from tilewise.engine.catalog import ModelInfo
+from tilewise.engine.estimate import nonzero_extent
 from tilewise.engine.io import strip_suffix
 
 from . import _gc
@@ -26,6 +27,7 @@ from .activity import ActivityProgress
 from .contributions import demo_model_dir, read_layers
 from .ct_window import CtWindowButtons, looks_like_ct
 from .errors import ask_yes_no, show_error
+from .estimates import RunTimeEstimates
 from .geometry import geometry_from_layer, in_patient_axes, through_plane_axis
 from .layers import LivePreview
 from .model_panel import ModelPanel, label_names
@@ -109,6 +111,8 @@ class TilewiseWidget(QWidget):
         self._docked = False
         self._latest_tile: Any = None
         self._open_path = Path()
+        self._extent_key: tuple[int, ...] = ()
+        self._extent: tuple[int, ...] = ()
         self.last_error: str | None = None
         icon_colour = self._icon_colour()
 
@@ -155,6 +159,7 @@ class TilewiseWidget(QWidget):
 
         # 3. speed
         self.settings_panel = SettingsPanel(self.qsettings)
+        self.estimates = RunTimeEstimates(self.settings_panel, self.qsettings)
         speed_box = QGroupBox("3. Speed and quality")
         QVBoxLayout(speed_box).addWidget(self.settings_panel)
 
@@ -211,6 +216,7 @@ class TilewiseWidget(QWidget):
         self._progress_timer.timeout.connect(self._update_progress)
 
         self.model_panel.model_changed.connect(self._on_model_changed)
+        self.settings_panel.changed.connect(self._refresh_estimates)
         self.open_button.clicked.connect(self.open_image_dialog)
         self.run_button.clicked.connect(self._on_run_clicked)
         self.save_button.clicked.connect(self._on_save_clicked)  # a bound method: a lambda here would keep the
@@ -326,10 +332,31 @@ class TilewiseWidget(QWidget):
                 position = min(index, len(layers) - 1)
             combo.setCurrentIndex(max(position, 0))
             combo.currentIndexChanged.connect(self._update_ct_window)
+            combo.currentIndexChanged.connect(self._refresh_estimates)
             combo.setEnabled(not self.running and not self.opening)
             self.channel_form.addRow(f"{channel}:", combo)
             self.channel_combos.append(combo)
         self._update_ct_window()
+        self._refresh_estimates()
+
+    def _refresh_estimates(self, *_: object) -> None:
+        """Show how long each preset would take for the chosen image, model and device."""
+        info = self.model_panel.current()
+        layers = {layer.name: layer for layer in self.image_layers()}
+        chosen = [layers[name] for name in (combo.currentData() for combo in self.channel_combos) if name in layers]
+        geometry = geometry_from_layer(chosen[0]) if chosen else None
+        extent = self._nonzero_extent(chosen) if chosen else ()
+        trusted = self._trusted(info.path) if info is not None else False
+        self.estimates.refresh(info, geometry, extent, trusted, busy=self.running)
+
+    def _nonzero_extent(self, layers: list[Any]) -> tuple[int, ...]:
+        """Size of the chosen images' nonzero box (cached per set of arrays: a strided look, milliseconds)."""
+        key = tuple(id(layer.data) for layer in layers)
+        if key != self._extent_key:
+            shapes = {tuple(layer.data.shape) for layer in layers}
+            self._extent = nonzero_extent([layer.data for layer in layers]) if len(shapes) == 1 else ()
+            self._extent_key = key
+        return self._extent
 
     def _update_ct_window(self, *_: object) -> None:
         """Offer the CT windows for the image chosen for the model's CT channel, when the image looks like CT."""
@@ -520,6 +547,7 @@ class TilewiseWidget(QWidget):
                 except (RuntimeError, TypeError):
                     pass
         self.reader = self.writer = None
+        self.estimates.shutdown()
         self.review.shutdown()
         self._progress_timer.stop()
         self._close_activity()
@@ -660,6 +688,10 @@ class TilewiseWidget(QWidget):
         self.timing.setText(f"Elapsed {format_duration(event.elapsed_s)} · about {format_duration(event.eta_s)} left")
 
     def _on_succeeded(self, result: Any, counts: dict[int, int]) -> None:
+        if self.worker is not None:
+            request = self.worker.request
+            self.estimates.learn(request.model_dir, request.device, request.preset.precision, result,
+                                 int(np.prod(result.labels.shape)))
         if self.preview is not None:
             self.result_layer = self.preview.finish(result.labels, {META_COUNTS: dict(counts)})
             self.preview = None
@@ -713,6 +745,7 @@ class TilewiseWidget(QWidget):
         self._update_task(outcome)
         self._resume_gc()
         self._update_enabled()
+        self._refresh_estimates()
         self._release_if_closed()
         self.run_finished.emit(outcome)
 

@@ -491,6 +491,7 @@ def test_no_command_opens_the_viewer(argv: list[str], monkeypatch) -> None:
 def test_viewer_missing_is_a_clear_error(monkeypatch, capfd) -> None:
     import tilewise.engine.cli as cli
 
-    monkeypatch.setattr(cli, "VIEWER_MODULE", "tilewise.gui.module_that_is_not_installed")
+    monkeypatch.setattr(cli, "VIEWER_REQUIREMENTS", ("napari", "module_that_is_not_installed"))
     assert main([]) == 2
-    assert "pip install 'tilewise[gui]'" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "module_that_is_not_installed is missing" in err and "pip install 'tilewise[gui]'" in err

@@ -1,0 +1,210 @@
+"""Estimated run time of each preset for the chosen image, model and device, shown in the Speed box.
+
+A :class:`PassTimer` thread loads one fold of the model and times real forward passes at each precision the presets
+use; an :class:`EstimateBook` keeps those times (and the preparation time per voxel) in QSettings, so the next
+start shows estimates at once, and refines them from every finished run.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from qtpy.QtCore import QObject, QSettings, QThread, Signal
+
+from tilewise.engine import Geometry, Predictor, Preset, Result, get_preset
+from tilewise.engine.catalog import ModelInfo
+from tilewise.engine.estimate import OVERHEAD_S_PER_MVOXEL, Estimate, ModelGrid, estimate_run, time_forward_pass
+
+from .settings_panel import SettingsPanel
+
+SETTINGS_GROUP = "estimates"
+
+
+def describe_seconds(seconds: float) -> str:
+    """'about 40 s', 'about 3 min', 'about 1 h 10 min': rounded the way a person would say it."""
+    if seconds < 1.5:
+        return "about 1 s"
+    if seconds < 60:
+        return f"about {round(seconds / 5) * 5 if seconds > 20 else round(seconds)} s"
+    minutes = seconds / 60
+    if minutes < 60:
+        return f"about {round(minutes)} min"
+    return f"about {int(minutes // 60)} h {round(minutes % 60)} min"
+
+
+@dataclass(frozen=True)
+class PassTimes:
+    """Measured seconds per forward pass at each precision, and the model's grid."""
+
+    model_dir: Path
+    device: str
+    seconds: dict[str, float]
+    grid: ModelGrid
+
+
+class PassTimer(QThread):
+    """Times forward passes of one fold of ``model_dir`` on ``device`` at each of ``precisions``, off the GUI thread.
+
+    Emits ``measured(PassTimes)`` or ``failed(message)``.
+    """
+
+    measured = Signal(object)
+    failed = Signal(str)
+
+    def __init__(self, model_dir: Path, device: str, precisions: tuple[str, ...], trust: bool) -> None:
+        super().__init__()
+        self.model_dir, self.device, self.precisions, self.trust = model_dir, device, precisions, trust
+
+    def run(self) -> None:  # noqa: D102 - QThread entry point
+        try:
+            seconds: dict[str, float] = {}
+            grid: ModelGrid | None = None
+            for precision in self.precisions or ("fp32",):
+                preset = get_preset("fast").with_overrides(precision=precision, mirroring=False, batch_size=1)
+                predictor = Predictor(self.model_dir, preset, device=self.device, trust=self.trust)
+                grid = ModelGrid.of(predictor.bundle)
+                if precision in self.precisions:
+                    seconds[precision] = time_forward_pass(predictor)
+                del predictor
+        except Exception as error:  # noqa: BLE001 - no estimate is shown; the run itself reports problems
+            self.failed.emit(str(error))
+        else:
+            assert grid is not None
+            self.measured.emit(PassTimes(self.model_dir, self.device, seconds, grid))
+
+
+class EstimateBook:
+    """Seconds per forward pass and preparation seconds per million voxels, per model, device and precision."""
+
+    def __init__(self, settings: QSettings) -> None:
+        self.settings = settings
+        self.grids: dict[str, ModelGrid] = {}
+
+    @staticmethod
+    def _key(model_dir: Path, device: str, what: str) -> str:
+        model = hashlib.sha1(str(Path(model_dir).resolve()).encode()).hexdigest()[:16]
+        return f"{SETTINGS_GROUP}/{model}/{device}/{what}"
+
+    def seconds_per_pass(self, model_dir: Path, device: str, precision: str) -> float | None:
+        """The stored time per forward pass, or None if it was never measured."""
+        value = self.settings.value(self._key(model_dir, device, precision))
+        try:
+            return float(value) if value is not None else None
+        except (TypeError, ValueError):
+            return None
+
+    def overhead_per_mvoxel(self, model_dir: Path, device: str) -> float:
+        """Preprocessing + export seconds per million input voxels (a default until a run measured it)."""
+        value = self.settings.value(self._key(model_dir, device, "overhead"))
+        try:
+            return float(value) if value is not None else OVERHEAD_S_PER_MVOXEL
+        except (TypeError, ValueError):
+            return OVERHEAD_S_PER_MVOXEL
+
+    def store(self, times: PassTimes) -> None:
+        """Remember measured pass times and the model's grid."""
+        self.grids[str(times.model_dir)] = times.grid
+        for precision, seconds in times.seconds.items():
+            self.settings.setValue(self._key(times.model_dir, times.device, precision), float(seconds))
+
+    def learn_from_run(self, model_dir: Path, device: str, precision: str, result: Result, voxels: int) -> None:
+        """Refine the stored times with what a finished run really took."""
+        if result.forward_passes > 0:
+            per_pass = result.timings.get("sliding_window", 0.0) / result.forward_passes
+            self.settings.setValue(self._key(model_dir, device, precision), float(per_pass))
+        if voxels > 0:
+            overhead = result.timings.get("preprocess", 0.0) + result.timings.get("export", 0.0)
+            self.settings.setValue(self._key(model_dir, device, "overhead"), float(overhead / voxels * 1e6))
+
+
+class RunTimeEstimates(QObject):
+    """Keeps the estimates in a :class:`~tilewise.gui.settings_panel.SettingsPanel` up to date.
+
+    The widget calls :meth:`refresh` whenever the model, the image or the settings change; forward passes are timed
+    in the background the first time a model/device/precision is seen (never while a run is going on).
+    """
+
+    def __init__(self, panel: SettingsPanel, settings: QSettings) -> None:
+        super().__init__(panel)
+        self.panel = panel
+        self.book = EstimateBook(settings)
+        self.timer: PassTimer | None = None
+        self._failed: set[tuple[str, str]] = set()
+        self._last: tuple[ModelInfo | None, Geometry | None, tuple[int, ...], bool, bool] = \
+            (None, None, (), False, False)
+
+    def refresh(self, model: ModelInfo | None, image: Geometry | None, extent_zyx: tuple[int, ...], trusted: bool,
+                busy: bool) -> None:
+        """Recompute the estimates for ``model`` on an image of geometry ``image`` (None: no image yet) whose
+        nonzero part (what nnU-Net crops to) measures ``extent_zyx`` voxels."""
+        self._last = (model, image, extent_zyx, trusted, busy)
+        if model is None or image is None:
+            self.panel.show_estimates({}, "")
+            return
+        choice = self.panel.choice()
+        device = choice.device
+        presets = list(self.panel.presets.values())
+        precisions = {p.precision for p in presets} | {choice.preset.precision}
+        grid = self.book.grids.get(str(model.path))
+        missing = tuple(sorted(p for p in precisions
+                               if self.book.seconds_per_pass(model.path, device, p) is None))
+        if grid is None or missing:
+            if (str(model.path), device) in self._failed:
+                self.panel.show_estimates({}, "")
+            elif busy:
+                self.panel.show_estimates({}, "The time estimate follows after this run.")
+            else:
+                self._start_timer(model.path, device, missing, trusted)
+                self.panel.show_estimates({}, "Estimating the time for this image on this computer…")
+            return
+        shape_zyx = extent_zyx or image.size[::-1]
+        spacing_zyx = image.spacing[::-1]
+        overhead = self.book.overhead_per_mvoxel(model.path, device)
+        folds = max(len(model.folds), 1)
+
+        def estimate(preset: Preset, fold_count: int) -> Estimate:
+            seconds = self.book.seconds_per_pass(model.path, device, preset.precision) or 0.0
+            return estimate_run(grid, preset, fold_count, shape_zyx, spacing_zyx, seconds, overhead)
+
+        per_preset = {
+            p.name: describe_seconds(estimate(p, min(p.fold_count or folds, folds)).seconds) for p in presets
+        }
+        chosen = estimate(choice.preset, len(choice.folds) if choice.folds else folds)
+        passes = "pass" if chosen.passes_per_tile == 1 else "passes"
+        text = (f"Estimated for this image: <b>{describe_seconds(chosen.seconds)}</b> "
+                f"({chosen.tiles} tiles x {chosen.passes_per_tile} {passes}")
+        text += ", fewer when tiles outside the body are skipped)" if choice.preset.skip_empty_tiles else ")"
+        self.panel.show_estimates(per_preset, text)
+
+    def learn(self, model_dir: Path, device: str, precision: str, result: Result, voxels: int) -> None:
+        """Use a finished run's real timings for the next estimates."""
+        self.book.learn_from_run(model_dir, device, precision, result, voxels)
+        self.refresh(*self._last)
+
+    def shutdown(self) -> None:
+        """Wait for a timing thread (it runs a few forward passes at most)."""
+        if self.timer is not None:
+            self.timer.wait(60_000)
+
+    def _start_timer(self, model_dir: Path, device: str, precisions: tuple[str, ...], trusted: bool) -> None:
+        if self.timer is not None:
+            return
+        timer = PassTimer(model_dir, device, precisions, trusted)
+        timer.measured.connect(self._on_measured)
+        timer.failed.connect(lambda _message: self._on_failed(str(model_dir), device))
+        timer.finished.connect(self._on_timer_finished)
+        self.timer = timer
+        timer.start()
+
+    def _on_measured(self, times: PassTimes) -> None:
+        self.book.store(times)
+
+    def _on_failed(self, model_dir: str, device: str) -> None:
+        self._failed.add((model_dir, device))
+
+    def _on_timer_finished(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            timer.deleteLater()
+        self.refresh(*self._last)

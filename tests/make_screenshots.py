@@ -1,0 +1,83 @@
+"""Screenshots of the viewer for the README: ``xvfb-run -s "-screen 0 1600x1000x24" python tests/make_screenshots.py``.
+
+Opens the viewer as ``tilewise`` does (demo model, sample), runs the ``balanced`` preset, and saves the window
+mid-run (``viewer_running.png``: tiles filling in, progress) and after the run (``viewer_done.png``: the review
+panel with label volumes). Needs a display: an X server or Xvfb.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("QT_API", "pyside6")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from tilewise.gui._preload import preload_native_libraries  # noqa: E402
+
+preload_native_libraries()
+
+import napari  # noqa: E402
+from qtpy.QtCore import QSettings, QTimer  # noqa: E402
+from qtpy.QtWidgets import QApplication  # noqa: E402
+
+from tilewise.gui.app import TITLE  # noqa: E402
+from tilewise.gui.widget import TilewiseWidget  # noqa: E402
+from tilewise.resources import sample_path  # noqa: E402
+
+SIZE = (1600, 1000)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "resources" / "screenshots")
+    parser.add_argument("--preset", default="balanced")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    viewer = napari.Viewer(title=TITLE, show=False)
+    settings = QSettings(str(args.out / ".screenshot-settings.ini"), QSettings.IniFormat)
+    widget = TilewiseWidget(viewer, settings=settings)
+    viewer.window.add_dock_widget(widget, name=TITLE, area="right")
+    window = viewer.window._qt_window
+    window.resize(*SIZE)
+    window.show()
+    app = QApplication.instance()
+    shots: list[Path] = []
+
+    def save(name: str) -> None:
+        app.processEvents()
+        path = args.out / name
+        viewer.window.screenshot(str(path), canvas_only=False)
+        shots.append(path)
+        print(f"wrote {path}", flush=True)
+
+    def on_tile(event: object) -> None:
+        if getattr(event, "done", 0) == max(getattr(event, "total", 2) // 2, 1) and not shots:
+            QTimer.singleShot(150, lambda: save("viewer_running.png"))
+
+    def on_finished(outcome: str) -> None:
+        if outcome != "done":
+            print(f"the run ended: {outcome}", file=sys.stderr)
+            app.exit(1)
+            return
+        QTimer.singleShot(500, lambda: (save("viewer_done.png"), app.exit(0)))
+
+    def on_opened(layers: list) -> None:
+        widget.settings_panel.select_preset(args.preset)
+        viewer.dims.set_current_step(0, viewer.dims.nsteps[0] // 2)
+        QTimer.singleShot(8000, widget.start_run)  # time for the estimates to appear in the Speed box
+
+    widget.image_opened.connect(on_opened)
+    widget.run_started.connect(lambda worker: worker.tile.connect(on_tile))
+    widget.run_finished.connect(on_finished)
+    widget.open_image(sample_path())
+    code = app.exec_()
+    widget.shutdown()
+    (args.out / ".screenshot-settings.ini").unlink(missing_ok=True)
+    return int(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

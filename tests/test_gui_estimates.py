@@ -1,0 +1,92 @@
+"""The Speed box shows an estimated time for each preset on the open image, and learns from finished runs."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tilewise.gui._preload import preload_native_libraries
+
+preload_native_libraries()
+
+from qtpy.QtCore import QSettings  # noqa: E402
+
+import model_factory  # noqa: E402
+from tilewise.gui.estimates import EstimateBook, describe_seconds  # noqa: E402
+from tilewise.gui.widget import TilewiseWidget  # noqa: E402
+
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def gui(make_napari_viewer, tmp_path: Path):
+    viewer = make_napari_viewer(show=True)
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
+    widget = TilewiseWidget(viewer, settings=settings)
+    viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
+    widget.settings_panel.device.setCurrentIndex(widget.settings_panel.device.findData("cpu"))
+    yield viewer, widget, settings
+    widget.shutdown()
+
+
+def _seconds(text: str) -> float:
+    match = re.search(r"about (?:(\d+) h )?(\d+) (s|min)", text)
+    assert match, text
+    hours, value, unit = match.groups()
+    return int(hours or 0) * 3600 + int(value) * (60 if unit == "min" else 1)
+
+
+def _item_texts(widget: TilewiseWidget) -> dict[str, str]:
+    combo = widget.settings_panel.preset
+    return {combo.itemData(i): combo.itemText(i) for i in range(combo.count())}
+
+
+def test_presets_show_estimates_for_the_open_image(gui, qtbot, ct_model: Path, tmp_path: Path) -> None:
+    viewer, widget, settings = gui
+    widget.model_panel.select(ct_model)
+    case = model_factory.make_case(tmp_path / "case_0000.nii.gz", "3d", shape=(48, 64, 72))
+    with qtbot.waitSignal(widget.image_opened, timeout=60_000):
+        widget.open_image(case)
+    label = widget.settings_panel.estimate
+    qtbot.waitUntil(lambda: "Estimated for this image" in label.text(), timeout=TIMEOUT_MS)
+    texts = _item_texts(widget)
+    assert all("(about" in text for text in texts.values()), texts
+    reference, preview = _seconds(texts["reference"]), _seconds(texts["preview"])
+    assert reference > preview  # 8 mirrors x every fold, overlapping tiles, full precision
+    book = EstimateBook(settings)
+    for precision in ("fp32", "reduced"):
+        assert (book.seconds_per_pass(ct_model, "cpu", precision) or 0) > 0
+    widget.settings_panel.select_preset("preview")
+    assert re.search(r"\d+ tiles x 1 pass", label.text())
+
+    # a bigger image: more tiles, longer estimate
+    before = _seconds(_item_texts(widget)["reference"])
+    big = model_factory.make_case(tmp_path / "big_0000.nii.gz", "3d", shape=(96, 128, 144))
+    with qtbot.waitSignal(widget.image_opened, timeout=60_000):
+        widget.open_image(big)
+    widget.select_image("big_0000")
+    assert _seconds(_item_texts(widget)["reference"]) > before
+
+    # a finished run replaces the measured time per pass with what the run really took
+    book.settings.setValue(book._key(ct_model, "cpu", "reduced"), 1000.0)
+    widget.settings_panel.select_preset("preview")
+    with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS):
+        widget.run_button.click()
+    assert 0 < (book.seconds_per_pass(ct_model, "cpu", "reduced") or 0) < 1000.0
+    assert "about" in _item_texts(widget)["preview"]
+
+
+def test_no_estimate_without_an_image(gui, ct_model: Path) -> None:
+    viewer, widget, _ = gui
+    for layer in list(viewer.layers):
+        viewer.layers.remove(layer)
+    widget.model_panel.select(ct_model)
+    assert widget.settings_panel.estimate.text() == ""
+    assert not any("(about" in text for text in _item_texts(widget).values())
+
+
+@pytest.mark.parametrize("seconds,text", [(0.4, "about 1 s"), (7.2, "about 7 s"), (47, "about 45 s"),
+                                          (200, "about 3 min"), (4000, "about 1 h 7 min")])
+def test_describe_seconds(seconds: float, text: str) -> None:
+    assert describe_seconds(seconds) == text
