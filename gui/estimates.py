@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from qtpy.QtCore import QObject, QSettings, QThread, Signal
+from qtpy.QtCore import QCoreApplication, QObject, QSettings, QThread, Signal
 
 from tilewise.engine import Geometry, Predictor, Preset, Result, get_preset
 from tilewise.engine.catalog import ModelInfo
@@ -19,6 +19,16 @@ from tilewise.engine.estimate import OVERHEAD_S_PER_MVOXEL, Estimate, ModelGrid,
 from .settings_panel import SettingsPanel
 
 SETTINGS_GROUP = "estimates"
+_ACTIVE: set["PassTimer"] = set()
+_WAIT_ON_QUIT: list[bool] = []
+"""Timing threads still running. They outlive a closed panel (Qt must never destroy a running thread); the
+application waits for them before it quits."""
+
+
+def _wait_for_timers() -> None:
+    for timer in list(_ACTIVE):
+        timer.stop()
+        timer.wait(60_000)
 
 
 def describe_seconds(seconds: float) -> str:
@@ -55,12 +65,28 @@ class PassTimer(QThread):
     def __init__(self, model_dir: Path, device: str, precisions: tuple[str, ...], trust: bool) -> None:
         super().__init__()
         self.model_dir, self.device, self.precisions, self.trust = model_dir, device, precisions, trust
+        self._stopped = False
+        self.finished.connect(lambda: _ACTIVE.discard(self))
+
+    def start(self) -> None:  # noqa: D102 - kept alive until finished, waited for when the application quits
+        app = QCoreApplication.instance()
+        if app is not None and not _WAIT_ON_QUIT:
+            app.aboutToQuit.connect(_wait_for_timers)
+            _WAIT_ON_QUIT.append(True)
+        _ACTIVE.add(self)
+        super().start()
+
+    def stop(self) -> None:
+        """Skip the precisions not timed yet (the window is closing)."""
+        self._stopped = True
 
     def run(self) -> None:  # noqa: D102 - QThread entry point
         try:
             seconds: dict[str, float] = {}
             grid: ModelGrid | None = None
             for precision in self.precisions or ("fp32",):
+                if self._stopped:
+                    return
                 preset = get_preset("fast").with_overrides(precision=precision, mirroring=False, batch_size=1)
                 predictor = Predictor(self.model_dir, preset, device=self.device, trust=self.trust)
                 grid = ModelGrid.of(predictor.bundle)
@@ -131,6 +157,8 @@ class RunTimeEstimates(QObject):
         self.book = EstimateBook(settings)
         self.timer: PassTimer | None = None
         self._failed: set[tuple[str, str]] = set()
+        self.shown: dict[str, Estimate] = {}
+        """The estimates on screen, per preset name."""
         self._last: tuple[ModelInfo | None, Geometry | None, tuple[int, ...], bool, bool] = \
             (None, None, (), False, False)
 
@@ -139,6 +167,7 @@ class RunTimeEstimates(QObject):
         """Recompute the estimates for ``model`` on an image of geometry ``image`` (None: no image yet) whose
         nonzero part (what nnU-Net crops to) measures ``extent_zyx`` voxels."""
         self._last = (model, image, extent_zyx, trusted, busy)
+        self.shown = {}
         if model is None or image is None:
             self.panel.show_estimates({}, "")
             return
@@ -167,9 +196,8 @@ class RunTimeEstimates(QObject):
             seconds = self.book.seconds_per_pass(model.path, device, preset.precision) or 0.0
             return estimate_run(grid, preset, fold_count, shape_zyx, spacing_zyx, seconds, overhead)
 
-        per_preset = {
-            p.name: describe_seconds(estimate(p, min(p.fold_count or folds, folds)).seconds) for p in presets
-        }
+        self.shown = {p.name: estimate(p, min(p.fold_count or folds, folds)) for p in presets}
+        per_preset = {name: describe_seconds(shown.seconds) for name, shown in self.shown.items()}
         chosen = estimate(choice.preset, len(choice.folds) if choice.folds else folds)
         passes = "pass" if chosen.passes_per_tile == 1 else "passes"
         text = (f"Estimated for this image: <b>{describe_seconds(chosen.seconds)}</b> "
@@ -183,8 +211,9 @@ class RunTimeEstimates(QObject):
         self.refresh(*self._last)
 
     def shutdown(self) -> None:
-        """Wait for a timing thread (it runs a few forward passes at most)."""
+        """Stop and wait for a timing thread (it finishes the forward pass it is in)."""
         if self.timer is not None:
+            self.timer.stop()
             self.timer.wait(60_000)
 
     def _start_timer(self, model_dir: Path, device: str, precisions: tuple[str, ...], trusted: bool) -> None:

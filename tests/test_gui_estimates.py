@@ -30,13 +30,6 @@ def gui(make_napari_viewer, tmp_path: Path):
     widget.shutdown()
 
 
-def _seconds(text: str) -> float:
-    match = re.search(r"about (?:(\d+) h )?(\d+) (s|min)", text)
-    assert match, text
-    hours, value, unit = match.groups()
-    return int(hours or 0) * 3600 + int(value) * (60 if unit == "min" else 1)
-
-
 def _item_texts(widget: TilewiseWidget) -> dict[str, str]:
     combo = widget.settings_panel.preset
     return {combo.itemData(i): combo.itemText(i) for i in range(combo.count())}
@@ -51,9 +44,11 @@ def test_presets_show_estimates_for_the_open_image(gui, qtbot, ct_model: Path, t
     label = widget.settings_panel.estimate
     qtbot.waitUntil(lambda: "Estimated for this image" in label.text(), timeout=TIMEOUT_MS)
     texts = _item_texts(widget)
-    assert all("(about" in text for text in texts.values()), texts
-    reference, preview = _seconds(texts["reference"]), _seconds(texts["preview"])
-    assert reference > preview  # 8 mirrors x every fold, overlapping tiles, full precision
+    assert all(re.search(r"\(about \d+ (s|min)", text) for text in texts.values()), texts
+    shown = widget.estimates.shown
+    assert shown["reference"].seconds > shown["balanced"].seconds > shown["preview"].seconds
+    assert shown["reference"].passes_per_tile == 8 and shown["preview"].passes_per_tile == 1
+    assert shown["reference"].tiles > shown["preview"].tiles
     book = EstimateBook(settings)
     for precision in ("fp32", "reduced"):
         assert (book.seconds_per_pass(ct_model, "cpu", precision) or 0) > 0
@@ -61,12 +56,13 @@ def test_presets_show_estimates_for_the_open_image(gui, qtbot, ct_model: Path, t
     assert re.search(r"\d+ tiles x 1 pass", label.text())
 
     # a bigger image: more tiles, longer estimate
-    before = _seconds(_item_texts(widget)["reference"])
+    before = widget.estimates.shown["reference"]
     big = model_factory.make_case(tmp_path / "big_0000.nii.gz", "3d", shape=(96, 128, 144))
     with qtbot.waitSignal(widget.image_opened, timeout=60_000):
         widget.open_image(big)
     widget.select_image("big_0000")
-    assert _seconds(_item_texts(widget)["reference"]) > before
+    after = widget.estimates.shown["reference"]
+    assert after.tiles > before.tiles and after.seconds > before.seconds
 
     # a finished run replaces the measured time per pass with what the run really took
     book.settings.setValue(book._key(ct_model, "cpu", "reduced"), 1000.0)
@@ -90,3 +86,26 @@ def test_no_estimate_without_an_image(gui, ct_model: Path) -> None:
                                           (200, "about 3 min"), (4000, "about 1 h 7 min")])
 def test_describe_seconds(seconds: float, text: str) -> None:
     assert describe_seconds(seconds) == text
+
+
+def test_closing_the_window_while_timing_exits_cleanly(tmp_path: Path) -> None:
+    """The timing thread starts with the viewer; closing at once must not abort ('QThread destroyed')."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from tilewise.gui._preload import preload_native_libraries; preload_native_libraries()\n"
+        "from qtpy.QtCore import QTimer; from qtpy.QtWidgets import QApplication; import napari\n"
+        "from tilewise.gui import app\n"
+        "v, w = app.build_viewer(app.parse_args([]))\n"
+        "def go():\n"
+        "    if not len(v.layers) or w.estimates.timer is None: QTimer.singleShot(20, go); return\n"
+        "    print('closing while timing', flush=True); v.close(); QApplication.instance().quit()\n"
+        "QTimer.singleShot(20, go); napari.run()\n"
+    )
+    env = {**os.environ, "QT_API": "pyside6", "XDG_CONFIG_HOME": str(tmp_path)}
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "closing while timing" in completed.stdout
+    assert "Destroyed while thread" not in completed.stderr
