@@ -56,8 +56,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 STOCK_TRAINER = "nnUNetTrainer"
 
 
-def find_trainer_class(name: str) -> Any:
-    """The nnU-Net trainer class called ``name`` (nnunetv2's recursive search, which imports every trainer), or None."""
+def find_trainer_class(name: str, model_dir: Path | None = None) -> Any:
+    """The nnU-Net trainer class called ``name`` (nnunetv2's recursive search, which imports every trainer), or None.
+
+    Raises :class:`ModelError` when a trainer module needs a package that is not installed (e.g. timm for Primus).
+    """
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     with redirect_stdout(io.StringIO()):
@@ -65,6 +68,9 @@ def find_trainer_class(name: str) -> Any:
             return recursive_find_trainer_class_by_name(name)
         except RuntimeError:  # nnunetv2 raises when no module defines the class
             return None
+        except ImportError as error:
+            raise ModelError(model_dir, f"trainer '{name}' could not be loaded: it needs the Python package "
+                                        f"'{error.name or error}', which is not installed") from None
 
 
 @dataclass
@@ -244,7 +250,7 @@ class ModelBundle:
                 manager.network_arch_init_kwargs_req_import, self.num_input_channels, num_outputs,
                 allow_init=True, deep_supervision=False,
             )
-        trainer_class = find_trainer_class(self.trainer_name)
+        trainer_class = find_trainer_class(self.trainer_name, self.path)
         if trainer_class is None:
             raise ModelError(self.path, f"trainer class '{self.trainer_name}' not found in nnunetv2 or its plugins")
         parameters = inspect.signature(trainer_class.build_network_architecture).parameters

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import platform
 import sys
 import time
@@ -68,6 +69,9 @@ def _check(device: str, backend: str | None) -> None:
     started = time.perf_counter()
     for name, version in package_versions().items():
         print(f"{name:>10}: {version}")
+    override = os.environ.get("TILEWISE_TORCH_OVERRIDE")
+    if override:  # set by the installed app when it found a torch the user added (installer/README.md)
+        print(f"{'torch from':>10}: {override}")
     try:
         from tilewise.resources import demo_model_dir, reference_labels_path, sample_path
 

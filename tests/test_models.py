@@ -44,6 +44,25 @@ def test_unknown_trainer_is_a_model_error(ct_model: Path, tmp_path: Path) -> Non
     assert "nnUNetTrainerThatDoesNotExist" in str(caught.value)
 
 
+def test_trainer_needing_a_missing_package_is_a_model_error(ct_model: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """nnunetv2 imports every trainer module while searching; one needing an absent package (Primus needs timm)."""
+    import nnunetv2.utilities.find_objects as find_objects
+
+    def search_that_hits_a_missing_package(name: str):
+        raise ModuleNotFoundError("No module named 'timm'", name="timm")
+
+    monkeypatch.setattr(find_objects, "recursive_find_trainer_class_by_name", search_that_hits_a_missing_package)
+    copy = tmp_path / "model"
+    shutil.copytree(ct_model, copy)
+    _rewrite_checkpoint(copy, trainer_name="nnUNetTrainer_Primus")
+    with pytest.raises(ModelError) as caught:
+        Predictor(copy, get_preset("fast"), device="cpu")
+    message = str(caught.value)
+    assert str(copy) in message and "nnUNetTrainer_Primus" in message and "'timm'" in message
+    assert "\n" not in message
+
+
 def test_weights_that_do_not_fit_the_plans(ct_model: Path, tmp_path: Path) -> None:
     copy = tmp_path / "model"
     shutil.copytree(ct_model, copy)
