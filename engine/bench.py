@@ -73,7 +73,7 @@ def _ours_command(args: argparse.Namespace, model_dir: Path, staged: Path, out: 
     command = [sys.executable, "-m", "tilewise.engine.cli", "predict", "-i", str(staged), "-o", str(out),
                "-m", str(model_dir), "--preset", args.preset, "-device", args.device, "--report", str(report), "-q"]
     for flag, value in (("-step_size", args.step_size), ("--precision", args.precision),
-                        ("--batch-size", args.batch_size), ("-chk", args.checkpoint)):
+                        ("--batch-size", args.batch_size), ("-chk", args.checkpoint), ("--backend", args.backend)):
         if value is not None:
             command += [flag, str(value)]
     if args.folds:
@@ -114,7 +114,8 @@ def run_bench(args: argparse.Namespace) -> int:
         case = report["cases"][0]
         summary: dict = {
             "preset": preset.name, "device": report["device"], "device_name": report["device_name"],
-            "precision": report["precision"],
+            "precision": report["precision"], "backend": report["backend"],
+            "backend_description": report["backend_description"], "backend_notes": report["backend_notes"],
             "folds": report["folds"], "mirroring": bool(report["mirror_axes"]), "tile_step": report["tile_step"],
             "batch_size": report["batch_size"], "tiles": case["tiles"], "forward_passes": case["forward_passes"],
             "tiles_per_s": case["tiles"] / max(case["timings"]["sliding_window"], 1e-9),
@@ -150,10 +151,12 @@ def _print_ours(summary: dict) -> None:
     stages = "  ".join(f"{k} {v:.2f}s" for k, v in summary["stages_s"].items())
     print(f"settings   preset {summary['preset']}, folds {','.join(summary['folds'])}, mirroring "
           f"{'on' if summary['mirroring'] else 'off'}, step {summary['tile_step']}, {summary['precision']}, "
-          f"batch {summary['batch_size']}, device {summary['device_name']}")
+          f"batch {summary['batch_size']}, device {summary['device_name']}, backend {summary['backend_description']}")
     print(f"tilewise   {summary['ours_s']:.2f}s end-to-end, peak {summary['ours_peak_rss_mb']} MB, "
           f"{summary['tiles']} tiles ({summary['tiles_per_s']:.2f}/s), {summary['forward_passes']} forward passes")
     print(f"  stages   {stages}")
+    for note in summary["backend_notes"]:  # e.g. a first run that converted the model: its load time includes that
+        print(f"  note     {note}")
 
 
 def _print_against(summary: dict) -> None:

@@ -52,10 +52,11 @@ def run_predict(args: argparse.Namespace) -> int:
     quiet = args.quiet
     show_bar = not quiet and not args.disable_progress_bar and sys.stderr.isatty()
     settings = predictor.settings
+    backend = predictor.backend.describe()
     if args.verbose and not quiet:
         print(f"model {predictor.bundle.path} ({predictor.bundle.configuration_name}), folds {settings.folds}, "
               f"mirror axes {settings.mirror_axes}, step {settings.tile_step}, {settings.precision}, "
-              f"batch {settings.batch_size}, device {settings.device}", file=sys.stderr)
+              f"batch {settings.batch_size}, device {settings.device}, backend {backend}", file=sys.stderr)
     progress = _Progress(show_bar)
     report_cases = []
     for number, case in enumerate(cases, 1):
@@ -81,13 +82,18 @@ def run_predict(args: argparse.Namespace) -> int:
         report_cases.append({"case": case.name, "output": str(case.output), "tiles": result.tiles,
                              "forward_passes": result.forward_passes, "timings": timings, "notes": result.notes})
     total = time.perf_counter() - started
+    backend_notes = list(getattr(predictor.backend, "notes", []))  # e.g. a first run that converted the model
     if not quiet:
-        print(f"tilewise: {len(cases)} case(s) written to {output_dir} in {total:.1f}s", file=sys.stderr)
+        for note in backend_notes:
+            print(f"tilewise: note: {note}", file=sys.stderr)
+        print(f"tilewise: {len(cases)} case(s) written to {output_dir} in {total:.1f}s ({backend})", file=sys.stderr)
     if args.report is not None:
         write_json(args.report, {
             "model": str(predictor.bundle.path), "configuration": predictor.bundle.configuration_name,
             "preset": preset.name, "folds": settings.folds, "mirror_axes": list(settings.mirror_axes),
             "tile_step": settings.tile_step, "precision": settings.precision, "batch_size": settings.batch_size,
-            "device": str(settings.device), "device_name": describe_device(settings.device), "load_s": predictor.load_seconds, "total_s": total, "cases": report_cases,
+            "device": str(settings.device), "device_name": describe_device(settings.device),
+            "backend": settings.backend, "backend_description": backend, "backend_notes": backend_notes,
+            "load_s": predictor.load_seconds, "total_s": total, "cases": report_cases,
         })
     return 0

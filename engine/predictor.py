@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .devices import default_batch_size, resolve_device, resolve_precision
+from .devices import default_batch_size
 from .errors import InputError
-from .backends.torch_backend import TorchBackend
+from .backends.select import choose_backend, create_backend
 from .body_mask import body_mask
 from .export import export_logits, logits_to_labels
 from .host_memory import keep_freed_host_memory
@@ -51,6 +51,7 @@ class RunSettings:
     batch_size: int
     device: torch.device
     skip_empty_tiles: bool = False
+    backend: str = "torch"
 
 
 class Predictor:
@@ -69,7 +70,8 @@ class Predictor:
         trust: bool = False,
     ) -> None:
         started = time.perf_counter()
-        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        choice = choose_backend(preset.backend, device)
+        self.device = choice.device
         self.preset = preset
         if self.device.type == "cpu":
             keep_freed_host_memory()
@@ -80,16 +82,19 @@ class Predictor:
         self.networks = [net.to(self.device) for net in self.bundle.build_networks()]
         spatial_axes = len(self.bundle.patch_size)
         mirror_axes = tuple(a for a in self.bundle.mirror_axes if a < spatial_axes) if preset.mirroring else ()
+        batch_size = preset.batch_size or default_batch_size(self.device)
+        self.backend = create_backend(choice, self.networks, mirror_axes, preset.precision,
+                                      (batch_size, self.bundle.num_input_channels, *self.bundle.patch_size))
         self.settings = RunSettings(
             folds=self.bundle.folds,
             mirror_axes=mirror_axes,
             tile_step=preset.tile_step,
-            precision=resolve_precision(preset.precision, self.device),
-            batch_size=preset.batch_size or default_batch_size(self.device),
+            precision=self.backend.precision,
+            batch_size=batch_size,
             device=self.device,
             skip_empty_tiles=preset.skip_empty_tiles,
+            backend=self.backend.name,
         )
-        self.backend = TorchBackend(self.networks, mirror_axes, self.device, self.settings.precision)
         self.load_seconds = time.perf_counter() - started
         self._runner: SlidingWindowRunner | None = None
         self._mapper: GridMapper | None = None

@@ -11,7 +11,7 @@ from tilewise.engine.bench import dice_per_label
 from tilewise.engine.cli import main
 
 REQUIRED = {"ours_s", "nnunet_s", "speedup", "dice_min", "preset", "device", "tiles", "tiles_per_s", "stages_s",
-            "ours_peak_rss_mb", "nnunet_peak_rss_mb", "dice"}
+            "ours_peak_rss_mb", "nnunet_peak_rss_mb", "dice", "backend", "backend_description"}
 
 
 def test_bench_against_nnunet_prints_json_last(ct_model: Path, ct_case: Path, capsys) -> None:
@@ -22,6 +22,8 @@ def test_bench_against_nnunet_prints_json_last(ct_model: Path, ct_case: Path, ca
     summary = json.loads(out[-1])
     assert REQUIRED <= set(summary)
     assert summary["preset"] == "fast" and summary["device"] == "cpu" and summary["precision"] == "fp32"
+    assert summary["backend"] in ("torch", "openvino") and summary["backend_description"].endswith(" fp32")
+    assert f"backend {summary['backend_description']}" in out[0]
     assert summary["dice_min"] >= 0.999
     assert summary["speedup"] == pytest.approx(summary["nnunet_s"] / summary["ours_s"], rel=0.01)
     assert set(summary["stages_s"]) >= {"load", "preprocess", "sliding_window", "export"}
@@ -29,9 +31,11 @@ def test_bench_against_nnunet_prints_json_last(ct_model: Path, ct_case: Path, ca
 
 
 def test_bench_without_comparison(ct_model: Path, ct_case: Path, capsys) -> None:
-    assert main(["bench", "-m", str(ct_model), "-i", str(ct_case), "--preset", "preview", "-device", "cpu"]) == 0
+    assert main(["bench", "-m", str(ct_model), "-i", str(ct_case), "--preset", "preview", "-device", "cpu",
+                 "--backend", "torch"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "nnunet_s" not in summary and summary["tiles"] >= 1 and summary["forward_passes"] == summary["tiles"]
+    assert summary["backend"] == "torch"
 
 
 def test_dice_per_label_ignores_background_and_scores_misses() -> None:
