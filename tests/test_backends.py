@@ -1,4 +1,4 @@
-"""Forward backends: OpenVINO parity with nnU-Net, precisions, batches, the converted-model cache, 'auto' and --backend."""
+"""Forward backends: OpenVINO parity with nnU-Net, precisions, batches, the model cache, 'auto' and --backend."""
 from __future__ import annotations
 
 import json
@@ -37,8 +37,8 @@ def cache_env(shared_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def tiny_networks(count: int, seed: int = 0) -> list[nn.Module]:
     """Small, asymmetric 3D conv nets (so that mirroring and fold averaging matter)."""
     torch.manual_seed(seed)
-    return [nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.LeakyReLU(), nn.Conv3d(4, 3, (3, 1, 2), padding="same")).eval()
-            for _ in range(count)]
+    return [nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.LeakyReLU(),
+                          nn.Conv3d(4, 3, (3, 1, 2), padding="same")).eval() for _ in range(count)]
 
 
 def ov_backend(networks: list[nn.Module], cache_root: Path, batch: int = 2, precision: str = "fp32",
@@ -339,7 +339,8 @@ def no_gpu(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 @pytest.mark.parametrize("openvino", [True, False])
 def test_auto_prefers_cuda_then_openvino_then_torch_cpu(no_gpu: pytest.MonkeyPatch, openvino: bool) -> None:
     no_gpu.setattr(select, "openvino_available", lambda: openvino)
-    expected = BackendChoice("openvino", torch.device("cpu"), "CPU") if openvino else BackendChoice("torch", torch.device("cpu"))
+    cpu = torch.device("cpu")
+    expected = BackendChoice("openvino", cpu, "CPU") if openvino else BackendChoice("torch", cpu)
     assert choose_backend("auto", "auto") == expected
     assert choose_backend("auto", "cpu") == expected
     assert choose_backend("torch", "auto") == BackendChoice("torch", torch.device("cpu"))

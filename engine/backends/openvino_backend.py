@@ -1,8 +1,8 @@
 """Forward passes with OpenVINO on the CPU (or an Intel GPU), from models converted once per fold and cached.
 
 Each fold network is converted (:mod:`.ov_convert`) for a static (batch, channels, *patch) input, checked against
-torch, cached on disk (:mod:`.ov_cache`) and compiled for the chosen precision. Mirroring and fold averaging happen around
-the compiled models exactly as :class:`~tilewise.engine.backends.torch_backend.TorchBackend` does them.
+torch, cached on disk (:mod:`.ov_cache`) and compiled for the chosen precision. Mirroring and fold averaging happen
+around the compiled models exactly as :class:`~tilewise.engine.backends.torch_backend.TorchBackend` does them.
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def resolve_openvino_precision(requested: str, capabilities: Sequence[str], device: str = "CPU") -> tuple[str, str | None]:
+def resolve_openvino_precision(requested: str, capabilities: Sequence[str],
+                               device: str = "CPU") -> tuple[str, str | None]:
     """The precision OpenVINO computes in for ``requested`` (fp32, fp16, bf16 or reduced) on a device with the given
     ``OPTIMIZATION_CAPABILITIES``, and a note when it differs from what was asked for."""
     if requested == "fp32":

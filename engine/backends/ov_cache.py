@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 CACHE_DIR_VARIABLE = "TILEWISE_CACHE_DIR"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 2  # bump whenever conversion changes what a cached model computes (2: pooled instance norms)
 _FILES = ("model.xml", "model.bin")
 _MANIFEST = "manifest.json"
 NOT_CACHED = "not cached yet"

@@ -71,8 +71,8 @@ def choose_backend(backend: str, device: str | torch.device | None = "auto") -> 
         _require_openvino()
         resolved = torch.device("cpu") if name == "auto" else _torch_device(device)
         if resolved.type != "cpu":
-            raise TilewiseError("-device", f"the openvino backend runs on the CPU or an Intel GPU (-device cpu or gpu), "
-                                           f"not on {resolved.type}; use --backend torch for {resolved.type}")
+            raise TilewiseError("-device", "the openvino backend runs on the CPU or an Intel GPU (-device cpu or "
+                                           f"gpu), not on {resolved.type}; use --backend torch for {resolved.type}")
         return BackendChoice("openvino", resolved, "CPU")
     if backend not in ("auto", "torch"):
         raise TilewiseError("--backend", f"unknown backend '{backend}' (use auto, torch or openvino)")
