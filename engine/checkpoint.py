@@ -7,6 +7,7 @@ exactly those types and keep refusing everything else unless the caller trusts t
 from __future__ import annotations
 
 import pickle
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ def _numpy_scalar_globals() -> list[Any]:
 
 
 SAFE_GLOBALS: tuple[Any, ...] = tuple(_numpy_scalar_globals())
+_SAFE_LOAD_LOCK = threading.Lock()
+"""``torch.serialization.safe_globals`` changes a process-wide list: two threads loading at once (the viewer's
+time estimate and a run) would remove each other's allowed types mid-load."""
 
 
 def load_checkpoint(path: Path, trust: bool = False) -> dict[str, Any]:
@@ -44,7 +48,7 @@ def load_checkpoint(path: Path, trust: bool = False) -> dict[str, Any]:
     if not path.is_file():
         raise ModelError(path, "checkpoint file not found")
     try:
-        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+        with _SAFE_LOAD_LOCK, torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if not trust:

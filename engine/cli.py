@@ -21,7 +21,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="reference", help="reference (nnU-Net's default), balanced, fast or preview")
     parser.add_argument("-step_size", "--step-size", dest="step_size", type=float, default=None, help="tile step as a fraction of the tile (nnU-Net: 0.5)")
     parser.add_argument("--disable_tta", "--no-mirroring", dest="disable_tta", action="store_true", help="no test-time mirroring")
-    parser.add_argument("-device", "--device", dest="device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("-device", "--device", dest="device", default="auto", help="auto, cpu, cuda, cuda:N, mps, or gpu / gpu.N (an Intel GPU through OpenVINO)")
     parser.add_argument("-chk", dest="checkpoint", default=None, help="checkpoint file name (default: checkpoint_final.pth, else checkpoint_best.pth)")
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16", "reduced"), default=None, help="forward-pass precision")
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=None, help="tiles per forward pass (0 = automatic)")

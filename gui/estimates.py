@@ -48,13 +48,15 @@ class PassTimes:
     """Measured seconds per forward pass at each precision, and the model's grid."""
 
     model_dir: Path
-    device: str
+    target: str
+    """Device and engine, as :func:`target_key` writes them."""
     seconds: dict[str, float]
     grid: ModelGrid
 
 
 class PassTimer(QThread):
-    """Times forward passes of one fold of ``model_dir`` on ``device`` at each of ``precisions``, off the GUI thread.
+    """Times forward passes of one fold of ``model_dir`` on ``device`` with ``backend`` at each of ``precisions``, off
+    the GUI thread.
 
     Emits ``measured(PassTimes)`` or ``failed(message)``.
     """
@@ -62,9 +64,10 @@ class PassTimer(QThread):
     measured = Signal(object)
     failed = Signal(str)
 
-    def __init__(self, model_dir: Path, device: str, precisions: tuple[str, ...], trust: bool) -> None:
+    def __init__(self, model_dir: Path, device: str, backend: str, precisions: tuple[str, ...], trust: bool) -> None:
         super().__init__()
-        self.model_dir, self.device, self.precisions, self.trust = model_dir, device, precisions, trust
+        self.model_dir, self.device, self.backend, self.precisions, self.trust = \
+            model_dir, device, backend, precisions, trust
         self._stopped = False
         self.finished.connect(lambda: _ACTIVE.discard(self))
 
@@ -87,7 +90,8 @@ class PassTimer(QThread):
             for precision in self.precisions or ("fp32",):
                 if self._stopped:
                     return
-                preset = get_preset("fast").with_overrides(precision=precision, mirroring=False, batch_size=1)
+                preset = get_preset("fast").with_overrides(precision=precision, mirroring=False, batch_size=1,
+                                                           backend=self.backend)
                 predictor = Predictor(self.model_dir, preset, device=self.device, trust=self.trust)
                 grid = ModelGrid.of(predictor.bundle)
                 if precision in self.precisions:
@@ -97,7 +101,12 @@ class PassTimer(QThread):
             self.failed.emit(str(error))
         else:
             assert grid is not None
-            self.measured.emit(PassTimes(self.model_dir, self.device, seconds, grid))
+            self.measured.emit(PassTimes(self.model_dir, target_key(self.device, self.backend), seconds, grid))
+
+
+def target_key(device: str, backend: str) -> str:
+    """Where the network runs, as the estimates store it: e.g. 'cpu-openvino'."""
+    return f"{device}-{backend}"
 
 
 class EstimateBook:
@@ -132,7 +141,7 @@ class EstimateBook:
         """Remember measured pass times and the model's grid."""
         self.grids[str(times.model_dir)] = times.grid
         for precision, seconds in times.seconds.items():
-            self.settings.setValue(self._key(times.model_dir, times.device, precision), float(seconds))
+            self.settings.setValue(self._key(times.model_dir, times.target, precision), float(seconds))
 
     def learn_from_run(self, model_dir: Path, device: str, precision: str, result: Result, voxels: int) -> None:
         """Refine the stored times with what a finished run really took."""
@@ -172,7 +181,7 @@ class RunTimeEstimates(QObject):
             self.panel.show_estimates({}, "")
             return
         choice = self.panel.choice()
-        device = choice.device
+        device = target_key(choice.device, choice.preset.backend)
         presets = list(self.panel.presets.values())
         precisions = {p.precision for p in presets} | {choice.preset.precision}
         grid = self.book.grids.get(str(model.path))
@@ -184,7 +193,7 @@ class RunTimeEstimates(QObject):
             elif busy:
                 self.panel.show_estimates({}, "The time estimate follows after this run.")
             else:
-                self._start_timer(model.path, device, missing, trusted)
+                self._start_timer(model.path, choice.device, choice.preset.backend, missing, trusted)
                 self.panel.show_estimates({}, "Estimating the time for this image on this computer…")
             return
         shape_zyx = extent_zyx or image.size[::-1]
@@ -205,9 +214,9 @@ class RunTimeEstimates(QObject):
         text += ", fewer when tiles outside the body are skipped)" if choice.preset.skip_empty_tiles else ")"
         self.panel.show_estimates(per_preset, text)
 
-    def learn(self, model_dir: Path, device: str, precision: str, result: Result, voxels: int) -> None:
+    def learn(self, model_dir: Path, device: str, backend: str, precision: str, result: Result, voxels: int) -> None:
         """Use a finished run's real timings for the next estimates."""
-        self.book.learn_from_run(model_dir, device, precision, result, voxels)
+        self.book.learn_from_run(model_dir, target_key(device, backend), precision, result, voxels)
         self.refresh(*self._last)
 
     def shutdown(self) -> None:
@@ -216,12 +225,14 @@ class RunTimeEstimates(QObject):
             self.timer.stop()
             self.timer.wait(60_000)
 
-    def _start_timer(self, model_dir: Path, device: str, precisions: tuple[str, ...], trusted: bool) -> None:
+    def _start_timer(self, model_dir: Path, device: str, backend: str, precisions: tuple[str, ...],
+                     trusted: bool) -> None:
         if self.timer is not None:
             return
-        timer = PassTimer(model_dir, device, precisions, trusted)
+        timer = PassTimer(model_dir, device, backend, precisions, trusted)
+        target = target_key(device, backend)
         timer.measured.connect(self._on_measured)
-        timer.failed.connect(lambda _message: self._on_failed(str(model_dir), device))
+        timer.failed.connect(lambda _message: self._on_failed(str(model_dir), target))
         timer.finished.connect(self._on_timer_finished)
         self.timer = timer
         timer.start()

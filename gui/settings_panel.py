@@ -1,4 +1,4 @@
-"""Speed preset and the Advanced section (folds, mirroring, tile step, precision, device)."""
+"""Speed preset and the Advanced section (folds, mirroring, tile step, precision, device, engine)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,6 +33,19 @@ def available_devices() -> list[tuple[str, str]]:
     threads = torch.get_num_threads()
     devices.append(("cpu", f"CPU ({threads} thread{'s' if threads != 1 else ''})"))
     return [("auto", f"Automatic: {devices[0][1]}")] + devices
+
+
+def available_backends() -> list[tuple[str, str]]:
+    """(engine name, description) of the forward-pass engines installed here, the automatic choice first."""
+    import importlib.util
+
+    has_openvino = importlib.util.find_spec("openvino") is not None
+    automatic = ("Automatic: PyTorch on a GPU, else OpenVINO" if has_openvino
+                 else "Automatic: PyTorch (OpenVINO is not installed)")
+    backends = [("auto", automatic), ("torch", "PyTorch")]
+    if has_openvino:
+        backends.append(("openvino", "OpenVINO (fast on Intel and AMD CPUs)"))
+    return backends
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,11 @@ class SettingsPanel(QWidget):
         for value, text in available_devices():
             self.device.addItem(text, value)
         self.device.setToolTip("Where the network runs")
+        self.backend = QComboBox()
+        for value, text in available_backends():
+            self.backend.addItem(text, value)
+        self.backend.setToolTip("The engine that runs the network, for every preset. On a CPU, OpenVINO is usually "
+                                "2-3x faster than PyTorch; on a GPU, PyTorch is used")
 
         advanced_form = QFormLayout()
         advanced_form.addRow("Folds:", self.fold_box)
@@ -98,6 +116,7 @@ class SettingsPanel(QWidget):
         advanced_form.addRow("Tile step:", self.tile_step)
         advanced_form.addRow("Precision:", self.precision)
         advanced_form.addRow("Device:", self.device)
+        advanced_form.addRow("Engine:", self.backend)
         advanced_content = QWidget()
         advanced_content.setLayout(advanced_form)
         self.advanced = QCollapsible("Advanced")
@@ -114,7 +133,7 @@ class SettingsPanel(QWidget):
 
         self.preset.currentIndexChanged.connect(self._on_preset_changed)
         for signal in (self.mirroring.toggled, self.tile_step.valueChanged, self.precision.currentIndexChanged,
-                       self.device.currentIndexChanged):
+                       self.device.currentIndexChanged, self.backend.currentIndexChanged):
             signal.connect(self._on_field_changed)
         remembered = str(self.settings.value(SETTINGS_PRESET, DEFAULT_PRESET) or DEFAULT_PRESET)
         index = self.preset.findData(remembered)
@@ -165,6 +184,7 @@ class SettingsPanel(QWidget):
             mirroring=self.mirroring.isChecked(),
             tile_step=round(float(self.tile_step.value()), 4),
             precision=self.precision.currentData(),
+            backend=self.backend.currentData(),
         )
         chosen = tuple(c.text() for c in self.fold_checks if c.isChecked())
         folds = chosen if chosen and self.fold_checks else None

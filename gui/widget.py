@@ -690,8 +690,8 @@ class TilewiseWidget(QWidget):
     def _on_succeeded(self, result: Any, counts: dict[int, int]) -> None:
         if self.worker is not None:
             request = self.worker.request
-            self.estimates.learn(request.model_dir, request.device, request.preset.precision, result,
-                                 int(np.prod(result.labels.shape)))
+            self.estimates.learn(request.model_dir, request.device, request.preset.backend, request.preset.precision,
+                                 result, int(np.prod(result.labels.shape)))
         if self.preview is not None:
             self.result_layer = self.preview.finish(result.labels, {META_COUNTS: dict(counts)})
             self.preview = None
@@ -745,7 +745,8 @@ class TilewiseWidget(QWidget):
         self._update_task(outcome)
         self._resume_gc()
         self._update_enabled()
-        self._refresh_estimates()
+        if self not in _CLOSING:  # a closed panel starts no new timing thread
+            self._refresh_estimates()
         self._release_if_closed()
         self.run_finished.emit(outcome)
 

@@ -8,6 +8,11 @@ from pathlib import Path
 # Two cores shared by tests and nnU-Net: passive OpenMP waiting avoids spin-wait stalls (set before torch loads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+if "TILEWISE_CACHE_DIR" not in os.environ:  # converted OpenVINO models go to a throw-away folder, not ~/.cache
+    import tempfile
+
+    os.environ["TILEWISE_CACHE_DIR"] = tempfile.mkdtemp(prefix="tilewise-test-cache-")
+
 import pytest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -404,3 +404,26 @@ def test_predict_openvino_not_installed(ct_model: Path, ct_case: Path, tmp_path:
     assert main(_predict(ct_model, ct_case, tmp_path / "out", "openvino")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tilewise: error: ") and OPENVINO_INSTALL in err[0]
+
+
+def test_conversions_on_two_threads_at_once(ct_model: Path, tmp_path: Path, monkeypatch) -> None:
+    """The viewer times passes on one thread while a run loads the same model on another."""
+    import threading
+
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("TILEWISE_CACHE_DIR", str(tmp_path / "cache"))
+    errors: list[BaseException] = []
+
+    def load(precision: str) -> None:
+        try:
+            Predictor(ct_model, get_preset("fast").with_overrides(backend="openvino", precision=precision),
+                      device="cpu")
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=load, args=(p,)) for p in ("fp32", "bf16", "fp32")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []

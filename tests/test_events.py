@@ -160,7 +160,7 @@ def test_accumulators_fall_back_when_memory_runs_out(ct_model: Path, big_case: P
 
     monkeypatch.setattr(TorchBackend, "__call__", flaky_forward)
     volume = read_volume(big_case)
-    preset = get_preset("fast").with_overrides(tile_step=0.5, batch_size=2, precision="fp32")
+    preset = get_preset("fast").with_overrides(tile_step=0.5, batch_size=2, precision="fp32", backend="torch")
     result = Predictor(ct_model, preset, device="cpu").predict(volume)
     monkeypatch.setattr(TorchBackend, "__call__", original)
     expected = Predictor(ct_model, preset, device="cpu").predict(volume)

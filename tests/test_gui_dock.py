@@ -30,6 +30,7 @@ def _start_in_a_closable_panel(viewer, qtbot, settings: Path, model: Path, case:
     widget = TilewiseWidget(viewer, settings=QSettings(str(settings), QSettings.IniFormat))
     dock = viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
     widget.settings_panel.device.setCurrentIndex(widget.settings_panel.device.findData("cpu"))
+    widget.settings_panel.backend.setCurrentIndex(widget.settings_panel.backend.findData("torch"))  # a long run
     widget.model_panel.select(model)
     with qtbot.waitSignal(widget.image_opened, timeout=60_000):
         widget.open_image(case)

@@ -51,7 +51,7 @@ def test_presets_show_estimates_for_the_open_image(gui, qtbot, ct_model: Path, t
     assert shown["reference"].tiles > shown["preview"].tiles
     book = EstimateBook(settings)
     for precision in ("fp32", "reduced"):
-        assert (book.seconds_per_pass(ct_model, "cpu", precision) or 0) > 0
+        assert (book.seconds_per_pass(ct_model, "cpu-auto", precision) or 0) > 0
     widget.settings_panel.select_preset("preview")
     assert re.search(r"\d+ tiles x 1 pass", label.text())
 
@@ -65,11 +65,11 @@ def test_presets_show_estimates_for_the_open_image(gui, qtbot, ct_model: Path, t
     assert after.tiles > before.tiles and after.seconds > before.seconds
 
     # a finished run replaces the measured time per pass with what the run really took
-    book.settings.setValue(book._key(ct_model, "cpu", "reduced"), 1000.0)
+    book.settings.setValue(book._key(ct_model, "cpu-auto", "reduced"), 1000.0)
     widget.settings_panel.select_preset("preview")
     with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS):
         widget.run_button.click()
-    assert 0 < (book.seconds_per_pass(ct_model, "cpu", "reduced") or 0) < 1000.0
+    assert 0 < (book.seconds_per_pass(ct_model, "cpu-auto", "reduced") or 0) < 1000.0
     assert "about" in _item_texts(widget)["preview"]
 
 

@@ -32,6 +32,7 @@ def gui(make_napari_viewer, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     widget = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
     viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
     widget.settings_panel.device.setCurrentIndex(widget.settings_panel.device.findData("cpu"))
+    widget.settings_panel.backend.setCurrentIndex(widget.settings_panel.backend.findData("torch"))  # runs of seconds
     widget.model_panel.select(ct_model)
     case = model_factory.make_case(tmp_path / "big_0000.nii.gz", "3d", shape=(64, 80, 72), seed=5)
     with qtbot.waitSignal(widget.image_opened, timeout=60_000):

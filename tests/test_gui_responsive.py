@@ -66,6 +66,7 @@ def gui(make_napari_viewer, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     with qtbot.waitSignal(widget.image_opened, timeout=60_000):
         widget.open_image(case)
     widget.settings_panel.select_preset("reference")  # every mirror: a run of several seconds on this CPU
+    widget.settings_panel.backend.setCurrentIndex(widget.settings_panel.backend.findData("torch"))  # OpenVINO: <2 s
     yield viewer, widget
     widget.shutdown()
 

@@ -55,6 +55,8 @@ def gui(make_napari_viewer, tmp_path: Path, dialogs):
     viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
     index = widget.settings_panel.device.findData("cpu")
     widget.settings_panel.device.setCurrentIndex(index)
+    # PyTorch: these tests cancel and scroll during runs, which OpenVINO finishes in a blink on the tiny test models
+    widget.settings_panel.backend.setCurrentIndex(widget.settings_panel.backend.findData("torch"))
     yield viewer, widget
     widget.shutdown()
 
@@ -111,7 +113,8 @@ def test_preview_run_gives_the_engines_labels_in_place(gui, qtbot, ct_model: Pat
     elapsed = time.perf_counter() - started
     assert previews[0].updates <= elapsed / 0.1 + 1, "at most ~10 redraws a second, regions coalesced"
 
-    expected = Predictor(ct_model, get_preset("preview"), device="cpu").predict(read_volume(oblique_case)).labels
+    preset = get_preset("preview").with_overrides(backend="torch")  # the engine the gui fixture chose
+    expected = Predictor(ct_model, preset, device="cpu").predict(read_volume(oblique_case)).labels
     [labels] = _labels_layers(viewer)
     assert labels is widget.result_layer
     assert labels.name == "oblique_0000 segmentation"
@@ -234,7 +237,7 @@ def test_each_preset_shows_its_summary_and_settings(gui, qtbot, make_model, tmp_
         panel.select_preset(name)
         assert panel.summary.text() == preset.summary
         choice = panel.choice()
-        assert choice.preset == preset
+        assert choice.preset == preset.with_overrides(backend="torch")  # the engine the gui fixture chose
         assert choice.folds == (("0", "1") if preset.folds == "all" else ("0",))
         assert panel.mirroring.isChecked() == preset.mirroring
         assert panel.tile_step.value() == pytest.approx(preset.tile_step)
@@ -243,6 +246,13 @@ def test_each_preset_shows_its_summary_and_settings(gui, qtbot, make_model, tmp_
     assert panel.choice().preset.tile_step == pytest.approx(0.6)
     assert "Changed under Advanced" in panel.summary.text()
     assert QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat).value("run/preset") == "fast"
+    panel.select_preset("reference")  # resets the tile step changed above
+    engines = [panel.backend.itemData(i) for i in range(panel.backend.count())]
+    assert engines == ["auto", "torch", "openvino"]  # OpenVINO is installed with the test extras
+    panel.backend.setCurrentIndex(engines.index("openvino"))
+    assert panel.choice().preset.backend == "openvino" and not panel.is_customised()  # like Device: not a preset's
+    panel.select_preset("fast")
+    assert panel.choice().preset.backend == "openvino", "the engine stays when the preset changes"
 
 
 def test_every_preset_runs_to_the_end(gui, qtbot, ct_model: Path, tmp_path: Path) -> None:
@@ -320,6 +330,7 @@ def test_closing_the_window_during_a_run_cancels_it(make_napari_viewer, qtbot, t
     widget.model_panel.select(ct_model)
     _open(qtbot, widget, big_case)
     widget.settings_panel.select_preset("reference")
+    widget.settings_panel.backend.setCurrentIndex(widget.settings_panel.backend.findData("torch"))  # a long run
     widget.start_run()
     worker = widget.worker
     qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=RUN_TIMEOUT_MS)

@@ -46,11 +46,13 @@ def test_reference_preset_matches_nnunet(make_model, tmp_path: Path, kind: str, 
     files = model_factory.case_files(tmp_path, "case", kind, **case_kwargs)
     volume = read_volume(files)
 
-    result = Predictor(model_dir, get_preset("reference"), device="cpu").predict(volume)
     reference = model_factory.nnunet_reference(model_dir, files, folds=(0,), step=0.5, mirroring=True)
-
-    assert_parity(result.labels, reference)
-    assert result.geometry.same_as(volume.geometry)
+    for backend in ("torch", "openvino"):  # PyTorch runs on GPUs, OpenVINO on CPUs: both must match nnU-Net
+        predictor = Predictor(model_dir, get_preset("reference").with_overrides(backend=backend), device="cpu")
+        result = predictor.predict(volume)
+        assert predictor.settings.backend == backend
+        assert_parity(result.labels, reference)
+        assert result.geometry.same_as(volume.geometry)
 
 
 def test_several_folds_are_averaged_like_nnunet(make_model, tmp_path: Path) -> None:

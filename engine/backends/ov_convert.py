@@ -10,6 +10,7 @@ about twice as fast as MVN. Every conversion is checked against the torch networ
 from __future__ import annotations
 
 import copy
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+_CONVERSION_LOCK = threading.Lock()
+"""Tracing (torch.jit) and the warning filters are process-wide: one conversion at a time (the viewer may time
+passes on one thread while a run loads the model on another)."""
 _POOLS = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 _TOLERANCE = {"fp32": 1e-3, "bf16": 0.1, "fp16": 0.1}
 """Largest difference from torch, relative to the largest logit, that a converted model may show on a random tile;
@@ -77,7 +81,7 @@ def convert(network: nn.Module, input_shape: tuple[int, ...]) -> Any:
     """``openvino.convert_model`` of ``network`` for a static input of ``input_shape``."""
     import openvino
 
-    with warnings.catch_warnings(), torch.no_grad():
+    with _CONVERSION_LOCK, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter from torch.jit
         return openvino.convert_model(network.cpu().eval(), example_input=torch.zeros(input_shape),
                                       input=[input_shape])
