@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,9 +87,15 @@ def test_cancel_from_another_thread(ct_model: Path, big_case: Path) -> None:
     first_tile = threading.Event()
     outcome: list[BaseException | object] = []
 
+    def on_event(event: TileEvent) -> None:
+        first_tile.set()
+        deadline = time.monotonic() + 30  # hold the run mid-way until the other thread has cancelled
+        while not token.cancelled and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def work() -> None:
         try:
-            outcome.append(predictor.predict(read_volume(big_case), on_event=lambda e: first_tile.set(), cancel=token))
+            outcome.append(predictor.predict(read_volume(big_case), on_event=on_event, cancel=token))
         except Cancelled as error:
             outcome.append(error)
 
