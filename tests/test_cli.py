@@ -410,8 +410,10 @@ def test_ctrl_c_stops_without_partial_output(tmp_path: Path, ct_model: Path) -> 
     progress = re.compile(rb"\b([1-9]\d*)/(\d+) \[")
     seen = b""
     try:
+        # A shell that starts CI in the background makes its children ignore SIGINT; a terminal's Ctrl-C never is.
         with subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=child_side,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"}) as process:
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as process:
             os.close(child_side)
             child_side = -1
             try:
