@@ -12,12 +12,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
 from .cases import collect_cases
 from .cli import preset_from_args
 from .errors import TilewiseError
+from .metrics import dice_per_label
 from .model import ModelBundle
 
 
@@ -42,17 +42,6 @@ def run_timed(command: list[str], env: dict[str, str] | None = None) -> Timed:
         err.seek(0)
         text = err.read().decode(errors="replace")
     return Timed(seconds, usage.ru_maxrss / 1024, process.returncode, text)
-
-
-def dice_per_label(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
-    """Dice of every non-zero label present in either map."""
-    labels = sorted((set(np.unique(a).tolist()) | set(np.unique(b).tolist())) - {0})
-    scores = {}
-    for label in labels:
-        in_a, in_b = a == label, b == label
-        total = int(in_a.sum()) + int(in_b.sum())
-        scores[int(label)] = 1.0 if total == 0 else 2.0 * int((in_a & in_b).sum()) / total
-    return scores
 
 
 def _stage_input(source: Path, bundle: ModelBundle, folder: Path) -> list[Path]:

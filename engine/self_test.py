@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .metrics import dice_per_label
+
 MIN_DICE = 0.90
 """Lowest Dice per label against the reference output that passes (preview measures about 0.97)."""
 REPORTED_PACKAGES: tuple[str, ...] = ("tilewise", "torch", "nnunetv2", "numpy", "SimpleITK", "openvino")
@@ -38,16 +40,6 @@ def package_versions() -> dict[str, str]:
 
     versions["torch"] = f"{torch.__version__} (CUDA {torch.version.cuda})" if torch.version.cuda else torch.__version__
     return versions
-
-
-def dice_per_label(labels: np.ndarray, reference: np.ndarray, values: Sequence[int]) -> dict[int, float]:
-    """Dice of each label value between two label maps (1.0 where neither has it)."""
-    scores = {}
-    for value in values:
-        ours, theirs = labels == value, reference == value
-        total = int(ours.sum()) + int(theirs.sum())
-        scores[value] = 1.0 if total == 0 else 2.0 * int((ours & theirs).sum()) / total
-    return scores
 
 
 def run_self_test(argv: Sequence[str]) -> int:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import TilewiseError
-from .mirrors import mirror_combinations
+from .mirrors import average_folds_and_mirrors, mirror_combinations
 from .ov_cache import NOT_CACHED, CacheKey, ModelCache, StaleEntry, network_digest
 from .ov_convert import agreement_error, candidates, check_tile, convert
 
@@ -114,17 +114,7 @@ class OpenVINOBackend:
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits averaged over folds and mirrors, float32, on the CPU."""
         array = inputs.detach().cpu().float().numpy()
-        total: np.ndarray | None = None
-        for fold in self.folds:
-            prediction = fold(array)
-            for dims in self.mirrors:
-                prediction += np.flip(fold(np.ascontiguousarray(np.flip(array, dims))), dims)
-            if self.mirrors:
-                prediction /= len(self.mirrors) + 1
-            total = prediction if total is None else total + prediction
-        assert total is not None
-        if len(self.folds) > 1:
-            total /= len(self.folds)
+        total = average_folds_and_mirrors(self.folds, array, self.mirrors, np.flip)  # folds make inputs contiguous
         return torch.from_numpy(np.ascontiguousarray(total, dtype=np.float32))
 
     # ---- models -----------------------------------------------------------------------------------

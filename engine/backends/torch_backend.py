@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..devices import PRECISIONS
-from .mirrors import mirror_combinations
+from .mirrors import average_folds_and_mirrors, mirror_combinations
 
 
 class TorchBackend:
@@ -35,16 +35,6 @@ class TorchBackend:
         """Logits averaged over folds and mirrors, float32, on :attr:`device`."""
         dtype = PRECISIONS[self.precision]
         autocast = torch.autocast(self.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-        total: torch.Tensor | None = None
+        folds = [lambda x, network=network: network(x).float() for network in self.networks]
         with autocast:
-            for network in self.networks:
-                prediction = network(inputs).float()
-                for dims in self.mirrors:
-                    prediction += torch.flip(network(torch.flip(inputs, dims)), dims).float()
-                if self.mirrors:
-                    prediction /= len(self.mirrors) + 1
-                total = prediction if total is None else total + prediction
-        assert total is not None
-        if len(self.networks) > 1:
-            total /= len(self.networks)
-        return total
+            return average_folds_and_mirrors(folds, inputs, self.mirrors, torch.flip)
