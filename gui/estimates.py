@@ -144,7 +144,7 @@ class EstimateBook:
             self.settings.setValue(self._key(times.model_dir, times.target, precision), float(seconds))
 
     def learn_from_run(self, model_dir: Path, device: str, precision: str, result: Result, voxels: int) -> None:
-        """Refine the stored times with what a finished run really took."""
+        """Refine the stored times with what a finished run really took (``voxels``: of the image's nonzero box)."""
         if result.forward_passes > 0:
             per_pass = result.timings.get("sliding_window", 0.0) / result.forward_passes
             self.settings.setValue(self._key(model_dir, device, precision), float(per_pass))

@@ -40,9 +40,7 @@ def available_backends() -> list[tuple[str, str]]:
     import importlib.util
 
     has_openvino = importlib.util.find_spec("openvino") is not None
-    automatic = ("Automatic: PyTorch on a GPU, else OpenVINO" if has_openvino
-                 else "Automatic: PyTorch (OpenVINO is not installed)")
-    backends = [("auto", automatic), ("torch", "PyTorch")]
+    backends = [("auto", "Automatic: best for the device"), ("torch", "PyTorch")]
     if has_openvino:
         backends.append(("openvino", "OpenVINO (fast on Intel and AMD CPUs)"))
     return backends
@@ -107,8 +105,8 @@ class SettingsPanel(QWidget):
         self.backend = QComboBox()
         for value, text in available_backends():
             self.backend.addItem(text, value)
-        self.backend.setToolTip("The engine that runs the network, for every preset. On a CPU, OpenVINO is usually "
-                                "2-3x faster than PyTorch; on a GPU, PyTorch is used")
+        self.backend.setToolTip("The engine that runs the network, for every preset. Automatic uses PyTorch on a GPU "
+                                "and OpenVINO (usually 2-3x faster than PyTorch) on a CPU when it is installed")
 
         advanced_form = QFormLayout()
         advanced_form.addRow("Folds:", self.fold_box)

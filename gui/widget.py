@@ -691,7 +691,7 @@ class TilewiseWidget(QWidget):
         if self.worker is not None:
             request = self.worker.request
             self.estimates.learn(request.model_dir, request.device, request.preset.backend, request.preset.precision,
-                                 result, int(np.prod(result.labels.shape)))
+                                 result, int(np.prod(self._extent or result.labels.shape)))  # the estimate's unit
         if self.preview is not None:
             self.result_layer = self.preview.finish(result.labels, {META_COUNTS: dict(counts)})
             self.preview = None
