@@ -143,11 +143,11 @@ class Predictor:
         self.check_input(volume)
         timings: dict[str, float] = {"load": self.load_seconds}
         started = time.perf_counter()
-        prepared = preprocess(volume, self.bundle)
+        prepared = preprocess(volume, self.bundle, with_nonzero_mask=self.settings.skip_empty_tiles)
         timings["preprocess"] = time.perf_counter() - started
 
         skip_tile = None
-        if self.settings.skip_empty_tiles:
+        if self.settings.skip_empty_tiles and prepared.nonzero is not None:
             mask = body_mask(prepared.data, prepared.nonzero)
             skip_tile = lambda tile: not mask.touches(tile.box)  # noqa: E731
         heads = self.bundle.label_manager.num_segmentation_heads

@@ -1,7 +1,8 @@
 """nnU-Net's preprocessing of one case (transpose, crop to nonzero, normalise, resample), run in-process.
 
-We call the preprocessor class named in the plans (``DefaultPreprocessor`` unless the model says otherwise) on the
-in-memory array, so normalisation schemes, intensity statistics and the separate-z rule are exactly nnU-Net's.
+Models preprocessed by nnU-Net's ``DefaultPreprocessor`` with its standard resampling (nearly all) go through
+:mod:`~tilewise.engine.default_preprocessing`, which gives the same numbers on all cores. Any other preprocessor
+class named in the plans is called as nnU-Net calls it, on the in-memory array.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch
 
+from . import default_preprocessing
 from .grid import GridMapper
 from .model import ModelBundle
 from .volume import Volume
@@ -22,15 +24,21 @@ class Preprocessed:
     """Network-grid data (channels, z, y, x), padded to at least one tile, and how to map it back."""
 
     data: torch.Tensor
-    nonzero: torch.Tensor
-    """nnU-Net's nonzero mask (z, y, x) on the padded grid: False outside what it cropped to and in padding."""
+    nonzero: torch.Tensor | None
+    """nnU-Net's nonzero mask (z, y, x) on the padded grid: False outside what it cropped to and in padding.
+
+    None unless asked for (it costs a hole filling and a resampling)."""
     properties: dict[str, Any]
     mapper: GridMapper
     unpadded: tuple[slice, slice, slice]
 
 
-def preprocess(volume: Volume, bundle: ModelBundle) -> Preprocessed:
-    """Run the model's nnU-Net preprocessor on ``volume`` and pad the result to the tile size as nnU-Net does."""
+def preprocess(volume: Volume, bundle: ModelBundle, with_nonzero_mask: bool = True) -> Preprocessed:
+    """Run the model's nnU-Net preprocessing on ``volume`` and pad the result to the tile size as nnU-Net does.
+
+    Uses as many threads as torch (the device's thread setting). ``with_nonzero_mask`` also returns nnU-Net's
+    nonzero mask on the network grid.
+    """
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
     properties: dict[str, Any] = {
@@ -41,20 +49,26 @@ def preprocess(volume: Volume, bundle: ModelBundle) -> Preprocessed:
             "direction": volume.geometry.direction,
         },
     }
-    manager = bundle.configuration_manager
-    preprocessor = manager.preprocessor_class(verbose=False)
-    with redirect_stdout(io.StringIO()):
-        data, seg, properties = preprocessor.run_case_npy(
-            volume.array, None, properties, bundle.plans_manager, manager, bundle.dataset_json
-        )
+    if default_preprocessing.supports(bundle):
+        data, seg, properties = default_preprocessing.run_default_preprocessing(
+            volume.array, properties, bundle, with_nonzero_mask, torch.get_num_threads())
+    else:
+        manager = bundle.configuration_manager
+        preprocessor = manager.preprocessor_class(verbose=False)
+        with redirect_stdout(io.StringIO()):
+            data, seg, properties = preprocessor.run_case_npy(
+                volume.array, None, properties, bundle.plans_manager, manager, bundle.dataset_json
+            )
     tensor = torch.from_numpy(data).to(dtype=torch.float32, memory_format=torch.contiguous_format)
     network_shape = tuple(int(s) for s in tensor.shape[1:])
     patch = bundle.patch_size
     pad_target = patch if len(patch) == 3 else (1, *patch)
     padded, revert = pad_nd_image(tensor, pad_target, "constant", {"value": 0}, True, None)
     unpadded = tuple(slice(int(s.start), int(s.stop)) for s in revert[1:])
-    nonzero = torch.zeros(padded.shape[1:], dtype=torch.bool)
-    nonzero[unpadded] = torch.from_numpy(seg[0] >= 0)
+    nonzero = None
+    if with_nonzero_mask and seg is not None:
+        nonzero = torch.zeros(padded.shape[1:], dtype=torch.bool)
+        nonzero[unpadded] = torch.from_numpy(seg[0] >= 0)
     mapper = GridMapper(
         transpose_forward=tuple(int(a) for a in bundle.plans_manager.transpose_forward),  # type: ignore[arg-type]
         crop_start=tuple(int(lo) for lo, _ in properties["bbox_used_for_cropping"]),  # type: ignore[arg-type]

@@ -1,0 +1,183 @@
+"""nnU-Net's ``DefaultPreprocessor.run_case_npy`` for inference, with the same numbers, on all cores.
+
+nnU-Net's preprocessor runs on one core and also does work that inference without a label map does not use:
+filling holes in the nonzero mask and resampling that mask. This module runs the same steps with nnU-Net's own
+functions where they are cheap (cropping box, normalisation, target shape, separate-z rule) and computes the
+expensive ones in parallel with identical arithmetic:
+
+- the nonzero mask's holes are filled only when something reads the mask (a normalisation that uses it, or tile
+  skipping), and only inside the crop box; the crop box of a mask equals that of its filled version, and a hole
+  is a hole inside the box exactly when it is one in the whole image;
+- the image is resampled by :func:`~tilewise.engine.spline_resize.resize_like_skimage` (3-D), or slice by slice
+  on a thread pool with skimage itself followed by nnU-Net's ``map_coordinates`` step in slabs (separate z).
+
+:func:`supports` says whether a model's plans use this preprocessor and resampling; otherwise callers run
+nnU-Net's preprocessor class. ``tests/test_default_preprocessing.py`` compares both on many shapes.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .model import ModelBundle
+from .spline_resize import resize_like_skimage
+
+_DATA_RESAMPLING = "resample_data_or_seg_to_shape"
+_MASK_FREE_NORMALISATIONS = {"ZScoreNormalization", "CTNormalization", "NoNormalization",
+                             "RescaleTo01Normalization", "RGBTo01Normalization"}
+"""nnU-Net's own schemes, which read the nonzero mask only when ``use_mask_for_norm`` is set."""
+
+
+@dataclass(frozen=True)
+class _DataResampling:
+    """The keyword arguments of the plans' ``resample_data_or_seg_to_shape`` for image data."""
+
+    order: int
+    order_z: int
+    force_separate_z: bool | None
+    anisotropy_threshold: float
+
+
+def _data_resampling(bundle: ModelBundle) -> _DataResampling | None:
+    """The plans' data resampling settings, or None if they name another function or options we do not know."""
+    from nnunetv2.configuration import ANISO_THRESHOLD
+
+    configuration = bundle.configuration_manager.configuration
+    if configuration.get("resampling_fn_data") != _DATA_RESAMPLING:
+        return None
+    kwargs = dict(configuration.get("resampling_fn_data_kwargs", {}))
+    if kwargs.pop("is_seg", False):
+        return None
+    settings = _DataResampling(
+        order=int(kwargs.pop("order", 3)),
+        order_z=int(kwargs.pop("order_z", 0)),
+        force_separate_z=kwargs.pop("force_separate_z", False),
+        anisotropy_threshold=float(kwargs.pop("separate_z_anisotropy_threshold", ANISO_THRESHOLD)),
+    )
+    return None if kwargs else settings
+
+
+def supports(bundle: ModelBundle) -> bool:
+    """True if the model is preprocessed by nnU-Net's DefaultPreprocessor with its standard data resampling."""
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+
+    return bundle.configuration_manager.preprocessor_class is DefaultPreprocessor and _data_resampling(bundle) is not None
+
+
+def _needs_mask_for_normalisation(bundle: ModelBundle) -> bool:
+    manager = bundle.configuration_manager
+    return any(manager.use_mask_for_norm) or any(s not in _MASK_FREE_NORMALISATIONS for s in manager.normalization_schemes)
+
+
+def _resample_separate_z(image: np.ndarray, new_shape: np.ndarray, axis: int, settings: _DataResampling,
+                         pool: ThreadPoolExecutor, threads: int) -> np.ndarray:
+    """nnU-Net's separate-z resampling of one float64 channel: in-plane skimage per slice, then ``order_z`` along
+    ``axis`` with ``map_coordinates`` (both as nnU-Net calls them, split over threads)."""
+    from scipy.ndimage import map_coordinates
+    from skimage.transform import resize
+
+    in_plane = tuple(int(s) for i, s in enumerate(new_shape) if i != axis)
+    per_slice_shape = [int(s) for s in new_shape]
+    per_slice_shape[axis] = image.shape[axis]
+    per_slice = np.zeros(per_slice_shape)
+
+    def resize_slice(index: int) -> None:
+        where: list[Any] = [slice(None)] * 3
+        where[axis] = index
+        per_slice[tuple(where)] = resize(image[tuple(where)], in_plane, settings.order, mode="edge",
+                                         anti_aliasing=False)
+
+    for future in [pool.submit(resize_slice, i) for i in range(image.shape[axis])]:
+        future.result()
+    if image.shape[axis] == new_shape[axis]:
+        return per_slice
+    scales = [float(o) / n for o, n in zip(per_slice.shape, new_shape)]
+    resized = np.empty(tuple(int(s) for s in new_shape))
+    rows = int(new_shape[0])
+
+    def slab(start: int, stop: int) -> None:
+        grid = np.mgrid[start:stop, :new_shape[1], :new_shape[2]]
+        coordinates = np.array([scale * (g + 0.5) - 0.5 for scale, g in zip(scales, grid)])
+        resized[start:stop] = map_coordinates(per_slice, coordinates, order=settings.order_z, mode="nearest")
+
+    # a spline order above 1 prefilters the whole array in every call, so that case stays one call
+    step = rows if settings.order_z > 1 else max(1, -(-rows // (4 * threads)))
+    for future in [pool.submit(slab, a, min(a + step, rows)) for a in range(0, rows, step)]:
+        future.result()
+    return resized
+
+
+def _resample_data(data: np.ndarray, new_shape: np.ndarray, original_spacing: list[float],
+                   target_spacing: list[float], settings: _DataResampling, threads: int) -> np.ndarray | None:
+    """nnU-Net's ``resample_data_or_seg_to_shape`` of image data, or None where only nnU-Net's own call is exact."""
+    from nnunetv2.preprocessing.resampling.default_resampling import determine_do_sep_z_and_axis
+
+    if tuple(data.shape[1:]) == tuple(int(s) for s in new_shape):
+        return data
+    separate_z, axis = determine_do_sep_z_and_axis(settings.force_separate_z, original_spacing, target_spacing,
+                                                   settings.anisotropy_threshold)
+    if not separate_z and settings.order == 0:
+        return None
+    resampled = np.zeros((data.shape[0], *(int(s) for s in new_shape)), dtype=data.dtype)
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for channel in range(data.shape[0]):
+            if separate_z:
+                image = data[channel].astype(float, copy=False)
+                resampled[channel] = _resample_separate_z(image, new_shape, int(axis), settings, pool, threads)
+            else:  # converts to float64 as it pads
+                resampled[channel] = resize_like_skimage(data[channel], new_shape, settings.order, threads)
+    return resampled
+
+
+def run_default_preprocessing(image: np.ndarray, properties: dict[str, Any], bundle: ModelBundle,
+                              with_mask: bool, threads: int) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Preprocess ``image`` (channels, z, y, x) like nnU-Net's ``DefaultPreprocessor.run_case_npy`` without labels.
+
+    Returns the network-grid data (float32), nnU-Net's resampled nonzero map (int8: 0 inside, -1 outside) when
+    ``with_mask`` is set (else None), and ``properties`` with nnU-Net's cropping entries added.
+    """
+    from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice, get_bbox_from_mask
+    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+    from scipy.ndimage import binary_fill_holes
+
+    plans, manager = bundle.plans_manager, bundle.configuration_manager
+    settings = _data_resampling(bundle)
+    if settings is None:
+        raise ValueError(f"{bundle.path}: its plans need nnU-Net's own preprocessor")
+    transpose = [int(a) for a in plans.transpose_forward]
+    data = image.astype(np.float32).transpose([0, *[a + 1 for a in transpose]])
+    original_spacing = [properties["spacing"][a] for a in transpose]
+    properties["shape_before_cropping"] = data.shape[1:]
+
+    nonzero = data[0] != 0
+    for channel in range(1, data.shape[0]):
+        nonzero |= data[channel] != 0
+    bbox = get_bbox_from_mask(nonzero)
+    crop = bounding_box_to_slice(bbox)
+    data = data[(slice(None), *crop)]
+    properties["bbox_used_for_cropping"] = bbox
+    properties["shape_after_cropping_and_before_resampling"] = data.shape[1:]
+
+    seg = None
+    if with_mask or _needs_mask_for_normalisation(bundle):
+        filled = binary_fill_holes(nonzero[crop])
+        seg = np.where(filled, np.int8(0), np.int8(-1))[None]
+    del nonzero
+
+    target_spacing = list(manager.spacing)
+    if len(target_spacing) < len(data.shape[1:]):
+        target_spacing = [original_spacing[0], *target_spacing]
+    new_shape = compute_new_shape(data.shape[1:], original_spacing, target_spacing)
+    norm_mask = seg if seg is not None else np.broadcast_to(np.int8(0), (1, *data.shape[1:]))
+    data = manager.preprocessor_class(verbose=False)._normalize(
+        data, norm_mask, manager, plans.foreground_intensity_properties_per_channel)
+
+    resampled = _resample_data(data, new_shape, original_spacing, target_spacing, settings, threads)
+    if resampled is None:
+        resampled = manager.resampling_fn_data(data, new_shape, original_spacing, target_spacing)
+    if seg is not None and with_mask:
+        seg = manager.resampling_fn_seg(seg, new_shape, original_spacing, target_spacing).astype(np.int8)
+    return resampled, seg if with_mask else None, properties
