@@ -76,8 +76,15 @@ t_freeze=$(seconds)
 
 # --- 3. test the frozen app -----------------------------------------------------------------------------------------
 cli="$BUNDLE/tilewise-cli$exe_suffix"
-step "$cli --self-test"
-"$cli" --self-test
+# converted OpenVINO models go to a throw-away cache, not the build user's
+export TILEWISE_CACHE_DIR="$(pwd)/build/ov-cache"
+rm -rf "$TILEWISE_CACHE_DIR"
+step "$cli --self-test (automatic backend: OpenVINO on a CPU)"
+selftest=build/self-test.txt
+"$cli" --self-test | tee "$selftest"
+grep -q "backend: openvino" "$selftest" || { echo "the frozen app did not pick OpenVINO on the CPU" >&2; exit 1; }
+step "$cli --self-test --backend torch"
+"$cli" --self-test --backend torch
 step "$cli predict (demo model, preview preset)"
 out=build/bundle-smoke
 rm -rf "$out" && mkdir -p "$out"

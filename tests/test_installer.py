@@ -62,10 +62,10 @@ def spec_lists() -> dict[str, list[str]]:
 
 def test_spec_bundles_plugin_metadata_and_dynamic_packages() -> None:
     lists = spec_lists()
-    for distribution in ("tilewise", "napari", "npe2", "napari-svg", "napari-console", "torch", "nnunetv2"):
+    for distribution in ("tilewise", "napari", "npe2", "napari-svg", "napari-console", "torch", "nnunetv2", "openvino"):
         assert distribution in lists["METADATA"]
     for package in ("tilewise.engine", "tilewise.gui", "tilewise.resources", "napari_builtins", "napari_svg",
-                    "napari_console", "nnunetv2", "dynamic_network_architectures"):
+                    "napari_console", "nnunetv2", "dynamic_network_architectures", "openvino"):
         assert package in lists["DYNAMIC_PACKAGES"]
     for package in ("tilewise.resources", "tilewise.gui", "napari", "napari_builtins", "vispy", "npe2"):
         assert package in lists["DATA_PACKAGES"]
@@ -91,6 +91,27 @@ def test_spec_covers_every_napari_manifest_command() -> None:
         assert any(module == p or module.startswith(p + ".") for p in packages), module
 
 
+def test_spec_collects_openvinos_cpu_plugin_and_pytorch_frontend() -> None:
+    """OpenVINO loads plugins and frontends by file name: the spec must keep the ones Tilewise uses."""
+    import openvino
+
+    namespace: dict = {}
+    tree = ast.parse(SPEC.read_text(), filename=str(SPEC))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "OPENVINO_UNUSED_LIBRARIES":
+            namespace["unused"] = ast.literal_eval(node.value)
+    libraries = [p.name for p in (Path(openvino.__file__).parent / "libs").iterdir()]
+    kept = [name for name in libraries if not any(part in name for part in namespace["unused"])]
+    for needed in ("openvino_intel_cpu_plugin", "openvino_pytorch_frontend", "openvino_ir_frontend",
+                   "openvino_intel_gpu_plugin", "tbb"):
+        assert any(needed in name for name in kept), needed
+    assert not any(unused in name for name in kept for unused in ("paddle", "onnx_frontend", "jax_frontend"))
+    excludes = spec_lists()["EXCLUDES"]
+    assert {"openvino.frontend.paddle", "openvino.frontend.jax", "openvino.frontend.onnx"} <= set(excludes)
+    script = (INSTALLER / "build_bundle.sh").read_text()
+    assert 'grep -q "backend: openvino"' in script and "--self-test --backend torch" in script
+
+
 def test_spec_files_exist_and_build_two_launchers() -> None:
     text = SPEC.read_text()
     for name in ("tilewise_launcher.py", "rthook_cuda_torch.py", "tilewise.ico"):
@@ -105,7 +126,7 @@ def test_lean_requirements_leave_out_timm_and_torchvision() -> None:
     lines = [line.split("#")[0].strip() for line in requirements.splitlines()]
     names = {re.split(r"[=<>!\[ ]", line)[0] for line in lines if line}
     assert not names & {"timm", "torchvision", "triton", "torch", "nnunetv2", "dynamic-network-architectures"}
-    assert {"napari", "pyside6-essentials", "pyinstaller", "simpleitk", "acvl-utils"} <= names
+    assert {"napari", "pyside6-essentials", "pyinstaller", "simpleitk", "acvl-utils", "openvino"} <= names
     script = (INSTALLER / "build_bundle.sh").read_text()
     assert "--no-deps $NO_DEPS" in script and "nnunetv2==" in script and "dynamic-network-architectures==" in script
 
