@@ -73,9 +73,9 @@ def _needs_mask_for_normalisation(bundle: ModelBundle) -> bool:
 
 
 def _resample_separate_z(image: np.ndarray, new_shape: np.ndarray, axis: int, settings: _DataResampling,
-                         pool: ThreadPoolExecutor, threads: int) -> np.ndarray:
+                         threads: int) -> np.ndarray:
     """nnU-Net's separate-z resampling of one float64 channel: in-plane skimage per slice, then ``order_z`` along
-    ``axis`` with ``map_coordinates`` (both as nnU-Net calls them, split over threads)."""
+    ``axis`` with ``map_coordinates`` (both as nnU-Net calls them, split over ``threads`` threads)."""
     from scipy.ndimage import map_coordinates
     from skimage.transform import resize
 
@@ -90,8 +90,9 @@ def _resample_separate_z(image: np.ndarray, new_shape: np.ndarray, axis: int, se
         per_slice[tuple(where)] = resize(image[tuple(where)], in_plane, settings.order, mode="edge",
                                          anti_aliasing=False)
 
-    for future in [pool.submit(resize_slice, i) for i in range(image.shape[axis])]:
-        future.result()
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for future in [pool.submit(resize_slice, i) for i in range(image.shape[axis])]:
+            future.result()
     if image.shape[axis] == new_shape[axis]:
         return per_slice
     scales = [float(o) / n for o, n in zip(per_slice.shape, new_shape)]
@@ -105,8 +106,9 @@ def _resample_separate_z(image: np.ndarray, new_shape: np.ndarray, axis: int, se
 
     # a spline order above 1 prefilters the whole array in every call, so that case stays one call
     step = rows if settings.order_z > 1 else max(1, -(-rows // (4 * threads)))
-    for future in [pool.submit(slab, a, min(a + step, rows)) for a in range(0, rows, step)]:
-        future.result()
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for future in [pool.submit(slab, a, min(a + step, rows)) for a in range(0, rows, step)]:
+            future.result()
     return resized
 
 
@@ -122,13 +124,12 @@ def _resample_data(data: np.ndarray, new_shape: np.ndarray, original_spacing: li
     if not separate_z and settings.order == 0:
         return None
     resampled = np.zeros((data.shape[0], *(int(s) for s in new_shape)), dtype=data.dtype)
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for channel in range(data.shape[0]):
-            if separate_z:
-                image = data[channel].astype(float, copy=False)
-                resampled[channel] = _resample_separate_z(image, new_shape, int(axis), settings, pool, threads)
-            else:  # converts to float64 as it pads
-                resampled[channel] = resize_like_skimage(data[channel], new_shape, settings.order, threads)
+    for channel in range(data.shape[0]):
+        if separate_z:
+            image = data[channel].astype(float, copy=False)
+            resampled[channel] = _resample_separate_z(image, new_shape, int(axis), settings, threads)
+        else:  # converts to float64 as it pads
+            resampled[channel] = resize_like_skimage(data[channel], new_shape, settings.order, threads)
     return resampled
 
 

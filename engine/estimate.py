@@ -19,9 +19,9 @@ from .model import ModelBundle
 from .predictor import Predictor
 from .presets import Preset
 
-OVERHEAD_S_PER_MVOXEL = 0.25
+OVERHEAD_S_PER_MVOXEL = 0.16
 """Preprocessing + export seconds per million voxels of the image's nonzero box, until a run has measured it:
-``tilewise --self-test`` on the 2-core CPU (demo sample: 0.95 s + 0.21 s for a 160 x 188 x 152 box)."""
+``tilewise --self-test`` on the 2-core CPU (demo sample: 0.50-0.59 s + 0.16-0.17 s for a 160 x 188 x 152 box)."""
 
 
 @dataclass(frozen=True)

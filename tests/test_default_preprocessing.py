@@ -11,7 +11,6 @@ import pytest
 import torch
 from skimage.transform import resize
 
-import model_factory
 from tilewise.engine import default_preprocessing
 from tilewise.engine.io import read_volume
 from tilewise.engine.model import ModelBundle
