@@ -3,7 +3,8 @@
 nnU-Net's preprocessor runs on one core and also does work that inference without a label map does not use:
 filling holes in the nonzero mask and resampling that mask. This module runs the same steps with nnU-Net's own
 functions where they are cheap (cropping box, normalisation, target shape, separate-z rule) and computes the
-expensive ones in parallel with identical arithmetic:
+expensive ones in parallel with the same arithmetic (the crop box, shapes and mask are identical; the data equal
+nnU-Net's to within one float32 rounding step, see :mod:`~tilewise.engine.spline_resize`):
 
 - the nonzero mask's holes are filled only when something reads the mask (a normalisation that uses it, or tile
   skipping), and only inside the crop box; the crop box of a mask equals that of its filled version, and a hole
@@ -18,10 +19,12 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .errors import InputError
 from .model import ModelBundle
 from .spline_resize import resize_like_skimage
 
@@ -134,11 +137,14 @@ def _resample_data(data: np.ndarray, new_shape: np.ndarray, original_spacing: li
 
 
 def run_default_preprocessing(image: np.ndarray, properties: dict[str, Any], bundle: ModelBundle,
-                              with_mask: bool, threads: int) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+                              with_mask: bool, threads: int, source: str | Path = "input",
+                              ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Preprocess ``image`` (channels, z, y, x) like nnU-Net's ``DefaultPreprocessor.run_case_npy`` without labels.
 
     Returns the network-grid data (float32), nnU-Net's resampled nonzero map (int8: 0 inside, -1 outside) when
-    ``with_mask`` is set (else None), and ``properties`` with nnU-Net's cropping entries added.
+    ``with_mask`` is set (else None), and ``properties`` with nnU-Net's cropping entries added. Raises
+    :class:`~tilewise.engine.errors.InputError` naming ``source`` if the image's nonzero region is smaller than one
+    voxel at the model's spacing (nnU-Net fails there with a numpy error).
     """
     from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice, get_bbox_from_mask
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
@@ -172,6 +178,10 @@ def run_default_preprocessing(image: np.ndarray, properties: dict[str, Any], bun
     if len(target_spacing) < len(data.shape[1:]):
         target_spacing = [original_spacing[0], *target_spacing]
     new_shape = compute_new_shape(data.shape[1:], original_spacing, target_spacing)
+    if min(int(s) for s in new_shape) < 1:
+        shape = " x ".join(str(int(s)) for s in data.shape[1:])
+        raise InputError(source, f"its nonzero region ({shape} voxels) is less than one voxel wide at the model's "
+                                 f"spacing {' x '.join(f'{t:g}' for t in target_spacing)} mm")
     norm_mask = seg if seg is not None else np.broadcast_to(np.int8(0), (1, *data.shape[1:]))
     data = manager.preprocessor_class(verbose=False)._normalize(
         data, norm_mask, manager, plans.foreground_intensity_properties_per_channel)

@@ -1,7 +1,7 @@
 """nnU-Net's preprocessing of one case (transpose, crop to nonzero, normalise, resample), run in-process.
 
 Models preprocessed by nnU-Net's ``DefaultPreprocessor`` with its standard resampling (nearly all) go through
-:mod:`~tilewise.engine.default_preprocessing`, which gives the same numbers on all cores. Any other preprocessor
+:mod:`~tilewise.engine.default_preprocessing`, which gives nnU-Net's numbers on all cores. Any other preprocessor
 class named in the plans is called as nnU-Net calls it, on the in-memory array.
 """
 from __future__ import annotations
@@ -51,7 +51,8 @@ def preprocess(volume: Volume, bundle: ModelBundle, with_nonzero_mask: bool = Tr
     }
     if default_preprocessing.supports(bundle):
         data, seg, properties = default_preprocessing.run_default_preprocessing(
-            volume.array, properties, bundle, with_nonzero_mask, torch.get_num_threads())
+            volume.array, properties, bundle, with_nonzero_mask, torch.get_num_threads(),
+            source=volume.sources[0] if volume.sources else "input")
     else:
         manager = bundle.configuration_manager
         preprocessor = manager.preprocessor_class(verbose=False)
