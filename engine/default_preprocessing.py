@@ -26,6 +26,7 @@ import numpy as np
 
 from .errors import InputError
 from .model import ModelBundle
+from .parallel import run_all, slabs
 from .spline_resize import resize_like_skimage
 
 _DATA_RESAMPLING = "resample_data_or_seg_to_shape"
@@ -94,8 +95,7 @@ def _resample_separate_z(image: np.ndarray, new_shape: np.ndarray, axis: int, se
                                          anti_aliasing=False)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for future in [pool.submit(resize_slice, i) for i in range(image.shape[axis])]:
-            future.result()
+        run_all(pool, [lambda i=i: resize_slice(i) for i in range(image.shape[axis])])
     if image.shape[axis] == new_shape[axis]:
         return per_slice
     scales = [float(o) / n for o, n in zip(per_slice.shape, new_shape)]
@@ -108,10 +108,9 @@ def _resample_separate_z(image: np.ndarray, new_shape: np.ndarray, axis: int, se
         resized[start:stop] = map_coordinates(per_slice, coordinates, order=settings.order_z, mode="nearest")
 
     # a spline order above 1 prefilters the whole array in every call, so that case stays one call
-    step = rows if settings.order_z > 1 else max(1, -(-rows // (4 * threads)))
+    parts = 1 if settings.order_z > 1 else 4 * threads
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for future in [pool.submit(slab, a, min(a + step, rows)) for a in range(0, rows, step)]:
-            future.result()
+        run_all(pool, [lambda a=a, b=b: slab(a, b) for a, b in slabs(rows, parts)])
     return resized
 
 

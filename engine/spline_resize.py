@@ -16,27 +16,16 @@ a few voxels can differ by one rounding step (seen with order 1; at most 1.2e-7 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import ndimage
 
+from .parallel import run_all, slabs
+
 _PAD = 12
 """Edge padding before the spline prefilter; scipy's ``_prepad_for_spline_filter`` uses 12 for 'nearest'."""
-
-
-def _slabs(length: int, parts: int) -> list[tuple[int, int]]:
-    """Split ``range(length)`` into at most ``parts`` contiguous, non-empty (start, stop) pieces."""
-    parts = max(1, min(parts, length))
-    edges = np.linspace(0, length, parts + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-
-
-def _run_all(pool: ThreadPoolExecutor, jobs: list[Callable[[], None]]) -> None:
-    """Run ``jobs`` on ``pool`` and re-raise the first error."""
-    for future in [pool.submit(job) for job in jobs]:
-        future.result()
 
 
 def _edge_padded(image: np.ndarray, pool: ThreadPoolExecutor, parts: int) -> np.ndarray:
@@ -52,7 +41,7 @@ def _edge_padded(image: np.ndarray, pool: ThreadPoolExecutor, parts: int) -> np.
         rows[:, :, :p] = rows[:, :, p:p + 1]
         rows[:, :, -p:] = rows[:, :, -p - 1:-p]
 
-    _run_all(pool, [lambda a=a, b=b: fill(a, b) for a, b in _slabs(image.shape[0], parts)])
+    run_all(pool, [lambda a=a, b=b: fill(a, b) for a, b in slabs(image.shape[0], parts)])
     padded[:p] = padded[p:p + 1]
     padded[-p:] = padded[-p - 1:-p]
     return padded
@@ -63,12 +52,12 @@ def _prefilter(padded: np.ndarray, order: int, pool: ThreadPoolExecutor, parts: 
     for axis in range(padded.ndim):
         across = 1 if axis == 0 else 0
         jobs = []
-        for start, stop in _slabs(padded.shape[across], parts):
+        for start, stop in slabs(padded.shape[across], parts):
             index: list[slice] = [slice(None)] * padded.ndim
             index[across] = slice(start, stop)
             view = padded[tuple(index)]
             jobs.append(lambda v=view, a=axis: ndimage.spline_filter1d(v, order, axis=a, output=v, mode="nearest"))
-        _run_all(pool, jobs)
+        run_all(pool, jobs)
 
 
 def resize_like_skimage(image: np.ndarray, new_shape: Sequence[int], order: int, threads: int) -> np.ndarray:
@@ -100,7 +89,7 @@ def resize_like_skimage(image: np.ndarray, new_shape: Sequence[int], order: int,
             ndimage.affine_transform(coefficients, scale, offset=offset, output_shape=(stop - start, *new_shape[1:]),
                                      output=resized[start:stop], order=order, mode="nearest", prefilter=False)
 
-        _run_all(pool, [lambda a=a, b=b: interpolate(a, b) for a, b in _slabs(new_shape[0], parts)])
+        run_all(pool, [lambda a=a, b=b: interpolate(a, b) for a, b in slabs(new_shape[0], parts)])
     low, high = image.min(), image.max()
     if np.isnan(low):
         low, high = np.nanmin(image), np.nanmax(image)
