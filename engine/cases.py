@@ -25,6 +25,14 @@ class Case:
         return self.output.with_name(self.name)
 
 
+def planned_outputs(cases: list[Case], with_probabilities: bool, report: Path | None = None) -> list[Path]:
+    """Every file a run over ``cases`` will write: labels, nnU-Net's .npz/.pkl when asked, and the report."""
+    outputs = [case.output for case in cases]
+    if with_probabilities:
+        outputs += [case.output_truncated.with_name(f"{case.name}{ext}") for case in cases for ext in (".npz", ".pkl")]
+    return outputs + ([report] if report is not None else [])
+
+
 def collect_cases(source: Path, output_dir: Path, num_channels: int, explicit: list[Path] | None = None) -> list[Case]:
     """Cases for ``source``: one image file, a DICOM series folder, or a folder of nnU-Net-named cases.
 

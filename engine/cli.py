@@ -158,7 +158,7 @@ def preset_from_args(args: argparse.Namespace):  # noqa: ANN201 - returns Preset
 
 def write_json(path: Path, payload: dict) -> None:
     """Write ``payload`` as JSON atomically."""
-    from .io import atomic_output
+    from .safe_output import atomic_output
 
     with atomic_output(path) as staging:
         staging.write_text(json.dumps(payload, indent=2))

@@ -8,7 +8,6 @@ import gzip
 import os
 import pickle
 import re
-import shutil
 import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -19,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .safe_output import atomic_output
 from .volume import Geometry, Volume
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -210,23 +210,6 @@ def find_cases(folder: Path, num_channels: int) -> dict[str, list[Path]]:
     if not result:
         raise InputError(folder, "no input images found (expected files such as case_0000.nii.gz)")
     return result
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; on success move it onto ``path`` in one step.
-
-    Nothing is left behind when the body raises (or is interrupted), so readers never see a half-written file.
-    A MetaImage header (.mhd) and its data file travel together, the header moved last.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        yield staging / path.name
-        for produced in sorted(staging.iterdir(), key=lambda p: p.name == path.name):
-            os.replace(produced, path.parent / produced.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def labels_to_image(labels: np.ndarray, geometry: Geometry) -> sitk.Image:

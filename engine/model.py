@@ -53,6 +53,15 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ModelError(path, f"invalid JSON ({error})") from None
 
 
+def dataset_channel_count(model_dir: Path | str) -> int:
+    """Image channels per case that the model's dataset.json lists, read before any checkpoint is loaded."""
+    dataset_json = _read_json(resolve_model_dir(model_dir) / "dataset.json")
+    channels = dataset_json.get("channel_names") or dataset_json.get("modality") or {}
+    if not channels:
+        raise ModelError(resolve_model_dir(model_dir) / "dataset.json", "lists no channel_names")
+    return len(channels)
+
+
 STOCK_TRAINER = "nnUNetTrainer"
 
 

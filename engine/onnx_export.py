@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError, TilewiseError
-from .io import atomic_output
+from .safe_output import atomic_output
 from .model import ModelBundle
 
 INPUT_NAME = "image"

@@ -7,12 +7,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cases import collect_cases
+from .cases import collect_cases, planned_outputs
 from .cli import preset_from_args, write_json
 from .devices import describe_device
 from .io import read_volume, write_labels, write_probabilities
+from .model import dataset_channel_count
 from .predictor import Predictor
 from .runner import TileEvent
+from .safe_output import refuse_overwriting_inputs
 
 
 class _Progress:
@@ -43,10 +45,13 @@ def run_predict(args: argparse.Namespace) -> int:
     """Run the predict command; returns the exit status."""
     started = time.perf_counter()
     preset = preset_from_args(args)
+    output_dir = Path(args.output)
+    # Cases and their outputs first: a job that would write over one of its inputs is refused before any work.
+    cases = collect_cases(Path(args.input), output_dir, dataset_channel_count(args.model), args.channels)
+    refuse_overwriting_inputs(planned_outputs(cases, args.save_probabilities, args.report),
+                              [path for case in cases for path in case.inputs])
     predictor = Predictor(args.model, preset, device=args.device, folds=args.folds,
                           checkpoint_name=args.checkpoint, trust=args.trust_model)
-    output_dir = Path(args.output)
-    cases = collect_cases(Path(args.input), output_dir, predictor.bundle.num_input_channels, args.channels)
     if args.continue_prediction:
         cases = [c for c in cases if not c.output.exists()]
     quiet = args.quiet

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from tilewise.engine import Volume, read_volume, write_labels as _write_labels
+from tilewise.engine.safe_output import refuse_overwriting_inputs
 from tilewise.engine.errors import InputError
 from tilewise.engine.io import IMAGE_SUFFIXES, image_suffix, is_dicom_folder, strip_suffix
 
@@ -82,6 +83,7 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
         target = target.with_name(target.name + IMAGE_SUFFIXES[0])
     labels = np.asarray(data)
     metadata = attributes.get("metadata") or {}
+    refuse_overwriting_inputs([target], [Path(s) for s in metadata.get("tilewise_sources", [])])
     geometry = metadata.get("tilewise_geometry")
     if geometry is None or tuple(geometry.size[::-1]) != labels.shape[-len(geometry.size):]:
         geometry = geometry_from_transform(labels.shape, attributes.get("scale", (1.0,) * 3),

@@ -18,6 +18,8 @@ from qtpy.QtWidgets import (
 )
 
 from tilewise.engine import write_labels
+from tilewise.engine.errors import InputError
+from tilewise.engine.safe_output import refuse_overwriting_inputs
 from tilewise.engine.catalog import ModelInfo
 from tilewise.engine.estimate import nonzero_extent
 from tilewise.engine.io import strip_suffix
@@ -31,7 +33,7 @@ from .estimates import RunTimeEstimates
 from .geometry import geometry_from_layer, in_patient_axes, through_plane_axis
 from .layers import LivePreview
 from .model_panel import ModelPanel, label_names
-from .review_panel import META_COUNTS, META_NAMES, META_VOXEL_ML, ReviewPanel
+from .review_panel import META_COUNTS, META_NAMES, META_SOURCES, META_VOXEL_ML, ReviewPanel
 from .settings_panel import SettingsPanel
 from .tasks import BackgroundTask
 from .volumes import voxel_volume_ml
@@ -503,7 +505,8 @@ class TilewiseWidget(QWidget):
         self.preview = LivePreview(self.viewer, f"{layers[0].name} segmentation",
                                    tuple(int(s) for s in layers[0].data.shape), geometry, values,
                                    colormap=self.review.colormap(values), opacity=self.review.layer_opacity(),
-                                   metadata={META_NAMES: names, META_VOXEL_ML: voxel_volume_ml(geometry)})
+                                   metadata={META_NAMES: names, META_VOXEL_ML: voxel_volume_ml(geometry),
+                                             META_SOURCES: [str(s) for s in sources]})
         self.review.show_layer(self.preview.layer)
         self.viewer.layers.selection.active = layers[0]
         self.last_error = None
@@ -811,6 +814,11 @@ class TilewiseWidget(QWidget):
         target = Path(path)
         if not any(target.name.lower().endswith(s) for s in LABEL_SUFFIXES):
             target = target.with_name(target.name + ".nii.gz")
+        try:
+            refuse_overwriting_inputs([target], self._open_sources(layer))
+        except InputError as error:
+            self._report("The segmentation was not saved", str(error))
+            return False
         writer = BackgroundTask(_write_file, np.asarray(layer.data), geometry_from_layer(layer), target)
         writer.succeeded.connect(self._on_saved)
         writer.failed.connect(lambda message: self._on_save_failed(target, message))
@@ -819,6 +827,11 @@ class TilewiseWidget(QWidget):
         self._update_enabled()
         writer.start()
         return True
+
+    def _open_sources(self, result: Any) -> list[Path]:
+        """The files behind the result and every open image: Save must never write over one of them."""
+        sources = [Path(s) for s in result.metadata.get(META_SOURCES, [])]
+        return sources + [Path(s) for layer in self.viewer.layers if (s := layer.metadata.get("tilewise_source"))]
 
     def _finish_saving(self) -> None:
         writer, self.writer = self.writer, None

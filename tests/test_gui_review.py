@@ -181,3 +181,16 @@ def test_save_remembers_the_last_folder(gui, qtbot, dialogs, tmp_path: Path, mon
     later = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
     assert later.suggested_save_path().parent == target.parent, "remembered across sessions"
     later.shutdown()
+
+
+def test_save_never_writes_over_the_image_it_was_made_from(gui, qtbot, dialogs, tmp_path: Path) -> None:
+    viewer, widget = gui
+    assert _run(qtbot, widget) == "done"
+    image = tmp_path / "images" / "ct_0000.nii.gz"
+    original = image.read_bytes()
+
+    assert widget.save_labels(image) is False
+    assert dialogs and "not saved" in dialogs[-1][0] and "overwrite the input" in dialogs[-1][1]
+    assert str(image) in dialogs[-1][1] and "Traceback" not in dialogs[-1][1]
+    assert image.read_bytes() == original and sorted(p.name for p in image.parent.iterdir()) == [image.name]
+    assert not widget.saving
