@@ -11,13 +11,14 @@ with _redirect_stdout(_io.StringIO()):  # nnunetv2.paths prints hints about unse
     import nnunetv2.paths  # noqa: F401
 
 from .errors import Cancelled, InputError, ModelError, OutOfMemoryError, TilewiseError, UntrustedCheckpointError
-from .io import read_volume, write_labels
-from .model import ModelBundle, available_folds
+from .data.readers import read_volume
+from .data.writers import write_labels
+from .model.bundle import ModelBundle, available_folds
 from .predictor import Predictor, Result, RunSettings
 from .presets import Preset, get_preset, load_presets
-from .runner import CancelToken, TileEvent
-from .tiling import Tile
-from .volume import Geometry, Volume
+from .events import CancelToken, TileEvent
+from .sliding.plan import Tile
+from .data.volume import Geometry, Volume
 
 __all__ = [
     "Cancelled", "CancelToken", "Geometry", "InputError", "ModelBundle", "ModelError", "OutOfMemoryError",

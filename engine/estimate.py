@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .model import ModelBundle
+from .model.bundle import ModelBundle
 from .predictor import Predictor
 from .presets import Preset
 

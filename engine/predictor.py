@@ -10,19 +10,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from .devices import default_batch_size
+from .runtime.devices import default_batch_size
 from .errors import InputError
 from .backends.select import choose_backend, create_backend
-from .body_mask import body_mask
-from .export import export_logits, logits_to_labels
-from .host_memory import keep_freed_host_memory
-from .grid import GridMapper
-from .model import ModelBundle
-from .preprocess import preprocess
+from .preprocess.body_mask import body_mask
+from .postprocess.export import export_logits
+from .postprocess.labels import logits_to_labels
+from .runtime.allocator import keep_freed_host_memory
+from .preprocess.grid_mapping import GridMapper
+from .model.bundle import ModelBundle
+from .preprocess.pipeline import preprocess
 from .presets import Preset
-from .runner import CancelToken, EventHandler, SlidingWindowRunner, background_logits, free_device_memory
-from .tiling import Tile
-from .volume import Geometry, Volume
+from .events import CancelToken, EventHandler
+from .sliding.runner import SlidingWindowRunner, background_logits
+from .runtime.memory import free_device_memory
+from .sliding.plan import Tile
+from .data.volume import Geometry, Volume
 
 
 @dataclass

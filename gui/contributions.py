@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 
 from tilewise.engine import Volume, read_volume, write_labels as _write_labels
-from tilewise.engine.safe_output import refuse_overwriting_inputs
+from tilewise.engine.data.safe_output import refuse_overwriting_inputs
 from tilewise.engine.errors import InputError
-from tilewise.engine.io import IMAGE_SUFFIXES, image_suffix, is_dicom_folder, strip_suffix
+from tilewise.engine.data.readers import IMAGE_SUFFIXES, image_suffix, is_dicom_folder, strip_suffix
 
 from .geometry import geometry_from_transform, layer_transform
 

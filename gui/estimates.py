@@ -13,7 +13,7 @@ from pathlib import Path
 from qtpy.QtCore import QCoreApplication, QObject, QSettings, QThread, Signal
 
 from tilewise.engine import Geometry, Predictor, Preset, Result, get_preset
-from tilewise.engine.catalog import ModelInfo
+from tilewise.engine.model.catalog import ModelInfo
 from tilewise.engine.estimate import OVERHEAD_S_PER_MVOXEL, Estimate, ModelGrid, estimate_run, time_forward_pass
 
 from .settings_panel import SettingsPanel

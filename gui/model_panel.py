@@ -10,7 +10,7 @@ from qtpy.QtWidgets import (
     QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget,
 )
 
-from tilewise.engine.catalog import ModelInfo, default_search_roots, describe_model, find_models
+from tilewise.engine.model.catalog import ModelInfo, default_search_roots, describe_model, find_models
 
 from .colors import display_name, label_color
 from .errors import show_error
@@ -20,16 +20,8 @@ SETTINGS_LAST = "models/last"
 
 
 def label_names(info: ModelInfo) -> dict[int, str]:
-    """Output label value -> name, as the engine reports them (region models: values of regions_class_order)."""
-    try:
-        dataset = json.loads((info.path / "dataset.json").read_text())
-    except (OSError, ValueError):
-        dataset = {}
-    names = [name for name in info.labels if name != "background"]
-    order = dataset.get("regions_class_order")
-    if order:
-        return {int(v): names[i] for i, v in enumerate(order) if i < len(names)}
-    return {int(v): str(k) for k, v in info.labels.items() if isinstance(v, int) and int(v) != 0}
+    """Foreground label value -> name, by the engine's one rule (region models: values of regions_class_order)."""
+    return {value: name for value, name in info.label_names.items() if value != 0}
 
 
 def configuration_of(info: ModelInfo) -> str:

@@ -19,10 +19,10 @@ from qtpy.QtWidgets import (
 
 from tilewise.engine import write_labels
 from tilewise.engine.errors import InputError
-from tilewise.engine.safe_output import refuse_overwriting_inputs
-from tilewise.engine.catalog import ModelInfo
+from tilewise.engine.data.safe_output import refuse_overwriting_inputs
+from tilewise.engine.model.catalog import ModelInfo
 from tilewise.engine.estimate import nonzero_extent
-from tilewise.engine.io import strip_suffix
+from tilewise.engine.data.readers import strip_suffix
 
 from . import _gc
 from .activity import ActivityProgress

@@ -5,7 +5,7 @@
 - ``tilewise-cli`` (``tilewise-cli.exe``, a console program): the ``tilewise`` command, e.g.
   ``tilewise-cli predict -m demo -i scan.nii.gz -o out/`` or ``tilewise-cli --self-test``.
 
-Both run :func:`tilewise.engine.cli.main`. One more flag lives here, for the installer's CI:
+Both run :func:`tilewise.engine.commands.cli.main`. One more flag lives here, for the installer's CI:
 ``--smoke-test-viewer [REPORT.json]`` opens the viewer as a user would, checks that the frozen app found everything
 napari needs at run time, and quits (exit status 0 if every check passed).
 """
@@ -113,7 +113,7 @@ def main() -> int:
     _ensure_streams()
     if sys.argv[1:2] == [SMOKE_TEST_FLAG]:
         return smoke_test_viewer(sys.argv[2:])
-    from tilewise.engine.cli import main as tilewise_main
+    from tilewise.engine.commands.cli import main as tilewise_main
 
     return tilewise_main()
 

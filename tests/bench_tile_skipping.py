@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
 from tilewise.engine import Predictor, get_preset, read_volume  # noqa: E402
-from tilewise.engine.metrics import dice_per_label  # noqa: E402
+from tilewise.engine.commands.metrics import dice_per_label  # noqa: E402
 from tilewise.resources import demo_model_dir, sample_path  # noqa: E402
 
 

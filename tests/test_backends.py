@@ -15,8 +15,8 @@ from tilewise.engine import Predictor, TilewiseError, get_preset, read_volume
 from tilewise.engine.backends import select
 from tilewise.engine.backends.select import OPENVINO_INSTALL, BackendChoice, choose_backend
 from tilewise.engine.backends.torch_backend import TorchBackend
-from tilewise.engine.bench import dice_per_label
-from tilewise.engine.cli import main
+from tilewise.engine.commands.metrics import dice_per_label
+from tilewise.engine.commands.cli import main
 
 needs_openvino = pytest.mark.skipif(not select.openvino_available(), reason="the openvino extra is not installed")
 PATCH = (8, 12, 10)

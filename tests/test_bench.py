@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tilewise.engine.bench import dice_per_label
-from tilewise.engine.cli import main
+from tilewise.engine.commands.metrics import dice_per_label
+from tilewise.engine.commands.cli import main
 
 REQUIRED = {"ours_s", "nnunet_s", "speedup", "dice_min", "preset", "device", "tiles", "tiles_per_s", "stages_s",
             "ours_peak_rss_mb", "nnunet_peak_rss_mb", "dice", "backend", "backend_description"}

@@ -9,7 +9,7 @@ import torch
 
 import model_factory
 from tilewise.engine import ModelBundle, ModelError, UntrustedCheckpointError
-from tilewise.engine.checkpoint import load_checkpoint
+from tilewise.engine.model.checkpoint import load_checkpoint
 
 
 def test_real_checkpoint_needs_the_allow_list(ct_model: Path) -> None:

@@ -25,8 +25,8 @@ import SimpleITK as sitk
 
 import model_factory
 from tilewise.engine import Predictor, get_preset, read_volume
-from tilewise.engine.cli import main
-from tilewise.engine.io import image_suffix
+from tilewise.engine.commands.cli import main
+from tilewise.engine.data.readers import image_suffix
 
 OBLIQUE = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # 90 degrees about z
 SMALL = (24, 28, 32)  # numpy (z, y, x): a few tiles of the test model, quick on two cores
@@ -223,7 +223,7 @@ def test_predict_as_a_separate_process(tmp_path: Path, ct_model: Path, preview: 
     out = tmp_path / "out"
 
     completed = subprocess.run(
-        [sys.executable, "-m", "tilewise.engine.cli", *predict_args(source, out, ct_model)],
+        [sys.executable, "-m", "tilewise.engine", *predict_args(source, out, ct_model)],
         capture_output=True, text=True, timeout=300,
     )
 
@@ -401,7 +401,7 @@ def _read_available(fd: int, timeout: float) -> bytes:
 def test_ctrl_c_stops_without_partial_output(tmp_path: Path, ct_model: Path) -> None:
     source = model_factory.make_case(tmp_path / "in" / "big_0000.nii.gz", "3d", shape=(96, 96, 96))
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "tilewise.engine.cli", "predict", "-i", str(source), "-o", str(out),
+    command = [sys.executable, "-m", "tilewise.engine", "predict", "-i", str(source), "-o", str(out),
                "-m", str(ct_model), "--preset", "reference", "-device", "cpu", "--backend", "torch"]
     # PyTorch: OpenVINO runs these 80 tiles in about 2 s, too fast to interrupt reliably mid-run
     # stderr on a terminal, so that the progress bar shows when the sliding window is running
@@ -483,7 +483,7 @@ def test_help_prints_usage(capfd) -> None:
 
 @pytest.mark.parametrize("argv", [[], ["scan.nii.gz"], ["scan.nii.gz", "-m", "demo"]])
 def test_no_command_opens_the_viewer(argv: list[str], monkeypatch) -> None:
-    import tilewise.engine.cli as cli
+    import tilewise.engine.commands.cli as cli
 
     opened: list[list[str]] = []
     monkeypatch.setattr(cli, "open_viewer", lambda arguments: opened.append(arguments) or 0)
@@ -492,7 +492,7 @@ def test_no_command_opens_the_viewer(argv: list[str], monkeypatch) -> None:
 
 
 def test_viewer_missing_is_a_clear_error(monkeypatch, capfd) -> None:
-    import tilewise.engine.cli as cli
+    import tilewise.engine.commands.cli as cli
 
     monkeypatch.setattr(cli, "VIEWER_REQUIREMENTS", ("napari", "module_that_is_not_installed"))
     assert main([]) == 2

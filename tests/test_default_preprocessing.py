@@ -11,12 +11,12 @@ import pytest
 import torch
 from skimage.transform import resize
 
-from tilewise.engine import default_preprocessing
+from tilewise.engine.preprocess import default_preprocessor as default_preprocessing
 from tilewise.engine.errors import InputError
-from tilewise.engine.io import read_volume
-from tilewise.engine.model import ModelBundle
-from tilewise.engine.preprocess import preprocess
-from tilewise.engine.spline_resize import resize_like_skimage
+from tilewise.engine.data.readers import read_volume
+from tilewise.engine.model.bundle import ModelBundle
+from tilewise.engine.preprocess.pipeline import preprocess
+from tilewise.engine.preprocess.spline_resize import resize_like_skimage
 
 
 def _nnunet(image: np.ndarray, spacing: list[float], bundle: ModelBundle):

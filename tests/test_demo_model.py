@@ -8,7 +8,7 @@ import pytest
 
 import model_factory
 from tilewise.engine import ModelBundle, Predictor, get_preset, read_volume
-from tilewise.engine.cli import main
+from tilewise.engine.commands.cli import main
 from tilewise.resources import demo_model_dir, presets_path, sample_path
 
 MB = 2**20

@@ -7,7 +7,7 @@ import sys
 
 def test_engine_does_not_import_gui_libraries() -> None:
     code = (
-        "import sys, tilewise.engine, tilewise.engine.cli, tilewise.engine.bench, tilewise.engine.predict_command\n"
+        "import sys, tilewise.engine, tilewise.engine.commands.cli, tilewise.engine.commands.bench, tilewise.engine.commands.predict\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'napari', 'PySide6', 'PyQt5', 'PyQt6', 'qtpy', 'superqt', 'magicgui', 'vispy', 'tilewise.gui'} "
         "or m.startswith('tilewise.gui'))\n"

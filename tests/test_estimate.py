@@ -7,9 +7,7 @@ import pytest
 
 import model_factory
 from tilewise.engine import ModelBundle, Predictor, get_preset, read_volume
-from tilewise.engine.estimate import (
-    ModelGrid, count_tiles, estimate_run, network_grid_shape, nonzero_extent, passes_per_tile, time_forward_pass,
-)
+from tilewise.engine.estimate import ModelGrid, count_tiles, estimate_run, network_grid_shape, nonzero_extent, passes_per_tile, time_forward_pass
 
 
 @pytest.mark.parametrize("preset_name", ["reference", "fast", "preview"])

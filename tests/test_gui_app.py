@@ -77,7 +77,7 @@ def test_a_model_folder_with_any_name_shows_its_configuration(qtbot, ct_model: P
     import json
     import shutil
 
-    from tilewise.engine.catalog import describe_model
+    from tilewise.engine.model.catalog import describe_model
     from tilewise.gui.model_panel import ModelPanel
 
     folder = tmp_path / "my model"  # not nnU-Net's Trainer__Plans__configuration name

@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-CODE = "from tilewise.engine.host_memory import keep_freed_host_memory as k; print(k(), k())"
+CODE = "from tilewise.engine.runtime.allocator import keep_freed_host_memory as k; print(k(), k())"
 
 
 def test_tuning_applies_once_and_stays() -> None:

@@ -10,8 +10,8 @@ import SimpleITK as sitk
 
 import model_factory
 from tilewise.engine import InputError, read_volume, write_labels
-from tilewise.engine import io as engine_io
-from tilewise.engine.io import find_cases
+from tilewise.engine.data import readers as engine_io
+from tilewise.engine.data.cases import find_cases
 
 FORMATS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 SHAPE = (12, 16, 20)  # numpy (z, y, x)

@@ -9,7 +9,7 @@ import torch
 
 import model_factory
 from tilewise.engine import ModelBundle, ModelError, Predictor, get_preset, read_volume
-from tilewise.engine.checkpoint import load_checkpoint
+from tilewise.engine.model.checkpoint import load_checkpoint
 
 
 def _rewrite_checkpoint(model_dir: Path, **changes) -> None:

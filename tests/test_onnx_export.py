@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from tilewise.engine.errors import ModelError, TilewiseError
-from tilewise.engine.export_onnx_command import add_export_onnx_parser, run_export_onnx
-from tilewise.engine.model import ModelBundle
-from tilewise.engine.onnx_export import INPUT_NAME, SIDECAR_NAME, OnnxExport, export_onnx
+from tilewise.engine.commands.export_onnx import add_export_onnx_parser, run_export_onnx
+from tilewise.engine.model.bundle import ModelBundle
+from tilewise.engine.backends.onnx_export import INPUT_NAME, SIDECAR_NAME, OnnxExport, export_onnx
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

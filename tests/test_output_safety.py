@@ -13,10 +13,9 @@ import pytest
 import SimpleITK as sitk
 
 import model_factory
-from tilewise.engine.cli import main
+from tilewise.engine.commands.cli import main
 from tilewise.engine.errors import InputError
-from tilewise.engine.safe_output import (STALE_AFTER_S, atomic_output, clean_stale_staging, input_files,
-                                         refuse_overwriting_inputs)
+from tilewise.engine.data.safe_output import STALE_AFTER_S, atomic_output, clean_stale_staging, input_files, refuse_overwriting_inputs
 
 SMALL = (24, 28, 32)
 ERROR_PREFIX = "tilewise: error: "

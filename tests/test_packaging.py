@@ -38,7 +38,7 @@ def test_wheel_holds_the_packages_and_their_data(wheel: zipfile.ZipFile) -> None
 def test_wheel_declares_the_command_and_the_napari_plugin(wheel: zipfile.ZipFile) -> None:
     (entry_points,) = [n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt")]
     text = wheel.read(entry_points).decode()
-    assert "tilewise = tilewise.engine.cli:console" in text
+    assert "tilewise = tilewise.engine.commands.cli:console" in text
     assert "[napari.manifest]" in text and "tilewise = tilewise.gui:napari.yaml" in text
     (metadata,) = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
     requires = [line for line in wheel.read(metadata).decode().splitlines() if line.startswith("Requires-Dist:")]
@@ -59,7 +59,7 @@ def test_engine_and_cli_work_without_the_gui_extra(tmp_path: Path) -> None:
                                           "magicgui", "vispy", "npe2"):
                     raise ImportError(f"No module named {{name!r}}", name=name)
         sys.meta_path.insert(0, NoGui())
-        from tilewise.engine.cli import main
+        from tilewise.engine.commands.cli import main
         code = main(["predict", "-m", "demo", "-i", {str(REPO / "resources/demo/sample_t1.nii.gz")!r},
                      "-o", {str(tmp_path)!r}, "--preset", "preview", "-device", "cpu", "-q"])
         assert code == 0, code

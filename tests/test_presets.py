@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tilewise.engine import Predictor, TilewiseError, get_preset, load_presets, read_volume
-from tilewise.engine.devices import resolve_precision
+from tilewise.engine.runtime.devices import resolve_precision
 
 
 def test_presets_in_product_order() -> None:
@@ -58,7 +58,7 @@ def test_every_preset_runs(make_model, ct_case: Path, name: str) -> None:
 
 
 def test_preset_steps_give_fewer_tiles() -> None:
-    from tilewise.engine.tiling import plan_tiles
+    from tilewise.engine.sliding.plan import plan_tiles
 
     grid, patch = (84, 104, 104), (32, 40, 40)
     counts = [len(plan_tiles(grid, patch, get_preset(n).tile_step)) for n in ("reference", "fast", "preview")]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
 
-from tilewise.engine.resample import resample_logits
+from tilewise.engine.postprocess.resample import resample_logits
 
 CASES = [
     pytest.param((20, 24, 28), (31, 17, 40), (1.0, 1.0, 1.0), (0.7, 1.5, 0.8), None, id="isotropic-up-and-down"),

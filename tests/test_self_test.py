@@ -10,12 +10,12 @@ import pytest
 import SimpleITK as sitk
 
 import tilewise.resources
-from tilewise.engine.cli import main
-from tilewise.engine.self_test import dice_per_label
+from tilewise.engine.commands.cli import main
+from tilewise.engine.commands.metrics import dice_per_label
 
 
 def test_self_test_passes_from_the_command_line() -> None:
-    completed = subprocess.run([sys.executable, "-m", "tilewise.engine.cli", "--self-test", "--device", "cpu"],
+    completed = subprocess.run([sys.executable, "-m", "tilewise.engine", "--self-test", "--device", "cpu"],
                                capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     out = completed.stdout

@@ -10,7 +10,7 @@ import torch
 
 import model_factory
 from tilewise.engine import Predictor, TileEvent, get_preset, read_volume
-from tilewise.engine.body_mask import CELL, body_mask
+from tilewise.engine.preprocess.body_mask import CELL, body_mask
 
 
 def _with_air_around(case: Path, target: Path, pad: tuple[int, int, int]) -> Path:

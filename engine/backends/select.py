@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..devices import resolve_device, resolve_precision
+from ..runtime.devices import resolve_device, resolve_precision
 from ..errors import TilewiseError
 from . import ForwardBackend
 

@@ -6,7 +6,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from ..devices import PRECISIONS
+from ..runtime.devices import PRECISIONS
 from .mirrors import average_folds_and_mirrors, mirror_combinations
 
 

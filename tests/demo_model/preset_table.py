@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "tilewise.engine.cli", "predict", "-i", str(sample_path()), "-o", out,
+        subprocess.run([sys.executable, "-m", "tilewise.engine", "predict", "-i", str(sample_path()), "-o", out,
                         "-m", "demo", "--preset", "preview", "-device", args.device, "-q"], check=True)
         preview_cli = time.perf_counter() - started
 

@@ -67,11 +67,11 @@ def _check(device: str, backend: str | None) -> None:
     try:
         from tilewise.resources import demo_model_dir, reference_labels_path, sample_path
 
-        from .devices import describe_device
-        from .errors import TilewiseError
-        from .io import read_volume
-        from .predictor import Predictor
-        from .presets import get_preset
+        from ..runtime.devices import describe_device
+        from ..errors import TilewiseError
+        from ..data.readers import read_volume
+        from ..predictor import Predictor
+        from ..presets import get_preset
     except ImportError as error:
         raise SelfTestFailure(f"Tilewise is incompletely installed: {error}") from None
     for path in (demo_model_dir(), sample_path(), reference_labels_path()):

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from .cases import collect_cases
-from .cli import preset_from_args
-from .errors import TilewiseError
+from ..data.cases import collect_cases
+from .options import preset_from_args
+from ..errors import TilewiseError
 from .metrics import dice_per_label
-from .model import ModelBundle
+from ..model.bundle import ModelBundle
 
 
 @dataclass
@@ -59,7 +59,7 @@ def _stage_input(source: Path, bundle: ModelBundle, folder: Path) -> list[Path]:
 
 
 def _ours_command(args: argparse.Namespace, model_dir: Path, staged: Path, out: Path, report: Path) -> list[str]:
-    command = [sys.executable, "-m", "tilewise.engine.cli", "predict", "-i", str(staged), "-o", str(out),
+    command = [sys.executable, "-m", "tilewise.engine", "predict", "-i", str(staged), "-o", str(out),
                "-m", str(model_dir), "--preset", args.preset, "-device", args.device, "--report", str(report), "-q"]
     for flag, value in (("-step_size", args.step_size), ("--precision", args.precision),
                         ("--batch-size", args.batch_size), ("-chk", args.checkpoint), ("--backend", args.backend)):

@@ -7,14 +7,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cases import collect_cases, planned_outputs
-from .cli import preset_from_args, write_json
-from .devices import describe_device
-from .io import read_volume, write_labels, write_probabilities
-from .model import dataset_channel_count
-from .predictor import Predictor
-from .runner import TileEvent
-from .safe_output import refuse_overwriting_inputs
+from ..data.cases import collect_cases, planned_outputs
+from .options import preset_from_args, write_json
+from ..runtime.devices import describe_device
+from ..data.readers import read_volume
+from ..data.writers import write_labels, write_probabilities
+from ..model.bundle import dataset_channel_count
+from ..predictor import Predictor
+from ..events import TileEvent
+from ..data.safe_output import refuse_overwriting_inputs
 
 
 class _Progress:

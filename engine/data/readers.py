@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import pickle
-import re
 import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -17,12 +15,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
-from .safe_output import atomic_output
+from ..errors import InputError
 from .volume import Geometry, Volume
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-_CHANNEL_NAME = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 def image_suffix(path: Path) -> str | None:
@@ -185,62 +181,6 @@ def read_volume(paths: Path | str | Sequence[Path | str]) -> Volume:
     return Volume(array=np.concatenate(channels, axis=0), geometry=geometry, sources=tuple(path_list))
 
 
-def find_cases(folder: Path, num_channels: int) -> dict[str, list[Path]]:
-    """Group an nnU-Net input folder into cases: ``{case_id: [case_0000.ext, case_0001.ext, ...]}``.
-
-    Files that do not follow nnU-Net's ``_XXXX`` channel naming are taken as single-channel cases when the model
-    has one channel. Raises :class:`InputError` for a case with missing channels.
-    """
-    files = sorted(p for p in folder.iterdir() if p.is_file() and image_suffix(p) is not None and not p.name.startswith("."))
-    cases: dict[str, dict[int, Path]] = {}
-    for file in files:
-        match = _CHANNEL_NAME.match(strip_suffix(file))
-        if match:
-            cases.setdefault(match["case"], {})[int(match["channel"])] = file
-        elif num_channels == 1:
-            cases.setdefault(strip_suffix(file), {})[0] = file
-    result: dict[str, list[Path]] = {}
-    for case, channel_files in sorted(cases.items()):
-        missing = [c for c in range(num_channels) if c not in channel_files]
-        if missing:
-            first = next(iter(channel_files.values()))
-            names = ", ".join(f"{case}_{c:04d}" for c in missing)
-            raise InputError(first, f"case '{case}' lacks channel file(s) {names}; the model needs {num_channels} channel(s)")
-        result[case] = [channel_files[c] for c in range(num_channels)]
-    if not result:
-        raise InputError(folder, "no input images found (expected files such as case_0000.nii.gz)")
-    return result
 
 
-def labels_to_image(labels: np.ndarray, geometry: Geometry) -> sitk.Image:
-    """Wrap a (z, y, x) label array in a SimpleITK image with ``geometry`` (uint8, or uint16 beyond 254 labels)."""
-    dtype = np.uint8 if labels.max(initial=0) < 255 else np.uint16
-    array = labels.astype(dtype, copy=False)
-    if geometry.ndim == 2:
-        array = array.reshape(array.shape[-2:])
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(geometry.spacing)
-    image.SetOrigin(geometry.origin)
-    image.SetDirection(geometry.direction)
-    return image
 
-
-def write_labels(labels: np.ndarray, geometry: Geometry, path: Path) -> None:
-    """Write a label map with the input's geometry, atomically, compressed where the format allows."""
-    if tuple(labels.shape[::-1][: geometry.ndim]) != geometry.size:
-        raise ValueError(f"label shape {labels.shape} does not match geometry size {geometry.size}")
-    image = labels_to_image(labels, geometry)
-    with atomic_output(path) as staging:
-        sitk.WriteImage(image, str(staging), True)
-
-
-def write_probabilities(probabilities: np.ndarray, properties: dict, path_truncated: Path) -> None:
-    """Save class probabilities as nnU-Net does: ``<case>.npz`` (key 'probabilities') and ``<case>.pkl``."""
-    npz = path_truncated.with_name(path_truncated.name + ".npz")
-    pkl = path_truncated.with_name(path_truncated.name + ".pkl")
-    with atomic_output(npz) as staging:
-        with open(staging, "wb") as handle:
-            np.savez_compressed(handle, probabilities=probabilities)
-    with atomic_output(pkl) as staging:
-        with open(staging, "wb") as handle:
-            pickle.dump(properties, handle)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 # Staging folders are named '.<file>.tilewise-tmp.<pid>@<host>.<random>' so that a later run can tell a killed
 # run's leftovers (dead process on this host) from a write still going on in another process.

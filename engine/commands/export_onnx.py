@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .onnx_export import DEFAULT_OPSET, SIDECAR_NAME
+from ..backends.onnx_export import DEFAULT_OPSET, SIDECAR_NAME
 
 
 def add_export_onnx_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -24,8 +24,8 @@ def add_export_onnx_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_export_onnx(args: argparse.Namespace) -> int:
     """Run the export-onnx command; returns the exit status (errors are raised as TilewiseError)."""
-    from .model import ModelBundle
-    from .onnx_export import export_onnx
+    from ..model.bundle import ModelBundle
+    from ..backends.onnx_export import export_onnx
 
     bundle = ModelBundle.load(args.model, folds=args.folds, checkpoint_name=args.checkpoint, trust=args.trust_model)
     result = export_onnx(bundle, args.output, opset=args.opset)

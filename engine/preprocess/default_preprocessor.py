@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .model import ModelBundle
-from .parallel import run_all, slabs
+from ..errors import InputError
+from ..model.bundle import ModelBundle
+from ..runtime.parallel import run_all, slabs
 from .spline_resize import resize_like_skimage
 
 _DATA_RESAMPLING = "resample_data_or_seg_to_shape"

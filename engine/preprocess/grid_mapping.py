@@ -9,10 +9,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from .tiling import Box, Tile
+from ..events import Box
+
+
+class Boxed(Protocol):
+    """Anything with a box in the padded network grid (a sliding-window tile)."""
+
+    box: Box
 
 
 @dataclass(frozen=True)
@@ -73,12 +80,12 @@ class GridMapper:
             return None
         return min(int((cropped + 0.5) / self._scale(axis)), self.network_shape[axis] - 1) + self.pad_before[axis]
 
-    def slice_priority(self, input_axis: int, index: int) -> Callable[[Tile], float]:
+    def slice_priority(self, input_axis: int, index: int) -> Callable[[Boxed], float]:
         """A tile sort key that puts tiles showing input slice ``index`` first, nearest ones next."""
         target = self.network_index(input_axis, index)
         axis = self.transpose_forward.index(input_axis)
 
-        def key(tile: Tile) -> float:
+        def key(tile: Boxed) -> float:
             if target is None:
                 return 0.0
             span = tile.box[axis]

@@ -5,10 +5,38 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
-from .io import find_cases, image_suffix, is_dicom_folder, strip_suffix
+from ..errors import InputError
+from .readers import image_suffix, is_dicom_folder, strip_suffix
 
 _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
+_CHANNEL_NAME = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def find_cases(folder: Path, num_channels: int) -> dict[str, list[Path]]:
+    """Group an nnU-Net input folder into cases: ``{case_id: [case_0000.ext, case_0001.ext, ...]}``.
+
+    Files that do not follow nnU-Net's ``_XXXX`` channel naming are taken as single-channel cases when the model
+    has one channel. Raises :class:`InputError` for a case with missing channels.
+    """
+    files = sorted(p for p in folder.iterdir() if p.is_file() and image_suffix(p) is not None and not p.name.startswith("."))
+    cases: dict[str, dict[int, Path]] = {}
+    for file in files:
+        match = _CHANNEL_NAME.match(strip_suffix(file))
+        if match:
+            cases.setdefault(match["case"], {})[int(match["channel"])] = file
+        elif num_channels == 1:
+            cases.setdefault(strip_suffix(file), {})[0] = file
+    result: dict[str, list[Path]] = {}
+    for case, channel_files in sorted(cases.items()):
+        missing = [c for c in range(num_channels) if c not in channel_files]
+        if missing:
+            first = next(iter(channel_files.values()))
+            names = ", ".join(f"{case}_{c:04d}" for c in missing)
+            raise InputError(first, f"case '{case}' lacks channel file(s) {names}; the model needs {num_channels} channel(s)")
+        result[case] = [channel_files[c] for c in range(num_channels)]
+    if not result:
+        raise InputError(folder, "no input images found (expected files such as case_0000.nii.gz)")
+    return result
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .tiling import Box
+from ..events import Box
 
 CELL = 4
 """Edge of one coarse mask cell, in network-grid voxels."""

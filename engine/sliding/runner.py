@@ -1,80 +1,22 @@
 """The sliding-window loop: batches of tiles x mirrors x folds, Gaussian-weighted accumulation, events, cancel."""
 from __future__ import annotations
 
-import gc
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .backends import ForwardBackend
-from .errors import Cancelled, OutOfMemoryError
-from .grid import GridMapper
-from .tiling import Box, Tile, TileQueue, centre_out, gaussian_importance, plan_tiles
+from ..backends import ForwardBackend
+from ..errors import Cancelled, OutOfMemoryError
+from ..preprocess.grid_mapping import GridMapper
+from ..runtime.memory import available_host_bytes, free_device_memory, is_out_of_memory
+from ..events import Box, CancelToken, EventHandler, TileEvent
+from .plan import Tile, gaussian_importance, plan_tiles
+from .order import TileQueue, centre_out
 
 
-@dataclass(frozen=True)
-class TileEvent:
-    """Reported after each tile's batch has run.
-
-    ``done`` counts finished tiles (1-based) of ``total``. ``network_box`` is the tile in the padded network grid,
-    ``input_box`` the input-grid region it covers (None if it lies in padding only) and ``labels`` the provisional
-    labels of ``input_box`` (None unless requested).
-    """
-
-    done: int
-    total: int
-    tile_index: int
-    network_box: Box
-    input_box: Box | None
-    labels: np.ndarray | None
-    elapsed_s: float
-    eta_s: float
-
-
-class CancelToken:
-    """Thread-safe flag a caller sets to stop a run before its next batch."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        """Ask the run to stop."""
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        """True once :meth:`cancel` was called."""
-        return self._event.is_set()
-
-
-EventHandler = Callable[[TileEvent], None]
 LabelConverter = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
-
-
-def free_device_memory(device: torch.device) -> None:
-    """Return cached device memory to the driver (CUDA/MPS); collects garbage first."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps":
-        torch.mps.empty_cache()
-
-
-def _available_host_bytes() -> int:
-    try:
-        import os
-
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return 2**62
 
 
 def background_logits(num_heads: int, regions: bool) -> torch.Tensor:
@@ -151,7 +93,7 @@ class SlidingWindowRunner:
                 free_device_memory(self.device)
                 raise
             except (RuntimeError, torch.OutOfMemoryError) as error:
-                if not _is_out_of_memory(error):
+                if not is_out_of_memory(error):
                     raise
                 free_device_memory(self.device)
                 if on_device and self.device.type != "cpu":
@@ -177,7 +119,7 @@ class SlidingWindowRunner:
                 return self.device, torch.float16
             on_device = False
         host = self.device if on_device else torch.device("cpu")
-        if needed32 < 0.7 * _available_host_bytes():
+        if needed32 < 0.7 * available_host_bytes():
             return host, torch.float32
         self.notes.append("accumulators kept in float16 to fit host memory")
         return host, torch.float16

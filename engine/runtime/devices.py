@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import TilewiseError
+from ..errors import TilewiseError
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

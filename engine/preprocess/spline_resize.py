@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import ndimage
 
-from .parallel import run_all, slabs
+from ..runtime.parallel import run_all, slabs
 
 _PAD = 12
 """Edge padding before the spline prefilter; scipy's ``_prepad_for_spline_filter`` uses 12 for 'nearest'."""

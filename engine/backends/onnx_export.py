@@ -12,13 +12,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from .errors import ModelError, TilewiseError
-from .safe_output import atomic_output
-from .model import ModelBundle
+from ..errors import ModelError, TilewiseError
+from ..data.safe_output import atomic_output
+from ..model.bundle import ModelBundle
+from ..model.labels import region_heads
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -158,15 +158,12 @@ def describe(bundle: ModelBundle, files: dict[str, str], opset: int) -> dict[str
 
 def _regions(bundle: ModelBundle) -> list[dict[str, Any]] | None:
     """Region-based models: one entry per output head (its labels and the value it paints), else None."""
-    labels = bundle.label_manager
-    if not labels.has_regions:
+    heads = region_heads(bundle.dataset_json)
+    if not heads:
         return None
-    # nnunetv2's LabelManager makes one head per label entry except 'ignore' and all-background ones, in order
-    regions = [(name, [int(v) for v in np.atleast_1d(value)]) for name, value in labels.label_dict.items()]
-    regions = [(name, values) for name, values in regions if name != "ignore" and any(values)]
     return [
         {"head": head, "name": name, "labels": values, "output_value": int(painted)}
-        for head, ((name, values), painted) in enumerate(zip(regions, labels.regions_class_order))
+        for head, ((name, values), painted) in enumerate(zip(heads, bundle.dataset_json["regions_class_order"]))
     ]
 
 

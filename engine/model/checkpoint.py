@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ModelError, UntrustedCheckpointError
+from ..errors import ModelError, UntrustedCheckpointError
 
 TRUST_FLAG = "--trust-model"
 

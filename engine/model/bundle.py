@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint
-from .errors import ModelError
+from .labels import label_names
+from ..errors import ModelError
 
 CHECKPOINT_NAMES: tuple[str, ...] = ("checkpoint_final.pth", "checkpoint_best.pth")
 _FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
@@ -206,13 +207,8 @@ class ModelBundle:
 
     @property
     def label_names(self) -> dict[int, str]:
-        """Output label value -> name (for region-based models, the values of regions_class_order)."""
-        labels = self.dataset_json["labels"]
-        if self.label_manager.has_regions:
-            order = self.dataset_json["regions_class_order"]
-            region_names = [name for name in labels if name != "background"]
-            return {0: "background", **{int(v): region_names[i] for i, v in enumerate(order)}}
-        return {int(v): str(k) for k, v in labels.items() if isinstance(v, int)}
+        """Output label value -> name, background included (see :func:`~tilewise.engine.model.labels.label_names`)."""
+        return label_names(self.dataset_json)
 
     @property
     def patch_size(self) -> tuple[int, ...]:

@@ -1,13 +1,13 @@
 """Finding trained nnU-Net models on disk (``tilewise models`` and the viewer's model list)."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .model import available_folds
+from .bundle import available_folds
+from .labels import label_names
 
 TOTALSEGMENTATOR_RESULTS = Path.home() / ".totalsegmentator" / "nnunet" / "results"
 
@@ -22,6 +22,8 @@ class ModelInfo:
     folds: list[str]
     labels: dict[str, object]
     channels: list[str]
+    label_names: dict[int, str]
+    """Output label value -> name, background included (the engine's one rule)."""
 
 
 def default_search_roots() -> list[Path]:
@@ -44,7 +46,8 @@ def describe_model(folder: Path) -> ModelInfo | None:
     configuration = parts[-1] if len(parts) == 3 else "?"
     channels = dataset.get("channel_names") or dataset.get("modality") or {}
     return ModelInfo(folder, str(dataset.get("name") or folder.parent.name), configuration, folds,
-                     dict(dataset.get("labels", {})), [str(channels[k]) for k in sorted(channels, key=int)])
+                     dict(dataset.get("labels", {})), [str(channels[k]) for k in sorted(channels, key=int)],
+                     label_names(dataset))
 
 
 def find_models(roots: list[Path], max_depth: int = 4) -> list[ModelInfo]:
@@ -65,15 +68,3 @@ def find_models(roots: list[Path], max_depth: int = 4) -> list[ModelInfo]:
     return sorted(found, key=lambda m: str(m.path))
 
 
-def run_models(args: argparse.Namespace) -> int:
-    """List models found in the given folders (or the default places)."""
-    roots = list(args.folders) or default_search_roots()
-    models = find_models(roots)
-    if not models:
-        print(f"no nnU-Net models found under {', '.join(str(r) for r in roots)}")
-        return 0
-    for info in models:
-        labels = ", ".join(k for k in info.labels if k != "background")
-        print(f"{info.path}\n  dataset {info.dataset}, configuration {info.configuration}, folds "
-              f"{','.join(info.folds)}, channels {', '.join(info.channels)}, labels {labels}")
-    return 0

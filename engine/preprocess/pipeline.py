@@ -1,7 +1,7 @@
 """nnU-Net's preprocessing of one case (transpose, crop to nonzero, normalise, resample), run in-process.
 
 Models preprocessed by nnU-Net's ``DefaultPreprocessor`` with its standard resampling (nearly all) go through
-:mod:`~tilewise.engine.default_preprocessing`, which gives nnU-Net's numbers on all cores. Any other preprocessor
+:mod:`~tilewise.engine.preprocess.default_preprocessor`, which gives nnU-Net's numbers on all cores. Any other preprocessor
 class named in the plans is called as nnU-Net calls it, on the in-memory array.
 """
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from . import default_preprocessing
-from .grid import GridMapper
-from .model import ModelBundle
-from .volume import Volume
+from . import default_preprocessor
+from .grid_mapping import GridMapper
+from ..model.bundle import ModelBundle
+from ..data.volume import Volume
 
 
 @dataclass
@@ -49,8 +49,8 @@ def preprocess(volume: Volume, bundle: ModelBundle, with_nonzero_mask: bool = Tr
             "direction": volume.geometry.direction,
         },
     }
-    if default_preprocessing.supports(bundle):
-        data, seg, properties = default_preprocessing.run_default_preprocessing(
+    if default_preprocessor.supports(bundle):
+        data, seg, properties = default_preprocessor.run_default_preprocessing(
             volume.array, properties, bundle, with_nonzero_mask, torch.get_num_threads(),
             source=volume.sources[0] if volume.sources else "input")
     else:

@@ -1,0 +1,1 @@
+"""The ``tilewise`` command line: argument parsing and every sub-command."""

@@ -1,0 +1,43 @@
+"""What the sub-commands share: the model and speed flags (nnU-Net's names), presets from flags, JSON reports."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..data.safe_output import atomic_output
+from ..presets import Preset, get_preset
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Model and speed flags shared by ``predict`` and ``bench`` (names as in nnUNetv2_predict_from_modelfolder)."""
+    parser.add_argument("-m", dest="model", required=True, help="nnU-Net trained model folder (dataset.json, plans.json, fold_*), or 'demo' for the bundled model")
+    parser.add_argument("-f", dest="folds", nargs="+", default=None, help="folds to use (default: the preset's choice)")
+    parser.add_argument("--preset", default="reference", help="reference (nnU-Net's default), balanced, fast or preview")
+    parser.add_argument("-step_size", "--step-size", dest="step_size", type=float, default=None, help="tile step as a fraction of the tile (nnU-Net: 0.5)")
+    parser.add_argument("--disable_tta", "--no-mirroring", dest="disable_tta", action="store_true", help="no test-time mirroring")
+    parser.add_argument("-device", "--device", dest="device", default="auto", help="auto, cpu, cuda, cuda:N, mps, or gpu / gpu.N (an Intel GPU through OpenVINO)")
+    parser.add_argument("-chk", dest="checkpoint", default=None, help="checkpoint file name (default: checkpoint_final.pth, else checkpoint_best.pth)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16", "reduced"), default=None, help="forward-pass precision")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=None, help="tiles per forward pass (0 = automatic)")
+    parser.add_argument("--backend", choices=("auto", "torch", "openvino"), default=None, help="forward-pass engine: auto (CUDA/MPS torch, else OpenVINO if installed, else torch), torch or openvino")
+    parser.add_argument("--skip-empty-tiles", dest="skip_empty_tiles", action=argparse.BooleanOptionalAction, default=None, help="do not run tiles entirely outside the body (default: the preset's choice; on for fast and preview)")
+    parser.add_argument("--trust-model", dest="trust_model", action="store_true", help="allow checkpoints that need full unpickling (can run code: only for models you trust)")
+
+
+def preset_from_args(args: argparse.Namespace) -> Preset:
+    """The chosen preset with command-line overrides applied."""
+    return get_preset(args.preset).with_overrides(
+        tile_step=args.step_size,
+        mirroring=False if args.disable_tta else None,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        backend=args.backend,
+        skip_empty_tiles=args.skip_empty_tiles,
+    )
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write ``payload`` as JSON atomically."""
+    with atomic_output(path) as staging:
+        staging.write_text(json.dumps(payload, indent=2))

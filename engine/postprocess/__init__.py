@@ -1,0 +1,1 @@
+"""Network-grid logits to labels on the input grid: resampling, label rules, export."""

@@ -1,0 +1,30 @@
+"""Logits become labels here: argmax over heads, or nnU-Net's region rule for region-based models."""
+from __future__ import annotations
+
+import torch
+
+from ..model.bundle import ModelBundle
+
+
+def logits_to_labels(logits: torch.Tensor, bundle: ModelBundle) -> torch.Tensor:
+    """Labels from logits (heads, ...): argmax, or nnU-Net's region rule (sigmoid > 0.5 in regions_class_order)."""
+    manager = bundle.label_manager
+    if manager.has_regions:
+        labels = torch.zeros(logits.shape[1:], dtype=torch.int16, device=logits.device)
+        for head, value in enumerate(manager.regions_class_order):
+            labels[logits[head] > 0] = value
+        return labels
+    return _argmax_over_heads(logits)
+
+
+def _argmax_over_heads(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.argmax(0)`` (first maximum wins), by a loop over heads: 5-10x faster than torch's strided reduction
+    over the leading axis, which matters for the per-tile provisional labels."""
+    dtype = torch.uint8 if logits.shape[0] <= 255 else torch.int16
+    labels = torch.zeros(logits.shape[1:], dtype=dtype, device=logits.device)
+    best = logits[0].clone()
+    for head in range(1, logits.shape[0]):
+        better = logits[head] > best
+        labels.masked_fill_(better, head)
+        torch.maximum(best, logits[head], out=best)
+    return labels
