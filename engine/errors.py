@@ -33,5 +33,11 @@ class OutOfMemoryError(TilewiseError):
     exit_code = 3
 
 
+class DiskSpaceError(TilewiseError):
+    """An output or temporary file cannot fit the free disk space."""
+
+    exit_code = 3
+
+
 class Cancelled(Exception):
     """Raised when a run is cancelled through its :class:`~tilewise.engine.CancelToken`."""

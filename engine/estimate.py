@@ -10,66 +10,19 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 import torch
 
-from .model.bundle import ModelBundle
 from .predictor import Predictor
+from .preprocess.grid_shape import ModelGrid, network_grid_shape, nonzero_extent
 from .presets import Preset
+
+__all__ = ["OVERHEAD_S_PER_MVOXEL", "Estimate", "ModelGrid", "count_tiles", "estimate_run", "network_grid_shape",
+           "nonzero_extent", "passes_per_tile", "time_forward_pass"]
 
 OVERHEAD_S_PER_MVOXEL = 0.16
 """Preprocessing + export seconds per million voxels of the image's nonzero box, until a run has measured it:
 ``tilewise --self-test`` on the 2-core CPU (demo sample: 0.50-0.59 s + 0.16-0.17 s for a 160 x 188 x 152 box)."""
-
-
-@dataclass(frozen=True)
-class ModelGrid:
-    """What the estimate needs to know of a model: its grid and tile (no weights, so it is cheap to keep)."""
-
-    transpose_forward: tuple[int, ...]
-    spacing: tuple[float, ...]
-    patch_size: tuple[int, ...]
-    mirror_axes: tuple[int, ...]
-
-    @classmethod
-    def of(cls, bundle: ModelBundle) -> "ModelGrid":
-        """The grid of a loaded model."""
-        return cls(tuple(int(a) for a in bundle.plans_manager.transpose_forward),
-                   tuple(float(s) for s in bundle.configuration_manager.spacing), tuple(bundle.patch_size),
-                   tuple(a for a in bundle.mirror_axes if a < len(bundle.patch_size)))
-
-
-def nonzero_extent(channels: Sequence[Any], stride: int = 4) -> tuple[int, int, int]:
-    """The (z, y, x) size of the box nnU-Net crops the image to (its nonzero voxels in any channel), found on every
-    ``stride``-th voxel and widened by the stride, so it costs milliseconds even for a large CT."""
-    shape = tuple(int(s) for s in channels[0].shape)
-    mask = np.zeros(tuple(-(-n // stride) for n in shape), dtype=bool)
-    for channel in channels:
-        mask |= np.asarray(channel[::stride, ::stride, ::stride]) != 0
-    if not mask.any():
-        return shape  # type: ignore[return-value]
-    extent = []
-    for axis in range(3):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        low = max(int(hits[0]) * stride - stride, 0)
-        high = min(int(hits[-1]) * stride + 2 * stride, shape[axis])
-        extent.append(high - low)
-    return tuple(extent)  # type: ignore[return-value]
-
-
-def network_grid_shape(grid: ModelGrid, shape_zyx: Sequence[int], spacing_zyx: Sequence[float]) -> tuple[int, ...]:
-    """The padded network grid an image of this shape and spacing becomes (before nnU-Net's crop to nonzero, so an
-    upper bound)."""
-    shape = [int(shape_zyx[a]) for a in grid.transpose_forward]
-    spacing = [float(spacing_zyx[a]) for a in grid.transpose_forward]
-    target = list(grid.spacing)
-    if len(target) < 3:
-        target = [spacing[0], *target]
-    resampled = [max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target)]
-    patch = grid.patch_size if len(grid.patch_size) == 3 else (1, *grid.patch_size)
-    return tuple(max(n, p) for n, p in zip(resampled, patch))
 
 
 def count_tiles(grid: ModelGrid, grid_shape: Sequence[int], tile_step: float) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .runtime.devices import default_batch_size
-from .errors import InputError
+from .errors import InputError, OutOfMemoryError
 from .backends.select import choose_backend, create_backend
 from .preprocess.body_mask import body_mask
 from .postprocess.export import export_logits
@@ -23,7 +23,11 @@ from .preprocess.pipeline import preprocess
 from .presets import Preset
 from .events import CancelToken, EventHandler
 from .sliding.runner import SlidingWindowRunner, background_logits
-from .runtime.memory import free_device_memory
+from .preprocess.grid_shape import job_size
+from .runtime.memory import (device_available_bytes, free_device_memory, host_available_bytes, is_out_of_memory,
+                             peak_rss_bytes)
+from .runtime.memory_plan import MemoryPlan, plan_memory
+from .sliding.accumulators import placements
 from .sliding.plan import Tile
 from .data.volume import Geometry, Volume
 
@@ -41,6 +45,8 @@ class Result:
     forward_passes: int
     tiles_skipped: int = 0
     notes: list[str] = field(default_factory=list)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    """This process's peak resident memory at the end of each stage (cumulative; empty where the OS does not say)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,13 @@ class RunSettings:
     device: torch.device
     skip_empty_tiles: bool = False
     backend: str = "torch"
+
+
+def _record_peak(peaks: dict[str, float], stage: str) -> dict[str, float]:
+    peak = peak_rss_bytes()
+    if peak is not None:
+        peaks[stage] = round(peak / 2**20, 1)
+    return peaks
 
 
 class Predictor:
@@ -145,9 +158,12 @@ class Predictor:
         """Segment ``volume``. Raises :class:`~tilewise.engine.Cancelled` (and returns nothing) if cancelled."""
         self.check_input(volume)
         timings: dict[str, float] = {"load": self.load_seconds}
+        order = placements(self.device)
+        plan = self.plan_memory(volume)
         started = time.perf_counter()
         prepared = preprocess(volume, self.bundle, with_nonzero_mask=self.settings.skip_empty_tiles)
         timings["preprocess"] = time.perf_counter() - started
+        peaks = _record_peak({}, "preprocess")
 
         skip_tile = None
         if self.settings.skip_empty_tiles and prepared.nonzero is not None:
@@ -158,6 +174,7 @@ class Predictor:
             self.backend, self.bundle.patch_size, self.settings.tile_step, self.settings.batch_size, heads,
             lambda logits: logits_to_labels(logits, self.bundle),
             background=background_logits(heads, self.bundle.label_manager.has_regions), skip_tile=skip_tile,
+            placement_order=order[plan.placement_index:],
         )
         if self._focus is not None:
             runner.prioritise(prepared.mapper.slice_priority(*self._focus))
@@ -169,19 +186,30 @@ class Predictor:
             logits = runner.run(prepared.data, prepared.mapper, on_event, cancel, provisional_labels)
         finally:
             self._runner = self._mapper = None
+            if runner.batch_size != self.settings.batch_size:  # the batch that fitted, for the next cases
+                self.settings = replace(self.settings, batch_size=runner.batch_size)
         timings["sliding_window"] = time.perf_counter() - started
+        _record_peak(peaks, "sliding_window")
 
         started = time.perf_counter()
         logits = logits[(slice(None), *prepared.unpadded)]
         try:
-            exported = export_logits(logits, self.bundle, prepared.properties, with_probabilities)
-        except torch.OutOfMemoryError:
+            exported = export_logits(logits, self.bundle, prepared.properties, with_probabilities, plan.slab_bytes,
+                                     cancel)
+        except (RuntimeError, MemoryError) as error:
+            if not is_out_of_memory(error):
+                raise
             free_device_memory(self.device)
+            if logits.device.type == "cpu":
+                raise OutOfMemoryError("export", "out of memory while writing labels on the input grid; close other "
+                                                 "programs or use a machine with more memory") from None
             runner.notes.append("device memory ran out during export: resampled on the host instead")
-            exported = export_logits(logits.cpu(), self.bundle, prepared.properties, with_probabilities)
+            exported = export_logits(logits.cpu(), self.bundle, prepared.properties, with_probabilities,
+                                     plan.slab_bytes, cancel)
         del logits
         free_device_memory(self.device)
         timings["export"] = time.perf_counter() - started
+        _record_peak(peaks, "export")
         return Result(
             labels=exported.labels,
             geometry=volume.geometry,
@@ -191,5 +219,13 @@ class Predictor:
             tiles=runner.tiles_run,
             forward_passes=runner.tiles_run * runner.passes_per_tile,
             tiles_skipped=runner.tiles_skipped,
-            notes=list(runner.notes),
+            notes=plan.notes + list(runner.notes),
+            peak_rss_mb=peaks,
         )
+
+    def plan_memory(self, volume: Volume) -> MemoryPlan:
+        """Where this case's logit sums will live and how large its export slabs are, from the memory available now;
+        raises :class:`OutOfMemoryError` (exit 3) when it cannot fit, before any work."""
+        job = job_size(self.bundle, volume, self.settings.batch_size)
+        order = [(p.device, p.dtype) for p in placements(self.device)]
+        return plan_memory(job, self.device, order, host_available_bytes(), device_available_bytes(self.device))

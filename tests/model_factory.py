@@ -897,14 +897,39 @@ def make_untrusted_checkpoint(model_dir: Path, fold: int = 0, checkpoint_name: s
 # reference predictions
 # --------------------------------------------------------------------------------------------------------------------
 
+class _Float32Sums:
+    """Stands in for the ``torch`` module inside nnunetv2's predictor so that ``torch.half`` (the dtype of its
+    ``predicted_logits`` and ``n_predictions`` sums) reads float32; everything else is torch itself. The Gaussian
+    keeps ``compute_gaussian``'s own float16 default: nnU-Net's algorithm with float32 sums."""
+
+    half = torch.float32
+
+    def __getattr__(self, name: str):
+        return getattr(torch, name)
+
+
+@contextlib.contextmanager
+def _nnunet_with_float32_sums():
+    from nnunetv2.inference import predict_from_raw_data
+
+    saved = predict_from_raw_data.torch
+    predict_from_raw_data.torch = _Float32Sums()
+    try:
+        yield
+    finally:
+        predict_from_raw_data.torch = saved
+
+
 def nnunet_reference(model_dir: Path, image_files: list[Path], folds=(0,), step: float = 0.5, mirroring: bool = True,
-                     checkpoint_name: str = "checkpoint_final.pth") -> np.ndarray:
+                     checkpoint_name: str = "checkpoint_final.pth", float32_sums: bool = False) -> np.ndarray:
     """Label map from nnU-Net's own ``nnUNetPredictor`` (CPU, in-process) for one case, in SimpleITK numpy order
-    (z, y, x)."""
+    (z, y, x). ``float32_sums`` runs nnU-Net's algorithm with its two sliding-window sums in float32 instead of
+    float16 (the Gaussian stays nnU-Net's float16 map): what Tilewise's ``reference`` preset computes."""
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    with _quiet():
+    sums = _nnunet_with_float32_sums() if float32_sums else contextlib.nullcontext()
+    with _quiet(), sums:
         predictor = nnUNetPredictor(tile_step_size=step, use_gaussian=True, use_mirroring=mirroring,
                                     perform_everything_on_device=False, device=torch.device("cpu"),
                                     verbose=False, verbose_preprocessing=False, allow_tqdm=False)

@@ -11,7 +11,8 @@ from tilewise.engine.commands.metrics import dice_per_label
 from tilewise.engine.commands.cli import main
 
 REQUIRED = {"ours_s", "nnunet_s", "speedup", "dice_min", "preset", "device", "tiles", "tiles_per_s", "stages_s",
-            "ours_peak_rss_mb", "nnunet_peak_rss_mb", "dice", "backend", "backend_description"}
+            "ours_peak_mb", "nnunet_peak_mb", "ours_peak_single_process_mb", "nnunet_peak_single_process_mb",
+            "ours_peak_rss_mb_by_stage", "dice", "backend", "backend_description"}
 
 
 def test_bench_against_nnunet_prints_json_last(ct_model: Path, ct_case: Path, capsys) -> None:
@@ -27,6 +28,12 @@ def test_bench_against_nnunet_prints_json_last(ct_model: Path, ct_case: Path, ca
     assert summary["dice_min"] >= 0.999
     assert summary["speedup"] == pytest.approx(summary["nnunet_s"] / summary["ours_s"], rel=0.01)
     assert set(summary["stages_s"]) >= {"load", "preprocess", "sliding_window", "export"}
+    by_stage = summary["ours_peak_rss_mb_by_stage"]
+    assert list(by_stage) == ["preprocess", "sliding_window", "export", "write"]
+    assert list(by_stage.values()) == sorted(by_stage.values()), "a running peak never falls"
+    # nnU-Net forks workers: the sum over its processes is at least its largest single process
+    assert summary["nnunet_peak_mb"] >= summary["nnunet_peak_single_process_mb"] > 100
+    assert summary["ours_peak_mb"] >= by_stage["write"] * 0.9
     assert any(line.startswith("nnU-Net") for line in out) and any(line.startswith("speed-up") for line in out)
 
 

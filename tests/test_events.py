@@ -192,22 +192,31 @@ def test_focus_moves_while_running(ct_model: Path, big_case: Path) -> None:
     assert not any(shows_last[shows_last.index(False):])
 
 
-def test_export_falls_back_to_host_when_device_memory_runs_out(ct_model: Path, ct_case: Path, monkeypatch) -> None:
+def test_out_of_memory_in_export_fails_clearly_without_rerunning_the_tiles(ct_model: Path, ct_case: Path,
+                                                                          monkeypatch) -> None:
     from tilewise.engine import predictor as predictor_module
-
-    original = predictor_module.export_logits
-    calls = {"n": 0}
-
-    def flaky_export(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
-        return original(*args, **kwargs)
+    from tilewise.engine.errors import OutOfMemoryError
 
     volume = read_volume(ct_case)
-    expected = Predictor(ct_model, get_preset("preview"), device="cpu").predict(volume)
-    monkeypatch.setattr(predictor_module, "export_logits", flaky_export)
-    result = Predictor(ct_model, get_preset("preview"), device="cpu").predict(volume)
-    assert calls["n"] == 2
-    assert any("during export" in note for note in result.notes)
-    assert (result.labels == expected.labels).all()
+    predictor = Predictor(ct_model, get_preset("preview").with_overrides(batch_size=1), device="cpu")
+    tiles_of_a_full_run = predictor.predict(volume).tiles
+    batches: list[int] = []
+    real_backend = predictor.backend
+
+    class CountingBackend:
+        def __getattr__(self, name):
+            return getattr(real_backend, name)
+
+        def __call__(self, inputs):
+            batches.append(int(inputs.shape[0]))
+            return real_backend(inputs)
+
+    def export_out_of_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 33030144000 bytes")
+
+    predictor.backend = CountingBackend()
+    monkeypatch.setattr(predictor_module, "export_logits", export_out_of_memory)
+    with pytest.raises(OutOfMemoryError) as raised:
+        predictor.predict(volume)
+    assert raised.value.exit_code == 3 and "writing labels on the input grid" in str(raised.value)
+    assert sum(batches) == tiles_of_a_full_run, "every tile ran exactly once: the sliding window was not rerun"

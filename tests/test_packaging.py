@@ -23,8 +23,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
 
 def test_wheel_holds_the_packages_and_their_data(wheel: zipfile.ZipFile) -> None:
     names = set(wheel.namelist())
+    sources = [f"tilewise/{p.relative_to(REPO).as_posix()}" for package in ("engine", "gui")
+               for p in (REPO / package).rglob("*.py")]
+    assert len(sources) > 40
+    missing = sorted(set(sources) - names)
+    assert missing == [], "sub-packages missing from [tool.setuptools] packages in pyproject.toml"
     for required in (
-        "tilewise/engine/cli.py", "tilewise/engine/backends/torch_backend.py", "tilewise/gui/widget.py",
         "tilewise/gui/napari.yaml", "tilewise/resources/presets.toml", "tilewise/resources/demo/sample_t1.nii.gz",
         "tilewise/resources/demo/sample_t1_reference_labels.nii.gz", "tilewise/resources/demo/model/plans.json",
         "tilewise/resources/demo/model/dataset.json", "tilewise/resources/demo/model/fold_4/checkpoint_final.pth",

@@ -21,6 +21,8 @@ class ForwardBackend(Protocol):
     """The precision it computes in: fp32, fp16 or bf16."""
     device: torch.device
     """Where the returned logits live (the runner accumulates them there or on the host)."""
+    variable_batch: bool
+    """Whether a smaller batch needs less memory (False for models compiled for a static batch)."""
 
     @property
     def passes_per_tile(self) -> int:

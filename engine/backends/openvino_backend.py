@@ -77,6 +77,7 @@ class OpenVINOBackend:
     """
 
     name = "openvino"
+    variable_batch = False  # compiled for a static batch: a smaller one is padded to it and saves no memory
 
     def __init__(
         self,

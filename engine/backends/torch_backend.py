@@ -14,6 +14,7 @@ class TorchBackend:
     """The fold networks on one torch device; see :class:`~tilewise.engine.backends.ForwardBackend`."""
 
     name = "torch"
+    variable_batch = True
 
     def __init__(self, networks: list[nn.Module], mirror_axes: tuple[int, ...], device: torch.device,
                  precision: str) -> None:

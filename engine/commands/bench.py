@@ -3,13 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -18,30 +14,8 @@ from ..data.cases import collect_cases
 from .options import preset_from_args
 from ..errors import TilewiseError
 from .metrics import dice_per_label
+from .process_memory import run_timed
 from ..model.bundle import ModelBundle
-
-
-@dataclass
-class Timed:
-    """Wall time and peak resident memory of one finished child process."""
-
-    seconds: float
-    peak_rss_mb: float
-    returncode: int
-    stderr: str
-
-
-def run_timed(command: list[str], env: dict[str, str] | None = None) -> Timed:
-    """Run ``command`` to completion; report its wall time and peak RSS (including its own child processes)."""
-    started = time.perf_counter()
-    with tempfile.TemporaryFile() as err:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
-        err.seek(0)
-        text = err.read().decode(errors="replace")
-    return Timed(seconds, usage.ru_maxrss / 1024, process.returncode, text)
 
 
 def _stage_input(source: Path, bundle: ModelBundle, folder: Path) -> list[Path]:
@@ -108,7 +82,9 @@ def run_bench(args: argparse.Namespace) -> int:
             "folds": report["folds"], "mirroring": bool(report["mirror_axes"]), "tile_step": report["tile_step"],
             "batch_size": report["batch_size"], "tiles": case["tiles"], "forward_passes": case["forward_passes"],
             "tiles_per_s": case["tiles"] / max(case["timings"]["sliding_window"], 1e-9),
-            "ours_s": round(ours.seconds, 2), "ours_peak_rss_mb": round(ours.peak_rss_mb),
+            "ours_s": round(ours.seconds, 2), "ours_peak_mb": round(ours.peak_mb),
+            "ours_peak_single_process_mb": round(ours.peak_single_mb),
+            "ours_peak_rss_mb_by_stage": case.get("peak_rss_mb", {}),
             "stages_s": {"load": round(report["load_s"], 2), **{k: round(v, 2) for k, v in case["timings"].items()}},
         }
         _print_ours(summary)
@@ -123,7 +99,8 @@ def run_bench(args: argparse.Namespace) -> int:
             dice = dice_per_label(ours_labels, their_labels)
             agreement = float((ours_labels == their_labels).mean())
             summary.update({
-                "nnunet_s": round(theirs.seconds, 2), "nnunet_peak_rss_mb": round(theirs.peak_rss_mb),
+                "nnunet_s": round(theirs.seconds, 2), "nnunet_peak_mb": round(theirs.peak_mb),
+                "nnunet_peak_single_process_mb": round(theirs.peak_single_mb),
                 "nnunet_precision": "fp16 autocast" if device.startswith("cuda") else "fp32",
                 "speedup": round(theirs.seconds / ours.seconds, 3), "dice": {str(k): round(v, 5) for k, v in dice.items()},
                 "dice_min": round(min(dice.values()), 5) if dice else 1.0, "voxel_agreement": round(agreement, 6),
@@ -141,7 +118,7 @@ def _print_ours(summary: dict) -> None:
     print(f"settings   preset {summary['preset']}, folds {','.join(summary['folds'])}, mirroring "
           f"{'on' if summary['mirroring'] else 'off'}, step {summary['tile_step']}, {summary['precision']}, "
           f"batch {summary['batch_size']}, device {summary['device_name']}, backend {summary['backend_description']}")
-    print(f"tilewise   {summary['ours_s']:.2f}s end-to-end, peak {summary['ours_peak_rss_mb']} MB, "
+    print(f"tilewise   {summary['ours_s']:.2f}s end-to-end, peak {summary['ours_peak_mb']} MB, "
           f"{summary['tiles']} tiles ({summary['tiles_per_s']:.2f}/s), {summary['forward_passes']} forward passes")
     print(f"  stages   {stages}")
     for note in summary["backend_notes"]:  # e.g. a first run that converted the model: its load time includes that
@@ -150,7 +127,7 @@ def _print_ours(summary: dict) -> None:
 
 def _print_against(summary: dict) -> None:
     dice = "  ".join(f"{k}: {v:.4f}" for k, v in summary["dice"].items())
-    print(f"nnU-Net    {summary['nnunet_s']:.2f}s end-to-end, peak {summary['nnunet_peak_rss_mb']} MB "
+    print(f"nnU-Net    {summary['nnunet_s']:.2f}s end-to-end, peak {summary['nnunet_peak_mb']} MB (all processes) "
           f"({summary['nnunet_precision']})")
     print(f"speed-up   {summary['speedup']:.2f}x    Dice per label  {dice}    voxel agreement "
           f"{summary['voxel_agreement']:.5f}")

@@ -10,6 +10,7 @@ from typing import Any
 from ..data.cases import collect_cases, planned_outputs
 from .options import preset_from_args, write_json
 from ..runtime.devices import describe_device
+from ..runtime.memory import peak_rss_bytes
 from ..data.readers import read_volume
 from ..data.writers import write_labels, write_probabilities
 from ..model.bundle import dataset_channel_count
@@ -85,8 +86,11 @@ def run_predict(args: argparse.Namespace) -> int:
         if args.verbose and not quiet:
             stages = ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())
             print(f"{case.name}: {result.tiles} tiles, {result.forward_passes} passes; {stages}", file=sys.stderr)
+        written = peak_rss_bytes()
+        peaks = {**result.peak_rss_mb, **({"write": round(written / 2**20, 1)} if written is not None else {})}
         report_cases.append({"case": case.name, "output": str(case.output), "tiles": result.tiles,
-                             "forward_passes": result.forward_passes, "timings": timings, "notes": result.notes})
+                             "forward_passes": result.forward_passes, "timings": timings, "notes": result.notes,
+                             "peak_rss_mb": peaks})
     total = time.perf_counter() - started
     backend_notes = list(getattr(predictor.backend, "notes", []))  # e.g. a first run that converted the model
     if not quiet:

@@ -1,15 +1,24 @@
-"""From network-grid logits to labels (and probabilities) on the input grid, in torch on the compute device."""
+"""Network-grid logits to labels (and probabilities) on the input grid, slab by slab, in torch on the compute device."""
 from __future__ import annotations
 
+import math
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..errors import Cancelled, DiskSpaceError
+from ..events import CancelToken
 from ..model.bundle import ModelBundle
 from .labels import logits_to_labels
-from .resample import resample_logits
+from .resample import ORDERS, LogitResampler, slab_rows
+
+DEFAULT_SLAB_BYTES = 512 * 2**20
+"""Working memory of one export slab unless the memory plan gives another figure."""
 
 _NNUNET_PROBABILITY_RESAMPLER = "resample_data_or_seg_to_shape"
 
@@ -20,6 +29,7 @@ class Exported:
 
     labels: np.ndarray
     probabilities: np.ndarray | None
+    """A view of a temporary file (numpy memmap) when present: it streams, it is not held in memory."""
 
 
 def _network_spacing(bundle: ModelBundle, properties: dict[str, Any]) -> tuple[list[float], list[float]]:
@@ -31,43 +41,92 @@ def _network_spacing(bundle: ModelBundle, properties: dict[str, Any]) -> tuple[l
     return current, original
 
 
-def resample_to_crop(logits: torch.Tensor, bundle: ModelBundle, properties: dict[str, Any]) -> torch.Tensor:
-    """Logits on the network grid -> logits on the cropped input grid, by the model's own resampling rule."""
-    manager = bundle.configuration_manager
-    target_shape = [int(s) for s in properties["shape_after_cropping_and_before_resampling"]]
+def _nnunet_resampling_arguments(bundle: ModelBundle) -> tuple[str | None, dict[str, Any]]:
+    """The plans' probability resampler and its arguments, with nnunetv2's own defaults for what the plans omit
+    (``resample_data_or_seg_to_shape``: order 3, order_z 0, force_separate_z False)."""
+    configuration = bundle.configuration_manager.configuration
+    kwargs = {"order": 3, "order_z": 0, "force_separate_z": False, "separate_z_anisotropy_threshold": None,
+              **dict(configuration.get("resampling_fn_probabilities_kwargs") or {})}
+    kwargs.pop("is_seg", None)
+    return configuration.get("resampling_fn_probabilities"), kwargs
+
+
+def crop_resampler(bundle: ModelBundle, properties: dict[str, Any], network_shape: tuple[int, ...]) -> LogitResampler | None:
+    """The slab-wise resampler from the network grid to the cropped input grid, or None when the model's rule is one
+    only nnunetv2's own function computes (another resampler, or cubic orders)."""
+    name, kwargs = _nnunet_resampling_arguments(bundle)
+    if name != _NNUNET_PROBABILITY_RESAMPLER or kwargs["order"] not in ORDERS or kwargs["order_z"] not in ORDERS:
+        return None
     current, original = _network_spacing(bundle, properties)
-    name = manager.configuration.get("resampling_fn_probabilities")
-    kwargs = dict(manager.configuration.get("resampling_fn_probabilities_kwargs") or {})
-    if name == _NNUNET_PROBABILITY_RESAMPLER and kwargs.get("order", 1) in (0, 1) and kwargs.get("order_z", 0) in (0, 1):
-        return resample_logits(
-            logits, target_shape, current, original,
-            order=int(kwargs.get("order", 1)), order_z=int(kwargs.get("order_z", 0)),
-            force_separate_z=kwargs.get("force_separate_z"),
-            separate_z_anisotropy_threshold=kwargs.get("separate_z_anisotropy_threshold"),
-        )
-    resampled = manager.resampling_fn_probabilities(logits.cpu().numpy(), target_shape, current, original)
+    target = [int(s) for s in properties["shape_after_cropping_and_before_resampling"]]
+    return LogitResampler(network_shape, target, current, original, order=int(kwargs["order"]),
+                          order_z=int(kwargs["order_z"]), force_separate_z=kwargs["force_separate_z"],
+                          separate_z_anisotropy_threshold=kwargs["separate_z_anisotropy_threshold"])
+
+
+def _nnunet_resample(logits: torch.Tensor, bundle: ModelBundle, properties: dict[str, Any]) -> torch.Tensor:
+    """nnunetv2's own resampling of all logits at once (for rules this module does not compute slab by slab)."""
+    current, original = _network_spacing(bundle, properties)
+    target = [int(s) for s in properties["shape_after_cropping_and_before_resampling"]]
+    resampled = bundle.configuration_manager.resampling_fn_probabilities(logits.float().cpu().numpy(), target, current,
+                                                                          original)
     return torch.as_tensor(np.asarray(resampled), dtype=torch.float32, device=logits.device)
 
 
+def _probability_file(bundle: ModelBundle, properties: dict[str, Any]) -> np.memmap:
+    """A float32 (classes, *uncropped grid) array on a temporary file, background where nnU-Net puts it outside the
+    crop; refused up front when the disk cannot hold it."""
+    shape = (int(bundle.label_manager.num_segmentation_heads), *(int(s) for s in properties["shape_before_cropping"]))
+    needed = 4 * math.prod(shape)
+    folder = tempfile.gettempdir()
+    free = shutil.disk_usage(folder).free
+    if needed > 0.95 * free:
+        raise DiskSpaceError(folder, f"class probabilities need {needed / 1e9:.1f} GB of temporary disk space, "
+                                     f"{free / 1e9:.1f} GB are free; drop --save_probabilities or set TMPDIR to a "
+                                     "larger disk")
+    # An unlinked temporary file: the mapping keeps its own handle, and the system reclaims the file with the array.
+    with tempfile.TemporaryFile(dir=folder) as handle:
+        probabilities = np.memmap(handle, dtype=np.float32, mode="w+", shape=shape)
+    if not bundle.label_manager.has_regions:
+        probabilities[0] = 1.0
+    return probabilities
+
+
 def export_logits(logits: torch.Tensor, bundle: ModelBundle, properties: dict[str, Any],
-                  with_probabilities: bool = False) -> Exported:
-    """Undo preprocessing: resample, convert to labels, un-crop, transpose back to the input's axis order."""
+                  with_probabilities: bool = False, slab_budget_bytes: int = DEFAULT_SLAB_BYTES,
+                  cancel: CancelToken | None = None) -> Exported:
+    """Undo preprocessing slab by slab: resample, convert to labels, un-crop, transpose back to the input's axes.
+
+    Peak memory is ``logits`` plus one slab of about ``slab_budget_bytes``, plus the labels (1-2 bytes per input
+    voxel); probabilities, when asked for, stream into a temporary file. ``cancel`` is checked between slabs.
+    """
     plans = bundle.plans_manager
-    cropped = resample_to_crop(logits, bundle, properties)
-    del logits
-    labels_cropped = logits_to_labels(cropped, bundle)
     dtype = np.uint8 if len(bundle.label_manager.foreground_labels) < 255 else np.uint16
-    labels = np.zeros(properties["shape_before_cropping"], dtype=dtype)
     crop = tuple(slice(int(lo), int(hi)) for lo, hi in properties["bbox_used_for_cropping"])
-    labels[crop] = labels_cropped.cpu().numpy().astype(dtype, copy=False)
+    labels = np.zeros(properties["shape_before_cropping"], dtype=dtype)
+    probabilities = _probability_file(bundle, properties) if with_probabilities else None
+    resampler = crop_resampler(bundle, properties, tuple(logits.shape[1:]))
+    if resampler is None:  # nnunetv2's own function, all rows at once
+        resampled_all = _nnunet_resample(logits, bundle, properties)
+        slabs: Iterator[tuple[tuple[int, int], torch.Tensor]] = iter([((0, resampled_all.shape[1]), resampled_all)])
+        del resampled_all
+    else:
+        rows_per_slab = slab_rows(resampler, int(logits.shape[0]), slab_budget_bytes)
+        slabs = ((span, _slab(resampler, logits, *span)) for span in resampler.slabs(rows_per_slab))
+    for (start, stop), resampled in slabs:
+        if cancel is not None and cancel.cancelled:
+            raise Cancelled()
+        window = (slice(crop[0].start + start, crop[0].start + stop), *crop[1:])
+        labels[window] = logits_to_labels(resampled, bundle).cpu().numpy().astype(dtype, copy=False)
+        if probabilities is not None:
+            probabilities[(slice(None), *window)] = bundle.label_manager.apply_inference_nonlin(resampled).cpu().numpy()
+        del resampled
     labels = np.ascontiguousarray(labels.transpose(plans.transpose_backward))
-    probabilities = None
-    if with_probabilities:
-        manager = bundle.label_manager
-        cropped_probabilities = manager.apply_inference_nonlin(cropped).cpu()
-        full = manager.revert_cropping_on_probabilities(
-            cropped_probabilities, properties["bbox_used_for_cropping"], properties["shape_before_cropping"]
-        )
-        full = full.numpy() if isinstance(full, torch.Tensor) else full
-        probabilities = np.ascontiguousarray(full.transpose([0] + [i + 1 for i in plans.transpose_backward]))
+    if probabilities is not None:
+        probabilities = probabilities.transpose([0] + [i + 1 for i in plans.transpose_backward])
     return Exported(labels=labels, probabilities=probabilities)
+
+
+def _slab(resampler: LogitResampler, logits: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    low, high = resampler.input_rows(start, stop)
+    return resampler.slab(logits[:, low:high], start, stop, low)

@@ -1,60 +1,118 @@
-"""nnU-Net's logit resampling rule (linear in-plane, nearest along a much coarser axis) in torch, on any device."""
+"""nnU-Net's logit resampling rule (linear in-plane; nearest or linear along a much coarser axis), slab by slab.
+
+nnunetv2's ``resample_data_or_seg_to_shape`` maps an output index ``i`` to the input coordinate
+``(i + 0.5) * in / out - 0.5`` with edge clamping, per axis (linear or nearest), and resamples a coarse axis on its
+own when its spacing is anisotropic. The rule is separable, so :class:`LogitResampler` applies it one axis at a time
+and can compute any range of output rows along axis 0 from just the input rows that range reads: peak memory is one
+slab, never classes x the whole output grid, and a slab's values do not depend on where the slabs are cut.
+"""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
-_MODES = {0: "nearest-exact", 1: "linear"}
-
-
-def _interpolate(x: torch.Tensor, size: Sequence[int], order: int) -> torch.Tensor:
-    """Resize the trailing ``len(size)`` axes of ``x`` (batch, channels, ...) like skimage/scipy (align_corners=False)."""
-    if order not in _MODES:
-        raise ValueError(f"unsupported interpolation order {order}")
-    mode = _MODES[order]
-    if mode == "linear":
-        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
-        return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
-    return F.interpolate(x, size=tuple(size), mode=mode)
+ORDERS = (0, 1)
+"""Interpolation orders computed here (nnU-Net's plans use 1 in-plane and 0 or 1 along z for logits)."""
 
 
-def resample_logits(
-    logits: torch.Tensor,
-    new_shape: Sequence[int],
-    current_spacing: Sequence[float],
-    new_spacing: Sequence[float],
-    order: int = 1,
-    order_z: int = 0,
-    force_separate_z: bool | None = None,
-    separate_z_anisotropy_threshold: float | None = None,
-) -> torch.Tensor:
-    """Resample (channels, z, y, x) logits to ``new_shape`` as nnunetv2's ``resample_data_or_seg_to_shape`` does.
+def _axis_taps(in_size: int, out_size: int, start: int, stop: int, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For output indices [start, stop) along one axis: the two input indices each reads and the weight of the second."""
+    out = np.arange(start, stop, dtype=np.float64)
+    scale = in_size / out_size
+    if order == 0:
+        low = np.minimum(np.floor((out + 0.5) * scale), in_size - 1).astype(np.int64)
+        return low, low, np.zeros(len(out))
+    source = np.clip((out + 0.5) * scale - 0.5, 0.0, in_size - 1)
+    low = np.floor(source).astype(np.int64)
+    high = np.minimum(low + 1, in_size - 1)
+    return low, high, source - low
 
-    When nnU-Net's separate-z rule applies (one axis much coarser than the others), slices are resized in-plane with
-    ``order`` and the coarse axis with ``order_z``; otherwise all axes are resized together with ``order``.
+
+def _resample_axis(x: torch.Tensor, axis: int, in_size: int, out_size: int, start: int, stop: int, order: int,
+                   offset: int = 0) -> torch.Tensor:
+    """Output rows [start, stop) along ``axis`` of ``x``, whose rows along it are input rows offset, offset+1, ..."""
+    if in_size == out_size and start == 0 and stop == out_size and offset == 0:
+        return x
+    low, high, weight = _axis_taps(in_size, out_size, start, stop, order)
+    low_rows = torch.as_tensor(low - offset, device=x.device)
+    first = x.index_select(axis, low_rows)
+    if order == 0:
+        return first
+    second = x.index_select(axis, torch.as_tensor(high - offset, device=x.device))
+    shape = [1] * x.ndim
+    shape[axis] = len(weight)
+    return torch.lerp(first, second, torch.as_tensor(weight, dtype=x.dtype, device=x.device).reshape(shape))
+
+
+class LogitResampler:
+    """Resamples (channels, *network grid) logits to ``out_shape`` with nnU-Net's rule, one axis-0 slab at a time.
+
+    ``order`` applies to every axis except a separately resampled coarse one, which gets ``order_z`` (nnU-Net's
+    separate-z rule, decided by nnunetv2's own ``determine_do_sep_z_and_axis``).
     """
-    from nnunetv2.configuration import ANISO_THRESHOLD
-    from nnunetv2.preprocessing.resampling.default_resampling import determine_do_sep_z_and_axis
 
-    new_shape = tuple(int(s) for s in new_shape)
-    if tuple(logits.shape[1:]) == new_shape:
+    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], current_spacing: Sequence[float],
+                 new_spacing: Sequence[float], order: int = 1, order_z: int = 0,
+                 force_separate_z: bool | None = None, separate_z_anisotropy_threshold: float | None = None) -> None:
+        from nnunetv2.configuration import ANISO_THRESHOLD
+        from nnunetv2.preprocessing.resampling.default_resampling import determine_do_sep_z_and_axis
+
+        if order not in ORDERS or order_z not in ORDERS:
+            raise ValueError(f"unsupported interpolation order {order}/{order_z} (supported: {ORDERS})")
+        self.in_shape = tuple(int(s) for s in in_shape)
+        self.out_shape = tuple(int(s) for s in out_shape)
+        threshold = ANISO_THRESHOLD if separate_z_anisotropy_threshold is None else separate_z_anisotropy_threshold
+        separate, axis = determine_do_sep_z_and_axis(force_separate_z, current_spacing, new_spacing, threshold)
+        coarse = int(axis[0] if isinstance(axis, (list, tuple, np.ndarray)) else axis) if separate else None
+        self.orders = tuple(order_z if a == coarse else order for a in range(len(self.out_shape)))
+
+    @property
+    def identity(self) -> bool:
+        """True when the output grid is the input grid (nothing to resample)."""
+        return self.in_shape == self.out_shape
+
+    def input_rows(self, start: int, stop: int) -> tuple[int, int]:
+        """The input rows [low, high) along axis 0 that output rows [start, stop) read."""
+        low, high, _ = _axis_taps(self.in_shape[0], self.out_shape[0], start, stop, self.orders[0])
+        return int(low.min()), int(high.max()) + 1
+
+    def slab(self, rows: torch.Tensor, start: int, stop: int, first_row: int) -> torch.Tensor:
+        """Output rows [start, stop) (channels, stop - start, ...) from ``rows``: input rows first_row, first_row+1, ...
+        along axis 0 (at least :meth:`input_rows`), all of every other axis. Computed in float32 on ``rows``' device."""
+        x = rows.float()
+        for axis in range(len(self.out_shape) - 1, 0, -1):  # in-plane axes first, as nnU-Net's separate-z path does
+            x = _resample_axis(x, axis + 1, self.in_shape[axis], self.out_shape[axis], 0, self.out_shape[axis],
+                               self.orders[axis])
+        return _resample_axis(x, 1, self.in_shape[0], self.out_shape[0], start, stop, self.orders[0], first_row)
+
+    def slabs(self, rows_per_slab: int) -> list[tuple[int, int]]:
+        """Output row ranges along axis 0 of at most ``rows_per_slab`` rows, covering the output grid."""
+        step = max(1, int(rows_per_slab))
+        return [(s, min(s + step, self.out_shape[0])) for s in range(0, self.out_shape[0], step)]
+
+    def input_rows_per_output_row(self) -> float:
+        """How many input rows one output row needs on average (for sizing slabs)."""
+        return self.in_shape[0] / self.out_shape[0]
+
+
+def resample_logits(logits: torch.Tensor, new_shape: Sequence[int], current_spacing: Sequence[float],
+                    new_spacing: Sequence[float], order: int = 1, order_z: int = 0,
+                    force_separate_z: bool | None = None,
+                    separate_z_anisotropy_threshold: float | None = None) -> torch.Tensor:
+    """All of ``logits`` resampled to ``new_shape`` in one slab (small volumes and tests; export goes slab by slab)."""
+    resampler = LogitResampler(logits.shape[1:], new_shape, current_spacing, new_spacing, order, order_z,
+                               force_separate_z, separate_z_anisotropy_threshold)
+    if resampler.identity:
         return logits
-    threshold = ANISO_THRESHOLD if separate_z_anisotropy_threshold is None else separate_z_anisotropy_threshold
-    separate, axis = determine_do_sep_z_and_axis(force_separate_z, current_spacing, new_spacing, threshold)
-    x = logits.float()[None]
-    if not separate:
-        return _interpolate(x, new_shape, order)[0]
-    axis = int(axis)
-    moved = x.movedim(axis + 2, 2)  # (1, C, S, a, b) with S the coarse axis
-    in_plane = tuple(s for i, s in enumerate(new_shape) if i != axis)
-    _, channels, slices, height, width = moved.shape
-    flat = moved.permute(0, 2, 1, 3, 4).reshape(slices, channels, height, width)
-    flat = _interpolate(flat, in_plane, order)
-    moved = flat.reshape(1, slices, channels, *in_plane).permute(0, 2, 1, 3, 4)
-    if slices != new_shape[axis]:
-        along = moved.permute(0, 1, 3, 4, 2).reshape(1, channels * in_plane[0] * in_plane[1], slices)
-        along = _interpolate(along, (new_shape[axis],), order_z)
-        moved = along.reshape(1, channels, in_plane[0], in_plane[1], new_shape[axis]).permute(0, 1, 4, 2, 3)
-    return moved.movedim(2, axis + 2)[0].contiguous()
+    return resampler.slab(logits, 0, resampler.out_shape[0], 0)
+
+
+def slab_rows(resampler: LogitResampler, channels: int, budget_bytes: int) -> int:
+    """Output rows per slab so that one slab's working set (input rows resampled in-plane, twice for the
+    interpolation's two taps, plus the output) stays within ``budget_bytes``."""
+    plane_out = math.prod(resampler.out_shape[1:])
+    per_row = channels * plane_out * 4 * (3 + 2 * resampler.input_rows_per_output_row())
+    return max(1, min(resampler.out_shape[0], int(budget_bytes // max(per_row, 1))))

@@ -1,14 +1,9 @@
-"""Where tiles go and in which order they run.
-
-Tile positions follow nnU-Net's ``compute_steps_for_sliding_window`` rule and the importance map is nnU-Net's
-Gaussian, so a tile plan covers the network grid exactly as nnU-Net's predictor does. The order is ours: centre-out
-by default, and a caller may reorder the tiles not yet run at any time (the viewer puts the slice on screen first).
-"""
+"""Where tiles go: nnU-Net's ``compute_steps_for_sliding_window`` rule, so a tile plan covers the network grid
+exactly as nnU-Net's predictor does (the order they run in is :mod:`.order`; their weights :mod:`.accumulators`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 Box = tuple[slice, slice, slice]
 
@@ -50,13 +45,3 @@ def plan_tiles(padded_shape: tuple[int, int, int], patch_size: tuple[int, ...], 
             for x in steps[2]
         ]
     return [Tile(index=i, box=box) for i, box in enumerate(boxes)]
-
-
-def gaussian_importance(patch_size: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """nnU-Net's Gaussian importance map (sigma = patch / 8, peak 10, zeros clamped), in float32."""
-    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
-
-    return compute_gaussian(tuple(patch_size), sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float32,
-                            device=device)
-
-

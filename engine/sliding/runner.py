@@ -4,16 +4,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
 from ..backends import ForwardBackend
 from ..errors import Cancelled, OutOfMemoryError
 from ..preprocess.grid_mapping import GridMapper
-from ..runtime.memory import available_host_bytes, free_device_memory, is_out_of_memory
 from ..events import Box, CancelToken, EventHandler, TileEvent
-from .plan import Tile, gaussian_importance, plan_tiles
+from ..runtime.memory import free_device_memory, is_out_of_memory
+from .accumulators import Accumulator, Placement, placements
 from .order import TileQueue, centre_out
+from .plan import Tile, plan_tiles
 
 
 LabelConverter = Callable[[torch.Tensor], torch.Tensor]
@@ -32,7 +32,9 @@ class SlidingWindowRunner:
 
     The backend forwards a batch of tiles through every fold and mirror. The order of tiles (centre-out, or as
     :meth:`prioritise` asks) does not change the result. ``skip_tile`` (optional) names tiles not to run at all;
-    voxels that no run tile covers get ``background_logits`` (see :func:`background_logits`).
+    voxels that no run tile covers get ``background_logits`` (see :func:`background_logits`). ``placement_order``
+    lists where the sums may live, most preferred first (default: every placement for the backend's device, see
+    :mod:`.accumulators`); ``nnunet_order`` runs the tiles in nnU-Net's order and ignores :meth:`prioritise`.
     """
 
     def __init__(
@@ -45,6 +47,8 @@ class SlidingWindowRunner:
         to_labels: LabelConverter,
         background: torch.Tensor | None = None,
         skip_tile: Callable[[Tile], bool] | None = None,
+        placement_order: list[Placement] | None = None,
+        nnunet_order: bool = False,
     ) -> None:
         self.backend = backend
         self.device = backend.device
@@ -55,6 +59,9 @@ class SlidingWindowRunner:
         self.to_labels = to_labels
         self.background = background
         self.skip_tile = skip_tile
+        self.placements = placement_order or placements(self.device)
+        self.placement = self.placements[0]
+        self.nnunet_order = nnunet_order
         self.notes: list[str] = []
         self.tiles_run = 0
         self.tiles_skipped = 0
@@ -69,8 +76,9 @@ class SlidingWindowRunner:
     def prioritise(self, key: Callable[[Tile], float]) -> None:
         """Run the remaining tiles in order of ``key`` (smaller first). Safe to call from another thread."""
         self._pending_priority = key
-        if self._queue is not None:
-            self._queue.prioritise(key)
+        queue = self._queue  # read once: the run thread clears it when the last tile is taken
+        if queue is not None:
+            queue.prioritise(key)
 
     def run(
         self,
@@ -82,119 +90,126 @@ class SlidingWindowRunner:
     ) -> torch.Tensor:
         """Predict ``data`` (channels, z, y, x; already padded to at least one tile).
 
-        Returns the Gaussian-averaged logits (heads, z, y, x) in float32. Raises :class:`Cancelled` if ``cancel``
-        is set; device memory is freed before it propagates.
+        Returns the Gaussian-averaged logits (heads, z, y, x) in the sums' dtype (float32 unless the memory plan or
+        a fallback chose float16). Raises :class:`Cancelled` if ``cancel``
+        is set; device memory is freed before it propagates. Out of memory while allocating the sums moves them to
+        the next placement; in a forward pass it halves the batch (where the backend can run smaller batches) and
+        retries that batch; while finalising it finishes in host memory. No tile ever runs twice.
         """
-        on_device = True
+        try:
+            return self._run(data, mapper, on_event, cancel, provisional_labels)
+        except Cancelled:
+            free_device_memory(self.device)
+            raise
+
+    def _allocate(self, spatial: tuple[int, ...]) -> Accumulator:
+        candidates = list(self.placements)
+        for index, placement in enumerate(candidates):
+            try:
+                accumulator = Accumulator(self.num_heads, spatial, self.patch_size, placement)
+            except (RuntimeError, MemoryError) as error:
+                if not is_out_of_memory(error) or index == len(candidates) - 1:
+                    raise self._out_of_memory(error, "allocating the logit sums") from None
+                free_device_memory(self.device)
+                continue
+            if index > 0:
+                self.notes.append(f"memory ran short: logit sums kept {placement.describe()}")
+            self.placement = placement
+            return accumulator
+        raise AssertionError("no placement")  # pragma: no cover - the loop returns or raises
+
+    def _out_of_memory(self, error: BaseException, stage: str) -> OutOfMemoryError:
+        return OutOfMemoryError(str(self.device), f"out of memory while {stage} ({str(error).splitlines()[0][:160]}); "
+                                                  "try a faster preset, fewer folds, --batch-size 1 or --device cpu")
+
+    def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch; on out-of-memory the batch size halves (kept for later batches) and it runs again."""
         while True:
             try:
-                return self._run_once(data, mapper, on_event, cancel, provisional_labels, on_device)
-            except Cancelled:
-                free_device_memory(self.device)
-                raise
-            except (RuntimeError, torch.OutOfMemoryError) as error:
+                return torch.cat([self.backend(inputs[i:i + self.batch_size])
+                                  for i in range(0, inputs.shape[0], self.batch_size)])
+            except (RuntimeError, MemoryError) as error:
                 if not is_out_of_memory(error):
                     raise
                 free_device_memory(self.device)
-                if on_device and self.device.type != "cpu":
-                    on_device = False
-                    self.notes.append("device memory ran out: accumulators moved to host memory and the run restarted")
-                elif self.batch_size > 1:
-                    self.batch_size //= 2
-                    self.notes.append(f"memory ran out: batch size reduced to {self.batch_size} and the run restarted")
-                else:
-                    raise OutOfMemoryError(
-                        str(self.device), "out of memory even at batch size 1 with accumulators in host memory"
-                    ) from None
+                if self.batch_size == 1 or not getattr(self.backend, "variable_batch", True):
+                    raise self._out_of_memory(error, "running the network") from None
+                self.batch_size //= 2
+                self.notes.append(f"memory ran out: batch size reduced to {self.batch_size}")
 
-    def _accumulator_placement(self, shape: tuple[int, ...], on_device: bool) -> tuple[torch.device, torch.dtype]:
-        voxels = int(np.prod(shape))
-        needed32 = (self.num_heads + 1) * voxels * 4
-        if on_device and self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            if needed32 < 0.6 * free:
-                return self.device, torch.float32
-            if needed32 / 2 < 0.6 * free:
-                self.notes.append("accumulators kept on the device in float16 to fit its memory")
-                return self.device, torch.float16
-            on_device = False
-        host = self.device if on_device else torch.device("cpu")
-        if needed32 < 0.7 * available_host_bytes():
-            return host, torch.float32
-        self.notes.append("accumulators kept in float16 to fit host memory")
-        return host, torch.float16
-
-    def _run_once(
+    def _run(
         self,
         data: torch.Tensor,
         mapper: GridMapper,
         on_event: EventHandler | None,
         cancel: CancelToken | None,
         provisional_labels: bool,
-        on_device: bool,
     ) -> torch.Tensor:
         spatial = tuple(int(s) for s in data.shape[1:])
-        result_device, result_dtype = self._accumulator_placement(spatial, on_device)
-        tiles = centre_out(plan_tiles(spatial, self.patch_size, self.tile_step), spatial)  # type: ignore[arg-type]
+        tiles = plan_tiles(spatial, self.patch_size, self.tile_step)  # type: ignore[arg-type]
+        if not self.nnunet_order:
+            tiles = centre_out(tiles, spatial)  # type: ignore[arg-type]
         planned = len(tiles)
         if self.skip_tile is not None:
             tiles = [tile for tile in tiles if not self.skip_tile(tile)]
         self.tiles_run, self.tiles_skipped = len(tiles), planned - len(tiles)
-        self._queue = TileQueue(tiles)
-        if self._pending_priority is not None:
-            self._queue.prioritise(self._pending_priority)
-        logits = torch.zeros((self.num_heads, *spatial), dtype=result_dtype, device=result_device)
-        weights = torch.zeros(spatial, dtype=result_dtype, device=result_device)
-        gaussian = gaussian_importance(self.patch_size, self.device)
-        gaussian_here = gaussian.to(result_device)
+        queue = TileQueue(tiles)
+        if self._pending_priority is not None and not self.nnunet_order:
+            queue.prioritise(self._pending_priority)
+        self._queue = queue if not self.nnunet_order else None
+        accumulator = self._allocate(spatial)
         data = data.to(self.device)
         is_2d = len(self.patch_size) == 2
         total, done, started = len(tiles), 0, time.perf_counter()
         with torch.inference_mode():
-            while len(self._queue):
+            while len(queue):
                 if cancel is not None and cancel.cancelled:
-                    del logits, weights, data
+                    del accumulator, data
                     raise Cancelled()
-                batch = self._queue.take(self.batch_size)
+                batch = queue.take(self.batch_size)
                 inputs = torch.stack([data[(slice(None), *self._network_slice(t.box, is_2d))] for t in batch])
-                predictions = self.backend(inputs).to(result_device)
+                predictions = self._forward(inputs)
                 for tile, prediction in zip(batch, predictions):
-                    region = self._network_slice(tile.box, is_2d)
-                    logits[(slice(None), *region)] += (prediction * gaussian_here).to(result_dtype)
-                    weights[region] += gaussian_here.to(result_dtype)
+                    accumulator.add(self._network_slice(tile.box, is_2d), prediction)
                 for tile in batch:
                     done += 1
                     if on_event is not None:
                         elapsed = time.perf_counter() - started
-                        on_event(self._event(tile, logits, mapper, done, total, elapsed, provisional_labels))
-        self._queue = None
-        if self.tiles_skipped:
-            self._fill_uncovered(logits, weights)
-        logits /= weights
-        if result_dtype != torch.float32:
-            logits = logits.float()
-        if torch.isinf(logits).any():
-            raise RuntimeError("non-finite logits after accumulation")
-        return logits
+                        on_event(self._event(tile, accumulator, mapper, done, total, elapsed, provisional_labels))
+            self._queue = None
+            del data
+            if self.tiles_skipped:
+                background = self.background if self.background is not None else background_logits(self.num_heads, False)
+                accumulator.fill_uncovered(background)
+            return self._finish(accumulator)
+
+    def _finish(self, accumulator: Accumulator) -> torch.Tensor:
+        """Average the sums; a device that runs out of memory here hands them to the host instead of rerunning."""
+        try:
+            return accumulator.finalise()
+        except (RuntimeError, MemoryError) as error:
+            if not is_out_of_memory(error):
+                raise
+            if accumulator.placement.device.type == "cpu":
+                raise self._out_of_memory(error, "averaging the logit sums") from None
+        free_device_memory(self.device)
+        accumulator.to_host()
+        self.notes.append("device memory ran out after the last tile: the logits were averaged in host memory")
+        try:
+            return accumulator.finalise()
+        except (RuntimeError, MemoryError) as error:
+            if not is_out_of_memory(error):
+                raise
+            raise self._out_of_memory(error, "averaging the logit sums") from None
 
     @staticmethod
     def _network_slice(box: Box, is_2d: bool) -> tuple[int | slice, ...]:
         return (box[0].start, box[1], box[2]) if is_2d else box
 
-    def _fill_uncovered(self, logits: torch.Tensor, weights: torch.Tensor) -> None:
-        """Give voxels that no tile covered the background logits (weight 1), so they read as background."""
-        uncovered = weights == 0
-        if not bool(uncovered.any()):
-            return
-        background = self.background if self.background is not None else background_logits(self.num_heads, False)
-        for head in range(self.num_heads):
-            logits[head][uncovered] = float(background[head])
-        weights[uncovered] = 1
-
     def _event(
         self,
         tile: Tile,
-        logits: torch.Tensor,
+        accumulator: Accumulator,
         mapper: GridMapper,
         done: int,
         total: int,
@@ -204,7 +219,7 @@ class SlidingWindowRunner:
         input_box = mapper.input_box(tile.box)
         labels = None
         if provisional_labels and input_box is not None:
-            region = self.to_labels(logits[(slice(None), *tile.box)].float()).cpu().numpy()
+            region = self.to_labels(accumulator.tile_logits(tile.box)).cpu().numpy()
             labels = mapper.labels_to_input(region, tile.box, input_box)
         eta = elapsed / done * (total - done)
         return TileEvent(done, total, tile.index, tile.box, input_box, labels, elapsed, eta)

@@ -1,0 +1,95 @@
+"""Memory planned before the work: from a job's real sizes and the memory there really is, where the logit sums
+live, how large an export slab is, or a refusal (exit 3) that says what the job needs and what to try.
+
+The stages and what each holds at its peak (bytes; ``heads`` = the model's output channels, ``N`` = voxels of the
+network grid, ``V`` = voxels of the input, ``C`` = input channels):
+
+- preprocessing: the cropped input in float32 plus its resampled copy and nnU-Net's intermediates,
+  ``C * 4 * (V + 2 N)``;
+- sliding window: the network-grid data ``C * 4 * N`` (on the compute device), the logit and weight sums
+  ``(heads + 1) * N * 2|4``, the forward pass's activations;
+- export: the averaged logits (the sums' memory, reused), one slab, and the labels (1-2 bytes per input voxel, three
+  times: on the crop, un-cropped, transposed back), plus the writer's copy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import OutOfMemoryError
+
+HEADROOM = 0.85
+"""Share of the available memory a plan may use: the rest is for the libraries, the allocator and other programs."""
+MIN_SLAB_BYTES = 32 * 2**20
+MAX_SLAB_BYTES = 512 * 2**20
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class JobSize:
+    """The sizes one case brings, known before preprocessing."""
+
+    input_voxels: int
+    channels: int
+    network_voxels: int
+    heads: int
+    label_bytes: int
+    """Bytes per voxel of the label map (1 for up to 254 labels, else 2)."""
+    activation_bytes: int
+    """The forward pass's working memory for one batch (an estimate from the patch and batch size)."""
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Where the sums go (index into the runner's placement order), the export slab, and the peak it expects."""
+
+    placement_index: int
+    slab_bytes: int
+    peak_host_bytes: int
+    peak_device_bytes: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _stage_peaks(job: JobSize, sums_per_voxel: int, on_device: bool, slab: int) -> tuple[int, int]:
+    """(host, device) peaks for one placement of the sums (``sums_per_voxel`` bytes per head and voxel)."""
+    sums = (job.heads + 1) * job.network_voxels * sums_per_voxel
+    data = job.channels * 4 * job.network_voxels
+    preprocessing = job.channels * 4 * (job.input_voxels + 2 * job.network_voxels)
+    labels = 4 * job.label_bytes * job.input_voxels
+    device_sliding = data + job.activation_bytes + (sums if on_device else 0)
+    device_export = (sums + slab) if on_device else 0
+    host_sliding = data + (0 if on_device else sums)
+    host_export = labels + (0 if on_device else sums + slab)
+    return max(preprocessing, host_sliding, host_export), max(device_sliding, device_export)
+
+
+def plan_memory(job: JobSize, compute_device: torch.device, placements: list[tuple[torch.device, torch.dtype]],
+                host_available: int, device_available: int) -> MemoryPlan:
+    """The first placement (in the order given) whose peaks fit, with the largest slab up to :data:`MAX_SLAB_BYTES`.
+
+    ``placements`` is the runner's order, e.g. float32 then float16 on the device, then in host memory. On the CPU,
+    host and device are the same memory (``device_available`` is ignored). Raises :class:`OutOfMemoryError` with
+    one line when none fits.
+    """
+    on_cpu = compute_device.type == "cpu"
+    host_budget = int(host_available * HEADROOM)
+    device_budget = host_budget if on_cpu else int(device_available * HEADROOM)
+    for index, (device, dtype) in enumerate(placements):
+        per_voxel = torch.empty((), dtype=dtype).element_size()
+        on_device = device.type != "cpu"
+        for slab in (MAX_SLAB_BYTES, 128 * 2**20, MIN_SLAB_BYTES):
+            host, dev = _stage_peaks(job, per_voxel, on_device and not on_cpu, slab)
+            if on_cpu:
+                host, dev = max(host, dev), 0
+            if host <= host_budget and dev <= device_budget:
+                notes = [] if index == 0 else [f"logit sums planned in {str(dtype).removeprefix('torch.')} "
+                                               f"{'on the device' if on_device else 'in host memory'} to fit memory"]
+                return MemoryPlan(index, slab, host, dev, notes)
+    host, dev = _stage_peaks(job, 2, False, MIN_SLAB_BYTES)
+    sums = (job.heads + 1) * job.network_voxels * 2
+    raise OutOfMemoryError(
+        "memory plan", f"this job needs about {host / GB:.1f} GB of memory at the least (logit sums for {job.heads} "
+        f"outputs on a {job.network_voxels / 1e6:.0f} M-voxel network grid: {sums / GB:.1f} GB in float16), "
+        f"{host_available / GB:.1f} GB are available; use a coarser model (3d_lowres), a machine with more memory"
+        + ("" if on_cpu else ", or --device cpu"))
