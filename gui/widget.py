@@ -25,19 +25,19 @@ from tilewise.engine.estimate import nonzero_extent
 from tilewise.engine.data.readers import strip_suffix
 
 from . import _gc
-from .activity import ActivityProgress
+from .panels.activity import ActivityProgress
 from .contributions import demo_model_dir, read_layers
-from .ct_window import CtWindowButtons, looks_like_ct
-from .errors import ask_yes_no, show_error
-from .estimates import RunTimeEstimates
+from .panels.ct_window import CtWindowButtons, looks_like_ct
+from .panels.dialogs import ask_yes_no, show_error
+from .controllers.estimates import RunTimeEstimates
 from .geometry import geometry_from_layer, in_patient_axes, through_plane_axis
 from .layers import LivePreview
-from .model_panel import ModelPanel, label_names
-from .review_panel import META_COUNTS, META_NAMES, META_SOURCES, META_VOXEL_ML, ReviewPanel
-from .settings_panel import SettingsPanel
-from .tasks import BackgroundTask
+from .panels.model import ModelPanel, label_names
+from .panels.review import META_COUNTS, META_NAMES, META_SOURCES, META_VOXEL_ML, ReviewPanel
+from .panels.speed import SettingsPanel
+from .controllers.tasks import BackgroundTask
 from .volumes import voxel_volume_ml
-from .worker import PredictorCache, RunFailure, RunRequest, SegmentationWorker
+from .controllers.worker import PredictorCache, RunFailure, RunRequest, SegmentationWorker
 
 SETTINGS_TRUSTED = "models/trusted"
 SETTINGS_OPEN_FOLDER = "files/open_folder"

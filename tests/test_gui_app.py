@@ -78,7 +78,7 @@ def test_a_model_folder_with_any_name_shows_its_configuration(qtbot, ct_model: P
     import shutil
 
     from tilewise.engine.model.catalog import describe_model
-    from tilewise.gui.model_panel import ModelPanel
+    from tilewise.gui.panels.model import ModelPanel
 
     folder = tmp_path / "my model"  # not nnU-Net's Trainer__Plans__configuration name
     shutil.copytree(ct_model, folder)

@@ -12,7 +12,7 @@ preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilew
 from qtpy.QtCore import QSettings  # noqa: E402
 
 import model_factory  # noqa: E402
-from tilewise.gui.ct_window import CT_WINDOWS, looks_like_ct  # noqa: E402
+from tilewise.gui.panels.ct_window import CT_WINDOWS, looks_like_ct  # noqa: E402
 from tilewise.gui.widget import TilewiseWidget  # noqa: E402
 
 STANDARD = {"brain": (80, 40), "soft_tissue": (400, 40), "lung": (1500, -600), "bone": (1800, 400)}

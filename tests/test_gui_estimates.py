@@ -13,7 +13,7 @@ preload_native_libraries()
 from qtpy.QtCore import QSettings  # noqa: E402
 
 import model_factory  # noqa: E402
-from tilewise.gui.estimates import EstimateBook, describe_seconds  # noqa: E402
+from tilewise.gui.controllers.estimates import EstimateBook, describe_seconds  # noqa: E402
 from tilewise.gui.widget import TilewiseWidget  # noqa: E402
 
 TIMEOUT_MS = 120_000

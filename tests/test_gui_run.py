@@ -22,7 +22,7 @@ from qtpy.QtWidgets import QApplication, QMessageBox  # noqa: E402
 import model_factory  # noqa: E402
 from tilewise.engine import Predictor, get_preset, load_presets, read_volume  # noqa: E402
 from tilewise.gui.widget import TilewiseWidget  # noqa: E402
-from tilewise.gui.worker import plain_message  # noqa: E402
+from tilewise.gui.controllers.worker import plain_message  # noqa: E402
 from tilewise.engine.errors import OutOfMemoryError  # noqa: E402
 
 RUN_TIMEOUT_MS = 180_000

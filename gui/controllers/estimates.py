@@ -16,7 +16,7 @@ from tilewise.engine import Geometry, Predictor, Preset, Result, get_preset
 from tilewise.engine.model.catalog import ModelInfo
 from tilewise.engine.estimate import OVERHEAD_S_PER_MVOXEL, Estimate, ModelGrid, estimate_run, time_forward_pass
 
-from .settings_panel import SettingsPanel
+from ..panels.speed import SettingsPanel
 
 SETTINGS_GROUP = "estimates"
 _ACTIVE: set["PassTimer"] = set()
@@ -154,7 +154,7 @@ class EstimateBook:
 
 
 class RunTimeEstimates(QObject):
-    """Keeps the estimates in a :class:`~tilewise.gui.settings_panel.SettingsPanel` up to date.
+    """Keeps the estimates in a :class:`~tilewise.gui.panels.speed.SettingsPanel` up to date.
 
     The widget calls :meth:`refresh` whenever the model, the image or the settings change; forward passes are timed
     in the background the first time a model/device/precision is seen (never while a run is going on).

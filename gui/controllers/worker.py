@@ -18,7 +18,7 @@ from tilewise.engine import (
     Volume,
 )
 
-from .volumes import count_labels
+from ..volumes import count_labels
 
 
 @dataclass(frozen=True)

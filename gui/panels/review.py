@@ -19,9 +19,9 @@ from qtpy.QtWidgets import (
 
 from tilewise.engine import Geometry
 
-from .colors import display_name, label_color, labels_colormap
-from .tasks import BackgroundTask
-from .volumes import count_labels, format_ml
+from ..colors import display_name, label_color, labels_colormap
+from ..controllers.tasks import BackgroundTask
+from ..volumes import count_labels, format_ml
 
 META_NAMES = "tilewise_label_names"      # {value: name}
 META_COUNTS = "tilewise_voxel_counts"    # {value: voxels}, once the run has ended

@@ -12,8 +12,8 @@ from qtpy.QtWidgets import (
 
 from tilewise.engine.model.catalog import ModelInfo, default_search_roots, describe_model, find_models
 
-from .colors import display_name, label_color
-from .errors import show_error
+from ..colors import display_name, label_color
+from .dialogs import show_error
 
 SETTINGS_EXTRA = "models/extra_folders"
 SETTINGS_LAST = "models/last"
