@@ -27,7 +27,7 @@ def build_viewer(args: argparse.Namespace, viewer: Any = None, show: bool = True
     """
     import napari
 
-    from . import contributions
+    from . import _compat, contributions
     from .widget import TilewiseWidget
 
     if viewer is None:
@@ -36,7 +36,7 @@ def build_viewer(args: argparse.Namespace, viewer: Any = None, show: bool = True
     widget = TilewiseWidget(viewer)
     viewer.window.add_dock_widget(widget, name=TITLE, area="right")
     if show:
-        viewer.window._qt_window.showMaximized()
+        _compat.show_maximized(viewer)
     if args.model:
         widget.model_panel.select(Path(args.model))
     if args.paths:

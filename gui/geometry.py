@@ -89,3 +89,18 @@ def through_plane_axis(layer: Any, world_axis: int) -> int:
     """The data axis of ``layer`` that moves most along ``world_axis`` (the axis a slider scrolls through)."""
     linear = np.asarray(layer.affine.affine_matrix, dtype=float)[-4:-1, -4:-1] @ np.diag(layer.scale[-3:])
     return int(np.argmax(np.abs(linear[world_axis])))
+
+
+def slice_on_screen(viewer: Any, layer: Any) -> tuple[int, int] | None:
+    """(data axis, index) of the slice of ``layer`` that ``viewer`` shows, or None when no slice is on screen (a 3D
+    view, or no slider)."""
+    if viewer.dims.ndisplay != 2:
+        return None
+    not_displayed = list(viewer.dims.not_displayed)
+    if not not_displayed:
+        return None
+    world_axis = not_displayed[0]
+    axis = through_plane_axis(layer, world_axis - (viewer.dims.ndim - 3))
+    position = layer.world_to_data(viewer.dims.point)[-3:]
+    index = int(np.clip(round(float(position[axis])), 0, layer.data.shape[axis] - 1))
+    return axis, index

@@ -2,11 +2,14 @@
 
 Only the GUI thread touches it. Tile regions are queued as they arrive and written at most ~10 times a second, so a
 fast run does not flood the viewer with redraws; each write copies just the tile's region, and napari redraws only
-the slice on screen (in a 2D view).
+the slice on screen (in a 2D view). What the review panel shows travels in the layer's metadata, under the
+``META_*`` keys.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +19,12 @@ from tilewise.engine import Geometry
 
 from .colors import labels_colormap
 from .geometry import layer_transform
+from .volumes import voxel_volume_ml
+
+META_NAMES = "tilewise_label_names"      # {value: name}
+META_COUNTS = "tilewise_voxel_counts"    # {value: voxels}, once the run has ended
+META_VOXEL_ML = "tilewise_voxel_ml"      # volume of one voxel in mL (None for a 2D image)
+META_SOURCES = "tilewise_sources"        # [input file or DICOM folder, ...] the labels were made from
 
 UPDATE_INTERVAL_MS = 100
 INTERVAL_3D_MS = 1000
@@ -46,6 +55,16 @@ class LivePreview(QObject):
         self._interval_ms = interval_ms
         self._timer.setInterval(interval_ms)
         self._timer.timeout.connect(self.flush)
+
+    @classmethod
+    def for_image(cls, viewer: Any, image: Any, geometry: Geometry, names: dict[int, str], sources: Sequence[Path],
+                  colormap: Any, opacity: float) -> LivePreview:
+        """The preview of a run on image layer ``image`` (of ``geometry``, read from ``sources``) with foreground
+        labels ``names``; the review panel finds what it shows in the layer's metadata."""
+        return cls(viewer, f"{image.name} segmentation", tuple(int(s) for s in image.data.shape), geometry,
+                   sorted(names), colormap=colormap, opacity=opacity,
+                   metadata={META_NAMES: names, META_VOXEL_ML: voxel_volume_ml(geometry),
+                             META_SOURCES: [str(s) for s in sources]})
 
     def add(self, box: tuple[slice, ...] | None, labels: np.ndarray | None) -> None:
         """Queue one tile's provisional labels; the next timer tick writes every queued region at once."""

@@ -16,8 +16,9 @@ from napari.utils.progress import progress  # noqa: E402
 from qtpy.QtCore import QSettings, QTimer  # noqa: E402
 from qtpy.QtWidgets import QFileDialog, QMessageBox  # noqa: E402
 
-from tilewise.gui import widget as widget_module  # noqa: E402
-from tilewise.gui.widget import SETTINGS_OPEN_FOLDER, TilewiseWidget  # noqa: E402
+from tilewise.gui.controllers import files as files_module  # noqa: E402
+from tilewise.gui.controllers.files import SETTINGS_OPEN_FOLDER  # noqa: E402
+from tilewise.gui.widget import TilewiseWidget  # noqa: E402
 
 
 @pytest.fixture
@@ -43,14 +44,14 @@ def test_reading_runs_on_a_thread_with_a_busy_state(gui, qtbot, ct_case: Path, c
     widget.model_panel.select(ct_model)
     release = threading.Event()
     readers: list[threading.Thread] = []
-    real_read = widget_module.read_layers
+    real_read = files_module.read_layers
 
     def slow_read(path):  # a large file: reading takes as long as the test wants
         readers.append(threading.current_thread())
         assert release.wait(60)
         return real_read(path)
 
-    monkeypatch.setattr(widget_module, "read_layers", slow_read)
+    monkeypatch.setattr(files_module, "read_layers", slow_read)
     assert widget.open_image(ct_case), "returns at once; the file is read meanwhile"
     assert widget.opening and len(viewer.layers) == 0
     assert widget.open_busy.isVisible() and widget.open_busy.maximum() == 0, "an indeterminate (busy) bar"

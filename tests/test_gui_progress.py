@@ -18,9 +18,10 @@ from qtpy.QtWidgets import QMessageBox  # noqa: E402
 
 import model_factory  # noqa: E402
 from tilewise.engine import predictor as engine_predictor  # noqa: E402
+from tilewise.gui._compat import busy_indicator  # noqa: E402
 from tilewise.gui.panels import activity  # noqa: E402
-from tilewise.gui.panels.activity import busy_indicator  # noqa: E402
-from tilewise.gui.widget import FINISHING_TEXT, TilewiseWidget  # noqa: E402
+from tilewise.gui.panels.run import FINISHING_TEXT  # noqa: E402
+from tilewise.gui.widget import TilewiseWidget  # noqa: E402
 
 RUN_TIMEOUT_MS = 180_000
 

@@ -17,7 +17,8 @@ from qtpy.QtWidgets import QFileDialog, QMessageBox  # noqa: E402
 import model_factory  # noqa: E402
 from tilewise.gui.colors import label_color  # noqa: E402
 from tilewise.gui.volumes import format_ml  # noqa: E402
-from tilewise.gui.widget import SETTINGS_SAVE_FOLDER, TilewiseWidget  # noqa: E402
+from tilewise.gui.controllers.files import SETTINGS_SAVE_FOLDER  # noqa: E402
+from tilewise.gui.widget import TilewiseWidget  # noqa: E402
 
 RUN_TIMEOUT_MS = 180_000
 SPACING = (0.8, 0.9, 2.5)  # SimpleITK (x, y, z) order, mm

@@ -1,4 +1,4 @@
-"""Estimated run time of each preset for the chosen image, model and device, shown in the Speed box.
+"""Estimated run time of each preset for the chosen image, model and device, for the Speed box.
 
 A :class:`PassTimer` thread loads one fold of the model and times real forward passes at each precision the presets
 use; an :class:`EstimateBook` keeps those times (and the preparation time per voxel) in QSettings, so the next
@@ -9,14 +9,19 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from qtpy.QtCore import QCoreApplication, QObject, QSettings, QThread, Signal
 
 from tilewise.engine import Geometry, Predictor, Preset, Result, get_preset
 from tilewise.engine.model.catalog import ModelInfo
-from tilewise.engine.estimate import OVERHEAD_S_PER_MVOXEL, Estimate, ModelGrid, estimate_run, time_forward_pass
+from tilewise.engine.estimate import (
+    OVERHEAD_S_PER_MVOXEL, Estimate, ModelGrid, estimate_run, nonzero_extent, time_forward_pass,
+)
 
-from ..panels.speed import SettingsPanel
+from ..geometry import geometry_from_layer
+from .worker import RunChoice, RunRequest
 
 SETTINGS_GROUP = "estimates"
 _ACTIVE: set["PassTimer"] = set()
@@ -154,47 +159,68 @@ class EstimateBook:
 
 
 class RunTimeEstimates(QObject):
-    """Keeps the estimates in a :class:`~tilewise.gui.panels.speed.SettingsPanel` up to date.
+    """Keeps the estimates for the Speed box up to date and publishes them with ``changed``.
 
     The widget calls :meth:`refresh` whenever the model, the image or the settings change; forward passes are timed
     in the background the first time a model/device/precision is seen (never while a run is going on).
     """
 
-    def __init__(self, panel: SettingsPanel, settings: QSettings) -> None:
-        super().__init__(panel)
-        self.panel = panel
+    changed = Signal(object, str)
+    """Estimated time per preset name ({name: 'about 40 s'}), and the text for the chosen settings (or a status)."""
+
+    def __init__(self, settings: QSettings, presets: dict[str, Preset], parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.presets = presets
         self.book = EstimateBook(settings)
         self.timer: PassTimer | None = None
         self._failed: set[tuple[str, str]] = set()
         self.shown: dict[str, Estimate] = {}
         """The estimates on screen, per preset name."""
-        self._last: tuple[ModelInfo | None, Geometry | None, tuple[int, ...], bool, bool] = \
-            (None, None, (), False, False)
+        self._extent_key: tuple[int, ...] = ()
+        self._extent: tuple[int, ...] = ()
+        self._last: tuple[ModelInfo | None, Geometry | None, tuple[int, ...], bool, bool, RunChoice | None] = \
+            (None, None, (), False, False, None)
 
-    def refresh(self, model: ModelInfo | None, image: Geometry | None, extent_zyx: tuple[int, ...], trusted: bool,
-                busy: bool) -> None:
+    def refresh(self, model: ModelInfo | None, layers: list[Any], trusted: bool, busy: bool,
+                choice: RunChoice) -> None:
+        """Recompute the estimates for ``model`` on the chosen image ``layers`` (none: no image yet) with the
+        settings ``choice``; only the image's nonzero part (what nnU-Net crops to) counts."""
+        geometry = geometry_from_layer(layers[0]) if layers else None
+        extent = self._nonzero_extent(layers) if layers else ()
+        self._show(model, geometry, extent, trusted, busy, choice)
+
+    def _nonzero_extent(self, layers: list[Any]) -> tuple[int, ...]:
+        """Size of the chosen images' nonzero box (cached per set of arrays: a strided look, milliseconds)."""
+        key = tuple(id(layer.data) for layer in layers)
+        if key != self._extent_key:
+            shapes = {tuple(layer.data.shape) for layer in layers}
+            self._extent = nonzero_extent([layer.data for layer in layers]) if len(shapes) == 1 else ()
+            self._extent_key = key
+        return self._extent
+
+    def _show(self, model: ModelInfo | None, image: Geometry | None, extent_zyx: tuple[int, ...], trusted: bool,
+              busy: bool, choice: RunChoice | None) -> None:
         """Recompute the estimates for ``model`` on an image of geometry ``image`` (None: no image yet) whose
-        nonzero part (what nnU-Net crops to) measures ``extent_zyx`` voxels."""
-        self._last = (model, image, extent_zyx, trusted, busy)
+        nonzero part measures ``extent_zyx`` voxels."""
+        self._last = (model, image, extent_zyx, trusted, busy, choice)
         self.shown = {}
-        if model is None or image is None:
-            self.panel.show_estimates({}, "")
+        if model is None or image is None or choice is None:
+            self.changed.emit({}, "")
             return
-        choice = self.panel.choice()
         device = target_key(choice.device, choice.preset.backend)
-        presets = list(self.panel.presets.values())
+        presets = list(self.presets.values())
         precisions = {p.precision for p in presets} | {choice.preset.precision}
         grid = self.book.grids.get(str(model.path))
         missing = tuple(sorted(p for p in precisions
                                if self.book.seconds_per_pass(model.path, device, p) is None))
         if grid is None or missing:
             if (str(model.path), device) in self._failed:
-                self.panel.show_estimates({}, "")
+                self.changed.emit({}, "")
             elif busy:
-                self.panel.show_estimates({}, "The time estimate follows after this run.")
+                self.changed.emit({}, "The time estimate follows after this run.")
             else:
                 self._start_timer(model.path, choice.device, choice.preset.backend, missing, trusted)
-                self.panel.show_estimates({}, "Estimating the time for this image on this computer…")
+                self.changed.emit({}, "Estimating the time for this image on this computer…")
             return
         shape_zyx = extent_zyx or image.size[::-1]
         spacing_zyx = image.spacing[::-1]
@@ -212,12 +238,14 @@ class RunTimeEstimates(QObject):
         text = (f"Estimated for this image: <b>{describe_seconds(chosen.seconds)}</b> "
                 f"({chosen.tiles} tiles x {chosen.passes_per_tile} {passes}")
         text += ", fewer when tiles outside the body are skipped)" if choice.preset.skip_empty_tiles else ")"
-        self.panel.show_estimates(per_preset, text)
+        self.changed.emit(per_preset, text)
 
-    def learn(self, model_dir: Path, device: str, backend: str, precision: str, result: Result, voxels: int) -> None:
+    def learn(self, request: RunRequest, result: Result) -> None:
         """Use a finished run's real timings for the next estimates."""
-        self.book.learn_from_run(model_dir, target_key(device, backend), precision, result, voxels)
-        self.refresh(*self._last)
+        voxels = int(np.prod(self._extent or result.labels.shape))  # the estimate's unit: the nonzero box
+        self.book.learn_from_run(request.model_dir, target_key(request.device, request.preset.backend),
+                                 request.preset.precision, result, voxels)
+        self._show(*self._last)
 
     def shutdown(self) -> None:
         """Stop and wait for a timing thread (it finishes the forward pass it is in)."""
@@ -247,4 +275,4 @@ class RunTimeEstimates(QObject):
         timer, self.timer = self.timer, None
         if timer is not None:
             timer.deleteLater()
-        self.refresh(*self._last)
+        self._show(*self._last)

@@ -2,7 +2,7 @@
 
 SimpleITK decompresses and compresses gzip data for seconds on large volumes; done on the GUI thread that would
 freeze the window. A :class:`BackgroundTask` runs one such call on its own thread and hands the result back as a
-signal; the widget then adds the layer (or reports the saved file) on the GUI thread.
+signal; the files controller then adds the layer (or reports the saved file) on the GUI thread.
 """
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from typing import Any
 from qtpy.QtCore import QThread, Signal
 
 from tilewise.engine import TilewiseError
+from tilewise.engine.runtime.memory import is_out_of_memory
 
 
 def file_error_message(error: BaseException) -> str:
     """A plain explanation of a failed read or write, never a traceback."""
     if isinstance(error, TilewiseError):
         return str(error)
-    if isinstance(error, MemoryError):
+    if is_out_of_memory(error):
         return "There is not enough memory for this image. Close other programs or images and try again."
     if isinstance(error, OSError):
         return f"{error.strerror or error} ({error.filename})" if error.filename else str(error)

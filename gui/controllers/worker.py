@@ -17,8 +17,19 @@ from tilewise.engine import (
     Cancelled, CancelToken, Geometry, OutOfMemoryError, Predictor, Preset, TilewiseError, UntrustedCheckpointError,
     Volume,
 )
+from tilewise.engine.runtime.memory import is_out_of_memory
 
+from ..geometry import geometry_from_layer
 from ..volumes import count_labels
+
+
+@dataclass(frozen=True)
+class RunChoice:
+    """What the speed panel resolves to for one run."""
+
+    preset: Preset
+    folds: tuple[str, ...] | None
+    device: str
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,14 @@ class RunRequest:
     channels: tuple[Any, ...] = field(repr=False)
     geometry: Geometry
     sources: tuple[Path, ...] = ()
+
+    @classmethod
+    def for_layers(cls, model_dir: Path, choice: RunChoice, trust: bool, layers: list[Any]) -> RunRequest:
+        """A run of ``model_dir`` with ``choice`` on image ``layers`` (one per channel, the first one's geometry)."""
+        sources = tuple(Path(s) for s in (layer.metadata.get("tilewise_source") for layer in layers) if s)
+        return cls(model_dir=model_dir, preset=choice.preset, device=choice.device, folds=choice.folds, trust=trust,
+                   channels=tuple(layer.data for layer in layers), geometry=geometry_from_layer(layers[0]),
+                   sources=sources)
 
     @property
     def predictor_key(self) -> tuple[Any, ...]:
@@ -66,7 +85,7 @@ class PredictorCache:
 
 
 class RunFailure:
-    """Kinds of failure the widget treats differently."""
+    """Kinds of failure the viewer treats differently."""
 
     UNTRUSTED = "untrusted"
     ERROR = "error"
@@ -79,7 +98,7 @@ def plain_message(error: BaseException) -> str:
                 "fewer folds, or close other programs.")
     if isinstance(error, TilewiseError):
         return str(error)
-    if isinstance(error, MemoryError) or "out of memory" in str(error).lower():
+    if is_out_of_memory(error):
         return ("The computer ran out of memory while segmenting. Try the Preview or Fast preset, fewer folds, "
                 "or close other programs.")
     return f"The segmentation stopped because of an unexpected problem: {type(error).__name__}: {error}"
@@ -150,3 +169,11 @@ class SegmentationWorker(QThread):
         finally:
             with self._focus_lock:
                 self._predictor = None
+
+
+def stop_quietly(worker: SegmentationWorker) -> bool:
+    """Cancel ``worker`` and wait for its thread; nothing to do if it has already ended and been deleted."""
+    try:
+        return worker.stop_and_wait()
+    except RuntimeError:  # the Qt object is gone: the run ended long ago
+        return True

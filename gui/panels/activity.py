@@ -19,6 +19,7 @@ from typing import Any
 
 from napari.utils.progress import cancelable_progress, progress
 
+from .._compat import busy_indicator
 
 COUNT_INTERVAL_S = 0.5
 
@@ -30,14 +31,6 @@ class _CancellableBar(cancelable_progress):
         super().cancel()
         if self.cancel_callback is not None:
             self.cancel_callback()
-
-
-def busy_indicator(viewer: Any) -> Any:
-    """napari's animated 'in progress' label in the status bar of ``viewer`` (None if this napari has none)."""
-    try:
-        return viewer.window._qt_window._activity_dialog._toggleButton._inProgressIndicator
-    except (AttributeError, RuntimeError):  # napari-internal: another version, or no window
-        return None
 
 
 def still_busy_indicator(viewer: Any) -> None:

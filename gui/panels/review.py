@@ -21,12 +21,9 @@ from tilewise.engine import Geometry
 
 from ..colors import display_name, label_color, labels_colormap
 from ..controllers.tasks import BackgroundTask
+from ..layers import META_COUNTS, META_NAMES, META_VOXEL_ML
 from ..volumes import count_labels, format_ml
 
-META_NAMES = "tilewise_label_names"      # {value: name}
-META_COUNTS = "tilewise_voxel_counts"    # {value: voxels}, once the run has ended
-META_VOXEL_ML = "tilewise_voxel_ml"      # volume of one voxel in mL (None for a 2D image)
-META_SOURCES = "tilewise_sources"        # [input file or DICOM folder, ...] the labels were made from
 DEFAULT_OPACITY = 0.6
 RECOUNT_DELAY_MS = 300
 

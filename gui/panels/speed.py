@@ -1,8 +1,6 @@
 """Speed preset and the Advanced section (folds, mirroring, tile step, precision, device, engine)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from qtpy.QtCore import QSettings, Signal
 from qtpy.QtWidgets import (
@@ -11,6 +9,8 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from tilewise.engine import Preset, load_presets
+
+from ..controllers.worker import RunChoice
 
 SETTINGS_PRESET = "run/preset"
 DEFAULT_PRESET = "fast"
@@ -46,16 +46,7 @@ def available_backends() -> list[tuple[str, str]]:
     return backends
 
 
-@dataclass(frozen=True)
-class RunChoice:
-    """What the settings panel resolves to for one run."""
-
-    preset: Preset
-    folds: tuple[str, ...] | None
-    device: str
-
-
-class SettingsPanel(QWidget):
+class SpeedPanel(QWidget):
     """A preset list with each preset's summary, and the fields of the chosen preset under Advanced."""
 
     changed = Signal()

@@ -1,0 +1,156 @@
+"""Choosing the image: one image layer per input channel of the model, CT windows for a CT, and Open image…"""
+from __future__ import annotations
+
+from typing import Any
+
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+
+from ..controllers.run import State
+from ..geometry import in_patient_axes
+from .common import shrinkable
+from .ct_window import CtWindowButtons, looks_like_ct
+
+
+class ImagePanel(QWidget):
+    """A list of the viewer's image layers per model channel, the CT windows, and Open image… with a busy bar.
+
+    The lists follow the viewer's layers as they are added, renamed and removed.
+    """
+
+    changed = Signal()  # another image was chosen, or the lists were rebuilt
+
+    def __init__(self, viewer: Any, icon_colour: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self._channels: list[str] = []
+        self._combos_enabled = True
+        self.channel_form = QFormLayout()
+        self.channel_combos: list[QComboBox] = []
+        self.ct_window = CtWindowButtons()
+        self.ct_row = QWidget()
+        ct_layout = QFormLayout(self.ct_row)
+        ct_layout.setContentsMargins(0, 0, 0, 0)
+        ct_title = QLabel("CT window:")
+        ct_title.setToolTip("Standard radiology windows (width / level in Hounsfield units); they change only how "
+                            "the image is shown, never the segmentation")
+        ct_layout.addRow(ct_title, self.ct_window)
+
+        import qtawesome
+
+        self.open_button = QPushButton(qtawesome.icon("fa5s.file-import", color=icon_colour), "Open image…")
+        self.open_button.setToolTip("Open a NIfTI, NRRD or MetaImage file (for a DICOM series use File > Open Folder)")
+        self.open_busy = QProgressBar()
+        self.open_busy.setRange(0, 0)
+        self.open_busy.setTextVisible(False)
+        self.open_busy.setMaximumHeight(8)
+        self.open_status = QLabel()
+        self.open_status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(self.channel_form)
+        layout.addWidget(self.ct_row)
+        layout.addWidget(self.open_button)
+        layout.addWidget(self.open_busy)
+        layout.addWidget(self.open_status)
+        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
+        self.viewer.layers.events.removed.connect(self._on_layers_changed)
+
+    def image_layers(self) -> list[Any]:
+        """Image layers the model can run on: 3D, grey-scale."""
+        from napari.layers import Image
+
+        return [layer for layer in self.viewer.layers
+                if isinstance(layer, Image) and layer.ndim == 3 and not layer.rgb]
+
+    def set_channels(self, channels: list[str]) -> None:
+        """One list of the image layers per model channel (``channels``: their names); earlier choices are kept."""
+        self._channels = list(channels)
+        layers = self.image_layers()
+        previous = [combo.currentData() for combo in self.channel_combos]
+        while self.channel_form.rowCount():
+            self.channel_form.removeRow(0)
+        self.channel_combos = []
+        for index, channel in enumerate(self._channels):
+            combo = shrinkable(QComboBox())
+            combo.setToolTip(f"The image layer that holds the model's '{channel}' channel")
+            for layer in layers:
+                combo.addItem(layer.name, layer.name)
+            if not layers:
+                combo.addItem("Open an image first", None)
+            wanted = previous[index] if index < len(previous) else None
+            position = combo.findData(wanted) if wanted else -1
+            if position < 0 and layers:
+                position = min(index, len(layers) - 1)
+            combo.setCurrentIndex(max(position, 0))
+            combo.currentIndexChanged.connect(self._on_choice_changed)
+            combo.setEnabled(self._combos_enabled)
+            self.channel_form.addRow(f"{channel}:", combo)
+            self.channel_combos.append(combo)
+        self._on_choice_changed()
+
+    def chosen(self) -> list[Any]:
+        """The layer chosen for each channel, in order; None where none is (no image, or the layer is gone)."""
+        layers = {layer.name: layer for layer in self.image_layers()}
+        return [layers.get(combo.currentData()) for combo in self.channel_combos]
+
+    def problem(self) -> tuple[str, str] | None:
+        """Why the chosen layers cannot be segmented, as a dialog's (title, message); None when they can."""
+        chosen = self.chosen()
+        if not chosen or any(layer is None for layer in chosen):
+            return "No image", "Open an image (File > Open, or Open image…) and choose it under 2. Image."
+        if len({tuple(layer.data.shape) for layer in chosen}) > 1:
+            return ("Images do not match", "The chosen channel images have different sizes ("
+                    + ", ".join(f"{layer.name}: {tuple(layer.data.shape)}" for layer in chosen)
+                    + "). Choose images of the same scan.")
+        return None
+
+    def select(self, *layer_names: str) -> None:
+        """Use these layers (by name) as the model's channels, in order."""
+        for combo, name in zip(self.channel_combos, layer_names):
+            index = combo.findData(name)
+            if index < 0:
+                raise KeyError(name)
+            combo.setCurrentIndex(index)
+
+    def show_state(self, state: State) -> None:
+        """Open image… only when the dock is idle; the lists are fixed during a run; a busy bar while opening."""
+        self._combos_enabled = state in (State.IDLE, State.SAVING)
+        self.open_button.setEnabled(state is State.IDLE)
+        for combo in self.channel_combos:
+            combo.setEnabled(self._combos_enabled)
+        self.open_busy.setVisible(state is State.OPENING)
+        self.open_status.setVisible(state is State.OPENING)
+
+    def show_opening(self, name: str) -> None:
+        """Say which file is being read."""
+        self.open_status.setText(f"Opening {name}…")
+
+    def _on_layers_changed(self, event: Any) -> None:
+        if event.type == "inserted":
+            event.value.events.name.connect(self._on_layer_renamed)
+            self._label_slider_axes(event.value)
+        self.set_channels(self._channels)
+
+    def _on_layer_renamed(self, *_: object) -> None:
+        self.set_channels(self._channels)
+
+    def _label_slider_axes(self, layer: Any) -> None:
+        """Name the sliders after the anatomical planes they step through, when the image is in patient axes."""
+        geometry = getattr(layer, "metadata", {}).get("tilewise_geometry")
+        if geometry is not None and self.viewer.dims.ndim == 3 and in_patient_axes(geometry):
+            self.viewer.dims.axis_labels = ("axial", "coronal", "sagittal")
+
+    def _on_choice_changed(self, *_: object) -> None:
+        self._update_ct_window()
+        self.changed.emit()
+
+    def _update_ct_window(self) -> None:
+        """Offer the CT windows for the image chosen for the model's CT channel, when the image looks like CT."""
+        names = self._channels
+        chosen = self.chosen()
+        ct_index = next((i for i, name in enumerate(names) if looks_like_ct([name])), 0)
+        target = chosen[ct_index] if ct_index < len(chosen) else None
+        show = target is not None and looks_like_ct([names[ct_index]] if ct_index < len(names) else [], target)
+        self.ct_window.set_layer(target if show else None)
+        self.ct_row.setVisible(show)
