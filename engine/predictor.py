@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .runtime.devices import default_batch_size
-from .errors import InputError, OutOfMemoryError
+from .errors import InputError, OutOfMemoryError, TilewiseError
 from .backends.select import choose_backend, create_backend
 from .preprocess.body_mask import body_mask
 from .postprocess.export import export_logits
@@ -19,6 +19,7 @@ from .postprocess.labels import logits_to_labels
 from .runtime.allocator import keep_freed_host_memory
 from .preprocess.grid_mapping import GridMapper
 from .model.bundle import ModelBundle
+from .nnunet_exact import predict_like_nnunet
 from .preprocess.pipeline import preprocess
 from .presets import Preset
 from .events import CancelToken, EventHandler
@@ -74,6 +75,9 @@ class Predictor:
     """Loads a model once and predicts volumes with it.
 
     ``folds`` overrides the preset's choice; ``trust`` allows checkpoints that need full unpickling.
+    ``nnunet_exact`` reproduces ``nnUNetv2_predict_from_modelfolder``'s output voxel for voxel (see
+    :mod:`~tilewise.engine.nnunet_exact`): PyTorch, batch 1, nnU-Net's precision, tile order, float16 sums,
+    preprocessing and export; the preset's folds, mirroring and tile step still apply.
     """
 
     def __init__(
@@ -84,9 +88,17 @@ class Predictor:
         folds: list[str] | None = None,
         checkpoint_name: str | None = None,
         trust: bool = False,
+        nnunet_exact: bool = False,
     ) -> None:
         started = time.perf_counter()
+        self.nnunet_exact = nnunet_exact
+        if nnunet_exact:
+            if preset.backend == "openvino":
+                raise TilewiseError("--nnunet-exact", "runs nnU-Net's PyTorch forward passes; drop --backend openvino")
+            preset = preset.with_overrides(backend="torch", batch_size=1, skip_empty_tiles=False, precision="fp32")
         choice = choose_backend(preset.backend, device)
+        if nnunet_exact and choice.device.type == "cuda":
+            preset = preset.with_overrides(precision="fp16")  # nnU-Net runs CUDA under autocast (float16)
         self.device = choice.device
         self.preset = preset
         if self.device.type == "cpu":
@@ -157,6 +169,13 @@ class Predictor:
     ) -> Result:
         """Segment ``volume``. Raises :class:`~tilewise.engine.Cancelled` (and returns nothing) if cancelled."""
         self.check_input(volume)
+        if self.nnunet_exact:
+            settings = self.settings
+            pieces = predict_like_nnunet(self.bundle, self.networks, self.device, settings.mirror_axes,
+                                         settings.tile_step, settings.precision, volume, on_event, cancel,
+                                         with_probabilities)
+            pieces["timings"] = {"load": self.load_seconds, **pieces["timings"]}
+            return Result(geometry=volume.geometry, **pieces)
         timings: dict[str, float] = {"load": self.load_seconds}
         order = placements(self.device)
         plan = self.plan_memory(volume)

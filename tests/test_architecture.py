@@ -1,6 +1,7 @@
 """The layout's rules hold: import-linter contracts (pyproject.toml) and small modules."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,10 @@ MAX_MODULE_LINES = 400
 
 def test_import_contracts_are_kept() -> None:
     lint_imports = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
-    completed = subprocess.run([lint_imports], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # UTF-8 whatever locale the process has (Qt tests may have set an ASCII one): lint-imports prints box drawing
+    environment = {**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONUTF8": "1"}
+    completed = subprocess.run([lint_imports], cwd=ROOT, capture_output=True, encoding="utf-8", errors="replace",
+                               timeout=300, env=environment)
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-2000:]
     assert "0 broken" in completed.stdout
 

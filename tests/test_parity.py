@@ -18,13 +18,18 @@ def dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
     return 1.0 if total == 0 else 2.0 * int((in_a & in_b).sum()) / total
 
 
-def assert_parity(ours: np.ndarray, theirs: np.ndarray) -> None:
+def assert_parity(ours: np.ndarray, theirs: np.ndarray, min_dice: float = 0.999) -> None:
     assert ours.shape == theirs.shape
     assert (ours == theirs).mean() >= 0.999
     labels = set(np.unique(theirs).tolist()) - {0}
     assert labels, "the reference prediction must contain foreground for the test to mean anything"
     for label in labels | (set(np.unique(ours).tolist()) - {0}):
-        assert dice(ours, theirs, label) >= 0.999, f"label {label}"
+        assert dice(ours, theirs, label) >= min_dice, f"label {label}"
+
+
+STOCK_DICE = 0.995
+"""Against stock nnU-Net (float16 sums) labels differ by nnU-Net's own rounding: measured down to 0.998 here
+(two-channel, no mirroring). ``--nnunet-exact`` is the mode that equals it voxel for voxel (test_nnunet_exact.py)."""
 
 
 CASES = [
@@ -67,9 +72,11 @@ def test_reference_preset_matches_nnunet(make_model, tmp_path: Path, kind: str, 
         predictor = Predictor(model_dir, preset.with_overrides(backend=backend), device="cpu")
         result = predictor.predict(volume)
         assert predictor.settings.backend == backend
-        assert_parity(result.labels, stock)
+        assert_parity(result.labels, stock, STOCK_DICE)
         if backend == "torch":  # the same convolutions as nnU-Net's: its float32-sum algorithm, voxel for voxel
             assert_equal_to_float32_sums(result.labels, float32_sums)
+        else:  # OpenVINO's convolutions round differently from PyTorch's
+            assert_parity(result.labels, float32_sums)
         assert result.geometry.same_as(volume.geometry)
 
 
@@ -84,6 +91,6 @@ def test_several_folds_are_averaged_like_nnunet(make_model, tmp_path: Path) -> N
     float32_sums = model_factory.nnunet_reference(model_dir, files, folds=(0, 1, 2), step=0.5, mirroring=True,
                                                   float32_sums=True)
 
-    assert_parity(result.labels, reference)
+    assert_parity(result.labels, reference, STOCK_DICE)
     assert_equal_to_float32_sums(result.labels, float32_sums)
     assert result.forward_passes == result.tiles * 8 * 3

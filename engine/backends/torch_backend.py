@@ -17,8 +17,9 @@ class TorchBackend:
     variable_batch = True
 
     def __init__(self, networks: list[nn.Module], mirror_axes: tuple[int, ...], device: torch.device,
-                 precision: str) -> None:
+                 precision: str, keep_network_dtype: bool = False) -> None:
         self.networks = networks
+        self.keep_network_dtype = keep_network_dtype
         self.mirrors = mirror_combinations(mirror_axes)
         self.device = device
         self.precision = precision
@@ -33,9 +34,13 @@ class TorchBackend:
         return f"torch {self.device.type} {self.precision}"
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Logits averaged over folds and mirrors, float32, on :attr:`device`."""
+        """Logits averaged over folds and mirrors, on :attr:`device`: float32, or the network's own output dtype
+        with ``keep_network_dtype`` (nnU-Net sums mirrors in it: float16 under CUDA autocast)."""
         dtype = PRECISIONS[self.precision]
         autocast = torch.autocast(self.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-        folds = [lambda x, network=network: network(x).float() for network in self.networks]
+        if self.keep_network_dtype:
+            folds = list(self.networks)
+        else:
+            folds = [lambda x, network=network: network(x).float() for network in self.networks]
         with autocast:
             return average_folds_and_mirrors(folds, inputs, self.mirrors, torch.flip)

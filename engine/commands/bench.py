@@ -45,6 +45,8 @@ def _ours_command(args: argparse.Namespace, model_dir: Path, staged: Path, out: 
         command.append("--disable_tta")
     if args.trust_model:
         command.append("--trust-model")
+    if args.nnunet_exact:
+        command.append("--nnunet-exact")
     return command
 
 
@@ -76,7 +78,7 @@ def run_bench(args: argparse.Namespace) -> int:
         report = json.loads(report_path.read_text())
         case = report["cases"][0]
         summary: dict = {
-            "preset": preset.name, "device": report["device"], "device_name": report["device_name"],
+            "preset": preset.name, "nnunet_exact": bool(args.nnunet_exact), "device": report["device"], "device_name": report["device_name"],
             "precision": report["precision"], "backend": report["backend"],
             "backend_description": report["backend_description"], "backend_notes": report["backend_notes"],
             "folds": report["folds"], "mirroring": bool(report["mirror_axes"]), "tile_step": report["tile_step"],

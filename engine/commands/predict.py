@@ -53,7 +53,7 @@ def run_predict(args: argparse.Namespace) -> int:
     refuse_overwriting_inputs(planned_outputs(cases, args.save_probabilities, args.report),
                               [path for case in cases for path in case.inputs])
     predictor = Predictor(args.model, preset, device=args.device, folds=args.folds,
-                          checkpoint_name=args.checkpoint, trust=args.trust_model)
+                          checkpoint_name=args.checkpoint, trust=args.trust_model, nnunet_exact=args.nnunet_exact)
     if args.continue_prediction:
         cases = [c for c in cases if not c.output.exists()]
     quiet = args.quiet

@@ -14,6 +14,8 @@ def logits_to_labels(logits: torch.Tensor, bundle: ModelBundle) -> torch.Tensor:
         for head, value in enumerate(manager.regions_class_order):
             labels[logits[head] > 0] = value
         return labels
+    if logits.stride(0) == 1 and logits.shape[0] > 1:  # channels innermost (export slabs): one contiguous reduction
+        return logits.argmax(0).to(torch.uint8 if logits.shape[0] <= 255 else torch.int16)
     return _argmax_over_heads(logits)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 ORDERS = (0, 1)
 """Interpolation orders computed here (nnU-Net's plans use 1 in-plane and 0 or 1 along z for logits)."""
@@ -81,12 +82,29 @@ class LogitResampler:
 
     def slab(self, rows: torch.Tensor, start: int, stop: int, first_row: int) -> torch.Tensor:
         """Output rows [start, stop) (channels, stop - start, ...) from ``rows``: input rows first_row, first_row+1, ...
-        along axis 0 (at least :meth:`input_rows`), all of every other axis. Computed in float32 on ``rows``' device."""
+        along axis 0 (at least :meth:`input_rows`), all of every other axis. Computed in float32 on ``rows``' device.
+
+        The result is a channels-innermost view (``stride(0) == 1``): the label rule's argmax over channels then
+        reads contiguous memory, which is what makes many-label exports fast.
+        """
         x = rows.float()
-        for axis in range(len(self.out_shape) - 1, 0, -1):  # in-plane axes first, as nnU-Net's separate-z path does
-            x = _resample_axis(x, axis + 1, self.in_shape[axis], self.out_shape[axis], 0, self.out_shape[axis],
-                               self.orders[axis])
-        return _resample_axis(x, 1, self.in_shape[0], self.out_shape[0], start, stop, self.orders[0], first_row)
+        if self.orders[1] == self.orders[2]:
+            # Both in-plane axes alike (nnU-Net transposes the coarse axis to the front): one fused 2-D kernel over
+            # every input row, channels-last so that each output voxel's channels sit together.
+            planes = x.permute(1, 0, 2, 3).contiguous(memory_format=torch.channels_last)
+            if tuple(planes.shape[2:]) != self.out_shape[1:]:
+                mode = "bilinear" if self.orders[1] == 1 else "nearest-exact"
+                planes = F.interpolate(planes, size=self.out_shape[1:], mode=mode,
+                                       **({"align_corners": False} if mode == "bilinear" else {}))
+            heads_last = planes.permute(0, 2, 3, 1)  # (rows, y, x, channels), contiguous
+        else:
+            for axis in (2, 1):  # one axis at a time where their orders differ
+                x = _resample_axis(x, axis + 1, self.in_shape[axis], self.out_shape[axis], 0, self.out_shape[axis],
+                                   self.orders[axis])
+            heads_last = x.permute(1, 2, 3, 0).contiguous()
+        out = _resample_axis(heads_last, 0, self.in_shape[0], self.out_shape[0], start, stop, self.orders[0],
+                             first_row)
+        return out.permute(3, 0, 1, 2)
 
     def slabs(self, rows_per_slab: int) -> list[tuple[int, int]]:
         """Output row ranges along axis 0 of at most ``rows_per_slab`` rows, covering the output grid."""

@@ -33,11 +33,13 @@ class Preprocessed:
     unpadded: tuple[slice, slice, slice]
 
 
-def preprocess(volume: Volume, bundle: ModelBundle, with_nonzero_mask: bool = True) -> Preprocessed:
+def preprocess(volume: Volume, bundle: ModelBundle, with_nonzero_mask: bool = True,
+               use_nnunet_code: bool = False) -> Preprocessed:
     """Run the model's nnU-Net preprocessing on ``volume`` and pad the result to the tile size as nnU-Net does.
 
     Uses as many threads as torch (the device's thread setting). ``with_nonzero_mask`` also returns nnU-Net's
-    nonzero mask on the network grid.
+    nonzero mask on the network grid. ``use_nnunet_code`` runs nnU-Net's own preprocessor class even where the
+    parallel one gives the same numbers to within a rounding step (``--nnunet-exact`` wants them bit for bit).
     """
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
@@ -49,7 +51,7 @@ def preprocess(volume: Volume, bundle: ModelBundle, with_nonzero_mask: bool = Tr
             "direction": volume.geometry.direction,
         },
     }
-    if default_preprocessor.supports(bundle):
+    if default_preprocessor.supports(bundle) and not use_nnunet_code:
         data, seg, properties = default_preprocessor.run_default_preprocessing(
             volume.array, properties, bundle, with_nonzero_mask, torch.get_num_threads(),
             source=volume.sources[0] if volume.sources else "input")
