@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .backends.torch_backend import TorchBackend
+from .data.model_reader import SIMPLEITK_READER, labels_in_volume_order, read_as_model, reads_like_simpleitk
 from .data.volume import Volume
 from .events import CancelToken, EventHandler, TileEvent
 from .model.bundle import ModelBundle
@@ -48,7 +49,7 @@ def _fold_events(on_event: EventHandler | None, fold: int, folds: int) -> EventH
 def predict_like_nnunet(bundle: ModelBundle, networks: list[nn.Module], device: torch.device,
                         mirror_axes: tuple[int, ...], tile_step: float, precision: str, volume: Volume,
                         on_event: EventHandler | None, cancel: CancelToken | None,
-                        with_probabilities: bool) -> dict[str, Any]:
+                        with_probabilities: bool, reader: str = SIMPLEITK_READER) -> dict[str, Any]:
     """Run ``volume`` exactly as nnU-Net's predictor would with these fold ``networks``, mirrors and tile step.
 
     Returns the pieces of a :class:`~tilewise.engine.Result`: labels, probabilities, properties, timings, tiles.
@@ -57,7 +58,8 @@ def predict_like_nnunet(bundle: ModelBundle, networks: list[nn.Module], device: 
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    prepared = preprocess(volume, bundle, with_nonzero_mask=False, use_nnunet_code=True)
+    as_read = None if reads_like_simpleitk(reader) else read_as_model(volume, reader)
+    prepared = preprocess(volume, bundle, with_nonzero_mask=False, use_nnunet_code=True, as_read=as_read)
     timings["preprocess"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -89,6 +91,8 @@ def predict_like_nnunet(bundle: ModelBundle, networks: list[nn.Module], device: 
         bundle.label_manager, prepared.properties, return_probabilities=with_probabilities,
         num_threads_torch=torch.get_num_threads())
     labels, probabilities = exported if with_probabilities else (exported, None)
+    if as_read is not None:  # nnU-Net writes through its reader; this is that file's content in the volume's order
+        labels = labels_in_volume_order(labels, prepared.properties, reader, volume.shape)
     timings["export"] = time.perf_counter() - started
     return {"labels": labels, "probabilities": probabilities, "properties": prepared.properties, "timings": timings,
             "tiles": tiles, "forward_passes": tiles * backend.passes_per_tile * len(networks)}

@@ -30,6 +30,7 @@ from .runtime.memory import (device_available_bytes, free_device_memory, host_av
 from .runtime.memory_plan import MemoryPlan, plan_memory
 from .sliding.accumulators import placements
 from .sliding.plan import Tile
+from .data.model_reader import labels_in_volume_order, read_as_model, reader_name, reads_like_simpleitk
 from .data.volume import Geometry, Volume
 
 
@@ -107,6 +108,7 @@ class Predictor:
             torch.backends.cudnn.benchmark = True  # fixed tile shapes: let cuDNN pick the fastest kernels once
         self.bundle = ModelBundle.load(model_dir, folds=folds, checkpoint_name=checkpoint_name, trust=trust,
                                        fold_count=preset.fold_count)
+        self.reader = reader_name(self.bundle.plans)  # the image reader the model was trained with
         self.networks = [net.to(self.device) for net in self.bundle.build_networks()]
         spatial_axes = len(self.bundle.patch_size)
         mirror_axes = tuple(a for a in self.bundle.mirror_axes if a < spatial_axes) if preset.mirroring else ()
@@ -173,14 +175,15 @@ class Predictor:
             settings = self.settings
             pieces = predict_like_nnunet(self.bundle, self.networks, self.device, settings.mirror_axes,
                                          settings.tile_step, settings.precision, volume, on_event, cancel,
-                                         with_probabilities)
+                                         with_probabilities, self.reader)
             pieces["timings"] = {"load": self.load_seconds, **pieces["timings"]}
             return Result(geometry=volume.geometry, **pieces)
         timings: dict[str, float] = {"load": self.load_seconds}
         order = placements(self.device)
         plan = self.plan_memory(volume)
         started = time.perf_counter()
-        prepared = preprocess(volume, self.bundle, with_nonzero_mask=self.settings.skip_empty_tiles)
+        as_read = None if reads_like_simpleitk(self.reader) else read_as_model(volume, self.reader)
+        prepared = preprocess(volume, self.bundle, with_nonzero_mask=self.settings.skip_empty_tiles, as_read=as_read)
         timings["preprocess"] = time.perf_counter() - started
         peaks = _record_peak({}, "preprocess")
 
@@ -227,10 +230,13 @@ class Predictor:
                                      plan.slab_bytes, cancel)
         del logits
         free_device_memory(self.device)
+        labels = exported.labels
+        if as_read is not None:  # back from the model reader's voxel order to the volume's
+            labels = labels_in_volume_order(labels, prepared.properties, self.reader, volume.shape)
         timings["export"] = time.perf_counter() - started
         _record_peak(peaks, "export")
         return Result(
-            labels=exported.labels,
+            labels=labels,
             geometry=volume.geometry,
             probabilities=exported.probabilities,
             properties=prepared.properties,

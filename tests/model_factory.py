@@ -922,8 +922,8 @@ def _nnunet_with_float32_sums():
 
 def nnunet_reference(model_dir: Path, image_files: list[Path], folds=(0,), step: float = 0.5, mirroring: bool = True,
                      checkpoint_name: str = "checkpoint_final.pth", float32_sums: bool = False) -> np.ndarray:
-    """Label map from nnU-Net's own ``nnUNetPredictor`` (CPU, in-process) for one case, in SimpleITK numpy order
-    (z, y, x). ``float32_sums`` runs nnU-Net's algorithm with its two sliding-window sums in float32 instead of
+    """Label map from nnU-Net's own ``nnUNetPredictor`` (CPU, in-process, reading with the reader class the plans
+    name) for one case, in SimpleITK numpy order (z, y, x). ``float32_sums`` runs nnU-Net's algorithm with its two sliding-window sums in float32 instead of
     float16 (the Gaussian stays nnU-Net's float16 map): what Tilewise's ``reference`` preset computes."""
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -934,6 +934,11 @@ def nnunet_reference(model_dir: Path, image_files: list[Path], folds=(0,), step:
                                     perform_everything_on_device=False, device=torch.device("cpu"),
                                     verbose=False, verbose_preprocessing=False, allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(str(model_dir), tuple(folds), checkpoint_name=checkpoint_name)
-        img, props = SimpleITKIO().read_images([str(f) for f in image_files])
+        reader = predictor.plans_manager.image_reader_writer_class()  # the reader the plans name, as nnU-Net's CLI
+        img, props = reader.read_images([str(f) for f in image_files])
         seg = predictor.predict_single_npy_array(img, props, None, None, False)
-    return np.asarray(seg)
+    if isinstance(reader, SimpleITKIO):
+        return np.asarray(seg)
+    with tempfile.TemporaryDirectory() as folder:  # what nnU-Net's file holds, in SimpleITK's voxel order
+        reader.write_seg(np.asarray(seg), str(Path(folder) / "seg.nii.gz"), props)
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(Path(folder) / "seg.nii.gz")))

@@ -338,3 +338,21 @@ def test_closing_the_window_during_a_run_cancels_it(make_napari_viewer, qtbot, t
     viewer.close()
     assert worker.isFinished() and worker.token.cancelled
     assert time.perf_counter() - started < 30
+
+
+def test_nnunet_exact_checkbox_gives_nnunets_own_labels(gui, qtbot, ct_model: Path, oblique_case: Path) -> None:
+    viewer, widget = gui
+    widget.model_panel.select(ct_model)
+    _open(qtbot, widget, oblique_case)
+    widget.settings_panel.select_preset("preview")
+    panel = widget.settings_panel
+    panel.nnunet_exact.setChecked(True)
+    assert not panel.precision.isEnabled() and not panel.backend.isEnabled()
+    assert panel.choice().nnunet_exact and "Changed under Advanced" in panel.summary.text()
+
+    assert _run(qtbot, widget) == "done"
+
+    stock = model_factory.nnunet_reference(ct_model, [oblique_case], folds=(0,), step=1.0, mirroring=False)
+    np.testing.assert_array_equal(np.asarray(widget.result_layer.data), stock)
+    panel.nnunet_exact.setChecked(False)
+    assert panel.precision.isEnabled() and not panel.choice().nnunet_exact

@@ -11,6 +11,7 @@ from contextlib import redirect_stdout
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import default_preprocessor
@@ -34,15 +35,18 @@ class Preprocessed:
 
 
 def preprocess(volume: Volume, bundle: ModelBundle, with_nonzero_mask: bool = True,
-               use_nnunet_code: bool = False) -> Preprocessed:
+               use_nnunet_code: bool = False, as_read: tuple[np.ndarray, dict[str, Any]] | None = None) -> Preprocessed:
     """Run the model's nnU-Net preprocessing on ``volume`` and pad the result to the tile size as nnU-Net does.
 
     Uses as many threads as torch (the device's thread setting). ``with_nonzero_mask`` also returns nnU-Net's
     nonzero mask on the network grid. ``use_nnunet_code`` runs nnU-Net's own preprocessor class even where the
     parallel one gives the same numbers to within a rounding step (``--nnunet-exact`` wants them bit for bit).
+    ``as_read`` is the image as the model's own reader returned it (array and nnU-Net properties), for models whose
+    reader is not SimpleITK's (:mod:`~tilewise.engine.data.model_reader`).
     """
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
+    array = volume.array
     properties: dict[str, Any] = {
         "spacing": volume.nnunet_spacing,
         "sitk_stuff": {
@@ -51,16 +55,18 @@ def preprocess(volume: Volume, bundle: ModelBundle, with_nonzero_mask: bool = Tr
             "direction": volume.geometry.direction,
         },
     }
+    if as_read is not None:
+        array, properties = as_read[0], dict(as_read[1])
     if default_preprocessor.supports(bundle) and not use_nnunet_code:
         data, seg, properties = default_preprocessor.run_default_preprocessing(
-            volume.array, properties, bundle, with_nonzero_mask, torch.get_num_threads(),
+            array, properties, bundle, with_nonzero_mask, torch.get_num_threads(),
             source=volume.sources[0] if volume.sources else "input")
     else:
         manager = bundle.configuration_manager
         preprocessor = manager.preprocessor_class(verbose=False)
         with redirect_stdout(io.StringIO()):
             data, seg, properties = preprocessor.run_case_npy(
-                volume.array, None, properties, bundle.plans_manager, manager, bundle.dataset_json
+                array, None, properties, bundle.plans_manager, manager, bundle.dataset_json
             )
     tensor = torch.from_numpy(data).to(dtype=torch.float32, memory_format=torch.contiguous_format)
     network_shape = tuple(int(s) for s in tensor.shape[1:])

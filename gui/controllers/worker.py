@@ -30,6 +30,8 @@ class RunChoice:
     preset: Preset
     folds: tuple[str, ...] | None
     device: str
+    nnunet_exact: bool = False
+    """Reproduce nnU-Net's own output file voxel for voxel (``--nnunet-exact``)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class RunRequest:
     channels: tuple[Any, ...] = field(repr=False)
     geometry: Geometry
     sources: tuple[Path, ...] = ()
+    nnunet_exact: bool = False
 
     @classmethod
     def for_layers(cls, model_dir: Path, choice: RunChoice, trust: bool, layers: list[Any]) -> RunRequest:
@@ -51,12 +54,12 @@ class RunRequest:
         sources = tuple(Path(s) for s in (layer.metadata.get("tilewise_source") for layer in layers) if s)
         return cls(model_dir=model_dir, preset=choice.preset, device=choice.device, folds=choice.folds, trust=trust,
                    channels=tuple(layer.data for layer in layers), geometry=geometry_from_layer(layers[0]),
-                   sources=sources)
+                   sources=sources, nnunet_exact=choice.nnunet_exact)
 
     @property
     def predictor_key(self) -> tuple[Any, ...]:
         """Runs with the same key can share one loaded :class:`Predictor`."""
-        return (str(self.model_dir), self.preset, self.device, self.folds, self.trust)
+        return (str(self.model_dir), self.preset, self.device, self.folds, self.trust, self.nnunet_exact)
 
 
 class PredictorCache:
@@ -74,7 +77,8 @@ class PredictorCache:
                 return self._predictor
             self._key, self._predictor = None, None  # free the old model before loading the next one
             predictor = Predictor(request.model_dir, request.preset, device=request.device,
-                                  folds=list(request.folds) if request.folds else None, trust=request.trust)
+                                  folds=list(request.folds) if request.folds else None, trust=request.trust,
+                                  nnunet_exact=request.nnunet_exact)
             self._key, self._predictor = request.predictor_key, predictor
             return predictor
 

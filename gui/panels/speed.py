@@ -99,6 +99,11 @@ class SpeedPanel(QWidget):
         self.backend.setToolTip("The engine that runs the network, for every preset. Automatic uses PyTorch on a GPU "
                                 "and OpenVINO (usually 2-3x faster than PyTorch) on a CPU when it is installed")
 
+        self.nnunet_exact = QCheckBox("reproduce nnU-Net's own file")
+        self.nnunet_exact.setToolTip("Voxel for voxel what nnUNetv2_predict_from_modelfolder writes: PyTorch, one "
+                                     "tile at a time, nnU-Net's float16 sums and its own preprocessing and export. "
+                                     "Slower than the presets; folds, mirroring and tile step still apply")
+
         advanced_form = QFormLayout()
         advanced_form.addRow("Folds:", self.fold_box)
         advanced_form.addRow("Mirroring:", self.mirroring)
@@ -106,6 +111,7 @@ class SpeedPanel(QWidget):
         advanced_form.addRow("Precision:", self.precision)
         advanced_form.addRow("Device:", self.device)
         advanced_form.addRow("Engine:", self.backend)
+        advanced_form.addRow("nnU-Net exact:", self.nnunet_exact)
         advanced_content = QWidget()
         advanced_content.setLayout(advanced_form)
         self.advanced = QCollapsible("Advanced")
@@ -122,7 +128,7 @@ class SpeedPanel(QWidget):
 
         self.preset.currentIndexChanged.connect(self._on_preset_changed)
         for signal in (self.mirroring.toggled, self.tile_step.valueChanged, self.precision.currentIndexChanged,
-                       self.device.currentIndexChanged, self.backend.currentIndexChanged):
+                       self.device.currentIndexChanged, self.backend.currentIndexChanged, self.nnunet_exact.toggled):
             signal.connect(self._on_field_changed)
         remembered = str(self.settings.value(SETTINGS_PRESET, DEFAULT_PRESET) or DEFAULT_PRESET)
         index = self.preset.findData(remembered)
@@ -177,7 +183,8 @@ class SpeedPanel(QWidget):
         )
         chosen = tuple(c.text() for c in self.fold_checks if c.isChecked())
         folds = chosen if chosen and self.fold_checks else None
-        return RunChoice(preset=preset, folds=folds, device=str(self.device.currentData()))
+        return RunChoice(preset=preset, folds=folds, device=str(self.device.currentData()),
+                         nnunet_exact=self.nnunet_exact.isChecked())
 
     def is_customised(self) -> bool:
         """True when an Advanced field differs from the chosen preset."""
@@ -186,6 +193,7 @@ class SpeedPanel(QWidget):
             self.mirroring.isChecked() != preset.mirroring
             or abs(self.tile_step.value() - preset.tile_step) > 1e-6
             or self.precision.currentData() != preset.precision
+            or self.nnunet_exact.isChecked()
             or tuple(c.text() for c in self.fold_checks if c.isChecked()) != self._preset_folds(preset)
         )
 
@@ -215,6 +223,9 @@ class SpeedPanel(QWidget):
     def _on_field_changed(self, *_: object) -> None:
         if self._updating:
             return
+        exact = self.nnunet_exact.isChecked()
+        self.precision.setEnabled(not exact)  # nnU-Net's own precision and engine: these do not apply
+        self.backend.setEnabled(not exact)
         text = self.current_preset().summary
         if self.is_customised():
             text += " <b>Changed under Advanced.</b>"
