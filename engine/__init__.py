@@ -4,10 +4,9 @@ Plain Python + torch (+ nnunetv2); never imports Qt or napari, so it runs in bat
 """
 from __future__ import annotations
 
-import io as _io
-from contextlib import redirect_stdout as _redirect_stdout
+from .runtime.quiet import silenced_stdout as _silenced_stdout
 
-with _redirect_stdout(_io.StringIO()):  # nnunetv2.paths prints hints about unset environment variables
+with _silenced_stdout():  # nnunetv2.paths prints hints about unset environment variables
     import nnunetv2.paths  # noqa: F401
 
 from .errors import Cancelled, InputError, ModelError, OutOfMemoryError, TilewiseError, UntrustedCheckpointError

@@ -16,7 +16,6 @@ from .backends.select import choose_backend, create_backend
 from .preprocess.body_mask import body_mask
 from .postprocess.export import export_logits
 from .postprocess.labels import logits_to_labels
-from .runtime.allocator import keep_freed_host_memory
 from .preprocess.grid_mapping import GridMapper
 from .model.bundle import ModelBundle
 from .nnunet_exact import predict_like_nnunet
@@ -102,9 +101,7 @@ class Predictor:
             preset = preset.with_overrides(precision="fp16")  # nnU-Net runs CUDA under autocast (float16)
         self.device = choice.device
         self.preset = preset
-        if self.device.type == "cpu":
-            keep_freed_host_memory()
-        elif self.device.type == "cuda":
+        if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed tile shapes: let cuDNN pick the fastest kernels once
         self.bundle = ModelBundle.load(model_dir, folds=folds, checkpoint_name=checkpoint_name, trust=trust,
                                        fold_count=preset.fold_count)
@@ -148,8 +145,9 @@ class Predictor:
         """Reorder the tiles not yet run (smaller key first); applies to the current or the next run."""
         self._pending_priority = key
         self._focus = None
-        if self._runner is not None:
-            self._runner.prioritise(key)
+        runner = self._runner  # read once: the run thread clears it when the run ends
+        if runner is not None:
+            runner.prioritise(key)
 
     def focus_on_slice(self, input_axis: int, index: int) -> None:
         """Run the tiles that show slice ``index`` of input axis ``input_axis`` (0 = z, 1 = y, 2 = x) first.

@@ -6,7 +6,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import TilewiseError
+from ..errors import OutOfMemoryError, TilewiseError
+from ..runtime.allocator import keep_freed_host_memory
+from ..runtime.memory import is_out_of_memory
 from .options import add_run_options
 
 EXIT_USAGE = 2
@@ -91,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments[:1] == ["--self-test"]:
         from .self_test import run_self_test
 
+        keep_freed_host_memory()
         return run_self_test(arguments[1:])
     if not arguments or (arguments[0] not in COMMANDS and arguments[0] not in ("-h", "--help")):
         return open_viewer(arguments)
@@ -100,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "predict":
             from .predict import run_predict
 
+            keep_freed_host_memory()  # this process only runs inference: the allocator tuning is ours to set
             return run_predict(args)
         if args.command == "bench":
             from .bench import run_bench
@@ -118,6 +122,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tilewise: interrupted; no partial output was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except (RuntimeError, MemoryError) as error:  # an allocation failure a library raised past the fallbacks
+        if not is_out_of_memory(error):
+            raise
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        print(f"tilewise: error: out of memory ({first}); try a faster preset, fewer folds, --batch-size 1 or "
+              "--device cpu", file=sys.stderr)
+        return OutOfMemoryError.exit_code
 
 
 def console() -> None:

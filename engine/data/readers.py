@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 import zlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from ..runtime.quiet import silenced_fd2
 from .volume import Geometry, Volume
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -52,30 +51,13 @@ def _read_itk(path: Path) -> sitk.Image:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        with _itk_messages_captured():
+        with silenced_fd2():
             reader.ReadImageInformation()
             if suffix in (".nii", ".nii.gz"):
                 _check_nifti_complete(path, reader)
             return reader.Execute()
     except RuntimeError as error:
         raise InputError(path, f"cannot read image ({_itk_reason(error)})") from None
-
-
-@contextmanager
-def _itk_messages_captured() -> Iterator[None]:
-    """Keep ITK's C++ libraries from printing to the terminal (file descriptor 2); our error says it once."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def _check_nifti_complete(path: Path, reader: sitk.ImageFileReader) -> None:
@@ -118,7 +100,7 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(largest)
     try:
-        with _itk_messages_captured():
+        with silenced_fd2():
             return reader.Execute()
     except RuntimeError as error:
         raise InputError(folder, f"cannot read DICOM series ({_itk_reason(error)})") from None

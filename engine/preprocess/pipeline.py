@@ -6,8 +6,6 @@ class named in the plans is called as nnU-Net calls it, on the in-memory array.
 """
 from __future__ import annotations
 
-import io
-from contextlib import redirect_stdout
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +16,7 @@ from . import default_preprocessor
 from .grid_mapping import GridMapper
 from ..model.bundle import ModelBundle
 from ..data.volume import Volume
+from ..runtime.quiet import silenced_stdout
 
 
 @dataclass
@@ -64,7 +63,7 @@ def preprocess(volume: Volume, bundle: ModelBundle, with_nonzero_mask: bool = Tr
     else:
         manager = bundle.configuration_manager
         preprocessor = manager.preprocessor_class(verbose=False)
-        with redirect_stdout(io.StringIO()):
+        with silenced_stdout():
             data, seg, properties = preprocessor.run_case_npy(
                 array, None, properties, bundle.plans_manager, manager, bundle.dataset_json
             )

@@ -5,6 +5,9 @@ large with fresh ``mmap`` calls and returns them to the kernel on ``free``, so e
 in again: on our 2-core machines that is a third of the forward time, spent in the kernel. Asking glibc to serve
 them from its heap and keep freed memory (``mallopt``) removes that cost. The process then keeps its peak heap until
 it exits, as torch's CUDA caching allocator does on the GPU.
+
+Only the command line applies it (``tilewise predict`` and ``--self-test``: processes that do nothing but
+inference). A viewer or any host application that imports the engine keeps its allocator as it is.
 """
 from __future__ import annotations
 
