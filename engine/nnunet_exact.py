@@ -22,6 +22,7 @@ from torch import nn
 from .backends.torch_backend import TorchBackend
 from .data.model_reader import SIMPLEITK_READER, labels_in_volume_order, read_as_model, reads_like_simpleitk
 from .data.volume import Volume
+from .errors import Cancelled
 from .events import CancelToken, EventHandler, TileEvent
 from .model.bundle import ModelBundle
 from .postprocess.labels import logits_to_labels
@@ -60,6 +61,8 @@ def predict_like_nnunet(bundle: ModelBundle, networks: list[nn.Module], device: 
     started = time.perf_counter()
     as_read = None if reads_like_simpleitk(reader) else read_as_model(volume, reader)
     prepared = preprocess(volume, bundle, with_nonzero_mask=False, use_nnunet_code=True, as_read=as_read)
+    if cancel is not None and cancel.cancelled:
+        raise Cancelled()
     timings["preprocess"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -83,8 +86,6 @@ def predict_like_nnunet(bundle: ModelBundle, networks: list[nn.Module], device: 
 
     started = time.perf_counter()
     if cancel is not None and cancel.cancelled:
-        from .errors import Cancelled
-
         raise Cancelled()
     exported = convert_predicted_logits_to_segmentation_with_correct_shape(
         summed[(slice(None), *prepared.unpadded)], bundle.plans_manager, bundle.configuration_manager,

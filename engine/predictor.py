@@ -27,6 +27,7 @@ from .preprocess.grid_shape import job_size
 from .runtime.memory import (device_available_bytes, free_device_memory, host_available_bytes, is_out_of_memory,
                              peak_rss_bytes)
 from .runtime.memory_plan import MemoryPlan, plan_memory
+from .runtime.parallel import cancellable, check_cancelled
 from .sliding.accumulators import placements
 from .sliding.plan import Tile
 from .data.model_reader import labels_in_volume_order, read_as_model, reader_name, reads_like_simpleitk
@@ -180,8 +181,12 @@ class Predictor:
         order = placements(self.device)
         plan = self.plan_memory(volume)
         started = time.perf_counter()
-        as_read = None if reads_like_simpleitk(self.reader) else read_as_model(volume, self.reader)
-        prepared = preprocess(volume, self.bundle, with_nonzero_mask=self.settings.skip_empty_tiles, as_read=as_read)
+        with cancellable(cancel):  # preprocessing stops between slabs
+            check_cancelled()
+            as_read = None if reads_like_simpleitk(self.reader) else read_as_model(volume, self.reader)
+            prepared = preprocess(volume, self.bundle, with_nonzero_mask=self.settings.skip_empty_tiles,
+                                  as_read=as_read)
+            check_cancelled()
         timings["preprocess"] = time.perf_counter() - started
         peaks = _record_peak({}, "preprocess")
 

@@ -94,8 +94,15 @@ def run_bench(args: argparse.Namespace) -> int:
             nnunet_out = workdir / "nnunet"
             device = "cpu" if report["device"] == "cpu" else "cuda" if report["device"].startswith("cuda") else report["device"]
             theirs = run_timed(_nnunet_command(args, report, bundle.path, staged[0].parent, nnunet_out, device))
-            if theirs.returncode != 0:
-                raise TilewiseError("nnUNetv2_predict_from_modelfolder", f"failed: {theirs.stderr.strip()[-300:]}")
+            summary["nnunet_finished"] = theirs.returncode == 0
+            if theirs.returncode != 0:  # a job nnU-Net cannot finish is a result too (e.g. its export runs out of memory)
+                lines = [line for line in theirs.stderr.strip().splitlines() if line.strip()]
+                summary.update({"nnunet_s": round(theirs.seconds, 2), "nnunet_peak_mb": round(theirs.peak_mb),
+                                "nnunet_returncode": theirs.returncode, "nnunet_error": lines[-1][:300] if lines else ""})
+                print(f"nnU-Net    did not finish: exit {theirs.returncode} after {theirs.seconds:.1f}s, peak "
+                      f"{summary['nnunet_peak_mb']} MB (all processes): {summary['nnunet_error']}")
+                print(json.dumps(summary))
+                return 0
             ours_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(ours_out / f"case{bundle.file_ending}")))
             their_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(nnunet_out / f"case{bundle.file_ending}")))
             dice = dice_per_label(ours_labels, their_labels)

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import ndimage
 
-from ..runtime.parallel import run_all, slabs
+from ..runtime.parallel import SLABS_PER_THREAD, run_all, slabs
 
 _PAD = 12
 """Edge padding before the spline prefilter; scipy's ``_prepad_for_spline_filter`` uses 12 for 'nearest'."""
@@ -73,7 +73,7 @@ def resize_like_skimage(image: np.ndarray, new_shape: Sequence[int], order: int,
         raise ValueError(f"spline order must be 1 to 5, got {order}")
     new_shape = tuple(int(s) for s in new_shape)
     scale = np.array([i / o for i, o in zip(image.shape, new_shape)], dtype=np.float64)
-    parts = max(1, threads) * 2
+    parts = max(1, threads) * SLABS_PER_THREAD
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         if order > 1:
             coefficients = _edge_padded(image, pool, parts)
