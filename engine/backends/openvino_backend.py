@@ -1,13 +1,16 @@
 """Forward passes with OpenVINO on the CPU (or an Intel GPU), from models converted once per fold and cached.
 
 Each fold network is converted (:mod:`.ov_convert`) for a static (batch, channels, *patch) input, checked against
-torch, cached on disk (:mod:`.ov_cache`) and compiled for the chosen precision. Mirroring and fold averaging happen
-around the compiled models exactly as :class:`~tilewise.engine.backends.torch_backend.TorchBackend` does them.
+torch on one tile, only then cached on disk (:mod:`.ov_cache`), and compiled for the chosen precision. A cached
+model is checked against torch the same way the first time this process uses it; one that disagrees is discarded
+and rebuilt. Mirroring and fold averaging happen around the compiled models exactly as
+:class:`~tilewise.engine.backends.torch_backend.TorchBackend` does them.
 """
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,11 +19,18 @@ from torch import nn
 
 from ..errors import TilewiseError
 from .mirrors import average_folds_and_mirrors, mirror_combinations
-from .ov_cache import NOT_CACHED, CacheKey, ModelCache, StaleEntry, network_digest
+from .ov_cache import NOT_CACHED, CacheKey, ModelCache, Staged, StaleEntry, VerifiedEntries, network_digest
 from .ov_convert import agreement_error, candidates, check_tile, convert
 
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
+VERIFIED = VerifiedEntries()
+"""Cache entries checked against torch in this process (the viewer may load a model on two threads at once)."""
+
+
+def _torch_logits(network: nn.Module, tile: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return network(tile).float()
 
 
 def _first_line(error: BaseException) -> str:
@@ -124,63 +134,103 @@ class OpenVINOBackend:
         import openvino
 
         key = CacheKey(network_digest(network), self.input_shape, self.precision, openvino.__version__)
-        fold, reason = self._from_cache(key)
+        tile = check_tile(self.input_shape)
+        reference = functools.cache(lambda: _torch_logits(network, tile))  # at most one torch pass per fold
+        fold, reason = self._from_cache(key, tile, reference)
         if fold is not None:
             self.cache_events.append("cached")
             return fold
         fresh = reason == NOT_CACHED
         self.cache_events.append("converted" if fresh else f"rebuilt: {reason}")
         started = time.perf_counter()
-        fold, cached = self._convert_checked(index, network, key)
+        fold, cached = self._convert_checked(index, network, key, tile, reference)
         took = f"converted to OpenVINO in {time.perf_counter() - started:.1f}s"
         if cached:
             self.notes.append(f"fold {index}: {took} (first run; cached for later runs)" if fresh else
                               f"fold {index}: cached OpenVINO model rebuilt ({reason}); {took}")
         return fold
 
-    def _from_cache(self, key: CacheKey) -> tuple[_CompiledFold | None, str]:
-        """The compiled cached model, or None and why there is none that can be trusted."""
+    def _from_cache(self, key: CacheKey, tile: torch.Tensor,
+                    reference: Callable[[], torch.Tensor]) -> tuple[_CompiledFold | None, str]:
+        """The compiled cached model, or None and why there is none that can be trusted. The first time an entry is
+        used in this process it is checked against torch on the check tile, as a conversion is; one that disagrees
+        is discarded."""
         try:
-            return self._compile(self._checked(self.cache.load(key, self.core))), ""
+            cached = self.cache.load(key, self.core)
+            fold = self._compile(self._checked(cached.model))
         except StaleEntry as why:
             return None, str(why)
+        except TilewiseError:
+            raise  # a cache folder others may write is refused, not worked around
         except Exception as error:  # noqa: BLE001 - whatever OpenVINO says, a cached model that fails is rebuilt
             return None, f"OpenVINO could not compile it ({_first_line(error)})"
+        with VERIFIED.lock(cached.fingerprint):  # two threads loading one entry check it once
+            agreed = VERIFIED.result(cached.fingerprint)
+            if agreed is None:
+                try:
+                    problem = self._disagreement(fold, tile, reference)
+                except Exception as error:  # noqa: BLE001 - a cached model that cannot run is rebuilt
+                    problem = f"it fails to run ({_first_line(error)})"
+                agreed = problem is None
+                VERIFIED.record(cached.fingerprint, agreed)
+                if not agreed:
+                    self.cache.discard(key)
+                    return None, f"it disagrees with torch on the check tile ({problem})"
+        return (fold, "") if agreed else (None, "it disagreed with torch on the check tile earlier in this run")
 
-    def _convert_checked(self, index: int, network: nn.Module, key: CacheKey) -> tuple[_CompiledFold, bool]:
-        """Convert ``network`` (each of its :func:`candidates` in turn until one gives torch's logits on a random
-        tile), cache and compile it. Returns the compiled fold and whether it was cached."""
-        tile = check_tile(self.input_shape)
-        with torch.no_grad():
-            reference = network(tile).float()
+    def _disagreement(self, fold: _CompiledFold, tile: torch.Tensor,
+                      reference: Callable[[], torch.Tensor]) -> str | None:
+        """Why ``fold`` cannot stand in for torch on the check tile; None when it can."""
+        return agreement_error(torch.from_numpy(fold(tile.numpy())), reference(), self.precision)
+
+    def _convert_checked(self, index: int, network: nn.Module, key: CacheKey, tile: torch.Tensor,
+                         reference: Callable[[], torch.Tensor]) -> tuple[_CompiledFold, bool]:
+        """Convert ``network`` (each of its :func:`candidates` in turn until one gives torch's logits on the check
+        tile) and compile it; cache the one that agrees. Returns the compiled fold and whether it was cached."""
         problems = []
         for recipe, candidate in candidates(network):
             model = self._convert(index, candidate)
             self.conversions += 1
-            stored = self._store(index, key, model)
+            staged, unsaved = self._stage(key, model)
             try:
-                fold = self._compile(stored if stored is not None else model)
-            except Exception as error:  # noqa: BLE001
-                raise TilewiseError("openvino", f"cannot compile fold {index} for {self.ov_device} "
-                                                f"({_first_line(error)}); try --backend torch") from None
-            problem = agreement_error(torch.from_numpy(fold(tile.numpy())), reference, self.precision)
-            if problem is None:
-                if problems:
-                    self.notes.append(f"fold {index}: {'; '.join(problems)}; the {recipe} conversion is used")
-                return fold, stored is not None
+                try:  # the staged model is checked: exactly the bytes later runs will load
+                    fold = self._compile(staged.cached.model if staged is not None else model)
+                except Exception as error:  # noqa: BLE001
+                    raise TilewiseError("openvino", f"cannot compile fold {index} for {self.ov_device} "
+                                                    f"({_first_line(error)}); try --backend torch") from None
+                problem = self._disagreement(fold, tile, reference)
+                if problem is None:
+                    if staged is not None:
+                        unsaved = self._commit(staged)  # stored only now that it agreed with torch
+                    if unsaved:
+                        self.notes.append(f"fold {index}: could not cache the converted model in {self.cache.root} "
+                                          f"({unsaved})")
+                    if problems:
+                        self.notes.append(f"fold {index}: {'; '.join(problems)}; the {recipe} conversion is used")
+                    return fold, not unsaved
+            finally:
+                if staged is not None:
+                    self.cache.release(staged)
             problems.append(f"{recipe}: {problem}")
         self.cache.discard(key)
         raise TilewiseError("openvino", f"fold {index} converts to a model that disagrees with torch "
                                         f"({'; '.join(problems)}); use --backend torch")
 
-    def _store(self, index: int, key: CacheKey, model: Any) -> Any:
-        """Cache ``model`` and return it as later runs will load it; None (with a note) when it cannot be cached."""
+    def _stage(self, key: CacheKey, model: Any) -> tuple[Staged | None, str]:
+        """``model`` written for the cache and read back; None and why when it cannot be cached."""
         try:
-            self.cache.store(key, model)
-            return self.cache.load(key, self.core)
+            return self.cache.stage(key, model, self.core), ""
         except (OSError, RuntimeError, StaleEntry) as error:  # caching is best effort: run the converted model
-            self.notes.append(f"fold {index}: could not cache the converted model in {self.cache.root} ({error})")
-            return None
+            return None, str(error)
+
+    def _commit(self, staged: Staged) -> str:
+        """Store ``staged`` as its key's entry (it agreed with torch); why it could not be stored, or ''."""
+        try:
+            self.cache.commit(staged)
+        except OSError as error:
+            return str(error)
+        VERIFIED.record(staged.cached.fingerprint, True)  # checked just now: no need to check it again in this run
+        return ""
 
     def _convert(self, index: int, network: nn.Module) -> Any:
         try:
