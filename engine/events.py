@@ -1,11 +1,16 @@
 """What a run reports and how a caller stops it: :class:`TileEvent` after every batch, :class:`CancelToken`."""
 from __future__ import annotations
 
+import contextvars
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from .errors import Cancelled
 
 Box = tuple[slice, slice, slice]
 """A (z, y, x) region of a grid."""
@@ -47,3 +52,31 @@ class CancelToken:
 
 
 EventHandler = Callable[[TileEvent], None]
+
+
+_CURRENT: contextvars.ContextVar[Any] = contextvars.ContextVar("tilewise_cancel", default=None)
+"""The token of the run this thread is working on: stages deep inside a run (thread-pool slabs, forward passes
+between mirrors, OpenVINO conversion between folds, checkpoint loading) check it without a parameter threaded
+through every call."""
+
+
+@contextmanager
+def cancellable(token: Any) -> Iterator[None]:
+    """Within the block (on this thread), :func:`check_cancelled` raises once ``token.cancelled`` is true."""
+    reset = _CURRENT.set(token)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(reset)
+
+
+def current_cancel_token() -> Any:
+    """The token of the innermost :func:`cancellable` block on this thread, or None."""
+    return _CURRENT.get()
+
+
+def check_cancelled() -> None:
+    """Raise :class:`~tilewise.engine.Cancelled` if the current run was cancelled."""
+    token = _CURRENT.get()
+    if token is not None and token.cancelled:
+        raise Cancelled()

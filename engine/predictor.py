@@ -21,13 +21,12 @@ from .model.bundle import ModelBundle
 from .nnunet_exact import predict_like_nnunet
 from .preprocess.pipeline import preprocess
 from .presets import Preset
-from .events import CancelToken, EventHandler
+from .events import CancelToken, EventHandler, cancellable, check_cancelled
 from .sliding.runner import SlidingWindowRunner, background_logits
 from .preprocess.grid_shape import job_size
 from .runtime.memory import (device_available_bytes, free_device_memory, host_available_bytes, is_out_of_memory,
                              peak_rss_bytes)
 from .runtime.memory_plan import MemoryPlan, plan_memory
-from .runtime.parallel import cancellable, check_cancelled
 from .sliding.accumulators import placements
 from .sliding.plan import Tile
 from .data.model_reader import labels_in_volume_order, read_as_model, reader_name, reads_like_simpleitk
@@ -76,7 +75,8 @@ class Predictor:
     """Loads a model once and predicts volumes with it.
 
     ``folds`` overrides the preset's choice; ``trust`` allows checkpoints that need full unpickling.
-    ``nnunet_exact`` reproduces ``nnUNetv2_predict_from_modelfolder``'s output voxel for voxel (see
+    ``cancel`` stops loading (raising :class:`~tilewise.engine.Cancelled`) between folds' checkpoints and
+    conversions. ``nnunet_exact`` reproduces ``nnUNetv2_predict_from_modelfolder``'s output voxel for voxel (see
     :mod:`~tilewise.engine.nnunet_exact`): PyTorch, batch 1, nnU-Net's precision, tile order, float16 sums,
     preprocessing and export; the preset's folds, mirroring and tile step still apply.
     """
@@ -90,7 +90,13 @@ class Predictor:
         checkpoint_name: str | None = None,
         trust: bool = False,
         nnunet_exact: bool = False,
+        cancel: CancelToken | None = None,
     ) -> None:
+        with cancellable(cancel):  # loading and converting stop between folds when ``cancel`` is set
+            self._load(model_dir, preset, device, folds, checkpoint_name, trust, nnunet_exact)
+
+    def _load(self, model_dir: Path | str, preset: Preset, device: str | torch.device, folds: list[str] | None,
+              checkpoint_name: str | None, trust: bool, nnunet_exact: bool) -> None:
         started = time.perf_counter()
         self.nnunet_exact = nnunet_exact
         if nnunet_exact:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 TITLE = "Tilewise"
@@ -37,8 +36,10 @@ def build_viewer(args: argparse.Namespace, viewer: Any = None, show: bool = True
     viewer.window.add_dock_widget(widget, name=TITLE, area="right")
     if show:
         _compat.show_maximized(viewer)
-    if args.model:
-        widget.model_panel.select(Path(args.model))
+    if args.model:  # 'demo' means the bundled model here too, as in every sub-command
+        from tilewise.engine.model.bundle import resolve_model_dir
+
+        widget.model_panel.select(resolve_model_dir(args.model))
     if args.paths:
         widget.open_image(args.paths[0] if len(args.paths) == 1 else args.paths)
     elif (sample := contributions.sample_path()) is not None:

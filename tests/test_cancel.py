@@ -8,7 +8,8 @@ import pytest
 
 import model_factory
 from tilewise.engine import Cancelled, Predictor, get_preset, read_volume
-from tilewise.engine.runtime.parallel import cancellable, run_all
+from tilewise.engine.events import cancellable
+from tilewise.engine.runtime.parallel import run_all
 
 
 class CancelledAfter:
@@ -81,3 +82,60 @@ def test_cancel_during_export_stops_between_slabs(counting, tmp_path: Path, monk
     with pytest.raises(Cancelled):
         predictor.predict(read_volume(case), on_event=cancel_after_the_last_tile, cancel=token)
     assert calls["forward"] > 0 and 0 < len(slabs_done) < 10
+
+
+def test_cancel_while_converting_for_openvino_stops_between_folds(tmp_path: Path, monkeypatch) -> None:
+    """The viewer's Cancel during a first reference run, which converts five folds: it stops after the fold that is
+    converting (it took minutes before, with "waiting for the current tile" shown while no tile ran)."""
+    import time
+
+    from tilewise.engine import CancelToken
+    from tilewise.engine.backends import openvino_backend
+
+    monkeypatch.setenv("TILEWISE_CACHE_DIR", str(tmp_path / "cache"))  # an empty cache: every fold converts
+    token = CancelToken()
+    prepared: list[int] = []
+    real = openvino_backend.OpenVINOBackend._prepare_fold
+    cancelled_at: list[float] = []
+
+    def prepare(self, index, network):
+        compiled = real(self, index, network)
+        prepared.append(index)
+        if index == 0:
+            token.cancel()  # the person presses Cancel while the first fold converts
+            cancelled_at.append(time.perf_counter())
+        return compiled
+
+    monkeypatch.setattr(openvino_backend.OpenVINOBackend, "_prepare_fold", prepare)
+    with pytest.raises(Cancelled):
+        Predictor("demo", get_preset("reference").with_overrides(backend="openvino"), device="cpu", cancel=token)
+    latency = time.perf_counter() - cancelled_at[0]
+    assert prepared == [0], "no fold after the cancel was converted"
+    print(f"cancel during conversion returned {latency:.3f} s after the fold it interrupted")
+
+
+def test_cancel_inside_a_fold_conversion_stores_nothing(tmp_path: Path, monkeypatch) -> None:
+    """Cancel while a fold converts: it stops after the step that runs (convert, compile), caches nothing."""
+    from tilewise.engine import CancelToken
+    from tilewise.engine.backends import openvino_backend
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TILEWISE_CACHE_DIR", str(cache))
+    token = CancelToken()
+    real_convert = openvino_backend.OpenVINOBackend._convert
+    steps: list[str] = []
+
+    def convert(self, index, candidate):
+        steps.append("convert")
+        model = real_convert(self, index, candidate)
+        token.cancel()  # pressed while the conversion ran
+        return model
+
+    real_compile = openvino_backend.OpenVINOBackend._compile
+    monkeypatch.setattr(openvino_backend.OpenVINOBackend, "_convert", convert)
+    monkeypatch.setattr(openvino_backend.OpenVINOBackend, "_compile",
+                        lambda self, model: steps.append("compile") or real_compile(self, model))
+    with pytest.raises(Cancelled):
+        Predictor("demo", get_preset("preview").with_overrides(backend="openvino"), device="cpu", cancel=token)
+    assert steps == ["convert"], "nothing after the cancelled step"
+    assert not [p for p in cache.rglob("*") if p.is_file()], "no cache entry from a cancelled conversion"

@@ -481,14 +481,43 @@ def test_help_prints_usage(capfd) -> None:
         assert command in out
 
 
-@pytest.mark.parametrize("argv", [[], ["scan.nii.gz"], ["scan.nii.gz", "-m", "demo"]])
-def test_no_command_opens_the_viewer(argv: list[str], monkeypatch) -> None:
+@pytest.mark.parametrize("argv", [[], ["SCAN"], ["SCAN", "-m", "demo"], ["-m", "demo"]])
+def test_no_command_opens_the_viewer(argv: list[str], monkeypatch, tmp_path: Path) -> None:
     import tilewise.engine.commands.cli as cli
 
+    scan = model_factory.make_case(tmp_path / "scan.nii.gz", "3d", shape=SMALL)
+    argv = [str(scan) if a == "SCAN" else a for a in argv]
     opened: list[list[str]] = []
     monkeypatch.setattr(cli, "open_viewer", lambda arguments: opened.append(arguments) or 0)
     assert main(argv) == 0
     assert opened == [argv]
+
+
+@pytest.mark.parametrize(("word", "hint"), [("predcit", "did you mean 'predict'?"), ("bnech", "did you mean 'bench'?"),
+                                            ("frobnicate", "commands: predict, bench")])
+def test_an_unknown_command_is_a_one_line_usage_error(word: str, hint: str, monkeypatch, capfd) -> None:
+    import tilewise.engine.commands.cli as cli
+
+    opened: list = []
+    monkeypatch.setattr(cli, "open_viewer", lambda arguments: opened.append(arguments) or 0)
+    code, out, err = run_cli([word, "-i", "x", "-o", "y", "-m", "demo"], capfd)
+    assert code == 2 and not opened
+    assert err.strip() == err.strip().splitlines()[0]
+    assert f"unknown command '{word}'" in err and hint in err
+
+
+def test_version(capfd) -> None:
+    code, out, _ = run_cli(["--version"], capfd)
+    assert code == 0 and re.fullmatch(r"tilewise \S+", out.strip())
+
+
+def test_without_a_display_the_viewer_explains_how_to_run_headless(monkeypatch, capfd) -> None:
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    code, _, err = run_cli([], capfd)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "no display" in err and "tilewise predict" in err and "--self-test" in err
 
 
 def test_viewer_missing_is_a_clear_error(monkeypatch, capfd) -> None:

@@ -5,6 +5,8 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from ..events import check_cancelled
+
 Array = TypeVar("Array")
 
 
@@ -20,9 +22,12 @@ def average_folds_and_mirrors(folds: Sequence[Callable[[Array], Array]], inputs:
     then the mean over folds. ``folds`` return float32 logits for ``inputs``; ``flip`` flips an array along dims (a
     torch tensor or a numpy array: the backends share this rule, not their array type)."""
     total: Any = None
-    for fold in folds:
+    for index, fold in enumerate(folds):
+        if index:
+            check_cancelled()  # a reference tile is 40 passes: Cancel lands between folds and mirrors
         prediction: Any = fold(inputs)
         for dims in mirrors:
+            check_cancelled()
             prediction += flip(fold(flip(inputs, dims)), dims)
         if mirrors:
             prediction /= len(mirrors) + 1

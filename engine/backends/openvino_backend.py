@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import TilewiseError
+from ..events import check_cancelled
 from .mirrors import average_folds_and_mirrors, mirror_combinations
 from .ov_cache import NOT_CACHED, CacheKey, ModelCache, Staged, StaleEntry, VerifiedEntries, network_digest
 from .ov_convert import agreement_error, candidates, check_tile, convert
@@ -111,7 +112,10 @@ class OpenVINOBackend:
         self.cache = cache if cache is not None else ModelCache()
         self.cache_events: list[str] = []
         self.conversions = 0
-        self.folds = [self._prepare_fold(index, network) for index, network in enumerate(networks)]
+        self.folds = []
+        for index, network in enumerate(networks):
+            check_cancelled()  # converting a fold takes seconds: Cancel lands between folds
+            self.folds.append(self._prepare_fold(index, network))
 
     @property
     def passes_per_tile(self) -> int:
@@ -189,8 +193,10 @@ class OpenVINOBackend:
         tile) and compile it; cache the one that agrees. Returns the compiled fold and whether it was cached."""
         problems = []
         for recipe, candidate in candidates(network):
+            check_cancelled()
             model = self._convert(index, candidate)
             self.conversions += 1
+            check_cancelled()  # converting and compiling take seconds each: Cancel lands between the steps
             staged, unsaved = self._stage(key, model)
             try:
                 try:  # the staged model is checked: exactly the bytes later runs will load
@@ -198,6 +204,7 @@ class OpenVINOBackend:
                 except Exception as error:  # noqa: BLE001
                     raise TilewiseError("openvino", f"cannot compile fold {index} for {self.ov_device} "
                                                     f"({_first_line(error)}); try --backend torch") from None
+                check_cancelled()
                 problem = self._disagreement(fold, tile, reference)
                 if problem is None:
                     if staged is not None:

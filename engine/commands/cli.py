@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,8 +85,30 @@ def open_viewer(argv: list[str]) -> int:
         print(f"tilewise: error: the viewer is not installed ({missing} is missing); "
               "install it with: pip install 'tilewise[gui]'", file=sys.stderr)
         return EXIT_USAGE
+    if _display_missing():
+        print("tilewise: error: no display for the viewer (DISPLAY is not set); run headless with 'tilewise "
+              "predict -i IMAGE -o OUT -m MODEL' or check the installation with 'tilewise --self-test'",
+              file=sys.stderr)
+        return EXIT_USAGE
     viewer = importlib.import_module(VIEWER_MODULE)
     return int(viewer.main(argv))
+
+
+def _display_missing() -> bool:
+    """True on Linux without an X11 or Wayland display (and no offscreen Qt platform): Qt would abort there."""
+    if not sys.platform.startswith("linux"):
+        return False
+    if os.environ.get("QT_QPA_PLATFORM", "").startswith(("offscreen", "minimal", "vnc", "eglfs", "linuxfb")):
+        return False
+    return not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _unknown_command(word: str) -> int:
+    """One line for a first word that is neither a command, an option nor an existing image."""
+    close = difflib.get_close_matches(word, [*COMMANDS, "--self-test"], n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else f"; commands: {', '.join(COMMANDS)}, --self-test"
+    print(f"tilewise: error: unknown command '{word}'{hint}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,7 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         keep_freed_host_memory()
         return run_self_test(arguments[1:])
-    if not arguments or (arguments[0] not in COMMANDS and arguments[0] not in ("-h", "--help")):
+    if arguments[:1] == ["--version"]:
+        print(f"tilewise {package_version()}")
+        return 0
+    first = arguments[0] if arguments else None
+    if first is not None and first not in COMMANDS and first not in ("-h", "--help"):
+        if not first.startswith("-") and not Path(first).exists():
+            return _unknown_command(first)
+    if first is None or (first not in COMMANDS and first not in ("-h", "--help")):
         return open_viewer(arguments)
     parser = build_parser()
     args = parser.parse_args(arguments)
@@ -129,6 +160,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tilewise: error: out of memory ({first}); try a faster preset, fewer folds, --batch-size 1 or "
               "--device cpu", file=sys.stderr)
         return OutOfMemoryError.exit_code
+
+
+def package_version() -> str:
+    """The installed distribution's version ('unknown' when running from a source tree without metadata)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("tilewise")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def console() -> None:

@@ -2,38 +2,16 @@
 between slabs."""
 from __future__ import annotations
 
-import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from typing import Any
 
 import numpy as np
 
 from ..errors import Cancelled
+from ..events import current_cancel_token
 
 SLABS_PER_THREAD = 4
 """Slabs per worker thread: enough that a cancel lands within a small part of a stage, few enough to stay cheap."""
-
-_CANCEL: contextvars.ContextVar[Any] = contextvars.ContextVar("tilewise_cancel", default=None)
-
-
-@contextmanager
-def cancellable(token: Any) -> Iterator[None]:
-    """Within the block (on this thread), :func:`run_all` stops between slabs once ``token.cancelled`` is true."""
-    reset = _CANCEL.set(token)
-    try:
-        yield
-    finally:
-        _CANCEL.reset(reset)
-
-
-def check_cancelled() -> None:
-    """Raise :class:`Cancelled` if the token of the current :func:`cancellable` block was cancelled."""
-    token = _CANCEL.get()
-    if token is not None and token.cancelled:
-        raise Cancelled()
-
 
 def slabs(length: int, parts: int) -> list[tuple[int, int]]:
     """Split ``range(length)`` into at most ``parts`` contiguous, non-empty (start, stop) pieces."""
@@ -45,10 +23,10 @@ def slabs(length: int, parts: int) -> list[tuple[int, int]]:
 def run_all(pool: ThreadPoolExecutor, jobs: list[Callable[[], None]]) -> None:
     """Run ``jobs`` on ``pool``, wait for all of them and re-raise the first error.
 
-    Inside a :func:`cancellable` block, jobs that have not started when the token is cancelled do not run, and
+    Inside a :func:`~tilewise.engine.events.cancellable` block, jobs that have not started when the token is cancelled do not run, and
     :class:`Cancelled` is raised once the running ones are done.
     """
-    token = _CANCEL.get()
+    token = current_cancel_token()
 
     def guarded(job: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:

@@ -9,7 +9,7 @@ import torch
 from ..backends import ForwardBackend
 from ..errors import Cancelled, OutOfMemoryError
 from ..preprocess.grid_mapping import GridMapper
-from ..events import Box, CancelToken, EventHandler, TileEvent
+from ..events import Box, CancelToken, EventHandler, TileEvent, cancellable
 from ..runtime.memory import free_device_memory, is_out_of_memory
 from .accumulators import Accumulator, Placement, placements
 from .order import TileQueue, centre_out
@@ -97,7 +97,8 @@ class SlidingWindowRunner:
         retries that batch; while finalising it finishes in host memory. No tile ever runs twice.
         """
         try:
-            return self._run(data, mapper, on_event, cancel, provisional_labels)
+            with cancellable(cancel):  # the backend checks it between folds and mirrors
+                return self._run(data, mapper, on_event, cancel, provisional_labels)
         except Cancelled:
             free_device_memory(self.device)
             raise

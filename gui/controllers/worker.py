@@ -70,15 +70,16 @@ class PredictorCache:
         self._key: tuple[Any, ...] | None = None
         self._predictor: Predictor | None = None
 
-    def get(self, request: RunRequest) -> Predictor:
-        """The cached predictor for ``request``, loading it (on the calling thread) when the key changed."""
+    def get(self, request: RunRequest, cancel: CancelToken | None = None) -> Predictor:
+        """The cached predictor for ``request``, loading it (on the calling thread) when the key changed; ``cancel``
+        stops a load between folds."""
         with self._lock:
             if self._key == request.predictor_key and self._predictor is not None:
                 return self._predictor
             self._key, self._predictor = None, None  # free the old model before loading the next one
             predictor = Predictor(request.model_dir, request.preset, device=request.device,
                                   folds=list(request.folds) if request.folds else None, trust=request.trust,
-                                  nnunet_exact=request.nnunet_exact)
+                                  nnunet_exact=request.nnunet_exact, cancel=cancel)
             self._key, self._predictor = request.predictor_key, predictor
             return predictor
 
@@ -147,7 +148,7 @@ class SegmentationWorker(QThread):
         request = self.request
         try:
             self.stage.emit("Loading the model…")
-            predictor = self.cache.get(request)
+            predictor = self.cache.get(request, self.token)
             with self._focus_lock:
                 self._predictor = predictor
                 focus = self._focus

@@ -39,6 +39,7 @@ class RunPanel(QWidget):
         self._state = State.IDLE
         self._latest_tile: Any = None
         self._all_tiles_done = False
+        self._stage_text = ""
 
         import qtawesome
 
@@ -86,10 +87,11 @@ class RunPanel(QWidget):
         if state is State.LOADING:
             self._latest_tile = None
             self._all_tiles_done = False
+            self._stage_text = ""
             self.progress.setRange(0, 0)  # busy until the first tile reports the total
             self.timing.setText("")
         elif state is State.CANCELLING:
-            self.status.setText("Cancelling: waiting for the current tile to finish…")
+            self.status.setText(self.cancelling_text())
             self._schedule_progress()
         elif state is State.FINISHING:
             self.status.setText(FINISHING_TEXT)
@@ -100,8 +102,18 @@ class RunPanel(QWidget):
 
     def show_stage(self, text: str) -> None:
         """What the run does before its first tile (a cancelling run keeps saying that it is cancelling)."""
+        self._stage_text = text
         if self._state is not State.CANCELLING:
             self.status.setText(text)
+
+    def cancelling_text(self) -> str:
+        """What a cancelling run waits for: the step before the first tile, the tile that runs, or the export."""
+        if self._all_tiles_done:
+            return "Cancelling: stopping after the current slab of the result…"
+        if self._latest_tile is None:
+            step = (self._stage_text or "Loading the model…").rstrip("…").lower()
+            return f"Cancelling: {step} stops at its next step…"
+        return "Cancelling: waiting for the current tile to finish…"
 
     def show_tile(self, event: Any) -> None:
         """Note the latest tile; the texts and bars follow at most ~10 times a second."""
