@@ -295,7 +295,7 @@ class TilewiseWidget(QWidget):
     def _on_run_failed(self, kind: str, message: str, model_dir: Path | None) -> None:
         if kind == RunFailure.UNTRUSTED and model_dir is not None:
             self.last_error = message
-            if ask_to_trust(self, message):
+            if ask_to_trust(self, model_dir, self.trust.files(model_dir), message):
                 self.trust.trust(model_dir)
                 self.start_run()
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import pydoc
 import re
 from contextlib import redirect_stdout
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint
+from .checkpoint import check_located, check_named_objects, check_plans, load_checkpoint, resolved_configuration
 from .labels import label_names
 from ..errors import ModelError
 
@@ -71,13 +72,20 @@ def find_trainer_class(name: str, model_dir: Path | None = None) -> Any:
 
     Raises :class:`ModelError` when a trainer module needs a package that is not installed (e.g. timm for Primus).
     """
+    # Safe without trust: nnunetv2 imports only the modules of its own training/nnUNetTrainer folder and of the folders
+    # the person named in $nnUNet_extTrainer (the environment, never the model folder); the checkpoint's name only picks
+    # an attribute of those modules, and nnunetv2 asserts that it is an nnUNetTrainer subclass.
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
+    if not name.isidentifier():
+        return None
     with redirect_stdout(io.StringIO()):
         try:
             return recursive_find_trainer_class_by_name(name)
         except RuntimeError:  # nnunetv2 raises when no module defines the class
             return None
+        except (AssertionError, TypeError):  # a trainer module has something else by that name
+            raise ModelError(model_dir, f"'{name}' is not an nnU-Net trainer class") from None
         except ImportError as error:
             raise ModelError(model_dir, f"trainer '{name}' could not be loaded: it needs the Python package "
                                         f"'{error.name or error}', which is not installed") from None
@@ -96,6 +104,8 @@ class ModelBundle:
     checkpoint_name: str
     mirror_axes: tuple[int, ...]
     fold_weights: list[dict[str, torch.Tensor]] = field(repr=False)
+    trusted: bool = False
+    """Loaded with trust: checkpoints fully unpickled if need be, plans.json's classes imported from anywhere."""
 
     @classmethod
     def load(
@@ -109,8 +119,9 @@ class ModelBundle:
         """Open an nnU-Net trained-model folder.
 
         ``folds`` None means every fold with a checkpoint, or the first ``fold_count`` of them. ``checkpoint_name``
-        None prefers checkpoint_final.pth and falls back to checkpoint_best.pth. Checkpoints are loaded safely unless
-        ``trust`` is True.
+        None prefers checkpoint_final.pth and falls back to checkpoint_best.pth. Unless ``trust`` is True, checkpoints
+        are loaded safely and plans.json may name classes of the known network packages only (checked before nnunetv2
+        imports any); trust covers the whole folder.
         """
         path = resolve_model_dir(model_dir)
         if not path.is_dir():
@@ -141,6 +152,7 @@ class ModelBundle:
                     raise ModelError(path / f"fold_{fold}" / name, "checkpoint lacks init_args/trainer_name") from None
                 axes = checkpoint.get("inference_allowed_mirroring_axes")
                 mirror_axes = tuple(int(a) for a in axes) if axes is not None else ()
+                check_plans(plans, configuration_name, path / "plans.json", trust)
             weights.append(checkpoint["network_weights"])
             names.append(name)
         bundle = cls(
@@ -153,6 +165,7 @@ class ModelBundle:
             checkpoint_name=names[0],
             mirror_axes=mirror_axes,
             fold_weights=weights,
+            trusted=trust,
         )
         bundle._validate()
         return bundle
@@ -160,6 +173,8 @@ class ModelBundle:
     def _validate(self) -> None:
         if self.configuration_name not in self.plans.get("configurations", {}):
             raise ModelError(self.path, f"configuration '{self.configuration_name}' is not in plans.json")
+        if not self.trusted:
+            check_named_objects(self.configuration_manager, self.plans_manager, self.path / "plans.json")
         if self.configuration_manager.previous_stage_name is not None:
             raise ModelError(
                 self.path,
@@ -234,9 +249,16 @@ class ModelBundle:
     def build_networks(self) -> list[nn.Module]:
         """One network per fold, built as the checkpoint's trainer class builds it (custom trainers and ResEnc work)."""
         num_outputs = self.label_manager.num_segmentation_heads
+        if not self.trusted:
+            plans_path = self.path / "plans.json"
+            check_located(resolved_configuration(self.plans, self.configuration_name, plans_path), plans_path)
         networks = []
         for fold, state in zip(self.folds, self.fold_weights):
-            network = self._build_one(num_outputs)
+            try:
+                network = self._build_one(num_outputs)
+            except (ImportError, pydoc.ErrorDuringImport) as error:  # (trusted) plans.json names a missing class
+                problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise ModelError(self.path / "plans.json", f"the network cannot be built ({problem})") from None
             try:
                 network.load_state_dict(state)
             except RuntimeError as error:
