@@ -10,27 +10,35 @@ nothing is kept for longer than one run.
 from __future__ import annotations
 
 import gc
+import threading
+from collections.abc import Callable
 
 _depth = 0
+_lock = threading.Lock()  # a run's worker thread may end the pause while the GUI thread starts another
 
 
-def pause_full_collections() -> None:
-    """Freeze the objects that exist now (after a cheap collection of the young ones). Calls nest."""
+def pause_full_collections() -> Callable[[], None]:
+    """Freeze the objects that exist now (after a cheap collection of the young ones). Pauses nest; the returned
+    function ends this one pause (calling it again does nothing), from any thread."""
     global _depth
-    if _depth == 0:
-        gc.collect(1)  # young garbage first, so that little garbage is frozen with the rest
-        gc.freeze()
-    _depth += 1
+    with _lock:
+        if _depth == 0:
+            gc.collect(1)  # young garbage first, so that little garbage is frozen with the rest
+            gc.freeze()
+        _depth += 1
+    ended = threading.Event()
 
+    def resume() -> None:
+        global _depth
+        with _lock:
+            if ended.is_set() or _depth == 0:
+                return
+            ended.set()
+            _depth -= 1
+            if _depth == 0:
+                gc.unfreeze()
 
-def resume_full_collections() -> None:
-    """Undo one :func:`pause_full_collections`; the last one unfreezes everything."""
-    global _depth
-    if _depth == 0:
-        return
-    _depth -= 1
-    if _depth == 0:
-        gc.unfreeze()
+    return resume
 
 
 def paused() -> bool:

@@ -38,10 +38,16 @@ def _reader(name: str) -> Any:
     """nnunetv2's reader class by name; its search is limited to the ``nnunetv2.imageio`` package."""
     from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
 
+    not_shipped = ModelError("plans.json", f"image_reader_writer '{name}' is not a reader nnunetv2 ships")
+    if not name.isidentifier():
+        raise not_shipped
     try:
-        return recursive_find_reader_writer_by_name(name)()
+        found = recursive_find_reader_writer_by_name(name)
     except RuntimeError:
-        raise ModelError("plans.json", f"image_reader_writer '{name}' is not a reader nnunetv2 ships") from None
+        raise not_shipped from None
+    if not str(getattr(found, "__module__", "")).startswith("nnunetv2.imageio."):  # a helper those modules import
+        raise not_shipped
+    return found()
 
 
 def _files_for(volume: Volume, reader: Any, folder: Path) -> list[str]:

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import inspect
-import io
 import json
 import pydoc
 import re
-from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,9 +12,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import check_located, check_named_objects, check_plans, load_checkpoint, resolved_configuration
-from .labels import label_names
 from ..errors import ModelError
+from ..events import check_cancelled
+from ..runtime.quiet import silenced_stdout
+from .checkpoint import (
+    check_located,
+    check_named_objects,
+    check_plans,
+    load_checkpoint,
+    resolved_configuration,
+)
+from .labels import label_names
 
 CHECKPOINT_NAMES: tuple[str, ...] = ("checkpoint_final.pth", "checkpoint_best.pth")
 _FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
@@ -79,7 +85,7 @@ def find_trainer_class(name: str, model_dir: Path | None = None) -> Any:
 
     if not name.isidentifier():
         return None
-    with redirect_stdout(io.StringIO()):
+    with silenced_stdout():
         try:
             return recursive_find_trainer_class_by_name(name)
         except RuntimeError:  # nnunetv2 raises when no module defines the class
@@ -142,6 +148,7 @@ class ModelBundle:
         configuration_name = trainer_name = ""
         mirror_axes: tuple[int, ...] = ()
         for index, fold in enumerate(chosen):
+            check_cancelled()  # a large model's checkpoints take seconds each: Cancel lands between them
             name = checkpoint_name or next(n for n in CHECKPOINT_NAMES if (path / f"fold_{fold}" / n).is_file())
             checkpoint = load_checkpoint(path / f"fold_{fold}" / name, trust=trust)
             if index == 0:
@@ -210,7 +217,9 @@ class ModelBundle:
     @property
     def num_input_channels(self) -> int:
         """Number of image channels the network expects."""
-        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        from nnunetv2.utilities.label_handling.label_handling import (
+            determine_num_input_channels,
+        )
 
         return int(determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json))
 

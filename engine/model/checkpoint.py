@@ -10,12 +10,10 @@ the packages nnU-Net's planners write (:data:`KNOWN_NETWORK_PACKAGES`), checked 
 """
 from __future__ import annotations
 
-import io
 import pickle
 import pydoc
 import threading
 import zipfile
-from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelError, UntrustedCheckpointError
+from ..runtime.quiet import silenced_stdout
 
 TRUST_FLAG = "--trust-model"
 
@@ -120,8 +119,9 @@ NAMED_IN_PLANS = ("preprocessor_name", "resampling_fn_data", "resampling_fn_seg"
 of the installed nnunetv2 (preprocessing, preprocessing/resampling, utilities/label_handling), whatever the name:
 the name cannot make it import anything else, so these need no check before importing. The name does pick an
 attribute of those modules, which also hold helpers imported from elsewhere (load_pickle, save_json, ...): without
-trust, what it picks must be defined in nnunetv2 (:func:`check_named_objects`). (``image_reader_writer`` and
-``experiment_planner_name`` are looked up the same way, but Tilewise never asks for them.)"""
+trust, what it picks must be defined in nnunetv2 (:func:`check_named_objects`). ``image_reader_writer`` is
+looked up the same way and held to ``nnunetv2.imageio`` where it is used (:mod:`~tilewise.engine.data.model_reader`);
+Tilewise never asks for ``experiment_planner_name``."""
 
 
 class UntrustedPlansError(UntrustedCheckpointError):
@@ -221,7 +221,7 @@ def check_named_objects(configuration_manager: Any, plans_manager: Any, plans_pa
         name = (plans_manager.plans if key == "label_manager" else configuration_manager.configuration).get(key)
         if name is None:
             continue
-        with redirect_stdout(io.StringIO()):
+        with silenced_stdout():
             try:
                 found = lookup()
             except RuntimeError:  # nnunetv2 raises when no module of its folder has that name

@@ -16,6 +16,7 @@ written.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
@@ -76,7 +77,7 @@ class RunController(QObject):
         self.layers: list[Any] = []
         """The image layers of the current (or last) run, one per channel."""
         self._started = 0.0
-        self._gc_paused = False
+        self._resume_gc_once: Callable[[], None] | None = None
 
     @property
     def elapsed_s(self) -> float:
@@ -112,8 +113,11 @@ class RunController(QObject):
         first); ``started`` is emitted before its thread starts. False (nothing started) unless idle."""
         if self.state is not State.IDLE:
             return False
-        self._pause_gc()  # no full garbage collection (a freeze of half a second) while the run goes on
         worker = SegmentationWorker(request, self.cache)
+        # no full garbage collection (a freeze of half a second) while the run goes on; the pause ends when the
+        # run's thread does, also if this controller is gone by then (the window closed mid-run)
+        self._resume_gc_once = _gc.pause_full_collections()
+        worker.finished.connect(self._resume_gc_once)
         worker.stage.connect(self.stage)
         worker.tile.connect(self._on_tile)
         worker.succeeded.connect(self._on_succeeded)
@@ -211,12 +215,7 @@ class RunController(QObject):
         self.finished.emit(outcome)
 
     # ---- garbage collection -------------------------------------------------------------------------
-    def _pause_gc(self) -> None:
-        if not self._gc_paused:
-            self._gc_paused = True
-            _gc.pause_full_collections()
-
     def _resume_gc(self) -> None:
-        if self._gc_paused:
-            self._gc_paused = False
-            _gc.resume_full_collections()
+        resume, self._resume_gc_once = self._resume_gc_once, None
+        if resume is not None:
+            resume()

@@ -89,6 +89,10 @@ class PredictorCache:
             self._key, self._predictor = None, None
 
 
+CLOSE_WAIT_MS = 1000
+"""How long closing the window may wait for a cancelled run on the GUI thread; the run ends on its own after."""
+
+
 class RunFailure:
     """Kinds of failure the viewer treats differently."""
 
@@ -131,10 +135,14 @@ class SegmentationWorker(QThread):
         """Ask the run to stop; the engine stops before its next batch."""
         self.token.cancel()
 
-    def stop_and_wait(self, timeout_ms: int = 120_000) -> bool:
-        """Cancel and block until the thread has ended (used when the window closes). True if it ended."""
+    def stop_and_wait(self, timeout_ms: int = CLOSE_WAIT_MS) -> bool:
+        """Cancel and wait up to ``timeout_ms`` for the thread (the window is closing). True if it ended; otherwise
+        it ends at the engine's next check on its own, kept alive until then and waited for when the app quits."""
         self.cancel()
-        return self.wait(timeout_ms) if self.isRunning() else True
+        if not self.isRunning() or self.wait(timeout_ms):
+            return True
+        _linger(self)
+        return False
 
     def focus_on_slice(self, input_axis: int, index: int) -> None:
         """Run the tiles under this input slice first (any thread; remembered until the model is loaded)."""
@@ -176,9 +184,27 @@ class SegmentationWorker(QThread):
                 self._predictor = None
 
 
+_LINGERING: set[SegmentationWorker] = set()
+
+
+def _linger(worker: SegmentationWorker) -> None:
+    """Keep a cancelled worker referenced until its thread ends, and wait for it when the application quits (a
+    QThread destroyed while it runs aborts the process)."""
+    from qtpy.QtCore import QCoreApplication
+
+    if worker in _LINGERING:
+        return
+    _LINGERING.add(worker)
+    worker.finished.connect(lambda: _LINGERING.discard(worker))
+    app = QCoreApplication.instance()
+    if app is not None:
+        app.aboutToQuit.connect(lambda: worker.wait(120_000) if worker in _LINGERING else None)
+
+
 def stop_quietly(worker: SegmentationWorker) -> bool:
     """Cancel ``worker`` and wait for its thread; nothing to do if it has already ended and been deleted."""
     try:
-        return worker.stop_and_wait()
+        worker.stop_and_wait()
     except RuntimeError:  # the Qt object is gone: the run ended long ago
-        return True
+        pass
+    return True  # the window may close now: a run still finishing its step ends on its own
