@@ -19,7 +19,7 @@ FLOORS = {"torch": (2, 5), "numpy": (1, 25)}
 
 
 def _declared() -> dict[str, str]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     return {entry.split(">=")[0].split(";")[0].strip(): entry for entry in project["dependencies"]}
 
 
@@ -34,5 +34,5 @@ def test_floors_are_the_versions_that_have_the_features_used() -> None:
 def test_the_features_exist_in_the_installed_versions() -> None:
     assert hasattr(torch.serialization, "safe_globals") and issubclass(torch.OutOfMemoryError, RuntimeError)
     assert hasattr(np, "dtypes") and hasattr(np.dtypes, "Float64DType")
-    engine = "\n".join(p.read_text() for p in (ROOT / "engine").rglob("*.py"))
+    engine = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "engine").rglob("*.py"))
     assert "safe_globals" in engine and "OutOfMemoryError" in engine

@@ -356,3 +356,26 @@ def test_nnunet_exact_checkbox_gives_nnunets_own_labels(gui, qtbot, ct_model: Pa
     np.testing.assert_array_equal(np.asarray(widget.result_layer.data), stock)
     panel.nnunet_exact.setChecked(False)
     assert panel.precision.isEnabled() and not panel.choice().nnunet_exact
+
+
+def test_closing_mid_run_waits_at_most_a_second_and_ends_the_gc_pause(gui, qtbot, ct_model: Path,
+                                                                        big_case: Path) -> None:
+    from tilewise.gui import _gc
+    from tilewise.gui.controllers.worker import CLOSE_WAIT_MS, stop_quietly
+
+    viewer, widget = gui
+    widget.model_panel.select(ct_model)
+    _open(qtbot, widget, big_case)
+    widget.settings_panel.select_preset("reference")  # 8 passes per tile: a run that lasts
+    tiles: list = []
+    widget.run_started.connect(lambda worker: worker.tile.connect(tiles.append))
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: len(tiles) >= 1, timeout=RUN_TIMEOUT_MS)
+    worker = widget.run.worker
+    assert _gc.paused()
+    started = time.perf_counter()
+    assert stop_quietly(worker)  # what napari calls when the window closes during the run
+    waited = time.perf_counter() - started
+    assert waited < CLOSE_WAIT_MS / 1000 + 0.5, f"the GUI thread waited {waited:.2f} s"
+    qtbot.waitUntil(lambda: worker.isFinished(), timeout=60_000)
+    qtbot.waitUntil(lambda: not _gc.paused(), timeout=10_000)
