@@ -1,13 +1,8 @@
-"""The window stays responsive during a run: the GUI thread never stalls for 100 ms or more.
-
-A QTimer fires every 10 ms on the GUI thread and records the longest gap between two firings, from the first tile
-until the run has ended: every tile written into the preview and redrawn, the progress in the dock and in napari's
-activity panel, the busy finishing step, the result layer and its volumes. What comes before the first tile is
-reported, not asserted: the Run click (napari builds the new labels layer: a one-off cost per run, whatever the
-volume's size) and its first frame; the worker's model loading and preprocessing release the GIL.
-"""
+"""The window stays responsive because the code keeps engine work off the GUI thread and bounds what one tile costs
+it; how long it actually stalls on a given machine is a benchmark (``tests/bench_gui_responsive.py``)."""
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -17,86 +12,41 @@ from tilewise.gui._preload import preload_native_libraries  # noqa: E402
 
 preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
 
-from qtpy.QtCore import QElapsedTimer, QSettings, QTimer  # noqa: E402
-from qtpy.QtWidgets import QMessageBox  # noqa: E402
-
-import model_factory  # noqa: E402
-from tilewise.gui.widget import TilewiseWidget  # noqa: E402
-
-RUN_TIMEOUT_MS = 300_000
-MAX_STALL_MS = 100
+from bench_gui_responsive import RUN_TIMEOUT_MS, gui  # noqa: E402, F401 - the same viewer, model and case
+from tilewise.engine import predictor as predictor_module  # noqa: E402
+from tilewise.engine.postprocess import export as export_module  # noqa: E402
+from tilewise.engine.preprocess import pipeline  # noqa: E402
 
 
-class StallMeter:
-    """The longest gap between firings of a 10 ms timer on the GUI thread, and what the widget showed then."""
-
-    def __init__(self, widget: TilewiseWidget) -> None:
-        self.widget = widget
-        self.clock = QElapsedTimer()
-        self.timer = QTimer()
-        self.timer.setInterval(10)
-        self.timer.timeout.connect(self._tick)
-        self.worst_ms = 0
-        self.worst_at = ""
-        self.ticks = 0
-
-    def start(self) -> None:
-        self.clock.start()
-        self.timer.start()
-
-    def stop(self) -> None:
-        self.timer.stop()
-
-    def _tick(self) -> None:
-        gap = self.clock.restart()
-        self.ticks += 1
-        if gap > self.worst_ms:
-            self.worst_ms, self.worst_at = gap, self.widget.status.text()
-
-
-@pytest.fixture
-def gui(make_napari_viewer, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ct_model: Path):
-    monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda *a, **k: QMessageBox.Ok))
-    viewer = make_napari_viewer(show=True)
-    widget = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
-    viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
-    widget.settings_panel.device.setCurrentIndex(widget.settings_panel.device.findData("cpu"))
-    widget.model_panel.select(ct_model)
-    case = model_factory.make_case(tmp_path / "big_0000.nii.gz", "3d", shape=(64, 80, 72), seed=5)
-    with qtbot.waitSignal(widget.image_opened, timeout=60_000):
-        widget.open_image(case)
-    widget.settings_panel.select_preset("reference")  # every mirror: a run of several seconds on this CPU
-    widget.settings_panel.backend.setCurrentIndex(widget.settings_panel.backend.findData("torch"))  # OpenVINO: <2 s
-    yield viewer, widget
-    widget.shutdown()
-
-
-def test_gui_thread_never_stalls_during_a_run(gui, qtbot) -> None:
+def test_engine_work_never_runs_on_the_gui_thread(gui, qtbot, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     viewer, widget = gui
-    meter = StallMeter(widget)
+    gui_thread = threading.current_thread()
+    threads: dict[str, set[str]] = {}
+
+    def recorded(name, function):
+        def call(*args, **kwargs):
+            threads.setdefault(name, set()).add(threading.current_thread().name)
+            assert threading.current_thread() is not gui_thread, f"{name} ran on the GUI thread"
+            return function(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(predictor_module.Predictor, "__init__", recorded("load", predictor_module.Predictor.__init__))
+    monkeypatch.setattr(predictor_module, "preprocess", recorded("preprocess", predictor_module.preprocess))
+    monkeypatch.setattr(predictor_module, "export_logits", recorded("export", export_module.export_logits))
+    monkeypatch.setattr(pipeline, "preprocess", recorded("preprocess", pipeline.preprocess))
+    widget.settings_panel.select_preset("preview")
+    tiles: list = []
     outcomes: list[str] = []
-    first_tile: list[float] = []
-
-    def on_tile(event) -> None:  # GUI thread, after the widget has handled the tile
-        if not first_tile:
-            first_tile.append(time.perf_counter())
-            meter.start()
-
     widget.run_finished.connect(outcomes.append)
-    widget.run_started.connect(lambda worker: worker.tile.connect(on_tile))
-    clicked = time.perf_counter()
+    widget.run_started.connect(lambda worker: worker.tile.connect(tiles.append))
+    started = time.perf_counter()
     widget.run_button.click()
-    handled_ms = (time.perf_counter() - clicked) * 1000
     preview = widget.preview
     qtbot.waitUntil(lambda: bool(outcomes), timeout=RUN_TIMEOUT_MS)
-    meter.stop()
-    ended = time.perf_counter()
+    elapsed = time.perf_counter() - started
+
     assert outcomes == ["done"]
-    measured_s = ended - first_tile[0]
-    print(f"\nrun {ended - clicked:.1f} s (measured from the first tile: {measured_s:.1f} s); Run click handled in "
-          f"{handled_ms:.0f} ms; longest GUI stall {meter.worst_ms} ms (at: {meter.worst_at!r}); "
-          f"{preview.updates} preview updates")
-    assert measured_s > 3, "a run long enough to measure"
-    assert preview.updates >= 5, "the preview filled in while the meter ran"
-    assert meter.ticks > measured_s * 20, "the timer kept firing"
-    assert meter.worst_ms < MAX_STALL_MS, f"the GUI thread stalled {meter.worst_ms} ms at {meter.worst_at!r}"
+    assert set(threads) == {"load", "preprocess", "export"}
+    assert gui_thread.name not in set().union(*threads.values())
+    # per tile the GUI thread only queues a region; redraws are coalesced to about ten a second
+    assert len(tiles) > 1 and preview.updates <= elapsed / 0.1 + 1
