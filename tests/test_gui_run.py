@@ -313,7 +313,7 @@ def test_checkpoint_needing_trust_asks_before_loading(gui, qtbot, dialogs, ct_mo
                           check_params_cb=lambda outcome: outcome == "done"):
         widget.run_button.click()
     assert len(_labels_layers(viewer)) == 1
-    assert str(model) in widget.qsettings.value("models/trusted")
+    assert widget.trust.is_trusted(model), "remembered by the content of the folder's files"
 
 
 def test_out_of_memory_is_explained_in_plain_words() -> None:

@@ -67,7 +67,7 @@ def test_same_content_elsewhere_stays_trusted(store: TrustStore, model: Path, tm
 
 
 def test_path_alone_is_not_trust(store: TrustStore, model: Path) -> None:
-    store.settings.setValue(trust_module.SETTINGS_TRUSTED, [str(model)])  # what older versions remembered
+    store.settings.setValue("models/trusted", [str(model)])  # what older versions remembered: a folder path
     assert not store.is_trusted(model)
 
 

@@ -12,8 +12,6 @@ from pathlib import Path
 
 from qtpy.QtCore import QObject, QSettings, Signal
 
-SETTINGS_TRUSTED = "models/trusted"
-"""The folders the person said Yes to (a record; what counts is :data:`SETTINGS_TRUSTED_CONTENT`)."""
 SETTINGS_TRUSTED_CONTENT = "models/trusted_content"
 """JSON list of the trusted contents: for each, {file relative to the model folder: [size, sha256]}."""
 _CHUNK = 1 << 20
@@ -58,10 +56,6 @@ class TrustStore(QObject):
         super().__init__(parent)
         self.settings = settings
 
-    def _folders(self) -> list[str]:
-        value = self.settings.value(SETTINGS_TRUSTED, [])
-        return [value] if isinstance(value, str) else list(value or [])
-
     def _contents(self) -> list[dict[str, list]]:
         try:
             contents = json.loads(str(self.settings.value(SETTINGS_TRUSTED_CONTENT, "[]")))
@@ -92,7 +86,4 @@ class TrustStore(QObject):
         contents = self._contents()
         if content and content not in contents:
             self.settings.setValue(SETTINGS_TRUSTED_CONTENT, json.dumps(contents + [content]))
-        folders = self._folders()
-        if str(model_dir) not in folders:
-            self.settings.setValue(SETTINGS_TRUSTED, folders + [str(model_dir)])
         self.trusted.emit(str(model_dir))
