@@ -89,8 +89,13 @@ step "$cli predict (demo model, preview preset)"
 out=build/bundle-smoke
 rm -rf "$out" && mkdir -p "$out"
 cp resources/demo/sample_t1.nii.gz "$out/sample.nii.gz"
-"$cli" predict -m demo -i "$out/sample.nii.gz" -o "$out/pred" --preset preview --disable_progress_bar
+"$cli" predict -m demo -i "$out/sample.nii.gz" -o "$out/pred" --preset preview --disable_progress_bar 2>&1 \
+    | tee build/bundle-predict.txt
 test -s "$out/pred/sample.nii.gz"
+# the self-test converted and cached the model: this run must have read it back (the IR frontend is in the bundle)
+if grep -q "could not cache\|converted to OpenVINO" build/bundle-predict.txt; then
+    echo "the frozen app did not use its OpenVINO model cache" >&2; exit 1
+fi
 step "$cli predict with a non-stock trainer (nnunetv2's class lookup walks its frozen trainer package)"
 "$py" - "$out/custom" <<'EOF'
 import shutil, sys
