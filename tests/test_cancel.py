@@ -139,3 +139,36 @@ def test_cancel_inside_a_fold_conversion_stores_nothing(tmp_path: Path, monkeypa
         Predictor("demo", get_preset("preview").with_overrides(backend="openvino"), device="cpu", cancel=token)
     assert steps == ["convert"], "nothing after the cancelled step"
     assert not [p for p in cache.rglob("*") if p.is_file()], "no cache entry from a cancelled conversion"
+
+
+def test_cancel_during_a_conversion_returns_at_once(tmp_path: Path, monkeypatch) -> None:
+    """A conversion cannot be interrupted (seconds for the demo model): a cancel abandons it and returns."""
+    import threading
+    import time
+
+    from tilewise.engine import CancelToken
+    from tilewise.engine.backends import openvino_backend
+
+    monkeypatch.setenv("TILEWISE_CACHE_DIR", str(tmp_path / "cache"))
+    real_convert = openvino_backend.convert
+    converting = threading.Event()
+
+    def slow_convert(network, shape):
+        converting.set()
+        time.sleep(5)  # a long conversion
+        return real_convert(network, shape)
+
+    monkeypatch.setattr(openvino_backend, "convert", slow_convert)
+    token = CancelToken()
+    pressed: list[float] = []
+
+    def press_cancel() -> None:
+        converting.wait(60)
+        pressed.append(time.perf_counter())
+        token.cancel()
+
+    threading.Thread(target=press_cancel, daemon=True).start()
+    with pytest.raises(Cancelled):
+        Predictor("demo", get_preset("preview").with_overrides(backend="openvino"), device="cpu", cancel=token)
+    returned_after = time.perf_counter() - pressed[0]
+    assert returned_after < 2.0, f"Cancel took {returned_after:.2f} s"

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import TilewiseError
+from ..errors import Cancelled, TilewiseError
 from ..events import check_cancelled
+from ..runtime.parallel import run_abandonable
 from .mirrors import average_folds_and_mirrors, mirror_combinations
 from .ov_cache import NOT_CACHED, CacheKey, ModelCache, Staged, StaleEntry, VerifiedEntries, network_digest
 from .ov_convert import agreement_error, candidates, check_tile, convert
@@ -240,8 +241,10 @@ class OpenVINOBackend:
         return ""
 
     def _convert(self, index: int, network: nn.Module) -> Any:
-        try:
-            return convert(network, self.input_shape)
+        try:  # a conversion takes seconds and cannot be interrupted: a cancel abandons it instead
+            return run_abandonable(lambda: convert(network, self.input_shape))
+        except Cancelled:
+            raise
         except Exception as error:  # noqa: BLE001 - the converter raises many kinds
             raise TilewiseError("openvino", f"cannot convert fold {index}'s network ({_first_line(error)}); "
                                             "try --backend torch") from None

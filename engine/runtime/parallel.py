@@ -2,8 +2,10 @@
 between slabs."""
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -44,3 +46,35 @@ def run_all(pool: ThreadPoolExecutor, jobs: list[Callable[[], None]]) -> None:
             error = error or raised
     if error is not None:
         raise error
+
+
+POLL_S = 0.1
+"""How often a cancellable wait looks at the cancel token."""
+
+
+def run_abandonable(function: Callable[[], Any]) -> Any:
+    """``function()``'s result; inside a :func:`~tilewise.engine.events.cancellable` block it runs on a helper
+    thread so that a cancel returns within :data:`POLL_S` although the call itself cannot be interrupted (an
+    OpenVINO conversion takes seconds). A cancelled call is abandoned: it finishes on its own and its result is
+    dropped."""
+    token = current_cancel_token()
+    if token is None:
+        return function()
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as error:  # noqa: BLE001 - handed to the waiting thread
+            outcome["error"] = error
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="tilewise-abandonable", daemon=True).start()
+    while not done.wait(POLL_S):
+        if token.cancelled:
+            raise Cancelled()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
