@@ -471,6 +471,17 @@ def test_models_with_nothing_found(tmp_path: Path, capfd) -> None:
     assert "no nnU-Net models" in out
 
 
+def test_models_with_nothing_in_the_usual_places_says_where_it_looked(tmp_path: Path, capfd, monkeypatch) -> None:
+    from tilewise.engine.model import catalog
+
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    monkeypatch.setattr(catalog, "TOTALSEGMENTATOR_RESULTS", tmp_path / "totalseg")
+    code, out, _ = run_cli(["models"], capfd)
+    assert code == 0
+    assert str(tmp_path / "results") in out and "$nnUNet_results" in out
+    assert "tilewise models FOLDER" in out and "-m demo" in out
+
+
 def test_help_prints_usage(capfd) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["--help"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..model.catalog import default_search_roots, find_models
 
@@ -12,6 +13,11 @@ def run_models(args: argparse.Namespace) -> int:
     models = find_models(roots)
     if not models:
         print(f"no nnU-Net models found under {', '.join(str(r) for r in roots)}")
+        if not args.folders:
+            results = os.environ.get("nnUNet_results")
+            print(f"Tilewise looks in $nnUNet_results ({results if results else 'not set'}) and in TotalSegmentator's "
+                  "results folder. To use a model elsewhere: 'tilewise models FOLDER' searches FOLDER, "
+                  "'tilewise predict -m MODEL_FOLDER ...' uses one, and '-m demo' is the bundled demo model.")
         return 0
     for info in models:
         labels = ", ".join(k for k in info.labels if k != "background")
