@@ -27,7 +27,7 @@ from .preprocess.grid_shape import job_size
 from .runtime.memory import (device_available_bytes, free_device_memory, host_available_bytes, is_out_of_memory,
                              peak_rss_bytes)
 from .runtime.memory_plan import MemoryPlan, plan_memory
-from .sliding.accumulators import placements
+from .sliding.accumulators import Placement, placements
 from .sliding.plan import Tile
 from .data.model_reader import labels_in_volume_order, read_as_model, reader_name, reads_like_simpleitk
 from .data.volume import Geometry, Volume
@@ -185,7 +185,7 @@ class Predictor:
             return Result(geometry=volume.geometry, **pieces)
         timings: dict[str, float] = {"load": self.load_seconds}
         order = placements(self.device)
-        plan = self.plan_memory(volume)
+        plan = self.plan_memory(volume, order)
         started = time.perf_counter()
         with cancellable(cancel):  # preprocessing stops between slabs
             check_cancelled()
@@ -257,9 +257,10 @@ class Predictor:
             peak_rss_mb=peaks,
         )
 
-    def plan_memory(self, volume: Volume) -> MemoryPlan:
-        """Where this case's logit sums will live and how large its export slabs are, from the memory available now;
-        raises :class:`OutOfMemoryError` (exit 3) when it cannot fit, before any work."""
+    def plan_memory(self, volume: Volume, order: list[Placement] | None = None) -> MemoryPlan:
+        """Where this case's logit sums will live (an index into ``order``, default every placement for the device)
+        and how large its export slabs are, from the memory available now; raises :class:`OutOfMemoryError`
+        (exit 3) when it cannot fit, before any work."""
         job = job_size(self.bundle, volume, self.settings.batch_size)
-        order = [(p.device, p.dtype) for p in placements(self.device)]
-        return plan_memory(job, self.device, order, host_available_bytes(), device_available_bytes(self.device))
+        pairs = [(p.device, p.dtype) for p in (order or placements(self.device))]
+        return plan_memory(job, self.device, pairs, host_available_bytes(), device_available_bytes(self.device))

@@ -63,10 +63,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def dataset_channel_count(model_dir: Path | str) -> int:
     """Image channels per case that the model's dataset.json lists, read before any checkpoint is loaded."""
-    dataset_json = _read_json(resolve_model_dir(model_dir) / "dataset.json")
+    path = resolve_model_dir(model_dir) / "dataset.json"
+    dataset_json = _read_json(path)
     channels = dataset_json.get("channel_names") or dataset_json.get("modality") or {}
     if not channels:
-        raise ModelError(resolve_model_dir(model_dir) / "dataset.json", "lists no channel_names")
+        raise ModelError(path, "lists no channel_names")
     return len(channels)
 
 

@@ -29,8 +29,8 @@ def free_device_memory(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
-def available_host_bytes() -> int:
-    """Host memory free for this process now (free pages; a very large number where the OS cannot tell)."""
+def _free_pages_bytes() -> int:
+    """Free physical pages (a very large number where the OS cannot tell): the fallback of the probe below."""
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
@@ -99,7 +99,7 @@ def host_available_bytes() -> int:
 
     probe = {"linux": _linux_available, "win32": _windows_available, "darwin": _macos_available}.get(sys.platform)
     measured = probe() if probe is not None else None
-    return measured if measured is not None else available_host_bytes()
+    return measured if measured is not None else _free_pages_bytes()
 
 
 def device_available_bytes(device: torch.device) -> int:

@@ -127,6 +127,8 @@ class SlidingWindowRunner:
         """Logits for a batch; on out-of-memory the batch size halves (kept for later batches) and it runs again."""
         while True:
             try:
+                if inputs.shape[0] <= self.batch_size:  # the usual case: no copy of the batch's logits
+                    return self.backend(inputs)
                 return torch.cat([self.backend(inputs[i:i + self.batch_size])
                                   for i in range(0, inputs.shape[0], self.batch_size)])
             except (RuntimeError, MemoryError) as error:
