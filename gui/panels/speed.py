@@ -99,7 +99,7 @@ class SpeedPanel(QWidget):
         self.backend.setToolTip("The engine that runs the network, for every preset. Automatic uses PyTorch on a GPU "
                                 "and OpenVINO (usually 2-3x faster than PyTorch) on a CPU when it is installed")
 
-        self.nnunet_exact = QCheckBox("reproduce nnU-Net's own file")
+        self.nnunet_exact = QCheckBox("nnU-Net's own file")
         self.nnunet_exact.setToolTip("Voxel for voxel what nnUNetv2_predict_from_modelfolder writes: PyTorch, one "
                                      "tile at a time, nnU-Net's float16 sums and its own preprocessing and export. "
                                      "Slower than the presets; folds, mirroring and tile step still apply")
@@ -111,7 +111,7 @@ class SpeedPanel(QWidget):
         advanced_form.addRow("Precision:", self.precision)
         advanced_form.addRow("Device:", self.device)
         advanced_form.addRow("Engine:", self.backend)
-        advanced_form.addRow("nnU-Net exact:", self.nnunet_exact)
+        advanced_form.addRow("Exact:", self.nnunet_exact)
         advanced_content = QWidget()
         advanced_content.setLayout(advanced_form)
         self.advanced = QCollapsible("Advanced")
