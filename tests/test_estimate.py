@@ -3,11 +3,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 import model_factory
+import pytest
 from tilewise.engine import ModelBundle, Predictor, get_preset, read_volume
-from tilewise.engine.estimate import ModelGrid, count_tiles, estimate_run, network_grid_shape, nonzero_extent, passes_per_tile, time_forward_pass
+from tilewise.engine.backends.ov_cache import CacheKey, ModelCache
+from tilewise.engine.backends.select import openvino_available
+from tilewise.engine.estimate import (
+    PRIORS,
+    ModelGrid,
+    Span,
+    cached_folds,
+    count_tiles,
+    estimate_run,
+    learn_from_run,
+    network_grid_shape,
+    nonzero_extent,
+    passes_per_tile,
+    time_forward_pass,
+    with_priors,
+)
 
 
 @pytest.mark.parametrize("preset_name", ["reference", "fast", "preview"])
@@ -22,10 +36,10 @@ def test_tile_count_matches_the_run(make_model, tmp_path: Path, kind: str, shape
     result = Predictor(model, preset, device="cpu").predict(volume)
     grid = ModelGrid.of(ModelBundle.load(model))
     spacing_zyx = volume.geometry.spacing[::-1]
-    estimate = estimate_run(grid, preset, 1, volume.shape, spacing_zyx, seconds_per_pass=0.5)
+    estimate = estimate_run(grid, preset, 1, volume.shape, spacing_zyx, with_priors(0.5))
     assert estimate.tiles == result.tiles
     assert estimate.passes_per_tile == 1
-    assert estimate.seconds == pytest.approx(result.tiles * 0.5 + estimate.overhead_s)
+    assert estimate.stages["sliding_window"] == Span.of(result.tiles * 0.5)
 
 
 def test_passes_per_tile_counts_mirrors_and_folds(ct_model: Path) -> None:
@@ -73,5 +87,79 @@ def test_demo_sample_estimate_counts_the_cropped_tiles(preset_name: str) -> None
     preset = get_preset(preset_name).with_overrides(folds=1, skip_empty_tiles=False)
     result = Predictor(demo_model_dir(), preset, device="cpu").predict(volume)
     grid = ModelGrid.of(ModelBundle.load(demo_model_dir(), fold_count=1))
-    estimate = estimate_run(grid, preset, 1, nonzero_extent(volume.array), volume.geometry.spacing[::-1], 0.1)
+    estimate = estimate_run(grid, preset, 1, nonzero_extent(volume.array), volume.geometry.spacing[::-1],
+                            with_priors(0.1))
     assert estimate.tiles == result.tiles
+
+
+# ---- the stage model: load, first-use conversion, preprocessing, passes, export -----------------------------
+def _demo_grid() -> ModelGrid:
+    from tilewise.resources import demo_model_dir
+
+    return ModelGrid.of(ModelBundle.load(demo_model_dir(), fold_count=1))
+
+
+def test_an_estimate_on_priors_is_a_range_of_every_stage() -> None:
+    grid = _demo_grid()
+    estimate = estimate_run(grid, get_preset("balanced"), 5, (160, 188, 152), (1.0, 1.0, 1.0), with_priors(0.1))
+    assert estimate.is_range and estimate.total.low < estimate.seconds < estimate.total.high
+    assert estimate.stages["sliding_window"] == Span.of(estimate.tiles * 5 * 0.1)  # measured: one figure
+    assert estimate.stages["load"] == PRIORS.load_per_fold * 5
+    mvoxels = 160 * 188 * 152 / 1e6
+    assert estimate.stages["preprocess"].high == pytest.approx(PRIORS.preprocess_per_mvoxel.high * mvoxels)
+    assert estimate.stages["convert"] == Span(0.0, 0.0) and estimate.conversions == 0
+
+
+def test_conversion_is_counted_per_pending_fold_and_not_when_the_model_is_loaded() -> None:
+    grid = _demo_grid()
+    costs = with_priors(0.1)
+    preset = get_preset("reference")
+    none, two, five = (estimate_run(grid, preset, 5, (100, 100, 100), (2.0, 2.0, 2.0), costs, conversions=n)
+                       for n in (0, 2, 5))
+    assert (none.conversions, two.conversions, five.conversions) == (0, 2, 5)
+    assert two.stages["convert"] == PRIORS.convert_per_fold * 2 and five.stages["convert"] == PRIORS.convert_per_fold * 5
+    assert none.seconds < two.seconds < five.seconds
+    loaded = estimate_run(grid, preset, 5, (100, 100, 100), (2.0, 2.0, 2.0), costs, conversions=5, loaded=True)
+    assert loaded.conversions == 0 and loaded.stages["load"].high == loaded.stages["convert"].high == 0
+    assert loaded.stages["sliding_window"] == five.stages["sliding_window"]
+
+
+def test_learning_from_a_run_reproduces_its_stages(ct_model: Path, tmp_path: Path) -> None:
+    """Costs learned from a run, applied to the same run, give back each stage's measured time: one figure."""
+    case = model_factory.make_case(tmp_path / "case_0000.nii.gz", "3d", shape=(40, 48, 56))
+    volume = read_volume(case)
+    preset = get_preset("balanced").with_overrides(precision="fp32")
+    result = Predictor(ct_model, preset, device="cpu").predict(volume)
+    grid = ModelGrid.of(ModelBundle.load(ct_model))
+    mvoxels = 40 * 48 * 56 / 1e6
+    learned = learn_from_run(with_priors(1.0), result, 1, 0, mvoxels)
+    assert learned.convert_per_fold == PRIORS.convert_per_fold  # nothing was converted: still the prior
+    again = estimate_run(grid, preset, 1, volume.shape, volume.geometry.spacing[::-1], learned)
+    assert not again.is_range
+    for stage in ("load", "preprocess", "sliding_window", "export"):
+        assert again.stages[stage].mid == pytest.approx(result.timings[stage]), stage
+    # a run that converted its fold: what the load took beyond a cached fold's load is the conversion
+    converted = learn_from_run(learned, result, 1, 1, mvoxels)
+    expected = max(result.timings["load"] - learned.load_per_fold.mid, 0.0)
+    assert converted.convert_per_fold == Span.of(expected)
+    # a run that reused a loaded model teaches nothing about loading
+    reused = learn_from_run(with_priors(1.0), result, 1, 0, mvoxels, loaded=True)
+    assert reused.load_per_fold == PRIORS.load_per_fold
+
+
+@pytest.mark.skipif(not openvino_available(), reason="needs the openvino extra")
+def test_cached_folds_reads_the_cache_per_fold_and_precision(make_model, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_model("3d", folds=(0, 1))
+    monkeypatch.setenv("TILEWISE_CACHE_DIR", str(tmp_path / "cache"))
+    assert cached_folds(model, ["fp32", "reduced"], device="cpu") == {"fp32": frozenset(), "reduced": frozenset()}
+    Predictor(model, get_preset("fast").with_overrides(backend="openvino"), device="cpu")  # fold 0, reduced
+    found = cached_folds(model, ["fp32", "reduced", "bf16"], device="cpu")
+    assert found is not None and found["fp32"] == frozenset() and found["reduced"] == frozenset({"0"})
+    assert found["bf16"] == found["reduced"] or found["bf16"] == frozenset()  # the same model where bf16 is native
+    assert cached_folds(model, ["reduced"], device="cpu", backend="torch") is None  # torch converts nothing
+    # an entry whose manifest names another key is not counted
+    (entry,) = [p for p in (tmp_path / "cache" / "openvino").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    (entry / "manifest.json").write_text('{"key": {}}', encoding="utf-8")
+    assert cached_folds(model, ["reduced"], device="cpu") == {"reduced": frozenset()}
+    assert not ModelCache(tmp_path / "nowhere").has(CacheKey("x", (1, 1, 8, 8, 8), "fp32", "0"))

@@ -5,16 +5,17 @@ import re
 from pathlib import Path
 
 import pytest
-
 from tilewise.gui._preload import preload_native_libraries
 
 preload_native_libraries()
 
-from qtpy.QtCore import QSettings  # noqa: E402
-
-import model_factory  # noqa: E402
-from tilewise.gui.controllers.estimates import EstimateBook, describe_seconds  # noqa: E402
-from tilewise.gui.widget import TilewiseWidget  # noqa: E402
+import model_factory
+from qtpy.QtCore import QSettings
+from tilewise.engine.backends.select import openvino_available
+from tilewise.engine.estimate import Span
+from tilewise.gui.controllers.estimates import EstimateBook
+from tilewise.gui.panels.speed import describe_seconds, describe_span
+from tilewise.gui.widget import TilewiseWidget
 
 TIMEOUT_MS = 120_000
 
@@ -36,7 +37,7 @@ def _item_texts(widget: TilewiseWidget) -> dict[str, str]:
 
 
 def test_presets_show_estimates_for_the_open_image(gui, qtbot, ct_model: Path, tmp_path: Path) -> None:
-    viewer, widget, settings = gui
+    _viewer, widget, settings = gui
     widget.model_panel.select(ct_model)
     case = model_factory.make_case(tmp_path / "case_0000.nii.gz", "3d", shape=(48, 64, 72))
     with qtbot.waitSignal(widget.image_opened, timeout=60_000):
@@ -44,7 +45,8 @@ def test_presets_show_estimates_for_the_open_image(gui, qtbot, ct_model: Path, t
     label = widget.settings_panel.estimate
     qtbot.waitUntil(lambda: "Estimated for this image" in label.text(), timeout=TIMEOUT_MS)
     texts = _item_texts(widget)
-    assert all(re.search(r"\(about \d+ (s|min)", text) for text in texts.values()), texts
+    assert all(re.search(r"\(about \d+(-\d+)? (s|min)", text) for text in texts.values()), texts
+    assert widget.estimates.chosen is not None and widget.estimates.chosen.is_range  # preparing, writing: priors
     shown = widget.estimates.shown
     assert shown["reference"].seconds > shown["balanced"].seconds > shown["preview"].seconds
     assert shown["reference"].passes_per_tile == 8 and shown["preview"].passes_per_tile == 1
@@ -71,6 +73,8 @@ def test_presets_show_estimates_for_the_open_image(gui, qtbot, ct_model: Path, t
         widget.run_button.click()
     assert 0 < (book.seconds_per_pass(ct_model, "cpu-auto", "reduced") or 0) < 1000.0
     assert "about" in _item_texts(widget)["preview"]
+    assert not widget.estimates.shown["preview"].is_range  # every stage measured now: one figure
+    assert "The model is loaded already" in label.text()  # the viewer kept the model it just ran
 
 
 def test_no_estimate_without_an_image(gui, ct_model: Path) -> None:
@@ -86,6 +90,38 @@ def test_no_estimate_without_an_image(gui, ct_model: Path) -> None:
                                           (200, "about 3 min"), (4000, "about 1 h 7 min")])
 def test_describe_seconds(seconds: float, text: str) -> None:
     assert describe_seconds(seconds) == text
+
+
+@pytest.mark.parametrize("low,high,text", [(8, 8, "about 8 s"), (5.2, 14.6, "about 5-15 s"),
+                                           (62, 150, "about 1-2 min"), (20, 240, "about 20 s to 4 min")])
+def test_describe_span(low: float, high: float, text: str) -> None:
+    assert describe_span(Span(low, high)) == text
+
+
+@pytest.mark.skipif(not openvino_available(), reason="needs the openvino extra")
+def test_pending_conversions_are_named_per_fold_and_precision(gui, qtbot, make_model, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Timing converts fold 0; the presets with all three folds still convert two, per precision, until run."""
+    monkeypatch.setenv("TILEWISE_CACHE_DIR", str(tmp_path / "cache"))
+    _viewer, widget, _settings = gui
+    model = make_model("3d", folds=(0, 1, 2))
+    widget.model_panel.select(model)
+    case = model_factory.make_case(tmp_path / "case_0000.nii.gz", "3d", shape=(48, 64, 72))
+    with qtbot.waitSignal(widget.image_opened, timeout=60_000):
+        widget.open_image(case)
+    label = widget.settings_panel.estimate
+    qtbot.waitUntil(lambda: "Estimated for this image" in label.text(), timeout=TIMEOUT_MS)
+    shown = widget.estimates.shown
+    assert (shown["reference"].conversions, shown["balanced"].conversions, shown["fast"].conversions) == (2, 2, 0)
+    widget.settings_panel.select_preset("balanced")
+    assert "First run converts 2 folds for OpenVINO" in label.text()
+    with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS):
+        widget.run_button.click()
+    shown = widget.estimates.shown
+    assert shown["balanced"].conversions == 0  # converted (reduced precision) by the run
+    assert shown["reference"].conversions == 2  # full precision: still to convert
+    assert "First run converts" not in label.text()
+    assert widget.estimates.cached[(str(model), "cpu-auto")]["reduced"] == frozenset({"0", "1", "2"})
 
 
 def test_closing_the_window_while_timing_exits_cleanly(tmp_path: Path) -> None:

@@ -239,6 +239,15 @@ class ModelCache:
                 raise StaleEntry(f"{name} does not match its recorded hash")
         return _read(key, contents, hashes, core)
 
+    def has(self, key: CacheKey) -> bool:
+        """True when ``key`` has a finished entry (its manifest names this key); read-only and cheap, for the time
+        estimates: the files are not hashed or parsed, so :meth:`load` may still find the entry stale."""
+        try:
+            manifest = json.loads((self.entry(key) / _MANIFEST).read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(manifest, dict) and manifest.get("key") == key.as_dict()
+
     def ensure_root(self) -> Path:
         """Create the cache root (and the folders above it that are missing) private to the user, and refuse it if it
         is not private. Raises OSError when it cannot be created."""

@@ -1,33 +1,51 @@
 """Estimated run time of each preset for the chosen image, model and device, for the Speed box.
 
-A :class:`PassTimer` thread loads one fold of the model and times real forward passes at each precision the presets
-use; an :class:`EstimateBook` keeps those times (and the preparation time per voxel) in QSettings, so the next
-start shows estimates at once, and refines them from every finished run.
+An estimate is the sum of what the run will really do (:mod:`tilewise.engine.estimate`): load the model, convert
+the folds OpenVINO has not cached yet, prepare the image, run the forward passes, write the result. A
+:class:`PassTimer` thread loads the model's first fold at each precision the presets use (load, first-use conversion
+and a forward pass, timed) and reads which folds the OpenVINO cache holds; an :class:`EstimateBook` keeps the
+measured stage costs in QSettings and refines them from every finished run. Stages nothing has measured yet use the
+engine's conservative priors, so those estimates read as a range.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import math
+import time
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QCoreApplication, QObject, QSettings, QThread, Signal
-
-from tilewise.engine import Geometry, Predictor, Preset, Result, get_preset
-from tilewise.engine.model.catalog import ModelInfo
+from tilewise.engine import Geometry, ModelBundle, Preset, Result
 from tilewise.engine.estimate import (
-    OVERHEAD_S_PER_MVOXEL, Estimate, ModelGrid, estimate_run, nonzero_extent, time_forward_pass,
+    PRIORS,
+    Estimate,
+    FirstFold,
+    ModelGrid,
+    Span,
+    StageCosts,
+    cached_folds,
+    estimate_run,
+    learn_from_run,
+    measure_first_fold,
+    nonzero_extent,
 )
+from tilewise.engine.model.catalog import ModelInfo
 
 from ..geometry import geometry_from_layer
 from .worker import RunChoice, RunRequest
 
 SETTINGS_GROUP = "estimates"
-_ACTIVE: set["PassTimer"] = set()
+_ACTIVE: set[PassTimer] = set()
 _WAIT_ON_QUIT: list[bool] = []
 """Timing threads still running. They outlive a closed panel (Qt must never destroy a running thread); the
 application waits for them before it quits."""
+EXACT_TEXT = "No time estimate for nnU-Net's own file (PyTorch, one tile at a time): slower than the presets."
+_STORED = {"load_per_fold": "load/{precision}", "convert_per_fold": "convert/{precision}",
+           "preprocess_per_mvoxel": "preprocess", "export_per_mvoxel": "export"}
+"""Where each measured stage cost lives under a model and device (the time per pass under its precision's name)."""
 
 
 def _wait_for_timers() -> None:
@@ -36,32 +54,22 @@ def _wait_for_timers() -> None:
         timer.wait(60_000)
 
 
-def describe_seconds(seconds: float) -> str:
-    """'about 40 s', 'about 3 min', 'about 1 h 10 min': rounded the way a person would say it."""
-    if seconds < 1.5:
-        return "about 1 s"
-    if seconds < 60:
-        return f"about {round(seconds / 5) * 5 if seconds > 20 else round(seconds)} s"
-    minutes = seconds / 60
-    if minutes < 60:
-        return f"about {round(minutes)} min"
-    return f"about {int(minutes // 60)} h {round(minutes % 60)} min"
-
-
 @dataclass(frozen=True)
 class PassTimes:
-    """Measured seconds per forward pass at each precision, and the model's grid."""
+    """What a :class:`PassTimer` measured for one model and target: the first fold per precision timed, the
+    model's grid, and per precision the folds whose OpenVINO model is cached (None: not OpenVINO)."""
 
     model_dir: Path
     target: str
     """Device and engine, as :func:`target_key` writes them."""
-    seconds: dict[str, float]
+    first: dict[str, FirstFold]
     grid: ModelGrid
+    cached: dict[str, frozenset[str]] | None
 
 
 class PassTimer(QThread):
-    """Times forward passes of one fold of ``model_dir`` on ``device`` with ``backend`` at each of ``precisions``, off
-    the GUI thread.
+    """Times the first fold of ``model_dir`` on ``device`` with ``backend`` at each of ``precisions`` (load,
+    conversion, a forward pass), then reads the OpenVINO cache for every precision in ``probe``, off the GUI thread.
 
     Emits ``measured(PassTimes)`` or ``failed(message)``.
     """
@@ -69,14 +77,15 @@ class PassTimer(QThread):
     measured = Signal(object)
     failed = Signal(str)
 
-    def __init__(self, model_dir: Path, device: str, backend: str, precisions: tuple[str, ...], trust: bool) -> None:
+    def __init__(self, model_dir: Path, device: str, backend: str, precisions: tuple[str, ...],
+                 probe: tuple[str, ...], trust: bool) -> None:
         super().__init__()
-        self.model_dir, self.device, self.backend, self.precisions, self.trust = \
-            model_dir, device, backend, precisions, trust
+        self.model_dir, self.device, self.backend, self.precisions, self.probe, self.trust = \
+            model_dir, device, backend, precisions, probe, trust
         self._stopped = False
         self.finished.connect(lambda: _ACTIVE.discard(self))
 
-    def start(self) -> None:  # noqa: D102 - kept alive until finished, waited for when the application quits
+    def start(self) -> None:
         app = QCoreApplication.instance()
         if app is not None and not _WAIT_ON_QUIT:
             app.aboutToQuit.connect(_wait_for_timers)
@@ -85,28 +94,27 @@ class PassTimer(QThread):
         super().start()
 
     def stop(self) -> None:
-        """Skip the precisions not timed yet (the window is closing)."""
+        """Skip the steps not done yet (the window is closing)."""
         self._stopped = True
 
-    def run(self) -> None:  # noqa: D102 - QThread entry point
+    def run(self) -> None:
         try:
-            seconds: dict[str, float] = {}
-            grid: ModelGrid | None = None
-            for precision in self.precisions or ("fp32",):
+            first: dict[str, FirstFold] = {}
+            for precision in self.precisions:
                 if self._stopped:
                     return
-                preset = get_preset("fast").with_overrides(precision=precision, mirroring=False, batch_size=1,
-                                                           backend=self.backend)
-                predictor = Predictor(self.model_dir, preset, device=self.device, trust=self.trust)
-                grid = ModelGrid.of(predictor.bundle)
-                if precision in self.precisions:
-                    seconds[precision] = time_forward_pass(predictor)
-                del predictor
+                first[precision] = measure_first_fold(self.model_dir, precision, self.device, self.backend,
+                                                      self.trust)
+            if self._stopped:
+                return
+            cached = cached_folds(self.model_dir, self.probe, self.device, self.backend, self.trust)
+            grid = next(iter(first.values())).grid if first else \
+                ModelGrid.of(ModelBundle.load(self.model_dir, fold_count=1, trust=self.trust))
         except Exception as error:  # noqa: BLE001 - no estimate is shown; the run itself reports problems
             self.failed.emit(str(error))
         else:
-            assert grid is not None
-            self.measured.emit(PassTimes(self.model_dir, target_key(self.device, self.backend), seconds, grid))
+            target = target_key(self.device, self.backend)
+            self.measured.emit(PassTimes(self.model_dir, target, first, grid, cached))
 
 
 def target_key(device: str, backend: str) -> str:
@@ -115,7 +123,7 @@ def target_key(device: str, backend: str) -> str:
 
 
 class EstimateBook:
-    """Seconds per forward pass and preparation seconds per million voxels, per model, device and precision."""
+    """Measured stage costs per model, device and precision, kept in QSettings (:class:`StageCosts`)."""
 
     def __init__(self, settings: QSettings) -> None:
         self.settings = settings
@@ -126,47 +134,78 @@ class EstimateBook:
         model = hashlib.sha1(str(Path(model_dir).resolve()).encode()).hexdigest()[:16]
         return f"{SETTINGS_GROUP}/{model}/{device}/{what}"
 
-    def seconds_per_pass(self, model_dir: Path, device: str, precision: str) -> float | None:
-        """The stored time per forward pass, or None if it was never measured."""
-        value = self.settings.value(self._key(model_dir, device, precision))
+    def _value(self, model_dir: Path, device: str, what: str) -> float | None:
+        value = self.settings.value(self._key(model_dir, device, what))
         try:
-            return float(value) if value is not None else None
+            number = float(value) if value is not None else None
         except (TypeError, ValueError):
             return None
+        return number if number is not None and math.isfinite(number) and number >= 0 else None
 
-    def overhead_per_mvoxel(self, model_dir: Path, device: str) -> float:
-        """Preprocessing + export seconds per million input voxels (a default until a run measured it)."""
-        value = self.settings.value(self._key(model_dir, device, "overhead"))
-        try:
-            return float(value) if value is not None else OVERHEAD_S_PER_MVOXEL
-        except (TypeError, ValueError):
-            return OVERHEAD_S_PER_MVOXEL
+    def seconds_per_pass(self, model_dir: Path, device: str, precision: str) -> float | None:
+        """The stored time per forward pass, or None if it was never measured."""
+        return self._value(model_dir, device, precision)
+
+    def costs(self, model_dir: Path, device: str, precision: str) -> StageCosts | None:
+        """Every stage's cost: measured here, else the engine's prior; None until the time per pass is measured."""
+        per_pass = self.seconds_per_pass(model_dir, device, precision)
+        if per_pass is None:
+            return None
+        stages = {}
+        for name, what in _STORED.items():
+            value = self._value(model_dir, device, what.format(precision=precision))
+            stages[name] = Span.of(value) if value is not None else getattr(PRIORS, name)
+        return StageCosts(seconds_per_pass=per_pass, **stages)
+
+    def save(self, model_dir: Path, device: str, precision: str, costs: StageCosts) -> None:
+        """Store the measured stages of ``costs`` (priors are never stored)."""
+        if math.isfinite(costs.seconds_per_pass):
+            self.settings.setValue(self._key(model_dir, device, precision), float(costs.seconds_per_pass))
+        for stage in fields(costs):
+            value = getattr(costs, stage.name)
+            if stage.name in _STORED and value.measured:
+                what = _STORED[stage.name].format(precision=precision)
+                self.settings.setValue(self._key(model_dir, device, what), float(value.mid))
 
     def store(self, times: PassTimes) -> None:
-        """Remember measured pass times and the model's grid."""
+        """Remember what a timing thread measured, and the model's grid."""
         self.grids[str(times.model_dir)] = times.grid
-        for precision, seconds in times.seconds.items():
-            self.settings.setValue(self._key(times.model_dir, times.target, precision), float(seconds))
+        for precision, first in times.first.items():
+            self.save(times.model_dir, times.target, precision, first.costs())
 
-    def learn_from_run(self, model_dir: Path, device: str, precision: str, result: Result, voxels: int) -> None:
-        """Refine the stored times with what a finished run really took (``voxels``: of the image's nonzero box)."""
-        if result.forward_passes > 0:
-            per_pass = result.timings.get("sliding_window", 0.0) / result.forward_passes
-            self.settings.setValue(self._key(model_dir, device, precision), float(per_pass))
-        if voxels > 0:
-            overhead = result.timings.get("preprocess", 0.0) + result.timings.get("export", 0.0)
-            self.settings.setValue(self._key(model_dir, device, "overhead"), float(overhead / voxels * 1e6))
+    def forget(self, model_dir: Path, device: str, precisions: tuple[str, ...]) -> None:
+        """Drop what the first fold's timing measured at ``precisions`` (while the CPU was shared with a run), so it
+        is timed again."""
+        for precision in precisions:
+            for what in (precision, _STORED["load_per_fold"], _STORED["convert_per_fold"]):
+                self.settings.remove(self._key(model_dir, device, what.format(precision=precision)))
+
+    def learn_from_run(self, model_dir: Path, device: str, precision: str, result: Result, mvoxels: float,
+                       fold_count: int, conversions: int, loaded: bool) -> None:
+        """Refine the stored costs with what a finished run really took (see :func:`learn_from_run`)."""
+        costs = self.costs(model_dir, device, precision) or replace(PRIORS, seconds_per_pass=math.nan)
+        self.save(model_dir, device, precision,
+                  learn_from_run(costs, result, fold_count, conversions, mvoxels, loaded))
+
+
+def _folds_of(model: ModelInfo, preset: Preset, chosen: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The folds a run uses: those chosen under Advanced, else the preset's first n (or all) of the model's."""
+    if chosen:
+        return tuple(chosen)
+    return tuple(model.folds[: preset.fold_count] if preset.fold_count else model.folds)
 
 
 class RunTimeEstimates(QObject):
     """Keeps the estimates for the Speed box up to date and publishes them with ``changed``.
 
-    The widget calls :meth:`refresh` whenever the model, the image or the settings change; forward passes are timed
-    in the background the first time a model/device/precision is seen (never while a run is going on).
+    The widget calls :meth:`refresh` whenever the model, the image or the settings change; the first fold is timed
+    and the OpenVINO cache read in the background the first time a model/device is seen in a session (never while
+    a run is going on), and :meth:`learn` refines the stage costs from every finished run.
     """
 
-    changed = Signal(object, str)
-    """Estimated time per preset name ({name: 'about 40 s'}), and the text for the chosen settings (or a status)."""
+    changed = Signal(object, object, str)
+    """The estimates per preset name ({name: Estimate}), the estimate for the chosen settings (or None), and a
+    status to show instead of it ('' when there is nothing to say)."""
 
     def __init__(self, settings: QSettings, presets: dict[str, Preset], parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -176,6 +215,14 @@ class RunTimeEstimates(QObject):
         self._failed: set[tuple[str, str]] = set()
         self.shown: dict[str, Estimate] = {}
         """The estimates on screen, per preset name."""
+        self.chosen: Estimate | None = None
+        """The estimate for the chosen settings (None when none is shown)."""
+        self.cached: dict[tuple[str, str], dict[str, frozenset[str]] | None] = {}
+        """Per (model, target): the folds OpenVINO has cached per precision (None: the target converts nothing)."""
+        self._loaded: tuple[Any, ...] | None = None
+        self._timer_started = 0.0
+        self._timings: list[tuple[float, float, Path, str, tuple[str, ...]]] = []
+        """(start, end, model, target, precisions) of this session's first-fold timings, to spot a shared CPU."""
         self._extent_key: tuple[int, ...] = ()
         self._extent: tuple[int, ...] = ()
         self._last: tuple[ModelInfo | None, Geometry | None, tuple[int, ...], bool, bool, RunChoice | None] = \
@@ -198,75 +245,115 @@ class RunTimeEstimates(QObject):
             self._extent_key = key
         return self._extent
 
+    @staticmethod
+    def _run_key(model_dir: Path, preset: Preset, device: str, folds: tuple[str, ...], trust: bool,
+                 exact: bool) -> tuple[Any, ...]:
+        """What decides whether the viewer can reuse its loaded model (as its predictor cache decides)."""
+        return (str(model_dir), preset, device, folds, trust, exact)
+
+    def _pending(self, model_dir: Path, target: str, precision: str, folds: tuple[str, ...]) -> int:
+        """How many of ``folds`` OpenVINO has still to convert at ``precision``."""
+        cached = self.cached.get((str(model_dir), target))
+        return 0 if cached is None else sum(fold not in cached.get(precision, frozenset()) for fold in folds)
+
     def _show(self, model: ModelInfo | None, image: Geometry | None, extent_zyx: tuple[int, ...], trusted: bool,
               busy: bool, choice: RunChoice | None) -> None:
         """Recompute the estimates for ``model`` on an image of geometry ``image`` (None: no image yet) whose
         nonzero part measures ``extent_zyx`` voxels."""
         self._last = (model, image, extent_zyx, trusted, busy, choice)
-        self.shown = {}
+        self.shown, self.chosen = {}, None
         if model is None or image is None or choice is None:
-            self.changed.emit({}, "")
+            self.changed.emit({}, None, "")
             return
-        device = target_key(choice.device, choice.preset.backend)
-        presets = list(self.presets.values())
-        precisions = {p.precision for p in presets} | {choice.preset.precision}
+        target = target_key(choice.device, choice.preset.backend)
+        precisions = tuple(sorted({p.precision for p in self.presets.values()} | {choice.preset.precision}))
         grid = self.book.grids.get(str(model.path))
-        missing = tuple(sorted(p for p in precisions
-                               if self.book.seconds_per_pass(model.path, device, p) is None))
-        if grid is None or missing:
-            if (str(model.path), device) in self._failed:
-                self.changed.emit({}, "")
+        missing = tuple(p for p in precisions if self.book.seconds_per_pass(model.path, target, p) is None)
+        probed = self.cached.get((str(model.path), target), {})
+        unprobed = (str(model.path), target) not in self.cached or (
+            probed is not None and any(p not in probed for p in precisions))
+        if grid is None or missing or unprobed:
+            if (str(model.path), target) in self._failed:
+                self.changed.emit({}, None, "")
             elif busy:
-                self.changed.emit({}, "The time estimate follows after this run.")
+                self.changed.emit({}, None, "The time estimate follows after this run.")
             else:
-                self._start_timer(model.path, choice.device, choice.preset.backend, missing, trusted)
-                self.changed.emit({}, "Estimating the time for this image on this computer…")
+                self._start_timer(model.path, choice.device, choice.preset.backend, missing, precisions, trusted)
+                self.changed.emit({}, None, "Estimating the time for this image on this computer…")
             return
         shape_zyx = extent_zyx or image.size[::-1]
         spacing_zyx = image.spacing[::-1]
-        overhead = self.book.overhead_per_mvoxel(model.path, device)
-        folds = max(len(model.folds), 1)
 
-        def estimate(preset: Preset, fold_count: int) -> Estimate:
-            seconds = self.book.seconds_per_pass(model.path, device, preset.precision) or 0.0
-            return estimate_run(grid, preset, fold_count, shape_zyx, spacing_zyx, seconds, overhead)
+        def estimate(preset: Preset, folds: tuple[str, ...], exact: bool = False) -> Estimate:
+            costs = self.book.costs(model.path, target, preset.precision)
+            assert costs is not None  # every precision was timed (``missing`` is empty)
+            loaded = self._run_key(model.path, preset, choice.device, folds, trusted, exact) == self._loaded
+            conversions = self._pending(model.path, target, preset.precision, folds)
+            return estimate_run(grid, preset, len(folds), shape_zyx, spacing_zyx, costs, conversions, loaded)
 
-        self.shown = {p.name: estimate(p, min(p.fold_count or folds, folds)) for p in presets}
-        per_preset = {name: describe_seconds(shown.seconds) for name, shown in self.shown.items()}
-        chosen = estimate(choice.preset, len(choice.folds) if choice.folds else folds)
-        passes = "pass" if chosen.passes_per_tile == 1 else "passes"
-        text = (f"Estimated for this image: <b>{describe_seconds(chosen.seconds)}</b> "
-                f"({chosen.tiles} tiles x {chosen.passes_per_tile} {passes}")
-        text += ", fewer when tiles outside the body are skipped)" if choice.preset.skip_empty_tiles else ")"
-        self.changed.emit(per_preset, text)
+        backend = choice.preset.backend
+        for preset in self.presets.values():
+            preset = preset.with_overrides(backend=backend)
+            self.shown[preset.name] = estimate(preset, _folds_of(model, preset))
+        if choice.nnunet_exact:
+            self.changed.emit(dict(self.shown), None, EXACT_TEXT)
+            return
+        self.chosen = estimate(choice.preset, _folds_of(model, choice.preset, choice.folds))
+        self.changed.emit(dict(self.shown), self.chosen, "")
 
     def learn(self, request: RunRequest, result: Result) -> None:
-        """Use a finished run's real timings for the next estimates."""
-        voxels = int(np.prod(self._extent or result.labels.shape))  # the estimate's unit: the nonzero box
-        self.book.learn_from_run(request.model_dir, target_key(request.device, request.preset.backend),
-                                 request.preset.precision, result, voxels)
+        """Use a finished run's real stage timings for the next estimates, unless the CPU was shared with a timing
+        thread meanwhile (then that thread's figures are dropped, to be timed again, and the run teaches nothing)."""
+        model = self._last[0]
+        target = target_key(request.device, request.preset.backend)
+        folds = tuple(request.folds) if request.folds else (
+            _folds_of(model, request.preset) if model is not None and model.path == request.model_dir else ())
+        key = self._run_key(request.model_dir, request.preset, request.device, folds, request.trust,
+                            request.nnunet_exact)
+        loaded, self._loaded = key == self._loaded, key
+        conversions = 0 if request.nnunet_exact else self._pending(request.model_dir, target,
+                                                                   request.preset.precision, folds)
+        cached = self.cached.get((str(request.model_dir), target))
+        if cached is not None and not request.nnunet_exact:  # the run converted and cached what it had not
+            precision = request.preset.precision
+            self.cached[(str(request.model_dir), target)] = {**cached,
+                                                             precision: cached.get(precision, frozenset()) | set(folds)}
+        took = sum(v for k, v in result.timings.items() if k != "load" or not loaded)  # the run's span, or less
+        shared = [t for t in self._timings if t[1] > time.monotonic() - took]
+        if self.timer is not None or shared:
+            for _start, _end, model_dir, timed_target, precisions in shared:
+                self.book.forget(model_dir, timed_target, precisions)
+            self._timings = [t for t in self._timings if t not in shared]
+        elif folds and not request.nnunet_exact:
+            mvoxels = float(np.prod(self._extent or result.labels.shape)) / 1e6  # the estimate's unit: the box
+            self.book.learn_from_run(request.model_dir, target, request.preset.precision, result, mvoxels,
+                                     len(folds), conversions, loaded)
         self._show(*self._last)
 
     def shutdown(self) -> None:
-        """Stop and wait for a timing thread (it finishes the forward pass it is in)."""
+        """Stop and wait for a timing thread (it finishes the step it is in)."""
         if self.timer is not None:
             self.timer.stop()
             self.timer.wait(60_000)
 
     def _start_timer(self, model_dir: Path, device: str, backend: str, precisions: tuple[str, ...],
-                     trusted: bool) -> None:
+                     probe: tuple[str, ...], trusted: bool) -> None:
         if self.timer is not None:
             return
-        timer = PassTimer(model_dir, device, backend, precisions, trusted)
+        timer = PassTimer(model_dir, device, backend, precisions, probe, trusted)
         target = target_key(device, backend)
         timer.measured.connect(self._on_measured)
         timer.failed.connect(lambda _message: self._on_failed(str(model_dir), target))
         timer.finished.connect(self._on_timer_finished)
-        self.timer = timer
+        self.timer, self._timer_started = timer, time.monotonic()
         timer.start()
 
     def _on_measured(self, times: PassTimes) -> None:
         self.book.store(times)
+        self.cached[(str(times.model_dir), times.target)] = times.cached
+        if times.first:
+            self._timings.append((self._timer_started, time.monotonic(), times.model_dir, times.target,
+                                  tuple(times.first)))
 
     def _on_failed(self, model_dir: str, device: str) -> None:
         self._failed.add((model_dir, device))
@@ -276,3 +363,4 @@ class RunTimeEstimates(QObject):
         if timer is not None:
             timer.deleteLater()
         self._show(*self._last)
+

@@ -4,11 +4,18 @@ from __future__ import annotations
 import torch
 from qtpy.QtCore import QSettings, Signal
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QVBoxLayout, QWidget,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QVBoxLayout,
+    QWidget,
 )
 from superqt import QCollapsible
-
 from tilewise.engine import Preset, load_presets
+from tilewise.engine.estimate import Estimate, Span
 
 from ..controllers.worker import RunChoice
 
@@ -20,6 +27,53 @@ PRECISIONS: tuple[tuple[str, str], ...] = (
     ("bf16", "Reduced: bf16"),
     ("fp16", "Reduced: fp16"),
 )
+
+
+def describe_seconds(seconds: float) -> str:
+    """'about 40 s', 'about 3 min', 'about 1 h 10 min': rounded the way a person would say it."""
+    if seconds < 1.5:
+        return "about 1 s"
+    if seconds < 60:
+        return f"about {_round_seconds(seconds)} s"
+    minutes = seconds / 60
+    if minutes < 60:
+        return f"about {round(minutes)} min"
+    return f"about {int(minutes // 60)} h {round(minutes % 60)} min"
+
+
+def _round_seconds(seconds: float) -> int:
+    return max(round(seconds / 5) * 5 if seconds > 20 else round(seconds), 1)
+
+
+def describe_span(span: Span) -> str:
+    """One figure for a measured span ('about 40 s'), else a range: 'about 5-15 s', 'about 1-3 min'."""
+    low, high = describe_seconds(span.low), describe_seconds(span.high)
+    if span.measured or low == high:
+        return describe_seconds(span.mid)
+    if span.high < 90:
+        return f"about {_round_seconds(span.low)}-{_round_seconds(span.high)} s"
+    if span.high < 3600 and span.low >= 45:
+        return f"about {round(span.low / 60)}-{round(span.high / 60)} min"
+    return f"{low} to {high.removeprefix('about ')}"
+
+
+def describe_estimate(estimate: Estimate, skips_tiles: bool) -> str:
+    """The estimate for the chosen settings, with the stages that make it up."""
+    total = describe_span(estimate.total)
+    text = f"Estimated for this image: <b>{total}</b>"
+    shown_as_range = total != describe_seconds(estimate.seconds)
+    text += " (a range until a run has been measured here)." if shown_as_range else "."
+    if estimate.conversions:
+        folds = "fold" if estimate.conversions == 1 else "folds"
+        text += (f" First run converts {estimate.conversions} {folds} for OpenVINO: "
+                 f"{describe_span(estimate.stages['convert'])}.")
+    passes = "pass" if estimate.passes_per_tile == 1 else "passes"
+    text += (f" {estimate.tiles} tiles x {estimate.passes_per_tile} {passes}: "
+             f"{describe_span(estimate.stages['sliding_window'])}")
+    text += ", fewer when tiles outside the body are skipped." if skips_tiles else "."
+    loading = estimate.stages["load"]
+    text += " The model is loaded already." if loading.high == 0 else f" Loading: {describe_span(loading)}."
+    return text
 
 
 def available_devices() -> list[tuple[str, str]]:
@@ -57,6 +111,8 @@ class SpeedPanel(QWidget):
         self.presets = load_presets()
         self._folds: list[str] = []
         self._updating = False
+        self.estimates: dict[str, Estimate] = {}
+        """The estimates on show, per preset name (their figures, for scripts and tests)."""
 
         self.preset = QComboBox()
         for name, preset in self.presets.items():
@@ -67,8 +123,9 @@ class SpeedPanel(QWidget):
         self.summary.setStyleSheet("color: palette(mid);")
         self.estimate = QLabel()
         self.estimate.setWordWrap(True)
-        self.estimate.setToolTip("Tiles for this image x forward passes per tile x the time one pass took on this "
-                                 "device, plus preparing the image and the result; refined after every run")
+        self.estimate.setToolTip("Loading the model, converting folds for OpenVINO the first time, preparing the "
+                                 "image, tiles x passes x the time of one pass, and writing the result, as timed "
+                                 "on this computer; a range until a run has timed every step, refined after each")
 
         self.fold_box = QWidget()
         self.fold_layout = QHBoxLayout(self.fold_box)
@@ -147,13 +204,18 @@ class SpeedPanel(QWidget):
             raise KeyError(name)
         self.preset.setCurrentIndex(index)
 
-    def show_estimates(self, per_preset: dict[str, str], current: str) -> None:
-        """Show an estimated time after each preset's name, and ``current`` (the estimate for the chosen settings,
-        or a status such as 'Estimating…') under the summary."""
+    def show_estimates(self, per_preset: dict[str, Estimate], chosen: Estimate | None, status: str) -> None:
+        """Show an estimated time after each preset's name, and under the summary the estimate for the chosen
+        settings, stage by stage, or ``status`` (such as 'Estimating…') when there is none."""
+        self.estimates = dict(per_preset)
         for index in range(self.preset.count()):
             preset = self.presets[self.preset.itemData(index)]
             estimate = per_preset.get(preset.name)
-            self.preset.setItemText(index, f"{preset.label}  ({estimate})" if estimate else preset.label)
+            if estimate is None:
+                self.preset.setItemText(index, preset.label)
+                continue
+            self.preset.setItemText(index, f"{preset.label}  ({describe_span(estimate.total)})")
+        current = describe_estimate(chosen, self.choice().preset.skip_empty_tiles) if chosen else status
         self.estimate.setText(current)
         self.estimate.setVisible(bool(current))
 
@@ -216,7 +278,7 @@ class SpeedPanel(QWidget):
         self.mirroring.setChecked(preset.mirroring)
         self.tile_step.setValue(preset.tile_step)
         index = self.precision.findData(preset.precision)
-        self.precision.setCurrentIndex(index if index >= 0 else 0)
+        self.precision.setCurrentIndex(max(index, 0))
         self._updating = False
         self._apply_preset_folds()
 
