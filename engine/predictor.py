@@ -19,7 +19,8 @@ from .postprocess.labels import logits_to_labels
 from .preprocess.grid_mapping import GridMapper
 from .model.bundle import ModelBundle
 from .nnunet_exact import predict_like_nnunet
-from .preprocess.pipeline import preprocess
+from .preprocess.pipeline import Preprocessed, preprocess
+from .preprocess.reuse import PreprocessCache, preprocess_key
 from .presets import Preset
 from .events import CancelToken, EventHandler, cancellable, check_cancelled
 from .sliding.runner import SlidingWindowRunner, background_logits
@@ -173,8 +174,14 @@ class Predictor:
         cancel: CancelToken | None = None,
         provisional_labels: bool = False,
         with_probabilities: bool = False,
+        reuse: PreprocessCache | None = None,
     ) -> Result:
-        """Segment ``volume``. Raises :class:`~tilewise.engine.Cancelled` (and returns nothing) if cancelled."""
+        """Segment ``volume``. Raises :class:`~tilewise.engine.Cancelled` (and returns nothing) if cancelled.
+
+        ``reuse`` keeps the preprocessed input for the next call: a call with the same image and a predictor of the
+        same model (any preset) skips preprocessing (``timings["preprocess"]`` is then only the lookup); the labels
+        are the same either way. With ``nnunet_exact`` nnU-Net's own preprocessing runs every time.
+        """
         self.check_input(volume)
         if self.nnunet_exact:
             settings = self.settings
@@ -189,9 +196,7 @@ class Predictor:
         started = time.perf_counter()
         with cancellable(cancel):  # preprocessing stops between slabs
             check_cancelled()
-            as_read = None if reads_like_simpleitk(self.reader) else read_as_model(volume, self.reader)
-            prepared = preprocess(volume, self.bundle, with_nonzero_mask=self.settings.skip_empty_tiles,
-                                  as_read=as_read)
+            prepared = self._prepare(volume, reuse)
             check_cancelled()
         timings["preprocess"] = time.perf_counter() - started
         peaks = _record_peak({}, "preprocess")
@@ -240,7 +245,7 @@ class Predictor:
         del logits
         free_device_memory(self.device)
         labels = exported.labels
-        if as_read is not None:  # back from the model reader's voxel order to the volume's
+        if not reads_like_simpleitk(self.reader):  # back from the model reader's voxel order to the volume's
             labels = labels_in_volume_order(labels, prepared.properties, self.reader, volume.shape)
         timings["export"] = time.perf_counter() - started
         _record_peak(peaks, "export")
@@ -256,6 +261,18 @@ class Predictor:
             notes=plan.notes + list(runner.notes),
             peak_rss_mb=peaks,
         )
+
+    def _prepare(self, volume: Volume, reuse: PreprocessCache | None) -> Preprocessed:
+        """``volume`` on the network grid: from ``reuse`` when it holds this image for this model, else preprocessed
+        (with nnU-Net's nonzero mask when tiles may be skipped, and always when kept: another preset may skip)."""
+        def run(with_nonzero_mask: bool) -> Preprocessed:
+            as_read = None if reads_like_simpleitk(self.reader) else read_as_model(volume, self.reader)
+            return preprocess(volume, self.bundle, with_nonzero_mask=with_nonzero_mask, as_read=as_read)
+
+        if reuse is None:
+            return run(self.settings.skip_empty_tiles)
+        key = preprocess_key(volume, self.bundle, self.reader, nnunet_code=False)
+        return reuse.get_or_prepare(key, lambda: run(True))
 
     def plan_memory(self, volume: Volume, order: list[Placement] | None = None) -> MemoryPlan:
         """Where this case's logit sums will live (an index into ``order``, default every placement for the device)

@@ -1,8 +1,12 @@
 """Screenshots of the viewer for the README: ``xvfb-run -s "-screen 0 1600x1000x24" python tests/make_screenshots.py``.
 
-Opens the viewer as ``tilewise`` does (demo model, sample), runs the ``balanced`` preset, and saves the window
-mid-run (``viewer_running.png``: tiles filling in, progress) and after the run (``viewer_done.png``: the review
-panel with label volumes). Needs a display: an X server or Xvfb.
+Opens the viewer as ``tilewise`` does (demo model, sample), waits for the preset estimates, runs the ``balanced``
+preset, and saves the window idle (``viewer_idle.png``), mid-run (``viewer_running.png``: tiles filling in,
+progress) and after the run (``viewer_done.png``: the review step with label volumes and Save). Needs a display: an X
+server or Xvfb.
+
+``--size 1366x768 --suffix _1366x768`` makes the window that size instead (the smallest screen the dock is laid out
+for; with a window manager running, ``--maximized`` fills the screen as ``tilewise`` does, title bar included).
 """
 from __future__ import annotations
 
@@ -26,13 +30,21 @@ from tilewise.gui.app import TITLE  # noqa: E402
 from tilewise.gui.widget import TilewiseWidget  # noqa: E402
 from tilewise.resources import sample_path  # noqa: E402
 
-SIZE = (1600, 1000)
+ESTIMATES_WAIT_MS = 8000  # time for the estimates to appear in the Speed step
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, height = text.lower().split("x")
+    return int(width), int(height)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "resources" / "screenshots")
     parser.add_argument("--preset", default="balanced")
+    parser.add_argument("--size", type=_size, default=(1600, 1000), help="window size, WIDTHxHEIGHT")
+    parser.add_argument("--maximized", action="store_true", help="maximise the window instead (needs a window manager)")
+    parser.add_argument("--suffix", default="", help="added to each file name, e.g. _1366x768")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -41,33 +53,40 @@ def main() -> int:
     widget = TilewiseWidget(viewer, settings=settings)
     viewer.window.add_dock_widget(widget, name=TITLE, area="right")
     window = viewer.window._qt_window
-    window.resize(*SIZE)
-    window.show()
+    if args.maximized:
+        window.showMaximized()
+    else:
+        window.resize(*args.size)
+        window.show()
     app = QApplication.instance()
     shots: list[Path] = []
 
     def save(name: str) -> None:
         app.processEvents()
-        path = args.out / name
+        path = args.out / f"{name}{args.suffix}.png"
         viewer.window.screenshot(str(path), canvas_only=False)
         shots.append(path)
-        print(f"wrote {path}", flush=True)
+        print(f"wrote {path} ({window.width()} x {window.height()})", flush=True)
 
     def on_tile(event: object) -> None:
-        if getattr(event, "done", 0) == max(getattr(event, "total", 2) // 2, 1) and not shots:
-            QTimer.singleShot(150, lambda: save("viewer_running.png"))
+        if getattr(event, "done", 0) == max(getattr(event, "total", 2) // 2, 1) and len(shots) == 1:
+            QTimer.singleShot(150, lambda: save("viewer_running"))
 
     def on_finished(outcome: str) -> None:
         if outcome != "done":
             print(f"the run ended: {outcome}", file=sys.stderr)
             app.exit(1)
             return
-        QTimer.singleShot(500, lambda: (save("viewer_done.png"), app.exit(0)))
+        QTimer.singleShot(500, lambda: (save("viewer_done"), app.exit(0)))
+
+    def start() -> None:
+        save("viewer_idle")
+        widget.start_run()
 
     def on_opened(layers: list) -> None:
         widget.settings_panel.select_preset(args.preset)
         viewer.dims.set_current_step(0, viewer.dims.nsteps[0] // 2)
-        QTimer.singleShot(8000, widget.start_run)  # time for the estimates to appear in the Speed box
+        QTimer.singleShot(ESTIMATES_WAIT_MS, start)
 
     widget.image_opened.connect(on_opened)
     widget.run_started.connect(lambda worker: worker.tile.connect(on_tile))

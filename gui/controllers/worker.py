@@ -17,6 +17,7 @@ from tilewise.engine import (
     Cancelled, CancelToken, Geometry, OutOfMemoryError, Predictor, Preset, TilewiseError, UntrustedCheckpointError,
     Volume,
 )
+from tilewise.engine.preprocess.reuse import PreprocessCache
 from tilewise.engine.runtime.memory import is_out_of_memory
 
 from ..geometry import geometry_from_layer
@@ -63,12 +64,15 @@ class RunRequest:
 
 
 class PredictorCache:
-    """Keeps the last loaded model, so a second run with the same settings starts at once."""
+    """Keeps the last loaded model, so a second run with the same settings starts at once, and the last preprocessed
+    image (``prepared``), so a run of the same image with the same model and another preset skips preprocessing."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._key: tuple[Any, ...] | None = None
         self._predictor: Predictor | None = None
+        self.prepared = PreprocessCache()
+        """One preprocessed input; keyed by the image's voxels, the model and how it preprocesses (engine side)."""
 
     def get(self, request: RunRequest, cancel: CancelToken | None = None) -> Predictor:
         """The cached predictor for ``request``, loading it (on the calling thread) when the key changed; ``cancel``
@@ -84,7 +88,7 @@ class PredictorCache:
             return predictor
 
     def clear(self) -> None:
-        """Drop the cached model."""
+        """Drop the cached model (the preprocessed image stays: how a model preprocesses does not depend on trust)."""
         with self._lock:
             self._key, self._predictor = None, None
 
@@ -167,7 +171,8 @@ class SegmentationWorker(QThread):
             self.stage.emit("Preparing the image…")
             array = np.stack([np.asarray(channel, dtype=np.float32) for channel in request.channels])
             volume = Volume(array=array, geometry=request.geometry, sources=request.sources)
-            result = predictor.predict(volume, on_event=self.tile.emit, cancel=self.token, provisional_labels=True)
+            result = predictor.predict(volume, on_event=self.tile.emit, cancel=self.token, provisional_labels=True,
+                                       reuse=self.cache.prepared)
             if self.token.cancelled:
                 raise Cancelled()
             counts = count_labels(result.labels)

@@ -61,6 +61,13 @@ class ActivityProgress:
         """Show ``done`` of ``total`` at the next :meth:`apply`."""
         self.done, self.total = int(done), int(total)
 
+    def shown_count(self) -> tuple[int, int] | None:
+        """(done, total) as napari's bar shows it now; None while it shows no count (not made yet, or busy)."""
+        bar = self.bar
+        if bar is None or not bar.total:
+            return None
+        return int(bar.n), int(bar.total)
+
     def set_busy(self, description: str) -> None:
         """Show a busy bar with ``description`` at the next :meth:`apply`."""
         self.description, self.total = description, 0

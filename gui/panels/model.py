@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 from qtpy.QtCore import QSettings, Signal
-from qtpy.QtWidgets import (
-    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget,
-)
+from qtpy.QtWidgets import QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from tilewise.engine.model.catalog import ModelInfo, default_search_roots, describe_model, find_models
 
 from ..colors import display_name, label_color
+from .common import ElidingComboBox
 from .dialogs import show_error
 
 SETTINGS_EXTRA = "models/extra_folders"
@@ -54,9 +53,13 @@ def _icon(name: str):
 
 
 class ModelPanel(QWidget):
-    """A model list with a Browse button and a description of the chosen model."""
+    """A model list with a Browse button and a description of the chosen model.
+
+    A name too long for the list shows with '…' in the middle; its tooltip has the whole name and the folder.
+    """
 
     model_changed = Signal(object)  # ModelInfo or None
+    summary_changed = Signal(str)   # the chosen model's name in the list; "" when there is none (the dock's step)
 
     def __init__(self, settings: QSettings, demo_model: Path | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -64,9 +67,7 @@ class ModelPanel(QWidget):
         self.demo_model = demo_model
         self._models: list[ModelInfo] = []
 
-        self.combo = QComboBox()
-        self.combo.setToolTip("Trained nnU-Net models found under $nnUNet_results, TotalSegmentator's folder, "
-                              "and folders you added")
+        self.combo = ElidingComboBox()
         self.browse = QPushButton(_icon("fa5s.folder-open"), "Browse…")
         self.browse.setToolTip("Add a trained nnU-Net model folder (the one that holds plans.json and fold_0)")
         row = QHBoxLayout()
@@ -121,7 +122,7 @@ class ModelPanel(QWidget):
         if not self._models:
             self.combo.addItem("No model found: use Browse… to add one", "")
         index = self.combo.findData(remembered) if remembered else -1
-        self.combo.setCurrentIndex(index if index >= 0 else 0)
+        self.combo.setCurrentIndex(max(index, 0))
         self.combo.blockSignals(False)
         self._on_index_changed()
 
@@ -164,6 +165,9 @@ class ModelPanel(QWidget):
     # ---- the description ------------------------------------------------------------------------
     def _on_index_changed(self, *_: object) -> None:
         info = self.current()
+        self.combo.setToolTip(f"{self.combo.currentText()}\n{info.path}" if info is not None else
+                              "Trained nnU-Net models found under $nnUNet_results, TotalSegmentator's folder, "
+                              "and folders you added")
         if info is None:
             for label in (self.dataset, self.configuration, self.folds, self.channels, self.labels):
                 label.setText("–")
@@ -176,6 +180,11 @@ class ModelPanel(QWidget):
             self.channels.setText(", ".join(info.channels) or "–")
             self.labels.setText(self.labels_html(info))
         self.model_changed.emit(info)
+        self.summary_changed.emit(self.summary())
+
+    def summary(self) -> str:
+        """The chosen model's name as the list shows it ("" when none is chosen)."""
+        return self.combo.currentText() if self.current() is not None else ""
 
     @staticmethod
     def labels_html(info: ModelInfo) -> str:

@@ -1,20 +1,28 @@
 """Run/Cancel and the run's progress: a tile bar, what happens in words and the time, also in napari's activity panel.
 
 A tile's progress is shown from a timer, at most ~10 times a second: a text change lays out the dock again, and
-napari's bar processes events when updated.
+napari's bar processes events when updated. The dock's bar, its "N of M tiles" text and napari's bar always show the
+same count: the dock shows the count napari's bar shows (which takes a new count at most every
+:data:`~.activity.COUNT_INTERVAL_S`). The time left only counts down (:class:`RemainingTime`).
+
+Run shows Cancel and "Loading the model…" at once: the button and the status line are painted before the click
+handler goes on to build the preview layer (which takes napari a few hundred milliseconds).
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from ..controllers.run import RUN_STATES, State
 from .activity import ActivityProgress
 
 PROGRESS_INTERVAL_MS = 100
+COUNT_FORMAT = "%v of %m tiles"
+LOADING_TEXT = "Loading the model…"
 FINISHING_TEXT = "Finishing: writing labels on the input grid…"
 STOPPED_TEXTS = {"cancelled": "Cancelled. No labels were kept.",
                  "failed": "The segmentation did not run (see the message)."}
@@ -22,17 +30,57 @@ STOPPED_TEXTS = {"cancelled": "Cancelled. No labels were kept.",
 
 def format_duration(seconds: float) -> str:
     """'0:07', '2:05', '1:02:05'."""
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+class RemainingTime:
+    """The time left for a stage's tiles, from the pace of the tiles done so far, never more than shown before.
+
+    The pace is measured from the first tile reported (the first batch also warms the backend up, so it is not
+    counted); until a second tile arrives the engine's own estimate stands. The value shown is the smallest estimate
+    so far, so it only counts down; a new stage (another total, or fewer tiles done than before) starts afresh.
+    """
+
+    def __init__(self) -> None:
+        self._start_stage(None)
+
+    def _start_stage(self, total: int | None) -> None:
+        self._total = total
+        self._done = 0
+        self._first: tuple[float, int] | None = None
+        self._shown: float | None = None
+
+    def update(self, done: int, total: int, now: float, engine_eta_s: float) -> float:
+        """The seconds left once ``done`` of ``total`` tiles have run at time ``now`` (seconds, any clock)."""
+        if total != self._total or done < self._done:
+            self._start_stage(total)
+        self._done = done
+        if self._first is None:
+            self._first = (now, done)
+            estimate = max(0.0, engine_eta_s)
+        elif done > self._first[1]:
+            estimate = (now - self._first[0]) / (done - self._first[1]) * (total - done)
+        else:
+            estimate = self._shown if self._shown is not None else max(0.0, engine_eta_s)
+        self._shown = estimate if self._shown is None else min(self._shown, estimate)
+        return self._shown
+
+
 class RunPanel(QWidget):
     """The Run/Cancel button, the tile progress bar, a status line and the timing; and the bar of the task going on
-    (a run, or an image being opened) in napari's activity panel."""
+    (a run, or an image being opened) in napari's activity panel.
 
-    def __init__(self, viewer: Any, parent: QWidget | None = None) -> None:
+    ``clock`` (seconds) times the run's elapsed and remaining time; tests pass their own.
+    """
+
+    collapse_previous = Signal()  # a run starts: the dock collapses the steps before this one to their summaries
+    reveal_next = Signal()  # a run left a result: the dock opens the steps after this one (Review and Save)
+
+    def __init__(self, viewer: Any, parent: QWidget | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.activity: ActivityProgress | None = None
@@ -40,6 +88,9 @@ class RunPanel(QWidget):
         self._latest_tile: Any = None
         self._all_tiles_done = False
         self._stage_text = ""
+        self._clock = clock
+        self._run_started = 0.0
+        self._remaining = RemainingTime()
 
         import qtawesome
 
@@ -50,13 +101,12 @@ class RunPanel(QWidget):
         self.run_button = QPushButton()
         self.run_button.setMinimumHeight(36)
         self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("%v of %m tiles")
         self.progress.setTextVisible(True)
+        self._show_no_count()
         self.status = QLabel("Ready.")
         self.status.setWordWrap(True)
         self.timing = QLabel("")
+        self.timing.setVisible(False)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.run_button)
@@ -87,9 +137,15 @@ class RunPanel(QWidget):
         if state is State.LOADING:
             self._latest_tile = None
             self._all_tiles_done = False
-            self._stage_text = ""
+            self._stage_text = LOADING_TEXT
+            self._run_started = self._clock()
+            self._remaining = RemainingTime()
+            self.progress.setFormat("")
             self.progress.setRange(0, 0)  # busy until the first tile reports the total
-            self.timing.setText("")
+            self.status.setText(LOADING_TEXT)
+            self._set_timing("")
+            self.collapse_previous.emit()
+            self._paint_now()
         elif state is State.CANCELLING:
             self.status.setText(self.cancelling_text())
             self._schedule_progress()
@@ -120,24 +176,24 @@ class RunPanel(QWidget):
         self._latest_tile = event
         if event.done >= event.total and not self._all_tiles_done:
             self._all_tiles_done = True  # the labels go back on the input grid now: a busy bar, no steps to count
+            self.progress.setFormat("")
             self.progress.setRange(0, 0)
-            self.timing.setText(f"All {event.total} tiles done in {format_duration(event.elapsed_s)}")
+            elapsed = format_duration(self._clock() - self._run_started)
+            self._set_timing(f"All {event.total} tiles done · elapsed {elapsed}")
         self._schedule_progress()
 
     def show_done(self, elapsed_s: float, tiles: int) -> None:
         """A full bar and the time the run took."""
-        self.progress.setRange(0, max(tiles, 1))
-        self.progress.setValue(max(tiles, 1))
-        self.status.setText(f"Done in {format_duration(elapsed_s)} ({tiles} tiles). "
-                            "Review the volumes below; Save segmentation… writes the labels to a file.")
-        self.timing.setText("")
+        self._show_count(tiles, tiles)
+        self.status.setText(f"Done in {format_duration(elapsed_s)} ({tiles} tiles). Review and save it below.")
+        self._set_timing("")
+        self.reveal_next.emit()
 
     def show_stopped(self, outcome: str) -> None:
-        """An empty bar and what happened: the run was "cancelled" or "failed"."""
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
+        """An empty bar, without a count, and what happened: the run was "cancelled" or "failed"."""
+        self._show_no_count()
         self.status.setText(STOPPED_TEXTS[outcome])
-        self.timing.setText("")
+        self._set_timing("")
 
     def show_message(self, text: str) -> None:
         """Say ``text`` on the status line."""
@@ -166,32 +222,59 @@ class RunPanel(QWidget):
         if not self._progress_timer.isActive():
             self._progress_timer.start()
 
+    def _paint_now(self) -> None:
+        """Paint the button, the bar and the status line at once: the click that started the run goes on with work
+        on this thread (napari building the preview layer) before the event loop would paint them."""
+        for widget in (self.run_button, self.progress, self.status, self.timing):
+            widget.repaint()
+
+    def _set_timing(self, text: str) -> None:
+        """The timing line, hidden while empty (the dock stays short)."""
+        self.timing.setText(text)
+        self.timing.setVisible(bool(text))
+
+    def _show_no_count(self) -> None:
+        """An empty bar with no text: no run, or one that ended without a result."""
+        self.progress.setFormat("")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+
+    def _show_count(self, done: int, total: int) -> None:
+        total = max(int(total), 1)
+        self.progress.setFormat(COUNT_FORMAT)
+        if self.progress.maximum() != total or self.progress.minimum() != 0:
+            self.progress.setRange(0, total)
+        self.progress.setValue(min(int(done), total))
+
+    def _counting(self) -> bool:
+        return self._state in RUN_STATES and self._latest_tile is not None and not self._all_tiles_done
+
     def _update_progress(self) -> None:
-        """Show the latest tile in the dock and in napari's activity panel."""
-        running = self._state in RUN_STATES
-        if running:
-            self._show_tile_progress()
+        """Show the latest tile in napari's activity panel, then the count it shows in the dock."""
         activity = self.activity
-        if activity is None:
-            return
         event = self._latest_tile
-        if running:
+        if activity is not None and self._state in RUN_STATES:
             if self._state is State.CANCELLING:
                 activity.set_busy("Tilewise: cancelling")
             elif self._all_tiles_done:
                 activity.set_busy("Tilewise: writing labels on the input grid")
             elif event is not None:
                 activity.set_progress(event.done, event.total)
-        if not activity.apply():
+        if activity is not None and not activity.apply():
             self._schedule_progress()  # the activity panel shows counts less often: this one comes later
-
-    def _show_tile_progress(self) -> None:
-        event = self._latest_tile
-        if event is None or self._all_tiles_done:
+        if not self._counting():  # also when the run ended while napari processed events inside apply()
             return
-        if self.progress.maximum() != event.total:
-            self.progress.setRange(0, event.total)
-        self.progress.setValue(event.done)
+        event = self._latest_tile
+        shown = activity.shown_count() if activity is not None and not activity.closed else None
+        done, total = shown if shown is not None and shown[1] == event.total else (event.done, event.total)
+        if done != event.done:
+            self._schedule_progress()
+        self._show_tile_progress(done, total, event.eta_s)
+
+    def _show_tile_progress(self, done: int, total: int, engine_eta_s: float) -> None:
+        self._show_count(done, total)
         if self._state is not State.CANCELLING:
-            self.status.setText(f"Segmenting: tile {event.done} of {event.total}. The slice on screen runs first.")
-        self.timing.setText(f"Elapsed {format_duration(event.elapsed_s)} · about {format_duration(event.eta_s)} left")
+            self.status.setText(f"Segmenting: {done} of {total} tiles done. The slice on screen runs first.")
+        now = self._clock()
+        left = self._remaining.update(done, total, now, engine_eta_s)
+        self._set_timing(f"Elapsed {format_duration(now - self._run_started)} · about {format_duration(left)} left")
