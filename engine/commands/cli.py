@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("-npp", type=int, default=None, help="accepted for nnU-Net compatibility; Tilewise preprocesses in-process")
     predict.add_argument("-nps", type=int, default=None, help="accepted for nnU-Net compatibility; Tilewise exports in-process")
 
+    from .batch_options import add_batch_parser
+
+    add_batch_parser(commands)
+
     bench = commands.add_parser("bench", help="time our engine (and nnU-Net's predictor) on one image")
     bench.add_argument("-i", dest="input", required=True, help="image file (or nnU-Net-named case file) to segment")
     add_run_options(bench)
@@ -53,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS: tuple[str, ...] = ("predict", "bench", "models", "export-onnx")
+COMMANDS: tuple[str, ...] = ("predict", "bench", "models", "export-onnx", "batch")
 VIEWER_MODULE = "tilewise.gui.app"
 
 
@@ -136,6 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             keep_freed_host_memory()  # this process only runs inference: the allocator tuning is ours to set
             return run_predict(args)
+        if args.command == "batch":
+            from .batch import run_batch
+
+            keep_freed_host_memory()  # as for predict: this process only runs inference
+            return run_batch(args)
         if args.command == "bench":
             from .bench import run_bench
 

@@ -1,0 +1,136 @@
+"""``tilewise batch``: every case of a folder through one loaded model, pipelined, resumable and fault-tolerant.
+
+Finished cases are skipped (without loading the model when nothing is left to do), a failing case is recorded
+with its reason while the others run, and Ctrl-C stops at once, keeping the finished outputs and leaving nothing
+half-written. ``OUT_DIR/batch_summary.json`` lists every case. Exit status: 0 when every case succeeded (or was
+finished earlier), 3 when some failed, 130 when interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..data.safe_output import refuse_overwriting_inputs
+from ..errors import InputError
+from ..events import CancelToken
+from ..model.bundle import dataset_channel_count
+from ..predictor import Predictor
+from ..runtime.devices import describe_device
+from ..runtime.memory import peak_rss_bytes
+from .batch_cases import (
+    BatchCase,
+    case_outputs,
+    collect_batch_cases,
+    is_finished,
+    shard,
+)
+from .batch_pipeline import BatchPipeline
+from .batch_records import FAILED, INTERRUPTED, CaseRecord, now_iso, this_worker
+from .batch_stages import CaseStages, MemoryBudget
+from .batch_summary import (
+    BatchProgress,
+    BatchSummary,
+    earlier_records,
+    skipped_record,
+    summary_path,
+)
+from .options import preset_from_args
+
+EXIT_SOME_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+def _header(args: argparse.Namespace, predictor: Predictor | None) -> dict:
+    header: dict = {"tool": "tilewise batch", "input": str(args.input), "output": str(args.output),
+                    "model": str(args.model), "preset": args.preset, "part_id": args.part_id,
+                    "num_parts": args.num_parts, "workers": args.workers, "started": now_iso()}
+    if predictor is not None:
+        settings = predictor.settings
+        header.update({
+            "model": str(predictor.bundle.path), "configuration": predictor.bundle.configuration_name,
+            "folds": settings.folds, "mirror_axes": list(settings.mirror_axes), "tile_step": settings.tile_step,
+            "precision": settings.precision, "batch_size": settings.batch_size, "device": str(settings.device),
+            "device_name": describe_device(settings.device), "backend": predictor.backend.describe(),
+            "nnunet_exact": predictor.nnunet_exact, "load_s": round(predictor.load_seconds, 3)})
+    return header
+
+
+def _plan(args: argparse.Namespace) -> tuple[list[BatchCase], Path]:
+    """This part's cases and its summary's path, after refusing any output that would land on an input."""
+    cases = collect_batch_cases(args.input, args.output, dataset_channel_count(args.model))
+    cases = shard(cases, args.num_parts, args.part_id)
+    summary = summary_path(args.output, args.num_parts, args.part_id)
+    outputs = [path for case in cases for path in case_outputs(case.case, args.save_probabilities)]
+    refuse_overwriting_inputs([*outputs, summary], [path for case in cases for path in case.case.inputs])
+    return cases, summary
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    """Run the batch command; returns the exit status."""
+    preset = preset_from_args(args)
+    if args.workers < 1:
+        raise InputError("--workers", f"must be 1 or more (got {args.workers})")
+    cases, path = _plan(args)
+    earlier = earlier_records(path)
+    todo = [case for case in cases if args.overwrite or not is_finished(case.case, args.save_probabilities)]
+    running = {case.name for case in todo}
+    skipped = [skipped_record(case, args.save_probabilities, earlier.get(case.name))
+               for case in cases if case.name not in running]
+    predictor = None
+    if todo:  # a run over a finished folder loads no model
+        predictor = Predictor(args.model, preset, device=args.device, folds=args.folds,
+                              checkpoint_name=args.checkpoint, trust=args.trust_model,
+                              nnunet_exact=args.nnunet_exact)
+    summary = BatchSummary(path, _header(args, predictor))
+    for record in skipped:
+        summary.add(record)
+    if args.verbose and not args.quiet and predictor is not None:
+        print(f"tilewise: {len(todo)} of {len(cases)} case(s) to run on {summary.header['backend']}, "
+              f"{args.workers} worker(s)", file=sys.stderr)
+    interrupted = False
+    if predictor is not None:
+        interrupted = _run(args, predictor, todo, summary)
+    summary.save(finished=not interrupted, peak_rss_mb=_peak_mb())
+    failed, done = summary.count(FAILED), len(todo) - summary.count(FAILED) - summary.count(INTERRUPTED)
+    if not args.quiet:
+        state = "interrupted" if interrupted else "finished"
+        print(f"tilewise: batch {state}: {done} done, {failed} failed, {len(skipped)} skipped (finished earlier) "
+              f"in {summary.elapsed:.1f}s; summary: {path}", file=sys.stderr)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_SOME_FAILED if failed else 0
+
+
+def _run(args: argparse.Namespace, predictor: Predictor, todo: list[BatchCase], summary: BatchSummary) -> bool:
+    """Run ``todo`` through the pipeline into ``summary``; True when Ctrl-C stopped it."""
+    stages = CaseStages(predictor, MemoryBudget.available_now(predictor.device), args.save_probabilities)
+    cancel = CancelToken()
+    pipeline = BatchPipeline(stages, args.workers, cancel, this_worker())
+    bar = not args.disable_progress_bar and sys.stderr.isatty()
+    progress = BatchProgress(len(todo), bar, args.quiet, args.verbose)
+    seen: set[str] = set()
+    interrupted = False
+    try:
+        for record in pipeline.run(todo):
+            seen.add(record.case)
+            summary.add(record)
+            progress.update(record)
+    except KeyboardInterrupt:
+        interrupted = True
+        cancel.cancel()
+        progress.write("tilewise: interrupted; finishing the file being written, nothing half-written is kept")
+        for record in pipeline.join():
+            seen.add(record.case)
+            summary.add(record)
+    finally:
+        progress.close()
+    for case in todo:
+        if case.name not in seen:
+            summary.add(CaseRecord.for_case(case, INTERRUPTED, args.save_probabilities, "the batch was interrupted"))
+    return interrupted
+
+
+def _peak_mb() -> float | None:
+    peak = peak_rss_bytes()
+    return round(peak / 2**20, 1) if peak is not None else None

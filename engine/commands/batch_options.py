@@ -1,0 +1,32 @@
+"""The flags of ``tilewise batch``: every ``predict`` flag that applies to a folder, plus resuming, sharding and
+workers (names as in nnUNetv2_predict_from_modelfolder where nnU-Net has them)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .options import add_run_options
+
+
+def add_batch_parser(commands: argparse._SubParsersAction) -> None:
+    """Register ``tilewise batch`` on the ``tilewise`` command's sub-parsers."""
+    batch = commands.add_parser(
+        "batch", help="segment a folder of cases: pipelined, resumable, one failing case does not stop the rest",
+        description="Segment every case of IN_DIR (nnU-Net-named files such as case_0000.nii.gz, or one sub-folder "
+        "per DICOM series) into OUT_DIR. Finished cases are skipped, so running the same command again resumes; "
+        "OUT_DIR/batch_summary.json lists every case. Exit status: 0 when every case succeeded, 3 when some failed, "
+        "130 on Ctrl-C.")
+    batch.add_argument("-i", dest="input", type=Path, required=True, help="folder of cases: nnU-Net-named files (case_0000.nii.gz, case_0001... for more channels; any supported format) or one sub-folder per DICOM series")
+    batch.add_argument("-o", dest="output", type=Path, required=True, help="output folder (same case names and file type as the input; DICOM becomes .nii.gz)")
+    add_run_options(batch)
+    batch.add_argument("--save_probabilities", action="store_true", help="also write <case>.npz/.pkl as nnU-Net does")
+    batch.add_argument("--overwrite", action="store_true", help="redo cases whose outputs already exist (default: skip them)")
+    batch.add_argument("-num_parts", dest="num_parts", type=int, default=1, help="split the sorted cases into this many parts, as nnU-Net does (one part per machine or GPU)")
+    batch.add_argument("-part_id", dest="part_id", type=int, default=0, help="which part this run does, 0 to num_parts - 1 (cases part_id, part_id + num_parts, ...)")
+    batch.add_argument("--workers", type=int, default=1, help="threads that read and preprocess the next cases, and as many that export and write finished ones (default 1)")
+    batch.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary line")
+    batch.add_argument("--verbose", action="store_true", help="print settings and each case's stage timings")
+    batch.add_argument("--disable_progress_bar", action="store_true", help="no progress bar (one line per case instead)")
+    batch.add_argument("--continue_prediction", action="store_true", help="accepted for nnU-Net compatibility; batch always skips finished cases unless --overwrite")
+    batch.add_argument("-npp", type=int, default=None, help="accepted for nnU-Net compatibility; see --workers")
+    batch.add_argument("-nps", type=int, default=None, help="accepted for nnU-Net compatibility; see --workers")
