@@ -8,25 +8,24 @@ What it takes to reproduce nnU-Net 2.8's predictor exactly (``predict_from_raw_d
   float16 Gaussian; the folds' float16 logits added on the CPU and divided by their count;
 - nnU-Net's own export (``convert_predicted_logits_to_segmentation_with_correct_shape``).
 
-It stays faster than nnU-Net's CLI because nothing else is there: no worker pools, no file round trips.
+It stays faster than nnU-Net's CLI because nothing else is there: no worker pools, no file round trips. The
+:class:`~tilewise.engine.Predictor` runs these steps as its stages (preprocessing with ``use_nnunet_code``, through
+its reuse cache like any run; :func:`run_like_nnunet`; :func:`export_like_nnunet`), so a batch overlaps them too.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from .backends.torch_backend import TorchBackend
-from .data.model_reader import SIMPLEITK_READER, labels_in_volume_order, read_as_model, reads_like_simpleitk
-from .data.volume import Volume
-from .errors import Cancelled
 from .events import CancelToken, EventHandler, TileEvent
 from .model.bundle import ModelBundle
 from .postprocess.labels import logits_to_labels
-from .preprocess.pipeline import preprocess
+from .preprocess.pipeline import Preprocessed
 from .sliding.accumulators import Placement
 from .sliding.runner import SlidingWindowRunner
 
@@ -47,29 +46,16 @@ def _fold_events(on_event: EventHandler | None, fold: int, folds: int) -> EventH
     return forward
 
 
-def predict_like_nnunet(bundle: ModelBundle, networks: list[nn.Module], device: torch.device,
-                        mirror_axes: tuple[int, ...], tile_step: float, precision: str, volume: Volume,
-                        on_event: EventHandler | None, cancel: CancelToken | None,
-                        with_probabilities: bool, reader: str = SIMPLEITK_READER) -> dict[str, Any]:
-    """Run ``volume`` exactly as nnU-Net's predictor would with these fold ``networks``, mirrors and tile step.
-
-    Returns the pieces of a :class:`~tilewise.engine.Result`: labels, probabilities, properties, timings, tiles.
-    """
-    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    as_read = None if reads_like_simpleitk(reader) else read_as_model(volume, reader)
-    prepared = preprocess(volume, bundle, with_nonzero_mask=False, use_nnunet_code=True, as_read=as_read)
-    if cancel is not None and cancel.cancelled:
-        raise Cancelled()
-    timings["preprocess"] = time.perf_counter() - started
-
-    started = time.perf_counter()
+def run_like_nnunet(bundle: ModelBundle, networks: list[nn.Module], device: torch.device,
+                    mirror_axes: tuple[int, ...], tile_step: float, precision: str, prepared: Preprocessed,
+                    on_event: EventHandler | None, cancel: CancelToken | None) -> tuple[torch.Tensor, int, int]:
+    """nnU-Net's sliding window over ``prepared`` (made by nnU-Net's own preprocessor class) with these fold
+    ``networks``, mirrors and tile step: the folds' averaged float16 logits on the CPU (padded grid), the tiles of
+    one fold and the forward passes of all folds."""
     heads = bundle.label_manager.num_segmentation_heads
     sums = Placement(device, NNUNET_SUMS)
     summed: torch.Tensor | None = None
-    tiles = 0
+    tiles = passes = 0
     for fold, network in enumerate(networks):
         backend = TorchBackend([network], mirror_axes, device, precision, keep_network_dtype=True)
         runner = SlidingWindowRunner(backend, bundle.patch_size, tile_step, 1, heads,
@@ -79,21 +65,22 @@ def predict_like_nnunet(bundle: ModelBundle, networks: list[nn.Module], device: 
                             cancel).to("cpu")
         summed = logits if summed is None else summed.add_(logits)  # float16 + float16, as nnU-Net adds folds
         tiles = runner.tiles_run
+        passes += runner.tiles_run * backend.passes_per_tile
     assert summed is not None
     if len(networks) > 1:
         summed /= len(networks)
-    timings["sliding_window"] = time.perf_counter() - started
+    return summed, tiles, passes
 
-    started = time.perf_counter()
-    if cancel is not None and cancel.cancelled:
-        raise Cancelled()
+
+def export_like_nnunet(bundle: ModelBundle, logits: torch.Tensor, properties: dict[str, Any],
+                       with_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """nnU-Net's own export of ``logits`` (the unpadded network grid) to labels on the grid the model's reader
+    returned, and the probabilities when asked for."""
+    from nnunetv2.inference.export_prediction import (
+        convert_predicted_logits_to_segmentation_with_correct_shape,
+    )
+
     exported = convert_predicted_logits_to_segmentation_with_correct_shape(
-        summed[(slice(None), *prepared.unpadded)], bundle.plans_manager, bundle.configuration_manager,
-        bundle.label_manager, prepared.properties, return_probabilities=with_probabilities,
-        num_threads_torch=torch.get_num_threads())
-    labels, probabilities = exported if with_probabilities else (exported, None)
-    if as_read is not None:  # nnU-Net writes through its reader; this is that file's content in the volume's order
-        labels = labels_in_volume_order(labels, prepared.properties, reader, volume.shape)
-    timings["export"] = time.perf_counter() - started
-    return {"labels": labels, "probabilities": probabilities, "properties": prepared.properties, "timings": timings,
-            "tiles": tiles, "forward_passes": tiles * backend.passes_per_tile * len(networks)}
+        logits, bundle.plans_manager, bundle.configuration_manager, bundle.label_manager, properties,
+        return_probabilities=with_probabilities, num_threads_torch=torch.get_num_threads())
+    return exported if with_probabilities else (exported, None)

@@ -1,4 +1,5 @@
-"""One model, one preset, one device: preprocess -> sliding window -> export, with per-stage timings."""
+"""One model, one preset, one device: preprocess -> sliding window -> export, with per-stage timings; each stage is
+a public method (see :mod:`~tilewise.engine.stages`), :meth:`Predictor.predict` runs them in a row."""
 from __future__ import annotations
 
 import time
@@ -10,28 +11,37 @@ from typing import Any
 import numpy as np
 import torch
 
-from .runtime.devices import default_batch_size
-from .errors import InputError, OutOfMemoryError, TilewiseError
 from .backends.select import choose_backend, create_backend
-from .preprocess.body_mask import body_mask
-from .postprocess.export import export_logits
+from .data.model_reader import (
+    labels_in_volume_order,
+    read_as_model,
+    reader_name,
+    reads_like_simpleitk,
+)
+from .data.volume import Geometry, Volume
+from .errors import InputError, TilewiseError
+from .events import CancelToken, EventHandler, cancellable, check_cancelled
+from .model.bundle import ModelBundle
+from .nnunet_exact import export_like_nnunet, run_like_nnunet
 from .postprocess.labels import logits_to_labels
 from .preprocess.grid_mapping import GridMapper
-from .model.bundle import ModelBundle
-from .nnunet_exact import predict_like_nnunet
+from .preprocess.grid_shape import job_size
 from .preprocess.pipeline import Preprocessed, preprocess
 from .preprocess.reuse import PreprocessCache, preprocess_key
 from .presets import Preset
-from .events import CancelToken, EventHandler, cancellable, check_cancelled
-from .sliding.runner import SlidingWindowRunner, background_logits
-from .preprocess.grid_shape import job_size
-from .runtime.memory import (device_available_bytes, free_device_memory, host_available_bytes, is_out_of_memory,
-                             peak_rss_bytes)
+from .runtime.devices import default_batch_size
+from .runtime.memory import free_device_memory
 from .runtime.memory_plan import MemoryPlan, plan_memory
 from .sliding.accumulators import Placement, placements
 from .sliding.plan import Tile
-from .data.model_reader import labels_in_volume_order, read_as_model, reader_name, reads_like_simpleitk
-from .data.volume import Geometry, Volume
+from .sliding.runner import SlidingWindowRunner, background_logits
+from .stages import (
+    MemoryBudget,
+    PreparedCase,
+    empty_tile_test,
+    export_with_fallback,
+    record_peak,
+)
 
 
 @dataclass
@@ -43,6 +53,8 @@ class Result:
     probabilities: np.ndarray | None
     properties: dict[str, Any]
     timings: dict[str, float]
+    """Seconds: load (the model's, once per predictor), convert (of load, converting models for the backend: 0 for
+    torch or when cached), preprocess, sliding_window, export."""
     tiles: int
     forward_passes: int
     tiles_skipped: int = 0
@@ -65,13 +77,6 @@ class RunSettings:
     backend: str = "torch"
 
 
-def _record_peak(peaks: dict[str, float], stage: str) -> dict[str, float]:
-    peak = peak_rss_bytes()
-    if peak is not None:
-        peaks[stage] = round(peak / 2**20, 1)
-    return peaks
-
-
 class Predictor:
     """Loads a model once and predicts volumes with it.
 
@@ -80,6 +85,9 @@ class Predictor:
     conversions. ``nnunet_exact`` reproduces ``nnUNetv2_predict_from_modelfolder``'s output voxel for voxel (see
     :mod:`~tilewise.engine.nnunet_exact`): PyTorch, batch 1, nnU-Net's precision, tile order, float16 sums,
     preprocessing and export; the preset's folds, mirroring and tile step still apply.
+
+    :meth:`predict` is the public stages in a row: :meth:`prepare` (:meth:`plan_case`, :meth:`preprocess_case`),
+    :meth:`run_tiles` and :meth:`finish`; ``tilewise batch`` runs them on different threads for different cases.
     """
 
     def __init__(
@@ -131,6 +139,8 @@ class Predictor:
             backend=self.backend.name,
         )
         self.load_seconds = time.perf_counter() - started
+        self.convert_seconds: float = getattr(self.backend, "convert_seconds", 0.0)
+        """Of :attr:`load_seconds`, those spent converting models for the backend (0 for torch or when cached)."""
         self._runner: SlidingWindowRunner | None = None
         self._mapper: GridMapper | None = None
         self._pending_priority: Callable[[Tile], float] | None = None
@@ -179,105 +189,135 @@ class Predictor:
         """Segment ``volume``. Raises :class:`~tilewise.engine.Cancelled` (and returns nothing) if cancelled.
 
         ``reuse`` keeps the preprocessed input for the next call: a call with the same image and a predictor of the
-        same model (any preset) skips preprocessing (``timings["preprocess"]`` is then only the lookup); the labels
-        are the same either way. With ``nnunet_exact`` nnU-Net's own preprocessing runs every time.
+        same model (any preset; ``nnunet_exact`` ones share only among themselves) skips preprocessing
+        (``timings["preprocess"]`` is then only the lookup); the labels are the same either way. This is
+        :meth:`prepare`, :meth:`run_tiles` and :meth:`finish` in a row.
         """
+        case = self.prepare(volume, cancel, reuse)
+        self.run_tiles(case, on_event, cancel, provisional_labels)
+        return self.finish(case, cancel, with_probabilities)
+
+    def prepare(self, volume: Volume, cancel: CancelToken | None = None, reuse: PreprocessCache | None = None,
+                budget: MemoryBudget | None = None) -> PreparedCase:
+        """``volume`` checked, its memory planned (against ``budget``, default the memory available now) and
+        preprocessed (through ``reuse`` when given): :meth:`plan_case` then :meth:`preprocess_case`."""
+        return self.preprocess_case(self.plan_case(volume, budget), cancel, reuse)
+
+    def plan_case(self, volume: Volume, budget: MemoryBudget | None = None) -> PreparedCase:
+        """The first half of :meth:`prepare`: raises :class:`InputError` for a volume this model cannot segment and
+        :class:`OutOfMemoryError` (exit 3) for one that cannot fit in ``budget``, before any work."""
         self.check_input(volume)
         if self.nnunet_exact:
-            settings = self.settings
-            pieces = predict_like_nnunet(self.bundle, self.networks, self.device, settings.mirror_axes,
-                                         settings.tile_step, settings.precision, volume, on_event, cancel,
-                                         with_probabilities, self.reader)
-            pieces["timings"] = {"load": self.load_seconds, **pieces["timings"]}
-            return Result(geometry=volume.geometry, **pieces)
-        timings: dict[str, float] = {"load": self.load_seconds}
+            return PreparedCase(volume, plan=None, order=[])
         order = placements(self.device)
-        plan = self.plan_memory(volume, order)
-        started = time.perf_counter()
-        with cancellable(cancel):  # preprocessing stops between slabs
-            check_cancelled()
-            prepared = self._prepare(volume, reuse)
-            check_cancelled()
-        timings["preprocess"] = time.perf_counter() - started
-        peaks = _record_peak({}, "preprocess")
+        plan = self.plan_memory(volume, order, budget)
+        return PreparedCase(volume, plan, order[plan.placement_index:], notes=list(plan.notes))
 
-        skip_tile = None
-        if self.settings.skip_empty_tiles and prepared.nonzero is not None:
-            mask = body_mask(prepared.data, prepared.nonzero)
-            skip_tile = lambda tile: not mask.touches(tile.box)  # noqa: E731
+    def preprocess_case(self, case: PreparedCase, cancel: CancelToken | None = None,
+                        reuse: PreprocessCache | None = None) -> PreparedCase:
+        """The second half of :meth:`prepare`: the case's volume on the network grid (from ``reuse`` when it holds
+        it), and the body mask when empty tiles are skipped; stops between slabs when ``cancel`` is set."""
+        started = time.perf_counter()
+        with cancellable(cancel):
+            check_cancelled()
+            case.prepared = self._preprocessed(case.volume, reuse)
+            check_cancelled()
+            if self.settings.skip_empty_tiles:
+                case.skip_tile = empty_tile_test(case.prepared)
+        case.timings["preprocess"] = time.perf_counter() - started
+        record_peak(case.peaks, "preprocess")
+        return case
+
+    def _preprocessed(self, volume: Volume, reuse: PreprocessCache | None) -> Preprocessed:
+        """``volume`` on the network grid: from ``reuse`` when it holds this image for this model, else preprocessed
+        (with nnU-Net's nonzero mask when tiles may be skipped, and always when kept: another preset may skip)."""
+        def run(with_nonzero_mask: bool) -> Preprocessed:
+            as_read = None if reads_like_simpleitk(self.reader) else read_as_model(volume, self.reader)
+            return preprocess(volume, self.bundle, with_nonzero_mask=with_nonzero_mask,
+                              use_nnunet_code=self.nnunet_exact, as_read=as_read)
+
+        if reuse is None:
+            return run(self.settings.skip_empty_tiles)
+        key = preprocess_key(volume, self.bundle, self.reader, nnunet_code=self.nnunet_exact)
+        return reuse.get_or_prepare(key, lambda: run(not self.nnunet_exact))
+
+    def run_tiles(self, case: PreparedCase, on_event: EventHandler | None = None, cancel: CancelToken | None = None,
+                  provisional_labels: bool = False) -> None:
+        """Every tile of a prepared case through the model; the logits stay on ``case`` (its network-grid input is
+        dropped). Uses this predictor's device and backend: one call at a time."""
+        prepared = case.prepared
+        assert prepared is not None, "preprocess_case first"
+        started = time.perf_counter()
+        if self.nnunet_exact:
+            s = self.settings
+            case.logits, case.tiles, case.forward_passes = run_like_nnunet(
+                self.bundle, self.networks, self.device, s.mirror_axes, s.tile_step, s.precision, prepared, on_event,
+                cancel)
+        else:
+            self._run_runner(case, prepared, on_event, cancel, provisional_labels)
+        case.timings["sliding_window"] = time.perf_counter() - started
+        case.prepared, case.skip_tile = replace(prepared, data=torch.empty(0), nonzero=None), None
+        record_peak(case.peaks, "sliding_window")
+
+    def _run_runner(self, case: PreparedCase, prepared: Preprocessed, on_event: EventHandler | None,
+                    cancel: CancelToken | None, provisional_labels: bool) -> None:
         heads = self.bundle.label_manager.num_segmentation_heads
         runner = SlidingWindowRunner(
             self.backend, self.bundle.patch_size, self.settings.tile_step, self.settings.batch_size, heads,
             lambda logits: logits_to_labels(logits, self.bundle),
-            background=background_logits(heads, self.bundle.label_manager.has_regions), skip_tile=skip_tile,
-            placement_order=order[plan.placement_index:],
+            background=background_logits(heads, self.bundle.label_manager.has_regions), skip_tile=case.skip_tile,
+            placement_order=case.order,
         )
         if self._focus is not None:
             runner.prioritise(prepared.mapper.slice_priority(*self._focus))
         elif self._pending_priority is not None:
             runner.prioritise(self._pending_priority)
         self._mapper, self._runner = prepared.mapper, runner
-        started = time.perf_counter()
         try:
-            logits = runner.run(prepared.data, prepared.mapper, on_event, cancel, provisional_labels)
+            case.logits = runner.run(prepared.data, prepared.mapper, on_event, cancel, provisional_labels)
         finally:
             self._runner = self._mapper = None
             if runner.batch_size != self.settings.batch_size:  # the batch that fitted, for the next cases
                 self.settings = replace(self.settings, batch_size=runner.batch_size)
-        timings["sliding_window"] = time.perf_counter() - started
-        _record_peak(peaks, "sliding_window")
+        case.tiles, case.tiles_skipped = runner.tiles_run, runner.tiles_skipped
+        case.forward_passes = runner.tiles_run * runner.passes_per_tile
+        case.notes += runner.notes
 
+    def finish(self, case: PreparedCase, cancel: CancelToken | None = None,
+               with_probabilities: bool = False) -> Result:
+        """The case's logits as labels in the volume's voxel order (and probabilities), and its :class:`Result`;
+        when device memory runs out during export, it is done again on the host."""
+        prepared = case.prepared
+        assert prepared is not None and case.logits is not None, "run_tiles first"
         started = time.perf_counter()
-        logits = logits[(slice(None), *prepared.unpadded)]
-        try:
-            exported = export_logits(logits, self.bundle, prepared.properties, with_probabilities, plan.slab_bytes,
-                                     cancel)
-        except (RuntimeError, MemoryError) as error:
-            if not is_out_of_memory(error):
-                raise
-            free_device_memory(self.device)
-            if logits.device.type == "cpu":
-                raise OutOfMemoryError("export", "out of memory while writing labels on the input grid; close other "
-                                                 "programs or use a machine with more memory") from None
-            runner.notes.append("device memory ran out during export: resampled on the host instead")
-            exported = export_logits(logits.cpu(), self.bundle, prepared.properties, with_probabilities,
-                                     plan.slab_bytes, cancel)
+        logits, case.logits = case.logits[(slice(None), *prepared.unpadded)], None
+        if self.nnunet_exact:
+            with cancellable(cancel):
+                check_cancelled()
+            labels, probabilities = export_like_nnunet(self.bundle, logits, prepared.properties, with_probabilities)
+        else:
+            assert case.plan is not None
+            labels, probabilities = export_with_fallback(logits, self.bundle, prepared.properties, with_probabilities,
+                                                         case.plan.slab_bytes, cancel, self.device, case.notes)
         del logits
         free_device_memory(self.device)
-        labels = exported.labels
         if not reads_like_simpleitk(self.reader):  # back from the model reader's voxel order to the volume's
-            labels = labels_in_volume_order(labels, prepared.properties, self.reader, volume.shape)
-        timings["export"] = time.perf_counter() - started
-        _record_peak(peaks, "export")
+            labels = labels_in_volume_order(labels, prepared.properties, self.reader, case.volume.shape)
+        case.timings["export"] = time.perf_counter() - started
+        record_peak(case.peaks, "export")
         return Result(
-            labels=labels,
-            geometry=volume.geometry,
-            probabilities=exported.probabilities,
-            properties=prepared.properties,
-            timings=timings,
-            tiles=runner.tiles_run,
-            forward_passes=runner.tiles_run * runner.passes_per_tile,
-            tiles_skipped=runner.tiles_skipped,
-            notes=plan.notes + list(runner.notes),
-            peak_rss_mb=peaks,
+            labels=labels, geometry=case.volume.geometry, probabilities=probabilities, properties=prepared.properties,
+            timings={"load": self.load_seconds, "convert": self.convert_seconds, **case.timings}, tiles=case.tiles,
+            forward_passes=case.forward_passes, tiles_skipped=case.tiles_skipped, notes=list(case.notes),
+            peak_rss_mb=dict(case.peaks),
         )
 
-    def _prepare(self, volume: Volume, reuse: PreprocessCache | None) -> Preprocessed:
-        """``volume`` on the network grid: from ``reuse`` when it holds this image for this model, else preprocessed
-        (with nnU-Net's nonzero mask when tiles may be skipped, and always when kept: another preset may skip)."""
-        def run(with_nonzero_mask: bool) -> Preprocessed:
-            as_read = None if reads_like_simpleitk(self.reader) else read_as_model(volume, self.reader)
-            return preprocess(volume, self.bundle, with_nonzero_mask=with_nonzero_mask, as_read=as_read)
-
-        if reuse is None:
-            return run(self.settings.skip_empty_tiles)
-        key = preprocess_key(volume, self.bundle, self.reader, nnunet_code=False)
-        return reuse.get_or_prepare(key, lambda: run(True))
-
-    def plan_memory(self, volume: Volume, order: list[Placement] | None = None) -> MemoryPlan:
+    def plan_memory(self, volume: Volume, order: list[Placement] | None = None,
+                    budget: MemoryBudget | None = None) -> MemoryPlan:
         """Where this case's logit sums will live (an index into ``order``, default every placement for the device)
-        and how large its export slabs are, from the memory available now; raises :class:`OutOfMemoryError`
-        (exit 3) when it cannot fit, before any work."""
+        and how large its export slabs are, from ``budget`` (default the memory available now); raises
+        :class:`OutOfMemoryError` (exit 3) when it cannot fit, before any work."""
         job = job_size(self.bundle, volume, self.settings.batch_size)
         pairs = [(p.device, p.dtype) for p in (order or placements(self.device))]
-        return plan_memory(job, self.device, pairs, host_available_bytes(), device_available_bytes(self.device))
+        budget = budget or MemoryBudget.available_now(self.device)
+        return plan_memory(job, self.device, pairs, budget.host_bytes, budget.device_bytes)

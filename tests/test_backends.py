@@ -427,3 +427,20 @@ def test_conversions_on_two_threads_at_once(ct_model: Path, tmp_path: Path, monk
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+@needs_openvino
+def test_timings_say_how_long_converting_took(ct_model: Path, ct_case: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TILEWISE_CACHE_DIR", str(tmp_path / "cache"))  # empty: the first load converts
+    preset = get_preset("fast").with_overrides(backend="openvino", precision="fp32")
+    volume = read_volume(ct_case)
+
+    cold = Predictor(ct_model, preset, device="cpu")
+    warm = Predictor(ct_model, preset, device="cpu")  # the same model, from the cache now
+    torch_run = Predictor(ct_model, preset.with_overrides(backend="torch"), device="cpu").predict(volume)
+
+    assert cold.backend.cache_events == ["converted"] and warm.backend.cache_events == ["cached"]
+    cold_timings, warm_timings = cold.predict(volume).timings, warm.predict(volume).timings
+    assert 0 < cold_timings["convert"] <= cold_timings["load"]
+    assert warm_timings["convert"] == 0 and torch_run.timings["convert"] == 0

@@ -1,5 +1,5 @@
-"""Reusing the last preprocessed input (engine): a preset change reuses it with the same labels; another image or
-another model does not; one entry at most."""
+"""Reusing the last preprocessed input (engine): a preset change reuses it with the same labels (also in nnU-Net-exact
+mode); another image or another model does not; one entry at most."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tilewise.engine import Cancelled, Predictor, Volume, get_preset, read_volume
 from tilewise.engine.model.bundle import resolve_model_dir
 from tilewise.engine.preprocess.pipeline import preprocess
@@ -21,10 +20,10 @@ def sample() -> Volume:
     return read_volume(sample_path())
 
 
-def _predictor(preset: str, model: Path | None = None) -> Predictor:
+def _predictor(preset: str, model: Path | None = None, nnunet_exact: bool = False) -> Predictor:
     """fold 0 of the demo model (or ``model``) on the CPU with PyTorch: runs of a second or two."""
     return Predictor(model or resolve_model_dir("demo"), get_preset(preset).with_overrides(backend="torch"),
-                     device="cpu", folds=["0"])
+                     device="cpu", folds=["0"], nnunet_exact=nnunet_exact)
 
 
 def _copy(volume: Volume) -> Volume:
@@ -93,3 +92,30 @@ def test_one_entry_at_most_and_a_cancelled_preparation_leaves_none(sample: Volum
         cache.get_or_prepare(key, cancelled)  # type: ignore[arg-type]
     fast.predict(sample, reuse=cache)
     assert cache.misses == 5, "a cancelled preparation left nothing behind, and dropped the previous entry"
+
+
+def test_exact_mode_reuses_nnunets_own_preprocessing_and_only_its_own(sample: Volume,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import (
+        DefaultPreprocessor,
+    )
+
+    runs: list[int] = []  # nnU-Net's preprocessor class (exact mode's preprocessing), counted
+    original = DefaultPreprocessor.run_case_npy
+    monkeypatch.setattr(DefaultPreprocessor, "run_case_npy",
+                        lambda self, *args, **kwargs: runs.append(1) or original(self, *args, **kwargs))
+    cache = PreprocessCache()
+    preview, fast = _predictor("preview", nnunet_exact=True), _predictor("fast", nnunet_exact=True)
+    assert preview.settings.tile_step != fast.settings.tile_step
+
+    preview.predict(sample, reuse=cache)
+    reused = fast.predict(_copy(sample), reuse=cache)
+    assert len(runs) == 1 and (cache.hits, cache.misses) == (1, 1), "the preset change did not preprocess again"
+    fresh = fast.predict(sample)
+    assert len(runs) == 2
+    assert np.array_equal(reused.labels, fresh.labels) and reused.tiles == fresh.tiles
+
+    _predictor("fast").predict(sample, reuse=cache)  # Tilewise's own preprocessing: another entry
+    assert (cache.hits, cache.misses) == (1, 2) and len(runs) == 2
+    fast.predict(sample, reuse=cache)
+    assert (cache.hits, cache.misses) == (1, 3), "exact mode never takes the parallel preprocessing's entry"

@@ -54,7 +54,7 @@ def test_every_preset_runs(make_model, ct_case: Path, name: str) -> None:
     mirrors = 8 if preset.mirroring else 1
     assert result.forward_passes == result.tiles * mirrors * expected_folds
     assert result.labels.shape == read_volume(ct_case).shape
-    assert set(result.timings) == {"load", "preprocess", "sliding_window", "export"}
+    assert set(result.timings) == {"load", "convert", "preprocess", "sliding_window", "export"}
 
 
 def test_preset_steps_give_fewer_tiles() -> None:

@@ -21,7 +21,15 @@ from ..errors import Cancelled, TilewiseError
 from ..events import check_cancelled
 from ..runtime.parallel import run_abandonable
 from .mirrors import average_folds_and_mirrors, mirror_combinations
-from .ov_cache import NOT_CACHED, CacheKey, ModelCache, Staged, StaleEntry, VerifiedEntries, network_digest
+from .ov_cache import (
+    NOT_CACHED,
+    CacheKey,
+    ModelCache,
+    Staged,
+    StaleEntry,
+    VerifiedEntries,
+    network_digest,
+)
 from .ov_convert import agreement_error, candidates, check_tile, convert
 
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
@@ -85,7 +93,9 @@ class OpenVINOBackend:
 
     ``input_shape`` is the static (batch, channels, *patch) the models are compiled for; ``precision`` may be fp32,
     fp16, bf16 or reduced and is resolved for ``ov_device`` ('CPU', 'GPU', 'GPU.1', ...). After construction,
-    :attr:`cache_events` says per fold whether its model came from the cache, was converted, or was rebuilt.
+    :attr:`cache_events` says per fold whether its model came from the cache, was converted, or was rebuilt, and
+    :attr:`convert_seconds` how long converting (and checking and caching) took over all folds: 0 when every fold came
+    from the cache.
     """
 
     name = "openvino"
@@ -113,6 +123,7 @@ class OpenVINOBackend:
         self.cache = cache if cache is not None else ModelCache()
         self.cache_events: list[str] = []
         self.conversions = 0
+        self.convert_seconds = 0.0
         self.folds = []
         for index, network in enumerate(networks):
             check_cancelled()  # converting a fold takes seconds: Cancel lands between folds
@@ -149,7 +160,9 @@ class OpenVINOBackend:
         self.cache_events.append("converted" if fresh else f"rebuilt: {reason}")
         started = time.perf_counter()
         fold, cached = self._convert_checked(index, network, key, tile, reference)
-        took = f"converted to OpenVINO in {time.perf_counter() - started:.1f}s"
+        seconds = time.perf_counter() - started
+        self.convert_seconds += seconds
+        took = f"converted to OpenVINO in {seconds:.1f}s"
         if cached:
             self.notes.append(f"fold {index}: {took} (first run; cached for later runs)" if fresh else
                               f"fold {index}: cached OpenVINO model rebuilt ({reason}); {took}")

@@ -18,6 +18,7 @@ from ..model.bundle import dataset_channel_count
 from ..predictor import Predictor
 from ..runtime.devices import describe_device
 from ..runtime.memory import peak_rss_bytes
+from ..stages import MemoryBudget
 from .batch_cases import (
     BatchCase,
     case_outputs,
@@ -27,7 +28,7 @@ from .batch_cases import (
 )
 from .batch_pipeline import BatchPipeline
 from .batch_records import FAILED, INTERRUPTED, CaseRecord, now_iso, this_worker
-from .batch_stages import CaseStages, MemoryBudget
+from .batch_stages import CaseStages
 from .batch_summary import (
     BatchProgress,
     BatchSummary,
@@ -52,7 +53,8 @@ def _header(args: argparse.Namespace, predictor: Predictor | None) -> dict:
             "folds": settings.folds, "mirror_axes": list(settings.mirror_axes), "tile_step": settings.tile_step,
             "precision": settings.precision, "batch_size": settings.batch_size, "device": str(settings.device),
             "device_name": describe_device(settings.device), "backend": predictor.backend.describe(),
-            "nnunet_exact": predictor.nnunet_exact, "load_s": round(predictor.load_seconds, 3)})
+            "nnunet_exact": predictor.nnunet_exact, "load_s": round(predictor.load_seconds, 3),
+            "convert_s": round(predictor.convert_seconds, 3)})
     return header
 
 

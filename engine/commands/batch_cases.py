@@ -5,15 +5,12 @@ Unlike ``tilewise predict``, a batch does not stop at a case that lacks a channe
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.cases import Case
-from ..data.readers import image_suffix, is_dicom_folder, strip_suffix
+from ..data.cases import Case, ChannelGroup, group_channel_files, image_files
+from ..data.readers import image_suffix, is_dicom_folder
 from ..errors import InputError
-
-_CHANNEL_NAME = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 @dataclass(frozen=True)
@@ -42,31 +39,9 @@ def is_finished(case: Case, with_probabilities: bool) -> bool:
     return all(path.is_file() for path in case_outputs(case, with_probabilities))
 
 
-def _group_files(files: list[Path], num_channels: int) -> dict[str, dict[int, Path]]:
-    """Files by case and channel, as :func:`~tilewise.engine.data.cases.find_cases` groups them."""
-    cases: dict[str, dict[int, Path]] = {}
-    for file in files:
-        match = _CHANNEL_NAME.match(strip_suffix(file))
-        if match:
-            cases.setdefault(match["case"], {})[int(match["channel"])] = file
-        elif num_channels == 1:
-            cases.setdefault(strip_suffix(file), {})[0] = file
-    return cases
-
-
-def _file_case(name: str, channel_files: dict[int, Path], num_channels: int, output_dir: Path) -> BatchCase:
-    first = channel_files[min(channel_files)]
-    missing = [c for c in range(num_channels) if c not in channel_files]
-    inputs = tuple(channel_files[c] for c in sorted(channel_files))
-    case = Case(name, inputs, output_dir / f"{name}{image_suffix(first)}")
-    if missing:
-        names = ", ".join(f"{name}_{c:04d}" for c in missing)
-        return BatchCase(case, f"lacks channel file(s) {names}; the model needs {num_channels} channel(s)")
-    extra = sorted(c for c in channel_files if c >= num_channels)
-    if extra:
-        names = ", ".join(f"{name}_{c:04d}" for c in extra)
-        return BatchCase(case, f"has channel file(s) {names} beyond the model's {num_channels} channel(s)")
-    return BatchCase(case)
+def _file_case(group: ChannelGroup, num_channels: int, output_dir: Path) -> BatchCase:
+    case = Case(group.name, group.inputs, output_dir / f"{group.name}{image_suffix(group.inputs[0])}")
+    return BatchCase(case, group.problem(num_channels))
 
 
 def collect_batch_cases(input_dir: Path, output_dir: Path, num_channels: int) -> list[BatchCase]:
@@ -78,11 +53,10 @@ def collect_batch_cases(input_dir: Path, output_dir: Path, num_channels: int) ->
     if not input_dir.is_dir():
         raise InputError(input_dir, "input folder not found" if not input_dir.exists() else
                          "is a file; 'tilewise batch' takes a folder (use 'tilewise predict' for one image)")
-    entries = sorted(p for p in input_dir.iterdir() if not p.name.startswith("."))
-    files = [p for p in entries if p.is_file() and image_suffix(p) is not None]
-    cases = {name: _file_case(name, channels, num_channels, output_dir)
-             for name, channels in _group_files(files, num_channels).items()}
-    for folder in (p for p in entries if p.is_dir() and is_dicom_folder(p)):
+    cases = {group.name: _file_case(group, num_channels, output_dir)
+             for group in group_channel_files(image_files(input_dir), num_channels)}
+    folders = sorted(p for p in input_dir.iterdir() if not p.name.startswith(".") and p.is_dir())
+    for folder in (p for p in folders if is_dicom_folder(p)):
         if folder.name in cases:
             raise InputError(folder, f"case '{folder.name}' is both image files and a DICOM folder; rename one")
         problem = None if num_channels == 1 else f"is one DICOM series but the model needs {num_channels} channels"

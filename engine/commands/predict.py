@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from ..data.cases import collect_cases, planned_outputs
-from .options import preset_from_args, write_json
-from ..runtime.devices import describe_device
-from ..runtime.memory import peak_rss_bytes
 from ..data.readers import read_volume
+from ..data.safe_output import refuse_overwriting_inputs
 from ..data.writers import write_labels, write_probabilities
+from ..events import TileEvent
 from ..model.bundle import dataset_channel_count
 from ..predictor import Predictor
-from ..events import TileEvent
-from ..data.safe_output import refuse_overwriting_inputs
+from ..runtime.devices import describe_device
+from ..runtime.memory import peak_rss_bytes
+from .options import preset_from_args, write_json
 
 
 class _Progress:
@@ -79,7 +79,7 @@ def run_predict(args: argparse.Namespace) -> int:
         write_labels(result.labels, volume.geometry, case.output)
         if args.save_probabilities and result.probabilities is not None:
             write_probabilities(result.probabilities, result.properties, case.output_truncated)
-        timings = {"read": read_seconds, **{k: v for k, v in result.timings.items() if k != "load"},
+        timings = {"read": read_seconds, **{k: v for k, v in result.timings.items() if k not in ("load", "convert")},
                    "write": time.perf_counter() - write_started}
         for note in result.notes:
             print(f"tilewise: note: {case.name}: {note}", file=sys.stderr)
@@ -104,6 +104,7 @@ def run_predict(args: argparse.Namespace) -> int:
             "tile_step": settings.tile_step, "precision": settings.precision, "batch_size": settings.batch_size,
             "device": str(settings.device), "device_name": describe_device(settings.device),
             "backend": settings.backend, "backend_description": backend, "backend_notes": backend_notes,
-            "load_s": predictor.load_seconds, "total_s": total, "cases": report_cases,
+            "load_s": predictor.load_seconds, "convert_s": predictor.convert_seconds, "total_s": total,
+            "cases": report_cases,
         })
     return 0

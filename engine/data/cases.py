@@ -12,13 +12,48 @@ _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
 _CHANNEL_NAME = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
-def find_cases(folder: Path, num_channels: int) -> dict[str, list[Path]]:
-    """Group an nnU-Net input folder into cases: ``{case_id: [case_0000.ext, case_0001.ext, ...]}``.
+@dataclass(frozen=True)
+class ChannelGroup:
+    """One case of an nnU-Net input folder: its channel files by channel number, as named (``case_XXXX``)."""
 
-    Files that do not follow nnU-Net's ``_XXXX`` channel naming are taken as single-channel cases when the model
-    has one channel. Raises :class:`InputError` for a case with missing channels.
+    name: str
+    files: dict[int, Path]
+
+    @property
+    def inputs(self) -> tuple[Path, ...]:
+        """Every file of the case, by channel number."""
+        return tuple(self.files[c] for c in sorted(self.files))
+
+    def missing(self, num_channels: int) -> list[int]:
+        """The channels a model with ``num_channels`` inputs needs that have no file."""
+        return [c for c in range(num_channels) if c not in self.files]
+
+    def problem(self, num_channels: int) -> str | None:
+        """Why the case cannot run with a ``num_channels``-input model (a channel file missing or one too many), or
+        None when it can."""
+        missing = self.missing(num_channels)
+        if missing:
+            names = ", ".join(f"{self.name}_{c:04d}" for c in missing)
+            return f"lacks channel file(s) {names}; the model needs {num_channels} channel(s)"
+        extra = sorted(c for c in self.files if c >= num_channels)
+        if extra:
+            names = ", ".join(f"{self.name}_{c:04d}" for c in extra)
+            return f"has channel file(s) {names} beyond the model's {num_channels} channel(s)"
+        return None
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files in ``folder`` (any supported format, hidden ones left out), sorted by name."""
+    return sorted(p for p in folder.iterdir()
+                  if not p.name.startswith(".") and p.is_file() and image_suffix(p) is not None)
+
+
+def group_channel_files(files: list[Path], num_channels: int) -> list[ChannelGroup]:
+    """``files`` grouped into cases by nnU-Net's ``_XXXX`` channel naming, sorted by case name.
+
+    Files that do not follow it are taken as single-channel cases when the model has one channel (and left out
+    otherwise). A group may lack channels or have too many: see :meth:`ChannelGroup.problem`.
     """
-    files = sorted(p for p in folder.iterdir() if p.is_file() and image_suffix(p) is not None and not p.name.startswith("."))
     cases: dict[str, dict[int, Path]] = {}
     for file in files:
         match = _CHANNEL_NAME.match(strip_suffix(file))
@@ -26,14 +61,21 @@ def find_cases(folder: Path, num_channels: int) -> dict[str, list[Path]]:
             cases.setdefault(match["case"], {})[int(match["channel"])] = file
         elif num_channels == 1:
             cases.setdefault(strip_suffix(file), {})[0] = file
+    return [ChannelGroup(name, cases[name]) for name in sorted(cases)]
+
+
+def find_cases(folder: Path, num_channels: int) -> dict[str, list[Path]]:
+    """Group an nnU-Net input folder into cases: ``{case_id: [case_0000.ext, case_0001.ext, ...]}``.
+
+    Files that do not follow nnU-Net's ``_XXXX`` channel naming are taken as single-channel cases when the model
+    has one channel; channels beyond the model's are left out, as nnU-Net does. Raises :class:`InputError` for a
+    case with missing channels.
+    """
     result: dict[str, list[Path]] = {}
-    for case, channel_files in sorted(cases.items()):
-        missing = [c for c in range(num_channels) if c not in channel_files]
-        if missing:
-            first = next(iter(channel_files.values()))
-            names = ", ".join(f"{case}_{c:04d}" for c in missing)
-            raise InputError(first, f"case '{case}' lacks channel file(s) {names}; the model needs {num_channels} channel(s)")
-        result[case] = [channel_files[c] for c in range(num_channels)]
+    for group in group_channel_files(image_files(folder), num_channels):
+        if group.missing(num_channels):
+            raise InputError(group.inputs[0], f"case '{group.name}' {group.problem(num_channels)}")
+        result[group.name] = [group.files[c] for c in range(num_channels)]
     if not result:
         raise InputError(folder, "no input images found (expected files such as case_0000.nii.gz)")
     return result
