@@ -1,4 +1,4 @@
-"""The one place that touches napari's private attributes (they change between napari versions).
+"""The one place that touches napari's (and npe2's) private attributes (they change between versions).
 
 Each helper degrades to doing nothing (or None) when this napari has no such attribute, so the viewer still works,
 only without that nicety.
@@ -48,3 +48,123 @@ def end_task(viewer: Any, task_id: Any, outcome: str) -> None:
         update(task_id, status, "")
     except Exception:  # noqa: BLE001
         pass
+
+
+def canvas_overlays(viewer: Any) -> Any:
+    """The mapping of ``viewer``'s canvas overlays (name -> overlay), where overlays can be added; None if this
+    napari has none. napari 0.9 has the public ``viewer.canvas.overlays``; earlier versions a private dict."""
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    if overlays is None:
+        overlays = getattr(viewer, "_overlays", None)  # napari < 0.9
+    return overlays
+
+
+def history_changes(entry: Any) -> list[tuple[Any, Any]] | None:
+    """What one entry of a Labels layer's undo history changed: per part, (values before, value or values after) of
+    just the voxels it changed. None when this napari's history has a form not known here (count afresh then).
+
+    napari 0.9 stores a brush, fill or polygon as ``_MaskedPaintAtom(slice_key, mask, old_values, new_value)`` (with
+    ``mask`` None every voxel of the box changed, and ``old_values`` is the whole box), and ``data_setitem`` as the
+    tuple ``(indices, old_values, new_values)``.
+    """
+    changes: list[tuple[Any, Any]] = []
+    try:
+        for atom in entry:
+            if hasattr(atom, "old_values") and hasattr(atom, "new_value"):
+                changes.append((atom.old_values, atom.new_value))
+            else:
+                _indices, before, after = atom
+                changes.append((before, after))
+    except (TypeError, ValueError):
+        return None
+    return changes
+
+
+def on_undo_redo(layer: Any, callback: Callable[[Any, Any, bool], None]) -> bool:
+    """Call ``callback(layer, entry, undone)`` after napari's undo (``undone`` True) or redo of Labels ``layer`` has
+    replayed history entry ``entry``: napari emits no event for either (Ctrl+Z calls ``layer.undo()``). A bound method
+    is held weakly, so the layer does not keep its owner alive. False when this napari keeps no such history."""
+    if not (hasattr(layer, "_undo_history") and hasattr(layer, "_redo_history")):
+        return False
+    import weakref
+
+    target = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else (lambda: callback)
+    for name, history, undone in (("undo", "_undo_history", True), ("redo", "_redo_history", False)):
+        replay = getattr(type(layer), name)
+
+        def replay_then_tell(replay: Callable[[Any], None] = replay, history: str = history,
+                             undone: bool = undone) -> None:
+            entries = getattr(layer, history)
+            entry = entries[-1] if entries else None
+            replay(layer)
+            told = target()
+            if entry is not None and told is not None:
+                told(layer, entry, undone)
+
+        setattr(layer, name, replay_then_tell)  # Ctrl+Z and Ctrl+Shift+Z look the method up on the layer
+    return True
+
+
+def guard_window_close(viewer: Any, may_close: Callable[[], bool]) -> Any:
+    """Ask ``may_close()`` whenever the person closes the window of ``viewer`` (title bar, File > Close Window,
+    Exit): the close goes ahead only when it returns True. A close made by code after napari has already taken the
+    window apart (``viewer.close()``) is never stopped. A bound method is held weakly (the window does not keep its
+    owner alive; once the owner is gone, closes go ahead). Returns the event filter, which works while the caller
+    keeps it; None without a window."""
+    window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+    if window is None:
+        return None
+    import weakref
+
+    from qtpy.QtCore import QEvent, QObject
+
+    target = weakref.WeakMethod(may_close) if hasattr(may_close, "__self__") else (lambda: may_close)
+
+    class _CloseFilter(QObject):  # holds nothing of the window's: napari's leak checks find no extra reference
+        def eventFilter(self, watched: Any, event: Any) -> bool:  # Qt override
+            if event.type() != QEvent.Close:
+                return False
+            canvas, asked = getattr(watched, "_qt_viewer", None), target()
+            if asked is None or canvas is None or canvas.isHidden() or not watched.isVisible() or asked():
+                return False
+            event.ignore()
+            return True
+
+    close_filter = _CloseFilter()  # no parent: it lives as long as the caller keeps it, and Qt drops it after
+    window.installEventFilter(close_filter)
+    return close_filter
+
+
+def close_window(viewer: Any) -> None:
+    """Close the window of ``viewer`` as napari's own close does, without napari asking again."""
+    window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+    if window is not None:
+        window.close()
+
+
+def window_is_open(viewer: Any) -> bool:
+    """True while the window of ``viewer`` is shown and not being taken apart (``viewer.close()`` removes every
+    layer first, then the window: such removals are no one's choice to ask about)."""
+    window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+    canvas = getattr(window, "_qt_viewer", None)
+    try:
+        return window is not None and canvas is not None and window.isVisible() and not canvas.isHidden()
+    except RuntimeError:  # the Qt window is already deleted
+        return False
+
+
+def reorder_writers(command: str, first: bool, manager: Any = None) -> bool:
+    """Put npe2's writer ``command`` first (``first``) or last among the writers napari offers; False when this
+    npe2 has no index of writers to reorder (npe2 has no public writer priority: it reorders a private list)."""
+    if manager is None:
+        from npe2 import PluginManager
+
+        manager = PluginManager.instance()
+    writers = getattr(getattr(manager, "_contrib", None), "_writers", None)
+    if not isinstance(writers, list):
+        return False
+    ours = [entry for entry in writers if getattr(entry[-1], "command", "") == command]
+    others = [entry for entry in writers if getattr(entry[-1], "command", "") != command]
+    writers[:] = ours + others if first else others + ours
+    return True

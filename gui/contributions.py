@@ -1,4 +1,8 @@
-"""napari plugin contributions (``napari.yaml``): reader, labels writer and sample data, all through the engine's io."""
+"""napari plugin contributions (``napari.yaml``): reader, labels writer and sample data, all through the engine's io.
+
+Also napari's choice of writer: :func:`prefer_tilewise_writer` puts Tilewise's labels writer first for a labels layer
+that Tilewise made, so File > Save Selected Layers offers it first.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -6,20 +10,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from tilewise.engine import Volume, read_volume, write_labels as _write_labels
+import SimpleITK as sitk
+from tilewise.engine import Geometry, Volume, read_volume
+from tilewise.engine import write_labels as _write_labels
+from tilewise.engine.data.readers import (
+    IMAGE_SUFFIXES,
+    image_suffix,
+    is_dicom_folder,
+    strip_suffix,
+)
 from tilewise.engine.data.safe_output import refuse_overwriting_inputs
 from tilewise.engine.errors import InputError
-from tilewise.engine.data.readers import IMAGE_SUFFIXES, image_suffix, is_dicom_folder, strip_suffix
+from tilewise.engine.runtime.quiet import silenced_fd2
 
 from .geometry import geometry_from_transform, layer_transform
 
 LayerData = tuple[Any, dict[str, Any], str]
+DICOM_SUFFIX = ".dcm"
+WRITER_COMMAND = "tilewise.write_labels"
 
 
 def _subsample(array: np.ndarray) -> np.ndarray:
     """About two million voxels spread evenly over ``array`` (all of it when it is smaller)."""
-    step = max(1, int(round((array.size / 2_000_000) ** (1 / 3))))
+    step = max(1, round((array.size / 2_000_000) ** (1 / 3)))
     return array[::step, ::step, ::step] if array.ndim == 3 else array
 
 
@@ -60,18 +73,48 @@ def _display_name(path: Path) -> str:
     return path.name if path.is_dir() else strip_suffix(path)
 
 
+def is_dicom_file(path: Path) -> bool:
+    """True when ``path`` is a DICOM file (whatever its name), judged by what ITK finds in it."""
+    if not path.is_file():
+        return False
+    with silenced_fd2():
+        return sitk.ImageFileReader.GetImageIOFromFileName(str(path)) == "GDCMImageIO"
+
+
+def image_input(path: Path) -> Path:
+    """What the engine reads for a chosen ``path``: one file of a DICOM series stands for the series in its folder
+    (the largest one when the folder holds several, as ``tilewise predict -i FOLDER`` reads it).
+
+    Raises :class:`InputError` for a file that is neither an image Tilewise reads nor part of a DICOM series.
+    """
+    if path.is_dir() or image_suffix(path) is not None or not path.exists():
+        return path  # the engine reads it, or says why not
+    if not is_dicom_file(path):
+        raise InputError(path, "not an image Tilewise reads: choose a NIfTI, NRRD or MetaImage file, a DICOM "
+                               "series folder, or any file of a DICOM series")
+    if not is_dicom_folder(path.parent):
+        raise InputError(path, "this DICOM file belongs to no image series that can be read from its folder")
+    return path.parent
+
+
 def read_layers(path: str | Path | list[str]) -> list[LayerData]:
-    """Read an image file or DICOM folder (several paths: one file per channel) into napari layer data."""
-    return volume_layers(read_volume(path if isinstance(path, (str, Path)) else [Path(p) for p in path]))
+    """Read an image file, a DICOM folder or any file of a DICOM series (several paths: one per channel; files of
+    one series count once) into napari layer data."""
+    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    inputs = list(dict.fromkeys(image_input(p) for p in paths))
+    return volume_layers(read_volume(inputs))
 
 
 def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
-    """npe2 reader: NIfTI, NRRD, MetaImage files and DICOM series folders; None for anything else."""
+    """npe2 reader: NIfTI, NRRD, MetaImage files, DICOM series folders and .dcm files (their series); None for
+    anything else."""
     paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
     if not paths:
         return None
     for candidate in paths:
-        if image_suffix(candidate) is None and not (candidate.is_dir() and is_dicom_folder(candidate)):
+        readable = (image_suffix(candidate) is not None or candidate.name.lower().endswith(DICOM_SUFFIX)
+                    or (candidate.is_dir() and is_dicom_folder(candidate)))
+        if not readable:
             return None
     return read_layers
 
@@ -91,6 +134,35 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
                                            attributes.get("affine", np.eye(4)))
     _write_labels(labels, geometry, target)
     return [str(target)]
+
+
+def made_by_tilewise(layer: Any) -> bool:
+    """True for a labels layer that Tilewise made: it carries the geometry of the image it was made from."""
+    from napari.layers import Labels
+
+    return isinstance(layer, Labels) and isinstance(layer.metadata.get("tilewise_geometry"), Geometry)
+
+
+def prefer_tilewise_writer(first: bool, manager: Any = None) -> bool:
+    """Make Tilewise's labels writer napari's first choice (``first``), or its last (napari's own and other
+    plugins' writers first, for labels Tilewise did not make). False when this npe2 cannot be told.
+
+    npe2 ranks writers of the same kind in the order plugins were registered, which follows the order installed
+    packages are found on disk, and has no public setting for it (see :func:`._compat.reorder_writers`).
+    """
+    from . import _compat
+
+    return _compat.reorder_writers(WRITER_COMMAND, first, manager)
+
+
+def bundled_data_dir() -> Path | None:
+    """The folder of the data installed with Tilewise (sample, demo model): part of the installation, not the
+    user's."""
+    try:
+        from tilewise import resources
+    except ImportError:
+        return None
+    return Path(resources.__file__).resolve().parent
 
 
 def sample_path() -> Path | None:

@@ -4,18 +4,21 @@ A voxel at numpy index ``d = (z, y, x)`` lies at the physical point ``origin + D
 (SimpleITK's rule). napari maps data to world as ``affine @ (translate + scale * d)``. World axes are (z, y, x) in
 physical millimetres, so ``scale = spacing[::-1]`` and the origin goes into ``translate``.
 
-The direction is shown when napari can slice it: axis flips (the usual LPS/RAS cases) are applied exactly, so
-anterior is up and the patient's left is on the right as in a radiology viewer. napari cannot slice a volume whose
-axes are swapped or tilted against the world axes, so such volumes are shown in their own voxel frame (flips of the
-nearest axes kept, voxel 0 at the origin). Image and labels layers built from one geometry always share one
-transform and overlay voxel for voxel; the exact geometry travels in the layer metadata for saving.
+The direction is applied where napari can slice it: axis flips (the usual LPS/RAS cases) are applied exactly, so
+world axes (z, y, x) are the patient's (superior, posterior, left). napari cannot slice a volume whose axes are
+swapped or tilted against the world axes, so such volumes are shown in their own voxel frame (voxel 0 at the
+origin), and a tilted one in its nearest axes. Either way the data stay on their voxel grid: the engine's tile
+boxes, the live preview and saving never resample. :func:`patient_axes` says which patient axis each world axis of
+a layer runs along; :mod:`.orientation` uses it to show every view in radiological convention. Image and labels
+layers built from one geometry always share one transform and overlay voxel for voxel; the exact geometry travels
+in the layer metadata for saving.
 """
 from __future__ import annotations
 
+from itertools import permutations
 from typing import Any
 
 import numpy as np
-
 from tilewise.engine import Geometry
 
 
@@ -50,13 +53,6 @@ def display_direction(direction_zyx: np.ndarray) -> np.ndarray:
     if not np.array_equal(nearest, np.arange(3)):
         return np.eye(3)  # swapped axes: show the voxel frame
     return np.diag(np.where(np.diag(direction_zyx) < 0, -1.0, 1.0))
-
-
-def in_patient_axes(geometry: Geometry) -> bool:
-    """True when layers of ``geometry`` are shown in patient axes (world z, y, x = superior, posterior, left), so
-    the slider of world axis 0 steps through axial slices, axis 1 coronal and axis 2 sagittal ones."""
-    _, _, direction = _as_3d(geometry)
-    return bool(np.array_equal(np.argmax(np.abs(direction), axis=1), np.arange(3)))
 
 
 def geometry_from_layer(layer: Any) -> Geometry:
@@ -104,3 +100,29 @@ def slice_on_screen(viewer: Any, layer: Any) -> tuple[int, int] | None:
     position = layer.world_to_data(viewer.dims.point)[-3:]
     index = int(np.clip(round(float(position[axis])), 0, layer.data.shape[axis] - 1))
     return axis, index
+
+
+# Patient axes in (z, y, x) order of SimpleITK's LPS frame: a positive step goes superior, posterior, left.
+SUPERIOR_INFERIOR, ANTERIOR_POSTERIOR, LEFT_RIGHT = 0, 1, 2
+
+
+def patient_from_world(layer: Any) -> np.ndarray:
+    """3x3 matrix whose column ``j`` is the patient displacement (LPS, z y x order, mm) of a 1 mm step along the
+    layer's world axis ``j`` (its last three world axes)."""
+    spacing, _, direction = _as_3d(geometry_from_layer(layer))
+    patient_from_data = direction[::-1, ::-1] @ np.diag(spacing[::-1])
+    world_from_data = np.asarray(layer.affine.affine_matrix, dtype=float)[-4:-1, -4:-1] @ np.diag(layer.scale[-3:])
+    return patient_from_data @ np.linalg.inv(world_from_data)
+
+
+def patient_axes(layer: Any) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """For each of the layer's three world axes, ``(patient axis, sign)``: the patient axis it runs along
+    (:data:`SUPERIOR_INFERIOR`, :data:`ANTERIOR_POSTERIOR`, :data:`LEFT_RIGHT`) and +1 when a step along it goes
+    superior, posterior or left, -1 when inferior, anterior or right.
+
+    A tilted (oblique) volume gets its nearest patient axes: the one-to-one match that follows the direction
+    cosines most closely.
+    """
+    matrix = patient_from_world(layer)
+    best = max(permutations(range(3)), key=lambda rows: sum(abs(matrix[rows[j], j]) for j in range(3)))
+    return tuple((best[j], 1 if matrix[best[j], j] > 0 else -1) for j in range(3))  # type: ignore[return-value]

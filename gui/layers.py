@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QObject, QTimer
-
 from tilewise.engine import Geometry
 
 from .colors import labels_colormap
@@ -25,10 +24,23 @@ META_NAMES = "tilewise_label_names"      # {value: name}
 META_COUNTS = "tilewise_voxel_counts"    # {value: voxels}, once the run has ended
 META_VOXEL_ML = "tilewise_voxel_ml"      # volume of one voxel in mL (None for a 2D image)
 META_SOURCES = "tilewise_sources"        # [input file or DICOM folder, ...] the labels were made from
+META_GEOMETRY = "tilewise_geometry"      # the input's Geometry: where the labels lie, and how Save writes them
+META_PREVIEW = "tilewise_preview"        # True while a run fills the layer in, False once it is a result
+META_PRESET = "tilewise_preset"          # the name of the preset the result was made with
 
 UPDATE_INTERVAL_MS = 100
 INTERVAL_3D_MS = 1000
 MAX_INTERVAL_MS = 3000
+
+
+def result_name(image: Any) -> str:
+    """The name of the result of image layer ``image``: '<image> segmentation'."""
+    return f"{image.name} segmentation"
+
+
+def is_result(layer: Any) -> bool:
+    """True for a labels layer a Tilewise run has finished (not one still filling in, not anyone else's)."""
+    return getattr(layer, "metadata", {}).get(META_PREVIEW) is False
 
 
 class LivePreview(QObject):
@@ -45,7 +57,7 @@ class LivePreview(QObject):
             name=f"{name} (in progress)",
             opacity=opacity,
             colormap=colormap if colormap is not None else labels_colormap(label_values),
-            metadata={**(metadata or {}), "tilewise_geometry": geometry, "tilewise_preview": True},
+            metadata={**(metadata or {}), META_GEOMETRY: geometry, META_PREVIEW: True},
             **layer_transform(geometry),
         )
         self._pending: list[tuple[tuple[slice, ...], np.ndarray]] = []
@@ -61,7 +73,7 @@ class LivePreview(QObject):
                   colormap: Any, opacity: float) -> LivePreview:
         """The preview of a run on image layer ``image`` (of ``geometry``, read from ``sources``) with foreground
         labels ``names``; the review panel finds what it shows in the layer's metadata."""
-        return cls(viewer, f"{image.name} segmentation", tuple(int(s) for s in image.data.shape), geometry,
+        return cls(viewer, result_name(image), tuple(int(s) for s in image.data.shape), geometry,
                    sorted(names), colormap=colormap, opacity=opacity,
                    metadata={META_NAMES: names, META_VOXEL_ML: voxel_volume_ml(geometry),
                              META_SOURCES: [str(s) for s in sources]})
@@ -99,7 +111,7 @@ class LivePreview(QObject):
         """Replace the preview with the final labels; returns the layer, now named without '(in progress)'."""
         self._timer.stop()
         self._pending.clear()
-        self.layer.metadata = {**self.layer.metadata, **(metadata or {}), "tilewise_preview": False}
+        self.layer.metadata = {**self.layer.metadata, **(metadata or {}), META_PREVIEW: False}
         self.layer.data = labels
         if self.layer not in self.viewer.layers:  # the person deleted the preview during the run
             self.viewer.add_layer(self.layer)

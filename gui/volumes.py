@@ -1,8 +1,14 @@
-"""Label volumes: voxels per label (counted off the GUI thread) times the volume of one voxel of the input grid."""
+"""Label volumes: voxels per label times the volume of one voxel of the input grid.
+
+A whole volume is counted off the GUI thread (:func:`count_labels`); an edit changes the counts by what it changed
+(:func:`count_change`, :func:`apply_change`), so the volumes follow a brush stroke without counting every voxel.
+"""
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Iterable, Mapping
+from typing import Any
 
+import numpy as np
 from tilewise.engine import Geometry
 
 
@@ -26,6 +32,40 @@ def count_labels(labels: np.ndarray) -> dict[int, int]:
         else:
             totals[: counts.size] += counts
     return {int(v): int(n) for v, n in enumerate(totals) if n}
+
+
+def count_change(changes: Iterable[tuple[np.ndarray, Any]], undone: bool = False) -> dict[int, int]:
+    """Voxels gained (> 0) and lost (< 0) per label value by an edit.
+
+    ``changes``: one (values before, value or values after) pair per part of the edit, holding just the voxels it
+    changed; ``undone``: the edit was taken back (undo), so those voxels went from after to before.
+    """
+    totals: dict[int, int] = {}
+
+    def add(values: np.ndarray, weight: int) -> None:
+        counts = np.bincount(values.astype(np.intp, copy=False))
+        for value in np.flatnonzero(counts):
+            totals[int(value)] = totals.get(int(value), 0) + weight * int(counts[value])
+
+    for before, after in changes:
+        before, after = np.asarray(before).ravel(), np.asarray(after).ravel()
+        if before.size == 0:
+            continue
+        if after.size == 1:  # one value painted over every changed voxel
+            totals[int(after[0])] = totals.get(int(after[0]), 0) + before.size
+        else:
+            add(after, 1)
+        add(before, -1)
+    sign = -1 if undone else 1
+    return {value: sign * difference for value, difference in totals.items() if difference}
+
+
+def apply_change(counts: Mapping[int, int], change: Mapping[int, int]) -> dict[int, int]:
+    """``counts`` (voxels per label value) after an edit that changed them by ``change``; labels left empty drop."""
+    result = dict(counts)
+    for value, difference in change.items():
+        result[value] = result.get(value, 0) + difference
+    return {value: voxels for value, voxels in result.items() if voxels}
 
 
 def format_ml(millilitres: float) -> str:

@@ -3,6 +3,7 @@
 It puts the panels (views, :mod:`.panels`) and the controllers (state and work, :mod:`.controllers`) together and
 wires them: clicks become engine runs on a worker thread and tile events labels-layer updates; reading and writing
 files also happen on their own threads. The GUI thread does no numerical work, so the window stays responsive.
+One result per image (:mod:`.controllers.results`); the review and Save act on the result selected in napari.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from typing import Any
 from qtpy.QtCore import QEvent, QSettings, Qt, QTimer, Signal
 from qtpy.QtGui import QKeySequence
 from qtpy.QtWidgets import QApplication, QComboBox, QShortcut, QSizePolicy, QWidget
-
 from tilewise.engine.errors import InputError
 from tilewise.engine.model.catalog import ModelInfo
 
@@ -21,12 +21,14 @@ from . import _compat
 from .contributions import demo_model_dir
 from .controllers.estimates import RunTimeEstimates
 from .controllers.files import FilesController, describe_input
+from .controllers.results import ResultsController
 from .controllers.run import RUN_STATES, RunController, State
 from .controllers.trust import TrustStore
 from .controllers.worker import RunFailure, RunRequest, SegmentationWorker, stop_quietly
 from .geometry import slice_on_screen
-from .layers import LivePreview
+from .layers import LivePreview, is_result
 from .panels.activity import ActivityProgress
+from .panels.ask_save import UnsavedEditsGuard
 from .panels.common import icon_colour, titled_column
 from .panels.dialogs import ask_image_path, ask_save_path, ask_to_trust, show_error
 from .panels.image import ImagePanel
@@ -62,6 +64,7 @@ class TilewiseWidget(QWidget):
         colour = icon_colour(self.viewer)
 
         self.run = RunController(self)
+        self.results = ResultsController(self.viewer, self)
         self.files = FilesController(self.viewer, self.qsettings, self.run, self)
         self.trust = TrustStore(self.qsettings, self)
         self.model_panel = ModelPanel(self.qsettings, demo_model if demo_model is not None else demo_model_dir())
@@ -70,6 +73,8 @@ class TilewiseWidget(QWidget):
         self.estimates = RunTimeEstimates(self.qsettings, self.settings_panel.presets, self)
         self.run_panel = RunPanel(self.viewer)
         self.review = ReviewPanel()
+        self.guard = UnsavedEditsGuard(self, self.viewer, self.results, partial(self.save_labels, None), self.saved,
+                                       self.shutdown)
         # the panels' parts that scripts and tests drive
         self.open_button, self.open_busy, self.open_status = \
             self.image_panel.open_button, self.image_panel.open_busy, self.image_panel.open_status
@@ -99,6 +104,8 @@ class TilewiseWidget(QWidget):
         self.run.succeeded.connect(self._on_run_succeeded)
         self.run.finished.connect(self._on_run_finished)
         self.run.failed.connect(self._on_run_failed)
+        self.review.follow(self.results)  # the review shows the result selected in napari, with its edits
+        self.results.changed.connect(self._update_save_button)
         self.files.opened.connect(self._on_image_opened)
         self.files.open_failed.connect(self._on_open_failed)
         self.files.saved.connect(self._on_saved)
@@ -112,7 +119,6 @@ class TilewiseWidget(QWidget):
         self.run_button.clicked.connect(self._on_run_clicked)
         self.save_button.clicked.connect(self._on_save_clicked)  # a bound method: a lambda here would keep the
         # widget alive forever (Qt holds the lambda, the lambda holds the widget), with its loaded model
-        self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.viewer.dims.events.current_step.connect(self._on_slice_changed)
         app = QApplication.instance()
         if app is not None:
@@ -148,8 +154,10 @@ class TilewiseWidget(QWidget):
 
     @property
     def result_layer(self) -> Any:
-        """The labels layer of the last finished run."""
-        return self.run.result_layer
+        """The result the review shows and Save writes: the one selected in napari, else the selected image's (after
+        a run: its new result); None when none is selected."""
+        layer = self.results.reviewed()
+        return layer if is_result(layer) else None
 
     @property
     def activity(self) -> ActivityProgress | None:
@@ -174,21 +182,13 @@ class TilewiseWidget(QWidget):
             self._release_if_closed()
 
     def _update_save_button(self) -> None:
-        self.save_button.setEnabled(self._result_available() and self.run.state is State.IDLE)
+        self.save_button.setEnabled(self.result_layer is not None and self.run.state is State.IDLE)
         self.save_button.setText("Saving…" if self.saving else "Save segmentation…")
-
-    def _result_available(self) -> bool:
-        return self.result_layer is not None and self.result_layer in self.viewer.layers
 
     # ---- model and image choice -----------------------------------------------------------------
     def _on_model_changed(self, info: ModelInfo | None) -> None:
         self.settings_panel.set_available_folds(info.folds if info else [])
         self._refresh_channels()
-
-    def _on_layer_removed(self, event: Any) -> None:
-        if event.value is self.result_layer:
-            self.review.show_layer(None)
-            self._update_save_button()
 
     def _refresh_channels(self, *_: object) -> None:
         info = self.model_panel.current()
@@ -264,8 +264,8 @@ class TilewiseWidget(QWidget):
         preview = LivePreview.for_image(self.viewer, layers[0], request.geometry, names, request.sources,
                                         self.review.colormap(sorted(names)), self.review.layer_opacity())
         self.run.attach_preview(preview)
-        self.review.show_layer(preview.layer)
         self.viewer.layers.selection.active = layers[0]
+        self.results.begin_run(layers[0], preview.layer)  # the review shows the preview; the old result hides
         self.last_error = None
         # napari asks before closing the window while this runs, then stops it cleanly
         self._task_id = _compat.register_task(self.viewer, "a segmentation is running",
@@ -280,12 +280,12 @@ class TilewiseWidget(QWidget):
     def _on_run_succeeded(self, request: RunRequest, result: Any) -> None:
         self.estimates.learn(request, result)
         self.run_panel.show_done(self.run.elapsed_s, result.tiles)
-        self.review.show_layer(self.result_layer)
+        self.results.adopt(self.run.result_layer)
 
     def _on_run_finished(self, outcome: str) -> None:
-        if outcome != "done":  # the partial labels are gone: review the last result again, if it is still there
+        if outcome != "done":  # the partial labels are gone: the previous result, if any, shows again
             self.run_panel.show_stopped(outcome)
-            self.review.show_layer(self.result_layer if self._result_available() else None)
+        self.results.end_run()
         _compat.end_task(self.viewer, self._task_id, outcome)
         self._task_id = None
         if self not in _CLOSING:  # a closed panel starts no new timing thread
@@ -314,27 +314,28 @@ class TilewiseWidget(QWidget):
         show_error(self, title, message)
 
     # ---- saving -----------------------------------------------------------------------------------
-    def suggested_save_path(self) -> Path:
-        """Where the Save dialog starts: the folder saved to last (else the image's), '<image>_segmentation'."""
-        return self.files.suggested_save_path(self.run.layers, self.result_layer)
+    def suggested_save_path(self, layer: Any = None) -> Path:
+        """Where the Save dialog starts for result ``layer`` (default: the one reviewed): the folder saved to last
+        (else its image's), '<image>_segmentation'."""
+        layer = layer if layer is not None else self.result_layer
+        image = self.results.image_of(layer)
+        return self.files.suggested_save_path([image] if image is not None else [], layer)
 
     def _on_save_clicked(self) -> None:
         self.save_labels()
 
-    def save_labels(self, path: str | Path | None = None) -> bool:
-        """Start writing the last result with the input's geometry (asks for a file name when ``path`` is None).
-
-        The file is written on its own thread; ``saved`` is emitted with its path ("" on failure). False when
-        nothing was started.
-        """
-        layer = self.result_layer
+    def save_labels(self, path: str | Path | None = None, layer: Any = None) -> bool:
+        """Start writing result ``layer`` (default: the one reviewed) with its input's geometry (asks for a file name
+        when ``path`` is None). The file is written on its own thread; ``saved`` is emitted with its path ("" on
+        failure). False when nothing was started."""
+        layer = layer if layer is not None else self.result_layer
         if layer is None or layer not in self.viewer.layers:
-            self._report("Nothing to save", "Run a segmentation first.")
+            self._report("Nothing to save", "Select a segmentation in the layer list, or run one first.")
             return False
         if self.run.state is not State.IDLE:
             return False
         if path is None:
-            path = ask_save_path(self, self.suggested_save_path())
+            path = ask_save_path(self, self.suggested_save_path(layer))
             if not path:
                 return False
         try:
@@ -344,20 +345,23 @@ class TilewiseWidget(QWidget):
             return False
         if target is None:
             return False
+        self.results.start_saving(layer)  # the file holds the labels as they are now
         self.run_panel.show_message(f"Saving to {target}…")
         return True
 
     def _on_saved(self, target: Path) -> None:
+        self.results.finish_saving(True)
         self.run_panel.show_message(f"Saved to {target}")
         self.saved.emit(str(target))
 
     def _on_save_failed(self, target: Path, message: str) -> None:
+        self.results.finish_saving(False)
         self.run_panel.show_message("The segmentation was not saved (see the message).")
         self._report("The segmentation could not be saved", f"{target}: {message}")
         self.saved.emit("")
 
     # ---- the dock panel and the window ------------------------------------------------------------
-    def event(self, event: QEvent) -> bool:  # noqa: D102 - Qt override
+    def event(self, event: QEvent) -> bool:
         if event.type() == QEvent.ParentChange:
             if self.parent() is not None:
                 self._docked = True
@@ -377,7 +381,7 @@ class TilewiseWidget(QWidget):
         if self in _CLOSING and self.run.state is State.IDLE:
             QTimer.singleShot(0, lambda: _CLOSING.discard(self))
 
-    def keyPressEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
+    def keyPressEvent(self, event: Any) -> None:
         if event.key() == Qt.Key_Escape and self.running:
             self.cancel_run()
             event.accept()
@@ -389,6 +393,6 @@ class TilewiseWidget(QWidget):
         self.files.shutdown()
         self.run.shutdown()
         self.estimates.shutdown()
-        self.review.shutdown()
+        self.results.shutdown()
         self.run_panel.shutdown()
         _CLOSING.discard(self)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tilewise.gui._preload import preload_native_libraries  # noqa: E402
 
 preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
@@ -14,10 +13,11 @@ preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilew
 import SimpleITK as sitk  # noqa: E402
 from napari.utils.progress import progress  # noqa: E402
 from qtpy.QtCore import QSettings, QTimer  # noqa: E402
-from qtpy.QtWidgets import QFileDialog, QMessageBox  # noqa: E402
-
+from qtpy.QtWidgets import QDialogButtonBox, QMessageBox  # noqa: E402
 from tilewise.gui.controllers import files as files_module  # noqa: E402
 from tilewise.gui.controllers.files import SETTINGS_OPEN_FOLDER  # noqa: E402
+from tilewise.gui.panels.dialogs import ImageFileDialog  # noqa: E402
+from modal_dialogs import when_shown  # noqa: E402
 from tilewise.gui.widget import TilewiseWidget  # noqa: E402
 
 
@@ -83,21 +83,20 @@ def test_reading_runs_on_a_thread_with_a_busy_state(gui, qtbot, ct_case: Path, c
     assert widget.qsettings.value(SETTINGS_OPEN_FOLDER) == str(ct_case.parent)
 
 
-def test_the_open_dialog_starts_in_the_last_folder(gui, qtbot, ct_case: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_open_dialog_starts_in_the_last_folder(gui, qtbot, ct_case: Path) -> None:
     viewer, widget = gui
     asked: list[str] = []
 
-    def open_dialog(parent, caption, directory, *args, **kwargs):
-        asked.append(directory)
-        return (str(ct_case), "")
+    def pick(dialog: ImageFileDialog) -> None:  # the person picks the case: select it, then Open
+        asked.append(dialog.directory().absolutePath())
+        dialog.selectFile(str(ct_case))
+        dialog.findChild(QDialogButtonBox).button(QDialogButtonBox.Open).click()
 
-    monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(open_dialog))
-    with qtbot.waitSignal(widget.image_opened, timeout=60_000):
-        widget.open_button.click()
-    widget.open_button.click()
-    qtbot.waitUntil(lambda: not widget.opening, timeout=60_000)
-    assert asked == ["", str(ct_case.parent)]
+    for _ in range(2):
+        when_shown(ImageFileDialog, pick)
+        with qtbot.waitSignal(widget.image_opened, timeout=60_000):
+            widget.open_button.click()
+    assert len(asked) == 2 and asked[0] != str(ct_case.parent) and asked[1] == str(ct_case.parent)
     assert len(viewer.layers) == 2
 
 

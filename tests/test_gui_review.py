@@ -5,20 +5,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tilewise.gui._preload import preload_native_libraries  # noqa: E402
+from tilewise.gui._preload import preload_native_libraries
 
 preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
 
-import SimpleITK as sitk  # noqa: E402
-from qtpy.QtCore import QSettings  # noqa: E402
-from qtpy.QtWidgets import QFileDialog, QMessageBox  # noqa: E402
-
-import model_factory  # noqa: E402
-from tilewise.gui.colors import label_color  # noqa: E402
-from tilewise.gui.volumes import format_ml  # noqa: E402
-from tilewise.gui.controllers.files import SETTINGS_SAVE_FOLDER  # noqa: E402
-from tilewise.gui.widget import TilewiseWidget  # noqa: E402
+import model_factory
+import SimpleITK as sitk
+from qtpy.QtCore import QSettings
+from qtpy.QtWidgets import QMessageBox
+from tilewise.gui import widget as widget_module
+from tilewise.gui.colors import label_color
+from tilewise.gui.controllers.files import SETTINGS_SAVE_FOLDER
+from tilewise.gui.volumes import format_ml
+from tilewise.gui.widget import TilewiseWidget
 
 RUN_TIMEOUT_MS = 180_000
 SPACING = (0.8, 0.9, 2.5)  # SimpleITK (x, y, z) order, mm
@@ -66,7 +65,7 @@ def _millilitres(text: str) -> float:
 
 
 def test_volumes_in_ml_with_label_names_and_colours(gui, qtbot) -> None:
-    viewer, widget = gui
+    _, widget = gui
     review = widget.review
     assert review.hint.isVisible() and not review.table.isVisible(), "before a run: a hint, no table"
     assert _run(qtbot, widget) == "done"
@@ -90,7 +89,7 @@ def test_volumes_in_ml_with_label_names_and_colours(gui, qtbot) -> None:
 
 
 def test_volumes_follow_edits_of_the_labels(gui, qtbot) -> None:
-    viewer, widget = gui
+    _, widget = gui
     assert _run(qtbot, widget) == "done"
     layer = widget.result_layer
     voxel_ml = SPACING[0] * SPACING[1] * SPACING[2] / 1000
@@ -149,11 +148,11 @@ def test_save_remembers_the_last_folder(gui, qtbot, dialogs, tmp_path: Path, mon
     asked: list[str] = []
     answers: list[str] = []
 
-    def save_dialog(parent, caption, directory, *args, **kwargs):
-        asked.append(directory)
-        return (answers.pop(0), "")
+    def save_dialog(parent, suggested):
+        asked.append(str(suggested))
+        return answers.pop(0)
 
-    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(save_dialog))
+    monkeypatch.setattr(widget_module, "ask_save_path", save_dialog)
     target = tmp_path / "exports" / "mine.nrrd"
     target.parent.mkdir()
     answers.append(str(target))
@@ -179,13 +178,15 @@ def test_save_remembers_the_last_folder(gui, qtbot, dialogs, tmp_path: Path, mon
     assert "Traceback" not in dialogs[-1][1]
     assert stored.value(SETTINGS_SAVE_FOLDER) == str(target.parent), "a failed save does not move the folder"
 
+    # the first run times a forward pass on a thread and stores it: once stored, the next session times nothing
+    qtbot.waitUntil(lambda: widget.estimates.timer is None, timeout=RUN_TIMEOUT_MS)
     later = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
     assert later.suggested_save_path().parent == target.parent, "remembered across sessions"
     later.shutdown()
 
 
 def test_save_never_writes_over_the_image_it_was_made_from(gui, qtbot, dialogs, tmp_path: Path) -> None:
-    viewer, widget = gui
+    _, widget = gui
     assert _run(qtbot, widget) == "done"
     image = tmp_path / "images" / "ct_0000.nii.gz"
     original = image.read_bytes()

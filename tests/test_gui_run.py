@@ -7,23 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-
-from tilewise.gui._preload import preload_native_libraries  # noqa: E402
+from tilewise.gui._preload import preload_native_libraries
 
 preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
 
-import SimpleITK as sitk  # noqa: E402
-from napari.layers import Labels  # noqa: E402
-from qtpy.QtCore import QSettings, Qt  # noqa: E402
-from qtpy.QtTest import QTest  # noqa: E402
-from qtpy.QtWidgets import QApplication, QMessageBox  # noqa: E402
-
-import model_factory  # noqa: E402
-from tilewise.engine import Predictor, get_preset, load_presets, read_volume  # noqa: E402
-from tilewise.gui.widget import TilewiseWidget  # noqa: E402
-from tilewise.gui.controllers.worker import plain_message  # noqa: E402
-from tilewise.engine.errors import OutOfMemoryError  # noqa: E402
+import model_factory
+import SimpleITK as sitk
+from napari.layers import Labels
+from qtpy.QtCore import QSettings, Qt
+from qtpy.QtTest import QTest
+from qtpy.QtWidgets import QApplication, QMessageBox
+from tilewise.engine import Predictor, get_preset, load_presets, read_volume
+from tilewise.engine.errors import OutOfMemoryError
+from tilewise.gui.controllers.worker import plain_message
+from tilewise.gui.widget import TilewiseWidget
 
 RUN_TIMEOUT_MS = 180_000
 
@@ -141,7 +138,7 @@ def test_preview_run_gives_the_engines_labels_in_place(gui, qtbot, ct_model: Pat
 
 
 def test_preview_fills_in_tile_regions_while_running(gui, qtbot, ct_model: Path, big_case: Path) -> None:
-    viewer, widget = gui
+    _, widget = gui
     widget.model_panel.select(ct_model)
     _open(qtbot, widget, big_case)
     widget.settings_panel.select_preset("fast")
@@ -228,7 +225,7 @@ def test_scrolling_focuses_the_engine_on_the_slice_on_screen(gui, qtbot, ct_mode
 
 
 def test_each_preset_shows_its_summary_and_settings(gui, qtbot, make_model, tmp_path: Path) -> None:
-    viewer, widget = gui
+    _, widget = gui
     two_folds = make_model("3d", folds=(0, 1))
     widget.model_panel.select(two_folds)
     panel = widget.settings_panel
@@ -264,7 +261,8 @@ def test_every_preset_runs_to_the_end(gui, qtbot, ct_model: Path, tmp_path: Path
         widget.settings_panel.select_preset(name)
         assert _run(qtbot, widget) == "done", name
         assert set(np.unique(np.asarray(widget.result_layer.data))) <= {0, 1, 2}
-    assert len(_labels_layers(viewer)) == 4
+        assert widget.result_layer.metadata["tilewise_preset"] == name
+    assert _labels_layers(viewer) == [widget.result_layer], "one result per image: each run replaced the last"
 
 
 def test_unreadable_file_shows_a_plain_message(gui, qtbot, dialogs, tmp_path: Path) -> None:
@@ -287,7 +285,7 @@ def test_image_the_model_cannot_segment_shows_a_plain_message(gui, qtbot, dialog
     widget.model_panel.select(ct_model)
     _open(qtbot, widget, slice_path)
     assert _run(qtbot, widget) == "failed"
-    [(title, text)] = dialogs["critical"]
+    [(_, text)] = dialogs["critical"]
     assert "2D image" in text and "3d_fullres" in text and "Traceback" not in text
     assert _labels_layers(viewer) == [] and widget.run_button.isEnabled()
 
@@ -341,7 +339,7 @@ def test_closing_the_window_during_a_run_cancels_it(make_napari_viewer, qtbot, t
 
 
 def test_nnunet_exact_checkbox_gives_nnunets_own_labels(gui, qtbot, ct_model: Path, oblique_case: Path) -> None:
-    viewer, widget = gui
+    _, widget = gui
     widget.model_panel.select(ct_model)
     _open(qtbot, widget, oblique_case)
     widget.settings_panel.select_preset("preview")
@@ -363,7 +361,7 @@ def test_closing_mid_run_waits_at_most_a_second_and_ends_the_gc_pause(gui, qtbot
     from tilewise.gui import _gc
     from tilewise.gui.controllers.worker import CLOSE_WAIT_MS, stop_quietly
 
-    viewer, widget = gui
+    _, widget = gui
     widget.model_panel.select(ct_model)
     _open(qtbot, widget, big_case)
     widget.settings_panel.select_preset("reference")  # 8 passes per tile: a run that lasts

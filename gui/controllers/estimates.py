@@ -318,7 +318,8 @@ class RunTimeEstimates(QObject):
             precision = request.preset.precision
             self.cached[(str(request.model_dir), target)] = {**cached,
                                                              precision: cached.get(precision, frozenset()) | set(folds)}
-        took = sum(v for k, v in result.timings.items() if k != "load" or not loaded)  # the run's span, or less
+        # the run's span, or less ("convert" is part of "load")
+        took = sum(v for k, v in result.timings.items() if k != "convert" and (k != "load" or not loaded))
         shared = [t for t in self._timings if t[1] > time.monotonic() - took]
         if self.timer is not None or shared:
             for _start, _end, model_dir, timed_target, precisions in shared:

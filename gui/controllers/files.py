@@ -2,20 +2,31 @@
 
 While a file is read or written the run controller is in OPENING or SAVING, so no run starts meanwhile. The layers
 are added to the viewer, and the saved file reported, on the GUI thread.
+
+Where Save starts (:meth:`FilesController.suggested_save_path`): ``<case>_segmentation`` in the input's format
+(NIfTI for a DICOM series), in the input's folder when the user can write there, else in the user's documents
+folder (the bundled sample's folder is part of the installation, never the user's). The folder saved to last is
+remembered together with the input's folder it was saved for: it is proposed again for inputs from that same folder
+(the user chose where this study's results go), never for an input from another folder, whose own folder wins.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QObject, QSettings, Signal
-
+from qtpy.QtCore import QObject, QSettings, QStandardPaths, Signal
 from tilewise.engine import write_labels
-from tilewise.engine.data.readers import strip_suffix
+from tilewise.engine.data.readers import image_suffix, strip_suffix
 from tilewise.engine.data.safe_output import refuse_overwriting_inputs
 
-from ..contributions import read_layers
+from ..contributions import (
+    bundled_data_dir,
+    made_by_tilewise,
+    prefer_tilewise_writer,
+    read_layers,
+)
 from ..geometry import geometry_from_layer
 from ..layers import META_SOURCES
 from .run import RunController, State
@@ -23,13 +34,51 @@ from .tasks import BackgroundTask
 
 SETTINGS_OPEN_FOLDER = "files/open_folder"
 SETTINGS_SAVE_FOLDER = "files/save_folder"
+SETTINGS_SAVED_FOR_FOLDER = "files/save_folder_input"  # the folder of the input whose labels went to save_folder
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+DEFAULT_LABEL_SUFFIX = LABEL_SUFFIXES[0]
 
 
 def describe_input(path: str | Path | list[str | Path]) -> str:
-    """How an image being opened is named: 'ct.nii.gz', or 't1.nii.gz (+2)' for one file per channel."""
+    """How an image being opened is named: 'ct.nii.gz', 't1.nii.gz (+2)' for one file per channel, and 'the DICOM
+    series in <folder>' for a file that is no image file (one file of a series stands for its series)."""
     first = Path(path if isinstance(path, (str, Path)) else path[0])
-    return first.name + ("" if isinstance(path, (str, Path)) or len(path) == 1 else f" (+{len(path) - 1})")
+    name = first.name if first.is_dir() or image_suffix(first) else f"the DICOM series in {first.parent.name}"
+    return name + ("" if isinstance(path, (str, Path)) or len(path) == 1 else f" (+{len(path) - 1})")
+
+
+def labels_name(name: str, suffix: str) -> str:
+    """``name`` with the labels file type ``suffix``: every image suffix at its end is replaced, so a name never
+    ends in a mix such as '.nii.nrrd' ('ct_segmentation.nii.gz', '.nrrd' -> 'ct_segmentation.nrrd')."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for old in (*LABEL_SUFFIXES, ".gz"):
+            if name.lower().endswith(old) and len(name) > len(old):
+                name, stripped = name[: -len(old)], True
+    return name + suffix
+
+
+def segmentation_name(source: Path) -> str:
+    """The file name proposed for the labels of input ``source``: '<case>_segmentation' in the input's format
+    ('ct.nrrd' -> 'ct_segmentation.nrrd'), NIfTI for a DICOM series folder or any other input."""
+    suffix = image_suffix(source)
+    case = source.name if source.is_dir() else strip_suffix(source)
+    return f"{case}_segmentation{suffix if suffix in LABEL_SUFFIXES else DEFAULT_LABEL_SUFFIX}"
+
+
+def documents_folder() -> Path:
+    """The user's documents folder (their home folder when the system names none)."""
+    location = QStandardPaths.writableLocation(QStandardPaths.DocumentsLocation)
+    return Path(location) if location and Path(location).is_dir() else Path.home()
+
+
+def _is_users_folder(folder: Path) -> bool:
+    """True for a folder the user can write to that is not part of Tilewise's installation (the sample's)."""
+    bundled = bundled_data_dir()
+    if bundled is not None and folder.resolve().is_relative_to(bundled):
+        return False
+    return folder.is_dir() and os.access(folder, os.W_OK)
 
 
 class FilesController(QObject):
@@ -49,6 +98,12 @@ class FilesController(QObject):
         self.writer: BackgroundTask | None = None
         self._open_path = Path()
         self._target = Path()
+        self._target_input: Path | None = None
+        viewer.layers.selection.events.active.connect(self._on_active_layer)
+
+    def _on_active_layer(self, event: Any) -> None:
+        """napari's File > Save Selected Layers offers Tilewise's writer first for labels Tilewise made."""
+        prefer_tilewise_writer(made_by_tilewise(event.value))
 
     # ---- opening ------------------------------------------------------------------------------------
     def open_folder(self) -> str:
@@ -90,14 +145,20 @@ class FilesController(QObject):
 
     # ---- saving -------------------------------------------------------------------------------------
     def suggested_save_path(self, run_layers: list[Any], result: Any) -> Path:
-        """Where the Save dialog starts for ``result`` (labels made from image ``run_layers``): the folder saved to
-        last (else the image's), '<image>_segmentation'."""
-        run_source = run_layers[0].metadata.get("tilewise_source") if run_layers else ""
-        source = run_source or (result.metadata.get("tilewise_source") if result is not None else "") or ""
-        base = Path(source) if source else Path.home() / "image"
+        """Where the Save dialog starts for ``result`` (labels made from image ``run_layers``): see the module's
+        docstring."""
+        source = _input_of(run_layers, result)
         remembered = str(self.settings.value(SETTINGS_SAVE_FOLDER, "") or "")
-        folder = Path(remembered) if remembered and Path(remembered).is_dir() else base.parent
-        return folder / f"{strip_suffix(base)}_segmentation.nii.gz"
+        saved_for = str(self.settings.value(SETTINGS_SAVED_FOR_FOLDER, "") or "")
+        last = Path(remembered) if remembered and Path(remembered).is_dir() else None
+        if source is None:
+            name = f"{run_layers[0].name}_segmentation{DEFAULT_LABEL_SUFFIX}" if run_layers else f"segmentation{DEFAULT_LABEL_SUFFIX}"
+            return (last or documents_folder()) / name
+        if last is not None and saved_for == str(source.parent):
+            folder = last
+        else:
+            folder = source.parent if _is_users_folder(source.parent) else documents_folder()
+        return folder / segmentation_name(source)
 
     def save(self, layer: Any, path: str | Path) -> Path | None:
         """Start writing labels ``layer`` with its input's geometry to ``path`` ('.nii.gz' added without a labels
@@ -117,6 +178,7 @@ class FilesController(QObject):
         writer.failed.connect(self._on_save_failed)
         self.writer = writer
         self._target = target
+        self._target_input = _input_of([], layer)
         writer.start()
         return target
 
@@ -135,6 +197,8 @@ class FilesController(QObject):
     def _on_saved(self, target: Path) -> None:
         self._finish_saving()
         self.settings.setValue(SETTINGS_SAVE_FOLDER, str(target.parent))
+        source = self._target_input
+        self.settings.setValue(SETTINGS_SAVED_FOR_FOLDER, str(source.parent) if source is not None else "")
         self.saved.emit(target)
 
     def _on_save_failed(self, message: str) -> None:
@@ -154,6 +218,17 @@ class FilesController(QObject):
         self.reader = self.writer = None
         self.run.leave(State.OPENING)
         self.run.leave(State.SAVING)
+
+
+def _input_of(run_layers: list[Any], result: Any) -> Path | None:
+    """The file or DICOM folder the labels ``result`` were made from (from image layers ``run_layers``, else from
+    its own metadata); None when they were made from an image that came from no file."""
+    for layer in (*run_layers[:1], result):
+        metadata = getattr(layer, "metadata", None) or {}
+        source = metadata.get("tilewise_source") or next(iter(metadata.get(META_SOURCES) or []), "")
+        if source:
+            return Path(source)
+    return None
 
 
 def _write_file(labels: np.ndarray, geometry: Any, target: Path) -> Path:

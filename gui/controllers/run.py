@@ -23,7 +23,7 @@ from typing import Any
 from qtpy.QtCore import QObject, Signal
 
 from .. import _gc
-from ..layers import META_COUNTS, LivePreview
+from ..layers import META_COUNTS, META_PRESET, LivePreview
 from .worker import PredictorCache, RunRequest, SegmentationWorker
 
 
@@ -74,6 +74,7 @@ class RunController(QObject):
         self.worker: SegmentationWorker | None = None
         self.preview: LivePreview | None = None
         self.result_layer: Any = None
+        """The labels layer the last finished run left (the results controller decides what becomes of it)."""
         self.layers: list[Any] = []
         """The image layers of the current (or last) run, one per channel."""
         self._started = 0.0
@@ -185,7 +186,8 @@ class RunController(QObject):
     def _on_succeeded(self, result: Any, counts: dict[int, int]) -> None:
         request = self.worker.request
         if self.preview is not None:
-            self.result_layer = self.preview.finish(result.labels, {META_COUNTS: dict(counts)})
+            self.result_layer = self.preview.finish(result.labels, {META_COUNTS: dict(counts),
+                                                                    META_PRESET: request.preset.name})
             self.preview = None
         self.succeeded.emit(request, result)
         self._end("done")

@@ -4,10 +4,18 @@ from __future__ import annotations
 from typing import Any
 
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..controllers.run import State
-from ..geometry import in_patient_axes
+from ..orientation import OrientationButtons, install_orientation
 from .common import shrinkable
 from .ct_window import CtWindowButtons, looks_like_ct
 
@@ -39,16 +47,22 @@ class ImagePanel(QWidget):
         import qtawesome
 
         self.open_button = QPushButton(qtawesome.icon("fa5s.file-import", color=icon_colour), "Open image…")
-        self.open_button.setToolTip("Open a NIfTI, NRRD or MetaImage file (for a DICOM series use File > Open Folder)")
+        self.open_button.setToolTip("Open a NIfTI, NRRD or MetaImage file, or a DICOM series: pick any file of the "
+                                    "series, or its folder with Open folder")
         self.open_busy = QProgressBar()
         self.open_busy.setRange(0, 0)
         self.open_busy.setTextVisible(False)
         self.open_busy.setMaximumHeight(8)
         self.open_status = QLabel()
         self.open_status.setWordWrap(True)
+        self.orientation = install_orientation(viewer)  # kept here: napari holds only weak references to it
+        self.view_buttons = OrientationButtons(self.orientation)
+        view_row = QFormLayout()
+        view_row.addRow("View:", self.view_buttons)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(self.channel_form)
+        layout.addLayout(view_row)
         layout.addWidget(self.ct_row)
         layout.addWidget(self.open_button)
         layout.addWidget(self.open_busy)
@@ -129,17 +143,10 @@ class ImagePanel(QWidget):
     def _on_layers_changed(self, event: Any) -> None:
         if event.type == "inserted":
             event.value.events.name.connect(self._on_layer_renamed)
-            self._label_slider_axes(event.value)
         self.set_channels(self._channels)
 
     def _on_layer_renamed(self, *_: object) -> None:
         self.set_channels(self._channels)
-
-    def _label_slider_axes(self, layer: Any) -> None:
-        """Name the sliders after the anatomical planes they step through, when the image is in patient axes."""
-        geometry = getattr(layer, "metadata", {}).get("tilewise_geometry")
-        if geometry is not None and self.viewer.dims.ndim == 3 and in_patient_axes(geometry):
-            self.viewer.dims.axis_labels = ("axial", "coronal", "sagittal")
 
     def _on_choice_changed(self, *_: object) -> None:
         self._update_ct_window()

@@ -1,9 +1,9 @@
 """Reviewing a segmentation: each label's volume in mL, show or hide single labels, the labels' opacity, Save.
 
-The panel shows the segmentation layer it is given: the one filling in during a run, then the result. What it shows
-travels in the layer's metadata (label names, voxel counts, voxel volume), so going back to an earlier result after
-a cancelled run shows that result's numbers again. When the person paints on the result, the voxels are counted
-again on a thread, a moment after the last stroke.
+The panel shows the segmentation layer it is given (the widget gives it the one selected in napari, or the selected
+image's). What it shows travels in the layer: label names, voxel counts and voxel volume in its metadata, the hidden
+labels in its colormap; so selecting another result shows that result's numbers and boxes. The counts follow edits
+(the results controller updates them); a result with edits not yet saved says so.
 """
 from __future__ import annotations
 
@@ -11,21 +11,29 @@ import html
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QColor, QIcon, QPainter, QPixmap
 from qtpy.QtWidgets import (
-    QCheckBox, QGridLayout, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget,
+    QCheckBox,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
 )
-
 from tilewise.engine import Geometry
 
 from ..colors import display_name, label_color, labels_colormap
-from ..controllers.tasks import BackgroundTask
-from ..layers import META_COUNTS, META_NAMES, META_VOXEL_ML
-from ..volumes import count_labels, format_ml
+from ..controllers.results import ResultsController
+from ..layers import META_COUNTS, META_GEOMETRY, META_NAMES, META_VOXEL_ML
+from ..volumes import format_ml
 
 DEFAULT_OPACITY = 0.6
-RECOUNT_DELAY_MS = 300
+RUN_HINT = "Run a segmentation: each label's volume appears here, with a box to show or hide it."
+NO_SELECTION_HINT = ("No result selected: select a segmentation (or its image) in the layer list to see its volumes "
+                     "and save it.")
 
 
 def _swatch(colour: str, size: int = 14) -> QIcon:
@@ -46,12 +54,13 @@ class ReviewPanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.layer: Any = None
+        self._results: ResultsController | None = None
         self.checks: dict[int, QCheckBox] = {}
         self.volumes: dict[int, QLabel] = {}
         self._hidden: set[int] = set()
         self._names: dict[int, str] | None = None
 
-        self.hint = QLabel("Run a segmentation: each label's volume appears here, with a box to show or hide it.")
+        self.hint = QLabel(RUN_HINT)
         self.hint.setWordWrap(True)
         self.table = QWidget()
         self.grid = QGridLayout(self.table)
@@ -62,10 +71,14 @@ class ReviewPanel(QWidget):
         self.method = QLabel()
         self.method.setWordWrap(True)
         self.method.setStyleSheet("color: palette(mid);")
+        self.edited = QLabel("Edited: the changes are not saved yet.")
+        self.edited.setToolTip("Save writes the edited labels; closing asks before the edits are lost")
+        self.notice = QLabel()
+        self.notice.setWordWrap(True)
 
         self.opacity = QSlider(Qt.Horizontal)
         self.opacity.setRange(0, 100)
-        self.opacity.setValue(int(round(DEFAULT_OPACITY * 100)))
+        self.opacity.setValue(round(DEFAULT_OPACITY * 100))
         self.opacity.setToolTip("How strongly the labels cover the image: 0 % invisible, 100 % opaque")
         self.opacity_value = QLabel()
         self.opacity_value.setMinimumWidth(40)
@@ -86,40 +99,61 @@ class ReviewPanel(QWidget):
         layout.addWidget(self.hint)
         layout.addWidget(self.table)
         layout.addWidget(self.method)
+        layout.addWidget(self.edited)
         layout.addLayout(opacity_row)
         layout.addWidget(self.save_button)
+        layout.addWidget(self.notice)
 
         self.opacity.valueChanged.connect(self._on_opacity_slider)
         self._on_opacity_slider(self.opacity.value())
-        self._recount_timer = QTimer(self)
-        self._recount_timer.setSingleShot(True)
-        self._recount_timer.setInterval(RECOUNT_DELAY_MS)
-        self._recount_timer.timeout.connect(self._recount)
-        self._counter: BackgroundTask | None = None
-        self._recount_again = False
+        self.show_notice("")
         self.show_layer(None)
 
     # ---- public ---------------------------------------------------------------------------------
-    def show_layer(self, layer: Any) -> None:
-        """Review ``layer`` (a labels layer made by a run; None: nothing to review)."""
-        if self.layer is not None and layer is not self.layer:
-            for emitter, callback in ((self.layer.events.opacity, self._on_layer_opacity),
-                                      (self.layer.events.paint, self._on_painted)):
+    def show_layer(self, layer: Any, hint: str = RUN_HINT, edited: bool = False) -> None:
+        """Review ``layer`` (a labels layer made by a run), whose edits are unsaved when ``edited``; None: nothing to
+        review, and ``hint`` says why."""
+        if layer is not self.layer:
+            if self.layer is not None:
                 try:
-                    emitter.disconnect(callback)
+                    self.layer.events.opacity.disconnect(self._on_layer_opacity)
                 except (RuntimeError, TypeError, ValueError):
                     pass
-            self._recount_timer.stop()
-        previous, self.layer = self.layer, layer
+            if layer is not None:
+                layer.events.opacity.connect(self._on_layer_opacity)
+        self.layer = layer
+        self.hint.setText(hint)
         names: dict[int, str] = dict(layer.metadata.get(META_NAMES) or {}) if layer is not None else {}
+        if layer is not None:
+            self._hidden = self._hidden_in(layer, names)
         self._rebuild_rows(names)
         if layer is not None:
-            if layer is not previous:
-                layer.events.opacity.connect(self._on_layer_opacity)
-                layer.events.paint.connect(self._on_painted)
+            for value, check in self.checks.items():
+                check.blockSignals(True)
+                check.setChecked(value not in self._hidden)
+                check.blockSignals(False)
             self._on_layer_opacity()
             self._apply_colormap()
+        self.show_edited(edited)
         self.refresh_volumes()
+
+    def follow(self, results: ResultsController) -> None:
+        """Review the layer ``results`` says is selected, and follow its edits and ``results``' notices."""
+        self._results = results
+        results.changed.connect(self._show_selected)
+        results.counts_changed.connect(self._on_result_edited)
+        results.edits_changed.connect(self._on_result_edited)
+        results.notice.connect(self.show_notice)
+        self._show_selected()
+
+    def show_edited(self, edited: bool) -> None:
+        """Say whether the layer reviewed has edits not yet saved."""
+        self.edited.setVisible(bool(edited and self.layer is not None))
+
+    def show_notice(self, text: str) -> None:
+        """A sentence about where results went (replaced, kept, closed with their image); '' hides it."""
+        self.notice.setText(text)
+        self.notice.setVisible(bool(text))
 
     def refresh_volumes(self) -> None:
         """Show the volumes stored in the layer's metadata ('…' while they are not known)."""
@@ -138,7 +172,7 @@ class ReviewPanel(QWidget):
             else:
                 label.setText(format_ml(voxels * voxel_ml))
                 label.setToolTip(f"{voxels:,} voxels × {voxel_ml * 1000:.3g} mm³")
-        geometry = layer.metadata.get("tilewise_geometry") if layer is not None else None
+        geometry = layer.metadata.get(META_GEOMETRY) if layer is not None else None
         if counts is not None and voxel_ml is not None and isinstance(geometry, Geometry):
             size = " × ".join(f"{s:.2f}" for s in geometry.spacing)
             self.method.setText(f"Volume = the label's voxels on the image's own grid × the voxel volume ({size} mm "
@@ -148,17 +182,6 @@ class ReviewPanel(QWidget):
         else:
             self.method.setText("")
         self.method.setVisible(bool(self.method.text()))
-
-    def shutdown(self) -> None:
-        """Wait for a recount in progress (the window is closing)."""
-        self._recount_timer.stop()
-        counter, self._counter = self._counter, None
-        if counter is not None:
-            try:
-                counter.succeeded.disconnect()
-                counter.wait()
-            except (RuntimeError, TypeError):
-                pass
 
     def volume_text(self, value: int) -> str:
         """The volume shown for label ``value``."""
@@ -181,6 +204,30 @@ class ReviewPanel(QWidget):
         return labels_colormap(values, hidden=self._hidden)
 
     # ---- internals ------------------------------------------------------------------------------
+    def _show_selected(self) -> None:
+        results = self._results
+        if results is not None:
+            layer = results.reviewed()
+            self.show_layer(layer, NO_SELECTION_HINT if results.any_results() else RUN_HINT,
+                            results.has_unsaved_edits(layer))
+
+    def _on_result_edited(self, layer: Any) -> None:
+        if layer is self.layer and self._results is not None:
+            self.refresh_volumes()
+            self.show_edited(self._results.has_unsaved_edits(layer))
+
+    @staticmethod
+    def _hidden_in(layer: Any, names: dict[int, str]) -> set[int]:
+        """The labels ``layer``'s colormap hides (fully transparent)."""
+        if not names:
+            return set()
+        values = np.array(sorted(names))
+        try:
+            alpha = np.asarray(layer.colormap.map(values))[:, 3]
+        except (AttributeError, TypeError, ValueError, IndexError):
+            return set()
+        return {int(value) for value, a in zip(values, alpha) if a == 0}
+
     def _rebuild_rows(self, names: dict[int, str]) -> None:
         if names == self._names:
             return
@@ -232,37 +279,6 @@ class ReviewPanel(QWidget):
         if not same:
             self.layer.colormap = wanted
 
-    def _on_painted(self, *_: object) -> None:
-        """The person edited the labels: count them again once the strokes pause."""
-        if self.layer is not None and self.layer.metadata.get(META_COUNTS) is not None:
-            self._recount_timer.start()
-
-    def _recount(self) -> None:
-        if self.layer is None:
-            return
-        if self._counter is not None:  # one count at a time; the newest edits get the next one
-            self._recount_again = True
-            return
-        layer = self.layer
-        counter = BackgroundTask(count_labels, np.asarray(layer.data))
-        counter.succeeded.connect(lambda counts: self._on_counted(layer, counts))
-        counter.failed.connect(lambda _message: self._on_counted(layer, None))
-        self._counter = counter
-        counter.start()
-
-    def _on_counted(self, layer: Any, counts: dict[int, int] | None) -> None:
-        counter, self._counter = self._counter, None
-        if counter is not None:
-            counter.wait(10_000)
-            counter.deleteLater()
-        if counts is not None:
-            layer.metadata = {**layer.metadata, META_COUNTS: dict(counts)}
-            if layer is self.layer:
-                self.refresh_volumes()
-        if self._recount_again:
-            self._recount_again = False
-            self._recount_timer.start()
-
     def _on_opacity_slider(self, value: int) -> None:
         self.opacity_value.setText(f"{value} %")
         if self.layer is not None and abs(self.layer.opacity - value / 100.0) > 1e-6:
@@ -272,7 +288,7 @@ class ReviewPanel(QWidget):
         """Follow changes made in napari's own layer controls."""
         if self.layer is None:
             return
-        value = int(round(float(self.layer.opacity) * 100))
+        value = round(float(self.layer.opacity) * 100)
         if value != self.opacity.value():
             self.opacity.blockSignals(True)
             self.opacity.setValue(value)

@@ -1,0 +1,148 @@
+"""One result per image, and the review follows the selection: re-runs replace, cancelled re-runs keep, edited
+results are never replaced silently, show/hide, volumes and Save act on the selected result, and opening an image
+never hides a result without saying so."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tilewise.gui._preload import preload_native_libraries
+
+preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
+
+import model_factory
+from napari.layers import Image, Labels
+from qtpy.QtCore import QSettings, Qt
+from qtpy.QtWidgets import QMessageBox
+from tilewise.engine import read_volume
+from tilewise.gui.panels.review import NO_SELECTION_HINT
+from tilewise.gui.volumes import format_ml
+from tilewise.gui.widget import TilewiseWidget
+
+RUN_TIMEOUT_MS = 180_000
+
+
+@pytest.fixture
+def gui(make_napari_viewer, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ct_model: Path):
+    """A viewer with the widget and the CT test model (PyTorch on the CPU, so a 'reference' run lasts for a cancel)."""
+    monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda *args, **kwargs: QMessageBox.Ok))
+    viewer = make_napari_viewer(show=True)
+    widget = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
+    viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
+    widget.settings_panel.device.setCurrentIndex(widget.settings_panel.device.findData("cpu"))
+    widget.settings_panel.backend.setCurrentIndex(widget.settings_panel.backend.findData("torch"))
+    widget.model_panel.select(ct_model)
+    yield viewer, widget
+    widget.shutdown()
+
+
+def _open(qtbot, widget: TilewiseWidget, path: Path) -> Image:
+    with qtbot.waitSignal(widget.image_opened, timeout=60_000) as blocker:
+        assert widget.open_image(path)
+    [image] = blocker.args[0]
+    return image
+
+
+def _run(qtbot, widget: TilewiseWidget, preset: str = "preview") -> str:
+    widget.settings_panel.select_preset(preset)
+    with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
+        assert widget.start_run()
+    return blocker.args[0]
+
+
+def _labels(viewer) -> list[Labels]:
+    return [layer for layer in viewer.layers if isinstance(layer, Labels)]
+
+
+def test_a_rerun_replaces_the_result_and_a_cancelled_one_keeps_it(gui, qtbot, tmp_path: Path) -> None:
+    viewer, widget = gui
+    image = _open(qtbot, widget, model_factory.make_case(tmp_path / "ct_0000.nii.gz", "3d", shape=(64, 80, 72),
+                                                          seed=5))
+    assert _run(qtbot, widget) == "done"
+    [first] = _labels(viewer)
+    assert widget.result_layer is first and first.name == "ct_0000 segmentation"
+
+    assert _run(qtbot, widget, "fast") == "done"
+    [second] = _labels(viewer)
+    assert second is not first and second.name == "ct_0000 segmentation", "replaced, not added"
+    assert widget.result_layer is second and widget.results.result_of(image) is second
+    assert "replaces the previous one" in widget.review.notice.text()
+
+    hidden_during_run: list[bool] = []
+
+    def cancel_at_first_tile(worker) -> None:
+        def on_tile(_event) -> None:
+            if not hidden_during_run:
+                hidden_during_run.append(second.visible)
+                widget.cancel_run()
+        worker.tile.connect(on_tile, Qt.QueuedConnection)
+
+    widget.run_started.connect(cancel_at_first_tile)
+    assert _run(qtbot, widget, "reference") == "cancelled"
+    assert hidden_during_run == [False], "the old result does not show through the tiles not yet done"
+    assert _labels(viewer) == [second] and second.visible, "a cancelled re-run leaves the result as it was"
+    assert widget.result_layer is second and widget.review.layer is second
+
+
+def test_an_edited_result_is_kept_with_its_preset_when_the_image_is_run_again(gui, qtbot, tmp_path: Path) -> None:
+    viewer, widget = gui
+    image = _open(qtbot, widget, model_factory.make_case(tmp_path / "ct_0000.nii.gz", "3d", seed=1))
+    assert _run(qtbot, widget) == "done"
+    edited = widget.result_layer
+    edited.brush_size = 7
+    edited.paint((20, 24, 28), 2)
+    painted = np.asarray(edited.data).copy()
+
+    assert _run(qtbot, widget, "fast") == "done"
+    kept, new = _labels(viewer)
+    assert kept is edited and kept.name == "ct_0000 segmentation (preview, edited)" and not kept.visible
+    np.testing.assert_array_equal(np.asarray(kept.data), painted)
+    assert new.name == "ct_0000 segmentation" and widget.results.result_of(image) is new
+    assert "kept" in widget.review.notice.text() and kept.name in widget.review.notice.text()
+    assert widget.results.has_unsaved_edits(kept) and not widget.results.has_unsaved_edits(new)
+
+
+def test_review_show_hide_and_save_follow_the_selected_result(gui, qtbot, tmp_path: Path) -> None:
+    viewer, widget = gui
+    review = widget.review
+    image_a = _open(qtbot, widget, model_factory.make_case(tmp_path / "a_0000.nii.gz", "3d", seed=1,
+                                                            spacing=(0.8, 0.9, 2.5)))
+    assert _run(qtbot, widget) == "done"
+    result_a = widget.result_layer
+    image_b = _open(qtbot, widget, model_factory.make_case(tmp_path / "b_0000.nii.gz", "3d", seed=2,
+                                                            shape=(36, 44, 52)))
+    # the new image went below the result, so the result is still in sight, and the panel says so
+    qtbot.waitUntil(lambda: viewer.layers.index(image_b) < viewer.layers.index(result_a), timeout=10_000)
+    assert f"'{result_a.name}' stays on top of {image_b.name}" in review.notice.text()
+    widget.select_image(image_b.name)
+    assert _run(qtbot, widget) == "done"
+    result_b = widget.result_layer
+    assert result_b is not result_a and len(_labels(viewer)) == 2, "one result per image"
+
+    ml_a = 0.8 * 0.9 * 2.5 / 1000
+    viewer.layers.selection.active = result_a
+    assert review.layer is result_a
+    assert review.volume_text(2) == format_ml(int((np.asarray(result_a.data) == 2).sum()) * ml_a)
+    review.set_label_visible(2, False)
+    assert result_a.colormap.map(np.array([2]))[0, 3] == 0
+    assert result_b.colormap.map(np.array([2]))[0, 3] > 0, "show/hide acts on the selected result only"
+
+    viewer.layers.selection.active = image_b  # an image: the review shows its result
+    assert review.layer is result_b and review.checks[2].isChecked()
+    viewer.layers.selection.active = result_a
+    assert not review.checks[2].isChecked(), "each result keeps its own boxes"
+
+    viewer.layers.selection.active = result_a
+    target = tmp_path / "a_seg.nii.gz"
+    assert Path(widget.suggested_save_path()).name == "a_0000_segmentation.nii.gz"
+    with qtbot.waitSignal(widget.saved, timeout=60_000) as blocker:
+        assert widget.save_labels(target)
+    assert blocker.args == [str(target)]
+    np.testing.assert_array_equal(read_volume(target).array[0], np.asarray(result_a.data))
+
+    viewer.layers.selection.clear()
+    assert review.layer is None and review.hint.text() == NO_SELECTION_HINT
+    assert not widget.save_button.isEnabled() and widget.result_layer is None
+    viewer.layers.selection.active = image_a
+    assert review.layer is result_a and widget.save_button.isEnabled()

@@ -1,0 +1,202 @@
+"""Saving: where Save starts (the input's folder if the user's, else their documents), the input's format under a
+clean '<case>_segmentation' name that follows the file type picked, and napari's File > Save Selected Layers
+offering Tilewise's writer first for a Tilewise result."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tilewise.gui._preload import preload_native_libraries  # noqa: E402
+
+preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
+
+import model_factory  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+from npe2 import PluginManager  # noqa: E402
+from qtpy.QtCore import QSettings, Qt  # noqa: E402
+from qtpy.QtWidgets import QComboBox, QDialogButtonBox, QMessageBox  # noqa: E402
+from tilewise.gui import contributions  # noqa: E402
+from tilewise.gui.panels.dialogs import LabelsSaveDialog, ask_save_path  # noqa: E402
+from tilewise.gui.widget import TilewiseWidget  # noqa: E402
+from modal_dialogs import when_shown  # noqa: E402
+
+RUN_TIMEOUT_MS = 180_000
+SPACING = (0.8, 0.9, 2.5)  # SimpleITK (x, y, z) order, mm
+ORIGIN = (12.0, -30.0, 4.5)
+ROTATED = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+@pytest.fixture
+def documents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user's documents folder, in a home folder of the test's own."""
+    home = tmp_path / "home"
+    (home / "Documents").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    return home / "Documents"
+
+
+@pytest.fixture
+def gui(make_napari_viewer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, documents: Path):
+    monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda *a, **k: QMessageBox.Ok))
+    viewer = make_napari_viewer(show=True)
+    widget = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
+    viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
+    widget.settings_panel.device.setCurrentIndex(widget.settings_panel.device.findData("cpu"))
+    widget.settings_panel.select_preset("preview")
+    yield viewer, widget
+    widget.shutdown()
+
+
+def _open(qtbot, widget: TilewiseWidget, path: Path) -> list:
+    with qtbot.waitSignal(widget.image_opened, timeout=60_000) as blocker:
+        widget.open_image(path)
+    assert blocker.args[0], f"{path} was opened"
+    return blocker.args[0]
+
+
+def _segment(qtbot, widget: TilewiseWidget, model: Path, case: Path) -> None:
+    widget.model_panel.select(model)
+    _open(qtbot, widget, case)
+    with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
+        widget.run_button.click()
+    assert blocker.args == ["done"]
+
+
+def _click_save(dialog: LabelsSaveDialog) -> None:
+    dialog.findChild(QDialogButtonBox).button(QDialogButtonBox.Save).click()
+
+
+def test_save_proposes_the_inputs_folder_and_format_and_follows_the_type_picked(gui, qtbot, ct_model: Path,
+                                                                                tmp_path: Path) -> None:
+    _, widget = gui
+    case = model_factory.make_case(tmp_path / "scans" / "ct.nrrd", "3d", spacing=SPACING, origin=ORIGIN,
+                                   direction=ROTATED, seed=2)
+    _segment(qtbot, widget, ct_model, case)
+    seen: dict[str, object] = {}
+
+    def use_the_dialog(dialog: LabelsSaveDialog) -> None:  # the person looks, tries other types, saves as NRRD
+        edit, combo = dialog.file_name_edit(), dialog.findChild(QComboBox, "fileTypeCombo")
+        seen["start"] = (dialog.directory().absolutePath(), edit.text(), dialog.selectedNameFilter())
+        for key, name in ((Qt.Key_Up, "NIfTI"), (Qt.Key_Down, "NRRD"), (Qt.Key_Down, "MetaImage"),
+                          (Qt.Key_Up, "NRRD again")):
+            qtbot.keyClick(combo, key)
+            seen[name] = edit.text()
+        _click_save(dialog)
+
+    when_shown(LabelsSaveDialog, use_the_dialog)
+    with qtbot.waitSignal(widget.saved, timeout=60_000) as blocker:
+        widget.save_button.click()
+    assert seen["start"] == (str(case.parent), "ct_segmentation.nrrd", "NRRD (*.nrrd)")
+    assert seen["NIfTI"] == "ct_segmentation.nii.gz" and seen["MetaImage"] == "ct_segmentation.mha"
+    assert seen["NRRD"] == seen["NRRD again"] == "ct_segmentation.nrrd", "never 'ct_segmentation.nii.nrrd'"
+
+    target = case.parent / "ct_segmentation.nrrd"
+    assert blocker.args == [str(target)]
+    assert sorted(p.name for p in case.parent.iterdir()) == ["ct.nrrd", "ct_segmentation.nrrd"]
+    written, reference = sitk.ReadImage(str(target)), sitk.ReadImage(str(case))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), np.asarray(widget.result_layer.data))
+    for getter in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(written, getter)(), getattr(reference, getter)(), atol=1e-6)
+
+
+@pytest.mark.parametrize(("typed", "file_type", "expected"), [
+    ("mine", 1, "mine.nrrd"),                 # no suffix: the type picked
+    ("mine.nii.nrrd", 1, "mine.nrrd"),        # stray suffixes go
+    ("mine.mha", 0, "mine.mha"),              # a type typed wins over the list's
+    ("brain.v2", 0, "brain.v2.nii.gz"),       # a dot in the name is no file type
+])
+def test_typed_names_get_one_clean_suffix(qtbot, tmp_path: Path, typed: str, file_type: int, expected: str) -> None:
+    def type_a_name(dialog: LabelsSaveDialog) -> None:
+        combo = dialog.findChild(QComboBox, "fileTypeCombo")
+        for _ in range(file_type):
+            qtbot.keyClick(combo, Qt.Key_Down)
+        edit = dialog.file_name_edit()
+        edit.clear()
+        qtbot.keyClicks(edit, typed)
+        _click_save(dialog)
+
+    when_shown(LabelsSaveDialog, type_a_name)
+    assert ask_save_path(None, tmp_path / "ct_segmentation.nii.gz") == str(tmp_path / expected)
+
+
+def test_typing_a_folders_name_goes_into_it(qtbot, tmp_path: Path) -> None:
+    (tmp_path / "exports").mkdir()
+    went_into: list[str] = []
+
+    def type_names(dialog: LabelsSaveDialog) -> None:
+        edit = dialog.file_name_edit()
+        edit.clear()
+        qtbot.keyClicks(edit, "exports")
+        _click_save(dialog)  # not 'exports.nii.gz': the dialog opens the folder
+        went_into.append(dialog.directory().absolutePath())
+        edit.clear()
+        qtbot.keyClicks(edit, "mine")
+        _click_save(dialog)
+
+    when_shown(LabelsSaveDialog, type_names)
+    assert ask_save_path(None, tmp_path / "ct_segmentation.nii.gz") == str(tmp_path / "exports" / "mine.nii.gz")
+    assert went_into == [str(tmp_path / "exports")]
+
+
+def test_save_starts_in_the_users_folders_never_the_installation(gui, qtbot, tmp_path: Path,
+                                                                 documents: Path) -> None:
+    viewer, widget = gui
+    files = widget.files
+    [sample] = _open(qtbot, widget, contributions.sample_path())
+    assert files.suggested_save_path([sample], None) == documents / "sample_t1_segmentation.nii.gz", \
+        "the bundled sample's folder belongs to the installation"
+
+    mr = model_factory.make_case(tmp_path / "study_a" / "mr.nii.gz", "3d", seed=3)
+    [image] = _open(qtbot, widget, mr)
+    assert files.suggested_save_path([image], None) == mr.parent / "mr_segmentation.nii.gz"
+
+    labels = viewer.add_labels(np.zeros(image.data.shape, np.uint8), name="mask", metadata={
+        "tilewise_geometry": image.metadata["tilewise_geometry"], "tilewise_sources": [str(mr)]})
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    with qtbot.waitSignal(widget.saved, timeout=60_000):
+        assert files.save(labels, exports / "mask.nii.gz") is not None
+    assert files.suggested_save_path([image], None) == exports / "mr_segmentation.nii.gz", \
+        "for this study again: where its labels went last"
+    assert files.suggested_save_path([], labels) == exports / "mr_segmentation.nii.gz"
+
+    other = model_factory.make_case(tmp_path / "study_b" / "ct.mha", "3d", seed=4)
+    [second] = _open(qtbot, widget, other)
+    assert files.suggested_save_path([second], None) == other.parent / "ct_segmentation.mha", \
+        "an input from another folder: its own folder, not the one saved to last"
+    assert files.suggested_save_path([sample], None).parent == documents
+    unsaved = viewer.add_image(np.zeros((4, 5, 6), np.float32), name="drawn")
+    assert files.suggested_save_path([unsaved], None) == exports / "drawn_segmentation.nii.gz", \
+        "an image from no file: the folder saved to last"
+
+
+def test_napari_offers_tilewise_writer_first_for_a_tilewise_result(gui, qtbot, ct_model: Path,
+                                                                    tmp_path: Path) -> None:
+    from napari.plugins._npe2 import (
+        file_extensions_string_for_layers,  # what File > Save Selected Layers lists
+    )
+
+    viewer, widget = gui
+    manager = PluginManager.instance()
+    manager.discover()
+    _segment(qtbot, widget, ct_model, model_factory.make_case(tmp_path / "ct_0000.nii.gz", "3d", spacing=SPACING))
+    result = widget.result_layer
+
+    viewer.layers.selection.active = result  # the person selects the result
+    first = next(manager.iter_compatible_writers(["labels"]))
+    assert first.command == "tilewise.write_labels"
+    filters, _ = file_extensions_string_for_layers([result])
+    assert filters.split(";;")[0].startswith("Tilewise Segmentation (Tilewise) (*.nii.gz")
+    writer, path = manager.get_writer(str(tmp_path / "seg"), ["labels"])
+    assert writer.command == "tilewise.write_labels" and path == str(tmp_path / "seg.nii.gz")
+    assert viewer.layers.save(str(tmp_path / "seg"), selected=True) == [str(tmp_path / "seg.nii.gz")]
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "seg.nii.gz"))),
+                                  np.asarray(result.data))
+
+    drawn = viewer.add_labels(np.zeros((5, 6), np.uint8), name="drawn")  # labels Tilewise did not make
+    assert viewer.layers.selection.active is drawn
+    assert next(manager.iter_compatible_writers(["labels"])).command == "napari.write_labels"
+    writer, path = manager.get_writer(str(tmp_path / "drawn"), ["labels"])
+    assert writer.command == "napari.write_labels" and path == str(tmp_path / "drawn.tif")
