@@ -1,6 +1,7 @@
 """The napari plugin: a valid npe2 manifest, and napari finding Tilewise's reader, writer, widget and sample."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import warnings
@@ -34,8 +35,10 @@ def case(tmp_path: Path) -> Path:
 
 def test_npe2_validate_passes() -> None:
     PluginManifest.from_distribution("tilewise").validate_imports()
+    # npe2 prints a check mark: UTF-8 whatever this process's locale is (after Qt tests it may be ASCII)
     completed = subprocess.run([sys.executable, "-c", "from npe2.cli import main; main()", "validate", "tilewise"],
-                               capture_output=True, text=True, timeout=120, check=False)
+                               capture_output=True, text=True, encoding="utf-8", timeout=120, check=False,
+                               env={**os.environ, "PYTHONIOENCODING": "utf-8", "LC_ALL": "C.UTF-8"})
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "valid" in completed.stdout
 

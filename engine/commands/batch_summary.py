@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..runtime.quiet import unsilenced
 from .batch_cases import BatchCase
 from .batch_records import DONE, FAILED, SKIPPED, CaseRecord
 from .options import write_json
@@ -96,8 +97,9 @@ class BatchProgress:
         self.ended += 1
         self.failed += record.status == FAILED
         if self._bar is not None:
-            self._bar.set_postfix_str(f"done {self.ended - self.failed}, failed {self.failed}", refresh=False)
-            self._bar.update(1)
+            with unsilenced():  # a reader thread may be silencing fd 2 right now
+                self._bar.set_postfix_str(f"done {self.ended - self.failed}, failed {self.failed}", refresh=False)
+                self._bar.update(1)
         seconds = record.timings.get("total", 0.0)
         line = None
         if record.status == FAILED:
@@ -110,14 +112,16 @@ class BatchProgress:
             self.write(line)
 
     def write(self, line: str) -> None:
-        """Print ``line`` on stderr without breaking the bar."""
-        if self._bar is not None:
-            self._bar.write(line, file=sys.stderr)
-        elif not self.quiet:
-            print(line, file=sys.stderr, flush=True)
+        """Print ``line`` on stderr without breaking the bar (and never into a reader thread's silenced fd 2)."""
+        with unsilenced():
+            if self._bar is not None:
+                self._bar.write(line, file=sys.stderr)
+            elif not self.quiet:
+                print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         """Remove the bar."""
         if self._bar is not None:
-            self._bar.close()
+            with unsilenced():
+                self._bar.close()
             self._bar = None
