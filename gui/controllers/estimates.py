@@ -283,6 +283,9 @@ class RunTimeEstimates(QObject):
             return
         shape_zyx = extent_zyx or image.size[::-1]
         spacing_zyx = image.spacing[::-1]
+        if len(spacing_zyx) != len(grid.transpose_forward):  # e.g. a 2D image for a 3D model: the run says why
+            self.changed.emit({}, None, "")
+            return
 
         def estimate(preset: Preset, folds: tuple[str, ...], exact: bool = False) -> Estimate:
             costs = self.book.costs(model.path, target, preset.precision)
