@@ -220,6 +220,7 @@ class RunTimeEstimates(QObject):
         self.cached: dict[tuple[str, str], dict[str, frozenset[str]] | None] = {}
         """Per (model, target): the folds OpenVINO has cached per precision (None: the target converts nothing)."""
         self._loaded: tuple[Any, ...] | None = None
+        self._closed = False
         self._timer_started = 0.0
         self._timings: list[tuple[float, float, Path, str, tuple[str, ...]]] = []
         """(start, end, model, target, precisions) of this session's first-fold timings, to spot a shared CPU."""
@@ -335,14 +336,15 @@ class RunTimeEstimates(QObject):
         self._show(*self._last)
 
     def shutdown(self) -> None:
-        """Stop and wait for a timing thread (it finishes the step it is in)."""
+        """Stop and wait for a timing thread (it finishes the step it is in); no new one starts afterwards."""
+        self._closed = True
         if self.timer is not None:
             self.timer.stop()
             self.timer.wait(60_000)
 
     def _start_timer(self, model_dir: Path, device: str, backend: str, precisions: tuple[str, ...],
                      probe: tuple[str, ...], trusted: bool) -> None:
-        if self.timer is not None:
+        if self.timer is not None or self._closed:
             return
         timer = PassTimer(model_dir, device, backend, precisions, probe, trusted)
         target = target_key(device, backend)
@@ -365,6 +367,10 @@ class RunTimeEstimates(QObject):
     def _on_timer_finished(self) -> None:
         timer, self.timer = self.timer, None
         if timer is not None:
+            # 'finished' is emitted from the thread just before it ends: deleting a QThread that has not ended
+            # aborts the process, so wait for the end first (it is a matter of microseconds)
+            timer.wait()
             timer.deleteLater()
-        self._show(*self._last)
+        if not self._closed:
+            self._show(*self._last)
 
