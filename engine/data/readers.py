@@ -40,7 +40,8 @@ def is_dicom_folder(path: Path) -> bool:
     return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
 
 
-def _read_itk(path: Path) -> sitk.Image:
+def _read_itk(path: Path) -> tuple[sitk.Image, tuple[Path, ...]]:
+    """The image at ``path`` and, for a DICOM series, its files in slice order."""
     if not path.exists():
         raise InputError(path, "file not found")
     if path.is_dir():
@@ -55,7 +56,7 @@ def _read_itk(path: Path) -> sitk.Image:
             reader.ReadImageInformation()
             if suffix in (".nii", ".nii.gz"):
                 _check_nifti_complete(path, reader)
-            return reader.Execute()
+            return reader.Execute(), ()
     except RuntimeError as error:
         raise InputError(path, f"cannot read image ({_itk_reason(error)})") from None
 
@@ -91,7 +92,7 @@ def _decompressed_length(path: Path) -> int:
         return -1
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
+def _read_dicom_series(folder: Path) -> tuple[sitk.Image, tuple[Path, ...]]:
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
         raise InputError(folder, "folder holds no DICOM series and no image file")
@@ -101,7 +102,7 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     reader.SetFileNames(largest)
     try:
         with silenced_fd2():
-            return reader.Execute()
+            return reader.Execute(), tuple(Path(name) for name in largest)
     except RuntimeError as error:
         raise InputError(folder, f"cannot read DICOM series ({_itk_reason(error)})") from None
 
@@ -149,8 +150,10 @@ def read_volume(paths: Path | str | Sequence[Path | str]) -> Volume:
         raise InputError(None, "no input image given")
     channels: list[np.ndarray] = []
     geometry: Geometry | None = None
+    dicom_files: tuple[Path, ...] = ()
     for path in path_list:
-        image = _read_itk(path)
+        image, series_files = _read_itk(path)
+        dicom_files = dicom_files or series_files
         this_geometry = _geometry_of(image)
         if geometry is None:
             geometry = this_geometry
@@ -160,7 +163,8 @@ def read_volume(paths: Path | str | Sequence[Path | str]) -> Volume:
             raise InputError(path, f"spacing {this_geometry.spacing} differs from the first channel's {geometry.spacing}")
         channels.append(_channels_of(image, path))
     assert geometry is not None
-    return Volume(array=np.concatenate(channels, axis=0), geometry=geometry, sources=tuple(path_list))
+    return Volume(array=np.concatenate(channels, axis=0), geometry=geometry, sources=tuple(path_list),
+                  dicom_files=dicom_files)
 
 
 

@@ -44,6 +44,8 @@ class Volume:
     array: np.ndarray
     geometry: Geometry
     sources: tuple[Path, ...] = field(default_factory=tuple)
+    dicom_files: tuple[Path, ...] = field(default_factory=tuple)
+    """For a DICOM series input: the series' files in the order of the array's z slices; empty otherwise."""
 
     @property
     def num_channels(self) -> int:
