@@ -1,4 +1,4 @@
-"""Turning a command line's input (file, nnU-Net folder or DICOM folder) into cases with output paths."""
+"""Turning a command line's input (file, nnU-Net folder, DICOM folder, file or zip) into cases with output paths."""
 from __future__ import annotations
 
 import re
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from .readers import image_suffix, is_dicom_folder, strip_suffix
+from .readers import image_suffix, is_dicom_folder, is_dicom_input, strip_suffix
 
 _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
 _CHANNEL_NAME = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -104,10 +104,11 @@ def planned_outputs(cases: list[Case], with_probabilities: bool, report: Path | 
 
 
 def collect_cases(source: Path, output_dir: Path, num_channels: int, explicit: list[Path] | None = None) -> list[Case]:
-    """Cases for ``source``: one image file, a DICOM series folder, or a folder of nnU-Net-named cases.
+    """Cases for ``source``: one image file, a DICOM input (a folder holding DICOM files at any depth and no image
+    files, a ``.zip`` of one, a DICOM file), or a folder of nnU-Net-named cases.
 
-    ``explicit`` lists the channel files of a single case and takes precedence. Outputs keep the input's file type
-    (DICOM input becomes NIfTI).
+    ``explicit`` lists the channel files of a single case and takes precedence. Outputs keep the input's file type;
+    DICOM input becomes NIfTI named after the folder, zip or file ('case.zip' -> 'case.nii.gz').
     """
     if explicit:
         first = explicit[0]
@@ -117,7 +118,10 @@ def collect_cases(source: Path, output_dir: Path, num_channels: int, explicit: l
         raise InputError(source, "input not found")
     if source.is_file():
         if image_suffix(source) is None:
-            raise InputError(source, "unsupported file type (expected .nii.gz, .nii, .nrrd, .mha, .mhd or a DICOM folder)")
+            if not is_dicom_input(source):
+                raise InputError(source, "unsupported file type (expected .nii.gz, .nii, .nrrd, .mha, .mhd, a DICOM "
+                                         "folder, file or .zip)")
+            return [Case(strip_suffix(source), (source,), output_dir / f"{strip_suffix(source)}.nii.gz")]
         name = _CHANNEL_SUFFIX.sub("", strip_suffix(source))
         if num_channels > 1:
             grouped = find_cases(source.parent, num_channels).get(name)

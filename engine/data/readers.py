@@ -1,11 +1,15 @@
-"""Reading images into :class:`Volume` and writing results atomically, through SimpleITK.
+"""Reading images into :class:`Volume`, through SimpleITK.
 
-Supported: NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha, .mhd) and DICOM series folders.
+Supported: NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha, .mhd), and DICOM (:mod:`.dicom_input`): a folder
+(its largest image series, at any depth, or the one asked for), a zip of one, a multi-frame enhanced CT/MR/PET file
+or one file of a series.
 """
 from __future__ import annotations
 
 import gzip
 import os
+import shutil
+import weakref
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +19,11 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..runtime.quiet import silenced_fd2
+from .dicom_input import is_dicom_file, is_dicom_folder, read_dicom
+from .dicom_zip import is_zip, unpack
 from .volume import Geometry, Volume
+
+__all__ = ["IMAGE_SUFFIXES", "image_suffix", "is_dicom_folder", "is_dicom_input", "read_volume", "strip_suffix"]
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -35,20 +43,39 @@ def strip_suffix(path: Path) -> str:
     return path.name[: -len(suffix)] if suffix else path.stem
 
 
-def is_dicom_folder(path: Path) -> bool:
-    """True when ``path`` is a folder holding at least one DICOM series."""
-    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+def is_dicom_input(path: Path) -> bool:
+    """True for what is read as DICOM: a folder holding DICOM files, a ``.zip`` file, or a DICOM file."""
+    return is_dicom_folder(path) or is_zip(path) or (path.is_file() and image_suffix(path) is None
+                                                         and is_dicom_file(path))
 
 
-def _read_itk(path: Path) -> tuple[sitk.Image, tuple[Path, ...]]:
-    """The image at ``path`` and, for a DICOM series, its files in slice order."""
+SeriesUid = str | Sequence[str] | None
+"""The DICOM series to read: one UID, several (each DICOM input holds exactly one of them), or None for the largest."""
+
+
+def _read_itk(path: Path, series_uid: SeriesUid) -> tuple[sitk.Image, tuple[Path, ...], Path | None]:
+    """The image at ``path``, for DICOM its files in slice order, and the temporary folder a zip was unpacked to
+    (which holds those files; None for anything else)."""
     if not path.exists():
         raise InputError(path, "file not found")
-    if path.is_dir():
-        return _read_dicom_series(path)
+    if path.is_dir() or (image_suffix(path) is None and is_dicom_file(path)):
+        read = read_dicom(path, series_uid)
+        return read.image, read.files, None
+    if is_zip(path):
+        folder = unpack(path)
+        try:
+            read = read_dicom(folder, series_uid)
+        except InputError as error:  # name the zip, not the temporary folder
+            shutil.rmtree(folder, ignore_errors=True)
+            raise InputError(path, error.problem) from None
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return read.image, read.files, folder
     suffix = image_suffix(path)
     if suffix is None:
-        raise InputError(path, f"unsupported file type (expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM folder)")
+        raise InputError(path, f"unsupported file type (expected one of {', '.join(IMAGE_SUFFIXES)}, a DICOM "
+                               "folder, file or .zip)")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -56,7 +83,7 @@ def _read_itk(path: Path) -> tuple[sitk.Image, tuple[Path, ...]]:
             reader.ReadImageInformation()
             if suffix in (".nii", ".nii.gz"):
                 _check_nifti_complete(path, reader)
-            return reader.Execute(), ()
+            return reader.Execute(), (), None
     except RuntimeError as error:
         raise InputError(path, f"cannot read image ({_itk_reason(error)})") from None
 
@@ -92,21 +119,6 @@ def _decompressed_length(path: Path) -> int:
         return -1
 
 
-def _read_dicom_series(folder: Path) -> tuple[sitk.Image, tuple[Path, ...]]:
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series_ids:
-        raise InputError(folder, "folder holds no DICOM series and no image file")
-    files_per_series = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids]
-    largest = max(files_per_series, key=len)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(largest)
-    try:
-        with silenced_fd2():
-            return reader.Execute(), tuple(Path(name) for name in largest)
-    except RuntimeError as error:
-        raise InputError(folder, f"cannot read DICOM series ({_itk_reason(error)})") from None
-
-
 def _itk_reason(error: RuntimeError) -> str:
     """ITK's description of a read failure, or 'truncated or corrupt' when it only left a stale system error."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -140,33 +152,43 @@ def _channels_of(image: sitk.Image, path: Path) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
-def read_volume(paths: Path | str | Sequence[Path | str]) -> Volume:
-    """Read one image file, one DICOM folder, or one file per channel into a :class:`Volume`.
+def read_volume(paths: Path | str | Sequence[Path | str], series_uid: SeriesUid = None) -> Volume:
+    """Read one image file, one DICOM input, or one file per channel into a :class:`Volume`.
 
-    All channel files must share size and spacing; the first one's geometry is kept.
+    All channel files must share size and spacing; the first one's geometry is kept. ``series_uid`` picks the
+    DICOM series to read (default: the largest image volume); it is an error when no input is DICOM. For a zip,
+    ``Volume.dicom_files`` lie in a temporary folder that is removed when the Volume is.
     """
     path_list = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     if not path_list:
         raise InputError(None, "no input image given")
+    if series_uid is not None and not any(is_dicom_input(p) for p in path_list):
+        raise InputError(path_list[0], "a DICOM series UID was given, but this is no DICOM input")
     channels: list[np.ndarray] = []
     geometry: Geometry | None = None
     dicom_files: tuple[Path, ...] = ()
-    for path in path_list:
-        image, series_files = _read_itk(path)
-        dicom_files = dicom_files or series_files
-        this_geometry = _geometry_of(image)
-        if geometry is None:
-            geometry = this_geometry
-        elif this_geometry.size != geometry.size:
-            raise InputError(path, f"size {this_geometry.size} differs from the first channel's {geometry.size}")
-        elif not np.allclose(this_geometry.spacing, geometry.spacing, rtol=1e-4):
-            raise InputError(path, f"spacing {this_geometry.spacing} differs from the first channel's {geometry.spacing}")
-        channels.append(_channels_of(image, path))
+    unpacked: list[Path] = []
+    try:
+        for path in path_list:
+            image, series_files, folder = _read_itk(path, series_uid)
+            unpacked += [folder] if folder is not None else []
+            dicom_files = dicom_files or series_files
+            this_geometry = _geometry_of(image)
+            if geometry is None:
+                geometry = this_geometry
+            elif this_geometry.size != geometry.size:
+                raise InputError(path, f"size {this_geometry.size} differs from the first channel's {geometry.size}")
+            elif not np.allclose(this_geometry.spacing, geometry.spacing, rtol=1e-4):
+                raise InputError(path, f"spacing {this_geometry.spacing} differs from the first channel's "
+                                       f"{geometry.spacing}")
+            channels.append(_channels_of(image, path))
+    except BaseException:
+        for folder in unpacked:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     assert geometry is not None
-    return Volume(array=np.concatenate(channels, axis=0), geometry=geometry, sources=tuple(path_list),
-                  dicom_files=dicom_files)
-
-
-
-
-
+    volume = Volume(array=np.concatenate(channels, axis=0), geometry=geometry, sources=tuple(path_list),
+                    dicom_files=dicom_files)
+    for folder in unpacked:  # dicom_files stay readable (for DICOM SEG references) while the Volume lives
+        weakref.finalize(volume, shutil.rmtree, folder, ignore_errors=True)
+    return volume
