@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import json
-import sys
 import zipfile
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from test_cli import ERROR_PREFIX, predict_args, run_cli
-from test_io import write_dicom_series
 from tilewise.engine import InputError, read_volume
 from tilewise.engine.data.cases import collect_cases
 
@@ -138,18 +136,6 @@ def test_a_series_uid_for_a_file_that_is_no_dicom_is_an_error(tmp_path: Path) ->
 def test_one_file_of_a_series_stands_for_its_series(study: dict) -> None:
     one_file = next((study["root"] / "DICOM" / "ST000" / "SE001").iterdir())
     assert read_volume(one_file).shape == (6, 32, 30)
-
-
-def test_without_pydicom_the_folder_is_read_by_gdcm_as_before(tmp_path: Path, monkeypatch) -> None:
-    """The engine without the dicom extra: GDCM's largest series of the folder itself."""
-    image = sitk.GetImageFromArray(stored(3, (9, 20, 22)).astype(np.int16))
-    write_dicom_series(image, tmp_path / "flat", "1.2.826.0.1.3680043.2.1125.88.1", "large")
-    write_dicom_series(sitk.GetImageFromArray(stored(4, (4, 12, 14)).astype(np.int16)), tmp_path / "flat",
-                       "1.2.826.0.1.3680043.2.1125.88.2", "small")
-    monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom now raises ImportError
-
-    assert read_volume(tmp_path / "flat").shape == (9, 20, 22)
-    assert read_volume(tmp_path / "flat", series_uid="1.2.826.0.1.3680043.2.1125.88.2").shape == (4, 12, 14)
 
 
 # ---- zip --------------------------------------------------------------------------------------------------------

@@ -15,8 +15,6 @@ CT/MR/PET objects.
   objects by pydicom, frame by frame from their functional groups (:mod:`.dicom_geometry`), with the geometry
   SimpleITK gives the equivalent single-frame series.
 
-pydicom comes with the ``dicom`` extra. Without it a folder is read as before: GDCM's largest series in the folder
-itself (or ``series_uid``), with no classification, no nested folders and no multi-frame objects.
 """
 from __future__ import annotations
 
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import SimpleITK as sitk
 
 from ..errors import InputError
@@ -96,26 +95,15 @@ def is_dicom_folder(path: Path) -> bool:
     return path.is_dir() and any(is_dicom_file(p) for p in _files_under(path))
 
 
-def _pydicom() -> Any:
-    """pydicom, or None when the ``dicom`` extra is not installed."""
-    try:
-        import pydicom
-    except ImportError:
-        return None
-    return pydicom
-
-
 # ---- classification -------------------------------------------------------------------------------------------
 def _class_name(uid: str) -> str:
-    pydicom = _pydicom()
-    name = ENHANCED_VOLUME_CLASSES.get(uid) or (pydicom.uid.UID(uid).name if pydicom else uid)
+    name = ENHANCED_VOLUME_CLASSES.get(uid) or pydicom.uid.UID(uid).name
     return name.removesuffix(" Storage").removesuffix(" Image")
 
 
 def _header(path: Path) -> Any:
     """The tags that classify ``path`` (pixel data and most of the header left unread), or None for a file pydicom
     cannot parse."""
-    pydicom = _pydicom()
     try:
         return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
     except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError, KeyError, AttributeError):
@@ -166,7 +154,6 @@ def _describe(uid: str, headers: list[tuple[Path, Any]]) -> Series:
 
 def _describe_multiframe(uid: str, path: Path, modality: str) -> Series:
     """Classify one multi-frame enhanced object from its functional groups (its pixel data left unread)."""
-    pydicom = _pydicom()
     dataset = pydicom.dcmread(path, stop_before_pixels=True)
     sop = str(dataset.SOPClassUID)
     count = int(dataset.get("NumberOfFrames", 1) or 1)
@@ -182,7 +169,7 @@ def _describe_multiframe(uid: str, path: Path, modality: str) -> Series:
 
 
 def scan(folder: Path) -> list[Series]:
-    """Every DICOM series under ``folder`` (at any depth), classified; sorted by UID. Needs pydicom."""
+    """Every DICOM series under ``folder`` (at any depth), classified; sorted by UID."""
     by_series: dict[str, list[tuple[Path, Any]]] = {}
     for path in (p for p in _files_under(folder) if is_dicom_file(p)):
         header = _header(path)
@@ -239,31 +226,9 @@ def _series_image(files: Sequence[Path], where: Path) -> sitk.Image:
         raise InputError(where, f"cannot read DICOM series ({str(error).strip().splitlines()[-1][:200]})") from None
 
 
-def _gdcm_only(folder: Path, series_uid: str | Sequence[str] | None) -> DicomRead:
-    """Without pydicom: GDCM's series of ``folder`` itself (no nested folders, no classification)."""
-    ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    if not ids:
-        raise InputError(folder, "holds no DICOM image series that GDCM reads (install 'tilewise[dicom]' for nested "
-                                 "folders, multi-frame objects and a description of what the folder holds)")
-    files = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in ids}
-    if series_uid is not None:
-        wanted = [uid for uid in ids if uid in ({series_uid} if isinstance(series_uid, str) else set(series_uid))]
-        if len(wanted) != 1:
-            raise InputError(folder, f"holds {'several' if wanted else 'none'} of the series asked for; it holds "
-                                     f"{', '.join(ids)}")
-        uid = wanted[0]
-    else:
-        uid = max(ids, key=lambda i: len(files[i]))
-    return DicomRead(_series_image(files[uid], folder), tuple(Path(f) for f in files[uid]))
-
-
 def read_dicom(path: Path, series_uid: str | Sequence[str] | None = None) -> DicomRead:
     """Read a DICOM input: a folder (its largest image volume, or ``series_uid``), a multi-frame object's file, or
     one file of a series (that series, from the file's folder). Raises :class:`InputError` in one line."""
-    if _pydicom() is None:
-        if path.is_dir():
-            return _gdcm_only(path, series_uid)
-        raise InputError(path, "reading a single DICOM file needs pydicom: pip install 'tilewise[dicom]'")
     if path.is_dir():
         chosen = choose(scan(path), path, series_uid)
     else:
@@ -276,5 +241,5 @@ def read_dicom(path: Path, series_uid: str | Sequence[str] | None = None) -> Dic
         else:  # one file of a series stands for the series in its folder
             chosen = choose([s for s in scan(path.parent) if s.uid == uid], path, series_uid or uid)
     if chosen.multiframe:
-        return DicomRead(multiframe_image(_pydicom().dcmread(chosen.files[0]), chosen.files[0]), chosen.files)
+        return DicomRead(multiframe_image(pydicom.dcmread(chosen.files[0]), chosen.files[0]), chosen.files)
     return DicomRead(_series_image(chosen.files, path), chosen.files)
