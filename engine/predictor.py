@@ -22,6 +22,7 @@ from .data.volume import Geometry, Volume
 from .errors import InputError, TilewiseError
 from .events import CancelToken, EventHandler, cancellable, check_cancelled
 from .model.bundle import ModelBundle
+from .model.cascade import check_pair, previous_stage_dir
 from .nnunet_exact import export_like_nnunet, run_like_nnunet
 from .postprocess.labels import logits_to_labels
 from .preprocess.grid_mapping import GridMapper
@@ -38,8 +39,10 @@ from .sliding.runner import SlidingWindowRunner, background_logits
 from .stages import (
     MemoryBudget,
     PreparedCase,
+    counted_events,
     empty_tile_test,
     export_with_fallback,
+    previous_stage_input,
     record_peak,
 )
 
@@ -54,8 +57,11 @@ class Result:
     properties: dict[str, Any]
     timings: dict[str, float]
     """Seconds: load (the model's, once per predictor), convert (of load, converting models for the backend: 0 for
-    torch or when cached), preprocess, sliding_window, export."""
+    torch or when cached), preprocess, sliding_window, export. A cascade adds its first stage's, named after it
+    (``3d_lowres:preprocess``, ``3d_lowres:sliding_window``, ``3d_lowres:export``) and ``3d_lowres:to_input`` (its
+    segmentation resampled and stacked onto the full-res input); the unprefixed ones are the full-res stage's."""
     tiles: int
+    """Tiles run (both stages' for a cascade)."""
     forward_passes: int
     tiles_skipped: int = 0
     notes: list[str] = field(default_factory=list)
@@ -88,6 +94,11 @@ class Predictor:
 
     :meth:`predict` is the public stages in a row: :meth:`prepare` (:meth:`plan_case`, :meth:`preprocess_case`),
     :meth:`run_tiles` and :meth:`finish`; ``tilewise batch`` runs them on different threads for different cases.
+
+    A ``3d_cascade_fullres`` folder runs as nnU-Net's two-step prediction in one: :attr:`previous` is a predictor of
+    its ``3d_lowres`` sibling folder (same preset, device, folds and exactness), whose stages run inside this one's
+    (its preprocessing in :meth:`preprocess_case`; its tiles, export and the stacking of its segmentation onto the
+    full-res input in :meth:`run_tiles`), with one tile count for both stages' events.
     """
 
     def __init__(
@@ -102,11 +113,12 @@ class Predictor:
         cancel: CancelToken | None = None,
     ) -> None:
         with cancellable(cancel):  # loading and converting stop between folds when ``cancel`` is set
-            self._load(model_dir, preset, device, folds, checkpoint_name, trust, nnunet_exact)
+            self._load(model_dir, preset, device, folds, checkpoint_name, trust, nnunet_exact, cancel)
 
     def _load(self, model_dir: Path | str, preset: Preset, device: str | torch.device, folds: list[str] | None,
-              checkpoint_name: str | None, trust: bool, nnunet_exact: bool) -> None:
+              checkpoint_name: str | None, trust: bool, nnunet_exact: bool, cancel: CancelToken | None) -> None:
         started = time.perf_counter()
+        requested_preset = preset
         self.nnunet_exact = nnunet_exact
         if nnunet_exact:
             if preset.backend == "openvino":
@@ -121,6 +133,13 @@ class Predictor:
             torch.backends.cudnn.benchmark = True  # fixed tile shapes: let cuDNN pick the fastest kernels once
         self.bundle = ModelBundle.load(model_dir, folds=folds, checkpoint_name=checkpoint_name, trust=trust,
                                        fold_count=preset.fold_count)
+        self.previous: Predictor | None = None
+        """A cascade's first stage (the ``3d_lowres`` sibling's predictor), else None."""
+        self._previous_cache = PreprocessCache()  # the first stage's input, kept only for callers that pass ``reuse``
+        if self.bundle.previous_stage_name is not None:
+            self.previous = Predictor(previous_stage_dir(self.bundle), requested_preset, device, folds,
+                                      checkpoint_name, trust, nnunet_exact, cancel)
+            check_pair(self.bundle, self.previous.bundle)
         self.reader = reader_name(self.bundle.plans)  # the image reader the model was trained with
         self.networks = [net.to(self.device) for net in self.bundle.build_networks()]
         spatial_axes = len(self.bundle.patch_size)
@@ -139,7 +158,8 @@ class Predictor:
             backend=self.backend.name,
         )
         self.load_seconds = time.perf_counter() - started
-        self.convert_seconds: float = getattr(self.backend, "convert_seconds", 0.0)
+        self.convert_seconds: float = getattr(self.backend, "convert_seconds", 0.0) + (
+            self.previous.convert_seconds if self.previous is not None else 0.0)
         """Of :attr:`load_seconds`, those spent converting models for the backend (0 for torch or when cached)."""
         self._runner: SlidingWindowRunner | None = None
         self._mapper: GridMapper | None = None
@@ -149,7 +169,7 @@ class Predictor:
     def check_input(self, volume: Volume) -> None:
         """Raise :class:`InputError` if ``volume`` cannot be segmented by this model."""
         source = volume.sources[0] if volume.sources else "input"
-        needed = self.bundle.num_input_channels
+        needed = self.bundle.image_channel_count  # a cascade's network also takes the one-hot first stage
         if volume.num_channels != needed:
             names = ", ".join(self.bundle.channel_names) or "?"
             raise InputError(source, f"has {volume.num_channels} channel(s) but the model needs {needed} ({names})")
@@ -166,6 +186,8 @@ class Predictor:
         runner = self._runner  # read once: the run thread clears it when the run ends
         if runner is not None:
             runner.prioritise(key)
+        if self.previous is not None:
+            self.previous.prioritise(key)
 
     def focus_on_slice(self, input_axis: int, index: int) -> None:
         """Run the tiles that show slice ``index`` of input axis ``input_axis`` (0 = z, 1 = y, 2 = x) first.
@@ -176,6 +198,8 @@ class Predictor:
         runner, mapper = self._runner, self._mapper
         if runner is not None and mapper is not None:
             runner.prioritise(mapper.slice_priority(input_axis, index))
+        if self.previous is not None:
+            self.previous.focus_on_slice(input_axis, index)
 
     def predict(
         self,
@@ -207,16 +231,24 @@ class Predictor:
         """The first half of :meth:`prepare`: raises :class:`InputError` for a volume this model cannot segment and
         :class:`OutOfMemoryError` (exit 3) for one that cannot fit in ``budget``, before any work."""
         self.check_input(volume)
+        first = None
+        if self.previous is not None:  # the full-res stage's image waits in host memory while the first runs
+            budget = budget or MemoryBudget.available_now(self.device)
+            waiting = self.bundle.image_channel_count * 4 * job_size(self.bundle, volume, 1).network_voxels
+            first = self.previous.plan_case(volume, replace(budget, host_bytes=budget.host_bytes - waiting))
         if self.nnunet_exact:
-            return PreparedCase(volume, plan=None, order=[])
+            return PreparedCase(volume, plan=None, order=[], previous=first)
         order = placements(self.device)
         plan = self.plan_memory(volume, order, budget)
-        return PreparedCase(volume, plan, order[plan.placement_index:], notes=list(plan.notes))
+        return PreparedCase(volume, plan, order[plan.placement_index:], notes=list(plan.notes), previous=first)
 
     def preprocess_case(self, case: PreparedCase, cancel: CancelToken | None = None,
                         reuse: PreprocessCache | None = None) -> PreparedCase:
         """The second half of :meth:`prepare`: the case's volume on the network grid (from ``reuse`` when it holds
         it), and the body mask when empty tiles are skipped; stops between slabs when ``cancel`` is set."""
+        if self.previous is not None and case.previous is not None:
+            self.previous.preprocess_case(case.previous, cancel, self._previous_cache if reuse is not None else None)
+            case.note_previous(self.previous.bundle.configuration_name)
         started = time.perf_counter()
         with cancellable(cancel):
             check_cancelled()
@@ -247,6 +279,14 @@ class Predictor:
         dropped). Uses this predictor's device and backend: one call at a time."""
         prepared = case.prepared
         assert prepared is not None, "preprocess_case first"
+        if self.previous is not None:
+            assert case.previous is not None
+            before = self.previous._events_per_run(case.previous)
+            total = before + self._events_per_run(case)
+            self._run_first_stage(case, counted_events(on_event, 0, total), cancel, provisional_labels)
+            on_event = counted_events(on_event, before, total)
+            prepared = case.prepared
+            assert prepared is not None
         started = time.perf_counter()
         if self.nnunet_exact:
             s = self.settings
@@ -258,6 +298,29 @@ class Predictor:
         case.timings["sliding_window"] = time.perf_counter() - started
         case.prepared, case.skip_tile = replace(prepared, data=torch.empty(0), nonzero=None), None
         record_peak(case.peaks, "sliding_window")
+
+    def _events_per_run(self, case: PreparedCase) -> int:
+        """The tile events :meth:`run_tiles` will report for ``case`` (``nnunet_exact`` runs each fold on its own)."""
+        tiles = case.tiles_to_run(self.bundle.patch_size, self.settings.tile_step)
+        return tiles * (len(self.networks) if self.nnunet_exact else 1)
+
+    def _run_first_stage(self, case: PreparedCase, on_event: EventHandler | None, cancel: CancelToken | None,
+                         provisional_labels: bool) -> None:
+        """A cascade's first stage: its tiles and export, then its segmentation stacked onto this stage's input
+        (:func:`~tilewise.engine.stages.previous_stage_input`); stops there when ``cancel`` is set."""
+        assert self.previous is not None and case.previous is not None and case.prepared is not None
+        first = case.previous
+        self.previous.run_tiles(first, on_event, cancel, provisional_labels)
+        labels, _ = self.previous._export(first, cancel, False)
+        case.note_previous(self.previous.bundle.configuration_name)
+        started = time.perf_counter()
+        with cancellable(cancel):
+            check_cancelled()
+            volume = case.volume
+            image = volume.array if reads_like_simpleitk(self.reader) else read_as_model(volume, self.reader)[0]
+            case.prepared = previous_stage_input(labels, image, case.prepared, self.bundle)
+            check_cancelled()
+        case.timings[f"{self.previous.bundle.configuration_name}:to_input"] = time.perf_counter() - started
 
     def _run_runner(self, case: PreparedCase, prepared: Preprocessed, on_event: EventHandler | None,
                     cancel: CancelToken | None, provisional_labels: bool) -> None:
@@ -287,6 +350,24 @@ class Predictor:
                with_probabilities: bool = False) -> Result:
         """The case's logits as labels in the volume's voxel order (and probabilities), and its :class:`Result`;
         when device memory runs out during export, it is done again on the host."""
+        started = time.perf_counter()
+        labels, probabilities = self._export(case, cancel, with_probabilities)
+        prepared = case.prepared
+        assert prepared is not None
+        if not reads_like_simpleitk(self.reader):  # back from the model reader's voxel order to the volume's
+            labels = labels_in_volume_order(labels, prepared.properties, self.reader, case.volume.shape)
+        case.timings["export"] = time.perf_counter() - started
+        record_peak(case.peaks, "export")
+        tiles, passes, skipped, notes = case.counts(self.previous.bundle.configuration_name if self.previous else "")
+        return Result(
+            labels=labels, geometry=case.volume.geometry, probabilities=probabilities, properties=prepared.properties,
+            timings={"load": self.load_seconds, "convert": self.convert_seconds, **case.timings}, tiles=tiles,
+            forward_passes=passes, tiles_skipped=skipped, notes=notes, peak_rss_mb=dict(case.peaks),
+        )
+
+    def _export(self, case: PreparedCase, cancel: CancelToken | None,
+                with_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """The case's labels (and probabilities) on the grid the model's reader returned (host fallback as above)."""
         prepared = case.prepared
         assert prepared is not None and case.logits is not None, "run_tiles first"
         started = time.perf_counter()
@@ -301,16 +382,9 @@ class Predictor:
                                                          case.plan.slab_bytes, cancel, self.device, case.notes)
         del logits
         free_device_memory(self.device)
-        if not reads_like_simpleitk(self.reader):  # back from the model reader's voxel order to the volume's
-            labels = labels_in_volume_order(labels, prepared.properties, self.reader, case.volume.shape)
         case.timings["export"] = time.perf_counter() - started
         record_peak(case.peaks, "export")
-        return Result(
-            labels=labels, geometry=case.volume.geometry, probabilities=probabilities, properties=prepared.properties,
-            timings={"load": self.load_seconds, "convert": self.convert_seconds, **case.timings}, tiles=case.tiles,
-            forward_passes=case.forward_passes, tiles_skipped=case.tiles_skipped, notes=list(case.notes),
-            peak_rss_mb=dict(case.peaks),
-        )
+        return labels, probabilities
 
     def plan_memory(self, volume: Volume, order: list[Placement] | None = None,
                     budget: MemoryBudget | None = None) -> MemoryPlan:
@@ -320,4 +394,7 @@ class Predictor:
         job = job_size(self.bundle, volume, self.settings.batch_size)
         pairs = [(p.device, p.dtype) for p in (order or placements(self.device))]
         budget = budget or MemoryBudget.available_now(self.device)
+        if self.previous is not None:  # the network takes the one-hot first stage too; its labels wait meanwhile
+            job = replace(job, channels=self.bundle.num_input_channels)
+            budget = replace(budget, host_bytes=budget.host_bytes - job.label_bytes * job.input_voxels)
         return plan_memory(job, self.device, pairs, budget.host_bytes, budget.device_bytes)

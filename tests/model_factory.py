@@ -49,6 +49,7 @@ __all__ = [
     "case_files",
     "make_untrusted_checkpoint",
     "nnunet_reference",
+    "nnunet_cascade_reference",
     "model_info",
     "default_spacing",
     "num_channels",
@@ -942,3 +943,41 @@ def nnunet_reference(model_dir: Path, image_files: list[Path], folds=(0,), step:
     with tempfile.TemporaryDirectory() as folder:  # what nnU-Net's file holds, in SimpleITK's voxel order
         reader.write_seg(np.asarray(seg), str(Path(folder) / "seg.nii.gz"), props)
         return sitk.GetArrayFromImage(sitk.ReadImage(str(Path(folder) / "seg.nii.gz")))
+
+
+def nnunet_cascade_reference(cascade_dir: Path, image_files: list[Path], folds=(0,), step: float = 0.5,
+                             mirroring: bool = True, float32_sums: bool = False,
+                             previous_stage: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """nnU-Net's own two-step cascade prediction of one case (CPU, in-process): ``nnUNetPredictor`` on the
+    ``3d_lowres`` sibling of ``cascade_dir``, its segmentation written with the plans' reader class and read back as
+    ``nnUNetv2_predict -prev_stage_predictions`` reads it, then ``nnUNetPredictor`` on ``cascade_dir`` with that
+    segmentation. Returns (low-res stage, cascade) label maps in the reader's voxel order (SimpleITK's for the
+    factory's models). ``float32_sums`` as in :func:`nnunet_reference`; ``previous_stage`` replaces the low-res
+    segmentation fed to the second step (to check that the cascade network reads it)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    cascade_dir = Path(cascade_dir)
+    configuration = json.loads((cascade_dir / "plans.json").read_text())["configurations"]
+    previous = configuration[cascade_dir.name.rsplit("__", 1)[1]]["previous_stage"]
+    lowres_dir = cascade_dir.parent / (cascade_dir.name.rsplit("__", 1)[0] + f"__{previous}")
+
+    def predictor(model_dir: Path) -> nnUNetPredictor:
+        created = nnUNetPredictor(tile_step_size=step, use_gaussian=True, use_mirroring=mirroring,
+                                  perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
+                                  verbose_preprocessing=False, allow_tqdm=False)
+        created.initialize_from_trained_model_folder(str(model_dir), tuple(folds))
+        return created
+
+    sums = _nnunet_with_float32_sums() if float32_sums else contextlib.nullcontext()
+    with _quiet(), sums, tempfile.TemporaryDirectory() as folder:
+        first = predictor(lowres_dir)
+        reader = first.plans_manager.image_reader_writer_class()
+        img, props = reader.read_images([str(f) for f in image_files])
+        lowres = np.asarray(first.predict_single_npy_array(img, props, None, None, False))
+        written = Path(folder) / f"case{first.dataset_json['file_ending']}"
+        reader.write_seg(lowres if previous_stage is None else previous_stage, str(written), props)
+        seg_from_file, _ = reader.read_seg(str(written))
+        second = predictor(cascade_dir)
+        img, props = reader.read_images([str(f) for f in image_files])
+        cascade = np.asarray(second.predict_single_npy_array(img, props, seg_from_file, None, False))
+    return lowres, cascade

@@ -54,9 +54,3 @@ def test_missing_fold_names_the_available_ones(ct_model: Path) -> None:
         ModelBundle.load(ct_model, folds=["3"])
     assert "available: 0" in str(caught.value)
 
-
-def test_cascade_is_refused_with_a_clear_message(model_root: Path) -> None:
-    cascade = model_factory.make_cascade_model(model_root)
-    with pytest.raises(ModelError) as caught:
-        ModelBundle.load(cascade)
-    assert "cascade" in str(caught.value) and "3d_lowres" in str(caught.value)

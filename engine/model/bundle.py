@@ -52,7 +52,8 @@ def resolve_model_dir(model_dir: Path | str) -> Path:
     return Path(model_dir).expanduser()
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A model folder's JSON file; :class:`ModelError` (one line) when it is missing or not JSON."""
     if not path.is_file():
         raise ModelError(path.parent, f"not an nnU-Net model folder ({path.name} is missing)")
     try:
@@ -64,7 +65,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 def dataset_channel_count(model_dir: Path | str) -> int:
     """Image channels per case that the model's dataset.json lists, read before any checkpoint is loaded."""
     path = resolve_model_dir(model_dir) / "dataset.json"
-    dataset_json = _read_json(path)
+    dataset_json = read_json(path)
     channels = dataset_json.get("channel_names") or dataset_json.get("modality") or {}
     if not channels:
         raise ModelError(path, "lists no channel_names")
@@ -133,8 +134,8 @@ class ModelBundle:
         path = resolve_model_dir(model_dir)
         if not path.is_dir():
             raise ModelError(path, "model folder not found")
-        dataset_json = _read_json(path / "dataset.json")
-        plans = _read_json(path / "plans.json")
+        dataset_json = read_json(path / "dataset.json")
+        plans = read_json(path / "plans.json")
         present = available_folds(path, checkpoint_name)
         if not present:
             wanted = checkpoint_name or " or ".join(CHECKPOINT_NAMES)
@@ -183,13 +184,6 @@ class ModelBundle:
             raise ModelError(self.path, f"configuration '{self.configuration_name}' is not in plans.json")
         if not self.trusted:
             check_named_objects(self.configuration_manager, self.plans_manager, self.path / "plans.json")
-        if self.configuration_manager.previous_stage_name is not None:
-            raise ModelError(
-                self.path,
-                f"'{self.configuration_name}' is a cascade stage that needs the "
-                f"'{self.configuration_manager.previous_stage_name}' prediction first; cascades are not supported, "
-                "use the 3d_fullres or 3d_lowres model instead",
-            )
 
     # ---- nnU-Net views of the plans -------------------------------------------------------------
     @property
@@ -223,6 +217,18 @@ class ModelBundle:
         )
 
         return int(determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json))
+
+    @property
+    def image_channel_count(self) -> int:
+        """Image channels per case (dataset.json's); a cascade stage's network also takes the previous stage's
+        one-hot segmentation (:attr:`num_input_channels` counts both)."""
+        return len(self.channel_names)
+
+    @property
+    def previous_stage_name(self) -> str | None:
+        """The configuration whose segmentation this cascade stage takes as input (e.g. '3d_lowres'), else None."""
+        previous = self.configuration_manager.previous_stage_name
+        return None if previous is None else str(previous)
 
     @property
     def channel_names(self) -> list[str]:
