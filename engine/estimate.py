@@ -193,8 +193,9 @@ def learn_from_run(costs: StageCosts, result: Result, fold_count: int, conversio
     a loaded model (its load timing is the earlier load's, so it teaches nothing)."""
     timings = result.timings
     learned = costs
-    if result.forward_passes > 0:
-        learned = replace(learned, seconds_per_pass=timings.get("sliding_window", 0.0) / result.forward_passes)
+    if result.forward_passes > 0:  # a cascade's passes count both stages, and so do its sliding-window seconds
+        window = sum(seconds for stage, seconds in timings.items() if stage.split(":")[-1] == "sliding_window")
+        learned = replace(learned, seconds_per_pass=window / result.forward_passes)
     if mvoxels > 0:
         learned = replace(learned, preprocess_per_mvoxel=Span.of(timings.get("preprocess", 0.0) / mvoxels),
                           export_per_mvoxel=Span.of(timings.get("export", 0.0) / mvoxels))

@@ -111,7 +111,13 @@ def guard_window_close(viewer: Any, may_close: Callable[[], bool]) -> Any:
     Exit): the close goes ahead only when it returns True. A close made by code after napari has already taken the
     window apart (``viewer.close()``) is never stopped. A bound method is held weakly (the window does not keep its
     owner alive; once the owner is gone, closes go ahead). Returns the event filter, which works while the caller
-    keeps it; None without a window."""
+    keeps it; None without a window.
+
+    File > Close Window and Exit call napari's ``close(confirm_need=True)``, which shows napari's own "Close
+    window?" question before any close event: that call asks ``may_close()`` first, and only when it returns True
+    does napari ask its own question (no unsaved edits: napari's behaviour is kept). When it returns False, the
+    caller closes the window later with :func:`close_window`, which then quits the application too if Exit asked.
+    """
     window = getattr(getattr(viewer, "window", None), "_qt_window", None)
     if window is None:
         return None
@@ -122,25 +128,45 @@ def guard_window_close(viewer: Any, may_close: Callable[[], bool]) -> Any:
     target = weakref.WeakMethod(may_close) if hasattr(may_close, "__self__") else (lambda: may_close)
 
     class _CloseFilter(QObject):  # holds nothing of the window's: napari's leak checks find no extra reference
+        quit_app = False
+        """True when the close that was held back was Exit: :func:`close_window` then quits as Exit does."""
+
         def eventFilter(self, watched: Any, event: Any) -> bool:  # Qt override
             if event.type() != QEvent.Close:
                 return False
             canvas, asked = getattr(watched, "_qt_viewer", None), target()
             if asked is None or canvas is None or canvas.isHidden() or not watched.isVisible() or asked():
                 return False
+            self.quit_app = False  # the title bar's close: the window only
             event.ignore()
             return True
 
     close_filter = _CloseFilter()  # no parent: it lives as long as the caller keeps it, and Qt drops it after
     window.installEventFilter(close_filter)
+    napari_close = type(window).close
+    held = weakref.ref(window)
+    held_filter = weakref.ref(close_filter)
+
+    def close(quit_app: bool = False, confirm_need: bool = False) -> Any:
+        """napari's ``close``, asking ``may_close()`` before napari's own question (File > Close Window, Exit)."""
+        shown, asked, guard = held(), target(), held_filter()
+        if shown is None:
+            return None
+        if confirm_need and asked is not None and guard is not None and shown.isVisible() and not asked():
+            guard.quit_app = quit_app
+            return None
+        return napari_close(shown, quit_app=quit_app, confirm_need=confirm_need)
+
+    window.close = close  # napari's menu actions look ``close`` up on the window
     return close_filter
 
 
-def close_window(viewer: Any) -> None:
-    """Close the window of ``viewer`` as napari's own close does, without napari asking again."""
+def close_window(viewer: Any, close_filter: Any = None) -> None:
+    """Close the window of ``viewer`` as napari's own close does, without napari asking again; quits the application
+    as well when the close that ``close_filter`` (from :func:`guard_window_close`) held back was Exit."""
     window = getattr(getattr(viewer, "window", None), "_qt_window", None)
     if window is not None:
-        window.close()
+        window.close(quit_app=bool(getattr(close_filter, "quit_app", False)))
 
 
 def window_is_open(viewer: Any) -> bool:

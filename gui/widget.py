@@ -70,7 +70,7 @@ class TilewiseWidget(QWidget):
         self.model_panel = ModelPanel(self.qsettings, demo_model if demo_model is not None else demo_model_dir())
         self.image_panel = ImagePanel(self.viewer, colour)
         self.settings_panel = SpeedPanel(self.qsettings)
-        self.estimates = RunTimeEstimates(self.qsettings, self.settings_panel.presets, self)
+        self.estimates = RunTimeEstimates(self.qsettings, self.settings_panel.presets, self.run.cache, self)
         self.run_panel = RunPanel(self.viewer)
         self.review = ReviewPanel()
         self.guard = UnsavedEditsGuard(self, self.viewer, self.results, partial(self.save_labels, None), self.saved,
@@ -106,6 +106,7 @@ class TilewiseWidget(QWidget):
         self.run.failed.connect(self._on_run_failed)
         self.review.follow(self.results)  # the review shows the result selected in napari, with its edits
         self.results.changed.connect(self._update_save_button)
+        self.results.run_image_removed.connect(self.cancel_run)
         self.files.opened.connect(self._on_image_opened)
         self.files.open_failed.connect(self._on_open_failed)
         self.files.saved.connect(self._on_saved)

@@ -2,8 +2,9 @@
 
 Opens the viewer as ``tilewise`` does (demo model, sample), waits for the preset estimates, runs the ``balanced``
 preset, and saves the window idle (``viewer_idle.png``), mid-run (``viewer_running.png``: tiles filling in,
-progress) and after the run (``viewer_done.png``: the review step with label volumes and Save). Needs a display: an X
-server or Xvfb.
+progress), after the run (``viewer_done.png``: the review step with label volumes and Save) and the result in the
+coronal view (``viewer_orientation_coronal.png``: the View buttons and the orientation letters). Needs a display: an
+X server or Xvfb.
 
 ``--size 1366x768 --suffix _1366x768`` makes the window that size instead (the smallest screen the dock is laid out
 for; with a window manager running, ``--maximized`` fills the screen as ``tilewise`` does, title bar included).
@@ -77,7 +78,12 @@ def main() -> int:
             print(f"the run ended: {outcome}", file=sys.stderr)
             app.exit(1)
             return
-        QTimer.singleShot(500, lambda: (save("viewer_done"), app.exit(0)))
+        QTimer.singleShot(500, coronal)
+
+    def coronal() -> None:
+        save("viewer_done")
+        widget.image_panel.view_buttons.buttons["coronal"].click()
+        QTimer.singleShot(500, lambda: (save("viewer_orientation_coronal"), app.exit(0)))
 
     def start() -> None:
         save("viewer_idle")

@@ -15,7 +15,7 @@ preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilew
 import model_factory
 from napari.layers import Labels
 from qtpy.QtCore import QSettings, Qt
-from qtpy.QtWidgets import QMessageBox
+from qtpy.QtWidgets import QApplication, QDialog, QMessageBox
 from tilewise.engine import read_volume
 from tilewise.gui import widget as widget_module
 from tilewise.gui.controllers import results as results_module
@@ -65,6 +65,30 @@ def gui(make_napari_viewer, qtbot, tmp_path: Path, dialogs, ct_model: Path):
     viewer.window._qt_window.setAttribute(Qt.WA_DeleteOnClose, False)
     yield viewer, widget, case
     widget.shutdown()
+
+
+@pytest.fixture
+def napari_asks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The titles of napari's own "Close window?" questions; each is answered Cancel."""
+    from napari._qt.dialogs.confirm_close_dialog import ConfirmCloseDialog
+
+    asked: list[str] = []
+
+    def exec_(dialog) -> int:
+        asked.append(dialog.windowTitle())
+        return QDialog.Rejected
+
+    monkeypatch.setattr(ConfirmCloseDialog, "exec_", exec_)
+    return asked
+
+
+def _menu_action(viewer, title: str):
+    """The File menu's action ``title`` ('Close Window', 'Exit'), made active as when the person picks it."""
+    window = viewer.window._qt_window
+    [action] = [a for a in viewer.window.file_menu.actions() if a.text().replace("&", "") == title]
+    window.activateWindow()  # napari's Close Window closes the active window
+    window.raise_()
+    return action
 
 
 def _shown_voxels(widget: TilewiseWidget) -> dict[int, str]:
@@ -160,37 +184,72 @@ def test_a_large_edit_is_counted_on_a_thread(gui, qtbot, monkeypatch: pytest.Mon
     assert count_labels(np.asarray(layer.data)) == {0: edited.size}
 
 
-def test_closing_the_window_with_unsaved_edits_asks(gui, qtbot, dialogs, tmp_path: Path) -> None:
+def test_closing_the_window_with_unsaved_edits_asks(gui, qtbot, dialogs, napari_asks, tmp_path: Path) -> None:
     viewer, widget, _ = gui
     layer = widget.result_layer
     layer.brush_size = 7
     layer.paint((20, 24, 28), 2)
     window = viewer.window._qt_window
+    close = _menu_action(viewer, "Close Window")
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=10_000)
 
     dialogs["answers"].append(QMessageBox.Cancel)
-    window.close()
+    close.trigger()  # File > Close Window
     [(title, text)] = dialogs["warning"]
     assert title == "Unsaved edits" and layer.name in text and "closing the window" in text
+    assert napari_asks == [], "ours is the only question"
     assert window.isVisible() and layer in viewer.layers and widget.results.has_unsaved_edits(layer)
+
+    dialogs["answers"].append(QMessageBox.Cancel)
+    _menu_action(viewer, "Exit").trigger()  # File > Exit asks the same, and Cancel keeps the window too
+    assert len(dialogs["warning"]) == 2 and napari_asks == [] and window.isVisible()
 
     dialogs["answers"].append(QMessageBox.Save)
     dialogs["paths"].append(tmp_path / "before_closing.nii.gz")
     edited = np.asarray(layer.data).copy()
     with qtbot.waitSignal(widget.saved, timeout=60_000):
-        window.close()
+        close.trigger()
     qtbot.waitUntil(lambda: not window.isVisible(), timeout=10_000)
-    assert len(dialogs["warning"]) == 2, "asked once; the close that follows the save asks nothing"
+    assert len(dialogs["warning"]) == 3, "asked once; the close that follows the save asks nothing"
+    assert napari_asks == []
     np.testing.assert_array_equal(read_volume(tmp_path / "before_closing.nii.gz").array[0], edited)
 
 
-def test_discard_closes_the_window_without_saving(gui, qtbot, dialogs, tmp_path: Path) -> None:
+def test_the_title_bars_close_with_unsaved_edits_asks_ours_only(gui, qtbot, dialogs, napari_asks) -> None:
+    from qtpy.QtGui import QCloseEvent
+
     viewer, widget, _ = gui
     widget.result_layer.paint((20, 24, 28), 2)
     window = viewer.window._qt_window
+    event = QCloseEvent()
+    event.spontaneous = lambda: True  # as the window manager's close arrives  # noqa: E731
+    dialogs["answers"].append(QMessageBox.Cancel)
+    QApplication.sendEvent(window, event)
+    assert not event.isAccepted() and window.isVisible()
+    assert len(dialogs["warning"]) == 1 and napari_asks == []
+
+
+def test_without_unsaved_edits_napari_asks_as_before(gui, qtbot, dialogs, napari_asks) -> None:
+    viewer, _widget, _ = gui
+    window = viewer.window._qt_window
+    close = _menu_action(viewer, "Close Window")
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=10_000)
+    close.trigger()
+    assert napari_asks == ["Close Window?"] and dialogs["warning"] == []
+    assert window.isVisible(), "napari's question was answered Cancel"
+
+
+def test_discard_closes_the_window_without_saving(gui, qtbot, dialogs, napari_asks, tmp_path: Path) -> None:
+    viewer, widget, _ = gui
+    widget.result_layer.paint((20, 24, 28), 2)
+    window = viewer.window._qt_window
+    close = _menu_action(viewer, "Close Window")
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=10_000)
     dialogs["answers"].append(QMessageBox.Discard)
-    window.close()
+    close.trigger()
     qtbot.waitUntil(lambda: not window.isVisible(), timeout=10_000)
-    assert len(dialogs["warning"]) == 1 and not list(tmp_path.rglob("*segmentation*"))
+    assert len(dialogs["warning"]) == 1 and napari_asks == []
+    assert not list(tmp_path.rglob("*segmentation*"))
 
 
 def test_removing_an_edited_result_asks_and_cancel_puts_it_back(gui, qtbot, dialogs, tmp_path: Path) -> None:

@@ -146,3 +146,24 @@ def test_review_show_hide_and_save_follow_the_selected_result(gui, qtbot, tmp_pa
     assert not widget.save_button.isEnabled() and widget.result_layer is None
     viewer.layers.selection.active = image_a
     assert review.layer is result_a and widget.save_button.isEnabled()
+
+
+def test_removing_the_image_during_its_run_cancels_the_run_and_leaves_no_result(gui, qtbot, tmp_path: Path) -> None:
+    viewer, widget = gui
+    image = _open(qtbot, widget, model_factory.make_case(tmp_path / "ct_0000.nii.gz", "3d", shape=(64, 80, 72),
+                                                          seed=5))
+    removed: list[bool] = []
+
+    def remove_at_first_tile(worker) -> None:
+        def on_tile(_event) -> None:
+            if not removed:
+                removed.append(True)
+                viewer.layers.remove(image)
+        worker.tile.connect(on_tile, Qt.QueuedConnection)
+
+    widget.run_started.connect(remove_at_first_tile)
+    assert _run(qtbot, widget, "reference") == "cancelled"
+    assert removed and image not in viewer.layers
+    assert _labels(viewer) == [], "neither the preview nor a result is left without its image"
+    assert widget.results.result_of(image) is None and widget.results.results_of(image) == []
+    assert not widget.results.any_results() and widget.result_layer is None

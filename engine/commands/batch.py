@@ -3,19 +3,22 @@
 Finished cases are skipped (without loading the model when nothing is left to do), a failing case is recorded
 with its reason while the others run, and Ctrl-C stops at once, keeping the finished outputs and leaving nothing
 half-written. ``OUT_DIR/batch_summary.json`` lists every case. Exit status: 0 when every case succeeded (or was
-finished earlier), 3 when some failed, 130 when interrupted.
+finished earlier), 3 when some failed, 130 when interrupted. With ``--ray`` the cases run on Ray actors instead
+(:mod:`tilewise.engine.distributed`), with the same skipping, records, summary and exit status.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..data.safe_output import refuse_overwriting_inputs
 from ..errors import InputError
 from ..events import CancelToken
-from ..model.bundle import dataset_channel_count
+from ..model.bundle import dataset_channel_count, resolve_model_dir
 from ..predictor import Predictor
+from ..presets import Preset
 from ..runtime.devices import describe_device
 from ..runtime.memory import peak_rss_bytes
 from ..stages import MemoryBudget
@@ -47,15 +50,19 @@ def _header(args: argparse.Namespace, predictor: Predictor | None) -> dict:
                     "model": str(args.model), "preset": args.preset, "part_id": args.part_id,
                     "num_parts": args.num_parts, "workers": args.workers, "started": now_iso()}
     if predictor is not None:
-        settings = predictor.settings
-        header.update({
-            "model": str(predictor.bundle.path), "configuration": predictor.bundle.configuration_name,
+        header.update(predictor_header(predictor))
+    return header
+
+
+def predictor_header(predictor: Predictor) -> dict:
+    """The summary header's fields of a loaded predictor: model, settings, device, backend, load times."""
+    settings = predictor.settings
+    return {"model": str(predictor.bundle.path), "configuration": predictor.bundle.configuration_name,
             "folds": settings.folds, "mirror_axes": list(settings.mirror_axes), "tile_step": settings.tile_step,
             "precision": settings.precision, "batch_size": settings.batch_size, "device": str(settings.device),
             "device_name": describe_device(settings.device), "backend": predictor.backend.describe(),
             "nnunet_exact": predictor.nnunet_exact, "load_s": round(predictor.load_seconds, 3),
-            "convert_s": round(predictor.convert_seconds, 3)})
-    return header
+            "convert_s": round(predictor.convert_seconds, 3)}
 
 
 def _plan(args: argparse.Namespace) -> tuple[list[BatchCase], Path]:
@@ -73,6 +80,12 @@ def run_batch(args: argparse.Namespace) -> int:
     preset = preset_from_args(args)
     if args.workers < 1:
         raise InputError("--workers", f"must be 1 or more (got {args.workers})")
+    if args.ray is not None:  # actors run in other folders, maybe on other machines: every path absolute
+        from ..distributed.cluster import import_ray
+
+        import_ray()  # without the extra, say so before anything else
+        args.input, args.output = args.input.resolve(), args.output.resolve()
+        args.model = str(resolve_model_dir(args.model).resolve())
     cases, path = _plan(args)
     earlier = earlier_records(path)
     todo = [case for case in cases if args.overwrite or not is_finished(case.case, args.save_probabilities)]
@@ -80,7 +93,7 @@ def run_batch(args: argparse.Namespace) -> int:
     skipped = [skipped_record(case, args.save_probabilities, earlier.get(case.name))
                for case in cases if case.name not in running]
     predictor = None
-    if todo:  # a run over a finished folder loads no model
+    if todo and args.ray is None:  # a run over a finished folder loads no model
         predictor = Predictor(args.model, preset, device=args.device, folds=args.folds,
                               checkpoint_name=args.checkpoint, trust=args.trust_model,
                               nnunet_exact=args.nnunet_exact)
@@ -92,7 +105,9 @@ def run_batch(args: argparse.Namespace) -> int:
               f"{args.workers} worker(s)", file=sys.stderr)
     interrupted = False
     if predictor is not None:
-        interrupted = _run(args, predictor, todo, summary)
+        interrupted = _run_here(args, predictor, todo, summary)
+    elif todo:
+        interrupted = _run_on_ray(args, preset, todo, summary, len(cases))
     summary.save(finished=not interrupted, peak_rss_mb=_peak_mb())
     failed, done = summary.count(FAILED), len(todo) - summary.count(FAILED) - summary.count(INTERRUPTED)
     if not args.quiet:
@@ -104,25 +119,55 @@ def run_batch(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if failed else 0
 
 
-def _run(args: argparse.Namespace, predictor: Predictor, todo: list[BatchCase], summary: BatchSummary) -> bool:
-    """Run ``todo`` through the pipeline into ``summary``; True when Ctrl-C stopped it."""
+def _run_here(args: argparse.Namespace, predictor: Predictor, todo: list[BatchCase], summary: BatchSummary) -> bool:
+    """Run ``todo`` through the pipeline in this process into ``summary``; True when Ctrl-C stopped it."""
     stages = CaseStages(predictor, MemoryBudget.available_now(predictor.device), args.save_probabilities)
     cancel = CancelToken()
     pipeline = BatchPipeline(stages, args.workers, cancel, this_worker())
+
+    def stop() -> list[CaseRecord]:
+        cancel.cancel()
+        return pipeline.join()
+
+    return _collect(args, todo, summary, pipeline.run(todo), stop)
+
+
+def _run_on_ray(args: argparse.Namespace, preset: Preset, todo: list[BatchCase], summary: BatchSummary,
+                total: int) -> bool:
+    """Run ``todo`` on Ray actors into ``summary``; True when Ctrl-C stopped it."""
+    from ..distributed.driver import (
+        start_ray_batch,  # Ray only when asked for: it is an optional extra
+    )
+
+    batch = start_ray_batch(args, preset)
+    try:
+        summary.header["ray"] = batch.describe()
+        if args.verbose and not args.quiet:
+            print(f"tilewise: {len(todo)} of {total} case(s) to run on Ray at {batch.connection.address}: "
+                  f"{batch.plan.describe()}", file=sys.stderr)
+        return _collect(args, todo, summary, batch.run(todo), batch.stop)
+    finally:
+        summary.header.update(batch.model_info)
+        batch.close()
+
+
+def _collect(args: argparse.Namespace, todo: list[BatchCase], summary: BatchSummary, records: Iterator[CaseRecord],
+             stop: Callable[[], list[CaseRecord]]) -> bool:
+    """Add ``records`` to ``summary`` with the progress bar; on Ctrl-C, ``stop()`` and add the records it returns,
+    and mark every case without a record interrupted. True when interrupted."""
     bar = not args.disable_progress_bar and sys.stderr.isatty()
     progress = BatchProgress(len(todo), bar, args.quiet, args.verbose)
     seen: set[str] = set()
     interrupted = False
     try:
-        for record in pipeline.run(todo):
+        for record in records:
             seen.add(record.case)
             summary.add(record)
             progress.update(record)
     except KeyboardInterrupt:
         interrupted = True
-        cancel.cancel()
         progress.write("tilewise: interrupted; finishing the file being written, nothing half-written is kept")
-        for record in pipeline.join():
+        for record in stop():
             seen.add(record.case)
             summary.add(record)
     finally:

@@ -49,6 +49,8 @@ class CaseRecord:
     notes: list[str] = field(default_factory=list)
     earlier: dict[str, Any] | None = None
     """For a skipped case: the record of the run that wrote its outputs, from the summary that run left."""
+    retries: list[str] = field(default_factory=list)
+    """With ``--ray``: each earlier attempt that ended with its actor dying (when, which actor, why)."""
 
     @classmethod
     def for_case(cls, case: BatchCase, status: str, with_probabilities: bool, reason: str | None = None) -> CaseRecord:

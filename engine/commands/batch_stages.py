@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..data.cases import Case
 from ..data.readers import read_volume
-from ..data.writers import write_labels, write_probabilities
+from ..data.writers import write_probabilities
 from ..events import CancelToken
 from ..predictor import Predictor, Result
 from ..stages import MemoryBudget, PreparedCase
+from .options import write_case_labels
 
 
 @dataclass
@@ -32,6 +34,8 @@ class InFlight:
     planned_peaks: tuple[int, int] = (0, 0)
     """The planned (host, device) peak in bytes, for admission to the pipeline and release from it."""
     timings: dict[str, float] = field(default_factory=dict)
+    dicom_files: tuple[Path, ...] = ()
+    """The case's DICOM files (empty for other inputs), kept past the export for a DICOM SEG or RTSTRUCT output."""
 
 
 class CaseStages:
@@ -52,6 +56,7 @@ class CaseStages:
         started = time.perf_counter()
         item.prepared = self.predictor.plan_case(read_volume(list(item.case.inputs)), self.budget)
         item.planned_peaks = item.prepared.planned_peaks
+        item.dicom_files = item.prepared.volume.dicom_files
         item.timings["read"] = time.perf_counter() - started
 
     def preprocess(self, item: InFlight, cancel: CancelToken | None) -> None:
@@ -75,7 +80,7 @@ class CaseStages:
         """Write the labels (and nnU-Net's probability files) as ``tilewise predict`` does, each file atomically."""
         assert item.result is not None
         started = time.perf_counter()
-        write_labels(item.result.labels, item.result.geometry, item.case.output)
+        write_case_labels(self.predictor, item.result.labels, item.result.geometry, item.dicom_files, item.case.output)
         if self.with_probabilities and item.result.probabilities is not None:
             write_probabilities(item.result.probabilities, item.result.properties, item.case.output_truncated)
         item.timings["write"] = time.perf_counter() - started

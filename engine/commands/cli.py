@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import OutOfMemoryError, TilewiseError
 from ..runtime.allocator import keep_freed_host_memory
 from ..runtime.memory import is_out_of_memory
-from .options import add_run_options
+from .options import add_output_type_option, add_run_options
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -26,9 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="segment images with an nnU-Net model")
     predict.add_argument("-i", dest="input", required=True, help="image file, folder of nnU-Net-named cases (case_0000.nii.gz) or DICOM folder")
-    predict.add_argument("-o", dest="output", required=True, help="output folder (same case names and file type as the input)")
+    predict.add_argument("-o", dest="output", required=True, help="output folder (same case names and file type as the input, or see --output-type)")
     predict.add_argument("--channels", nargs="+", type=Path, default=None, help="explicit channel files of one case, in channel order")
+    predict.add_argument("--series-uid", dest="series_uid", nargs="+", default=None, metavar="UID", help="the DICOM series to read (default: the largest image series); several UIDs: each DICOM input holds one")
     add_run_options(predict)
+    add_output_type_option(predict)
     predict.add_argument("--save_probabilities", action="store_true", help="also write <case>.npz/.pkl as nnU-Net does")
     predict.add_argument("--continue_prediction", action="store_true", help="skip cases whose output already exists")
     predict.add_argument("--report", type=Path, default=None, help="write a JSON report (settings, per-stage timings) to this file")

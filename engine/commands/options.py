@@ -1,12 +1,32 @@
-"""What the sub-commands share: the model and speed flags (nnU-Net's names), presets from flags, JSON reports."""
+"""What the sub-commands share: the model and speed flags (nnU-Net's names), presets from flags, the output type
+(and writing each case's labels in it), JSON reports."""
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
+
+from ..data.cases import Case
+from ..data.dicom_source import DicomSource, require_dicom_extra
+from ..data.readers import image_suffix
 from ..data.safe_output import atomic_output
+from ..data.volume import Geometry
+from ..data.writers import write_labels
+from ..errors import InputError
 from ..presets import Preset, get_preset
+
+if TYPE_CHECKING:
+    from ..data.dicom_seg import AlgorithmInfo
+    from ..predictor import Predictor
+
+OUTPUT_SUFFIXES: dict[str, str] = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "dicom-seg": "_seg.dcm",
+                                   "dicom-rtstruct": "_rtstruct.dcm"}
+"""What ``--output-type`` appends to a case's name; 'same' (the default) keeps the input's file type."""
+DICOM_OUTPUTS: tuple[str, ...] = ("dicom-seg", "dicom-rtstruct")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +56,61 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
         backend=args.backend,
         skip_empty_tiles=args.skip_empty_tiles,
     )
+
+
+def add_output_type_option(parser: argparse.ArgumentParser) -> None:
+    """``--output-type``, shared by ``predict`` and ``batch``."""
+    parser.add_argument(
+        "--output-type", dest="output_type", choices=("same", *OUTPUT_SUFFIXES), default="same",
+        help="label file type: same (the input's; NIfTI for DICOM), nifti, nrrd, mha, or for a DICOM series input "
+             "dicom-seg (<case>_seg.dcm, a DICOM Segmentation) or dicom-rtstruct (<case>_rtstruct.dcm, RT "
+             "contours); the DICOM types need: pip install \"tilewise[dicom]\"")
+
+
+def with_output_type(cases: list[Case], output_type: str) -> list[Case]:
+    """``cases`` with their outputs renamed for ``output_type`` ('same' leaves them as they are).
+
+    Raises, before any work, :class:`InputError` for a DICOM output type and a case that is not one DICOM series
+    folder, and :class:`TilewiseError` when the ``dicom`` extra is not installed.
+    """
+    if output_type == "same":
+        return cases
+    if output_type in DICOM_OUTPUTS:
+        for case in cases:
+            if len(case.inputs) != 1 or image_suffix(case.inputs[0]) is not None:
+                raise InputError(case.inputs[0], f"--output-type {output_type} needs a DICOM input (a DICOM series "
+                                                 "folder); this case is a NIfTI, NRRD or MetaImage file")
+        require_dicom_extra(output_type)
+    suffix = OUTPUT_SUFFIXES[output_type]
+    return [replace(case, output=case.output.with_name(case.name + suffix)) for case in cases]
+
+
+def algorithm_of(predictor: Predictor) -> AlgorithmInfo:
+    """The model, folds and preset of ``predictor`` as a DICOM output records them."""
+    from ..data.dicom_seg import AlgorithmInfo
+
+    bundle = predictor.bundle
+    return AlgorithmInfo(model_name=f"{bundle.dataset_name} {bundle.configuration_name}",
+                         folds=tuple(str(f) for f in predictor.settings.folds), preset=predictor.preset.name)
+
+
+def write_case_labels(predictor: Predictor, labels: np.ndarray, geometry: Geometry, dicom_files: tuple[Path, ...],
+                      path: Path) -> None:
+    """Write one case's labels at ``path`` in the type its name says (see :func:`with_output_type`), atomically:
+    ``*_seg.dcm`` a DICOM SEG and ``*_rtstruct.dcm`` an RTSTRUCT referencing ``dicom_files``, else an image file."""
+    name = path.name
+    if not name.endswith(tuple(OUTPUT_SUFFIXES[t] for t in DICOM_OUTPUTS)):
+        write_labels(labels, geometry, path)
+        return
+    source = DicomSource(geometry, dicom_files)
+    if name.endswith(OUTPUT_SUFFIXES["dicom-seg"]):
+        from ..data.dicom_seg import write_dicom_seg
+
+        write_dicom_seg(labels, source, predictor.bundle.label_names, path, algorithm_of(predictor))
+    else:
+        from ..data.rtstruct import write_rtstruct
+
+        write_rtstruct(labels, source, predictor.bundle.label_names, path, algorithm_of(predictor))
 
 
 def write_json(path: Path, payload: dict) -> None:

@@ -10,13 +10,13 @@ from typing import Any
 from ..data.cases import collect_cases, planned_outputs
 from ..data.readers import read_volume
 from ..data.safe_output import refuse_overwriting_inputs
-from ..data.writers import write_labels, write_probabilities
+from ..data.writers import write_probabilities
 from ..events import TileEvent
 from ..model.bundle import dataset_channel_count
 from ..predictor import Predictor
 from ..runtime.devices import describe_device
 from ..runtime.memory import peak_rss_bytes
-from .options import preset_from_args, write_json
+from .options import preset_from_args, with_output_type, write_case_labels, write_json
 
 
 class _Progress:
@@ -50,6 +50,7 @@ def run_predict(args: argparse.Namespace) -> int:
     output_dir = Path(args.output)
     # Cases and their outputs first: a job that would write over one of its inputs is refused before any work.
     cases = collect_cases(Path(args.input), output_dir, dataset_channel_count(args.model), args.channels)
+    cases = with_output_type(cases, args.output_type)
     refuse_overwriting_inputs(planned_outputs(cases, args.save_probabilities, args.report),
                               [path for case in cases for path in case.inputs])
     predictor = Predictor(args.model, preset, device=args.device, folds=args.folds,
@@ -76,7 +77,7 @@ def run_predict(args: argparse.Namespace) -> int:
         finally:
             progress.close()
         write_started = time.perf_counter()
-        write_labels(result.labels, volume.geometry, case.output)
+        write_case_labels(predictor, result.labels, volume.geometry, volume.dicom_files, case.output)
         if args.save_probabilities and result.probabilities is not None:
             write_probabilities(result.probabilities, result.properties, case.output_truncated)
         timings = {"read": read_seconds, **{k: v for k, v in result.timings.items() if k not in ("load", "convert")},

@@ -35,7 +35,7 @@ from tilewise.engine.estimate import (
 from tilewise.engine.model.catalog import ModelInfo
 
 from ..geometry import geometry_from_layer
-from .worker import RunChoice, RunRequest
+from .worker import PredictorCache, RunChoice, RunRequest, predictor_key
 
 SETTINGS_GROUP = "estimates"
 _ACTIVE: set[PassTimer] = set()
@@ -207,9 +207,12 @@ class RunTimeEstimates(QObject):
     """The estimates per preset name ({name: Estimate}), the estimate for the chosen settings (or None), and a
     status to show instead of it ('' when there is nothing to say)."""
 
-    def __init__(self, settings: QSettings, presets: dict[str, Preset], parent: QObject | None = None) -> None:
+    def __init__(self, settings: QSettings, presets: dict[str, Preset], cache: PredictorCache,
+                 parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.presets = presets
+        self.cache = cache
+        """The runs' predictor cache: an estimate leaves out loading the model exactly when it holds the model."""
         self.book = EstimateBook(settings)
         self.timer: PassTimer | None = None
         self._failed: set[tuple[str, str]] = set()
@@ -219,7 +222,6 @@ class RunTimeEstimates(QObject):
         """The estimate for the chosen settings (None when none is shown)."""
         self.cached: dict[tuple[str, str], dict[str, frozenset[str]] | None] = {}
         """Per (model, target): the folds OpenVINO has cached per precision (None: the target converts nothing)."""
-        self._loaded: tuple[Any, ...] | None = None
         self._closed = False
         self._timer_started = 0.0
         self._timings: list[tuple[float, float, Path, str, tuple[str, ...]]] = []
@@ -245,12 +247,6 @@ class RunTimeEstimates(QObject):
             self._extent = nonzero_extent([layer.data for layer in layers]) if len(shapes) == 1 else ()
             self._extent_key = key
         return self._extent
-
-    @staticmethod
-    def _run_key(model_dir: Path, preset: Preset, device: str, folds: tuple[str, ...], trust: bool,
-                 exact: bool) -> tuple[Any, ...]:
-        """What decides whether the viewer can reuse its loaded model (as its predictor cache decides)."""
-        return (str(model_dir), preset, device, folds, trust, exact)
 
     def _pending(self, model_dir: Path, target: str, precision: str, folds: tuple[str, ...]) -> int:
         """How many of ``folds`` OpenVINO has still to convert at ``precision``."""
@@ -288,21 +284,23 @@ class RunTimeEstimates(QObject):
             self.changed.emit({}, None, "")
             return
 
-        def estimate(preset: Preset, folds: tuple[str, ...], exact: bool = False) -> Estimate:
+        def estimate(preset: Preset, folds: tuple[str, ...], requested: tuple[str, ...] | None) -> Estimate:
+            """``folds`` run; ``requested`` is what the run's request names (None: the preset's own)."""
             costs = self.book.costs(model.path, target, preset.precision)
             assert costs is not None  # every precision was timed (``missing`` is empty)
-            loaded = self._run_key(model.path, preset, choice.device, folds, trusted, exact) == self._loaded
+            loaded = self.cache.holds(predictor_key(model.path, preset, choice.device, requested, trusted, False))
             conversions = self._pending(model.path, target, preset.precision, folds)
             return estimate_run(grid, preset, len(folds), shape_zyx, spacing_zyx, costs, conversions, loaded)
 
         backend = choice.preset.backend
         for preset in self.presets.values():
             preset = preset.with_overrides(backend=backend)
-            self.shown[preset.name] = estimate(preset, _folds_of(model, preset))
+            folds = _folds_of(model, preset)  # the speed panel ticks the preset's folds when it is chosen
+            self.shown[preset.name] = estimate(preset, folds, folds if model.folds else None)
         if choice.nnunet_exact:
             self.changed.emit(dict(self.shown), None, EXACT_TEXT)
             return
-        self.chosen = estimate(choice.preset, _folds_of(model, choice.preset, choice.folds))
+        self.chosen = estimate(choice.preset, _folds_of(model, choice.preset, choice.folds), choice.folds)
         self.changed.emit(dict(self.shown), self.chosen, "")
 
     def learn(self, request: RunRequest, result: Result) -> None:
@@ -312,9 +310,7 @@ class RunTimeEstimates(QObject):
         target = target_key(request.device, request.preset.backend)
         folds = tuple(request.folds) if request.folds else (
             _folds_of(model, request.preset) if model is not None and model.path == request.model_dir else ())
-        key = self._run_key(request.model_dir, request.preset, request.device, folds, request.trust,
-                            request.nnunet_exact)
-        loaded, self._loaded = key == self._loaded, key
+        loaded = self.cache.reused  # the run started with the model loaded: its load timing is an earlier one's
         conversions = 0 if request.nnunet_exact else self._pending(request.model_dir, target,
                                                                    request.preset.precision, folds)
         cached = self.cached.get((str(request.model_dir), target))

@@ -77,6 +77,7 @@ class ResultsController(QObject):
     edits_changed = Signal(object)     # a result whose unsaved-edits state changed
     notice = Signal(str)               # a sentence for the person: where a result went
     removal_needs_answer = Signal(object, int, list)  # layer removed, its index, the results whose edits it would lose
+    run_image_removed = Signal()       # the image of the run going on was removed: cancel the run
 
     def __init__(self, viewer: Any, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -151,6 +152,9 @@ class ResultsController(QObject):
         if self._run is None:
             return
         image, _preview = self._run
+        if image not in self.viewer.layers:  # the image went while its run finished: so does the result
+            self._remove_quietly([result])
+            return
         previous = self._current.get(image)
         self._hidden_for_run = None
         if previous is not None and previous is not result:
@@ -329,7 +333,7 @@ class ResultsController(QObject):
                 self.removal_needs_answer.emit(layer, event.index, [layer])
                 return
             self._forget(layer)
-        elif self.results_of(layer):
+        elif self.results_of(layer) or (self._run is not None and self._run[0] is layer):
             edited = [result for result in self.results_of(layer) if self.has_unsaved_edits(result)]
             if edited:
                 self.removal_needs_answer.emit(layer, event.index, edited)
@@ -338,6 +342,8 @@ class ResultsController(QObject):
         self.changed.emit()
 
     def _remove_image_results(self, image: Any) -> None:
+        if self._run is not None and self._run[0] is image:
+            self.run_image_removed.emit()  # its run stops; its labels would have no image to belong to
         results = self.results_of(image)
         self._current.pop(image, None)
         if results:

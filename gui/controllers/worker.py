@@ -59,8 +59,15 @@ class RunRequest:
 
     @property
     def predictor_key(self) -> tuple[Any, ...]:
-        """Runs with the same key can share one loaded :class:`Predictor`."""
-        return (str(self.model_dir), self.preset, self.device, self.folds, self.trust, self.nnunet_exact)
+        """Runs with the same key can share one loaded :class:`Predictor` (see :func:`predictor_key`)."""
+        return predictor_key(self.model_dir, self.preset, self.device, self.folds, self.trust, self.nnunet_exact)
+
+
+def predictor_key(model_dir: Path, preset: Preset, device: str, folds: tuple[str, ...] | None, trust: bool,
+                  nnunet_exact: bool) -> tuple[Any, ...]:
+    """What decides whether a loaded :class:`Predictor` serves a run: the one key the :class:`PredictorCache` and the
+    time estimates both use, so an estimate leaves out the load exactly when the cache holds the model."""
+    return (str(model_dir), preset, device, tuple(folds) if folds else None, trust, nnunet_exact)
 
 
 class PredictorCache:
@@ -71,6 +78,8 @@ class PredictorCache:
         self._lock = threading.Lock()
         self._key: tuple[Any, ...] | None = None
         self._predictor: Predictor | None = None
+        self.reused = False
+        """Whether the last :meth:`get` served the model it held (no load), for learning from that run."""
         self.prepared = PreprocessCache()
         """One preprocessed input; keyed by the image's voxels, the model and how it preprocesses (engine side)."""
 
@@ -78,7 +87,8 @@ class PredictorCache:
         """The cached predictor for ``request``, loading it (on the calling thread) when the key changed; ``cancel``
         stops a load between folds."""
         with self._lock:
-            if self._key == request.predictor_key and self._predictor is not None:
+            self.reused = self._key == request.predictor_key and self._predictor is not None
+            if self.reused:
                 return self._predictor
             self._key, self._predictor = None, None  # free the old model before loading the next one
             predictor = Predictor(request.model_dir, request.preset, device=request.device,
@@ -86,6 +96,12 @@ class PredictorCache:
                                   nnunet_exact=request.nnunet_exact, cancel=cancel)
             self._key, self._predictor = request.predictor_key, predictor
             return predictor
+
+    def holds(self, key: tuple[Any, ...]) -> bool:
+        """True when the model for :func:`predictor_key` ``key`` is loaded: a run with that key starts without
+        loading. Any thread; no lock (a load holds it for seconds): the key is set only once its model has loaded,
+        and is None while one loads or after a load was cancelled."""
+        return key == self._key
 
     def clear(self) -> None:
         """Drop the cached model (the preprocessed image stays: how a model preprocesses does not depend on trust)."""

@@ -71,7 +71,7 @@ class UnsavedEditsGuard(QObject):
 
     def _close(self) -> None:
         self._before_close()
-        _compat.close_window(self.viewer)
+        _compat.close_window(self.viewer, self._close_filter)
 
     # ---- removing layers ------------------------------------------------------------------------
     def _on_removal(self, layer: Any, index: int, edited: list[Any]) -> None:
