@@ -1,0 +1,243 @@
+"""DICOM outputs: ``--output-type dicom-seg`` and ``dicom-rtstruct`` of ``tilewise predict`` (and ``batch``) on a
+DICOM series written with SimpleITK, read back with highdicom, pydicom and rt-utils and compared with the NIfTI
+output of the same run, voxel for voxel (SEG) and by Dice (RTSTRUCT contours)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.uid import generate_uid
+from rt_utils import RTStructBuilder
+from tilewise.engine.commands.cli import main
+from tilewise.engine.data.dicom_seg import AlgorithmInfo, write_dicom_seg
+from tilewise.engine.data.dicom_source import DicomSource
+from tilewise.engine.data.label_colors import label_rgb
+from tilewise.engine.data.readers import read_volume
+from tilewise.engine.data.rtstruct import write_rtstruct
+from tilewise.engine.errors import InputError
+
+SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "demo" / "sample_t1.nii.gz"
+FAST = ("-m", "demo", "--preset", "preview", "-device", "cpu", "--backend", "torch")  # no OpenVINO conversion
+NAMES = {1: "grey_matter", 2: "white_matter", 3: "csf"}  # the demo model's dataset.json
+TYPES = {1: "Gray Matter", 2: "White Matter", 3: "Cerebrospinal Fluid"}
+
+
+def write_ct_series(image: sitk.Image, folder: Path) -> None:
+    """``image`` as a CT Image Storage series, one file per slice; files named against the slice order (the last
+    slice is 'a000.dcm') so that nothing can rely on file names."""
+    folder.mkdir(parents=True)
+    image = sitk.Cast(image, sitk.sitkInt16)
+    d = image.GetDirection()
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        plane = image[:, :, k]
+        tags = {"0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0008|0018": generate_uid(), "0008|0060": "CT",
+                "0010|0010": "Test^Phantom", "0010|0020": "TW001", "0008|0020": "20261201", "0008|0030": "120000",
+                "0020|000d": study, "0020|000e": series, "0020|0052": frame, "0020|0010": "1", "0020|0011": "1",
+                "0020|0013": str(k + 1), "0018|0050": str(image.GetSpacing()[2]),
+                "0020|0037": "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
+                "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k)))}
+        for tag, value in tags.items():
+            plane.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"a{image.GetDepth() - 1 - k:03d}.dcm"))
+        writer.Execute(plane)
+
+
+def resampled_sample(size: tuple[int, int, int], spacing: tuple[float, float, float]) -> sitk.Image:
+    """The demo sample resampled onto ``size`` voxels of ``spacing`` mm around its centre (its own direction)."""
+    sample = sitk.ReadImage(str(SAMPLE))
+    grid = sitk.Image(list(size), sitk.sitkFloat32)
+    grid.SetSpacing(spacing)
+    grid.SetDirection(sample.GetDirection())
+    centre = np.array(sample.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in sample.GetSize()]))
+    offset = np.array(grid.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in size]))
+    grid.SetOrigin(tuple(centre - offset))
+    return sitk.Resample(sample, grid, sitk.Transform(), sitk.sitkLinear, 0.0)
+
+
+def run_cli(argv: list, capfd: pytest.CaptureFixture) -> tuple[int, str]:
+    """``tilewise argv`` in-process: (exit code, stderr)."""
+    capfd.readouterr()
+    code = main([str(a) for a in argv])
+    return code, capfd.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 64 x 64 x 24 series of the sample (3.5 mm pixels, 4 mm slices) segmented by the demo model three times:
+    NIfTI, DICOM SEG and RTSTRUCT output."""
+    root = tmp_path_factory.mktemp("dicom_out")
+    series = root / "brain"
+    write_ct_series(resampled_sample((64, 64, 24), (3.5, 3.5, 4.0)), series)
+    out = root / "out"
+    for output_type in ("same", "dicom-seg", "dicom-rtstruct"):
+        assert main(["predict", "-i", str(series), "-o", str(out), *FAST, "--output-type", output_type, "-q"]) == 0
+    nifti = sitk.ReadImage(str(out / "brain.nii.gz"))
+    sources = {}
+    for path in series.iterdir():
+        dataset = pydicom.dcmread(path)
+        sources[tuple(np.round(np.array(dataset.ImagePositionPatient, float), 3))] = dataset
+    # the source file of each NIfTI slice, found by its position (not by Tilewise's own file order)
+    by_slice = [sources[tuple(np.round(nifti.TransformIndexToPhysicalPoint((0, 0, k)), 3))]
+                for k in range(nifti.GetDepth())]
+    return {"series": series, "out": out, "labels": sitk.GetArrayFromImage(nifti), "by_slice": by_slice}
+
+
+def test_the_run_segments_every_label(run: dict) -> None:
+    assert set(np.unique(run["labels"])) == {0, 1, 2, 3}
+    assert sorted(p.name for p in run["out"].iterdir()) == ["brain.nii.gz", "brain_rtstruct.dcm", "brain_seg.dcm"]
+
+
+def test_seg_references_the_source_series_frame_by_frame(run: dict) -> None:
+    seg = pydicom.dcmread(run["out"] / "brain_seg.dcm")
+    first = run["by_slice"][0]
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7" and seg.Modality == "SEG"  # Label Map Segmentation
+    assert seg.SegmentationType == "LABELMAP"
+    assert seg.FrameOfReferenceUID == first.FrameOfReferenceUID
+    assert seg.StudyInstanceUID == first.StudyInstanceUID and seg.PatientID == first.PatientID
+    assert seg.SeriesInstanceUID != first.SeriesInstanceUID
+    referenced = seg.ReferencedSeriesSequence[0]
+    assert referenced.SeriesInstanceUID == first.SeriesInstanceUID
+    assert {i.ReferencedSOPInstanceUID for i in referenced.ReferencedInstanceSequence} == \
+        {d.SOPInstanceUID for d in run["by_slice"]}
+    by_uid = {d.SOPInstanceUID: d for d in run["by_slice"]}
+    assert 0 < seg.NumberOfFrames <= len(run["by_slice"])
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        position = np.array(frame.PlanePositionSequence[0].ImagePositionPatient, float)
+        np.testing.assert_allclose(position, np.array(by_uid[uid].ImagePositionPatient, float), atol=1e-3)
+
+
+def test_seg_frames_equal_the_nifti_labels_voxel_for_voxel(run: dict) -> None:
+    seg = hd.seg.segread(run["out"] / "brain_seg.dcm")
+    pixels = seg.get_pixels_by_source_instance([d.SOPInstanceUID for d in run["by_slice"]], combine_segments=True)
+    np.testing.assert_array_equal(pixels, run["labels"])
+
+
+def test_seg_segments_carry_names_colours_codes_and_the_algorithm(run: dict) -> None:
+    seg = hd.seg.segread(run["out"] / "brain_seg.dcm")
+    segments = {s.SegmentNumber: s for s in seg.SegmentSequence if s.SegmentNumber > 0}
+    assert sorted(segments) == [1, 2, 3]
+    version = metadata.version("tilewise")
+    for number, segment in segments.items():
+        assert segment.SegmentLabel == NAMES[number]
+        assert segment.SegmentedPropertyTypeCodeSequence[0].CodeMeaning == TYPES[number]
+        assert segment.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "SCT"
+        rgb = hd.color.CIELabColor.from_dicom_value(segment.RecommendedDisplayCIELabValue).to_rgb()
+        assert np.abs(np.array(rgb, int) - label_rgb(number)).max() <= 1
+        assert segment.SegmentAlgorithmType == "AUTOMATIC"
+        algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
+        assert algorithm.AlgorithmName == "TilewiseDemoBrain 3d_fullres"
+        assert algorithm.AlgorithmVersion == version
+        assert "folds=0" in algorithm.AlgorithmParameters and "preset=preview" in algorithm.AlgorithmParameters
+    assert seg.Manufacturer == "Tilewise" and seg.SoftwareVersions == f"Tilewise {version}"
+
+
+def test_rtstruct_contours_rasterise_back_to_the_labels(run: dict) -> None:
+    structure = RTStructBuilder.create_from(str(run["series"]), str(run["out"] / "brain_rtstruct.dcm"))
+    assert structure.ds.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID == \
+        run["by_slice"][0].FrameOfReferenceUID
+    assert structure.get_roi_names() == [NAMES[v] for v in (1, 2, 3)]
+    colours = {roi.ReferencedROINumber: [int(c) for c in roi.ROIDisplayColor]
+               for roi in structure.ds.ROIContourSequence}
+    assert [colours[n] for n in (1, 2, 3)] == [list(label_rgb(v)) for v in (1, 2, 3)]
+    order = {d.SOPInstanceUID: k for k, d in enumerate(run["by_slice"])}
+    slices = [order[d.SOPInstanceUID] for d in structure.series_data]  # rt-utils' slice i is NIfTI slice slices[i]
+    for value, name in NAMES.items():
+        mask = np.zeros_like(run["labels"], bool)
+        mask[slices] = np.moveaxis(structure.get_roi_mask_by_name(name), -1, 0)  # square: (rows, columns)
+        truth = run["labels"] == value
+        dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+        assert dice >= 0.95, (name, dice)
+
+
+def test_a_dicom_output_type_needs_a_dicom_input(run: dict, tmp_path: Path, capfd) -> None:
+    code, err = run_cli(["predict", "-i", run["out"] / "brain.nii.gz", "-o", tmp_path / "o", *FAST,
+                         "--output-type", "dicom-seg"], capfd)
+    assert code == 2
+    assert "--output-type dicom-seg needs a DICOM input" in err and "brain.nii.gz" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_missing_extra_is_one_line_naming_the_install(run: dict, tmp_path: Path) -> None:
+    """highdicom made unimportable in a fresh interpreter (as if not installed): refused before any work."""
+    code = ("import sys; sys.modules['highdicom'] = None\n"
+            "from tilewise.engine.commands.cli import main\n"
+            f"sys.exit(main(['predict', '-i', {str(run['series'])!r}, '-o', {str(tmp_path / 'o')!r}, '-m', 'demo', "
+            "'--output-type', 'dicom-seg']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "tilewise: error: --output-type dicom-seg needs the DICOM extra (highdicom is not installed); install it "
+        'with: pip install "tilewise[dicom]"']
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_label_map_off_the_series_grid_is_refused(run: dict, tmp_path: Path) -> None:
+    volume = read_volume(run["series"])
+    labels = run["labels"]
+    with pytest.raises(InputError, match="does not match the image"):
+        write_dicom_seg(labels[:-1], volume, NAMES, tmp_path / "a_seg.dcm", AlgorithmInfo("m"))
+    geometry = volume.geometry
+    shifted = DicomSource(type(geometry)(geometry.size, geometry.spacing,
+                                         (geometry.origin[0], geometry.origin[1], geometry.origin[2] + 1.0),
+                                         geometry.direction), volume.dicom_files)
+    with pytest.raises(InputError, match="lies on no frame"):
+        write_dicom_seg(labels, shifted, NAMES, tmp_path / "b_seg.dcm", AlgorithmInfo("m"))
+    with pytest.raises(InputError, match="lies on no frame"):
+        write_rtstruct(labels, shifted, NAMES, tmp_path / "b_rtstruct.dcm", AlgorithmInfo("m"))
+    with pytest.raises(InputError, match=r"value\(s\) \[3\] have no name"):
+        write_dicom_seg(labels, volume, {1: "a", 2: "b"}, tmp_path / "c_seg.dcm", AlgorithmInfo("m"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_binary_seg_and_a_multi_frame_source(run: dict, tmp_path: Path) -> None:
+    """BINARY (older highdicom's type) holds the same labels; so does a SEG on a multi-frame image whose frames
+    run against the label map's slices (a legacy-converted enhanced CT of the same series, frames reversed)."""
+    volume = read_volume(run["series"])
+    labels = run["labels"]
+    write_dicom_seg(labels, volume, NAMES, tmp_path / "binary_seg.dcm", AlgorithmInfo("m"), segmentation_type="BINARY")
+    binary = hd.seg.segread(tmp_path / "binary_seg.dcm")
+    assert binary.SegmentationType == "BINARY"
+    pixels = binary.get_pixels_by_source_instance([d.SOPInstanceUID for d in run["by_slice"]], combine_segments=True)
+    np.testing.assert_array_equal(pixels, labels)
+    frames = hd.legacy.LegacyConvertedEnhancedCTImage(run["by_slice"][::-1], generate_uid(), 2, generate_uid(), 1)
+    frames.save_as(tmp_path / "enhanced.dcm")
+    source = DicomSource(volume.geometry, (tmp_path / "enhanced.dcm",))
+    write_dicom_seg(labels, source, NAMES, tmp_path / "enhanced_seg.dcm", AlgorithmInfo("m"))
+    seg = hd.seg.segread(tmp_path / "enhanced_seg.dcm")
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == \
+        frames.SOPInstanceUID
+    by_frame = seg.get_pixels_by_source_frame(frames.SOPInstanceUID, list(range(1, len(labels) + 1)),
+                                              combine_segments=True)
+    np.testing.assert_array_equal(by_frame[::-1], labels)
+
+
+def test_rtstruct_refuses_non_square_pixels(tmp_path: Path) -> None:
+    write_ct_series(resampled_sample((16, 12, 4), (8.0, 12.0, 10.0)), tmp_path / "s")
+    volume = read_volume(tmp_path / "s")
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[1:3, 3:8, 4:10] = 1
+    with pytest.raises(InputError, match="square pixels"):
+        write_rtstruct(labels, volume, NAMES, tmp_path / "x_rtstruct.dcm", AlgorithmInfo("m"))
+
+
+def test_batch_writes_the_seg_predict_writes(run: dict, tmp_path: Path, capfd) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "brain").symlink_to(run["series"], target_is_directory=True)
+    code, err = run_cli(["batch", "-i", folder, "-o", tmp_path / "out", *FAST, "--output-type", "dicom-seg", "-q"],
+                        capfd)
+    assert code == 0, err
+    uids = [d.SOPInstanceUID for d in run["by_slice"]]
+    batch = hd.seg.segread(tmp_path / "out" / "brain_seg.dcm")
+    np.testing.assert_array_equal(batch.get_pixels_by_source_instance(uids, combine_segments=True), run["labels"])
