@@ -1,32 +1,17 @@
-"""How labels are shown: one colour per label value (shared by the model description, the review panel and the
-labels layers) and their names in plain words."""
+"""How labels are shown: one colour per label value (the engine's, shared by the model description, the review panel,
+the labels layers and the DICOM outputs) and their names in plain words."""
 from __future__ import annotations
 
-import colorsys
 from collections.abc import Collection
 
-# Distinct colours that stay readable over a grey-scale image (after Sasha Trubetskoy's list of 20).
-_PALETTE: tuple[str, ...] = (
-    "#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c",
-    "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000", "#aaffc3", "#808000", "#ffd8b1",
-    "#000075", "#808080",
-)
+from tilewise.engine.data.label_colors import label_color
+
+__all__ = ["display_name", "label_color", "labels_colormap"]
 
 
 def display_name(name: str) -> str:
     """A dataset.json label name for people: 'grey_matter' -> 'grey matter'."""
     return name.replace("_", " ").strip() or name
-
-
-def label_color(value: int) -> str:
-    """Hex colour of label ``value`` (0, the background, is never drawn)."""
-    if value <= 0:
-        return "#000000"
-    if value <= len(_PALETTE):
-        return _PALETTE[value - 1]
-    hue = (value * 0.618033988749895) % 1.0
-    red, green, blue = colorsys.hsv_to_rgb(hue, 0.75, 0.95)
-    return f"#{int(red * 255):02x}{int(green * 255):02x}{int(blue * 255):02x}"
 
 
 def _rgba(hex_colour: str, alpha: float = 1.0) -> list[float]:

@@ -12,6 +12,7 @@ planned peaks fit together, see :mod:`.batch_pipeline`).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,20 +42,24 @@ class InFlight:
 class CaseStages:
     """The predictor's stages and ``tilewise predict``'s reading and writing, one stage per method.
 
-    ``budget`` is the memory every case is planned against; ``with_probabilities`` also writes nnU-Net's .npz/.pkl.
+    ``budget`` is the memory every case is planned against; ``with_probabilities`` also writes nnU-Net's .npz/.pkl;
+    ``series_uid`` chooses the DICOM series of each DICOM case (see :func:`~..data.readers.read_volume`).
     The sliding-window stage uses the predictor's device and backend: call it from one thread at a time. The other
     stages may run on other threads at the same time, for other cases.
     """
 
-    def __init__(self, predictor: Predictor, budget: MemoryBudget, with_probabilities: bool = False) -> None:
+    def __init__(self, predictor: Predictor, budget: MemoryBudget, with_probabilities: bool = False,
+                 series_uid: Sequence[str] | None = None) -> None:
         self.predictor = predictor
         self.budget = budget
         self.with_probabilities = with_probabilities
+        self.series_uid = series_uid
 
     def read(self, item: InFlight) -> None:
         """Read the case's files, check them against the model and plan its memory (raises for a bad case)."""
         started = time.perf_counter()
-        item.prepared = self.predictor.plan_case(read_volume(list(item.case.inputs)), self.budget)
+        item.prepared = self.predictor.plan_case(read_volume(list(item.case.inputs), series_uid=self.series_uid),
+                                                     self.budget)
         item.planned_peaks = item.prepared.planned_peaks
         item.dicom_files = item.prepared.volume.dicom_files
         item.timings["read"] = time.perf_counter() - started

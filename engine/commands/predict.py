@@ -69,7 +69,7 @@ def run_predict(args: argparse.Namespace) -> int:
     report_cases = []
     for number, case in enumerate(cases, 1):
         read_started = time.perf_counter()
-        volume = read_volume(list(case.inputs))
+        volume = read_volume(list(case.inputs), series_uid=args.series_uid)
         read_seconds = time.perf_counter() - read_started
         progress.start(f"[{number}/{len(cases)}] {case.name}")
         try:
