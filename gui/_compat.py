@@ -143,6 +143,7 @@ def guard_window_close(viewer: Any, may_close: Callable[[], bool]) -> Any:
 
     close_filter = _CloseFilter()  # no parent: it lives as long as the caller keeps it, and Qt drops it after
     window.installEventFilter(close_filter)
+    window = getattr(window, "__wrapped__", window)  # a plugin's viewer is napari's PublicOnlyProxy
     napari_close = type(window).close
     held = weakref.ref(window)
     held_filter = weakref.ref(close_filter)

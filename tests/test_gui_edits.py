@@ -222,7 +222,7 @@ def test_the_title_bars_close_with_unsaved_edits_asks_ours_only(gui, qtbot, dial
     widget.result_layer.paint((20, 24, 28), 2)
     window = viewer.window._qt_window
     event = QCloseEvent()
-    event.spontaneous = lambda: True  # as the window manager's close arrives  # noqa: E731
+    event.spontaneous = lambda: True  # as the window manager's close arrives
     dialogs["answers"].append(QMessageBox.Cancel)
     QApplication.sendEvent(window, event)
     assert not event.isAccepted() and window.isVisible()

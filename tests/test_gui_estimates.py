@@ -13,7 +13,8 @@ import model_factory
 from qtpy.QtCore import QSettings
 from tilewise.engine.backends.select import openvino_available
 from tilewise.engine.estimate import Span
-from tilewise.gui.controllers.estimates import EstimateBook
+from tilewise.gui.controllers.estimates import EXACT_TEXT, EstimateBook
+from tilewise.gui.controllers.worker import predictor_key
 from tilewise.gui.panels.speed import describe_seconds, describe_span
 from tilewise.gui.widget import TilewiseWidget
 
@@ -36,14 +37,20 @@ def _item_texts(widget: TilewiseWidget) -> dict[str, str]:
     return {combo.itemData(i): combo.itemText(i) for i in range(combo.count())}
 
 
-def test_presets_show_estimates_for_the_open_image(gui, qtbot, ct_model: Path, tmp_path: Path) -> None:
-    _viewer, widget, settings = gui
-    widget.model_panel.select(ct_model)
+def _estimated(qtbot, widget: TilewiseWidget, model: Path, tmp_path: Path):
+    """Choose ``model``, open a small case and wait for its estimates; returns the Speed box's estimate label."""
+    widget.model_panel.select(model)
     case = model_factory.make_case(tmp_path / "case_0000.nii.gz", "3d", shape=(48, 64, 72))
     with qtbot.waitSignal(widget.image_opened, timeout=60_000):
         widget.open_image(case)
     label = widget.settings_panel.estimate
     qtbot.waitUntil(lambda: "Estimated for this image" in label.text(), timeout=TIMEOUT_MS)
+    return label
+
+
+def test_presets_show_estimates_for_the_open_image(gui, qtbot, ct_model: Path, tmp_path: Path) -> None:
+    _viewer, widget, settings = gui
+    label = _estimated(qtbot, widget, ct_model, tmp_path)
     texts = _item_texts(widget)
     assert all(re.search(r"\(about \d+(-\d+)? (s|min)", text) for text in texts.values()), texts
     assert widget.estimates.chosen is not None and widget.estimates.chosen.is_range  # preparing, writing: priors
@@ -77,6 +84,44 @@ def test_presets_show_estimates_for_the_open_image(gui, qtbot, ct_model: Path, t
     assert "The model is loaded already" in label.text()  # the viewer kept the model it just ran
 
 
+def test_after_a_cancelled_load_the_estimate_includes_loading_again(gui, qtbot, ct_model: Path,
+                                                                    tmp_path: Path) -> None:
+    """The estimate leaves out the load exactly when the runs' predictor cache holds the model: a run cancelled
+    while loading another preset's model drops the one loaded before, so its estimate loads again."""
+    _viewer, widget, _settings = gui
+    label = _estimated(qtbot, widget, ct_model, tmp_path)
+    widget.settings_panel.select_preset("preview")
+    with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS) as blocker:
+        widget.run_button.click()
+    assert blocker.args == ["done"]
+    assert "The model is loaded already" in label.text()
+    assert widget.estimates.shown["preview"].stages["load"].high == 0
+
+    widget.settings_panel.select_preset("reference")  # another key: the cache lets the preview's model go
+    assert widget.estimates.shown["reference"].stages["load"].high > 0
+    widget.run_started.connect(lambda worker: worker.cancel())  # cancelled before the load has begun
+    with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS) as blocker:
+        widget.run_button.click()
+    assert blocker.args == ["cancelled"]
+    choice, model = widget.settings_panel.choice(), widget.model_panel.current().path
+    held = widget.run.cache.holds(predictor_key(model, choice.preset, choice.device, choice.folds, False, False))
+    assert (widget.estimates.shown["reference"].stages["load"].high == 0) == held
+
+    widget.settings_panel.select_preset("preview")
+    assert widget.estimates.shown["preview"].stages["load"].high > 0, "the preview's model is no longer loaded"
+    assert "Loading:" in label.text() and "loaded already" not in label.text()
+
+
+def test_nnunet_exact_says_why_it_has_no_estimate(gui, qtbot, ct_model: Path, tmp_path: Path) -> None:
+    _viewer, widget, _settings = gui
+    label = _estimated(qtbot, widget, ct_model, tmp_path)
+    widget.settings_panel.nnunet_exact.setChecked(True)
+    assert label.text() == EXACT_TEXT and label.isVisibleTo(widget)
+    assert widget.estimates.chosen is None and widget.estimates.shown, "the presets keep their estimates"
+    widget.settings_panel.nnunet_exact.setChecked(False)
+    assert "Estimated for this image" in label.text()
+
+
 def test_no_estimate_without_an_image(gui, ct_model: Path) -> None:
     viewer, widget, _ = gui
     for layer in list(viewer.layers):
@@ -105,12 +150,7 @@ def test_pending_conversions_are_named_per_fold_and_precision(gui, qtbot, make_m
     monkeypatch.setenv("TILEWISE_CACHE_DIR", str(tmp_path / "cache"))
     _viewer, widget, _settings = gui
     model = make_model("3d", folds=(0, 1, 2))
-    widget.model_panel.select(model)
-    case = model_factory.make_case(tmp_path / "case_0000.nii.gz", "3d", shape=(48, 64, 72))
-    with qtbot.waitSignal(widget.image_opened, timeout=60_000):
-        widget.open_image(case)
-    label = widget.settings_panel.estimate
-    qtbot.waitUntil(lambda: "Estimated for this image" in label.text(), timeout=TIMEOUT_MS)
+    label = _estimated(qtbot, widget, model, tmp_path)
     shown = widget.estimates.shown
     assert (shown["reference"].conversions, shown["balanced"].conversions, shown["fast"].conversions) == (2, 2, 0)
     widget.settings_panel.select_preset("balanced")

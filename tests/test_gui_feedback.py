@@ -15,7 +15,6 @@ preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilew
 
 from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar  # noqa: E402
 from napari.utils.progress import progress  # noqa: E402
-from qtpy.QtCore import QSettings  # noqa: E402
 from qtpy.QtWidgets import QMessageBox  # noqa: E402
 
 import model_factory  # noqa: E402
@@ -23,6 +22,7 @@ from tilewise.engine import TileEvent  # noqa: E402
 from tilewise.gui.controllers.run import State  # noqa: E402
 from tilewise.gui.panels.run import LOADING_TEXT, RemainingTime, RunPanel, format_duration  # noqa: E402
 from tilewise.gui.widget import TilewiseWidget  # noqa: E402
+from gui_fixtures import docked_widget, open_image  # noqa: E402
 
 RUN_TIMEOUT_MS = 180_000
 BOX = (slice(0, 8), slice(0, 8), slice(0, 8))
@@ -36,14 +36,8 @@ def _event(done: int, total: int, elapsed_s: float = 1.0, eta_s: float = 1.0) ->
 @pytest.fixture
 def gui(make_napari_viewer, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ct_model: Path):
     monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda *a, **k: QMessageBox.Ok))
-    viewer = make_napari_viewer(show=True)
-    widget = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
-    viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
-    widget.settings_panel.device.setCurrentIndex(widget.settings_panel.device.findData("cpu"))
-    widget.settings_panel.backend.setCurrentIndex(widget.settings_panel.backend.findData("torch"))
-    widget.model_panel.select(ct_model)
-    with qtbot.waitSignal(widget.image_opened, timeout=60_000):
-        widget.open_image(model_factory.make_case(tmp_path / "first_0000.nii.gz", "3d", seed=3))
+    viewer, widget = docked_widget(make_napari_viewer, tmp_path, ct_model, backend="torch")
+    open_image(qtbot, widget, model_factory.make_case(tmp_path / "first_0000.nii.gz", "3d", seed=3))
     yield viewer, widget
     widget.shutdown()
 
@@ -59,14 +53,28 @@ def test_run_shows_cancel_and_loading_before_napari_builds_the_preview_layer(gui
     """The click sets Cancel and the loading line (and asks for an immediate repaint) before napari starts building
     the preview layer, the slow part of the click. Whether the repaint reaches the screen depends on the window
     system, so the test reads what the widgets show at that moment."""
+    from qtpy.QtCore import QEvent, QObject
+
     viewer, widget = gui
-    before_layer: list[tuple[str, str]] = []
+    painted: list[str] = []  # the Run button's text at each of its paint events
+
+    class PaintLog(QObject):
+        def eventFilter(self, watched, event) -> bool:  # Qt override
+            if event.type() == QEvent.Paint:
+                painted.append(widget.run_button.text())
+            return False
+
+    log = PaintLog()
+    widget.run_button.installEventFilter(log)
+    before_layer: list[tuple[str, str, list[str]]] = []
     viewer.layers.events.inserting.connect(lambda event: before_layer.append((widget.run_button.text(),
-                                                                              widget.status.text())))
+                                                                              widget.status.text(), list(painted))))
     _run(qtbot, widget, "preview")
-    [(button, status)] = before_layer[:1]
+    widget.run_button.removeEventFilter(log)
+    [(button, status, painted_before)] = before_layer[:1]
     assert button == "Cancel (Esc)", "the button said Cancel before the slow layer creation"
     assert status == LOADING_TEXT, "and the status line said what happens"
+    assert "Cancel (Esc)" in painted_before, "and the button was painted saying so before the layer work began"
 
 
 def test_a_preset_change_reuses_the_prepared_image_another_image_does_not(gui, qtbot, tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilew
 
 from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar  # noqa: E402
 from napari.utils.progress import progress  # noqa: E402
-from qtpy.QtCore import QSettings  # noqa: E402
 from qtpy.QtGui import QMovie  # noqa: E402
 from qtpy.QtWidgets import QMessageBox  # noqa: E402
 
@@ -21,7 +20,7 @@ from tilewise.engine import stages as engine_stages  # noqa: E402
 from tilewise.gui._compat import busy_indicator  # noqa: E402
 from tilewise.gui.panels import activity  # noqa: E402
 from tilewise.gui.panels.run import FINISHING_TEXT  # noqa: E402
-from tilewise.gui.widget import TilewiseWidget  # noqa: E402
+from gui_fixtures import docked_widget, open_image  # noqa: E402
 
 RUN_TIMEOUT_MS = 180_000
 
@@ -29,15 +28,8 @@ RUN_TIMEOUT_MS = 180_000
 @pytest.fixture
 def gui(make_napari_viewer, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ct_model: Path):
     monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda *a, **k: QMessageBox.Ok))
-    viewer = make_napari_viewer(show=True)
-    widget = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
-    viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
-    widget.settings_panel.device.setCurrentIndex(widget.settings_panel.device.findData("cpu"))
-    widget.settings_panel.backend.setCurrentIndex(widget.settings_panel.backend.findData("torch"))  # runs of seconds
-    widget.model_panel.select(ct_model)
-    case = model_factory.make_case(tmp_path / "big_0000.nii.gz", "3d", shape=(64, 80, 72), seed=5)
-    with qtbot.waitSignal(widget.image_opened, timeout=60_000):
-        widget.open_image(case)
+    viewer, widget = docked_widget(make_napari_viewer, tmp_path, ct_model, backend="torch")  # runs of seconds
+    open_image(qtbot, widget, model_factory.make_case(tmp_path / "big_0000.nii.gz", "3d", shape=(64, 80, 72), seed=5))
     yield viewer, widget
     widget.shutdown()
 

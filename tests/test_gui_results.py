@@ -13,12 +13,13 @@ preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilew
 
 import model_factory
 from napari.layers import Image, Labels
-from qtpy.QtCore import QSettings, Qt
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QMessageBox
 from tilewise.engine import read_volume
 from tilewise.gui.panels.review import NO_SELECTION_HINT
 from tilewise.gui.volumes import format_ml
 from tilewise.gui.widget import TilewiseWidget
+from gui_fixtures import docked_widget, open_image
 
 RUN_TIMEOUT_MS = 180_000
 
@@ -27,20 +28,13 @@ RUN_TIMEOUT_MS = 180_000
 def gui(make_napari_viewer, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ct_model: Path):
     """A viewer with the widget and the CT test model (PyTorch on the CPU, so a 'reference' run lasts for a cancel)."""
     monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda *args, **kwargs: QMessageBox.Ok))
-    viewer = make_napari_viewer(show=True)
-    widget = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
-    viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
-    widget.settings_panel.device.setCurrentIndex(widget.settings_panel.device.findData("cpu"))
-    widget.settings_panel.backend.setCurrentIndex(widget.settings_panel.backend.findData("torch"))
-    widget.model_panel.select(ct_model)
+    viewer, widget = docked_widget(make_napari_viewer, tmp_path, ct_model, backend="torch")
     yield viewer, widget
     widget.shutdown()
 
 
 def _open(qtbot, widget: TilewiseWidget, path: Path) -> Image:
-    with qtbot.waitSignal(widget.image_opened, timeout=60_000) as blocker:
-        assert widget.open_image(path)
-    [image] = blocker.args[0]
+    [image] = open_image(qtbot, widget, path)
     return image
 
 

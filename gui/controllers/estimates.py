@@ -42,7 +42,9 @@ _ACTIVE: set[PassTimer] = set()
 _WAIT_ON_QUIT: list[bool] = []
 """Timing threads still running. They outlive a closed panel (Qt must never destroy a running thread); the
 application waits for them before it quits."""
-EXACT_TEXT = "No time estimate for nnU-Net's own file (PyTorch, one tile at a time): slower than the presets."
+EXACT_TEXT = ("No time estimate for nnU-Net's own file: it runs nnU-Net's own preprocessing, PyTorch one tile at a "
+              "time and nnU-Net's export, which are not timed here. Expect it to take longer than the same preset "
+              "without it.")
 _STORED = {"load_per_fold": "load/{precision}", "convert_per_fold": "convert/{precision}",
            "preprocess_per_mvoxel": "preprocess", "export_per_mvoxel": "export"}
 """Where each measured stage cost lives under a model and device (the time per pass under its precision's name)."""

@@ -198,16 +198,14 @@ class ResultsController(QObject):
     def finish_saving(self, succeeded: bool) -> None:
         """The write started by :meth:`start_saving` has ended (``succeeded``: the file holds those labels)."""
         saving, self._saving = self._saving, None
-        edits = self._edits.get(saving[0]) if saving is not None else None
-        if succeeded and edits is not None:
+        if succeeded and (edits := self._edits.get(saving[0]) if saving is not None else None) is not None:
             edits.saved = saving[1]
             self.edits_changed.emit(saving[0])
 
     def discard_edits(self, results: list[Any]) -> None:
         """The person chose to lose the unsaved edits of ``results``: they count as saved from now on."""
         for result in results:
-            edits = self._edits.get(result)
-            if edits is not None:
+            if (edits := self._edits.get(result)) is not None:
                 edits.saved = edits.applied[-1] if edits.applied else None
                 self.edits_changed.emit(result)
 
