@@ -351,6 +351,7 @@ def test_batch_records_a_non_image_folder_as_failed_and_reads_a_nested_study(stu
                                                                              capfd) -> None:
     cases = tmp_path / "cases"
     cases.mkdir()
+    zip_folder(study["root"], cases / "zipped.zip")
     study["root"].rename(cases / "study")
     non_images["sr"].rename(cases / "report")
     out = tmp_path / "out"
@@ -361,5 +362,8 @@ def test_batch_records_a_non_image_folder_as_failed_and_reads_a_nested_study(stu
     assert code == 3, err  # some case failed
     records = {r["case"]: r for r in json.loads((out / "batch_summary.json").read_text(encoding="utf-8"))["cases"]}
     assert records["study"]["status"] == "done" and sitk.ReadImage(str(out / "study.nii.gz")).GetSize() == (40, 48, 16)
+    assert records["zipped"]["status"] == "done", "a zip of a DICOM folder is a case, named after the zip"
+    assert (sitk.GetArrayFromImage(sitk.ReadImage(str(out / "zipped.nii.gz"))) ==
+            sitk.GetArrayFromImage(sitk.ReadImage(str(out / "study.nii.gz")))).all()
     assert records["report"]["status"] == "failed"
     assert "holds no image volume" in records["report"]["reason"] and "SR (Comprehensive SR)" in records["report"]["reason"]

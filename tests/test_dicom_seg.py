@@ -168,6 +168,25 @@ def test_a_dicom_output_type_needs_a_dicom_input(run: dict, tmp_path: Path, capf
     assert not (tmp_path / "o").exists()
 
 
+def test_a_series_without_a_frame_of_reference_is_refused_before_the_work(run: dict, tmp_path: Path, capfd) -> None:
+    """A series whose files lack the Frame of Reference UID cannot be referenced: one line naming the file and the
+    attribute, exit 2, nothing written (the check runs after reading, before the sliding window)."""
+    series = tmp_path / "no_frame"
+    for index, path in enumerate(sorted(run["series"].iterdir())):
+        dataset = pydicom.dcmread(path)
+        del dataset.FrameOfReferenceUID
+        series.mkdir(exist_ok=True)
+        dataset.save_as(series / f"{index:03d}.dcm")
+    for output_type in ("dicom-seg", "dicom-rtstruct"):
+        code, err = run_cli(["predict", "-i", series, "-o", tmp_path / "o", *FAST, "--output-type", output_type,
+                             "--verbose"], capfd)
+        assert code == 2, err
+        [line] = [line for line in err.splitlines() if "FrameOfReferenceUID" in line]
+        assert str(series) in line and "Traceback" not in err
+        assert "tiles," not in err, "refused before the sliding window (--verbose prints each case's tiles after it)"
+        assert not list((tmp_path / "o").glob("*.dcm"))
+
+
 def test_a_missing_extra_is_one_line_naming_the_install(run: dict, tmp_path: Path) -> None:
     """highdicom made unimportable in a fresh interpreter (as if not installed): refused before any work."""
     code = ("import sys; sys.modules['highdicom'] = None\n"

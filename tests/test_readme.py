@@ -22,13 +22,14 @@ SAMPLE = ROOT / "resources" / "demo" / "sample_t1.nii.gz"
 VIEWER_START_TIMEOUT_S = 300  # a generous bound for a loaded 2-core machine; the test asserts it opens, not how fast
 
 
-def _section(name: str) -> str:
+def _section(name: str, level: int = 2) -> str:
+    """The README's text under the heading ``name`` of ``level`` (## or ###), up to its first sub-heading."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    return text.split(f"\n## {name}\n", 1)[1].split("\n## ", 1)[0]
+    return re.split(r"\n#{2,} ", text.split(f"\n{'#' * level} {name}\n", 1)[1], maxsplit=1)[0]
 
 
-def _blocks(section: str, language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", _section(section), flags=re.S)
+def _blocks(section: str, language: str, level: int = 2) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", _section(section, level), flags=re.S)
 
 
 def _commands(block: str) -> list[str]:
@@ -202,7 +203,7 @@ def test_command_line_examples_run_as_written(tmp_path: Path) -> None:
 
 # ---- Benchmark setup: parsed, not run (the full set takes about an hour) ------------------------------------------
 def test_benchmark_commands_parse(tmp_path: Path) -> None:
-    [block] = re.findall(r"```bash\n(.*?)```", _section("Benchmarks").split("### Benchmark setup", 1)[1], re.S)
+    [block] = re.findall(r"```bash\n(.*?)```", _section("Benchmark setup", 3), re.S)
     parser = build_parser()
     checked = 0
     for line in _commands(block):
@@ -235,3 +236,36 @@ def test_python_api_example_runs_as_written(tmp_path: Path) -> None:
     assert re.search(r"^\d+/\d+  eta \d+s  region ", completed.stdout, flags=re.M)
     written = sitk.ReadImage(str(tmp_path / "out" / "ct.nii.gz"))
     assert written.GetSize() == sitk.ReadImage(str(SAMPLE)).GetSize()
+
+
+# ---- DICOM in and out, Cascades -----------------------------------------------------------------------------------
+def test_dicom_examples_run_as_written(tmp_path: Path) -> None:
+    """The DICOM section's commands on a 120 mm cube of the sample written as a DICOM series (one tile of the demo
+    model, preview preset: the section shows the output types, not the speed)."""
+    from test_dicom_seg import write_ct_series
+
+    [block] = _blocks("DICOM in and out", "bash", level=3)
+    write_ct_series(sitk.ReadImage(str(SAMPLE))[33:153, 49:169, 37:157], tmp_path / "ct_series")
+    env = _env()
+    for command in _commands(block):
+        filled = command.replace("MODEL_DIR", "demo --preset preview")
+        assert "ct_series/" in filled and "MODEL_DIR" not in filled, filled
+        completed = _bash(filled, tmp_path, env)
+        assert completed.returncode == 0, f"{filled}\n{completed.stderr[-3000:]}"
+    import pydicom
+
+    seg = pydicom.dcmread(tmp_path / "out" / "ct_series_seg.dcm")
+    rtstruct = pydicom.dcmread(tmp_path / "out" / "ct_series_rtstruct.dcm")
+    source = pydicom.dcmread(next((tmp_path / "ct_series").iterdir()), stop_before_pixels=True)
+    assert seg.Modality == "SEG" and rtstruct.Modality == "RTSTRUCT"
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID == \
+        rtstruct.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID
+    assert len([s for s in seg.SegmentSequence if s.SegmentNumber > 0]) == 3, "one segment per label of the demo model"
+
+
+def test_cascade_example_parses() -> None:
+    """The Cascades section's command goes through the real argument parser (tests/test_cascade.py runs a cascade)."""
+    [block] = _blocks("Cascades", "bash", level=3)
+    [command] = _commands(block)
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    assert args.command == "predict" and args.model.endswith("__3d_cascade_fullres")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from ..data.safe_output import refuse_overwriting_inputs
@@ -39,7 +40,7 @@ from .batch_summary import (
     skipped_record,
     summary_path,
 )
-from .options import preset_from_args
+from .options import preset_from_args, with_output_type
 
 EXIT_SOME_FAILED = 3
 EXIT_INTERRUPTED = 130
@@ -68,6 +69,8 @@ def predictor_header(predictor: Predictor) -> dict:
 def _plan(args: argparse.Namespace) -> tuple[list[BatchCase], Path]:
     """This part's cases and its summary's path, after refusing any output that would land on an input."""
     cases = collect_batch_cases(args.input, args.output, dataset_channel_count(args.model))
+    typed = with_output_type([case.case for case in cases], args.output_type)
+    cases = [replace(case, case=output) for case, output in zip(cases, typed)]
     cases = shard(cases, args.num_parts, args.part_id)
     summary = summary_path(args.output, args.num_parts, args.part_id)
     outputs = [path for case in cases for path in case_outputs(case.case, args.save_probabilities)]
@@ -121,7 +124,8 @@ def run_batch(args: argparse.Namespace) -> int:
 
 def _run_here(args: argparse.Namespace, predictor: Predictor, todo: list[BatchCase], summary: BatchSummary) -> bool:
     """Run ``todo`` through the pipeline in this process into ``summary``; True when Ctrl-C stopped it."""
-    stages = CaseStages(predictor, MemoryBudget.available_now(predictor.device), args.save_probabilities)
+    stages = CaseStages(predictor, MemoryBudget.available_now(predictor.device), args.save_probabilities,
+                        args.series_uid)
     cancel = CancelToken()
     pipeline = BatchPipeline(stages, args.workers, cancel, this_worker())
 

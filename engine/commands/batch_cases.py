@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.cases import Case, ChannelGroup, group_channel_files, image_files
+from ..data.dicom_zip import is_zip
 from ..data.readers import image_suffix, is_dicom_folder
 from ..errors import InputError
 
@@ -46,7 +47,8 @@ def _file_case(group: ChannelGroup, num_channels: int, output_dir: Path) -> Batc
 
 def collect_batch_cases(input_dir: Path, output_dir: Path, num_channels: int) -> list[BatchCase]:
     """Every case in ``input_dir``, sorted by name: nnU-Net-named image files (``case_0000.nii.gz``, ...; any
-    supported format) and one case per sub-folder holding a DICOM series (its labels: ``<folder>.nii.gz``).
+    supported format) and one case per sub-folder holding a DICOM series or zip of one (its labels:
+    ``<folder>.nii.gz``, ``<zip name>.nii.gz``).
 
     Raises :class:`InputError` when ``input_dir`` is not a folder or holds no case at all.
     """
@@ -55,15 +57,18 @@ def collect_batch_cases(input_dir: Path, output_dir: Path, num_channels: int) ->
                          "is a file; 'tilewise batch' takes a folder (use 'tilewise predict' for one image)")
     cases = {group.name: _file_case(group, num_channels, output_dir)
              for group in group_channel_files(image_files(input_dir), num_channels)}
-    folders = sorted(p for p in input_dir.iterdir() if not p.name.startswith(".") and p.is_dir())
-    for folder in (p for p in folders if is_dicom_folder(p)):
-        if folder.name in cases:
-            raise InputError(folder, f"case '{folder.name}' is both image files and a DICOM folder; rename one")
+    entries = sorted(p for p in input_dir.iterdir() if not p.name.startswith("."))
+    series = [(p.name, p) for p in entries if p.is_dir() and is_dicom_folder(p)]
+    series += [(p.name[:-4], p) for p in entries if is_zip(p)]
+    for name, source in series:
+        if name in cases:
+            raise InputError(source, f"case '{name}' is also another input (image files, a DICOM folder or a zip); "
+                                     "rename one")
         problem = None if num_channels == 1 else f"is one DICOM series but the model needs {num_channels} channels"
-        cases[folder.name] = BatchCase(Case(folder.name, (folder,), output_dir / f"{folder.name}.nii.gz"), problem)
+        cases[name] = BatchCase(Case(name, (source,), output_dir / f"{name}.nii.gz"), problem)
     if not cases:
-        raise InputError(input_dir, "no cases found (expected files such as case_0000.nii.gz, or one sub-folder per "
-                                    "DICOM series)")
+        raise InputError(input_dir, "no cases found (expected files such as case_0000.nii.gz, or one sub-folder or "
+                                    "zip per DICOM series)")
     return [cases[name] for name in sorted(cases)]
 
 

@@ -22,7 +22,7 @@ from ..data.writers import write_probabilities
 from ..events import CancelToken
 from ..predictor import Predictor, Result
 from ..stages import MemoryBudget, PreparedCase
-from .options import write_case_labels
+from .options import check_dicom_references, write_case_labels
 
 
 @dataclass
@@ -62,6 +62,7 @@ class CaseStages:
                                                      self.budget)
         item.planned_peaks = item.prepared.planned_peaks
         item.dicom_files = item.prepared.volume.dicom_files
+        check_dicom_references(item.case.output, item.dicom_files)  # a case that cannot be written fails first
         item.timings["read"] = time.perf_counter() - started
 
     def preprocess(self, item: InFlight, cancel: CancelToken | None) -> None:

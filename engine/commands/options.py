@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..data.cases import Case
-from ..data.dicom_source import DicomSource, require_dicom_extra
+from ..data.dicom_source import DicomSource, read_source_series, require_dicom_extra
 from ..data.readers import image_suffix
 from ..data.safe_output import atomic_output
 from ..data.volume import Geometry
@@ -94,12 +94,24 @@ def algorithm_of(predictor: Predictor) -> AlgorithmInfo:
                          folds=tuple(str(f) for f in predictor.settings.folds), preset=predictor.preset.name)
 
 
+def is_dicom_output(path: Path) -> bool:
+    """True when ``path`` is named for a DICOM SEG or RTSTRUCT (see :func:`with_output_type`)."""
+    return path.name.endswith(tuple(OUTPUT_SUFFIXES[t] for t in DICOM_OUTPUTS))
+
+
+def check_dicom_references(path: Path, dicom_files: tuple[Path, ...]) -> None:
+    """Before any work: raise :class:`InputError` when ``path`` is a DICOM output that the case's source files
+    cannot be referenced by (no DICOM input, or a file without the UIDs a SEG/RTSTRUCT copies)."""
+    if is_dicom_output(path):
+        read_source_series(dicom_files)
+
+
 def write_case_labels(predictor: Predictor, labels: np.ndarray, geometry: Geometry, dicom_files: tuple[Path, ...],
                       path: Path) -> None:
     """Write one case's labels at ``path`` in the type its name says (see :func:`with_output_type`), atomically:
     ``*_seg.dcm`` a DICOM SEG and ``*_rtstruct.dcm`` an RTSTRUCT referencing ``dicom_files``, else an image file."""
     name = path.name
-    if not name.endswith(tuple(OUTPUT_SUFFIXES[t] for t in DICOM_OUTPUTS)):
+    if not is_dicom_output(path):
         write_labels(labels, geometry, path)
         return
     source = DicomSource(geometry, dicom_files)

@@ -16,7 +16,7 @@ from ..model.bundle import dataset_channel_count
 from ..predictor import Predictor
 from ..runtime.devices import describe_device
 from ..runtime.memory import peak_rss_bytes
-from .options import preset_from_args, with_output_type, write_case_labels, write_json
+from .options import check_dicom_references, preset_from_args, with_output_type, write_case_labels, write_json
 
 
 class _Progress:
@@ -70,6 +70,7 @@ def run_predict(args: argparse.Namespace) -> int:
     for number, case in enumerate(cases, 1):
         read_started = time.perf_counter()
         volume = read_volume(list(case.inputs), series_uid=args.series_uid)
+        check_dicom_references(case.output, volume.dicom_files)  # before the work, not after it
         read_seconds = time.perf_counter() - read_started
         progress.start(f"[{number}/{len(cases)}] {case.name}")
         try:

@@ -91,14 +91,25 @@ def _frame_planes(dataset: Any) -> list[tuple[np.ndarray, np.ndarray, np.ndarray
     return planes
 
 
+REFERENCED_ATTRIBUTES: tuple[str, ...] = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
+                                          "FrameOfReferenceUID")
+"""What a SEG or RTSTRUCT copies from every source image to reference it."""
+
+
 def read_source_series(files: Sequence[Path]) -> list[Any]:
-    """The headers of the source files, without pixel data (a SEG or RTSTRUCT needs only the headers)."""
+    """The headers of the source files, without pixel data (a SEG or RTSTRUCT needs only the headers); raises
+    :class:`InputError` naming the first file that lacks one of :data:`REFERENCED_ATTRIBUTES`."""
     import pydicom
 
     if not files:
         raise InputError(None, "DICOM SEG and RTSTRUCT outputs need a DICOM series input (this image has no DICOM "
                                "files)")
-    return [pydicom.dcmread(str(path), stop_before_pixels=True) for path in files]
+    datasets = [pydicom.dcmread(str(path), stop_before_pixels=True) for path in files]
+    for path, dataset in zip(files, datasets):
+        missing = [keyword for keyword in REFERENCED_ATTRIBUTES if not str(dataset.get(keyword, "") or "")]
+        if missing:
+            raise InputError(path, f"lacks {', '.join(missing)}, which a DICOM SEG or RTSTRUCT must reference")
+    return datasets
 
 
 def match_source(labels: np.ndarray, source: DicomGrid, datasets: list[Any] | None = None) -> SourceSeries:

@@ -235,5 +235,5 @@ def start_ray_batch(args: argparse.Namespace, preset: Preset) -> RayBatch:
     settings = WorkerSettings(
         model=str(resolve_model_dir(args.model).resolve()), preset=preset, device=args.device, folds=args.folds,
         checkpoint=args.checkpoint, trust=args.trust_model, nnunet_exact=args.nnunet_exact,
-        with_probabilities=args.save_probabilities, threads=plan.num_cpus)
+        with_probabilities=args.save_probabilities, series_uid=args.series_uid, threads=plan.num_cpus)
     return RayBatch(connection, plan, settings)

@@ -28,6 +28,8 @@ class WorkerSettings:
     trust: bool
     nnunet_exact: bool
     with_probabilities: bool
+    series_uid: list[str] | None
+    """The DICOM series to read of each DICOM case (``--series-uid``)."""
     threads: int
     """CPU threads for this actor: the CPUs Ray reserved for it."""
 
@@ -66,7 +68,8 @@ class BatchWorker:
                                   trust=s.trust, nnunet_exact=s.nnunet_exact, cancel=self.cancel_token)
         except TilewiseError as error:
             return {"error": str(error), "exit_code": error.exit_code}
-        self.stages = CaseStages(predictor, MemoryBudget.available_now(predictor.device), s.with_probabilities)
+        self.stages = CaseStages(predictor, MemoryBudget.available_now(predictor.device), s.with_probabilities,
+                                 s.series_uid)
         return {**predictor_header(predictor), "worker": self.name}
 
     def run(self, case: BatchCase) -> CaseRecord:
