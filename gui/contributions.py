@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import SimpleITK as sitk
 from tilewise.engine import Geometry, Volume, read_volume
 from tilewise.engine import write_labels as _write_labels
+from tilewise.engine.data.dicom_input import ENHANCED_VOLUME_CLASSES
+from tilewise.engine.data.dicom_zip import is_zip
 from tilewise.engine.data.readers import (
     IMAGE_SUFFIXES,
     image_suffix,
@@ -61,7 +64,8 @@ def volume_layers(volume: Volume, name: str | None = None) -> list[LayerData]:
             "colormap": "gray",
             "contrast_limits": display_range(data),
             "metadata": {"tilewise_geometry": volume.geometry, "tilewise_source": str(source or ""),
-                         "tilewise_intensity_min": intensity_min(data)},
+                         "tilewise_intensity_min": intensity_min(data),
+                         "tilewise_dicom_files": [str(path) for path in volume.dicom_files]},
             **layer_transform(volume.geometry),
         }
         layers.append((data, kwargs, "image"))
@@ -69,8 +73,11 @@ def volume_layers(volume: Volume, name: str | None = None) -> list[LayerData]:
 
 
 def _display_name(path: Path) -> str:
+    """A layer's name for its source: a folder's or zip's name, a DICOM file's folder (it stands for its series)."""
     path = Path(path)
-    return path.name if path.is_dir() else strip_suffix(path)
+    if path.is_dir():
+        return path.name
+    return strip_suffix(path) if image_suffix(path) or is_zip(path) else path.parent.name
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -82,19 +89,19 @@ def is_dicom_file(path: Path) -> bool:
 
 
 def image_input(path: Path) -> Path:
-    """What the engine reads for a chosen ``path``: one file of a DICOM series stands for the series in its folder
-    (the largest one when the folder holds several, as ``tilewise predict -i FOLDER`` reads it).
+    """What the engine reads for a chosen ``path``: one file of a DICOM series stands for its folder (the largest
+    series there, as ``tilewise predict -i FOLDER`` reads it); a multi-frame enhanced object, a zip of a DICOM
+    folder and an image file are read as they are.
 
-    Raises :class:`InputError` for a file that is neither an image Tilewise reads nor part of a DICOM series.
+    Raises :class:`InputError` for a file that is neither an image Tilewise reads nor a DICOM file or zip.
     """
-    if path.is_dir() or image_suffix(path) is not None or not path.exists():
+    if path.is_dir() or image_suffix(path) is not None or not path.exists() or is_zip(path):
         return path  # the engine reads it, or says why not
     if not is_dicom_file(path):
         raise InputError(path, "not an image Tilewise reads: choose a NIfTI, NRRD or MetaImage file, a DICOM "
-                               "series folder, or any file of a DICOM series")
-    if not is_dicom_folder(path.parent):
-        raise InputError(path, "this DICOM file belongs to no image series that can be read from its folder")
-    return path.parent
+                               "series folder or zip, or any file of a DICOM series")
+    header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    return path if str(header.get("SOPClassUID", "")) in ENHANCED_VOLUME_CLASSES else path.parent
 
 
 def read_layers(path: str | Path | list[str]) -> list[LayerData]:
@@ -113,7 +120,7 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None
         return None
     for candidate in paths:
         readable = (image_suffix(candidate) is not None or candidate.name.lower().endswith(DICOM_SUFFIX)
-                    or (candidate.is_dir() and is_dicom_folder(candidate)))
+                    or is_zip(candidate) or (candidate.is_dir() and is_dicom_folder(candidate)))
         if not readable:
             return None
     return read_layers

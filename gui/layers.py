@@ -27,6 +27,8 @@ META_SOURCES = "tilewise_sources"        # [input file or DICOM folder, ...] the
 META_GEOMETRY = "tilewise_geometry"      # the input's Geometry: where the labels lie, and how Save writes them
 META_PREVIEW = "tilewise_preview"        # True while a run fills the layer in, False once it is a result
 META_PRESET = "tilewise_preset"          # the name of the preset the result was made with
+META_DICOM_FILES = "tilewise_dicom_files"  # [file, ...] of the DICOM series the labels were made from (z order)
+META_ALGORITHM = "tilewise_algorithm"    # the model, folds and preset as a DICOM SEG records them (AlgorithmInfo)
 
 UPDATE_INTERVAL_MS = 100
 INTERVAL_3D_MS = 1000

@@ -26,7 +26,7 @@ from .controllers.run import RUN_STATES, RunController, State
 from .controllers.trust import TrustStore
 from .controllers.worker import RunFailure, RunRequest, SegmentationWorker, stop_quietly
 from .geometry import slice_on_screen
-from .layers import LivePreview, is_result
+from .layers import META_DICOM_FILES, LivePreview, is_result
 from .panels.activity import ActivityProgress
 from .panels.ask_save import UnsavedEditsGuard
 from .panels.common import icon_colour, titled_column
@@ -336,7 +336,8 @@ class TilewiseWidget(QWidget):
         if self.run.state is not State.IDLE:
             return False
         if path is None:
-            path = ask_save_path(self, self.suggested_save_path(layer))
+            path = ask_save_path(self, self.suggested_save_path(layer),
+                                 dicom_seg=bool(layer.metadata.get(META_DICOM_FILES)))
             if not path:
                 return False
         try:

@@ -200,3 +200,58 @@ def test_napari_offers_tilewise_writer_first_for_a_tilewise_result(gui, qtbot, c
     assert next(manager.iter_compatible_writers(["labels"])).command == "napari.write_labels"
     writer, path = manager.get_writer(str(tmp_path / "drawn"), ["labels"])
     assert writer.command == "napari.write_labels" and path == str(tmp_path / "drawn.tif")
+
+
+def test_a_result_of_a_dicom_series_saves_as_dicom_seg(gui, qtbot, tmp_path: Path) -> None:
+    """Save as DICOM SEG: offered for labels made from a DICOM series (and only for them), written on its own
+    thread, its frames equal to the layer's labels and referencing the series; a NIfTI input's labels are refused
+    with a message instead."""
+    import highdicom as hd
+    import pydicom
+    from test_dicom_seg import resampled_sample, write_ct_series
+    from tilewise.gui.panels.dialogs import DICOM_SEG_FILTER
+    from tilewise.resources import demo_model_dir
+
+    viewer, widget = gui
+    series = tmp_path / "brain"
+    write_ct_series(resampled_sample((48, 48, 16), (4.5, 4.5, 5.5)), series)
+    _segment(qtbot, widget, demo_model_dir(), series)
+    layer = widget.result_layer
+    dialog = LabelsSaveDialog(widget, widget.suggested_save_path(layer), dicom_seg=True)
+    assert DICOM_SEG_FILTER in dialog.nameFilters()
+    dialog.deleteLater()
+    assert DICOM_SEG_FILTER not in LabelsSaveDialog(widget, tmp_path / "x.nii.gz").nameFilters()
+
+    target = tmp_path / "out" / "brain_segmentation.dcm"
+    target.parent.mkdir()
+    with qtbot.waitSignal(widget.saved, timeout=60_000) as blocker:
+        assert widget.save_labels(target)
+    assert blocker.args == [str(target)]
+    seg = hd.seg.segread(target)
+    sources = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in series.iterdir()}
+    # the layer's z slice of each source instance, by its position along the slice normal
+    geometry = layer.metadata["tilewise_geometry"]
+    slices = {}
+    for uid, path in sources.items():
+        position = np.array(pydicom.dcmread(path, stop_before_pixels=True).ImagePositionPatient, float)
+        slices[uid] = int(round(np.dot(position - np.array(geometry.origin), np.array(geometry.direction[2::3]))
+                                / geometry.spacing[2]))
+    uids = sorted(sources, key=slices.get)
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True,
+                                               ignore_spatial_locations=True, skip_overlap_checks=True)
+    np.testing.assert_array_equal(pixels, np.asarray(layer.data))
+    assert np.asarray(layer.data).max() > 0
+    assert seg.FrameOfReferenceUID == pydicom.dcmread(next(series.iterdir())).FrameOfReferenceUID
+    assert {s.SegmentLabel for s in seg.SegmentSequence if s.SegmentNumber > 0} == \
+        {"grey_matter", "white_matter", "csf"}
+    assert "preset=preview" in seg.SegmentSequence[-1].SegmentationAlgorithmIdentificationSequence[0]\
+        .AlgorithmParameters
+
+    nifti = tmp_path / "t1.nii.gz"
+    sitk.WriteImage(resampled_sample((48, 48, 16), (4.5, 4.5, 5.5)), str(nifti))
+    _segment(qtbot, widget, demo_model_dir(), nifti)
+    reported = []
+    widget._report = lambda title, text: reported.append(text)  # the dialog's text, without the modal dialog
+    assert not widget.save_labels(tmp_path / "out" / "t1.dcm")
+    assert reported and "needs labels made from a DICOM series" in reported[0]
+    assert not (tmp_path / "out" / "t1.dcm").exists()

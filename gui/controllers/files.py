@@ -18,8 +18,11 @@ from typing import Any
 import numpy as np
 from qtpy.QtCore import QObject, QSettings, QStandardPaths, Signal
 from tilewise.engine import write_labels
+from tilewise.engine.data.dicom_seg import AlgorithmInfo
+from tilewise.engine.data.dicom_source import DicomSource, require_dicom_extra
 from tilewise.engine.data.readers import image_suffix, strip_suffix
 from tilewise.engine.data.safe_output import refuse_overwriting_inputs
+from tilewise.engine.errors import InputError
 
 from ..contributions import (
     bundled_data_dir,
@@ -28,22 +31,25 @@ from ..contributions import (
     read_layers,
 )
 from ..geometry import geometry_from_layer
-from ..layers import META_SOURCES
+from ..layers import META_ALGORITHM, META_DICOM_FILES, META_NAMES, META_SOURCES
 from .run import RunController, State
 from .tasks import BackgroundTask
 
 SETTINGS_OPEN_FOLDER = "files/open_folder"
 SETTINGS_SAVE_FOLDER = "files/save_folder"
 SETTINGS_SAVED_FOR_FOLDER = "files/save_folder_input"  # the folder of the input whose labels went to save_folder
-LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
+"""What Save writes: image files, and '.dcm' a DICOM SEG (labels made from a DICOM series only)."""
 DEFAULT_LABEL_SUFFIX = LABEL_SUFFIXES[0]
+DICOM_SEG_SUFFIX = ".dcm"
 
 
 def describe_input(path: str | Path | list[str | Path]) -> str:
     """How an image being opened is named: 'ct.nii.gz', 't1.nii.gz (+2)' for one file per channel, and 'the DICOM
     series in <folder>' for a file that is no image file (one file of a series stands for its series)."""
     first = Path(path if isinstance(path, (str, Path)) else path[0])
-    name = first.name if first.is_dir() or image_suffix(first) else f"the DICOM series in {first.parent.name}"
+    named = first.is_dir() or image_suffix(first) or first.name.lower().endswith(".zip")
+    name = first.name if named else f"the DICOM series in {first.parent.name}"
     return name + ("" if isinstance(path, (str, Path)) or len(path) == 1 else f" (+{len(path) - 1})")
 
 
@@ -63,7 +69,10 @@ def segmentation_name(source: Path) -> str:
     """The file name proposed for the labels of input ``source``: '<case>_segmentation' in the input's format
     ('ct.nrrd' -> 'ct_segmentation.nrrd'), NIfTI for a DICOM series folder or any other input."""
     suffix = image_suffix(source)
-    case = source.name if source.is_dir() else strip_suffix(source)
+    if source.is_dir():
+        case = source.name
+    else:  # a DICOM file stands for its series: its folder names the case
+        case = strip_suffix(source) if suffix or source.name.lower().endswith(".zip") else source.parent.name
     return f"{case}_segmentation{suffix if suffix in LABEL_SUFFIXES else DEFAULT_LABEL_SUFFIX}"
 
 
@@ -171,9 +180,13 @@ class FilesController(QObject):
         if not any(target.name.lower().endswith(s) for s in LABEL_SUFFIXES):
             target = target.with_name(target.name + ".nii.gz")
         refuse_overwriting_inputs([target], self._open_sources(layer))
+        if target.name.lower().endswith(DICOM_SEG_SUFFIX):
+            writing = (_write_dicom_seg, *_dicom_seg_arguments(layer, target))
+        else:
+            writing = (_write_file, np.asarray(layer.data), geometry_from_layer(layer), target)
         if not self.run.enter(State.SAVING):
             return None
-        writer = BackgroundTask(_write_file, np.asarray(layer.data), geometry_from_layer(layer), target)
+        writer = BackgroundTask(*writing)
         writer.succeeded.connect(self._on_saved)
         writer.failed.connect(self._on_save_failed)
         self.writer = writer
@@ -234,3 +247,23 @@ def _input_of(run_layers: list[Any], result: Any) -> Path | None:
 def _write_file(labels: np.ndarray, geometry: Any, target: Path) -> Path:
     write_labels(labels, geometry, target)
     return target
+
+
+def _dicom_seg_arguments(layer: Any, target: Path) -> tuple[Any, ...]:
+    """What :func:`_write_dicom_seg` needs for result ``layer``; raises :class:`InputError` (nothing started) when
+    its labels were not made from a DICOM series or the ``dicom`` extra is missing."""
+    files = tuple(Path(p) for p in layer.metadata.get(META_DICOM_FILES) or [])
+    if not files:
+        raise InputError(target, "a DICOM SEG needs labels made from a DICOM series; save this one as NIfTI, NRRD "
+                                 "or MetaImage")
+    require_dicom_extra("dicom-seg")
+    algorithm = layer.metadata.get(META_ALGORITHM) or AlgorithmInfo(model_name="Tilewise segmentation")
+    return (np.asarray(layer.data), DicomSource(geometry_from_layer(layer), files),
+            dict(layer.metadata.get(META_NAMES) or {}), target, algorithm)
+
+
+def _write_dicom_seg(labels: np.ndarray, source: DicomSource, names: dict[int, str], target: Path,
+                     algorithm: AlgorithmInfo) -> Path:
+    from tilewise.engine.data.dicom_seg import write_dicom_seg
+
+    return write_dicom_seg(labels, source, names, target, algorithm)

@@ -23,7 +23,7 @@ from typing import Any
 from qtpy.QtCore import QObject, Signal
 
 from .. import _gc
-from ..layers import META_COUNTS, META_PRESET, LivePreview
+from ..layers import META_ALGORITHM, META_COUNTS, META_DICOM_FILES, META_PRESET, LivePreview
 from .worker import PredictorCache, RunRequest, SegmentationWorker
 
 
@@ -186,8 +186,10 @@ class RunController(QObject):
     def _on_succeeded(self, result: Any, counts: dict[int, int]) -> None:
         request = self.worker.request
         if self.preview is not None:
-            self.result_layer = self.preview.finish(result.labels, {META_COUNTS: dict(counts),
-                                                                    META_PRESET: request.preset.name})
+            self.result_layer = self.preview.finish(result.labels, {
+                META_COUNTS: dict(counts), META_PRESET: request.preset.name,
+                META_DICOM_FILES: [str(path) for path in request.dicom_files],
+                META_ALGORITHM: self.worker.algorithm})
             self.preview = None
         self.succeeded.emit(request, result)
         self._end("done")

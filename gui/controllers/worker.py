@@ -17,6 +17,8 @@ from tilewise.engine import (
     Cancelled, CancelToken, Geometry, OutOfMemoryError, Predictor, Preset, TilewiseError, UntrustedCheckpointError,
     Volume,
 )
+from tilewise.engine.commands.options import algorithm_of
+from tilewise.engine.data.dicom_seg import AlgorithmInfo
 from tilewise.engine.preprocess.reuse import PreprocessCache
 from tilewise.engine.runtime.memory import is_out_of_memory
 
@@ -48,6 +50,8 @@ class RunRequest:
     geometry: Geometry
     sources: tuple[Path, ...] = ()
     nnunet_exact: bool = False
+    dicom_files: tuple[Path, ...] = ()
+    """The first channel's DICOM series files (empty when it came from no DICOM series): what a DICOM SEG cites."""
 
     @classmethod
     def for_layers(cls, model_dir: Path, choice: RunChoice, trust: bool, layers: list[Any]) -> RunRequest:
@@ -55,7 +59,8 @@ class RunRequest:
         sources = tuple(Path(s) for s in (layer.metadata.get("tilewise_source") for layer in layers) if s)
         return cls(model_dir=model_dir, preset=choice.preset, device=choice.device, folds=choice.folds, trust=trust,
                    channels=tuple(layer.data for layer in layers), geometry=geometry_from_layer(layers[0]),
-                   sources=sources, nnunet_exact=choice.nnunet_exact)
+                   sources=sources, nnunet_exact=choice.nnunet_exact,
+                   dicom_files=tuple(Path(p) for p in layers[0].metadata.get("tilewise_dicom_files", [])))
 
     @property
     def predictor_key(self) -> tuple[Any, ...]:
@@ -147,6 +152,8 @@ class SegmentationWorker(QThread):
         self.request = request
         self.cache = cache
         self.token = CancelToken()
+        self.algorithm: AlgorithmInfo | None = None
+        """The model, folds and preset of a finished run, as a DICOM SEG of its labels records them."""
         self._predictor: Predictor | None = None
         self._focus: tuple[int, int] | None = None
         self._focus_lock = threading.Lock()
@@ -192,6 +199,7 @@ class SegmentationWorker(QThread):
             if self.token.cancelled:
                 raise Cancelled()
             counts = count_labels(result.labels)
+            self.algorithm = algorithm_of(predictor)
         except Cancelled:
             self.cancelled.emit()
         except UntrustedCheckpointError as error:

@@ -24,8 +24,9 @@ from qtpy.QtWidgets import (
 from ..controllers.files import LABEL_SUFFIXES, labels_name
 
 IMAGE_FILTERS = ("Images and DICOM files (*)", "All files (*)")  # the first is narrowed by ImageFileFilter
-IMAGE_SUFFIXES = (*LABEL_SUFFIXES, ".dcm", ".dicom", ".ima")
+IMAGE_SUFFIXES = (*LABEL_SUFFIXES, ".dicom", ".ima", ".zip")  # .dcm is among the labels suffixes (DICOM SEG)
 LABELS_FILTERS = ("NIfTI (*.nii.gz *.nii)", "NRRD (*.nrrd)", "MetaImage (*.mha *.mhd)")
+DICOM_SEG_FILTER = "DICOM SEG (*.dcm)"  # offered for labels made from a DICOM series
 LABELS_FILTER = ";;".join(LABELS_FILTERS)
 
 
@@ -136,15 +137,15 @@ class ImageFileDialog(QFileDialog):
 class LabelsSaveDialog(QFileDialog):
     """Choose where to save labels; picking another file type renames the proposed file to match it."""
 
-    def __init__(self, parent: QWidget | None, suggested: Path) -> None:
+    def __init__(self, parent: QWidget | None, suggested: Path, dicom_seg: bool = False) -> None:
         super().__init__(parent, "Save segmentation", str(suggested.parent))
         self.setOption(QFileDialog.DontUseNativeDialog, True)
         self.setAcceptMode(QFileDialog.AcceptSave)
         self.setFileMode(QFileDialog.AnyFile)
-        self.setNameFilters(list(LABELS_FILTERS))
+        filters = [*LABELS_FILTERS, *([DICOM_SEG_FILTER] if dicom_seg else [])]
+        self.setNameFilters(filters)
         self.filterSelected.connect(self._follow_file_type)
-        chosen = next((f for f in LABELS_FILTERS if suggested.name.lower().endswith(tuple(filter_suffixes(f)))),
-                      LABELS_FILTERS[0])
+        chosen = next((f for f in filters if suggested.name.lower().endswith(tuple(filter_suffixes(f)))), filters[0])
         self.selectNameFilter(chosen)
         self.setDefaultSuffix(filter_suffixes(chosen)[0].lstrip("."))
         self.selectFile(str(suggested))
@@ -192,9 +193,10 @@ def ask_image_path(parent: QWidget | None, folder: str) -> str:
         dialog.deleteLater()
 
 
-def ask_save_path(parent: QWidget | None, suggested: Path) -> str:
-    """A file to save a segmentation to, chosen in a dialog that starts at ``suggested``; '' when cancelled."""
-    dialog = LabelsSaveDialog(parent, suggested)
+def ask_save_path(parent: QWidget | None, suggested: Path, dicom_seg: bool = False) -> str:
+    """A file to save a segmentation to, chosen in a dialog that starts at ``suggested`` (also offering DICOM SEG
+    when ``dicom_seg``); '' when cancelled."""
+    dialog = LabelsSaveDialog(parent, suggested, dicom_seg)
     try:
         return next(iter(dialog.selectedFiles()), "") if dialog.exec() == QDialog.Accepted else ""
     finally:
