@@ -45,10 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_parser(commands)
 
     bench = commands.add_parser("bench", help="time our engine (and nnU-Net's predictor) on one image")
-    bench.add_argument("-i", dest="input", required=True, help="image file (or nnU-Net-named case file) to segment")
+    bench.add_argument("-i", dest="input", required=True, help="image file (or nnU-Net-named case file) to segment; with --batch a folder of cases")
     add_run_options(bench)
     bench.add_argument("--against", choices=("nnunet",), default=None, help="also run nnUNetv2_predict_from_modelfolder with the same settings")
     bench.add_argument("--workdir", type=Path, default=None, help="keep outputs here (default: a temporary folder)")
+    bench.add_argument("--batch", action="store_true", help="-i is a folder of cases: cases per minute of 'tilewise batch' against nnUNetv2_predict_from_modelfolder (its default worker pools), then a resume over the finished folder")
+    bench.add_argument("--workers", type=int, default=1, help="with --batch: 'tilewise batch --workers' (default 1)")
 
     models = commands.add_parser("models", help="list nnU-Net models in folders (default: $nnUNet_results)")
     models.add_argument("folders", nargs="*", type=Path, help="folders to search")
@@ -147,6 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             keep_freed_host_memory()  # as for predict: this process only runs inference
             return run_batch(args)
+        if args.command == "bench" and args.batch:
+            from .bench_batch import run_bench_batch
+
+            return run_bench_batch(args)
         if args.command == "bench":
             from .bench import run_bench
 
