@@ -21,7 +21,7 @@ from ..model.bundle import ModelBundle
 def _stage_input(source: Path, bundle: ModelBundle, folder: Path) -> list[Path]:
     """Copy the case into ``folder`` with nnU-Net's naming and the dataset's file ending (both tools read it)."""
     folder.mkdir(parents=True, exist_ok=True)
-    cases = collect_cases(source, folder / "unused", bundle.num_input_channels)
+    cases = collect_cases(source, folder / "unused", bundle.image_channel_count)
     if len(cases) != 1:
         raise TilewiseError(source, f"bench takes one case, found {len(cases)}")
     staged = []

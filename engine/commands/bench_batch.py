@@ -25,7 +25,7 @@ def _stage_folder(source: Path, bundle: ModelBundle, folder: Path) -> list[str]:
     """The cases of ``source`` in ``folder`` with nnU-Net's naming and the dataset's file ending (both tools read
     this folder); the case names, sorted."""
     folder.mkdir(parents=True, exist_ok=True)
-    cases = collect_batch_cases(source, folder / "unused", bundle.num_input_channels)
+    cases = collect_batch_cases(source, folder / "unused", bundle.image_channel_count)
     names = []
     for batch_case in cases:
         case = batch_case.case
