@@ -40,7 +40,8 @@ def dialogs(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda parent, title, text, *a, **k:
                                                               shown["critical"].append((title, text))))
     monkeypatch.setattr(QMessageBox, "warning", staticmethod(warning))
-    monkeypatch.setattr(widget_module, "ask_save_path", lambda parent, suggested: str(shown["paths"].pop(0)))
+    monkeypatch.setattr(widget_module, "ask_save_path",
+                        lambda parent, suggested, dicom_seg=False: str(shown["paths"].pop(0)))
     return shown
 
 

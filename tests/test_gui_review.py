@@ -148,7 +148,7 @@ def test_save_remembers_the_last_folder(gui, qtbot, dialogs, tmp_path: Path, mon
     asked: list[str] = []
     answers: list[str] = []
 
-    def save_dialog(parent, suggested):
+    def save_dialog(parent, suggested, dicom_seg=False):
         asked.append(str(suggested))
         return answers.pop(0)
 
