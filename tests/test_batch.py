@@ -217,12 +217,9 @@ def test_memory_gate_admits_cases_while_their_planned_peaks_fit_together() -> No
     assert gate.admit((5000, 5000), CancelToken())  # alone it always runs: the planner refused what cannot fit
 
 
-def test_ctrl_c_keeps_finished_outputs_and_leaves_nothing_half_written(tmp_path: Path, ct_model: Path) -> None:
-    folder, out = tmp_path / "in", tmp_path / "out"
-    for n in range(6):
-        model_factory.make_case(folder / f"k{n}_0000.nii.gz", "3d", shape=(48, 48, 48), seed=40 + n)
-    argv = ["batch", "-i", str(folder), "-o", str(out), "-m", str(ct_model), "--preset", "reference", "-device",
-            "cpu", "--backend", "torch"]
+def interrupt_after_first_case(argv: list[str]) -> tuple[int, str]:
+    """Run ``tilewise argv`` (a 6-case batch) in a child process, press Ctrl-C once its first case has finished;
+    its exit status and stderr."""
     # A shell that starts CI in the background makes its children ignore SIGINT; a terminal's Ctrl-C never is: the
     # child restores Python's handler itself (no preexec_fn: this process has threads).
     script = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
@@ -245,6 +242,16 @@ def test_ctrl_c_keeps_finished_outputs_and_leaves_nothing_half_written(tmp_path:
                 process.kill()
                 process.wait()
     stderr = "".join(lines) + rest
+    return code, stderr
+
+
+def test_ctrl_c_keeps_finished_outputs_and_leaves_nothing_half_written(tmp_path: Path, ct_model: Path) -> None:
+    folder, out = tmp_path / "in", tmp_path / "out"
+    for n in range(6):
+        model_factory.make_case(folder / f"k{n}_0000.nii.gz", "3d", shape=(48, 48, 48), seed=40 + n)
+    argv = ["batch", "-i", str(folder), "-o", str(out), "-m", str(ct_model), "--preset", "reference", "-device",
+            "cpu", "--backend", "torch"]
+    code, stderr = interrupt_after_first_case(argv)
 
     assert code == 130, stderr
     assert "Traceback" not in stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import model_factory
 import pytest
+from test_batch import interrupt_after_first_case
 from tilewise.engine.commands.cli import main
 from tilewise.engine.distributed.cluster import plan_actors
 
@@ -155,26 +155,7 @@ def test_ctrl_c_on_a_ray_batch_keeps_finished_outputs(cluster, tmp_path: Path) -
     folder = make_cases(tmp_path / "in", [f"c{n}" for n in range(6)])
     out = tmp_path / "out"
     argv = ["batch", "-i", str(folder), "-o", str(out), *SLOWER, "--ray", cluster, "--ray-actors", "1"]
-    # as in test_batch: the child restores Python's SIGINT handler that a background shell may have turned off
-    script = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-              f"sys.argv = ['tilewise', *{argv!r}]; runpy.run_module('tilewise.engine', run_name='__main__')")
-    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}) as process:
-        try:
-            lines = []
-            for line in process.stderr:  # type: ignore[union-attr]
-                lines.append(line)
-                if "[1/6]" in line:
-                    break
-            assert process.poll() is None, "".join(lines)
-            process.send_signal(signal.SIGINT)
-            rest = process.stderr.read()  # type: ignore[union-attr]
-            code = process.wait(timeout=120)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    stderr = "".join(lines) + rest
+    code, stderr = interrupt_after_first_case(argv)
 
     assert code == 130, stderr
     assert "Traceback" not in stderr
