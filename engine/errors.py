@@ -14,6 +14,11 @@ class TilewiseError(Exception):
         self.problem = problem
         super().__init__(f"{self.source}: {problem}" if self.source else problem)
 
+    def __reduce__(self) -> tuple[type, tuple[str | None, str]]:
+        """Pickle as (source, problem): Ray, multiprocessing and concurrent.futures hand errors between processes,
+        and Exception's default pickling would call ``__init__`` with the message alone."""
+        return type(self), (self.source, self.problem)
+
 
 class InputError(TilewiseError):
     """An input image is missing, unreadable or does not fit the model."""
