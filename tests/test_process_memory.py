@@ -11,6 +11,7 @@ import time
 import pytest
 from tilewise.engine.commands import process_memory
 from tilewise.engine.commands.process_memory import TreeMemory, run_timed
+from tilewise.engine.runtime.memory import high_water_kb
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="proportional sizes need Linux /proc")
 
@@ -63,7 +64,7 @@ def test_a_peak_between_proportional_reads_is_seen(monkeypatch) -> None:
 
 def test_a_childs_own_peak_does_not_count_the_parent_it_was_forked_from() -> None:
     ballast = bytearray(os.urandom(1 << 20)) * 700  # this process is now at least 700 MB resident
-    parent_mb = process_memory._high_water_kb(os.getpid()) / 1024
+    parent_mb = high_water_kb(os.getpid()) / 1024
     script = "from tilewise.engine.runtime.memory import peak_rss_bytes; print(peak_rss_bytes())"
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     child_mb = int(child.stdout.split()[-1]) / 2**20

@@ -2,20 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import SimpleITK as sitk
 
 from ..data.cases import collect_cases
-from .options import preset_from_args
 from ..errors import TilewiseError
-from .metrics import dice_per_label
-from .process_memory import run_timed
 from ..model.bundle import ModelBundle
+from .metrics import dice_per_label
+from .options import preset_from_args
+from .process_memory import run_timed
 
 
 def _stage_input(source: Path, bundle: ModelBundle, folder: Path) -> list[Path]:
@@ -63,13 +65,24 @@ def _nnunet_command(args: argparse.Namespace, report: dict, model_dir: Path, sta
     return command
 
 
+@contextlib.contextmanager
+def bench_workdir(requested: str | None, prefix: str) -> Iterator[Path]:
+    """The folder a bench stages its input and both tools' outputs in: ``requested`` (kept), or a temporary one
+    removed afterwards."""
+    workdir = Path(requested or tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield workdir
+    finally:
+        if requested is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """Run the bench command; prints a table and, as the last line, one JSON object."""
     preset = preset_from_args(args)
     bundle = ModelBundle.load(args.model, folds=args.folds, checkpoint_name=args.checkpoint, trust=args.trust_model,
                               fold_count=preset.fold_count)
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tilewise-bench-"))
-    try:
+    with bench_workdir(args.workdir, "tilewise-bench-") as workdir:
         staged = _stage_input(Path(args.input), bundle, workdir / "input")
         ours_out, report_path = workdir / "tilewise", workdir / "tilewise-report.json"
         ours = run_timed(_ours_command(args, bundle.path, staged[0].parent, ours_out, report_path))
@@ -116,9 +129,6 @@ def run_bench(args: argparse.Namespace) -> int:
             })
             _print_against(summary)
         print(json.dumps(summary))
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

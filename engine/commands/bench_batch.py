@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -15,7 +14,7 @@ from ..data.readers import image_suffix
 from ..errors import InputError, TilewiseError
 from ..model.bundle import ModelBundle
 from .batch_cases import collect_batch_cases
-from .bench import _nnunet_command, _ours_command
+from .bench import _nnunet_command, _ours_command, bench_workdir
 from .metrics import dice_per_label
 from .options import preset_from_args
 from .process_memory import Timed, run_timed
@@ -76,8 +75,7 @@ def run_bench_batch(args: argparse.Namespace) -> int:
     preset = preset_from_args(args)
     bundle = ModelBundle.load(args.model, folds=args.folds, checkpoint_name=args.checkpoint, trust=args.trust_model,
                               fold_count=preset.fold_count)
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tilewise-bench-batch-"))
-    try:
+    with bench_workdir(args.workdir, "tilewise-bench-batch-") as workdir:
         staged = workdir / "input"
         names = _stage_folder(Path(args.input), bundle, staged)
         ours_out, nnunet_out = workdir / "tilewise", workdir / "nnunet"
@@ -113,9 +111,6 @@ def run_bench_batch(args: argparse.Namespace) -> int:
             result.update(_compare(names, bundle.file_ending, ours_out, nnunet_out))
         _print_table(result)
         print(json.dumps(result))
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

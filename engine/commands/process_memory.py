@@ -10,12 +10,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..runtime.memory import high_water_kb
+
 SAMPLE_INTERVAL_S = 0.05
 PSS_INTERVAL_S = 1.0
 """How often each process's proportional set size is read. Reading ``smaps_rollup`` walks the process's page tables
-under its memory lock: read every 50 ms it slowed ``tilewise batch``'s sliding window from 23.9 s to 32.8 s per case
-(2026-12-02, 3 bench CT cases), so between these reads the sampler uses the resident size (``statm``, which costs
-the process nothing) less the shared part measured at the last read."""
+under its memory lock: read every 50 ms it slowed ``tilewise batch``'s sliding window from 23.9-27.7 s to
+32.1-33.1 s per case (2026-12-02, 3 bench CT cases), so between these reads the sampler uses the resident size
+(``statm``, which costs the process nothing) less the shared part measured at the last read."""
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024 if hasattr(os, "sysconf") else 4
 
 
@@ -68,18 +70,6 @@ def _resident_kb(pid: int) -> int | None:
         return None
 
 
-def _high_water_kb(pid: int) -> int:
-    """The peak resident set size of one process since its last exec (``VmHWM``), in kB; 0 once it is gone. Unlike
-    ``ru_maxrss`` it does not start at the size of the parent that forked it."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
 class TreeMemory:
     """The memory of a process and its descendants, sampled often and cheaply: per process the resident size less
     its shared part (resident minus proportional size), which is re-measured every :data:`PSS_INTERVAL_S`."""
@@ -106,7 +96,7 @@ class TreeMemory:
                     self._shared_kb[pid] = max(0, resident - proportional)
                     self._measured_at[pid] = now
             total_kb += max(0, resident - self._shared_kb.get(pid, 0))
-            self.largest_single_mb = max(self.largest_single_mb, _high_water_kb(pid) / 1024)
+            self.largest_single_mb = max(self.largest_single_mb, (high_water_kb(pid) or 0) / 1024)
         return total_kb / 1024
 
 

@@ -115,14 +115,23 @@ def device_available_bytes(device: torch.device) -> int:
     return host_available_bytes()
 
 
-def peak_rss_bytes() -> int | None:
-    """This process's peak resident set size so far (None where the OS does not say: Windows)."""
-    try:  # Linux: the high-water mark of this program's memory; ru_maxrss also counts the parent it was forked from
-        for line in Path("/proc/self/status").read_text().splitlines():
+def high_water_kb(pid: int | str = "self") -> int | None:
+    """A process's peak resident set size since its last exec (Linux ``VmHWM``), in kB; None where /proc does not
+    say or the process is gone. Unlike ``ru_maxrss`` it does not count the parent the process was forked from."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+                return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident set size so far (None where the OS does not say: Windows)."""
+    high_water = high_water_kb()
+    if high_water is not None:
+        return high_water * 1024
     try:
         import resource
         import sys
