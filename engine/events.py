@@ -5,7 +5,7 @@ import contextvars
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -80,3 +80,17 @@ def check_cancelled() -> None:
     token = _CURRENT.get()
     if token is not None and token.cancelled:
         raise Cancelled()
+
+
+def counted_events(on_event: EventHandler | None, before: int, total: int) -> EventHandler | None:
+    """Tile events of one stage of a longer run, counted over the whole run: ``before`` tiles came earlier and
+    ``total`` is every stage's (a cascade's two stages share one progress bar)."""
+    if on_event is None:
+        return None
+
+    def forward(event: TileEvent) -> None:
+        done = before + event.done
+        rate = event.elapsed_s / max(event.done, 1)
+        on_event(replace(event, done=done, total=total, eta_s=rate * (total - done)))
+
+    return forward

@@ -1,5 +1,5 @@
 """One model, one preset, one device: preprocess -> sliding window -> export, with per-stage timings; each stage is
-a public method (see :mod:`~tilewise.engine.stages`), :meth:`Predictor.predict` runs them in a row."""
+a public method (see :mod:`~tilewise.engine.prepared_case`), :meth:`Predictor.predict` runs them in a row."""
 from __future__ import annotations
 
 import time
@@ -20,31 +20,26 @@ from .data.model_reader import (
 )
 from .data.volume import Geometry, Volume
 from .errors import InputError, TilewiseError
-from .events import CancelToken, EventHandler, cancellable, check_cancelled
+from .events import CancelToken, EventHandler, cancellable, check_cancelled, counted_events
 from .model.bundle import ModelBundle
 from .model.cascade import check_pair, previous_stage_dir
 from .nnunet_exact import export_like_nnunet, run_like_nnunet
+from .postprocess.export import export_with_fallback
 from .postprocess.labels import logits_to_labels
+from .prepared_case import PreparedCase
+from .preprocess.cascade_input import previous_stage_input
 from .preprocess.grid_mapping import GridMapper
 from .preprocess.grid_shape import job_size
 from .preprocess.pipeline import Preprocessed, preprocess
 from .preprocess.reuse import PreprocessCache, preprocess_key
 from .presets import Preset
 from .runtime.devices import default_batch_size
-from .runtime.memory import free_device_memory
-from .runtime.memory_plan import MemoryPlan, plan_memory
+from .runtime.memory import free_device_memory, record_peak
+from .runtime.memory_plan import MemoryBudget, MemoryPlan, plan_memory
 from .sliding.accumulators import Placement, placements
+from .sliding.empty_tiles import empty_tile_test
 from .sliding.plan import Tile
 from .sliding.runner import SlidingWindowRunner, background_logits
-from .stages import (
-    MemoryBudget,
-    PreparedCase,
-    counted_events,
-    empty_tile_test,
-    export_with_fallback,
-    previous_stage_input,
-    record_peak,
-)
 
 
 @dataclass
@@ -307,7 +302,7 @@ class Predictor:
     def _run_first_stage(self, case: PreparedCase, on_event: EventHandler | None, cancel: CancelToken | None,
                          provisional_labels: bool) -> None:
         """A cascade's first stage: its tiles and export, then its segmentation stacked onto this stage's input
-        (:func:`~tilewise.engine.stages.previous_stage_input`); stops there when ``cancel`` is set."""
+        (:func:`~tilewise.engine.preprocess.cascade_input.previous_stage_input`); stops there when ``cancel`` is set."""
         assert self.previous is not None and case.previous is not None and case.prepared is not None
         first = case.previous
         self.previous.run_tiles(first, on_event, cancel, provisional_labels)

@@ -14,8 +14,8 @@ import pydicom
 import SimpleITK as sitk
 from tilewise.engine import Geometry, Volume, read_volume
 from tilewise.engine import write_labels as _write_labels
-from tilewise.engine.data.dicom_input import ENHANCED_VOLUME_CLASSES
-from tilewise.engine.data.dicom_zip import is_zip
+from tilewise.engine.data.dicom.series import ENHANCED_VOLUME_CLASSES
+from tilewise.engine.data.dicom.zips import is_zip
 from tilewise.engine.data.readers import (
     IMAGE_SUFFIXES,
     image_suffix,

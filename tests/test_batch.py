@@ -17,8 +17,8 @@ import model_factory
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from tilewise.engine.commands.batch_cases import collect_batch_cases, shard
-from tilewise.engine.commands.batch_pipeline import MemoryGate
+from tilewise.engine.batch.cases import collect_batch_cases, shard
+from tilewise.engine.batch.pipeline import MemoryGate
 from tilewise.engine.commands.cli import main
 from tilewise.engine.events import CancelToken
 

@@ -16,11 +16,11 @@ import SimpleITK as sitk
 from pydicom.uid import generate_uid
 from rt_utils import RTStructBuilder
 from tilewise.engine.commands.cli import main
-from tilewise.engine.data.dicom_seg import AlgorithmInfo, write_dicom_seg
-from tilewise.engine.data.dicom_source import DicomSource
+from tilewise.engine.data.dicom.seg import AlgorithmInfo, write_dicom_seg
+from tilewise.engine.data.dicom.source import DicomSource
 from tilewise.engine.data.label_colors import label_rgb
 from tilewise.engine.data.readers import read_volume
-from tilewise.engine.data.rtstruct import write_rtstruct
+from tilewise.engine.data.dicom.rtstruct import write_rtstruct
 from tilewise.engine.errors import InputError
 
 SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "demo" / "sample_t1.nii.gz"

@@ -194,7 +194,7 @@ def test_focus_moves_while_running(ct_model: Path, big_case: Path) -> None:
 
 def test_out_of_memory_in_export_fails_clearly_without_rerunning_the_tiles(ct_model: Path, ct_case: Path,
                                                                           monkeypatch) -> None:
-    from tilewise.engine import stages as stages_module
+    from tilewise.engine.postprocess import export as export_module
     from tilewise.engine.errors import OutOfMemoryError
 
     volume = read_volume(ct_case)
@@ -215,7 +215,7 @@ def test_out_of_memory_in_export_fails_clearly_without_rerunning_the_tiles(ct_mo
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 33030144000 bytes")
 
     predictor.backend = CountingBackend()
-    monkeypatch.setattr(stages_module, "export_logits", export_out_of_memory)
+    monkeypatch.setattr(export_module, "export_logits", export_out_of_memory)
     with pytest.raises(OutOfMemoryError) as raised:
         predictor.predict(volume)
     assert raised.value.exit_code == 3 and "writing labels on the input grid" in str(raised.value)

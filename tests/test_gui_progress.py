@@ -16,7 +16,7 @@ from qtpy.QtGui import QMovie  # noqa: E402
 from qtpy.QtWidgets import QMessageBox  # noqa: E402
 
 import model_factory  # noqa: E402
-from tilewise.engine import stages as engine_stages  # noqa: E402
+from tilewise.engine.postprocess import export as engine_export  # noqa: E402
 from tilewise.gui._compat import busy_indicator  # noqa: E402
 from tilewise.gui.panels import activity  # noqa: E402
 from tilewise.gui.panels.run import FINISHING_TEXT  # noqa: E402
@@ -77,13 +77,13 @@ def test_activity_panel_counts_tiles_and_closes_at_the_end(gui, qtbot, monkeypat
 def test_finishing_step_shows_a_busy_bar_with_what_it_does(gui, qtbot, monkeypatch: pytest.MonkeyPatch) -> None:
     viewer, widget = gui
     widget.settings_panel.select_preset("preview")
-    real_export = engine_stages.export_logits
+    real_export = engine_export.export_logits
 
     def slow_export(*args, **kwargs):  # a large many-label case: putting labels back on the input grid takes a while
         time.sleep(1.5)
         return real_export(*args, **kwargs)
 
-    monkeypatch.setattr(engine_stages, "export_logits", slow_export)
+    monkeypatch.setattr(engine_export, "export_logits", slow_export)
     at_last_tile: list[tuple[str, int, int]] = []
     finishing_bars: list[tuple[str, int]] = []
 

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
-
 from tilewise.gui._preload import preload_native_libraries  # noqa: E402
 
 preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
 
 from bench_gui_responsive import RUN_TIMEOUT_MS, gui  # noqa: E402, F401 - the same viewer, model and case
 from tilewise.engine import predictor as predictor_module  # noqa: E402
-from tilewise.engine import stages as stages_module  # noqa: E402
 from tilewise.engine.postprocess import export as export_module  # noqa: E402
 from tilewise.engine.preprocess import pipeline  # noqa: E402
 
@@ -33,7 +30,7 @@ def test_engine_work_never_runs_on_the_gui_thread(gui, qtbot, monkeypatch: pytes
 
     monkeypatch.setattr(predictor_module.Predictor, "__init__", recorded("load", predictor_module.Predictor.__init__))
     monkeypatch.setattr(predictor_module, "preprocess", recorded("preprocess", predictor_module.preprocess))
-    monkeypatch.setattr(stages_module, "export_logits", recorded("export", export_module.export_logits))
+    monkeypatch.setattr(export_module, "export_logits", recorded("export", export_module.export_logits))
     monkeypatch.setattr(pipeline, "preprocess", recorded("preprocess", pipeline.preprocess))
     widget.settings_panel.select_preset("preview")
     tiles: list = []

@@ -11,7 +11,7 @@ import pytest
 from tilewise.engine import Predictor, Volume, get_preset, read_volume
 from tilewise.engine.errors import OutOfMemoryError
 from tilewise.engine.preprocess.reuse import PreprocessCache
-from tilewise.engine.stages import MemoryBudget
+from tilewise.engine.runtime.memory_plan import MemoryBudget
 
 SMALL = (24, 28, 32)
 PLENTY = MemoryBudget(host_bytes=10**12, device_bytes=10**12)

@@ -14,6 +14,23 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from ..batch.cases import (
+    BatchCase,
+    case_outputs,
+    collect_batch_cases,
+    is_finished,
+    shard,
+)
+from ..batch.pipeline import BatchPipeline
+from ..batch.records import FAILED, INTERRUPTED, CaseRecord, now_iso, this_worker
+from ..batch.stages import CaseStages
+from ..batch.summary import (
+    BatchProgress,
+    BatchSummary,
+    earlier_records,
+    skipped_record,
+    summary_path,
+)
 from ..data.safe_output import refuse_overwriting_inputs
 from ..errors import InputError
 from ..events import CancelToken
@@ -22,24 +39,7 @@ from ..predictor import Predictor
 from ..presets import Preset
 from ..runtime.devices import describe_device
 from ..runtime.memory import peak_rss_bytes
-from ..stages import MemoryBudget
-from .batch_cases import (
-    BatchCase,
-    case_outputs,
-    collect_batch_cases,
-    is_finished,
-    shard,
-)
-from .batch_pipeline import BatchPipeline
-from .batch_records import FAILED, INTERRUPTED, CaseRecord, now_iso, this_worker
-from .batch_stages import CaseStages
-from .batch_summary import (
-    BatchProgress,
-    BatchSummary,
-    earlier_records,
-    skipped_record,
-    summary_path,
-)
+from ..runtime.memory_plan import MemoryBudget
 from .options import preset_from_args, with_output_type
 
 EXIT_SOME_FAILED = 3

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from ..batch.cases import collect_batch_cases
 from ..data.readers import image_suffix
 from ..errors import InputError, TilewiseError
 from ..model.bundle import ModelBundle
-from .batch_cases import collect_batch_cases
 from .bench import _nnunet_command, _ours_command, bench_workdir
 from .metrics import dice_per_label
 from .options import preset_from_args

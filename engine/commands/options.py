@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..data.cases import Case
-from ..data.dicom_source import DicomSource, read_source_series, require_dicom_extra
+from ..data.dicom.source import DicomSource, read_source_series, require_dicom_extra
 from ..data.readers import image_suffix
 from ..data.safe_output import atomic_output
 from ..data.volume import Geometry
@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..presets import Preset, get_preset
 
 if TYPE_CHECKING:
-    from ..data.dicom_seg import AlgorithmInfo
+    from ..data.dicom.seg import AlgorithmInfo
     from ..predictor import Predictor
 
 OUTPUT_SUFFIXES: dict[str, str] = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "dicom-seg": "_seg.dcm",
@@ -87,7 +87,7 @@ def with_output_type(cases: list[Case], output_type: str) -> list[Case]:
 
 def algorithm_of(predictor: Predictor) -> AlgorithmInfo:
     """The model, folds and preset of ``predictor`` as a DICOM output records them."""
-    from ..data.dicom_seg import AlgorithmInfo
+    from ..data.dicom.seg import AlgorithmInfo
 
     bundle = predictor.bundle
     return AlgorithmInfo(model_name=f"{bundle.dataset_name} {bundle.configuration_name}",
@@ -116,11 +116,11 @@ def write_case_labels(predictor: Predictor, labels: np.ndarray, geometry: Geomet
         return
     source = DicomSource(geometry, dicom_files)
     if name.endswith(OUTPUT_SUFFIXES["dicom-seg"]):
-        from ..data.dicom_seg import write_dicom_seg
+        from ..data.dicom.seg import write_dicom_seg
 
         write_dicom_seg(labels, source, predictor.bundle.label_names, path, algorithm_of(predictor))
     else:
-        from ..data.rtstruct import write_rtstruct
+        from ..data.dicom.rtstruct import write_rtstruct
 
         write_rtstruct(labels, source, predictor.bundle.label_names, path, algorithm_of(predictor))
 

@@ -1,6 +1,6 @@
 """Reading images into :class:`Volume`, through SimpleITK.
 
-Supported: NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha, .mhd), and DICOM (:mod:`.dicom_input`): a folder
+Supported: NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha, .mhd), and DICOM (:mod:`.dicom.series`): a folder
 (its largest image series, at any depth, or the one asked for), a zip of one, a multi-frame enhanced CT/MR/PET file
 or one file of a series.
 """
@@ -19,8 +19,8 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..runtime.quiet import silenced_fd2
-from .dicom_input import is_dicom_file, is_dicom_folder, read_dicom
-from .dicom_zip import is_zip, unpack
+from .dicom.series import is_dicom_file, is_dicom_folder, read_dicom
+from .dicom.zips import is_zip, unpack
 from .volume import Geometry, Volume
 
 __all__ = ["IMAGE_SUFFIXES", "image_suffix", "is_dicom_folder", "is_dicom_input", "read_volume", "strip_suffix"]

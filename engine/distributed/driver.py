@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..commands.batch_cases import BatchCase
-from ..commands.batch_records import (
+from ..batch.cases import BatchCase
+from ..batch.records import (
     FAILED,
     CaseRecord,
     failure_reason,

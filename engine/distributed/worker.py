@@ -7,13 +7,13 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from ..commands.batch_cases import BatchCase
-from ..commands.batch_records import INTERRUPTED, CaseRecord, run_case
-from ..commands.batch_stages import CaseStages
+from ..batch.cases import BatchCase
+from ..batch.records import INTERRUPTED, CaseRecord, run_case
+from ..batch.stages import CaseStages
 from ..errors import TilewiseError
 from ..events import CancelToken
 from ..presets import Preset
-from ..stages import MemoryBudget
+from ..runtime.memory_plan import MemoryBudget
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import Cancelled, DiskSpaceError
+from ..errors import Cancelled, DiskSpaceError, OutOfMemoryError
 from ..events import CancelToken
 from ..model.bundle import ModelBundle
+from ..runtime.memory import free_device_memory, is_out_of_memory
 from .labels import logits_to_labels
 from .resample import ORDERS, LogitResampler, slab_rows
 
@@ -130,3 +131,22 @@ def export_logits(logits: torch.Tensor, bundle: ModelBundle, properties: dict[st
 def _slab(resampler: LogitResampler, logits: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     low, high = resampler.input_rows(start, stop)
     return resampler.slab(logits[:, low:high], start, stop, low)
+
+
+def export_with_fallback(logits: torch.Tensor, bundle: ModelBundle, properties: dict[str, Any],
+                         with_probabilities: bool, slab_bytes: int, cancel: CancelToken | None,
+                         device: torch.device, notes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels (and probabilities) of ``logits`` on the input grid, slab by slab; when device memory runs out,
+    again on the host (with a note). Raises :class:`OutOfMemoryError` when host memory runs out."""
+    try:
+        exported = export_logits(logits, bundle, properties, with_probabilities, slab_bytes, cancel)
+    except (RuntimeError, MemoryError) as error:
+        if not is_out_of_memory(error):
+            raise
+        free_device_memory(device)
+        if logits.device.type == "cpu":
+            raise OutOfMemoryError("export", "out of memory while writing labels on the input grid; close other "
+                                             "programs or use a machine with more memory") from None
+        notes.append("device memory ran out during export: resampled on the host instead")
+        exported = export_logits(logits.cpu(), bundle, properties, with_probabilities, slab_bytes, cancel)
+    return exported.labels, exported.probabilities

@@ -139,3 +139,10 @@ def peak_rss_bytes() -> int | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS reports bytes, Linux kB
+
+
+def record_peak(peaks: dict[str, float], stage: str) -> None:
+    """Note in ``peaks`` this process's peak resident memory (MiB) at the end of ``stage``, where the OS says it."""
+    peak = peak_rss_bytes()
+    if peak is not None:
+        peaks[stage] = round(peak / 2**20, 1)

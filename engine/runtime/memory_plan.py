@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import OutOfMemoryError
+from .memory import device_available_bytes, host_available_bytes
 
 HEADROOM = 0.85
 """Share of the available memory a plan may use: the rest is for the libraries, the allocator and other programs."""
@@ -93,3 +94,17 @@ def plan_memory(job: JobSize, compute_device: torch.device, placements: list[tup
         f"outputs on a {job.network_voxels / 1e6:.0f} M-voxel network grid: {sums / GB:.1f} GB in float16), "
         f"{host_available / GB:.1f} GB are available; use a coarser model (3d_lowres), a machine with more memory"
         + ("" if on_cpu else ", or --device cpu"))
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """The memory a case is planned against: host and compute-device bytes available (a batch takes them once,
+    when it starts)."""
+
+    host_bytes: int
+    device_bytes: int
+
+    @classmethod
+    def available_now(cls, device: torch.device) -> MemoryBudget:
+        """The host's and ``device``'s available memory at this moment."""
+        return cls(host_available_bytes(), device_available_bytes(device))

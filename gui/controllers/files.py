@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from qtpy.QtCore import QObject, QSettings, QStandardPaths, Signal
 from tilewise.engine import write_labels
-from tilewise.engine.data.dicom_seg import AlgorithmInfo
-from tilewise.engine.data.dicom_source import DicomSource, require_dicom_extra
+from tilewise.engine.data.dicom.seg import AlgorithmInfo
+from tilewise.engine.data.dicom.source import DicomSource, require_dicom_extra
 from tilewise.engine.data.readers import image_suffix, strip_suffix
 from tilewise.engine.data.safe_output import refuse_overwriting_inputs
 from tilewise.engine.errors import InputError
@@ -264,6 +264,6 @@ def _dicom_seg_arguments(layer: Any, target: Path) -> tuple[Any, ...]:
 
 def _write_dicom_seg(labels: np.ndarray, source: DicomSource, names: dict[int, str], target: Path,
                      algorithm: AlgorithmInfo) -> Path:
-    from tilewise.engine.data.dicom_seg import write_dicom_seg
+    from tilewise.engine.data.dicom.seg import write_dicom_seg
 
     return write_dicom_seg(labels, source, names, target, algorithm)

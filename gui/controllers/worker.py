@@ -18,7 +18,7 @@ from tilewise.engine import (
     Volume,
 )
 from tilewise.engine.commands.options import algorithm_of
-from tilewise.engine.data.dicom_seg import AlgorithmInfo
+from tilewise.engine.data.dicom.seg import AlgorithmInfo
 from tilewise.engine.preprocess.reuse import PreprocessCache
 from tilewise.engine.runtime.memory import is_out_of_memory
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.cases import Case, ChannelGroup, group_channel_files, image_files
-from ..data.dicom_zip import is_zip
+from ..data.dicom.zips import is_zip
 from ..data.readers import image_suffix, is_dicom_folder
 from ..errors import InputError
 

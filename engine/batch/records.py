@@ -12,8 +12,8 @@ from typing import Any
 from ..errors import Cancelled, TilewiseError
 from ..events import CancelToken
 from ..runtime.memory import free_device_memory, is_out_of_memory
-from .batch_cases import BatchCase, case_outputs
-from .batch_stages import STAGES, CaseStages, InFlight
+from .cases import BatchCase, case_outputs
+from .stages import STAGES, CaseStages, InFlight
 
 DONE, FAILED, SKIPPED, INTERRUPTED = "done", "failed", "skipped", "interrupted"
 

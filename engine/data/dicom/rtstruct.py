@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from .dicom_seg import AlgorithmInfo, segment_labels
-from .dicom_source import DicomGrid, match_source, require_dicom_extra
-from .label_colors import label_rgb
-from .safe_output import atomic_output
+from ...errors import InputError
+from ..label_colors import label_rgb
+from ..safe_output import atomic_output
+from .seg import AlgorithmInfo, segment_labels
+from .source import DicomGrid, match_source, require_dicom_extra
 
 
 def write_rtstruct(labels: np.ndarray, source: DicomGrid, label_names: Mapping[int, str], path: Path,
@@ -28,7 +28,7 @@ def write_rtstruct(labels: np.ndarray, source: DicomGrid, label_names: Mapping[i
     """Write ``labels`` ((z, y, x) on ``source``'s grid) as one RTSTRUCT file at ``path``, atomically.
 
     ``source`` is the DICOM series the labels were computed on (a :class:`Volume` or a
-    :class:`~.dicom_source.DicomSource`: geometry and ``dicom_files``), ``label_names`` maps label values to names.
+    :class:`~.source.DicomSource`: geometry and ``dicom_files``), ``label_names`` maps label values to names.
     Raises :class:`InputError` when ``source`` is not a single-frame DICOM series with square pixels, the label map
     is not on its grid, or holds a value ``label_names`` lacks; :class:`TilewiseError` when the ``dicom`` extra is
     not installed. Returns ``path``.

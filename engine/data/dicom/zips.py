@@ -7,7 +7,7 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from ..errors import DiskSpaceError, InputError
+from ...errors import DiskSpaceError, InputError
 
 MAX_UNPACKED_BYTES = 64 * 2**30
 """The most a zip may unpack to (64 GiB: several whole-body CT studies)."""

@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterator
 
 from ..events import CancelToken
 from ..runtime.memory_plan import HEADROOM
-from .batch_cases import BatchCase
-from .batch_records import CaseRecord, CaseRun, problem_record
-from .batch_stages import CaseStages
+from .cases import BatchCase
+from .records import CaseRecord, CaseRun, problem_record
+from .stages import CaseStages
 
 POLL_S = 0.1
 """How often a waiting thread looks at the cancel token."""

@@ -1,13 +1,13 @@
 """One batch case through a loaded :class:`Predictor`, cut into stages: read -> preprocess -> sliding window ->
 export -> write. Each stage is a method, so that a pipeline runs them on different threads (the device runs case k
-while case k+1 is preprocessed and case k-1 written), and :func:`~.batch_records.run_case` runs them in a row.
+while case k+1 is preprocessed and case k-1 written), and :func:`~.records.run_case` runs them in a row.
 Nothing here is global: all state is in the :class:`CaseStages` object and the :class:`InFlight` item.
 
 The middle stages are the predictor's own (:meth:`Predictor.plan_case`, ``preprocess_case``, ``run_tiles``,
 ``finish``: what :meth:`Predictor.predict` runs in a row), so a batch writes the same bytes as ``tilewise predict``,
 also with ``nnunet_exact``. One difference that does not change a voxel: every case is planned against the memory
 there was when the batch started, not what other cases in flight leave (the pipeline admits cases so that their
-planned peaks fit together, see :mod:`.batch_pipeline`).
+planned peaks fit together, see :mod:`.pipeline`).
 """
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..commands.options import check_dicom_references, write_case_labels
 from ..data.cases import Case
 from ..data.readers import read_volume
 from ..data.writers import write_probabilities
 from ..events import CancelToken
 from ..predictor import Predictor, Result
-from ..stages import MemoryBudget, PreparedCase
-from .options import check_dicom_references, write_case_labels
+from ..prepared_case import PreparedCase
+from ..runtime.memory_plan import MemoryBudget
 
 
 @dataclass

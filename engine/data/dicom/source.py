@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import InputError, TilewiseError
-from .volume import Geometry
+from ...errors import InputError, TilewiseError
+from ..volume import Geometry
 
 INSTALL_HINT = 'pip install "tilewise[dicom]"'
 _MODULES: dict[str, tuple[str, ...]] = {"dicom-seg": ("pydicom", "highdicom"),

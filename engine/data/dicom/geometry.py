@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
+from ...errors import InputError
 
 ORIENTATION_TOLERANCE = 1e-3
 """How far direction cosines may differ between slices of one volume."""

@@ -12,7 +12,7 @@ CT/MR/PET objects.
   uneven gaps (missing slices) or are sheared (gantry tilt) is refused with one line saying so: any of these would
   put the labels in the wrong place.
 - Single-frame series are decoded by SimpleITK/GDCM (every transfer syntax GDCM knows); multi-frame enhanced
-  objects by pydicom, frame by frame from their functional groups (:mod:`.dicom_geometry`), with the geometry
+  objects by pydicom, frame by frame from their functional groups (:mod:`.geometry`), with the geometry
   SimpleITK gives the equivalent single-frame series.
 
 """
@@ -28,9 +28,9 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from ..errors import InputError
-from ..runtime.quiet import silenced_fd2
-from .dicom_geometry import floats, frame_geometry, multiframe_image, stack_order
+from ...errors import InputError
+from ...runtime.quiet import silenced_fd2
+from .geometry import floats, frame_geometry, multiframe_image, stack_order
 
 MIN_SLICES = 3
 """Fewer slices than this are no volume to segment (a localizer, a key image)."""

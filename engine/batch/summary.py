@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..commands.options import write_json
 from ..runtime.quiet import unsilenced
-from .batch_cases import BatchCase
-from .batch_records import DONE, FAILED, SKIPPED, CaseRecord
-from .options import write_json
+from .cases import BatchCase
+from .records import DONE, FAILED, SKIPPED, CaseRecord
 
 SUMMARY_NAME = "batch_summary.json"
 SAVE_EVERY_S = 30.0

@@ -2,7 +2,7 @@
 
 One segment per label of the model (background left out; empty labels included, so that segment ``n`` is the same
 structure in every case a model segments), numbered in label-value order, each with its dataset.json name, the
-viewer's colour and a coded category/type (:mod:`.dicom_codes`); the algorithm (model, folds, preset, Tilewise's
+viewer's colour and a coded category/type (:mod:`.codes`); the algorithm (model, folds, preset, Tilewise's
 version) is recorded on every segment. ``LABELMAP`` (one frame per source frame, 8 bits, 16 beyond 255 labels) when
 the installed highdicom has it, else ``BINARY`` (1 bit per pixel, one frame per segment and source frame).
 
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from .dicom_codes import property_codes
-from .dicom_source import DicomGrid, match_source, require_dicom_extra
-from .label_colors import label_rgb
-from .safe_output import atomic_output
+from ...errors import InputError
+from ..label_colors import label_rgb
+from ..safe_output import atomic_output
+from .codes import property_codes
+from .source import DicomGrid, match_source, require_dicom_extra
 
 
 def tilewise_version() -> str:
@@ -82,7 +82,7 @@ def write_dicom_seg(labels: np.ndarray, source: DicomGrid, label_names: Mapping[
     """Write ``labels`` ((z, y, x) on ``source``'s grid) as one DICOM SEG file at ``path``, atomically.
 
     ``source`` is the DICOM image the labels were computed on: the :class:`Volume` read from it, or a
-    :class:`~.dicom_source.DicomSource` (its geometry and ``dicom_files``: a series' files, or one multi-frame
+    :class:`~.source.DicomSource` (its geometry and ``dicom_files``: a series' files, or one multi-frame
     file). ``label_names`` maps label values to names (``ModelBundle.label_names``; background included or not).
     ``segmentation_type`` defaults to :func:`best_segmentation_type`. Raises :class:`InputError` when ``source`` is
     not DICOM, the label map is not on its grid, or holds a value ``label_names`` lacks; :class:`TilewiseError`
