@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..commands.options import check_dicom_references, write_case_labels
 from ..data.cases import Case
+from ..data.dicom.seg import AlgorithmInfo
+from ..data.outputs import check_dicom_references, write_output
 from ..data.readers import read_volume
 from ..data.writers import write_probabilities
 from ..events import CancelToken
@@ -87,7 +88,8 @@ class CaseStages:
         """Write the labels (and nnU-Net's probability files) as ``tilewise predict`` does, each file atomically."""
         assert item.result is not None
         started = time.perf_counter()
-        write_case_labels(self.predictor, item.result.labels, item.result.geometry, item.dicom_files, item.case.output)
+        write_output(item.result.labels, item.result.geometry, item.dicom_files, self.predictor.bundle.label_names,
+                     algorithm_of(self.predictor), item.case.output)
         if self.with_probabilities and item.result.probabilities is not None:
             write_probabilities(item.result.probabilities, item.result.properties, item.case.output_truncated)
         item.timings["write"] = time.perf_counter() - started
@@ -106,3 +108,10 @@ class CaseStages:
 
 
 STAGES: tuple[str, ...] = ("read", "preprocess", "sliding_window", "export", "write")
+
+
+def algorithm_of(predictor: Predictor) -> AlgorithmInfo:
+    """The model, folds and preset of ``predictor`` as a DICOM output records them."""
+    bundle = predictor.bundle
+    return AlgorithmInfo(model_name=f"{bundle.dataset_name} {bundle.configuration_name}",
+                         folds=tuple(str(f) for f in predictor.settings.folds), preset=predictor.preset.name)

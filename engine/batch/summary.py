@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..commands.options import write_json
+from ..data.outputs import write_json
+from ..predictor import Predictor
+from ..runtime.devices import describe_device
 from ..runtime.quiet import unsilenced
 from .cases import BatchCase
 from .records import DONE, FAILED, SKIPPED, CaseRecord
@@ -125,3 +127,14 @@ class BatchProgress:
             with unsilenced():
                 self._bar.close()
             self._bar = None
+
+
+def predictor_header(predictor: Predictor) -> dict:
+    """The summary header's fields of a loaded predictor: model, settings, device, backend, load times."""
+    settings = predictor.settings
+    return {"model": str(predictor.bundle.path), "configuration": predictor.bundle.configuration_name,
+            "folds": settings.folds, "mirror_axes": list(settings.mirror_axes), "tile_step": settings.tile_step,
+            "precision": settings.precision, "batch_size": settings.batch_size, "device": str(settings.device),
+            "device_name": describe_device(settings.device), "backend": predictor.backend.describe(),
+            "nnunet_exact": predictor.nnunet_exact, "load_s": round(predictor.load_seconds, 3),
+            "convert_s": round(predictor.convert_seconds, 3)}

@@ -28,19 +28,20 @@ from ..batch.summary import (
     BatchProgress,
     BatchSummary,
     earlier_records,
+    predictor_header,
     skipped_record,
     summary_path,
 )
+from ..data.outputs import with_output_type
 from ..data.safe_output import refuse_overwriting_inputs
 from ..errors import InputError
 from ..events import CancelToken
 from ..model.bundle import dataset_channel_count, resolve_model_dir
 from ..predictor import Predictor
 from ..presets import Preset
-from ..runtime.devices import describe_device
 from ..runtime.memory import peak_rss_bytes
 from ..runtime.memory_plan import MemoryBudget
-from .options import preset_from_args, with_output_type
+from .options import preset_from_args
 
 EXIT_SOME_FAILED = 3
 EXIT_INTERRUPTED = 130
@@ -53,17 +54,6 @@ def _header(args: argparse.Namespace, predictor: Predictor | None) -> dict:
     if predictor is not None:
         header.update(predictor_header(predictor))
     return header
-
-
-def predictor_header(predictor: Predictor) -> dict:
-    """The summary header's fields of a loaded predictor: model, settings, device, backend, load times."""
-    settings = predictor.settings
-    return {"model": str(predictor.bundle.path), "configuration": predictor.bundle.configuration_name,
-            "folds": settings.folds, "mirror_axes": list(settings.mirror_axes), "tile_step": settings.tile_step,
-            "precision": settings.precision, "batch_size": settings.batch_size, "device": str(settings.device),
-            "device_name": describe_device(settings.device), "backend": predictor.backend.describe(),
-            "nnunet_exact": predictor.nnunet_exact, "load_s": round(predictor.load_seconds, 3),
-            "convert_s": round(predictor.convert_seconds, 3)}
 
 
 def _plan(args: argparse.Namespace) -> tuple[list[BatchCase], Path]:

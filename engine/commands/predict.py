@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..batch.stages import algorithm_of
 from ..data.cases import collect_cases, planned_outputs
+from ..data.outputs import check_dicom_references, with_output_type, write_json, write_output
 from ..data.readers import read_volume
 from ..data.safe_output import refuse_overwriting_inputs
 from ..data.writers import write_probabilities
@@ -16,7 +18,7 @@ from ..model.bundle import dataset_channel_count
 from ..predictor import Predictor
 from ..runtime.devices import describe_device
 from ..runtime.memory import peak_rss_bytes
-from .options import check_dicom_references, preset_from_args, with_output_type, write_case_labels, write_json
+from .options import preset_from_args
 
 
 class _Progress:
@@ -78,7 +80,8 @@ def run_predict(args: argparse.Namespace) -> int:
         finally:
             progress.close()
         write_started = time.perf_counter()
-        write_case_labels(predictor, result.labels, volume.geometry, volume.dicom_files, case.output)
+        write_output(result.labels, volume.geometry, volume.dicom_files, predictor.bundle.label_names,
+                     algorithm_of(predictor), case.output)
         if args.save_probabilities and result.probabilities is not None:
             write_probabilities(result.probabilities, result.properties, case.output_truncated)
         timings = {"read": read_seconds, **{k: v for k, v in result.timings.items() if k not in ("load", "convert")},

@@ -56,7 +56,7 @@ class BatchWorker:
         import ray
         import torch
 
-        from ..commands.batch import predictor_header
+        from ..batch.summary import predictor_header
         from ..predictor import Predictor
 
         torch.set_num_threads(self.settings.threads)  # the CPUs Ray reserved: actors sharing a node split its cores

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QObject, QSettings, QStandardPaths, Signal
-from tilewise.engine import write_labels
 from tilewise.engine.data.dicom.seg import AlgorithmInfo
-from tilewise.engine.data.dicom.source import DicomSource, require_dicom_extra
+from tilewise.engine.data.dicom.source import require_dicom_extra
+from tilewise.engine.data.outputs import is_dicom_seg_output, write_output
 from tilewise.engine.data.readers import image_suffix, strip_suffix
 from tilewise.engine.data.safe_output import refuse_overwriting_inputs
 from tilewise.engine.errors import InputError
@@ -41,7 +41,6 @@ SETTINGS_SAVED_FOR_FOLDER = "files/save_folder_input"  # the folder of the input
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
 """What Save writes: image files, and '.dcm' a DICOM SEG (labels made from a DICOM series only)."""
 DEFAULT_LABEL_SUFFIX = LABEL_SUFFIXES[0]
-DICOM_SEG_SUFFIX = ".dcm"
 
 
 def describe_input(path: str | Path | list[str | Path]) -> str:
@@ -180,10 +179,7 @@ class FilesController(QObject):
         if not any(target.name.lower().endswith(s) for s in LABEL_SUFFIXES):
             target = target.with_name(target.name + ".nii.gz")
         refuse_overwriting_inputs([target], self._open_sources(layer))
-        if target.name.lower().endswith(DICOM_SEG_SUFFIX):
-            writing = (_write_dicom_seg, *_dicom_seg_arguments(layer, target))
-        else:
-            writing = (_write_file, np.asarray(layer.data), geometry_from_layer(layer), target)
+        writing = (write_output, *_output_arguments(layer, target))
         if not self.run.enter(State.SAVING):
             return None
         writer = BackgroundTask(*writing)
@@ -244,26 +240,15 @@ def _input_of(run_layers: list[Any], result: Any) -> Path | None:
     return None
 
 
-def _write_file(labels: np.ndarray, geometry: Any, target: Path) -> Path:
-    write_labels(labels, geometry, target)
-    return target
-
-
-def _dicom_seg_arguments(layer: Any, target: Path) -> tuple[Any, ...]:
-    """What :func:`_write_dicom_seg` needs for result ``layer``; raises :class:`InputError` (nothing started) when
-    its labels were not made from a DICOM series or the ``dicom`` extra is missing."""
+def _output_arguments(layer: Any, target: Path) -> tuple[Any, ...]:
+    """What :func:`write_output` needs to write result ``layer`` at ``target``; raises :class:`InputError` (nothing
+    started) for a DICOM SEG of labels not made from a DICOM series, or without the ``dicom`` extra."""
     files = tuple(Path(p) for p in layer.metadata.get(META_DICOM_FILES) or [])
-    if not files:
-        raise InputError(target, "a DICOM SEG needs labels made from a DICOM series; save this one as NIfTI, NRRD "
-                                 "or MetaImage")
-    require_dicom_extra("dicom-seg")
+    if is_dicom_seg_output(target):
+        if not files:
+            raise InputError(target, "a DICOM SEG needs labels made from a DICOM series; save this one as NIfTI, "
+                                     "NRRD or MetaImage")
+        require_dicom_extra("dicom-seg")
     algorithm = layer.metadata.get(META_ALGORITHM) or AlgorithmInfo(model_name="Tilewise segmentation")
-    return (np.asarray(layer.data), DicomSource(geometry_from_layer(layer), files),
-            dict(layer.metadata.get(META_NAMES) or {}), target, algorithm)
-
-
-def _write_dicom_seg(labels: np.ndarray, source: DicomSource, names: dict[int, str], target: Path,
-                     algorithm: AlgorithmInfo) -> Path:
-    from tilewise.engine.data.dicom.seg import write_dicom_seg
-
-    return write_dicom_seg(labels, source, names, target, algorithm)
+    return (np.asarray(layer.data), geometry_from_layer(layer), files, dict(layer.metadata.get(META_NAMES) or {}),
+            algorithm, target)

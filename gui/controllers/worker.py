@@ -17,7 +17,7 @@ from tilewise.engine import (
     Cancelled, CancelToken, Geometry, OutOfMemoryError, Predictor, Preset, TilewiseError, UntrustedCheckpointError,
     Volume,
 )
-from tilewise.engine.commands.options import algorithm_of
+from tilewise.engine.batch.stages import algorithm_of
 from tilewise.engine.data.dicom.seg import AlgorithmInfo
 from tilewise.engine.preprocess.reuse import PreprocessCache
 from tilewise.engine.runtime.memory import is_out_of_memory
