@@ -23,6 +23,7 @@ from .checkpoint import (
     resolved_configuration,
 )
 from .labels import label_names
+from .schema import check_checkpoint_outputs, validate_model_json
 
 CHECKPOINT_NAMES: tuple[str, ...] = ("checkpoint_final.pth", "checkpoint_best.pth")
 _FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
@@ -52,6 +53,21 @@ def resolve_model_dir(model_dir: Path | str) -> Path:
     return Path(model_dir).expanduser()
 
 
+def check_model_folder(model_dir: Path | str) -> Path:
+    """The model folder ``model_dir`` names ('demo': the bundled one), or :class:`ModelError` in one line when it does
+    not exist, is a file, or is one ``fold_N`` folder of a model (then naming the model folder to give instead)."""
+    path = resolve_model_dir(model_dir)
+    if not path.exists():
+        raise ModelError(path, "model folder not found (no such folder)")
+    if not path.is_dir():
+        raise ModelError(path, "is a file; -m takes a model folder (with dataset.json, plans.json and fold_*)")
+    fold = _FOLD_DIR.match(path.name)
+    if fold and not (path / "dataset.json").is_file() and (path.parent / "dataset.json").is_file():
+        raise ModelError(path, f"is one fold of a model; give the model folder {path.parent} (and -f {fold[1]} for "
+                               "this fold alone)")
+    return path
+
+
 def read_json(path: Path) -> dict[str, Any]:
     """A model folder's JSON file; :class:`ModelError` (one line) when it is missing or not JSON."""
     if not path.is_file():
@@ -64,7 +80,7 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def dataset_channel_count(model_dir: Path | str) -> int:
     """Image channels per case that the model's dataset.json lists, read before any checkpoint is loaded."""
-    path = resolve_model_dir(model_dir) / "dataset.json"
+    path = check_model_folder(model_dir) / "dataset.json"
     dataset_json = read_json(path)
     channels = dataset_json.get("channel_names") or dataset_json.get("modality") or {}
     if not channels:
@@ -131,11 +147,10 @@ class ModelBundle:
         are loaded safely and plans.json may name classes of the known network packages only (checked before nnunetv2
         imports any); trust covers the whole folder.
         """
-        path = resolve_model_dir(model_dir)
-        if not path.is_dir():
-            raise ModelError(path, "model folder not found")
+        path = check_model_folder(model_dir)
         dataset_json = read_json(path / "dataset.json")
         plans = read_json(path / "plans.json")
+        validate_model_json(dataset_json, plans, path, trust)  # before any checkpoint is read or network built
         present = available_folds(path, checkpoint_name)
         if not present:
             wanted = checkpoint_name or " or ".join(CHECKPOINT_NAMES)
@@ -162,6 +177,8 @@ class ModelBundle:
                 axes = checkpoint.get("inference_allowed_mirroring_axes")
                 mirror_axes = tuple(int(a) for a in axes) if axes is not None else ()
                 check_plans(plans, configuration_name, path / "plans.json", trust)
+            check_checkpoint_outputs(dataset_json, checkpoint["network_weights"], path / "dataset.json",
+                                     path / f"fold_{fold}" / name)
             weights.append(checkpoint["network_weights"])
             names.append(name)
         bundle = cls(
