@@ -8,7 +8,8 @@
 # none of what the lean build leaves out (timm, torchvision, nnunetv2's Primus trainers), and the installer must stay
 # under NSIS's 2 GB limit. On Linux (CI) the launchers are `Tilewise` and `tilewise-cli`; on Windows `*.exe`.
 # Environment: MAKENSIS (default makensis), SEVENZIP (default 7z), COMPRESSOR (zlib | lzma; default zlib, see the
-# .nsi), TILEWISE_INSTALLER (output path).
+# .nsi), TILEWISE_INSTALLER (output path), EXE_SUFFIX (the launchers' suffix: default .exe on Windows, none on
+# Linux; installer/windows_under_wine.sh passes .exe to pack a Windows bundle frozen under Wine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,14 +17,14 @@ BUNDLE=${1:-dist/Tilewise}
 MAKENSIS=${MAKENSIS:-makensis}
 SEVENZIP=${SEVENZIP:-7z}
 case "$(uname -s)" in
-    MINGW* | MSYS* | CYGWIN*) exe_suffix=.exe; native() { cygpath -w "$1"; } ;;
-    *) exe_suffix=; native() { printf '%s' "$1"; } ;;
+    MINGW* | MSYS* | CYGWIN*) exe_suffix=${EXE_SUFFIX-.exe}; native() { cygpath -w "$1"; } ;;
+    *) exe_suffix=${EXE_SUFFIX-}; native() { printf '%s' "$1"; } ;;
 esac
 EXE_NAME=Tilewise$exe_suffix
 CLI_EXE_NAME=tilewise-cli$exe_suffix
 LIMIT_BYTES=$((2 * 1024 * 1024 * 1024))
 
-[ -x "$BUNDLE/$EXE_NAME" ] || { echo "no bundle at $BUNDLE (run installer/build_bundle.sh first)" >&2; exit 1; }
+[ -f "$BUNDLE/$EXE_NAME" ] || { echo "no bundle at $BUNDLE (run installer/build_bundle.sh first)" >&2; exit 1; }
 VERSION=$(sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml | head -n 1)
 # VIProductVersion wants four numbers: 0.1.0 -> 0.1.0.0, 1.2.0rc1 -> 1.2.0.0
 numeric=$(printf '%s' "$VERSION" | sed 's/[^0-9.].*//; s/\.$//')

@@ -7,7 +7,8 @@
 
 Both run :func:`tilewise.engine.commands.cli.main`. One more flag lives here, for the installer's CI:
 ``--smoke-test-viewer [REPORT.json]`` opens the viewer as a user would, checks that the frozen app found everything
-napari needs at run time, and quits (exit status 0 if every check passed).
+napari needs at run time, and quits (exit status 0 if every check passed). With a report path, it also saves a
+screenshot of the whole window next to it (REPORT.png).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def _ensure_streams() -> None:
 def smoke_test_viewer(argv: list[str]) -> int:
     """Open the viewer, wait until the dock, the plugins, the sample and a rendered frame are there, then quit."""
     report_path = argv[0] if argv else None
+    screenshot_path = os.path.splitext(report_path)[0] + ".png" if report_path else None
     os.environ.setdefault("QT_API", "pyside6")
     from tilewise.gui import app
     from tilewise.gui._preload import preload_native_libraries
@@ -74,6 +76,10 @@ def smoke_test_viewer(argv: list[str]) -> int:
             checks["screenshot"] = list(shot.shape)
             if shot.ndim != 3 or int(shot[..., :3].max()) == 0:
                 report["errors"].append("the rendered frame is empty")  # type: ignore[union-attr]
+            if screenshot_path:
+                # the whole window (canvas, layer list, the Tilewise dock): CI keeps it as an artefact
+                viewer.screenshot(path=screenshot_path, canvas_only=False, flash=False)
+                checks["window_screenshot"] = screenshot_path
         except Exception as error:  # noqa: BLE001 - reported, the status says it failed
             report["errors"].append(f"{type(error).__name__}: {error}")  # type: ignore[union-attr]
         checks["total_s"] = round(time.perf_counter() - started, 2)
