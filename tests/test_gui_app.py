@@ -5,15 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from qtpy.QtCore import QSettings, Qt
 
-from tilewise.gui._preload import preload_native_libraries  # noqa: E402
-
-preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
-
-from qtpy.QtCore import QSettings, Qt  # noqa: E402
-
-from tilewise.gui import app  # noqa: E402
-from tilewise.gui.widget import TilewiseWidget  # noqa: E402
+from tilewise.gui import app
+from tilewise.gui.widget import TilewiseWidget
 
 
 @pytest.fixture(autouse=True)

@@ -5,15 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from tilewise.gui._preload import preload_native_libraries  # noqa: E402
+from qtpy.QtCore import QSettings
 
-preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
-
-from qtpy.QtCore import QSettings  # noqa: E402
-
-import model_factory  # noqa: E402
-from tilewise.gui.panels.ct_window import CT_WINDOWS, looks_like_ct  # noqa: E402
-from tilewise.gui.widget import TilewiseWidget  # noqa: E402
+import model_factory
+from tilewise.gui.panels.ct_window import CT_WINDOWS, looks_like_ct
+from tilewise.gui.widget import TilewiseWidget
 
 STANDARD = {"brain": (80, 40), "soft_tissue": (400, 40), "lung": (1500, -600), "bone": (1800, 400)}
 

@@ -7,19 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tilewise.gui._preload import preload_native_libraries  # noqa: E402
 
-preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
-
-import SimpleITK as sitk  # noqa: E402
-from qtpy.QtCore import QSettings, Qt  # noqa: E402
-from qtpy.QtWidgets import QComboBox, QLineEdit, QMessageBox  # noqa: E402
-from tilewise.engine import Geometry  # noqa: E402
-from tilewise.gui.controllers.files import SETTINGS_OPEN_FOLDER  # noqa: E402
-from tilewise.gui.geometry import geometry_from_layer  # noqa: E402
-from tilewise.gui.panels.dialogs import ImageFileDialog  # noqa: E402
-from tilewise.gui.widget import TilewiseWidget  # noqa: E402
-from modal_dialogs import when_shown  # noqa: E402
+import SimpleITK as sitk
+from qtpy.QtCore import QSettings, Qt
+from qtpy.QtWidgets import QComboBox, QLineEdit, QMessageBox
+from tilewise.engine import Geometry
+from tilewise.gui.controllers.files import SETTINGS_OPEN_FOLDER
+from tilewise.gui.geometry import geometry_from_layer
+from tilewise.gui.panels.dialogs import ImageFileDialog
+from tilewise.gui.widget import TilewiseWidget
+from modal_dialogs import when_shown
 
 SPACING = (0.7, 0.6, 2.5)  # SimpleITK (x, y, z) order, mm
 ORIGIN = (10.0, -20.0, 30.0)

@@ -7,18 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tilewise.gui._preload import preload_native_libraries  # noqa: E402
+from napari.layers import Labels
+from napari.utils.progress import progress
+from qtpy.QtCore import QSettings
+from qtpy.QtWidgets import QApplication, QMessageBox
 
-preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
-
-from napari.layers import Labels  # noqa: E402
-from napari.utils.progress import progress  # noqa: E402
-from qtpy.QtCore import QSettings  # noqa: E402
-from qtpy.QtWidgets import QApplication, QMessageBox  # noqa: E402
-
-import model_factory  # noqa: E402
-from tilewise.gui import _gc  # noqa: E402
-from tilewise.gui.widget import TilewiseWidget  # noqa: E402
+import model_factory
+from tilewise.gui import _gc
+from tilewise.gui.widget import TilewiseWidget
 
 RUN_TIMEOUT_MS = 180_000
 

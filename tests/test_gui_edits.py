@@ -8,9 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tilewise.gui._preload import preload_native_libraries
-
-preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
 
 import model_factory
 from napari.layers import Labels

@@ -5,9 +5,6 @@ import re
 from pathlib import Path
 
 import pytest
-from tilewise.gui._preload import preload_native_libraries
-
-preload_native_libraries()
 
 import model_factory
 from qtpy.QtCore import QSettings

@@ -9,20 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tilewise.gui._preload import preload_native_libraries  # noqa: E402
+from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
+from napari.utils.progress import progress
+from qtpy.QtWidgets import QMessageBox
 
-preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
-
-from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar  # noqa: E402
-from napari.utils.progress import progress  # noqa: E402
-from qtpy.QtWidgets import QMessageBox  # noqa: E402
-
-import model_factory  # noqa: E402
-from tilewise.engine import TileEvent  # noqa: E402
-from tilewise.gui.controllers.run import State  # noqa: E402
-from tilewise.gui.panels.run import LOADING_TEXT, RemainingTime, RunPanel, format_duration  # noqa: E402
-from tilewise.gui.widget import TilewiseWidget  # noqa: E402
-from gui_fixtures import docked_widget, open_image  # noqa: E402
+import model_factory
+from tilewise.engine import TileEvent
+from tilewise.gui.controllers.run import State
+from tilewise.gui.panels.run import LOADING_TEXT, RemainingTime, RunPanel, format_duration
+from tilewise.gui.widget import TilewiseWidget
+from gui_fixtures import docked_widget, open_image
 
 RUN_TIMEOUT_MS = 180_000
 BOX = (slice(0, 8), slice(0, 8), slice(0, 8))

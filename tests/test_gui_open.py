@@ -6,19 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tilewise.gui._preload import preload_native_libraries  # noqa: E402
 
-preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
-
-import SimpleITK as sitk  # noqa: E402
-from napari.utils.progress import progress  # noqa: E402
-from qtpy.QtCore import QSettings, QTimer  # noqa: E402
-from qtpy.QtWidgets import QDialogButtonBox, QMessageBox  # noqa: E402
-from tilewise.gui.controllers import files as files_module  # noqa: E402
-from tilewise.gui.controllers.files import SETTINGS_OPEN_FOLDER  # noqa: E402
-from tilewise.gui.panels.dialogs import ImageFileDialog  # noqa: E402
-from modal_dialogs import when_shown  # noqa: E402
-from tilewise.gui.widget import TilewiseWidget  # noqa: E402
+import SimpleITK as sitk
+from napari.utils.progress import progress
+from qtpy.QtCore import QSettings, QTimer
+from qtpy.QtWidgets import QDialogButtonBox, QMessageBox
+from tilewise.gui.controllers import files as files_module
+from tilewise.gui.controllers.files import SETTINGS_OPEN_FOLDER
+from tilewise.gui.panels.dialogs import ImageFileDialog
+from modal_dialogs import when_shown
+from tilewise.gui.widget import TilewiseWidget
 
 
 @pytest.fixture

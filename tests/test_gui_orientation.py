@@ -12,9 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tilewise.gui._preload import preload_native_libraries
-
-preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
 
 import SimpleITK as sitk
 from qtpy.QtWidgets import QApplication

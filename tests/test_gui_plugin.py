@@ -9,16 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tilewise.gui._preload import preload_native_libraries  # noqa: E402
 
-preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
-
-import model_factory  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
-from npe2 import PluginManager, PluginManifest  # noqa: E402
-from tilewise.engine import Geometry, InputError  # noqa: E402
-from tilewise.gui import contributions  # noqa: E402
-from tilewise.gui.geometry import (  # noqa: E402
+import model_factory
+import SimpleITK as sitk
+from npe2 import PluginManager, PluginManifest
+from tilewise.engine import Geometry, InputError
+from tilewise.gui import contributions
+from tilewise.gui.geometry import (
     geometry_from_layer,
     layer_transform,
     through_plane_axis,

@@ -6,21 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from tilewise.gui._preload import preload_native_libraries  # noqa: E402
+from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
+from napari.utils.progress import progress
+from qtpy.QtGui import QMovie
+from qtpy.QtWidgets import QMessageBox
 
-preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
-
-from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar  # noqa: E402
-from napari.utils.progress import progress  # noqa: E402
-from qtpy.QtGui import QMovie  # noqa: E402
-from qtpy.QtWidgets import QMessageBox  # noqa: E402
-
-import model_factory  # noqa: E402
-from tilewise.engine.postprocess import export as engine_export  # noqa: E402
-from tilewise.gui._compat import busy_indicator  # noqa: E402
-from tilewise.gui.panels import activity  # noqa: E402
-from tilewise.gui.panels.run import FINISHING_TEXT  # noqa: E402
-from gui_fixtures import docked_widget, open_image  # noqa: E402
+import model_factory
+from tilewise.engine.postprocess import export as engine_export
+from tilewise.gui._compat import busy_indicator
+from tilewise.gui.panels import activity
+from tilewise.gui.panels.run import FINISHING_TEXT
+from gui_fixtures import docked_widget, open_image
 
 RUN_TIMEOUT_MS = 180_000
 

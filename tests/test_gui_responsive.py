@@ -6,14 +6,11 @@ import threading
 import time
 
 import pytest
-from tilewise.gui._preload import preload_native_libraries  # noqa: E402
 
-preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
-
-from bench_gui_responsive import RUN_TIMEOUT_MS, gui  # noqa: E402, F401 - the same viewer, model and case
-from tilewise.engine import predictor as predictor_module  # noqa: E402
-from tilewise.engine.postprocess import export as export_module  # noqa: E402
-from tilewise.engine.preprocess import pipeline  # noqa: E402
+from bench_gui_responsive import RUN_TIMEOUT_MS, gui, F401 - the same viewer, model and case
+from tilewise.engine import predictor as predictor_module
+from tilewise.engine.postprocess import export as export_module
+from tilewise.engine.preprocess import pipeline
 
 
 def test_engine_work_never_runs_on_the_gui_thread(gui, qtbot, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811

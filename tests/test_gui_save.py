@@ -7,19 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tilewise.gui._preload import preload_native_libraries  # noqa: E402
 
-preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
-
-import model_factory  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
-from npe2 import PluginManager  # noqa: E402
-from qtpy.QtCore import QSettings, Qt  # noqa: E402
-from qtpy.QtWidgets import QComboBox, QDialogButtonBox, QMessageBox  # noqa: E402
-from tilewise.gui import contributions  # noqa: E402
-from tilewise.gui.panels.dialogs import LabelsSaveDialog, ask_save_path  # noqa: E402
-from tilewise.gui.widget import TilewiseWidget  # noqa: E402
-from modal_dialogs import when_shown  # noqa: E402
+import model_factory
+import SimpleITK as sitk
+from npe2 import PluginManager
+from qtpy.QtCore import QSettings, Qt
+from qtpy.QtWidgets import QComboBox, QDialogButtonBox, QMessageBox
+from tilewise.gui import contributions
+from tilewise.gui.panels.dialogs import LabelsSaveDialog, ask_save_path
+from tilewise.gui.widget import TilewiseWidget
+from modal_dialogs import when_shown
 
 RUN_TIMEOUT_MS = 180_000
 SPACING = (0.8, 0.9, 2.5)  # SimpleITK (x, y, z) order, mm
