@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bench_gui_responsive import RUN_TIMEOUT_MS, gui, F401 - the same viewer, model and case
+from bench_gui_responsive import RUN_TIMEOUT_MS, gui  # noqa: F401 - the same viewer, model and case
 from tilewise.engine import predictor as predictor_module
 from tilewise.engine.postprocess import export as export_module
 from tilewise.engine.preprocess import pipeline
