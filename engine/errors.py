@@ -1,6 +1,8 @@
 """Errors the engine raises, each carrying a one-line message that names the file and the problem."""
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 
@@ -42,6 +44,64 @@ class DiskSpaceError(TilewiseError):
     """An output or temporary file cannot fit the free disk space."""
 
     exit_code = 3
+
+
+class WriteAccessError(TilewiseError):
+    """An output folder is read-only, or the user may not write in it."""
+
+    exit_code = 3
+
+
+class OutputPathError(InputError):
+    """An output path cannot name a file: it is an existing folder, or a folder on its way is a file."""
+
+
+class WriteError(TilewiseError):
+    """An output could not be written whole for another reason (an input/output error, a failing disk)."""
+
+    exit_code = 3
+
+
+_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+_NO_ACCESS = (errno.EACCES, errno.EPERM)
+_NOT_A_FOLDER = (errno.ENOTDIR, errno.EEXIST)  # EEXIST: creating the output's folder where a file has its name
+
+
+def output_error(error: OSError, path: Path) -> TilewiseError:
+    """The :class:`TilewiseError` that says, in one plain line, why writing output ``path`` failed with ``error``.
+
+    The one place that maps operating-system errors of a write: no space or quota -> :class:`DiskSpaceError` (exit
+    3); read-only or no permission -> :class:`WriteAccessError` (exit 3); a path that is a folder, or whose folder is
+    a file, or a name too long -> :class:`OutputPathError` (exit 2); anything else -> :class:`WriteError` (exit 3).
+    """
+    path = Path(path)
+    folder = path.parent
+    code = error.errno
+    if code in _NO_SPACE:
+        what = "your disk quota is used up" if code != errno.ENOSPC else "the disk is full"
+        return DiskSpaceError(None, f"cannot write {path.name} to {folder}: {what}; free some space or choose "
+                                    "another folder")
+    if code == errno.EROFS:
+        return WriteAccessError(None, f"cannot write to {folder}: the folder is read-only")
+    if code in _NO_ACCESS:
+        return WriteAccessError(None, f"cannot write to {folder}: you do not have permission to write in this "
+                                      "folder")
+    if code == errno.EISDIR:
+        return OutputPathError(path, "this output name is an existing folder; give a file name")
+    if code in _NOT_A_FOLDER:
+        return OutputPathError(path, f"{_file_on_the_way(folder)} is a file, not a folder")
+    if code == errno.ENAMETOOLONG:
+        return OutputPathError(path, "the file name or path is too long; choose a shorter one")
+    reason = (error.strerror or os.strerror(code)) if code else str(error)
+    return WriteError(None, f"cannot write {path}: {reason}")
+
+
+def _file_on_the_way(folder: Path) -> Path:
+    """The first existing non-folder among ``folder`` and the folders above it (``folder`` when there is none)."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists() and not candidate.is_dir():
+            return candidate
+    return folder
 
 
 class Cancelled(Exception):

@@ -14,7 +14,7 @@ from ..errors import InputError
 from .cases import Case
 from .dicom.source import DicomSource, read_source_series, require_dicom_extra
 from .readers import image_suffix
-from .safe_output import atomic_output
+from .safe_output import atomic_output, write_bytes_checked
 from .volume import Geometry
 from .writers import write_labels
 
@@ -67,7 +67,11 @@ def check_dicom_references(path: Path, dicom_files: tuple[Path, ...]) -> None:
 def write_output(labels: np.ndarray, geometry: Geometry, dicom_files: tuple[Path, ...],
                  label_names: Mapping[int, str], algorithm: AlgorithmInfo, path: Path) -> Path:
     """Write labels at ``path`` in the type its name says, atomically: ``*_rtstruct.dcm`` an RTSTRUCT and any other
-    ``.dcm`` a DICOM SEG, both referencing ``dicom_files``; else an image file with ``geometry``. Returns ``path``."""
+    ``.dcm`` a DICOM SEG, both referencing ``dicom_files``; else an image file with ``geometry``. Returns ``path``.
+
+    Every file is checked before it gets its name; a failure raises a
+    :class:`~tilewise.engine.errors.TilewiseError` (exit 3: no space, read-only, no permission; exit 2: a path
+    that cannot be a file) and leaves nothing under ``path``."""
     if is_dicom_seg_output(path):
         from .dicom.seg import write_dicom_seg
 
@@ -82,6 +86,7 @@ def write_output(labels: np.ndarray, geometry: Geometry, dicom_files: tuple[Path
 
 
 def write_json(path: Path, payload: dict) -> None:
-    """Write ``payload`` as JSON atomically."""
+    """Write ``payload`` as JSON atomically and checked (read back byte for byte); errors as
+    :func:`~.writers.write_labels`."""
     with atomic_output(path) as staging:
-        staging.write_text(json.dumps(payload, indent=2))
+        write_bytes_checked(staging, json.dumps(payload, indent=2).encode("utf-8"))

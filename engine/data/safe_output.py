@@ -1,4 +1,12 @@
-"""Outputs that never destroy a user's data: never onto an input file, never half-written, no stale leftovers."""
+"""Outputs that never destroy a user's data: never onto an input file, never half-written, no stale leftovers.
+
+What "written" means (:func:`atomic_output`): the writer writes into a staging folder next to the destination and
+checks what it wrote (:mod:`.write_checks`: every byte, by size and by re-reading the header or the stream); the file
+is then fsynced, moved onto its final name in one step, and the folder fsynced, so that after a crash, a full disk
+or a kill the final name holds the whole file or nothing. Every failure on the way is one
+:class:`~tilewise.engine.errors.TilewiseError` naming the final path (:func:`~tilewise.engine.errors.output_error`
+maps the operating system's errors).
+"""
 from __future__ import annotations
 
 import os
@@ -13,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, OutputPathError, TilewiseError, WriteError, output_error
 
 # Staging folders are named '.<file>.tilewise-tmp.<pid>@<host>.<random>' so that a later run can tell a killed
 # run's leftovers (dead process on this host) from a write still going on in another process.
@@ -149,20 +157,104 @@ def _clean_once(folder: Path) -> None:
     clean_stale_staging(folder)
 
 
+class IncompleteFile(Exception):
+    """Raised by a writer's check when the staged file is not whole; :func:`atomic_output` turns it into the
+    one-line error (no space, no permission, or 'not written whole')."""
+
+
+# How much :func:`_probe_error` appends to a file that came out short, to learn the operating system's reason (the
+# native writers that made it report none): one page is enough to hit a full disk or a quota.
+_PROBE_BYTES = 64 * 1024
+
+
+def _probe_error(staged: Path, final: Path, detail: str) -> TilewiseError:
+    """Why ``staged`` came out incomplete, as the error for ``final``: the operating system's answer to writing a
+    little more (no space, quota, read-only, an input/output error), else a plain 'not written whole'."""
+    try:
+        with open(staged, "ab") as handle:
+            handle.write(bytes(_PROBE_BYTES))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        return output_error(error, final)
+    return WriteError(None, f"cannot write {final}: the file came out incomplete ({detail}); nothing was saved")
+
+
+def _check_destination(path: Path) -> None:
+    """Raise :class:`OutputPathError` (exit 2) when ``path`` cannot name a file: an existing folder, or a folder on
+    its way that is a file; create the missing folders otherwise."""
+    if path.is_dir():
+        raise OutputPathError(path, "this output name is an existing folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise output_error(error, path) from error
+
+
+def fsync_file(path: Path) -> None:
+    """Flush ``path``'s data to the disk ('r+b': Windows syncs only handles open for writing)."""
+    with open(path, "r+b") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries (a rename into it) to the disk; Windows has no folder handles to sync."""
+    if sys.platform == "win32":
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_bytes_checked(staged: Path, data: bytes) -> None:
+    """Write ``data`` at ``staged`` and check that the file holds exactly those bytes (read back: the files this is
+    for, JSON summaries and nnU-Net's .pkl, are small, so a read costs microseconds)."""
+    with open(staged, "wb") as handle:
+        handle.write(data)
+    if staged.read_bytes() != data:
+        raise IncompleteFile(f"{staged.stat().st_size} of {len(data)} bytes on the disk")
+
+
+def _publish(staging: Path, path: Path) -> None:
+    """Fsync every staged file, move them onto their final names (a MetaImage header last), fsync the folder."""
+    produced = sorted(staging.iterdir(), key=lambda p: p.name == path.name)
+    if not any(p.name == path.name for p in produced):
+        raise IncompleteFile("the writer left no file")
+    for staged in produced:
+        fsync_file(staged)
+    fsync_folder(staging)
+    for staged in produced:
+        os.replace(staged, path.parent / staged.name)
+    fsync_folder(path.parent)
+
+
 @contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; on success move it onto ``path`` in one step.
+    """Yield a temporary path in ``path``'s folder for the writer; on success move it onto ``path`` in one step.
 
-    Nothing is left behind when the body raises (or is interrupted), so readers never see a half-written file; the
-    first write into a folder in a process removes what killed runs left there. A MetaImage header (.mhd) and its
-    data file travel together, the header moved last.
+    The writer writes there and checks what it wrote, raising :class:`IncompleteFile` when it is not whole; the
+    file is then fsynced, renamed and its folder fsynced. Nothing is left behind when the body raises (or is
+    interrupted), and an operating-system error or an incomplete file becomes one
+    :class:`~tilewise.engine.errors.TilewiseError` naming ``path`` (exit 3 for space or permissions, 2 for a path
+    that cannot be a file). The first write into a folder in a process removes what killed runs left there. A
+    MetaImage header (.mhd) and its data file travel together, the header moved last.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    _check_destination(path)
     _clean_once(path.parent)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}{_STAGING_MARK}{os.getpid()}@{_HOST}.", dir=path.parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}{_STAGING_MARK}{os.getpid()}@{_HOST}.",
+                                        dir=path.parent))
+    except OSError as error:
+        raise output_error(error, path) from error
     try:
         yield staging / path.name
-        for produced in sorted(staging.iterdir(), key=lambda p: p.name == path.name):
-            os.replace(produced, path.parent / produced.name)
+        _publish(staging, path)
+    except IncompleteFile as incomplete:
+        raise _probe_error(staging / path.name, path, str(incomplete)) from incomplete
+    except OSError as error:
+        raise output_error(error, path) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -18,6 +18,7 @@ import numpy as np
 from ...errors import InputError
 from ..label_colors import label_rgb
 from ..safe_output import atomic_output
+from ..write_checks import save_dicom_checked
 from .seg import AlgorithmInfo, segment_labels
 from .source import DicomGrid, match_source, require_dicom_extra
 
@@ -25,7 +26,8 @@ from .source import DicomGrid, match_source, require_dicom_extra
 def write_rtstruct(labels: np.ndarray, source: DicomGrid, label_names: Mapping[int, str], path: Path,
                    algorithm: AlgorithmInfo, series_description: str = "Tilewise contours",
                    series_number: int = 1001) -> Path:
-    """Write ``labels`` ((z, y, x) on ``source``'s grid) as one RTSTRUCT file at ``path``, atomically.
+    """Write ``labels`` ((z, y, x) on ``source``'s grid) as one RTSTRUCT file at ``path``, atomically and checked
+    (read back before it gets its name).
 
     ``source`` is the DICOM series the labels were computed on (a :class:`Volume` or a
     :class:`~.source.DicomSource`: geometry and ``dicom_files``), ``label_names`` maps label values to names.
@@ -65,5 +67,5 @@ def write_rtstruct(labels: np.ndarray, source: DicomGrid, label_names: Mapping[i
         structure.add_roi(mask=mask, color=list(label_rgb(value)), name=names[value][:64],
                           description=description[:64], roi_generation_algorithm="AUTOMATIC")
     with atomic_output(path) as staging:
-        dataset.save_as(str(staging))  # not RTStruct.save: it prints to stdout and appends '.dcm'
+        save_dicom_checked(dataset, staging)  # not RTStruct.save: it prints to stdout and appends '.dcm'
     return path

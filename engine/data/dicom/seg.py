@@ -22,6 +22,7 @@ import numpy as np
 from ...errors import InputError
 from ..label_colors import label_rgb
 from ..safe_output import atomic_output
+from ..write_checks import save_dicom_checked
 from .codes import property_codes
 from .source import DicomGrid, match_source, require_dicom_extra
 
@@ -79,7 +80,8 @@ def best_segmentation_type() -> str:
 def write_dicom_seg(labels: np.ndarray, source: DicomGrid, label_names: Mapping[int, str], path: Path,
                     algorithm: AlgorithmInfo, segmentation_type: str | None = None,
                     series_description: str = "Tilewise segmentation", series_number: int = 1000) -> Path:
-    """Write ``labels`` ((z, y, x) on ``source``'s grid) as one DICOM SEG file at ``path``, atomically.
+    """Write ``labels`` ((z, y, x) on ``source``'s grid) as one DICOM SEG file at ``path``, atomically and checked
+    (read back before it gets its name).
 
     ``source`` is the DICOM image the labels were computed on: the :class:`Volume` read from it, or a
     :class:`~.source.DicomSource` (its geometry and ``dicom_files``: a series' files, or one multi-frame
@@ -118,7 +120,7 @@ def write_dicom_seg(labels: np.ndarray, source: DicomGrid, label_names: Mapping[
         content_label="TILEWISE", content_description=_lo(f"{algorithm.model_name} ({algorithm.preset})"),
         series_description=_lo(series_description))
     with atomic_output(path) as staging:
-        segmentation.save_as(staging)
+        save_dicom_checked(segmentation, staging)
     return path
 
 
