@@ -921,11 +921,37 @@ def _nnunet_with_float32_sums():
         predict_from_raw_data.torch = saved
 
 
+_REFERENCES: dict[tuple, np.ndarray] = {}
+"""nnU-Net's label maps computed in this test session, by :func:`_reference_key`: several test files compare with
+the same nnU-Net prediction (same model, same case content, same settings), which then runs once."""
+
+
+def _reference_key(model_dir: Path, image_files: list[Path], *settings: object) -> tuple:
+    """What makes nnU-Net's prediction what it is: the model folder's JSON and checkpoint files (path, size and
+    modification time), the image bytes, and the settings."""
+    model_dir = Path(model_dir).resolve()
+    model_files = sorted(p for p in model_dir.rglob("*") if p.suffix in (".json", ".pth"))
+    model_state = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in model_files)
+    images = tuple(hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in image_files)
+    return model_state, images, settings
+
+
 def nnunet_reference(model_dir: Path, image_files: list[Path], folds=(0,), step: float = 0.5, mirroring: bool = True,
                      checkpoint_name: str = "checkpoint_final.pth", float32_sums: bool = False) -> np.ndarray:
     """Label map from nnU-Net's own ``nnUNetPredictor`` (CPU, in-process, reading with the reader class the plans
-    name) for one case, in SimpleITK numpy order (z, y, x). ``float32_sums`` runs nnU-Net's algorithm with its two sliding-window sums in float32 instead of
-    float16 (the Gaussian stays nnU-Net's float16 map): what Tilewise's ``reference`` preset computes."""
+    name) for one case, in SimpleITK numpy order (z, y, x). ``float32_sums`` runs nnU-Net's algorithm with its two
+    sliding-window sums in float32 instead of float16 (the Gaussian stays nnU-Net's float16 map): what Tilewise's
+    ``reference`` preset computes. Computed once per test session for the same model, image bytes and settings."""
+    key = _reference_key(model_dir, image_files, tuple(str(f) for f in folds), step, mirroring, checkpoint_name,
+                         float32_sums)
+    if key not in _REFERENCES:
+        _REFERENCES[key] = _run_nnunet_reference(model_dir, image_files, folds, step, mirroring, checkpoint_name,
+                                                 float32_sums)
+    return _REFERENCES[key].copy()
+
+
+def _run_nnunet_reference(model_dir: Path, image_files: list[Path], folds, step: float, mirroring: bool,
+                          checkpoint_name: str, float32_sums: bool) -> np.ndarray:
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
