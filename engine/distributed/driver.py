@@ -9,7 +9,6 @@ out of memory, ...) comes back as a failed record from the actor and is not retr
 """
 from __future__ import annotations
 
-import argparse
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -25,9 +24,9 @@ from ..batch.records import (
     problem_record,
     this_worker,
 )
+from ..batch.settings import BatchSettings
 from ..errors import TilewiseError
 from ..model.bundle import resolve_model_dir
-from ..presets import Preset
 from .cluster import ActorPlan, Connection, connect, import_ray, plan_actors
 from .worker import BatchWorker, WorkerSettings
 
@@ -223,17 +222,18 @@ def _load_error(info: dict[str, Any]) -> TilewiseError:
     return error
 
 
-def start_ray_batch(args: argparse.Namespace, preset: Preset) -> RayBatch:
-    """Connect to the cluster ``args.ray`` names and plan the actors for the batch's settings."""
-    connection = connect(args.ray, args.verbose)
+def start_ray_batch(settings: BatchSettings) -> RayBatch:
+    """Connect to the cluster ``settings.ray`` names and plan the actors for the batch's settings."""
+    connection = connect(settings.ray or "auto", settings.verbose)
     ray = import_ray()
     try:
-        plan = plan_actors(ray.nodes(), args.ray_actors)
+        plan = plan_actors(ray.nodes(), settings.ray_actors)
     except TilewiseError:
         connection.close()
         raise
-    settings = WorkerSettings(
-        model=str(resolve_model_dir(args.model).resolve()), preset=preset, device=args.device, folds=args.folds,
-        checkpoint=args.checkpoint, trust=args.trust_model, nnunet_exact=args.nnunet_exact,
-        with_probabilities=args.save_probabilities, series_uid=args.series_uid, threads=plan.num_cpus)
-    return RayBatch(connection, plan, settings)
+    worker = WorkerSettings(
+        model=str(resolve_model_dir(settings.model).resolve()), preset=settings.preset, device=settings.device,
+        folds=settings.folds, checkpoint=settings.checkpoint, trust=settings.trust,
+        nnunet_exact=settings.nnunet_exact, with_probabilities=settings.save_probabilities,
+        series_uid=settings.series_uid, threads=plan.num_cpus)
+    return RayBatch(connection, plan, worker)

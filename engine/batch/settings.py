@@ -1,0 +1,44 @@
+"""What one ``tilewise batch`` run is asked to do, as plain values: the command line fills it, and so can a script,
+a test or a Ray driver, without argparse."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..presets import Preset
+
+
+@dataclass
+class BatchSettings:
+    """The settings of one batch run (see ``tilewise batch --help`` for each flag)."""
+
+    input: Path
+    """The folder of cases (``-i``)."""
+    output: Path
+    """The output folder (``-o``)."""
+    model: str
+    """The model folder or name (``-m``)."""
+    preset: Preset
+    """The preset with the command line's overrides applied."""
+    preset_name: str = "reference"
+    """The preset's name as asked for, for the summary."""
+    device: str = "auto"
+    folds: list[str] | None = None
+    checkpoint: str | None = None
+    trust: bool = False
+    """Allow checkpoints that need full unpickling (``--trust-model``)."""
+    nnunet_exact: bool = False
+    workers: int = 1
+    num_parts: int = 1
+    part_id: int = 0
+    output_type: str = "same"
+    save_probabilities: bool = False
+    series_uid: list[str] | None = None
+    overwrite: bool = False
+    ray: str | None = None
+    """``auto`` or a cluster address to run on Ray actors; None runs in this process."""
+    ray_actors: int | None = None
+    quiet: bool = False
+    verbose: bool = False
+    progress_bar: bool = True
+    """A progress bar when stderr is a terminal (``--disable_progress_bar`` turns it off)."""
