@@ -78,6 +78,7 @@ class BatchPipeline:
         self.cancel = cancel
         self.worker = worker
         budget = stages.budget
+        assert budget is not None, "a pipeline plans its cases against one budget"
         self.gate = MemoryGate(budget.host_bytes, budget.device_bytes)
         self._to_device: queue.Queue[CaseRun | None] = queue.Queue(maxsize=1)
         self._to_writer: queue.Queue[CaseRun | None] = queue.Queue(maxsize=1)

@@ -21,7 +21,7 @@ from ..data.dicom.seg import AlgorithmInfo
 from ..data.outputs import check_dicom_references, write_output
 from ..data.readers import read_volume
 from ..data.writers import write_probabilities
-from ..events import CancelToken
+from ..events import CancelToken, EventHandler
 from ..predictor import Predictor, Result
 from ..prepared_case import PreparedCase
 from ..runtime.memory_plan import MemoryBudget
@@ -44,18 +44,21 @@ class InFlight:
 class CaseStages:
     """The predictor's stages and ``tilewise predict``'s reading and writing, one stage per method.
 
-    ``budget`` is the memory every case is planned against; ``with_probabilities`` also writes nnU-Net's .npz/.pkl;
-    ``series_uid`` chooses the DICOM series of each DICOM case (see :func:`~..data.readers.read_volume`).
+    ``budget`` is the memory every case is planned against (None: the memory available when the case is read, as
+    ``tilewise predict`` plans); ``with_probabilities`` also writes nnU-Net's .npz/.pkl; ``series_uid`` chooses the
+    DICOM series of each DICOM case (see :func:`~..data.readers.read_volume`); ``on_event`` gets the sliding
+    window's tile events.
     The sliding-window stage uses the predictor's device and backend: call it from one thread at a time. The other
     stages may run on other threads at the same time, for other cases.
     """
 
-    def __init__(self, predictor: Predictor, budget: MemoryBudget, with_probabilities: bool = False,
-                 series_uid: Sequence[str] | None = None) -> None:
+    def __init__(self, predictor: Predictor, budget: MemoryBudget | None, with_probabilities: bool = False,
+                 series_uid: Sequence[str] | None = None, on_event: EventHandler | None = None) -> None:
         self.predictor = predictor
         self.budget = budget
         self.with_probabilities = with_probabilities
         self.series_uid = series_uid
+        self.on_event = on_event
 
     def read(self, item: InFlight) -> None:
         """Read the case's files, check them against the model and plan its memory (raises for a bad case)."""
@@ -74,7 +77,7 @@ class CaseStages:
     def sliding_window(self, item: InFlight, cancel: CancelToken | None) -> None:
         """Every tile through the model on the device; the logits stay on the case."""
         prepared = self._prepared(item)
-        self.predictor.run_tiles(prepared, cancel=cancel)
+        self.predictor.run_tiles(prepared, self.on_event, cancel)
         item.timings.update(prepared.timings)
 
     def export(self, item: InFlight, cancel: CancelToken | None) -> None:
@@ -108,6 +111,15 @@ class CaseStages:
 
 
 STAGES: tuple[str, ...] = ("read", "preprocess", "sliding_window", "export", "write")
+
+
+def run_in_row(stages: CaseStages, case: Case, cancel: CancelToken | None = None) -> InFlight:
+    """Every stage of ``case`` in a row on this thread (what ``tilewise predict`` does per case); raises the first
+    stage's error. The finished item keeps the result and the seconds each stage took."""
+    item = InFlight(case)
+    for name in STAGES:
+        stages.run_stage(name, item, cancel)
+    return item
 
 
 def algorithm_of(predictor: Predictor) -> AlgorithmInfo:

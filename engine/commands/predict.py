@@ -7,12 +7,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..batch.stages import algorithm_of
+from ..batch.stages import CaseStages, InFlight
 from ..data.cases import collect_cases, planned_outputs
-from ..data.outputs import check_dicom_references, with_output_type, write_json, write_output
-from ..data.readers import read_volume
+from ..data.outputs import with_output_type, write_json
 from ..data.safe_output import refuse_overwriting_inputs
-from ..data.writers import write_probabilities
 from ..events import TileEvent
 from ..model.bundle import dataset_channel_count
 from ..predictor import Predictor
@@ -68,29 +66,28 @@ def run_predict(args: argparse.Namespace) -> int:
               f"mirror axes {settings.mirror_axes}, step {settings.tile_step}, {settings.precision}, "
               f"batch {settings.batch_size}, device {settings.device}, backend {backend}", file=sys.stderr)
     progress = _Progress(show_bar)
+    stages = CaseStages(predictor, None, args.save_probabilities, args.series_uid, on_event=progress)
     report_cases = []
     for number, case in enumerate(cases, 1):
-        read_started = time.perf_counter()
-        volume = read_volume(list(case.inputs), series_uid=args.series_uid)
-        check_dicom_references(case.output, volume.dicom_files)  # before the work, not after it
-        read_seconds = time.perf_counter() - read_started
+        item = InFlight(case)
+        stages.run_stage("read", item, None)  # also refuses a DICOM output the input cannot be referenced by
         progress.start(f"[{number}/{len(cases)}] {case.name}")
         try:
-            result = predictor.predict(volume, on_event=progress, with_probabilities=args.save_probabilities)
+            for stage in ("preprocess", "sliding_window", "export"):
+                stages.run_stage(stage, item, None)
         finally:
             progress.close()
-        write_started = time.perf_counter()
-        write_output(result.labels, volume.geometry, volume.dicom_files, predictor.bundle.label_names,
-                     algorithm_of(predictor), case.output)
-        if args.save_probabilities and result.probabilities is not None:
-            write_probabilities(result.probabilities, result.properties, case.output_truncated)
-        timings = {"read": read_seconds, **{k: v for k, v in result.timings.items() if k not in ("load", "convert")},
-                   "write": time.perf_counter() - write_started}
+        stages.run_stage("write", item, None)
+        result = item.result
+        assert result is not None
+        timings = {"read": item.timings["read"],
+                   **{k: v for k, v in result.timings.items() if k not in ("load", "convert")},
+                   "write": item.timings["write"]}
         for note in result.notes:
             print(f"tilewise: note: {case.name}: {note}", file=sys.stderr)
         if args.verbose and not quiet:
-            stages = ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())
-            print(f"{case.name}: {result.tiles} tiles, {result.forward_passes} passes; {stages}", file=sys.stderr)
+            line = ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())
+            print(f"{case.name}: {result.tiles} tiles, {result.forward_passes} passes; {line}", file=sys.stderr)
         written = peak_rss_bytes()
         peaks = {**result.peak_rss_mb, **({"write": round(written / 2**20, 1)} if written is not None else {})}
         report_cases.append({"case": case.name, "output": str(case.output), "tiles": result.tiles,
