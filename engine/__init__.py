@@ -19,8 +19,44 @@ from .events import CancelToken, TileEvent
 from .sliding.plan import Tile
 from .data.volume import Geometry, Volume
 
+# What applications built on the engine use (the viewer imports nothing else: a contract in pyproject.toml)
+from .batch.stages import algorithm_of
+from .data.dicom.seg import AlgorithmInfo
+from .data.dicom.series import ENHANCED_VOLUME_CLASSES
+from .data.dicom.source import require_dicom_extra
+from .data.dicom.zips import is_zip
+from .data.label_colors import label_color
+from .data.outputs import is_dicom_seg_output, write_output
+from .data.readers import IMAGE_SUFFIXES, image_suffix, is_dicom_folder, strip_suffix
+from .data.safe_output import refuse_overwriting_inputs
+from .estimate import (
+    PRIORS,
+    Estimate,
+    FirstFold,
+    ModelGrid,
+    Span,
+    StageCosts,
+    cached_folds,
+    estimate_run,
+    learn_from_run,
+    measure_first_fold,
+    nonzero_extent,
+)
+from .model.bundle import resolve_model_dir
+from .model.catalog import ModelInfo, default_search_roots, describe_model, find_models
+from .preprocess.reuse import PreprocessCache
+from .runtime.memory import is_out_of_memory
+from .runtime.quiet import silenced_fd2
+
 __all__ = [
     "Cancelled", "CancelToken", "Geometry", "InputError", "ModelBundle", "ModelError", "OutOfMemoryError",
     "Predictor", "Preset", "Result", "RunSettings", "Tile", "TileEvent", "TilewiseError", "UntrustedCheckpointError",
     "Volume", "available_folds", "get_preset", "load_presets", "read_volume", "write_labels",
+    # for applications (the viewer): DICOM, outputs, files, estimates, the model catalog, memory
+    "AlgorithmInfo", "ENHANCED_VOLUME_CLASSES", "Estimate", "FirstFold", "IMAGE_SUFFIXES", "ModelGrid", "ModelInfo",
+    "PRIORS", "PreprocessCache", "Span", "StageCosts", "algorithm_of", "cached_folds", "default_search_roots",
+    "describe_model", "estimate_run", "find_models", "image_suffix", "is_dicom_folder", "is_dicom_seg_output",
+    "is_out_of_memory", "is_zip", "label_color", "learn_from_run", "measure_first_fold", "nonzero_extent",
+    "refuse_overwriting_inputs", "require_dicom_extra", "resolve_model_dir", "silenced_fd2", "strip_suffix",
+    "write_output",
 ]

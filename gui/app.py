@@ -37,7 +37,7 @@ def build_viewer(args: argparse.Namespace, viewer: Any = None, show: bool = True
     if show:
         _compat.show_maximized(viewer)
     if args.model:  # 'demo' means the bundled model here too, as in every sub-command
-        from tilewise.engine.model.bundle import resolve_model_dir
+        from tilewise.engine import resolve_model_dir
 
         widget.model_panel.select(resolve_model_dir(args.model))
     if args.paths:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from tilewise.engine.data.label_colors import label_color
+from tilewise.engine import label_color
 
 __all__ = ["display_name", "label_color", "labels_colormap"]
 

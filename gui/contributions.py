@@ -12,19 +12,21 @@ from typing import Any
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from tilewise.engine import Geometry, Volume, read_volume
-from tilewise.engine import write_labels as _write_labels
-from tilewise.engine.data.dicom.series import ENHANCED_VOLUME_CLASSES
-from tilewise.engine.data.dicom.zips import is_zip
-from tilewise.engine.data.readers import (
+from tilewise.engine import (
+    ENHANCED_VOLUME_CLASSES,
     IMAGE_SUFFIXES,
+    Geometry,
+    InputError,
+    Volume,
     image_suffix,
     is_dicom_folder,
+    is_zip,
+    read_volume,
+    refuse_overwriting_inputs,
+    silenced_fd2,
     strip_suffix,
 )
-from tilewise.engine.data.safe_output import refuse_overwriting_inputs
-from tilewise.engine.errors import InputError
-from tilewise.engine.runtime.quiet import silenced_fd2
+from tilewise.engine import write_labels as _write_labels
 
 from .geometry import geometry_from_transform, layer_transform
 

@@ -14,8 +14,7 @@ from typing import Any
 from qtpy.QtCore import QEvent, QSettings, Qt, QTimer, Signal
 from qtpy.QtGui import QKeySequence
 from qtpy.QtWidgets import QApplication, QComboBox, QShortcut, QSizePolicy, QWidget
-from tilewise.engine.errors import InputError
-from tilewise.engine.model.catalog import ModelInfo
+from tilewise.engine import InputError, ModelInfo
 
 from . import _compat
 from .contributions import demo_model_dir

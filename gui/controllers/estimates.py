@@ -18,12 +18,16 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QCoreApplication, QObject, QSettings, QThread, Signal
-from tilewise.engine import Geometry, ModelBundle, Preset, Result
-from tilewise.engine.estimate import (
+from tilewise.engine import (
     PRIORS,
     Estimate,
     FirstFold,
+    Geometry,
+    ModelBundle,
     ModelGrid,
+    ModelInfo,
+    Preset,
+    Result,
     Span,
     StageCosts,
     cached_folds,
@@ -32,7 +36,6 @@ from tilewise.engine.estimate import (
     measure_first_fold,
     nonzero_extent,
 )
-from tilewise.engine.model.catalog import ModelInfo
 
 from ..geometry import geometry_from_layer
 from .worker import PredictorCache, RunChoice, RunRequest, predictor_key

@@ -10,9 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from qtpy.QtCore import QThread, Signal
-
-from tilewise.engine import TilewiseError
-from tilewise.engine.runtime.memory import is_out_of_memory
+from tilewise.engine import TilewiseError, is_out_of_memory
 
 
 def file_error_message(error: BaseException) -> str:

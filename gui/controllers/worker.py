@@ -12,15 +12,21 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QThread, Signal
-
 from tilewise.engine import (
-    Cancelled, CancelToken, Geometry, OutOfMemoryError, Predictor, Preset, TilewiseError, UntrustedCheckpointError,
+    AlgorithmInfo,
+    Cancelled,
+    CancelToken,
+    Geometry,
+    OutOfMemoryError,
+    Predictor,
+    PreprocessCache,
+    Preset,
+    TilewiseError,
+    UntrustedCheckpointError,
     Volume,
+    algorithm_of,
+    is_out_of_memory,
 )
-from tilewise.engine.batch.stages import algorithm_of
-from tilewise.engine.data.dicom.seg import AlgorithmInfo
-from tilewise.engine.preprocess.reuse import PreprocessCache
-from tilewise.engine.runtime.memory import is_out_of_memory
 
 from ..geometry import geometry_from_layer
 from ..volumes import count_labels

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from qtpy.QtCore import QSettings, Signal
 from qtpy.QtWidgets import QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
-
-from tilewise.engine.model.catalog import ModelInfo, default_search_roots, describe_model, find_models
+from tilewise.engine import ModelInfo, default_search_roots, describe_model, find_models
 
 from ..colors import display_name, label_color
 from .common import ElidingComboBox

@@ -14,8 +14,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 from superqt import QCollapsible
-from tilewise.engine import Preset, load_presets
-from tilewise.engine.estimate import Estimate, Span
+from tilewise.engine import Estimate, Preset, Span, load_presets
 
 from ..controllers.worker import RunChoice
 
