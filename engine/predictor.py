@@ -12,30 +12,26 @@ import numpy as np
 import torch
 
 from .backends.select import choose_backend, create_backend
-from .data.model_reader import (
-    labels_in_volume_order,
-    read_as_model,
-    reader_name,
-    reads_like_simpleitk,
-)
+from .data.model_reader import labels_in_volume_order, read_as_model, reader_name, reads_like_simpleitk
 from .data.volume import Geometry, Volume
 from .errors import InputError, TilewiseError
 from .events import CancelToken, EventHandler, cancellable, check_cancelled, counted_events
 from .model.bundle import ModelBundle
 from .model.cascade import check_pair, previous_stage_dir
+from .model.suitability import apply_policy, check_image
 from .nnunet_exact import export_like_nnunet, run_like_nnunet
 from .postprocess.export import export_with_fallback
 from .postprocess.labels import logits_to_labels
 from .prepared_case import PreparedCase
 from .preprocess.cascade_input import previous_stage_input
 from .preprocess.grid_mapping import GridMapper
-from .preprocess.grid_shape import job_size
+from .preprocess.grid_shape import forward_activation_bytes, job_size
 from .preprocess.pipeline import Preprocessed, preprocess
 from .preprocess.reuse import PreprocessCache, preprocess_key
 from .presets import Preset
 from .runtime.devices import default_batch_size
 from .runtime.memory import free_device_memory, record_peak
-from .runtime.memory_plan import MemoryBudget, MemoryPlan, plan_memory
+from .runtime.memory_plan import MemoryBudget, MemoryPlan, check_forward_fits, plan_memory
 from .sliding.accumulators import Placement, placements
 from .sliding.empty_tiles import empty_tile_test
 from .sliding.plan import Tile
@@ -140,6 +136,8 @@ class Predictor:
         spatial_axes = len(self.bundle.patch_size)
         mirror_axes = tuple(a for a in self.bundle.mirror_axes if a < spatial_axes) if preset.mirroring else ()
         batch_size = preset.batch_size or default_batch_size(self.device)
+        check_forward_fits(self.bundle.patch_size, self.bundle.num_input_channels,  # before any tile is allocated
+                           forward_activation_bytes(self.bundle, batch_size), batch_size, self.device)
         self.backend = create_backend(choice, self.networks, mirror_axes, preset.precision,
                                       (batch_size, self.bundle.num_input_channels, *self.bundle.patch_size))
         self.settings = RunSettings(
@@ -222,20 +220,23 @@ class Predictor:
         preprocessed (through ``reuse`` when given): :meth:`plan_case` then :meth:`preprocess_case`."""
         return self.preprocess_case(self.plan_case(volume, budget), cancel, reuse)
 
-    def plan_case(self, volume: Volume, budget: MemoryBudget | None = None) -> PreparedCase:
-        """The first half of :meth:`prepare`: raises :class:`InputError` for a volume this model cannot segment and
+    def plan_case(self, volume: Volume, budget: MemoryBudget | None = None, assess: bool = True) -> PreparedCase:
+        """The first half of :meth:`prepare`: raises :class:`InputError` for a volume this model cannot segment (or,
+        under a strict :func:`~tilewise.engine.model.suitability.input_policy`, was not trained for: ``assess``) and
         :class:`OutOfMemoryError` (exit 3) for one that cannot fit in ``budget``, before any work."""
         self.check_input(volume)
+        source = str(volume.sources[0]) if volume.sources else "input"
+        notes = apply_policy(check_image(volume, self.bundle), source) if assess else []
         first = None
         if self.previous is not None:  # the full-res stage's image waits in host memory while the first runs
             budget = budget or MemoryBudget.available_now(self.device)
             waiting = self.bundle.image_channel_count * 4 * job_size(self.bundle, volume, 1).network_voxels
-            first = self.previous.plan_case(volume, replace(budget, host_bytes=budget.host_bytes - waiting))
+            first = self.previous.plan_case(volume, replace(budget, host_bytes=budget.host_bytes - waiting), False)
         if self.nnunet_exact:
-            return PreparedCase(volume, plan=None, order=[], previous=first)
+            return PreparedCase(volume, plan=None, order=[], notes=notes, previous=first)
         order = placements(self.device)
         plan = self.plan_memory(volume, order, budget)
-        return PreparedCase(volume, plan, order[plan.placement_index:], notes=list(plan.notes), previous=first)
+        return PreparedCase(volume, plan, order[plan.placement_index:], notes=notes + plan.notes, previous=first)
 
     def preprocess_case(self, case: PreparedCase, cancel: CancelToken | None = None,
                         reuse: PreprocessCache | None = None) -> PreparedCase:

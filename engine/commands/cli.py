@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import OutOfMemoryError, TilewiseError
+from ..model.suitability import InputPolicy, set_input_policy
 from ..runtime.allocator import keep_freed_host_memory
 from ..runtime.memory import is_out_of_memory
-from .options import add_output_type_option, add_run_options
+from .options import add_input_check_option, add_output_type_option, add_run_options
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -22,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tilewise", description="Fast nnU-Net v2 inference with live feedback. Without a command, "
         "'tilewise [IMAGE] [-m MODEL]' opens the viewer; 'tilewise --self-test' checks this installation.")
+    parser.add_argument("--self-test", dest="self_test", action="store_true",
+                        help="check this installation (engine, model, viewer) and exit")
+    parser.add_argument("--version", action="version", version=f"tilewise {package_version()}",
+                        help="print the version and exit")
     commands = parser.add_subparsers(dest="command")
 
     predict = commands.add_parser("predict", help="segment images with an nnU-Net model")
@@ -31,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--series-uid", dest="series_uid", nargs="+", default=None, metavar="UID", help="the DICOM series to read (default: the largest image series); several UIDs: each DICOM input holds one")
     add_run_options(predict)
     add_output_type_option(predict)
+    add_input_check_option(predict)
     predict.add_argument("--save_probabilities", action="store_true", help="also write <case>.npz/.pkl as nnU-Net does")
     predict.add_argument("--continue_prediction", action="store_true", help="skip cases whose output already exists")
     predict.add_argument("--report", type=Path, default=None, help="write a JSON report (settings, per-stage timings) to this file")
@@ -43,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .batch_options import add_batch_parser
 
     add_batch_parser(commands)
+    add_input_check_option(commands.choices["batch"])
 
     bench = commands.add_parser("bench", help="time our engine (and nnU-Net's predictor) on one image")
     bench.add_argument("-i", dest="input", required=True, help="image file (or nnU-Net-named case file) to segment; with --batch a folder of cases")
@@ -138,7 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return open_viewer(arguments)
     parser = build_parser()
     args = parser.parse_args(arguments)
+    previous_policy = None
     try:
+        if args.command in ("predict", "batch"):
+            previous_policy = _before_the_work(args)
         if args.command == "predict":
             from .predict import run_predict
 
@@ -174,9 +184,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not is_out_of_memory(error):
             raise
         first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        print(f"tilewise: error: out of memory ({first}); try a faster preset, fewer folds, --batch-size 1 or "
-              "--device cpu", file=sys.stderr)
+        on_cpu = str(getattr(args, "device", "")).startswith("cpu")
+        print(f"tilewise: error: out of memory ({first}); try a faster preset, fewer folds"
+              + (" or --batch-size 1" if on_cpu else ", --batch-size 1 or --device cpu"), file=sys.stderr)
         return OutOfMemoryError.exit_code
+    finally:
+        if previous_policy is not None:  # in-process callers (tests, a host application) get their policy back
+            set_input_policy(previous_policy)
+
+
+def _before_the_work(args: argparse.Namespace) -> InputPolicy:
+    """The pre-flight (:mod:`.preflight`: paths, headers, model JSON, before the model loads) and, for the run, what
+    to do with an image unlike the model's training data (warn on stderr, or refuse with ``--strict-input``);
+    returns the input policy it replaced."""
+    from .preflight import preflight
+
+    preflight(args)
+    return set_input_policy(InputPolicy(strict=args.strict_input, warn=_warn))
+
+
+def _warn(source: str, message: str) -> None:
+    print(f"tilewise: warning: {source}: {message}", file=sys.stderr)
 
 
 def package_version() -> str:

@@ -25,6 +25,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-model", dest="trust_model", action="store_true", help="allow checkpoints that need full unpickling (can run code: only for models you trust)")
 
 
+def add_input_check_option(parser: argparse.ArgumentParser) -> None:
+    """``--strict-input``, shared by ``predict`` and ``batch``: refuse images unlike the model's training data."""
+    parser.add_argument(
+        "--strict-input", dest="strict_input", action="store_true",
+        help="refuse (exit 2; in batch: fail the case) an image that differs from what the model was trained on "
+             "(modality, intensities, voxel spacing over 3x off, NaN voxels) instead of printing a warning")
+
+
 def preset_from_args(args: argparse.Namespace) -> Preset:
     """The chosen preset with command-line overrides applied."""
     return get_preset(args.preset).with_overrides(

@@ -96,6 +96,28 @@ def plan_memory(job: JobSize, compute_device: torch.device, placements: list[tup
         + ("" if on_cpu else ", or --device cpu"))
 
 
+def check_forward_fits(patch_size: tuple[int, ...], channels: int, activation_bytes: int, batch_size: int,
+                       compute_device: torch.device) -> None:
+    """Raise :class:`OutOfMemoryError` (one line) when a single forward pass of one tile (its input and the network's
+    activations, ``activation_bytes`` for ``batch_size`` tiles) cannot fit in the memory there is, on the device or
+    in host memory (the runner falls back to smaller batches and host memory, so only a tile that fits nowhere is
+    refused); it says what to try, and never suggests the CPU to a job already on it."""
+    voxels = 1
+    for size in patch_size:
+        voxels *= int(size)
+    one_tile = channels * 4 * voxels + activation_bytes // max(batch_size, 1)
+    on_cpu = compute_device.type == "cpu"
+    host = host_available_bytes()
+    available = host if on_cpu else max(host, device_available_bytes(compute_device))
+    if one_tile <= available * HEADROOM:
+        return
+    tile = " x ".join(str(int(s)) for s in patch_size)
+    raise OutOfMemoryError("memory plan", f"one forward pass of the model's {tile}-voxel tile (plans.json's "
+                           f"patch_size) needs about {one_tile / GB:,.1f} GB for its input and the network's "
+                           f"activations, but {available / GB:.1f} GB are available; this model's tile is too large "
+                           "for this machine" + ("" if on_cpu else "; try --batch-size 1"))
+
+
 @dataclass(frozen=True)
 class MemoryBudget:
     """The memory a case is planned against: host and compute-device bytes available (a batch takes them once,

@@ -64,6 +64,24 @@ def unpack(archive: Path) -> Path:
     return folder
 
 
+def readable_size(count: int) -> str:
+    """A byte count in the unit that shows its digits: '512 bytes', '3.4 KB', '12.0 MB', '1.50 GB'."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.2f} {unit}" if unit == "GB" else f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
+
+
+def check_archive(archive: Path) -> None:
+    """The checks :func:`unpack` makes before writing anything (a readable archive, no entry outside its folder, no
+    zip bomb), without unpacking: for a pre-flight."""
+    try:
+        with zipfile.ZipFile(archive) as opened:
+            _check_entries(archive, [info for info in opened.infolist() if not info.is_dir()])
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as error:
+        raise InputError(archive, f"not a readable zip archive ({error})") from None
+
+
 def _check_entries(archive: Path, entries: list[zipfile.ZipInfo]) -> None:
     if len(entries) > MAX_ENTRIES:
         raise InputError(archive, f"holds {len(entries)} files, more than the {MAX_ENTRIES} a DICOM zip may hold")
@@ -73,12 +91,12 @@ def _check_entries(archive: Path, entries: list[zipfile.ZipInfo]) -> None:
     total = sum(info.file_size for info in entries)
     bound = min(MAX_UNPACKED_BYTES, MAX_RATIO * max(archive.stat().st_size, 1))
     if total > bound:
-        raise InputError(archive, f"refused: it would unpack to {total / 2**30:.1f} GiB, more than "
-                                  f"{bound / 2**30:.1f} GiB (a zip bomb?)")
+        raise InputError(archive, f"refused: it would unpack to {readable_size(total)}, more than "
+                                  f"{readable_size(bound)} (a zip bomb?)")
 
 
 def _check_free_space(archive: Path, folder: Path, needed: int) -> None:
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise DiskSpaceError(archive, f"needs {needed / 2**30:.1f} GiB to unpack but {folder.parent} has "
-                                      f"{free / 2**30:.1f} GiB free (set TMPDIR to a larger disk)")
+        raise DiskSpaceError(archive, f"needs {readable_size(needed)} to unpack but {folder.parent} has "
+                                      f"{readable_size(free)} free (set TMPDIR to a larger disk)")

@@ -1,0 +1,213 @@
+"""Cheap checks first: what ``predict`` and ``batch`` can refuse from the paths, the inputs' headers and the model's
+JSON files is refused here, in about a second, before any checkpoint is read or network built.
+
+- the model folder: it exists (a ``fold_N`` folder names its parent), dataset.json and plans.json pass the schema
+  (:mod:`~tilewise.engine.model.schema`), the folds asked for exist, plans.json's classes are allowed without trust;
+- the output: ``-o`` is not an input file (nor a link to one), no output lands on an input, no output name is an
+  existing folder, the destination can be written (read-only, permission: exit 3) and has room for the outputs
+  (exit 3);
+- the inputs (``predict``): every header readable, 2D or 3D (a 2D image only for a 2D model), a DICOM folder with a
+  usable series, a zip without entries outside its folder and no zip bomb.
+
+Only read-only calls into :mod:`~tilewise.engine.data` and the batch's case list; nothing is written but a probe
+file, removed at once.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..data.cases import Case, collect_cases, planned_outputs
+from ..data.dicom.zips import readable_size
+from ..data.outputs import with_output_type
+from ..data.readers import ImageHeader, read_header
+from ..data.safe_output import refuse_overwriting_inputs
+from ..errors import DiskSpaceError, InputError, ModelError, TilewiseError
+from ..model.bundle import available_folds, check_model_folder, read_json
+from ..model.checkpoint import check_plans
+from ..model.schema import validate_model_json
+
+COMPRESSED_SUFFIXES = (".nii.gz", ".seg.nrrd")
+COMPRESSION = 20
+"""Label maps compress at least this much in gzip (large uniform regions): the free space asked for a .nii.gz."""
+MARGIN_BYTES = 1_000_000
+"""Headers, the report and the summary on top of the label maps."""
+_TRAINED_FOLDER = re.compile(r"^[^_]+__[^_]+__(?P<configuration>.+)$")
+
+
+class OutputNotWritableError(TilewiseError):
+    """The output folder cannot be written: a read-only file system or no permission (exit 3, as for no space)."""
+
+    exit_code = 3
+
+
+def model_configuration(model_dir: Path, plans: dict[str, Any], folds: list[str] | None,
+                        checkpoint_name: str | None) -> str | None:
+    """The configuration the model's checkpoints were trained with, known without reading them: a fold's
+    ``debug.json`` (nnU-Net writes one), the trained-model folder's name (``Trainer__Plans__3d_fullres``), or the
+    only configuration the plans hold; None when none says."""
+    present = available_folds(model_dir, checkpoint_name)
+    for fold in (folds or present)[:1]:
+        try:
+            debug = json.loads((model_dir / f"fold_{fold}" / "debug.json").read_text())
+        except (OSError, ValueError):
+            debug = {}
+        name = debug.get("configuration") or debug.get("configuration_name") if isinstance(debug, dict) else None
+        if isinstance(name, str) and name in (plans.get("configurations") or {}):
+            return name
+    match = _TRAINED_FOLDER.match(model_dir.name)
+    if match and match["configuration"] in (plans.get("configurations") or {}):
+        return match["configuration"]
+    names = list(plans.get("configurations") or {})
+    return names[0] if len(names) == 1 else None
+
+
+def check_model(args: argparse.Namespace) -> tuple[Path, dict[str, Any], str | None]:
+    """The model folder, its dataset.json and the configuration its checkpoints use (when known), after every check
+    that needs no checkpoint: folder, schema, folds, classes allowed without trust."""
+    folder = check_model_folder(args.model)
+    dataset, plans = read_json(folder / "dataset.json"), read_json(folder / "plans.json")
+    validate_model_json(dataset, plans, folder, args.trust_model)
+    present = available_folds(folder, args.checkpoint)
+    if not present:
+        raise ModelError(folder, f"no trained folds found (expected fold_*/{args.checkpoint or 'checkpoint_final.pth'})")
+    missing = [str(f) for f in args.folds or [] if str(f) not in present]
+    if missing:
+        raise ModelError(folder, f"fold(s) {', '.join(missing)} not found; available: {', '.join(present)}")
+    configuration = model_configuration(folder, plans, args.folds, args.checkpoint)
+    if configuration is not None:
+        check_plans(plans, configuration, folder / "plans.json", args.trust_model)
+    return folder, dataset, configuration
+
+
+def _existing_ancestor(folder: Path) -> Path:
+    """``folder`` or its nearest ancestor that exists (where the run's first folder will be made)."""
+    folder = Path(os.path.abspath(folder))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def check_output_folder(output_dir: Path, inputs: list[Path]) -> Path:
+    """Refuse an ``-o`` that is an input (or a link to one), a file, or under a file; then probe that its folder (or
+    the nearest existing one above it) can be written. Returns that folder."""
+    if output_dir.exists() and not output_dir.is_dir():
+        try:
+            refuse_overwriting_inputs([output_dir], inputs)
+        except InputError:
+            raise InputError(output_dir, "-o names an input image (or a link to one); -o takes the output folder, "
+                                         "e.g. -o results") from None
+        raise InputError(output_dir, "is a file; -o takes a folder for the outputs")
+    folder = _existing_ancestor(output_dir)
+    if not folder.is_dir():
+        raise InputError(output_dir, f"cannot be made: {folder} is a file, not a folder")
+    _probe_writable(folder, output_dir)
+    return folder
+
+
+def _probe_writable(folder: Path, output_dir: Path) -> None:
+    """Create and remove a small file in ``folder``: the only sure test (read-only mounts, ACLs, quotas, root)."""
+    try:
+        handle, name = tempfile.mkstemp(prefix=".tilewise-probe-", dir=folder)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskSpaceError(output_dir, f"no space left in {folder}; free some space or choose another "
+                                             "output folder") from None
+        reason = "is on a read-only file system" if error.errno == errno.EROFS else "cannot be written (no permission)"
+        raise OutputNotWritableError(output_dir, f"{reason}; choose another output folder") from None
+
+
+def check_outputs(outputs: list[Path], inputs: list[Path]) -> None:
+    """No output onto an input (also through a symlink or hard link), and no output name that is an existing
+    folder."""
+    refuse_overwriting_inputs(outputs, inputs)
+    for output in outputs:
+        if output.is_dir():
+            raise InputError(output, "is an existing folder where an output file would be written; remove or "
+                                     "rename that folder, or choose another output folder")
+
+
+def expected_output_bytes(cases: list[Case], headers: dict[Path, ImageHeader | None], heads: int,
+                          with_probabilities: bool) -> int:
+    """A lower bound on what the run writes: each case's label map (1 byte a voxel, gzip-compressed ones by
+    :data:`COMPRESSION`), nnU-Net's probabilities when asked (float16 per output, compressed about 2x), a margin."""
+    total = MARGIN_BYTES
+    for case in cases:
+        header = headers.get(case.inputs[0])
+        if header is None or header.voxels == 0:
+            continue
+        labels = header.voxels // (COMPRESSION if case.output.name.endswith(COMPRESSED_SUFFIXES) else 1)
+        total += labels + (header.voxels * heads if with_probabilities else 0)
+    return total
+
+
+def check_free_space(folder: Path, output_dir: Path, needed: int) -> None:
+    """Raise :class:`DiskSpaceError` (exit 3) when ``folder``'s disk has less free space than ``needed``."""
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise DiskSpaceError(output_dir, f"the outputs need about {readable_size(needed)} but {folder} has "
+                                         f"{readable_size(free)} free; free some space or choose another folder")
+
+
+def check_headers(cases: list[Case], is_2d: bool | None, series_uid: Any) -> dict[Path, ImageHeader | None]:
+    """Every case's input headers (:func:`~tilewise.engine.data.readers.read_header`); a 2D image is refused for a
+    model known to be 3D (``is_2d`` False)."""
+    headers: dict[Path, ImageHeader | None] = {}
+    for case in cases:
+        for path in case.inputs:
+            header = read_header(path, series_uid)
+            headers[path] = header
+            if header is not None and header.dimension == 2 and is_2d is False:
+                raise InputError(path, "is a 2D image but the model needs a 3D volume")
+    return headers
+
+
+def _heads(dataset: dict[str, Any]) -> int:
+    from ..model.schema import output_channels
+
+    return output_channels(dataset)
+
+
+def preflight_predict(args: argparse.Namespace) -> None:
+    """Every check ``tilewise predict`` can make before the model loads; raises a :class:`TilewiseError`."""
+    folder, dataset, configuration = check_model(args)
+    channels = len(dataset.get("channel_names") or dataset.get("modality"))
+    output_dir = Path(args.output)
+    source = Path(args.input)
+    given = [Path(p) for p in args.channels] if args.channels else [source]
+    writable = check_output_folder(output_dir, given)
+    cases = with_output_type(collect_cases(source, output_dir, channels, args.channels), args.output_type)
+    inputs = [path for case in cases for path in case.inputs]
+    check_outputs(planned_outputs(cases, args.save_probabilities, args.report), inputs)
+    plans = read_json(folder / "plans.json")
+    patch = ((plans.get("configurations") or {}).get(configuration) or {}).get("patch_size") if configuration else None
+    is_2d = None if patch is None else len(patch) == 2
+    headers = check_headers(cases, is_2d, args.series_uid)
+    check_free_space(writable, output_dir, expected_output_bytes(cases, headers, _heads(dataset),
+                                                                 args.save_probabilities))
+
+
+def preflight_batch(args: argparse.Namespace) -> None:
+    """What ``tilewise batch`` can refuse for the whole job before the model loads: the model folder and schema,
+    and an output folder that is a file, an input, read-only or not writable. Cases with problems of their own are
+    the batch's to record."""
+    check_model(args)
+    source = Path(args.input)
+    check_output_folder(Path(args.output), [source])
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """The pre-flight of ``args.command`` (predict or batch; nothing for the others)."""
+    if args.command == "predict":
+        preflight_predict(args)
+    elif args.command == "batch":
+        preflight_batch(args)
