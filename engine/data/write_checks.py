@@ -209,7 +209,7 @@ def save_dicom_checked(dataset: Any, staged: Path) -> None:
         meant = handle.tell()
     check_size(staged, meant)
     try:
-        copy = pydicom.dcmread(staged)
+        copy = pydicom.dcmread(staged, force=True)  # force: a dataset saved without the 128-byte preamble
     except Exception as error:  # noqa: BLE001 - pydicom raises many kinds on a damaged file
         raise IncompleteFile(f"it cannot be read back ({error})") from None
     if copy.get("SOPInstanceUID") != dataset.get("SOPInstanceUID"):
