@@ -158,9 +158,11 @@ def check_free_space(folder: Path, output_dir: Path, needed: int) -> None:
                                          f"{readable_size(free)} free; free some space or choose another folder")
 
 
-def check_headers(cases: list[Case], is_2d: bool | None, series_uid: Any) -> dict[Path, ImageHeader | None]:
+def check_headers(cases: list[Case], is_2d: bool | None, series_uid: Any,
+                  channel_names: list[str]) -> dict[Path, ImageHeader | None]:
     """Every case's input headers (:func:`~tilewise.engine.data.readers.read_header`); a 2D image is refused for a
-    model known to be 3D (``is_2d`` False)."""
+    model known to be 3D (``is_2d`` False), and a case whose files hold another number of channels (vector
+    voxels count as channels) than the model's ``channel_names``."""
     headers: dict[Path, ImageHeader | None] = {}
     for case in cases:
         for path in case.inputs:
@@ -168,6 +170,11 @@ def check_headers(cases: list[Case], is_2d: bool | None, series_uid: Any) -> dic
             headers[path] = header
             if header is not None and header.dimension == 2 and is_2d is False:
                 raise InputError(path, "is a 2D image but the model needs a 3D volume")
+        known = [headers[path] for path in case.inputs]
+        found = sum(header.components for header in known if header is not None)
+        if all(header is not None for header in known) and found != len(channel_names):
+            raise InputError(case.inputs[0], f"has {found} channel(s) but the model needs {len(channel_names)} "
+                                             f"({', '.join(channel_names)})")
     return headers
 
 
@@ -191,7 +198,8 @@ def preflight_predict(args: argparse.Namespace) -> None:
     plans = read_json(folder / "plans.json")
     patch = ((plans.get("configurations") or {}).get(configuration) or {}).get("patch_size") if configuration else None
     is_2d = None if patch is None else len(patch) == 2
-    headers = check_headers(cases, is_2d, args.series_uid)
+    names = dataset.get("channel_names") or dataset.get("modality")
+    headers = check_headers(cases, is_2d, args.series_uid, [str(names[k]) for k in sorted(names, key=int)])
     check_free_space(writable, output_dir, expected_output_bytes(cases, headers, _heads(dataset),
                                                                  args.save_probabilities))
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import ModelError
 from ..runtime.quiet import silenced_stdout
-from .checkpoint import _is_known, resolved_configuration
+from .checkpoint import _is_known, _untrusted, resolved_configuration
 
 DATASET_JSON = "dataset.json"
 PLANS_JSON = "plans.json"
@@ -73,11 +73,11 @@ def _check_consecutive(labels: dict[str, Any], path: Path) -> None:
     values = [v for name, v in labels.items() if name != "ignore"]
     if len(set(values)) != len(values):
         raise ModelError(path, "key 'labels': two labels share a value")
-    if sorted(values) != list(range(len(values))):
-        raise ModelError(path, f"key 'labels': values {sorted(values)} have gaps; nnU-Net needs 0, 1, 2, ... in a row")
     ignore = labels.get("ignore")
     if ignore is not None and ignore <= max(values):
         raise ModelError(path, "key 'labels': 'ignore' must have the highest value")
+    if sorted(values) != list(range(len(values))):
+        raise ModelError(path, f"key 'labels': values {sorted(values)} have gaps; nnU-Net needs 0, 1, 2, ... in a row")
 
 
 def _check_regions(dataset: dict[str, Any], labels: dict[str, Any], path: Path) -> None:
@@ -128,7 +128,7 @@ def check_plans_json(plans: Any, path: Path, channels: int, trust: bool = False)
     if not isinstance(configurations, dict) or not configurations:
         raise ModelError(path, "key 'configurations': missing or empty")
     _check_reader(plans.get("image_reader_writer"), path)
-    _check_searched(plans, "label_manager", "utilities/label_handling", "LabelManager", path)
+    _check_searched(plans, "label_manager", "utilities/label_handling", "LabelManager", path, trust=trust)
     for key in ("transpose_forward", "transpose_backward"):
         value = plans.get(key)
         if value is not None and sorted(value) != [0, 1, 2]:
@@ -153,11 +153,11 @@ def check_configuration(configuration: dict[str, Any], where: str, path: Path, c
                                f"of dataset.json (got {schemes!r})")
     for scheme in schemes:
         _check_searched({"normalization": scheme}, "normalization", "preprocessing/normalization",
-                        "ImageNormalization", path, f"{where}.normalization_schemes")
+                        "ImageNormalization", path, f"{where}.normalization_schemes", trust)
     _check_searched(configuration, "preprocessor_name", "preprocessing", "DefaultPreprocessor", path,
-                    f"{where}.preprocessor_name")
+                    f"{where}.preprocessor_name", trust)
     for key in ("resampling_fn_data", "resampling_fn_seg", "resampling_fn_probabilities"):
-        _check_searched(configuration, key, "preprocessing/resampling", None, path, f"{where}.{key}")
+        _check_searched(configuration, key, "preprocessing/resampling", None, path, f"{where}.{key}", trust)
     architecture = configuration.get("architecture")
     if architecture is not None:
         _check_architecture(architecture, patch, f"{where}.architecture", path, trust)
@@ -165,19 +165,26 @@ def check_configuration(configuration: dict[str, Any], where: str, path: Path, c
 
 def _check_architecture(architecture: Any, patch: list[int], where: str, path: Path, trust: bool) -> None:
     from torch import nn
+    from torch.nn.modules.batchnorm import _NormBase
     from torch.nn.modules.conv import _ConvNd
+    from torch.nn.modules.dropout import _DropoutNd
 
+    kinds: dict[str, tuple[type, ...]] = {"conv_op": (_ConvNd,), "norm_op": (_NormBase, nn.GroupNorm, nn.LayerNorm),
+                                          "dropout_op": (_DropoutNd,)}
     if not isinstance(architecture, dict) or not isinstance(architecture.get("arch_kwargs", {}), dict):
         raise ModelError(path, f"key '{where}': expected network_class_name and arch_kwargs")
     kwargs = architecture.get("arch_kwargs") or {}
     _check_class(architecture.get("network_class_name"), nn.Module, "a network class", f"{where}.network_class_name",
                  path, trust)
     for key in architecture.get("_kw_requires_import") or []:
-        if kwargs.get(key) is None:
+        if key not in kwargs:
+            raise ModelError(path, f"key '{where}._kw_requires_import': lists '{key}', which arch_kwargs does not set")
+        if kwargs[key] is None:
             continue
-        base = _ConvNd if key == "conv_op" else nn.Module
+        base = kinds.get(key, (nn.Module,))
+        not_these = (_ConvNd, _NormBase, _DropoutNd, nn.Linear) if key == "nonlin" else ()
         _check_class(kwargs[key], base, _EXPECTED_KIND.get(key, "a layer class"), f"{where}.arch_kwargs.{key}",
-                     path, trust)
+                     path, trust, not_these)
     strides = kwargs.get("strides")
     if strides is not None:
         _check_divisible(strides, patch, f"{where}.arch_kwargs.strides", path)
@@ -196,7 +203,8 @@ def _check_divisible(strides: Any, patch: list[int], where: str, path: Path) -> 
                                "network's poolings need")
 
 
-def _check_class(dotted: Any, base: type, kind: str, where: str, path: Path, trust: bool) -> None:
+def _check_class(dotted: Any, base: type | tuple[type, ...], kind: str, where: str, path: Path, trust: bool,
+                 not_these: tuple[type, ...] = ()) -> None:
     if not isinstance(dotted, str) or not dotted or not all(p.isidentifier() for p in dotted.split(".")):
         raise ModelError(path, f"key '{where}': {dotted!r} is not a dotted Python path")
     if not trust and not _is_known(dotted):
@@ -209,7 +217,11 @@ def _check_class(dotted: Any, base: type, kind: str, where: str, path: Path, tru
         raise ModelError(path, f"key '{where}': '{dotted}' cannot be imported ({problem})") from None
     if found is None:
         raise ModelError(path, f"key '{where}': '{dotted}' names nothing (expected {kind})")
-    if not (inspect.isclass(found) and issubclass(found, base)):
+    module = str(getattr(found, "__module__", "") or "")
+    if not trust and module and not _is_known(module):  # 'torch.nn.modules.module.torch.load' leads out of torch.nn
+        raise _untrusted(path, where.rsplit(".", 1)[-1], dotted, f"defined in '{module}'")
+    if not (inspect.isclass(found) and issubclass(found, base)) or (inspect.isclass(found)
+                                                                   and issubclass(found, not_these)):
         raise ModelError(path, f"key '{where}': '{dotted}' is not {kind}")
 
 
@@ -220,7 +232,7 @@ _SEARCH_MODULES = {"utilities/label_handling": "nnunetv2.utilities.label_handlin
 
 
 def _check_searched(source: dict[str, Any], key: str, folder: str, base_name: str | None, path: Path,
-                    where: str | None = None) -> None:
+                    where: str | None = None, trust: bool = False) -> None:
     """A name nnunetv2 looks up among its own modules must be found there, defined there and of the expected kind
     (a subclass of ``base_name``, or a function when None)."""
     where = where or key
@@ -231,8 +243,12 @@ def _check_searched(source: dict[str, Any], key: str, folder: str, base_name: st
         raise ModelError(path, f"key '{where}': {name!r} is not a name nnunetv2 can look up")
     found = _nnunet_search(folder, name)
     module = str(getattr(found, "__module__", ""))
-    if found is None or not module.startswith("nnunetv2."):
+    if found is None:
         raise ModelError(path, f"key '{where}': '{name}' is not found in nnunetv2")
+    if not module.startswith("nnunetv2."):  # a helper nnunetv2's modules import from elsewhere
+        if trust:
+            return  # trust covers the folder: what it names is the owner's to vouch for
+        raise _untrusted(path, key, name, f"defined in '{module}'", allowed="nnunetv2", use="calling")
     if base_name is None:
         if not inspect.isfunction(found):
             raise ModelError(path, f"key '{where}': '{name}' is not a resampling function")
