@@ -240,7 +240,7 @@ def measure_first_fold(model_dir: Path, precision: str, device: str = "auto", ba
     built once untimed before, and the fold loaded a second time for the load figure."""
     ModelBundle.load(model_dir, fold_count=1, trust=trust).build_networks()  # one-off imports, untimed
     predictor = _first_fold_predictor(model_dir, precision, device, backend, trust)
-    converted = any(event != "cached" for event in getattr(predictor.backend, "cache_events", []))
+    converted = any(event != "cached" for event in predictor.backend.cache_events)
     grid, per_pass, first_load = ModelGrid.of(predictor.bundle), time_forward_pass(predictor), predictor.load_seconds
     del predictor
     load = _first_fold_predictor(model_dir, precision, device, backend, trust).load_seconds

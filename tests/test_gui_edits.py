@@ -11,11 +11,10 @@ import pytest
 
 import model_factory
 from napari.layers import Labels
-from qtpy.QtCore import QSettings, Qt
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication, QDialog, QMessageBox
 from tilewise.engine import read_volume
-from tilewise.gui import widget as widget_module
-from tilewise.gui.controllers import results as results_module
+from tilewise.gui.controllers import edits as edits_module
 from tilewise.gui.volumes import apply_change, count_change, count_labels, format_ml
 from tilewise.gui.widget import TilewiseWidget
 
@@ -25,30 +24,10 @@ VOXEL_ML = SPACING[0] * SPACING[1] * SPACING[2] / 1000
 
 
 @pytest.fixture
-def dialogs(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
-    """The questions and errors the widget shows; ``answers`` are given to the Save / Discard / Cancel questions and
-    ``paths`` to the Save dialogs, in order."""
-    shown: dict[str, list] = {"critical": [], "warning": [], "answers": [], "paths": []}
-
-    def warning(parent, title, text, *args, **kwargs):
-        shown["warning"].append((title, text))
-        return shown["answers"].pop(0)
-
-    monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda parent, title, text, *a, **k:
-                                                              shown["critical"].append((title, text))))
-    monkeypatch.setattr(QMessageBox, "warning", staticmethod(warning))
-    monkeypatch.setattr(widget_module, "ask_save_path",
-                        lambda parent, suggested, dicom_seg=False: str(shown["paths"].pop(0)))
-    return shown
-
-
-@pytest.fixture
-def gui(make_napari_viewer, qtbot, tmp_path: Path, dialogs, ct_model: Path):
-    """A viewer with the widget, the CT test model and an anisotropic, oblique CT-like case segmented with 'preview'."""
-    viewer = make_napari_viewer(show=True)
-    widget = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
-    viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
-    widget.settings_panel.device.setCurrentIndex(widget.settings_panel.device.findData("cpu"))
+def segmented(gui, qtbot, tmp_path: Path, ct_model: Path):
+    """The conftest viewer with the CT test model and an anisotropic, oblique CT-like case segmented with 'preview';
+    returns (viewer, widget, case). ``dialogs`` answers the Save / Discard / Cancel questions and the Save dialogs."""
+    viewer, widget = gui
     widget.model_panel.select(ct_model)
     case = model_factory.make_case(tmp_path / "images" / "ct_0000.nii.gz", "3d", spacing=SPACING, seed=1,
                                    direction=(0, 1, 0, -1, 0, 0, 0, 0, 1), origin=(4.0, -20.0, 11.5))
@@ -61,8 +40,7 @@ def gui(make_napari_viewer, qtbot, tmp_path: Path, dialogs, ct_model: Path):
     # a window the test closes is only hidden, not deleted (napari deletes it on close): the fixtures can then close
     # the viewer as after any test
     viewer.window._qt_window.setAttribute(Qt.WA_DeleteOnClose, False)
-    yield viewer, widget, case
-    widget.shutdown()
+    return viewer, widget, case
 
 
 @pytest.fixture
@@ -103,9 +81,9 @@ def _save(qtbot, widget: TilewiseWidget, path: Path) -> None:
     assert blocker.args == [str(path)], widget.last_error
 
 
-def test_volumes_follow_brush_fill_erase_undo_and_redo_and_the_file_holds_the_edits(gui, qtbot,
+def test_volumes_follow_brush_fill_erase_undo_and_redo_and_the_file_holds_the_edits(segmented, qtbot,
                                                                                     tmp_path: Path) -> None:
-    _, widget, case = gui
+    _, widget, case = segmented
     layer = widget.result_layer
     results = widget.results
     states = [np.asarray(layer.data).copy()]
@@ -158,18 +136,18 @@ def test_volumes_follow_brush_fill_erase_undo_and_redo_and_the_file_holds_the_ed
     assert results.has_unsaved_edits(layer), "redone past the saved state: unsaved again"
 
 
-def test_a_large_edit_is_counted_on_a_thread(gui, qtbot, monkeypatch: pytest.MonkeyPatch) -> None:
-    _, widget, _ = gui
+def test_a_large_edit_is_counted_on_a_thread(segmented, qtbot, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, widget, _ = segmented
     layer = widget.result_layer
-    monkeypatch.setattr(results_module, "INLINE_VOXELS", 10)  # every edit counts as large here
+    monkeypatch.setattr(edits_module, "INLINE_VOXELS", 10)  # every edit counts as large here
     threads: list = []
-    real_count = results_module.count_labels
+    real_count = edits_module.count_labels
 
     def counted_on(labels):
         threads.append(threading.current_thread())
         return real_count(labels)
 
-    monkeypatch.setattr(results_module, "count_labels", counted_on)
+    monkeypatch.setattr(edits_module, "count_labels", counted_on)
     layer.brush_size = 15
     layer.paint((20, 24, 28), 1)
     edited = np.asarray(layer.data).copy()
@@ -182,8 +160,8 @@ def test_a_large_edit_is_counted_on_a_thread(gui, qtbot, monkeypatch: pytest.Mon
     assert count_labels(np.asarray(layer.data)) == {0: edited.size}
 
 
-def test_closing_the_window_with_unsaved_edits_asks(gui, qtbot, dialogs, napari_asks, tmp_path: Path) -> None:
-    viewer, widget, _ = gui
+def test_closing_the_window_with_unsaved_edits_asks(segmented, qtbot, dialogs, napari_asks, tmp_path: Path) -> None:
+    viewer, widget, _ = segmented
     layer = widget.result_layer
     layer.brush_size = 7
     layer.paint((20, 24, 28), 2)
@@ -213,10 +191,10 @@ def test_closing_the_window_with_unsaved_edits_asks(gui, qtbot, dialogs, napari_
     np.testing.assert_array_equal(read_volume(tmp_path / "before_closing.nii.gz").array[0], edited)
 
 
-def test_the_title_bars_close_with_unsaved_edits_asks_ours_only(gui, qtbot, dialogs, napari_asks) -> None:
+def test_the_title_bars_close_with_unsaved_edits_asks_ours_only(segmented, qtbot, dialogs, napari_asks) -> None:
     from qtpy.QtGui import QCloseEvent
 
-    viewer, widget, _ = gui
+    viewer, widget, _ = segmented
     widget.result_layer.paint((20, 24, 28), 2)
     window = viewer.window._qt_window
     event = QCloseEvent()
@@ -227,8 +205,8 @@ def test_the_title_bars_close_with_unsaved_edits_asks_ours_only(gui, qtbot, dial
     assert len(dialogs["warning"]) == 1 and napari_asks == []
 
 
-def test_without_unsaved_edits_napari_asks_as_before(gui, qtbot, dialogs, napari_asks) -> None:
-    viewer, _widget, _ = gui
+def test_without_unsaved_edits_napari_asks_as_before(segmented, qtbot, dialogs, napari_asks) -> None:
+    viewer, _widget, _ = segmented
     window = viewer.window._qt_window
     close = _menu_action(viewer, "Close Window")
     qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=10_000)
@@ -237,8 +215,8 @@ def test_without_unsaved_edits_napari_asks_as_before(gui, qtbot, dialogs, napari
     assert window.isVisible(), "napari's question was answered Cancel"
 
 
-def test_discard_closes_the_window_without_saving(gui, qtbot, dialogs, napari_asks, tmp_path: Path) -> None:
-    viewer, widget, _ = gui
+def test_discard_closes_the_window_without_saving(segmented, qtbot, dialogs, napari_asks, tmp_path: Path) -> None:
+    viewer, widget, _ = segmented
     widget.result_layer.paint((20, 24, 28), 2)
     window = viewer.window._qt_window
     close = _menu_action(viewer, "Close Window")
@@ -250,8 +228,8 @@ def test_discard_closes_the_window_without_saving(gui, qtbot, dialogs, napari_as
     assert not list(tmp_path.rglob("*segmentation*"))
 
 
-def test_removing_an_edited_result_asks_and_cancel_puts_it_back(gui, qtbot, dialogs, tmp_path: Path) -> None:
-    viewer, widget, _ = gui
+def test_removing_an_edited_result_asks_and_cancel_puts_it_back(segmented, qtbot, dialogs, tmp_path: Path) -> None:
+    viewer, widget, _ = segmented
     layer = widget.result_layer
     layer.paint((20, 24, 28), 2)
     edited = np.asarray(layer.data).copy()
@@ -275,8 +253,8 @@ def test_removing_an_edited_result_asks_and_cancel_puts_it_back(gui, qtbot, dial
     assert len(dialogs["warning"]) == 2 and widget.result_layer is None
 
 
-def test_removing_the_image_closes_its_result_asking_first_when_edited(gui, qtbot, dialogs) -> None:
-    viewer, widget, _ = gui
+def test_removing_the_image_closes_its_result_asking_first_when_edited(segmented, qtbot, dialogs) -> None:
+    viewer, widget, _ = segmented
     layer = widget.result_layer
     [image] = [candidate for candidate in viewer.layers if not isinstance(candidate, Labels)]
     layer.paint((20, 24, 28), 2)

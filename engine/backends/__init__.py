@@ -23,6 +23,13 @@ class ForwardBackend(Protocol):
     """Where the returned logits live (the runner accumulates them there or on the host)."""
     variable_batch: bool
     """Whether a smaller batch needs less memory (False for models compiled for a static batch)."""
+    convert_seconds: float
+    """Seconds spent converting the networks for this backend when it was made (0 when none or all cached)."""
+    cache_events: list[str]
+    """Per fold, where its converted network came from: 'cached', 'converted' or 'rebuilt: why' (empty when the
+    backend converts nothing)."""
+    notes: list[str]
+    """Sentences for the person running it (e.g. a first run that converted the model); empty when none."""
 
     @property
     def passes_per_tile(self) -> int:

@@ -23,6 +23,9 @@ class TorchBackend:
         self.mirrors = mirror_combinations(mirror_axes)
         self.device = device
         self.precision = precision
+        self.convert_seconds = 0.0  # PyTorch runs the networks as they are: nothing to convert, cache or say
+        self.cache_events: list[str] = []
+        self.notes: list[str] = []
 
     @property
     def passes_per_tile(self) -> int:

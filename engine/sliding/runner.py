@@ -135,7 +135,7 @@ class SlidingWindowRunner:
                 if not is_out_of_memory(error):
                     raise
                 free_device_memory(self.device)
-                if self.batch_size == 1 or not getattr(self.backend, "variable_batch", True):
+                if self.batch_size == 1 or not self.backend.variable_batch:
                     raise self._out_of_memory(error, "running the network") from None
                 self.batch_size //= 2
                 self.notes.append(f"memory ran out: batch size reduced to {self.batch_size}")

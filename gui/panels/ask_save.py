@@ -14,7 +14,8 @@ from qtpy.QtCore import QObject
 from qtpy.QtWidgets import QMessageBox, QWidget
 
 from .. import _compat
-from ..controllers.results import ResultsController, call_soon
+from ..controllers.results import ResultsController
+from ..controllers.weak import call_soon
 
 SAVE, DISCARD, CANCEL = "save", "discard", "cancel"
 
