@@ -77,7 +77,8 @@ t_freeze=$(seconds)
 # --- 3. test the frozen app -----------------------------------------------------------------------------------------
 cli="$BUNDLE/tilewise-cli$exe_suffix"
 # converted OpenVINO models go to a throw-away cache, not the build user's
-export TILEWISE_CACHE_DIR="$(pwd)/build/ov-cache"
+TILEWISE_CACHE_DIR="$(pwd)/build/ov-cache"
+export TILEWISE_CACHE_DIR
 rm -rf "$TILEWISE_CACHE_DIR"
 step "$cli --self-test (automatic backend: OpenVINO on a CPU)"
 selftest=build/self-test.txt

@@ -172,7 +172,7 @@ install_icuuc_stub() {  # work-around (4), from the functions the installed Qt6C
         echo "LIBRARY icuuc.dll"; echo "EXPORTS"
         x86_64-w64-mingw32-objdump -p "$qtcore" | awk '
             /DLL Name:/ { inside = (tolower($3) == "icuuc.dll"); next }
-            inside && /^\s*$/ { next }
+            /^\s*$/ { inside = 0 }
             inside && NF == 3 && $1 ~ /^[0-9a-f]+$/ { print $3 }' \
             | sort -u | while read -r name; do
                 if [ "$name" = ucnv_open ]; then echo "  ucnv_open = tw_ucnv_open"; else echo "  $name = tw_unavailable"; fi
@@ -212,6 +212,7 @@ win_pip() {  # pip of the Windows Python, with the download cache on the Linux s
     cache=$(winpath "$CACHE/pip")
     # (the Linux side's PIP_FIND_LINKS, PIP_CONSTRAINT, ... name Linux paths: not for the Windows pip)
     (unset PIP_FIND_LINKS PIP_CONSTRAINT PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE
+     export PIP_NO_WARN_SCRIPT_LOCATION=1 PIP_PROGRESS_BAR=off
      wpy -m pip --disable-pip-version-check --no-input --cache-dir "$cache" "$@")
 }
 

@@ -11,6 +11,7 @@ import importlib.metadata
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -292,15 +293,140 @@ def test_nsis_uninstaller_removes_what_the_installer_wrote() -> None:
 
 # --- CI wiring --------------------------------------------------------------------------------------------------------
 
+WINE_SCRIPT = INSTALLER / "windows_under_wine.sh"
+NATIVE_STAGES = ("bundle", "dlls", "installer", "install", "selftest", "predict", "viewer", "uninstall")
+
+
 def test_ci_and_windows_workflow_run_the_same_steps() -> None:
+    """.ci/run builds the installer (the Linux bundle scripts, or the Wine script); the Windows workflow runs every
+    native stage of installer/windows_under_wine.sh, whose stages call the same build scripts."""
     ci = CI.read_text()
     workflow = WORKFLOW.read_text()
-    steps = ("installer/build_bundle.sh", "installer/build_installer.sh")
-    for step in steps:
-        assert step in ci and step in workflow, step
+    script = WINE_SCRIPT.read_text()
     assert "nsis" in ci and "p7zip-full" in ci
-    assert ci.index("python -m pytest") < ci.index("installer/build_bundle.sh")  # the README's command comes first
-    for phrase in ("/S", "--self-test", "Uninstall.exe", "windows-"):
-        assert phrase in workflow, phrase
+    if "installer/windows_under_wine.sh" in ci:
+        first_step = "installer/windows_under_wine.sh"
+    else:
+        first_step = "installer/build_bundle.sh"
+        assert "installer/build_installer.sh" in ci
+    assert ci.index("python -m pytest") < ci.index(first_step)  # the README's command comes first
+    for step in ("installer/build_bundle.sh", "installer/build_installer.sh"):
+        assert step in script, step
     workflow_yaml = yaml.safe_load(workflow)
-    assert workflow_yaml["jobs"]
+    runs = [step.get("run", "") for step in workflow_yaml["jobs"]["installer"]["steps"]]
+    for stage in NATIVE_STAGES:
+        assert f"bash installer/windows_under_wine.sh --native {stage}" in runs, stage
+    assert "windows-" in workflow_yaml["jobs"]["installer"]["runs-on"]
+    for phrase in ("/S", "--self-test", "Uninstall.exe", "--smoke-test-viewer"):
+        assert phrase in script, phrase
+
+
+# --- installer/windows_under_wine.sh ----------------------------------------------------------------------------------
+
+def test_wine_script_is_valid_bash() -> None:
+    subprocess.run(["bash", "-n", str(WINE_SCRIPT)], check=True)
+    assert os.access(WINE_SCRIPT, os.X_OK)
+
+
+@pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck is not installed")
+def test_installer_scripts_pass_shellcheck() -> None:
+    scripts = [WINE_SCRIPT, INSTALLER / "build_bundle.sh", INSTALLER / "build_installer.sh"]
+    subprocess.run(["shellcheck", "-S", "warning", *map(str, scripts)], check=True)
+
+
+def test_wine_script_stages_are_defined_and_native_ones_listed() -> None:
+    script = WINE_SCRIPT.read_text()
+    defined = set(re.findall(r"^stage_(\w+)\(\)", script, flags=re.M))
+    stage_lists = re.findall(r"ALL_STAGES=\(([^)]*)\)", script)
+    assert len(stage_lists) == 2
+    native, wine = (tuple(found.split()) for found in stage_lists)
+    assert native == NATIVE_STAGES
+    assert set(native) | set(wine) == defined
+    assert wine[:4] == ("prefix", "python", "requirements", "freeze")
+
+
+def test_wine_work_arounds_live_in_one_place() -> None:
+    """Every Wine work-around is set in one block of the script, each with a comment naming the Wine gap."""
+    script = WINE_SCRIPT.read_text()
+    block = script[script.index("# ---- Wine work-arounds"):script.index("# ----------------", script.index("# ---- Wine work-arounds"))]
+    for setting in ("ucrtbase=n,b", "KMP_AFFINITY=disabled", "icuuc", "| cat"):
+        assert setting in block, setting
+    for number in range(1, 6):
+        assert f"# ({number})" in block
+    assert script.count("WINEDLLOVERRIDES=") == 1 and script.count("KMP_AFFINITY=") == 1
+
+
+def test_wine_helpers_implement_the_missing_exports() -> None:
+    ucrt = (INSTALLER / "wine" / "ucrtbase_complex.c").read_text()
+    for name in ("crealf", "cimagf", "creal", "cimag", "creall", "cimagl"):
+        assert re.search(rf"\btw_{name}\(", ucrt), name
+    assert "tw_ucnv_open" in (INSTALLER / "wine" / "icuuc_stub.c").read_text()
+
+
+@pytest.mark.skipif(not shutil.which("x86_64-w64-mingw32-gcc"), reason="mingw-w64 is not installed")
+def test_ucrtbase_forwarder_links(tmp_path: Path) -> None:
+    """The forwarder links without a C runtime, with a forwarded export and the six accessors."""
+    definition = tmp_path / "ucrtbase.def"
+    names = ("crealf", "cimagf", "creal", "cimag", "creall", "cimagl")
+    definition.write_text("LIBRARY ucrtbase.dll\nEXPORTS\n  printf = ucrtbase_wine.printf\n"
+                          + "".join(f"  {name} = tw_{name}\n" for name in names))
+    dll = tmp_path / "ucrtbase.dll"
+    subprocess.run(["x86_64-w64-mingw32-gcc", "-O2", "-shared", "-nostdlib", "-Wl,-e,tw_dll_entry", "-o", str(dll),
+                    str(INSTALLER / "wine" / "ucrtbase_complex.c"), str(definition)], check=True)
+    pefile = pytest.importorskip("pefile")
+    pe = pefile.PE(str(dll))
+    exports = {symbol.name.decode(): symbol.forwarder for symbol in pe.DIRECTORY_ENTRY_EXPORT.symbols}
+    assert exports["printf"] == b"ucrtbase_wine.printf"
+    assert all(exports[name] is None for name in names)
+    assert not hasattr(pe, "DIRECTORY_ENTRY_IMPORT")  # it must not import the runtime it stands in for
+
+
+# --- installer/check_bundle_dlls.py -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dll_check() -> ModuleType:
+    return load(INSTALLER / "check_bundle_dlls.py", "check_bundle_dlls")
+
+
+def test_dll_check_accepts_bundled_and_system_dlls(dll_check: ModuleType) -> None:
+    bundled = ["python311.dll", "MSVCP140.dll", "vcruntime140.dll", "torch_cpu.dll", "Qt6Core.dll"]
+    imported = {"kernel32.dll": ["a.pyd"], "python311.dll": ["a.pyd"], "msvcp140.dll": ["torch_cpu.dll"],
+                "api-ms-win-crt-runtime-l1-1-0.dll": ["a.pyd"], "ucrtbase.dll": ["b.dll"], "icuuc.dll": ["Qt6Core.dll"],
+                "opengl32.dll": ["Qt6Gui.dll"], "VCRUNTIME140.dll": ["a.pyd"]}
+    assert dll_check.problems(bundled, imported) == []
+
+
+def test_dll_check_fails_without_the_vc_runtime(dll_check: ModuleType) -> None:
+    found = dll_check.problems(["python311.dll"], {"MSVCP140.dll": ["torch_cpu.dll"],
+                                                   "msvcp140_atomic_wait.dll": ["c10.dll"]})
+    assert len(found) == 2 and all(message.startswith("VC++ runtime") for message in found)
+
+
+def test_dll_check_fails_on_an_unknown_dll(dll_check: ModuleType) -> None:
+    found = dll_check.problems(["python311.dll"], {"libiomp5md.dll": ["torch_cpu.dll"]})
+    assert found == ["libiomp5md.dll is neither in the bundle nor a Windows system DLL (imported by torch_cpu.dll)"]
+
+
+def test_spec_adds_the_vc_runtime_on_windows() -> None:
+    text = SPEC.read_text()
+    assert '"msvcp140*.dll"' in text and '"vcruntime140*.dll"' in text
+    assert "analysis.binaries += added" in text
+
+
+def test_label_comparison_tolerance(tmp_path: Path) -> None:
+    numpy = pytest.importorskip("numpy")
+    sitk = pytest.importorskip("SimpleITK")
+    compare = load(INSTALLER / "compare_labels.py", "compare_labels")
+    labels = numpy.zeros((20, 20, 20), dtype=numpy.uint8)
+    labels[5:15, 5:15, 5:15] = 1
+    nearly = labels.copy()
+    nearly[5, 5, 5] = 0  # 1 voxel of 8000
+    far = labels.copy()
+    far[5:7] = 0
+    paths = {}
+    for name, array in (("a", labels), ("b", nearly), ("c", far)):
+        paths[name] = str(tmp_path / f"{name}.nii.gz")
+        sitk.WriteImage(sitk.GetImageFromArray(array), paths[name])
+    assert compare.compare(paths["a"], paths["a"]) == []
+    assert compare.compare(paths["a"], paths["b"]) == []
+    assert compare.compare(paths["a"], paths["c"])
