@@ -13,6 +13,7 @@ from .errors import Cancelled, InputError, ModelError, OutOfMemoryError, Tilewis
 from .data.readers import read_volume
 from .data.writers import write_labels
 from .model.bundle import ModelBundle, available_folds
+from .model.suitability import Finding, InputPolicy, check_image, set_input_policy
 from .predictor import Predictor, Result, RunSettings
 from .presets import Preset, get_preset, load_presets
 from .events import CancelToken, TileEvent
@@ -49,9 +50,10 @@ from .runtime.memory import is_out_of_memory
 from .runtime.quiet import silenced_fd2
 
 __all__ = [
-    "Cancelled", "CancelToken", "Geometry", "InputError", "ModelBundle", "ModelError", "OutOfMemoryError",
-    "Predictor", "Preset", "Result", "RunSettings", "Tile", "TileEvent", "TilewiseError", "UntrustedCheckpointError",
-    "Volume", "available_folds", "get_preset", "load_presets", "read_volume", "write_labels",
+    "Cancelled", "CancelToken", "Finding", "Geometry", "InputError", "InputPolicy", "ModelBundle", "ModelError",
+    "OutOfMemoryError", "Predictor", "Preset", "Result", "RunSettings", "Tile", "TileEvent", "TilewiseError",
+    "UntrustedCheckpointError", "Volume", "available_folds", "check_image", "get_preset", "load_presets",
+    "read_volume", "set_input_policy", "write_labels",
     # for applications (the viewer): DICOM, outputs, files, estimates, the model catalog, memory
     "AlgorithmInfo", "ENHANCED_VOLUME_CLASSES", "Estimate", "FirstFold", "IMAGE_SUFFIXES", "ModelGrid", "ModelInfo",
     "PRIORS", "PreprocessCache", "Span", "StageCosts", "algorithm_of", "cached_folds", "default_search_roots",
