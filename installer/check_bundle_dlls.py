@@ -33,7 +33,7 @@ gdi32 gdiplus glu32 hid icu icuin icuuc imagehlp imm32 iphlpapi kernel32 kernelb
 mpr msacm32 mscms msi msimg32 msvcrt mswsock ncrypt netapi32 normaliz ntdll ole32 oleacc oleaut32 opengl32
 pdh powrprof propsys psapi rpcrt4 secur32 setupapi shcore shell32 shlwapi sspicli tdh ucrtbase user32 userenv
 usp10 uxtheme version wevtapi win32u winhttp wininet winmm winspool.drv wintrust wldap32 wlanapi ws2_32 wsock32
-wtsapi32 xinput1_4 dwmapi mfuuid ntdsapi nvcuda
+wtsapi32 xinput1_4 mfuuid ntdsapi nvcuda uiautomationcore odbc32 avrt dsound d3d10 d3d10_1 dxcore wer dbgeng
 """.split())
 """``nvcuda`` is the NVIDIA driver's: imported only by CUDA builds (not bundled), and present wherever they can run."""
 

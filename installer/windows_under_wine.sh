@@ -93,6 +93,8 @@ else
     #     a stub (installer/wine/icuuc_stub.c) into system32.
     # (5) CPython under Wine cannot use a regular file as stdout/stderr ("init_sys_streams ... Invalid handle"):
     #     every Windows program's output goes through a pipe (`| cat`, `| tee`).
+    # (6) bcryptprimitives.dll: missing from Wine 8, and Rust-built extensions (pydantic-core, thus napari) import
+    #     its ProcessPrng: the prefix stage puts a stub (installer/wine/bcryptprimitives_stub.c) into system32.
     win() { wine "$@" 2>&1 | cat; }
     # ----------------------------------------------------------------------------------------------------------------
     winpath() { winepath -w "$1" 2>/dev/null; }
@@ -109,7 +111,7 @@ reg_value() {  # KEY VALUE-NAME -> the data, or nothing
     win reg query "$1" /v "$2" 2>/dev/null | tr -d '\r' | sed -n "s/^ *$2 *REG_[A-Z_]* *//p" | head -n 1
 }
 reg_default() {  # KEY -> its default value
-    win reg query "$1" /ve 2>/dev/null | tr -d '\r' | sed -n 's/^ *(Default) *REG_[A-Z_]* *//p; s/^ *(默认) *REG_[A-Z_]* *//p' | head -n 1
+    win reg query "$1" /ve 2>/dev/null | tr -d '\r' | sed -n 's/^ *(Default) *REG_[A-Z_]* *//p' | head -n 1
 }
 reg_exists() { win reg query "$1" 2>/dev/null | tr -d '\r' | grep -qi "^HKEY_CURRENT_USER"; }
 shell_folder() {  # Desktop | Programs | Local AppData -> this shell's path of that user folder
@@ -159,6 +161,11 @@ stage_prefix() {
         installer/wine/ucrtbase_complex.c "$helpers/ucrtbase.def"
     cp "$wine_ucrt" "$sys32/ucrtbase_wine.dll"
     cp "$helpers/ucrtbase.dll" "$sys32/ucrtbase.dll"
+    # work-around (6): ProcessPrng on top of bcrypt's BCryptGenRandom
+    printf 'LIBRARY bcryptprimitives.dll\nEXPORTS\n  ProcessPrng = tw_process_prng\n' > "$helpers/bcryptprimitives.def"
+    x86_64-w64-mingw32-gcc -O2 -shared -nostdlib -Wl,-e,tw_dll_entry -o "$helpers/bcryptprimitives.dll" \
+        installer/wine/bcryptprimitives_stub.c "$helpers/bcryptprimitives.def" -lbcrypt
+    cp "$helpers/bcryptprimitives.dll" "$sys32/bcryptprimitives.dll"
     # work-around (4): icuuc.dll is installed by the requirements stage, once Qt6Core.dll tells which functions
     echo "prefix ready: $(du -sm "$WINEPREFIX" | cut -f1) MB"
 }
@@ -237,6 +244,7 @@ stage_requirements() {
     win_pip install --only-binary :all: pefile==2024.8.26  # for the dlls stage; not imported by the app
     wpy - <<'EOF'
 import importlib.util, sys
+import pydantic_core  # a Rust extension: bcryptprimitives.dll (work-around 6)
 extra = [name for name in ("timm", "torchvision", "triton") if importlib.util.find_spec(name)]
 if extra:
     sys.exit(f"build environment is not lean: {extra} installed (they would end up in the installer)")
