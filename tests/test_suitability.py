@@ -181,3 +181,15 @@ def test_batch_strict_input_fails_the_case_with_the_reason(tmp_path: Path, capfd
     (record,) = summary["cases"]
     assert record["status"] == "failed" and "looks like CT" in record["reason"]
     assert not (out / "ct.nii.gz").exists()
+
+
+def test_demo_model_given_a_dicom_ct_series_names_its_modality(tmp_path: Path, capfd) -> None:
+    from dicom_factory import write_ct_series
+
+    write_ct_series(sitk.ReadImage(str(ct_like(tmp_path / "ct.nii.gz"))), tmp_path / "study")
+
+    code, out, err = run_cli(predict(tmp_path / "study", tmp_path / "out", "demo"), capfd)
+
+    assert code == 0, err
+    (found,) = warnings_in(err)
+    assert "This model was trained on brain MR; this image is CT (its DICOM Modality is CT)" in found
