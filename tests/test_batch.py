@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from tilewise.engine.batch.cases import collect_batch_cases, shard
+from tilewise.engine.batch.claims import CLAIMS_DIR
 from tilewise.engine.batch.pipeline import MemoryGate
 from tilewise.engine.commands.cli import main
 from tilewise.engine.events import CancelToken
@@ -42,8 +43,15 @@ def statuses(out: Path) -> dict[str, str]:
 
 
 def leftovers(folder: Path) -> list[str]:
-    """Staging folders and other hidden or temporary entries."""
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or "tmp" in p.name.lower())
+    """Staging folders and other hidden or temporary entries (the claims folder is the batch's own record); a claim
+    still held (a '*.claim' of a running case, not a done one) is a leftover too."""
+    names = sorted(p.name for p in folder.iterdir()
+                   if (p.name.startswith(".") or "tmp" in p.name.lower()) and p.name != CLAIMS_DIR)
+    claims = folder / CLAIMS_DIR
+    if claims.is_dir():
+        names += [f"{CLAIMS_DIR}/{p.name}" for p in claims.iterdir()
+                  if not p.name.endswith(".claim") or json.loads(p.read_text(encoding="utf-8"))["state"] != "done"]
+    return names
 
 
 def write_dicom_series(image: sitk.Image, folder: Path) -> None:
@@ -82,12 +90,12 @@ def test_batch_writes_the_bytes_predict_writes(tmp_path: Path, ct_model: Path, c
     assert code == 0, err
     for source in (cases, cases / "series_d"):  # predict reads a DICOM folder as one case
         assert run_cli(["predict", "-i", source, "-o", predicted, "-m", ct_model, *FAST], capfd)[0] == 0
-    written = sorted(p.name for p in out.iterdir() if p.name != "batch_summary.json")
+    written = sorted(p.name for p in out.iterdir() if p.name not in ("batch_summary.json", CLAIMS_DIR))
     assert written == ["a.nii.gz", "b.nii.gz", "c.nrrd", "series_d.nii.gz"]
     for name in written:
         assert (out / name).read_bytes() == (predicted / name).read_bytes(), name
     summary = summary_of(out)
-    assert summary["counts"] == {"done": 4, "failed": 0, "skipped": 0, "interrupted": 0}
+    assert summary["counts"] == {"done": 4, "failed": 0, "skipped": 0, "interrupted": 0, "elsewhere": 0}
     for record in summary["cases"]:
         assert record["device"] and record["worker"] and record["tiles"] > 0
         assert {"read", "preprocess", "sliding_window", "export", "write", "total"} <= set(record["timings"])
@@ -192,7 +200,8 @@ def test_a_part_writes_only_its_cases(tmp_path: Path, ct_model: Path, capfd) -> 
                          "-part_id", "1"], capfd)
 
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["batch_summary.part1of2.json", "p1.nii.gz"]
+    written = sorted(p.name for p in out.iterdir() if p.name != CLAIMS_DIR)
+    assert written == ["batch_summary.part1of2.json", "p1.nii.gz"]
     with pytest.raises(SystemExit):
         main(["batch", "-i", str(folder), "-o", str(out), "-m", str(ct_model), "-part_id"])
     assert run_cli(["batch", "-i", folder, "-o", out, "-m", ct_model, "-num_parts", "2", "-part_id", "2"],

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import model_factory
 import pytest
-from test_batch import interrupt_after_first_case
+from test_batch import interrupt_after_first_case, leftovers
 from tilewise.engine.commands.cli import main
 from tilewise.engine.distributed.cluster import plan_actors
 
@@ -54,10 +54,6 @@ def header(out: Path) -> dict:
 
 def labels(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.glob("*.nii.gz"))}
-
-
-def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or "tmp" in p.name.lower())
 
 
 def test_ray_writes_the_single_process_bytes_and_resumes(cluster, tmp_path: Path, capfd) -> None:

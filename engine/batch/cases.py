@@ -35,11 +35,6 @@ def case_outputs(case: Case, with_probabilities: bool) -> list[Path]:
     return outputs
 
 
-def is_finished(case: Case, with_probabilities: bool) -> bool:
-    """Whether every output of ``case`` exists (outputs are written atomically: one that exists is complete)."""
-    return all(path.is_file() for path in case_outputs(case, with_probabilities))
-
-
 def _file_case(group: ChannelGroup, num_channels: int, output_dir: Path) -> BatchCase:
     case = Case(group.name, group.inputs, output_dir / f"{group.name}{image_suffix(group.inputs[0])}")
     return BatchCase(case, group.problem(num_channels))

@@ -67,13 +67,16 @@ class MemoryGate:
 class BatchPipeline:
     """Runs cases through ``stages`` on reader, device and writer threads; records come out as cases finish.
 
-    ``worker`` names this process in the records. :meth:`run` yields each case's record; after ``cancel`` is set,
-    running stages stop at their next check, cases not yet started are not started, and every case comes out as
-    interrupted unless it finished first.
+    ``worker`` names this process in the records; ``claim`` (see :mod:`.claims`), when given, is asked for each
+    case just before it is read: a record from it (another process runs the case) is yielded instead of a run.
+    :meth:`run` yields each case's record; after ``cancel`` is set, running stages stop at their next check, cases
+    not yet started are not started, and every case comes out as interrupted unless it finished first.
     """
 
-    def __init__(self, stages: CaseStages, workers: int, cancel: CancelToken, worker: str) -> None:
+    def __init__(self, stages: CaseStages, workers: int, cancel: CancelToken, worker: str,
+                 claim: Callable[[BatchCase], CaseRecord | None] | None = None) -> None:
         self.stages = stages
+        self.claim = claim
         self.workers = max(1, workers)
         self.cancel = cancel
         self.worker = worker
@@ -137,6 +140,10 @@ class BatchPipeline:
             while (case := self._next_case()) is not None:
                 if case.problem is not None:
                     self._records.put(problem_record(case, self.stages.with_probabilities, self.worker))
+                    continue
+                elsewhere = self.claim(case) if self.claim is not None else None
+                if elsewhere is not None:
+                    self._records.put(elsewhere)
                     continue
                 run = CaseRun(self.stages, case, self.worker)
                 if not run.stage("read", self.cancel):

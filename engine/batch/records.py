@@ -7,15 +7,19 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from ..errors import Cancelled, TilewiseError
 from ..events import CancelToken
 from ..runtime.memory import free_device_memory, is_out_of_memory
 from .cases import BatchCase, case_outputs
+from .integrity import fingerprints
 from .stages import STAGES, CaseStages, InFlight
 
 DONE, FAILED, SKIPPED, INTERRUPTED = "done", "failed", "skipped", "interrupted"
+ELSEWHERE = "elsewhere"
+"""A case another batch process on the same output folder runs or ran (see :mod:`.claims`)."""
 
 
 def this_worker() -> str:
@@ -51,6 +55,8 @@ class CaseRecord:
     """For a skipped case: the record of the run that wrote its outputs, from the summary that run left."""
     retries: list[str] = field(default_factory=list)
     """With ``--ray``: each earlier attempt that ended with its actor dying (when, which actor, why)."""
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each output's ``{"size": bytes, "sha256": hex}`` as written, which a resume re-checks (done, skipped)."""
 
     @classmethod
     def for_case(cls, case: BatchCase, status: str, with_probabilities: bool, reason: str | None = None) -> CaseRecord:
@@ -118,10 +124,18 @@ class CaseRun:
         if self.record.status == DONE and result is not None:
             self.record.tiles, self.record.forward_passes = result.tiles, result.forward_passes
             self.record.notes = list(result.notes)
+            self._fingerprint()
         if not self.ended:
             self._end(self.record.status, self.record.stage, self.record.reason)
         self.item = InFlight(self.item.case)  # drop the volume, logits and labels
         return self.record
+
+    def _fingerprint(self) -> None:
+        """Record each output's size and checksum, read back from the disk (a file that cannot be read fails)."""
+        try:
+            self.record.files = fingerprints(Path(path) for path in self.record.outputs)
+        except OSError as error:
+            self._end(FAILED, "write", failure_reason(error))
 
     def _end(self, status: str, stage: str | None, reason: str | None) -> None:
         self.record.status, self.record.stage, self.record.reason = status, stage, reason

@@ -1,7 +1,9 @@
-"""A batch run from its settings: plan the cases, skip the finished ones, run the rest here (the pipeline) or
-elsewhere (a :class:`RemoteRunner` such as Ray's), collect the records into the summary, stop on Ctrl-C.
+"""A batch run from its settings: plan the cases, skip those checked finished, run the rest here (the pipeline) or
+elsewhere (a :class:`RemoteRunner` such as Ray's), claiming each case so that several processes share a folder,
+collect the records into the summary, stop on Ctrl-C or SIGTERM.
 
-Exit status: 0 when every case succeeded (or was finished earlier), 3 when some failed, 130 when interrupted.
+Exit status: 0 when every case succeeded (or was finished earlier, or by another process), 3 when some failed, 130
+when interrupted (Ctrl-C), 143 when terminated (SIGTERM).
 """
 from __future__ import annotations
 
@@ -18,13 +20,17 @@ from ..model.bundle import dataset_channel_count
 from ..predictor import Predictor
 from ..runtime.memory import peak_rss_bytes
 from ..runtime.memory_plan import MemoryBudget
-from .cases import BatchCase, case_outputs, collect_batch_cases, is_finished, shard
+from ..runtime.signals import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
+from .cases import BatchCase, case_outputs, collect_batch_cases, shard
+from .claims import Claims
 from .collect import collect
 from .pipeline import BatchPipeline
-from .records import FAILED, INTERRUPTED, CaseRecord, now_iso, this_worker
+from .records import DONE, ELSEWHERE, FAILED, CaseRecord, now_iso, this_worker
+from .resume import plan_resume
 from .settings import BatchSettings
+from .sharing import claimer, summary_for_this_process
 from .stages import CaseStages
-from .summary import BatchSummary, earlier_records, predictor_header, skipped_record, summary_path
+from .summary import BatchSummary, earlier_records, predictor_header, summary_path
 
 EXIT_SOME_FAILED = 3
 EXIT_INTERRUPTED = 130
@@ -37,48 +43,68 @@ class RemoteRunner(Protocol):
         """Check what the runner needs before any work; the settings as it needs them (e.g. absolute paths)."""
         ...
 
-    def run(self, settings: BatchSettings, todo: list[BatchCase], summary: BatchSummary, total: int) -> bool:
-        """Run ``todo`` into ``summary``; True when Ctrl-C stopped it."""
+    def run(self, settings: BatchSettings, todo: list[BatchCase], summary: BatchSummary, total: int,
+            claims: Claims) -> KeyboardInterrupt | None:
+        """Run ``todo`` (claimed by this process) into ``summary``, settling ``claims``; what stopped it, or None."""
         ...
 
 
 def run_batch(settings: BatchSettings, remote: RemoteRunner | None = None) -> int:
-    """Run a batch as ``settings`` say, here or with ``remote``; returns the exit status."""
+    """Run a batch as ``settings`` say, here or with ``remote``; returns the exit status. SIGTERM is handled as
+    Ctrl-C (the file being written is finished, the summary updated), with exit status 143."""
     if settings.workers < 1:
         raise InputError("--workers", f"must be 1 or more (got {settings.workers})")
+    with sigterm_as_interrupt():
+        try:
+            return _run(settings, remote)
+        except Terminated:  # before or after the cases ran: nothing was being written
+            print("tilewise: terminated (SIGTERM); nothing half-written is kept", file=sys.stderr)
+            return EXIT_TERMINATED
+
+
+def _run(settings: BatchSettings, remote: RemoteRunner | None) -> int:
     if remote is not None:
         settings = remote.prepare(settings)
-    cases, path = plan_cases(settings)
-    earlier = earlier_records(path)
-    todo = [case for case in cases if settings.overwrite or not is_finished(case.case, settings.save_probabilities)]
-    running = {case.name for case in todo}
-    skipped = [skipped_record(case, settings.save_probabilities, earlier.get(case.name))
-               for case in cases if case.name not in running]
-    predictor = None
-    if todo and remote is None:  # a run over a finished folder loads no model
-        predictor = Predictor(settings.model, settings.preset, device=settings.device, folds=settings.folds,
-                              checkpoint_name=settings.checkpoint, trust=settings.trust,
-                              nnunet_exact=settings.nnunet_exact)
-    summary = BatchSummary(path, _header(settings, predictor))
-    for record in skipped:
-        summary.add(record)
-    if settings.verbose and not settings.quiet and predictor is not None:
-        print(f"tilewise: {len(todo)} of {len(cases)} case(s) to run on {summary.header['backend']}, "
-              f"{settings.workers} worker(s)", file=sys.stderr)
-    interrupted = False
-    if predictor is not None:
-        interrupted = _run_here(settings, predictor, todo, summary)
-    elif todo and remote is not None:
-        interrupted = remote.run(settings, todo, summary, len(cases))
-    summary.save(finished=not interrupted, peak_rss_mb=_peak_mb())
-    failed, done = summary.count(FAILED), len(todo) - summary.count(FAILED) - summary.count(INTERRUPTED)
-    if not settings.quiet:
-        state = "interrupted" if interrupted else "finished"
-        print(f"tilewise: batch {state}: {done} done, {failed} failed, {len(skipped)} skipped (finished earlier) "
-              f"in {summary.elapsed:.1f}s; summary: {path}", file=sys.stderr)
-    if interrupted:
-        return EXIT_INTERRUPTED
-    return EXIT_SOME_FAILED if failed else 0
+    cases, base = plan_cases(settings)
+    claims = Claims(settings.output)
+    try:
+        path = summary_for_this_process(claims, base)
+        plan = plan_resume(cases, settings.save_probabilities, settings.overwrite, claims, earlier_records(base))
+        if not settings.quiet:
+            for name, why in plan.redone.items():
+                print(f"tilewise: {name}: redone, its earlier output cannot be kept ({why})", file=sys.stderr)
+        predictor = None
+        if plan.todo and remote is None:  # a run over a finished folder loads no model
+            predictor = Predictor(settings.model, settings.preset, device=settings.device, folds=settings.folds,
+                                  checkpoint_name=settings.checkpoint, trust=settings.trust,
+                                  nnunet_exact=settings.nnunet_exact)
+        summary = BatchSummary(path, _header(settings, predictor))
+        for record in plan.skipped:
+            summary.add(record)
+        if settings.verbose and not settings.quiet and predictor is not None:
+            print(f"tilewise: {len(plan.todo)} of {len(cases)} case(s) to run on {summary.header['backend']}, "
+                  f"{settings.workers} worker(s)", file=sys.stderr)
+        stopped = None
+        if predictor is not None:
+            stopped = _run_here(settings, predictor, plan.todo, summary, claims)
+        elif plan.todo and remote is not None:
+            stopped = _run_remote(settings, remote, plan.todo, summary, claims, len(cases))
+        summary.save(finished=stopped is None, peak_rss_mb=_peak_mb())
+        if not settings.quiet:
+            print(_last_line(summary, stopped, len(plan.skipped)), file=sys.stderr)
+    finally:
+        claims.release_all()
+    if stopped is not None:
+        return EXIT_TERMINATED if isinstance(stopped, Terminated) else EXIT_INTERRUPTED
+    return EXIT_SOME_FAILED if summary.count(FAILED) else 0
+
+
+def _last_line(summary: BatchSummary, stopped: KeyboardInterrupt | None, skipped: int) -> str:
+    state = "finished" if stopped is None else "terminated" if isinstance(stopped, Terminated) else "interrupted"
+    elsewhere = summary.count(ELSEWHERE)
+    shared = f", {elsewhere} run by other batch processes" if elsewhere else ""
+    return (f"tilewise: batch {state}: {summary.count(DONE)} done, {summary.count(FAILED)} failed, {skipped} skipped "
+            f"(finished earlier){shared} in {summary.elapsed:.1f}s; summary: {summary.path}")
 
 
 def plan_cases(settings: BatchSettings) -> tuple[list[BatchCase], Path]:
@@ -96,24 +122,41 @@ def plan_cases(settings: BatchSettings) -> tuple[list[BatchCase], Path]:
 def _header(settings: BatchSettings, predictor: Predictor | None) -> dict:
     header: dict = {"tool": "tilewise batch", "input": str(settings.input), "output": str(settings.output),
                     "model": str(settings.model), "preset": settings.preset_name, "part_id": settings.part_id,
-                    "num_parts": settings.num_parts, "workers": settings.workers, "started": now_iso()}
+                    "num_parts": settings.num_parts, "workers": settings.workers, "worker": this_worker(),
+                    "started": now_iso()}
     if predictor is not None:
         header.update(predictor_header(predictor))
     return header
 
 
-def _run_here(settings: BatchSettings, predictor: Predictor, todo: list[BatchCase], summary: BatchSummary) -> bool:
-    """Run ``todo`` through the pipeline in this process into ``summary``; True when Ctrl-C stopped it."""
+def _run_here(settings: BatchSettings, predictor: Predictor, todo: list[BatchCase], summary: BatchSummary,
+              claims: Claims) -> KeyboardInterrupt | None:
+    """Run ``todo`` through the pipeline in this process, each case claimed just before it is read."""
     stages = CaseStages(predictor, MemoryBudget.available_now(predictor.device), settings.save_probabilities,
                         settings.series_uid)
     cancel = CancelToken()
-    pipeline = BatchPipeline(stages, settings.workers, cancel, this_worker())
+    pipeline = BatchPipeline(stages, settings.workers, cancel, this_worker(),
+                             claimer(claims, settings.save_probabilities))
 
     def stop() -> list[CaseRecord]:
         cancel.cancel()
         return pipeline.join()
 
-    return collect(settings, todo, summary, pipeline.run(todo), stop)
+    return collect(settings, todo, summary, pipeline.run(todo), stop, claims)
+
+
+def _run_remote(settings: BatchSettings, remote: RemoteRunner, todo: list[BatchCase], summary: BatchSummary,
+                claims: Claims, total: int) -> KeyboardInterrupt | None:
+    """Claim ``todo`` at once (one driver feeds every remote worker), then run what this process holds remotely."""
+    claim = claimer(claims, settings.save_probabilities)
+    mine = []
+    for case in todo:
+        record = claim(case)
+        if record is None:
+            mine.append(case)
+        else:
+            summary.add(record)
+    return remote.run(settings, mine, summary, total, claims) if mine else None
 
 
 def _peak_mb() -> float | None:

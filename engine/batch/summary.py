@@ -13,7 +13,7 @@ from ..predictor import Predictor
 from ..runtime.devices import describe_device
 from ..runtime.quiet import unsilenced
 from .cases import BatchCase
-from .records import DONE, FAILED, SKIPPED, CaseRecord
+from .records import DONE, ELSEWHERE, FAILED, INTERRUPTED, SKIPPED, CaseRecord
 
 SUMMARY_NAME = "batch_summary.json"
 SAVE_EVERY_S = 30.0
@@ -37,9 +37,20 @@ def earlier_records(path: Path) -> dict[str, dict[str, Any]]:
         return {}
 
 
-def skipped_record(case: BatchCase, with_probabilities: bool, earlier: dict[str, Any] | None) -> CaseRecord:
-    """The record of a case whose outputs exist, keeping the earlier run's record of it (timings, device, worker)."""
+def recorded_files(earlier: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The outputs' sizes and checksums an earlier summary's record of a case holds (None when it has none)."""
+    if earlier is None:
+        return None
+    files = earlier.get("files")
+    return files if isinstance(files, dict) and files else None
+
+
+def skipped_record(case: BatchCase, with_probabilities: bool, earlier: dict[str, Any] | None,
+                   files: dict[str, Any]) -> CaseRecord:
+    """The record of a case whose outputs were checked whole and unchanged (``files``: their sizes and checksums),
+    keeping the earlier run's record of it (timings, device, worker) when there is one."""
     record = CaseRecord.for_case(case, SKIPPED, with_probabilities, "finished earlier (--overwrite redoes it)")
+    record.files = dict(files)
     if earlier is not None:
         record.earlier = earlier.get("earlier") or earlier  # the run that made the outputs, not a later skip
     return record
@@ -73,7 +84,7 @@ class BatchSummary:
     def save(self, finished: bool, **extra: Any) -> None:
         """Write the summary: the header, counts, throughput and every record sorted by case name."""
         elapsed = self.elapsed
-        counts = {status: self.count(status) for status in (DONE, FAILED, SKIPPED, "interrupted")}
+        counts = {status: self.count(status) for status in (DONE, FAILED, SKIPPED, INTERRUPTED, ELSEWHERE)}
         payload = {**self.header, **extra, "finished": finished, "elapsed_s": round(elapsed, 3), "counts": counts,
                    "cases_per_minute": round(60 * counts[DONE] / elapsed, 3) if elapsed > 0 else None,
                    "cases": [r.to_json() for r in sorted(self.records, key=lambda r: r.case)]}
@@ -106,6 +117,8 @@ class BatchProgress:
         line = None
         if record.status == FAILED:
             line = f"tilewise: [{self.ended}/{self.total}] {record.case} failed: {record.reason}"
+        elif record.status == ELSEWHERE:
+            line = f"tilewise: [{self.ended}/{self.total}] {record.case}: {record.reason}"
         elif self._bar is None or self.verbose:
             stages = ", ".join(f"{k} {v:.2f}s" for k, v in record.timings.items() if k != "total")
             line = f"tilewise: [{self.ended}/{self.total}] {record.case} {record.status} in {seconds:.1f}s" + (

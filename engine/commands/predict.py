@@ -16,6 +16,7 @@ from ..model.bundle import dataset_channel_count
 from ..predictor import Predictor
 from ..runtime.devices import describe_device
 from ..runtime.memory import peak_rss_bytes
+from ..runtime.signals import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
 from .options import preset_from_args
 
 
@@ -44,7 +45,17 @@ class _Progress:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    """Run the predict command; returns the exit status."""
+    """Run the predict command; returns the exit status. SIGTERM stops it as Ctrl-C does (the file being written is
+    dropped, nothing half-written is kept) with exit status 143."""
+    with sigterm_as_interrupt():
+        try:
+            return _predict(args)
+        except Terminated:
+            print("tilewise: terminated (SIGTERM); no partial output was written", file=sys.stderr)
+            return EXIT_TERMINATED
+
+
+def _predict(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     preset = preset_from_args(args)
     output_dir = Path(args.output)

@@ -6,6 +6,7 @@ import sys
 from dataclasses import replace
 
 from ..batch.cases import BatchCase
+from ..batch.claims import Claims
 from ..batch.collect import collect
 from ..batch.settings import BatchSettings
 from ..batch.summary import BatchSummary
@@ -24,15 +25,17 @@ class RayRunner:
         return replace(settings, input=settings.input.resolve(), output=settings.output.resolve(),
                        model=str(resolve_model_dir(settings.model).resolve()))
 
-    def run(self, settings: BatchSettings, todo: list[BatchCase], summary: BatchSummary, total: int) -> bool:
-        """Run ``todo`` on Ray actors into ``summary``; True when Ctrl-C stopped it."""
+    def run(self, settings: BatchSettings, todo: list[BatchCase], summary: BatchSummary, total: int,
+            claims: Claims) -> KeyboardInterrupt | None:
+        """Run ``todo`` on Ray actors into ``summary``, settling ``claims``; what stopped it (Ctrl-C, SIGTERM) or
+        None."""
         batch = start_ray_batch(settings)
         try:
             summary.header["ray"] = batch.describe()
             if settings.verbose and not settings.quiet:
                 print(f"tilewise: {len(todo)} of {total} case(s) to run on Ray at {batch.connection.address}: "
                       f"{batch.plan.describe()}", file=sys.stderr)
-            return collect(settings, todo, summary, batch.run(todo), batch.stop)
+            return collect(settings, todo, summary, batch.run(todo), batch.stop, claims)
         finally:
             summary.header.update(batch.model_info)
             batch.close()
