@@ -48,7 +48,7 @@ def default_settings() -> QSettings:
 class TilewiseWidget(QWidget):
     """Segment the image layers of a napari viewer with a trained nnU-Net model, watching the tiles fill in."""
 
-    run_started = Signal(object)  # the SegmentationWorker, before its thread starts (connect to its signals here)
+    run_started = Signal(object)  # the SegmentationWorker, before it starts (connect to its signals here)
     run_finished = Signal(str)   # "done", "cancelled" or "failed"
     image_opened = Signal(list)  # the layers added; [] when the image could not be opened
     saved = Signal(str)          # the file written; "" when saving failed

@@ -13,7 +13,8 @@ from itertools import count
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QObject, Signal
+from superqt.utils import qdebounced
 
 from .. import _compat
 from ..layers import META_COUNTS
@@ -57,10 +58,8 @@ class EditTracker(QObject):
         self._ids = count(1)
         self._saving: tuple[Any, int | None] | None = None
         self._counter: tuple[Any, int, BackgroundTask] | None = None
-        self._recount_timer = QTimer(self)
-        self._recount_timer.setSingleShot(True)
-        self._recount_timer.setInterval(RECOUNT_DELAY_MS)
-        self._recount_timer.timeout.connect(self._count_next)
+        # one whole count RECOUNT_DELAY_MS after the last call (the debouncer is a child of this object)
+        self._count_soon = qdebounced(self._count_next, timeout=RECOUNT_DELAY_MS, parent=self)
         self._napari: dict[tuple[Any, str], Callable[..., Any]] = {}  # (emitter, method name) -> what napari calls
 
     def track(self, result: Any) -> None:
@@ -155,7 +154,7 @@ class EditTracker(QObject):
             self.counts_changed.emit(layer)
         else:
             edits.needs_count = True
-            self._recount_timer.start()
+            self._count_soon()
         self.edits_changed.emit(layer)
 
     def _count_next(self) -> None:
@@ -186,13 +185,13 @@ class EditTracker(QObject):
                 layer.metadata = {**layer.metadata, META_COUNTS: dict(counts)}
                 self.counts_changed.emit(layer)
         if any(edits.needs_count for edits in self._edits.values()):
-            self._recount_timer.start()
+            self._count_soon()
 
     def shutdown(self) -> None:
         """Wait for a count in progress (the window is closing)."""
         counter, self._counter = self._counter, None
         if alive(self):
-            self._recount_timer.stop()
+            self._count_soon.cancel()
         if counter is not None and alive(counter[2]):
             counter[2].succeeded.disconnect()
             counter[2].failed.disconnect()

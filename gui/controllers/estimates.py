@@ -2,8 +2,9 @@
 
 An estimate is the sum of what the run will really do (:mod:`tilewise.engine.estimate`): load the model, convert
 the folds OpenVINO has not cached yet, prepare the image, run the forward passes, write the result. A
-:class:`PassTimer` thread loads the model's first fold at each precision the presets use (load, first-use conversion
-and a forward pass, timed) and reads which folds the OpenVINO cache holds; an :class:`EstimateBook` keeps the
+:class:`PassTimer` (a superqt generator worker, stopped between its steps) loads the model's first fold at each
+precision the presets use (load, first-use conversion and a forward pass, timed) and reads which folds the OpenVINO
+cache holds; an :class:`EstimateBook` keeps the
 measured stage costs in QSettings and refines them from every finished run. Stages nothing has measured yet use the
 engine's conservative priors, so those estimates read as a range.
 """
@@ -12,12 +13,14 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QCoreApplication, QObject, QSettings, QThread, Signal
+from qtpy.QtCore import QObject, QSettings, Signal
+from superqt.utils import GeneratorWorker
 from tilewise.engine import (
     PRIORS,
     Estimate,
@@ -38,25 +41,16 @@ from tilewise.engine import (
 )
 
 from ..geometry import geometry_from_layer
+from .tasks import Awaitable, start_worker
 from .worker import PredictorCache, RunChoice, RunRequest, predictor_key
 
 SETTINGS_GROUP = "estimates"
-_ACTIVE: set[PassTimer] = set()
-_WAIT_ON_QUIT: list[bool] = []
-"""Timing threads still running. They outlive a closed panel (Qt must never destroy a running thread); the
-application waits for them before it quits."""
 EXACT_TEXT = ("No time estimate for nnU-Net's own file: it runs nnU-Net's own preprocessing, PyTorch one tile at a "
               "time and nnU-Net's export, which are not timed here. Expect it to take longer than the same preset "
               "without it.")
 _STORED = {"load_per_fold": "load/{precision}", "convert_per_fold": "convert/{precision}",
            "preprocess_per_mvoxel": "preprocess", "export_per_mvoxel": "export"}
 """Where each measured stage cost lives under a model and device (the time per pass under its precision's name)."""
-
-
-def _wait_for_timers() -> None:
-    for timer in list(_ACTIVE):
-        timer.stop()
-        timer.wait(60_000)
 
 
 @dataclass(frozen=True)
@@ -72,54 +66,40 @@ class PassTimes:
     cached: dict[str, frozenset[str]] | None
 
 
-class PassTimer(QThread):
-    """Times the first fold of ``model_dir`` on ``device`` with ``backend`` at each of ``precisions`` (load,
-    conversion, a forward pass), then reads the OpenVINO cache for every precision in ``probe``, off the GUI thread.
+class TimingError(Exception):
+    """Timing the first fold failed (the message says why); no estimate is shown, the run reports problems."""
 
-    Emits ``measured(PassTimes)`` or ``failed(message)``.
+
+def time_passes(model_dir: Path, device: str, backend: str, precisions: tuple[str, ...], probe: tuple[str, ...],
+                trust: bool) -> Generator[None, None, PassTimes]:
+    """Time the first fold of ``model_dir`` on ``device`` with ``backend`` at each of ``precisions`` (load,
+    conversion, a forward pass), then read the OpenVINO cache for every precision in ``probe``.
+
+    A generator for a superqt :class:`~superqt.utils.GeneratorWorker`: it yields before each step, where the
+    worker's ``quit()`` skips the steps not done yet (the window is closing). Raises :class:`TimingError`.
     """
+    try:
+        first: dict[str, FirstFold] = {}
+        for precision in precisions:
+            yield
+            first[precision] = measure_first_fold(model_dir, precision, device, backend, trust)
+        yield
+        cached = cached_folds(model_dir, probe, device, backend, trust)
+        grid = next(iter(first.values())).grid if first else \
+            ModelGrid.of(ModelBundle.load(model_dir, fold_count=1, trust=trust))
+    except Exception as error:  # no estimate is shown; the run itself reports problems
+        # superqt takes a RuntimeError out of a generator for a deleted worker and never says 'finished'
+        raise TimingError(str(error)) from error
+    return PassTimes(model_dir, target_key(device, backend), first, grid, cached)
 
-    measured = Signal(object)
-    failed = Signal(str)
+
+class PassTimer(Awaitable, GeneratorWorker):
+    """The worker that runs :func:`time_passes` off the GUI thread: ``returned(PassTimes)``, or ``errored`` with a
+    :class:`TimingError`; ``quit()`` stops it between two steps."""
 
     def __init__(self, model_dir: Path, device: str, backend: str, precisions: tuple[str, ...],
                  probe: tuple[str, ...], trust: bool) -> None:
-        super().__init__()
-        self.model_dir, self.device, self.backend, self.precisions, self.probe, self.trust = \
-            model_dir, device, backend, precisions, probe, trust
-        self._stopped = False
-        self.finished.connect(lambda: _ACTIVE.discard(self))
-
-    def start(self) -> None:
-        app = QCoreApplication.instance()
-        if app is not None and not _WAIT_ON_QUIT:
-            app.aboutToQuit.connect(_wait_for_timers)
-            _WAIT_ON_QUIT.append(True)
-        _ACTIVE.add(self)
-        super().start()
-
-    def stop(self) -> None:
-        """Skip the steps not done yet (the window is closing)."""
-        self._stopped = True
-
-    def run(self) -> None:
-        try:
-            first: dict[str, FirstFold] = {}
-            for precision in self.precisions:
-                if self._stopped:
-                    return
-                first[precision] = measure_first_fold(self.model_dir, precision, self.device, self.backend,
-                                                      self.trust)
-            if self._stopped:
-                return
-            cached = cached_folds(self.model_dir, self.probe, self.device, self.backend, self.trust)
-            grid = next(iter(first.values())).grid if first else \
-                ModelGrid.of(ModelBundle.load(self.model_dir, fold_count=1, trust=self.trust))
-        except Exception as error:  # noqa: BLE001 - no estimate is shown; the run itself reports problems
-            self.failed.emit(str(error))
-        else:
-            target = target_key(self.device, self.backend)
-            self.measured.emit(PassTimes(self.model_dir, target, first, grid, cached))
+        super().__init__(time_passes, model_dir, device, backend, precisions, probe, trust)
 
 
 def target_key(device: str, backend: str) -> str:
@@ -173,7 +153,7 @@ class EstimateBook:
                 self.settings.setValue(self._key(model_dir, device, what), float(value.mid))
 
     def store(self, times: PassTimes) -> None:
-        """Remember what a timing thread measured, and the model's grid."""
+        """Remember what a timing worker measured, and the model's grid."""
         self.grids[str(times.model_dir)] = times.grid
         for precision, first in times.first.items():
             self.save(times.model_dir, times.target, precision, first.costs())
@@ -229,6 +209,8 @@ class RunTimeEstimates(QObject):
         """Per (model, target): the folds OpenVINO has cached per precision (None: the target converts nothing)."""
         self._closed = False
         self._timer_started = 0.0
+        self._timed: tuple[str, str] = ("", "")
+        """(model, target) the timing worker measures."""
         self._timings: list[tuple[float, float, Path, str, tuple[str, ...]]] = []
         """(start, end, model, target, precisions) of this session's first-fold timings, to spot a shared CPU."""
         self._extent_key: tuple[int, ...] = ()
@@ -337,10 +319,10 @@ class RunTimeEstimates(QObject):
         self._show(*self._last)
 
     def shutdown(self) -> None:
-        """Stop and wait for a timing thread (it finishes the step it is in); no new one starts afterwards."""
+        """Stop and wait for a timing worker (it finishes the step it is in); no new one starts afterwards."""
         self._closed = True
         if self.timer is not None:
-            self.timer.stop()
+            self.timer.quit()
             self.timer.wait(60_000)
 
     def _start_timer(self, model_dir: Path, device: str, backend: str, precisions: tuple[str, ...],
@@ -349,11 +331,13 @@ class RunTimeEstimates(QObject):
             return
         timer = PassTimer(model_dir, device, backend, precisions, probe, trusted)
         target = target_key(device, backend)
-        timer.measured.connect(self._on_measured)
-        timer.failed.connect(lambda _message: self._on_failed(str(model_dir), target))
+        # bound methods of this QObject: Qt queues the worker's signals to the GUI thread
+        timer.returned.connect(self._on_measured)
+        timer.errored.connect(self._on_failed)
         timer.finished.connect(self._on_timer_finished)
         self.timer, self._timer_started = timer, time.monotonic()
-        timer.start()
+        self._timed = (str(model_dir), target)
+        start_worker(timer)
 
     def _on_measured(self, times: PassTimes) -> None:
         self.book.store(times)
@@ -362,16 +346,10 @@ class RunTimeEstimates(QObject):
             self._timings.append((self._timer_started, time.monotonic(), times.model_dir, times.target,
                                   tuple(times.first)))
 
-    def _on_failed(self, model_dir: str, device: str) -> None:
-        self._failed.add((model_dir, device))
+    def _on_failed(self, _error: BaseException) -> None:
+        self._failed.add(self._timed)
 
     def _on_timer_finished(self) -> None:
-        timer, self.timer = self.timer, None
-        if timer is not None:
-            # 'finished' is emitted from the thread just before it ends: deleting a QThread that has not ended
-            # aborts the process, so wait for the end first (it is a matter of microseconds)
-            timer.wait()
-            timer.deleteLater()
+        self.timer = None  # superqt drops the worker once it has ended
         if not self._closed:
             self._show(*self._last)
-

@@ -40,7 +40,7 @@ class State(str, Enum):
 
 
 RUN_STATES = frozenset({State.LOADING, State.RUNNING, State.CANCELLING, State.FINISHING})
-"""The states of a run: from Run until it has ended (done, cancelled or failed); a worker thread exists."""
+"""The states of a run: from Run until it has ended (done, cancelled or failed); a worker exists."""
 
 _NEXT: dict[State, frozenset[State]] = {
     State.IDLE: frozenset({State.OPENING, State.SAVING, State.LOADING}),
@@ -60,7 +60,7 @@ class RunController(QObject):
     """
 
     state_changed = Signal(str)         # the new State's value
-    started = Signal(object)            # the SegmentationWorker, before its thread starts (connect to its signals)
+    started = Signal(object)            # the SegmentationWorker, before it starts (connect to its signals)
     stage = Signal(str)                 # what the worker does before the first tile ("Loading the model…")
     tile = Signal(object)               # a TileEvent, after the preview has queued its labels
     succeeded = Signal(object, object)  # RunRequest, Result: ``result_layer`` is set; still in a run state
@@ -111,12 +111,12 @@ class RunController(QObject):
     # ---- runs ---------------------------------------------------------------------------------------
     def start(self, request: RunRequest, layers: list[Any], focus: tuple[int, int] | None) -> bool:
         """Start a worker for ``request`` (image ``layers``; tiles under ``focus``, an (axis, index) input slice,
-        first); ``started`` is emitted before its thread starts. False (nothing started) unless idle."""
+        first); ``started`` is emitted before it starts. False (nothing started) unless idle."""
         if self.state is not State.IDLE:
             return False
         worker = SegmentationWorker(request, self.cache)
-        # no full garbage collection (a freeze of half a second) while the run goes on; the pause ends when the
-        # run's thread does, also if this controller is gone by then (the window closed mid-run)
+        # no full garbage collection (a freeze of half a second) while the run goes on; the pause ends with the
+        # worker's 'finished', also if this controller is gone by then (the window closed mid-run)
         self._resume_gc_once = _gc.pause_full_collections()
         worker.finished.connect(self._resume_gc_once)
         worker.stage.connect(self.stage)
@@ -156,7 +156,7 @@ class RunController(QObject):
         self.cache.clear()
 
     def shutdown(self) -> None:
-        """Cancel a run and wait for its thread (the window is closing)."""
+        """Cancel a run and wait for it, at most a second (the window is closing; superqt awaits the rest at quit)."""
         worker = self.worker
         if worker is not None:
             for signal in (worker.stage, worker.tile, worker.succeeded, worker.cancelled, worker.failed):
@@ -212,8 +212,9 @@ class RunController(QObject):
     def _end(self, outcome: str) -> None:
         worker, self.worker = self.worker, None
         if worker is not None:
-            worker.wait(10_000)  # it has emitted its last signal; let the thread end before dropping it
-            worker.deleteLater()
+            # it has emitted its outcome; wait the microseconds until it has left its work, so the run has ended
+            # when ``finished`` says so (superqt then drops the worker: nothing to delete here)
+            worker.wait(10_000)
         self._resume_gc()
         self._set_state(State.IDLE)
         self.finished.emit(outcome)

@@ -1,7 +1,9 @@
 """The engine run on a worker thread: model loading, preprocessing and the sliding window never touch the GUI thread.
 
-Tile events cross to the GUI thread as Qt signals (queued connections); cancelling sets the engine's
-:class:`CancelToken`, which the engine checks between batches.
+A :class:`SegmentationWorker` is a superqt :class:`~superqt.utils.WorkerBase` in Qt's global thread pool: superqt
+keeps it referenced while it runs and ``WorkerBase.await_workers`` asks it to quit and waits for it when the
+application quits. Tile events cross to the GUI thread as Qt signals (queued connections); cancelling (superqt's
+``quit()``) sets the engine's :class:`CancelToken`, which the engine checks between batches.
 """
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QThread, Signal
+from qtpy.QtCore import Signal
+from superqt.utils import WorkerBase
+from superqt.utils._qthreading import WorkerBaseSignals  # superqt documents SignalsClass but exports no base
 from tilewise.engine import (
     AlgorithmInfo,
     Cancelled,
@@ -30,6 +34,7 @@ from tilewise.engine import (
 
 from ..geometry import geometry_from_layer
 from ..volumes import count_labels
+from .tasks import Awaitable, start_worker
 
 
 @dataclass(frozen=True)
@@ -144,8 +149,8 @@ def plain_message(error: BaseException) -> str:
     return f"The segmentation stopped because of an unexpected problem: {type(error).__name__}: {error}"
 
 
-class SegmentationWorker(QThread):
-    """Runs one :class:`RunRequest`. Exactly one of ``succeeded``, ``cancelled`` or ``failed`` is emitted."""
+class SegmentationSignals(WorkerBaseSignals):
+    """A run's signals, beside superqt's own (``started``, ``finished``, ``errored``...)."""
 
     stage = Signal(str)
     tile = Signal(object)          # TileEvent
@@ -153,8 +158,13 @@ class SegmentationWorker(QThread):
     cancelled = Signal()
     failed = Signal(str, str)      # RunFailure kind, plain message
 
+
+class SegmentationWorker(Awaitable, WorkerBase):
+    """Runs one :class:`RunRequest`. Exactly one of ``succeeded``, ``cancelled`` or ``failed`` is emitted, then
+    superqt's ``finished``. Signals are reached through the worker (``worker.tile``), as on superqt's workers."""
+
     def __init__(self, request: RunRequest, cache: PredictorCache) -> None:
-        super().__init__()
+        super().__init__(SignalsClass=SegmentationSignals)
         self.request = request
         self.cache = cache
         self.token = CancelToken()
@@ -164,18 +174,32 @@ class SegmentationWorker(QThread):
         self._focus: tuple[int, int] | None = None
         self._focus_lock = threading.Lock()
 
-    def cancel(self) -> None:
-        """Ask the run to stop; the engine stops before its next batch."""
+    def start(self) -> None:
+        """Run in Qt's global thread pool (see :func:`.tasks.start_worker`)."""
+        start_worker(self)
+
+    def quit(self) -> None:
+        """superqt's abort (also what ``await_workers`` calls at quit): the engine stops before its next batch."""
+        super().quit()
         self.token.cancel()
 
+    def cancel(self) -> None:
+        """Ask the run to stop; the engine stops before its next batch."""
+        self.quit()
+
+    def isFinished(self) -> bool:  # QThread's name, which callers and tests use
+        """True once the run has emitted its last signal and left the engine."""
+        return self.has_ended()
+
     def stop_and_wait(self, timeout_ms: int = CLOSE_WAIT_MS) -> bool:
-        """Cancel and wait up to ``timeout_ms`` for the thread (the window is closing). True if it ended; otherwise
-        it ends at the engine's next check on its own, kept alive until then and waited for when the app quits."""
+        """Cancel and wait up to ``timeout_ms`` for the run (the window is closing). True if it ended; otherwise it
+        ends at the engine's next check on its own (superqt keeps it referenced and awaits it when the app quits)."""
         self.cancel()
-        if not self.isRunning() or self.wait(timeout_ms):
+        if self.has_ended():
             return True
-        _linger(self)
-        return False
+        if not self.has_begun():  # still waiting to start: it will see the cancel first thing
+            return False
+        return self.wait(timeout_ms)
 
     def focus_on_slice(self, input_axis: int, index: int) -> None:
         """Run the tiles under this input slice first (any thread; remembered until the model is loaded)."""
@@ -185,7 +209,8 @@ class SegmentationWorker(QThread):
         if predictor is not None:
             predictor.focus_on_slice(input_axis, index)
 
-    def run(self) -> None:  # noqa: D102 - QThread entry point
+    def work(self) -> None:
+        """Load the model (or reuse it), prepare the image and run the engine; emits the outcome (never raises)."""
         request = self.request
         try:
             self.stage.emit("Loading the model…")
@@ -219,27 +244,8 @@ class SegmentationWorker(QThread):
                 self._predictor = None
 
 
-_LINGERING: set[SegmentationWorker] = set()
-
-
-def _linger(worker: SegmentationWorker) -> None:
-    """Keep a cancelled worker referenced until its thread ends, and wait for it when the application quits (a
-    QThread destroyed while it runs aborts the process)."""
-    from qtpy.QtCore import QCoreApplication
-
-    if worker in _LINGERING:
-        return
-    _LINGERING.add(worker)
-    worker.finished.connect(lambda: _LINGERING.discard(worker))
-    app = QCoreApplication.instance()
-    if app is not None:
-        app.aboutToQuit.connect(lambda: worker.wait(120_000) if worker in _LINGERING else None)
-
-
 def stop_quietly(worker: SegmentationWorker) -> bool:
-    """Cancel ``worker`` and wait for its thread; nothing to do if it has already ended and been deleted."""
-    try:
-        worker.stop_and_wait()
-    except RuntimeError:  # the Qt object is gone: the run ended long ago
-        pass
-    return True  # the window may close now: a run still finishing its step ends on its own
+    """Cancel ``worker`` and wait up to :data:`CLOSE_WAIT_MS` for it (what napari calls when the window closes during
+    a run); True: the window may close now, a run still finishing its step ends on its own."""
+    worker.stop_and_wait()
+    return True
