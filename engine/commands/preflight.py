@@ -32,7 +32,7 @@ from ..data.safe_output import refuse_overwriting_inputs
 from ..errors import DiskSpaceError, InputError, ModelError, TilewiseError
 from ..model.bundle import available_folds, check_model_folder, read_json
 from ..model.checkpoint import check_plans
-from ..model.schema import validate_model_json
+from ..model.schema import check_dataset_json, output_channels, validate_model_json
 
 COMPRESSED_SUFFIXES = (".nii.gz", ".seg.nrrd")
 COMPRESSION = 20
@@ -69,11 +69,19 @@ def model_configuration(model_dir: Path, plans: dict[str, Any], folds: list[str]
     return names[0] if len(names) == 1 else None
 
 
-def check_model(args: argparse.Namespace) -> tuple[Path, dict[str, Any], str | None]:
-    """The model folder, its dataset.json and the configuration its checkpoints use (when known), after every check
-    that needs no checkpoint: folder, schema, folds, classes allowed without trust."""
+def read_model(args: argparse.Namespace) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The model folder, its dataset.json (checked: channels and labels) and its plans.json (parsed only)."""
     folder = check_model_folder(args.model)
     dataset, plans = read_json(folder / "dataset.json"), read_json(folder / "plans.json")
+    check_dataset_json(dataset, folder / "dataset.json")
+    return folder, dataset, plans
+
+
+def check_model(args: argparse.Namespace, folder: Path, dataset: dict[str, Any], plans: dict[str, Any]) -> None:
+    """Every model check that needs no checkpoint: the schema of both JSON files, the folds asked for, the classes
+    plans.json names for the checkpoints' configuration (when known) allowed without trust. Run after the cheaper
+    checks: the schema's first lookups import nnunetv2's preprocessing modules (about a second, which the run
+    would spend anyway)."""
     validate_model_json(dataset, plans, folder, args.trust_model)
     present = available_folds(folder, args.checkpoint)
     if not present:
@@ -84,7 +92,6 @@ def check_model(args: argparse.Namespace) -> tuple[Path, dict[str, Any], str | N
     configuration = model_configuration(folder, plans, args.folds, args.checkpoint)
     if configuration is not None:
         check_plans(plans, configuration, folder / "plans.json", args.trust_model)
-    return folder, dataset, configuration
 
 
 def _existing_ancestor(folder: Path) -> Path:
@@ -178,29 +185,23 @@ def check_headers(cases: list[Case], is_2d: bool | None, series_uid: Any,
     return headers
 
 
-def _heads(dataset: dict[str, Any]) -> int:
-    from ..model.schema import output_channels
-
-    return output_channels(dataset)
-
-
 def preflight_predict(args: argparse.Namespace) -> None:
-    """Every check ``tilewise predict`` can make before the model loads; raises a :class:`TilewiseError`."""
-    folder, dataset, configuration = check_model(args)
-    channels = len(dataset.get("channel_names") or dataset.get("modality"))
-    output_dir = Path(args.output)
-    source = Path(args.input)
-    given = [Path(p) for p in args.channels] if args.channels else [source]
-    writable = check_output_folder(output_dir, given)
-    cases = with_output_type(collect_cases(source, output_dir, channels, args.channels), args.output_type)
-    inputs = [path for case in cases for path in case.inputs]
-    check_outputs(planned_outputs(cases, args.save_probabilities, args.report), inputs)
-    plans = read_json(folder / "plans.json")
-    patch = ((plans.get("configurations") or {}).get(configuration) or {}).get("patch_size") if configuration else None
-    is_2d = None if patch is None else len(patch) == 2
-    names = dataset.get("channel_names") or dataset.get("modality")
-    headers = check_headers(cases, is_2d, args.series_uid, [str(names[k]) for k in sorted(names, key=int)])
-    check_free_space(writable, output_dir, expected_output_bytes(cases, headers, _heads(dataset),
+    """Every check ``tilewise predict`` can make before the model loads, cheapest first; raises a
+    :class:`TilewiseError`."""
+    folder, dataset, plans = read_model(args)
+    channels = dataset.get("channel_names") or dataset.get("modality")
+    names = [str(channels[k]) for k in sorted(channels, key=int)]
+    output_dir, source = Path(args.output), Path(args.input)
+    writable = check_output_folder(output_dir, [Path(p) for p in args.channels] if args.channels else [source])
+    cases = with_output_type(collect_cases(source, output_dir, len(names), args.channels), args.output_type)
+    check_outputs(planned_outputs(cases, args.save_probabilities, args.report),
+                  [path for case in cases for path in case.inputs])
+    configuration = model_configuration(folder, plans, args.folds, args.checkpoint)
+    settings = (plans.get("configurations") or {}).get(configuration) if configuration else None
+    patch = settings.get("patch_size") if isinstance(settings, dict) else None
+    headers = check_headers(cases, None if not isinstance(patch, list) else len(patch) == 2, args.series_uid, names)
+    check_model(args, folder, dataset, plans)
+    check_free_space(writable, output_dir, expected_output_bytes(cases, headers, output_channels(dataset),
                                                                  args.save_probabilities))
 
 
@@ -208,9 +209,9 @@ def preflight_batch(args: argparse.Namespace) -> None:
     """What ``tilewise batch`` can refuse for the whole job before the model loads: the model folder and schema,
     and an output folder that is a file, an input, read-only or not writable. Cases with problems of their own are
     the batch's to record."""
-    check_model(args)
-    source = Path(args.input)
-    check_output_folder(Path(args.output), [source])
+    model = read_model(args)
+    check_output_folder(Path(args.output), [Path(args.input)])
+    check_model(args, *model)
 
 
 def preflight(args: argparse.Namespace) -> None:
