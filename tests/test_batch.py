@@ -150,6 +150,29 @@ def test_resume_skips_finished_cases_and_overwrite_redoes_them(tmp_path: Path, c
     assert all((out / f"r{n}.nii.gz").stat().st_mtime_ns != stamps[n] for n in (0, 2))
 
 
+def test_resume_redoes_a_truncated_or_changed_output_and_keeps_the_whole_ones(tmp_path: Path, ct_model: Path,
+                                                                              capfd) -> None:
+    folder, out = tmp_path / "in", tmp_path / "out"
+    for n in range(3):
+        model_factory.make_case(folder / f"v{n}_0000.nii.gz", "3d", shape=SMALL, seed=10 + n)
+    argv = ["batch", "-i", folder, "-o", out, "-m", ct_model, *FAST]
+    assert run_cli(argv, capfd)[0] == 0
+    whole = {n: (out / f"v{n}.nii.gz").read_bytes() for n in range(3)}
+    recorded = {r["case"]: r["files"] for r in summary_of(out)["cases"]}
+    assert recorded["v0"]["v0.nii.gz"]["size"] == len(whole[0]) and len(recorded["v0"]["v0.nii.gz"]["sha256"]) == 64
+    (out / "v1.nii.gz").write_bytes(whole[1][:-100])  # truncated, as a full disk once left it
+    (out / "v2.nii.gz").write_bytes(whole[2][:-1] + bytes([whole[2][-1] ^ 1]))  # same size, one bit changed
+
+    code, err = run_cli(argv, capfd)
+
+    assert code == 0, err
+    assert statuses(out) == {"v0": "skipped", "v1": "done", "v2": "done"}
+    assert "tilewise: v1: redone, its earlier output cannot be kept (v1.nii.gz has " in err
+    assert "tilewise: v2: redone, its earlier output cannot be kept (v2.nii.gz has changed since it was written" in err
+    assert err.strip().splitlines()[-1].startswith("tilewise: batch finished: 2 done, 0 failed, 1 skipped"), err
+    assert {n: (out / f"v{n}.nii.gz").read_bytes() for n in range(3)} == whole
+
+
 def test_a_failing_case_is_recorded_and_the_others_run(tmp_path: Path, ct_model: Path, capfd) -> None:
     folder, out = tmp_path / "in", tmp_path / "out"
     model_factory.make_case(folder / "good1_0000.nii.gz", "3d", shape=SMALL, seed=20)

@@ -173,8 +173,9 @@ class Claims:
                 os.fsync(handle.fileno())
             os.replace(staging, path)
         except OSError:
-            staging.unlink(missing_ok=True)
             path.unlink(missing_ok=True)
+        finally:
+            staging.unlink(missing_ok=True)  # also when a signal stopped the write: the held claim is released later
         self.held.discard(name)
 
     def release(self, name: str) -> None:

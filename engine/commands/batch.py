@@ -2,7 +2,8 @@
 
 This module only turns the command line into :class:`~..batch.settings.BatchSettings` and calls the batch engine
 (:func:`~..batch.run.run_batch`); with ``--ray`` the cases run on Ray actors (:mod:`tilewise.engine.distributed`).
-Exit status: 0 when every case succeeded (or was finished earlier), 3 when some failed, 130 when interrupted.
+Exit status: 0 when every case succeeded (or was finished earlier), 3 when some failed, 130 when interrupted,
+143 when terminated (SIGTERM).
 """
 from __future__ import annotations
 

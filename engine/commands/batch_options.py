@@ -13,16 +13,17 @@ def add_batch_parser(commands: argparse._SubParsersAction) -> None:
     batch = commands.add_parser(
         "batch", help="segment a folder of cases: pipelined, resumable, one failing case does not stop the rest",
         description="Segment every case of IN_DIR (nnU-Net-named files such as case_0000.nii.gz, or one sub-folder "
-        "per DICOM series) into OUT_DIR. Finished cases are skipped, so running the same command again resumes; "
-        "OUT_DIR/batch_summary.json lists every case. Exit status: 0 when every case succeeded, 3 when some failed, "
-        "130 on Ctrl-C.")
+        "per DICOM series) into OUT_DIR. Finished cases (their outputs checked against the size and checksum "
+        "recorded when they were written) are skipped, so running the same command again resumes; several batch "
+        "processes on the same folders share the cases. OUT_DIR/batch_summary.json lists every case. Exit status: 0 "
+        "when every case succeeded, 3 when some failed, 130 on Ctrl-C, 143 on SIGTERM.")
     batch.add_argument("-i", dest="input", type=Path, required=True, help="folder of cases: nnU-Net-named files (case_0000.nii.gz, case_0001... for more channels; any supported format) or one sub-folder per DICOM series")
     batch.add_argument("-o", dest="output", type=Path, required=True, help="output folder (same case names and file type as the input; DICOM becomes .nii.gz)")
     batch.add_argument("--series-uid", dest="series_uid", nargs="+", default=None, metavar="UID", help="the DICOM series to read, one per DICOM case (each case folder holds one of them; default: its largest image series)")
     add_run_options(batch)
     add_output_type_option(batch)
     batch.add_argument("--save_probabilities", action="store_true", help="also write <case>.npz/.pkl as nnU-Net does")
-    batch.add_argument("--overwrite", action="store_true", help="redo cases whose outputs already exist (default: skip them)")
+    batch.add_argument("--overwrite", action="store_true", help="redo cases whose outputs already exist (default: skip those that check whole and unchanged)")
     batch.add_argument("-num_parts", dest="num_parts", type=int, default=1, help="split the sorted cases into this many parts, as nnU-Net does (one part per machine or GPU)")
     batch.add_argument("-part_id", dest="part_id", type=int, default=0, help="which part this run does, 0 to num_parts - 1 (cases part_id, part_id + num_parts, ...)")
     batch.add_argument("--workers", type=int, default=1, help="threads that read and preprocess the next cases, and as many that export and write finished ones (default 1; not with --ray, whose actors run one case at a time)")
