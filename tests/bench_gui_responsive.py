@@ -16,17 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tilewise.gui._preload import preload_native_libraries  # noqa: E402
+from qtpy.QtCore import QElapsedTimer, QTimer
 
-preload_native_libraries()  # before any test opens a viewer (OpenGL): see tilewise.gui._preload
+from tilewise.gui.widget import TilewiseWidget
+from gui_fixtures import LONG_RUN_TIMEOUT_MS, prepare_long_run
 
-from qtpy.QtCore import QElapsedTimer, QSettings, QTimer  # noqa: E402
-from qtpy.QtWidgets import QMessageBox  # noqa: E402
-
-import model_factory  # noqa: E402
-from tilewise.gui.widget import TilewiseWidget  # noqa: E402
-
-RUN_TIMEOUT_MS = 300_000
+RUN_TIMEOUT_MS = LONG_RUN_TIMEOUT_MS
 MAX_STALL_MS = 100
 
 
@@ -58,24 +53,14 @@ class StallMeter:
 
 
 @pytest.fixture
-def gui(make_napari_viewer, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ct_model: Path):
-    monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda *a, **k: QMessageBox.Ok))
-    viewer = make_napari_viewer(show=True)
-    widget = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
-    viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
-    widget.settings_panel.device.setCurrentIndex(widget.settings_panel.device.findData("cpu"))
-    widget.model_panel.select(ct_model)
-    case = model_factory.make_case(tmp_path / "big_0000.nii.gz", "3d", shape=(64, 80, 72), seed=5)
-    with qtbot.waitSignal(widget.image_opened, timeout=60_000):
-        widget.open_image(case)
-    widget.settings_panel.select_preset("reference")  # every mirror: a run of several seconds on this CPU
-    widget.settings_panel.backend.setCurrentIndex(widget.settings_panel.backend.findData("torch"))  # OpenVINO: <2 s
-    yield viewer, widget
-    widget.shutdown()
+def long_run(gui, qtbot, tmp_path: Path, ct_model: Path):
+    """The conftest viewer with the CT test model, a large case open and 'reference' on PyTorch: several seconds."""
+    prepare_long_run(qtbot, gui[1], ct_model, tmp_path)
+    return gui
 
 
-def test_gui_thread_never_stalls_during_a_run(gui, qtbot) -> None:
-    viewer, widget = gui
+def test_gui_thread_never_stalls_during_a_run(long_run, qtbot) -> None:
+    viewer, widget = long_run
     meter = StallMeter(widget)
     outcomes: list[str] = []
     first_tile: list[float] = []

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from bench_gui_responsive import RUN_TIMEOUT_MS, gui  # noqa: F401 - the same viewer, model and case
 from tilewise.engine import predictor as predictor_module
 from tilewise.engine.postprocess import export as export_module
 from tilewise.engine.preprocess import pipeline
+from gui_fixtures import LONG_RUN_TIMEOUT_MS as RUN_TIMEOUT_MS, prepare_long_run
 
 
-def test_engine_work_never_runs_on_the_gui_thread(gui, qtbot, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
-    viewer, widget = gui
+@pytest.fixture
+def long_run(gui, qtbot, tmp_path: Path, ct_model: Path):
+    """The viewer, model and case of ``tests/bench_gui_responsive.py``: a run of several seconds on PyTorch."""
+    prepare_long_run(qtbot, gui[1], ct_model, tmp_path)
+    return gui
+
+
+def test_engine_work_never_runs_on_the_gui_thread(long_run, qtbot, monkeypatch: pytest.MonkeyPatch) -> None:
+    viewer, widget = long_run
     gui_thread = threading.current_thread()
     threads: dict[str, set[str]] = {}
 
