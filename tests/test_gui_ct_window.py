@@ -5,31 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from qtpy.QtCore import QSettings
-
 import model_factory
 from tilewise.gui.panels.ct_window import CT_WINDOWS, looks_like_ct
-from tilewise.gui.widget import TilewiseWidget
+from gui_fixtures import open_image as _open, without_models
 
 STANDARD = {"brain": (80, 40), "soft_tissue": (400, 40), "lung": (1500, -600), "bone": (1800, 400)}
 
 
-@pytest.fixture
-def gui(make_napari_viewer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A viewer with the widget and no model at all (no demo, no $nnUNet_results)."""
-    monkeypatch.setattr("tilewise.gui.widget.demo_model_dir", lambda: None)
-    monkeypatch.delenv("nnUNet_results", raising=False)
-    viewer = make_napari_viewer(show=True)
-    widget = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
-    viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
-    yield viewer, widget
-    widget.shutdown()
-
-
-def _open(qtbot, widget: TilewiseWidget, path: Path) -> list:
-    with qtbot.waitSignal(widget.image_opened, timeout=60_000) as blocker:
-        assert widget.open_image(path)
-    return blocker.args[0]
+@pytest.fixture(autouse=True)
+def no_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The conftest viewer (built after this) finds no model at all (no demo, no $nnUNet_results)."""
+    without_models(monkeypatch)
 
 
 def test_each_window_sets_the_standard_width_and_level(gui, qtbot, ct_model: Path, ct_case: Path) -> None:

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 
 import SimpleITK as sitk
-from qtpy.QtCore import QSettings, Qt
-from qtpy.QtWidgets import QComboBox, QLineEdit, QMessageBox
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QLineEdit
 from tilewise.engine import Geometry
 from tilewise.gui.controllers.files import SETTINGS_OPEN_FOLDER
 from tilewise.gui.geometry import geometry_from_layer
 from tilewise.gui.panels.dialogs import ImageFileDialog
-from tilewise.gui.widget import TilewiseWidget
 from modal_dialogs import when_shown
 
 SPACING = (0.7, 0.6, 2.5)  # SimpleITK (x, y, z) order, mm
@@ -62,23 +61,6 @@ def study(tmp_path: Path) -> tuple[Path, sitk.Image]:
     write_series(folder, scout, "1.2.826.0.1.3680043.2.1125.77.2", lambda i: f"scout{i:03d}.dcm")
     (folder / "notes.txt").write_text("not an image", encoding="utf-8")
     return folder, image
-
-
-@pytest.fixture
-def dialogs(monkeypatch: pytest.MonkeyPatch) -> list:
-    shown: list = []
-    monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda parent, title, text, *a, **k:
-                                                              shown.append((title, text)) or QMessageBox.Ok))
-    return shown
-
-
-@pytest.fixture
-def gui(make_napari_viewer, tmp_path: Path, dialogs):
-    viewer = make_napari_viewer(show=True)
-    widget = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
-    viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
-    yield viewer, widget
-    widget.shutdown()
 
 
 def answer_open_dialog(act: Callable[[ImageFileDialog], None]) -> list[ImageFileDialog]:
@@ -169,7 +151,7 @@ def test_a_file_that_is_no_image_gives_one_clear_sentence(gui, qtbot, dialogs, s
     with qtbot.waitSignal(widget.image_opened, timeout=60_000) as blocker:
         widget.open_image(folder / "notes.txt")
     assert blocker.args == [[]] and len(viewer.layers) == 0
-    [(title, text)] = dialogs
+    [(title, text)] = dialogs["critical"]
     assert "could not be opened" in title and "Traceback" not in text
     assert "notes.txt" in text and "not an image Tilewise reads" in text and "DICOM series folder" in text
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 import model_factory
-from qtpy.QtCore import QSettings
 from tilewise.engine.backends.select import openvino_available
 from tilewise.engine.estimate import Span
 from tilewise.gui.controllers.estimates import EXACT_TEXT, EstimateBook
@@ -16,17 +15,6 @@ from tilewise.gui.panels.speed import describe_seconds, describe_span
 from tilewise.gui.widget import TilewiseWidget
 
 TIMEOUT_MS = 120_000
-
-
-@pytest.fixture
-def gui(make_napari_viewer, tmp_path: Path):
-    viewer = make_napari_viewer(show=True)
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
-    widget = TilewiseWidget(viewer, settings=settings)
-    viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
-    widget.settings_panel.device.setCurrentIndex(widget.settings_panel.device.findData("cpu"))
-    yield viewer, widget, settings
-    widget.shutdown()
 
 
 def _item_texts(widget: TilewiseWidget) -> dict[str, str]:
@@ -46,7 +34,8 @@ def _estimated(qtbot, widget: TilewiseWidget, model: Path, tmp_path: Path):
 
 
 def test_presets_show_estimates_for_the_open_image(gui, qtbot, ct_model: Path, tmp_path: Path) -> None:
-    _viewer, widget, settings = gui
+    _viewer, widget = gui
+    settings = widget.qsettings  # what EstimateBook reads and writes
     label = _estimated(qtbot, widget, ct_model, tmp_path)
     texts = _item_texts(widget)
     assert all(re.search(r"\(about \d+(-\d+)? (s|min)", text) for text in texts.values()), texts
@@ -85,7 +74,7 @@ def test_after_a_cancelled_load_the_estimate_includes_loading_again(gui, qtbot, 
                                                                     tmp_path: Path) -> None:
     """The estimate leaves out the load exactly when the runs' predictor cache holds the model: a run cancelled
     while loading another preset's model drops the one loaded before, so its estimate loads again."""
-    _viewer, widget, _settings = gui
+    _viewer, widget = gui
     label = _estimated(qtbot, widget, ct_model, tmp_path)
     widget.settings_panel.select_preset("preview")
     with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS) as blocker:
@@ -110,7 +99,7 @@ def test_after_a_cancelled_load_the_estimate_includes_loading_again(gui, qtbot, 
 
 
 def test_nnunet_exact_says_why_it_has_no_estimate(gui, qtbot, ct_model: Path, tmp_path: Path) -> None:
-    _viewer, widget, _settings = gui
+    _viewer, widget = gui
     label = _estimated(qtbot, widget, ct_model, tmp_path)
     widget.settings_panel.nnunet_exact.setChecked(True)
     assert label.text() == EXACT_TEXT and label.isVisibleTo(widget)
@@ -120,7 +109,7 @@ def test_nnunet_exact_says_why_it_has_no_estimate(gui, qtbot, ct_model: Path, tm
 
 
 def test_no_estimate_without_an_image(gui, ct_model: Path) -> None:
-    viewer, widget, _ = gui
+    viewer, widget = gui
     for layer in list(viewer.layers):
         viewer.layers.remove(layer)
     widget.model_panel.select(ct_model)
@@ -145,7 +134,7 @@ def test_pending_conversions_are_named_per_fold_and_precision(gui, qtbot, make_m
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Timing converts fold 0; the presets with all three folds still convert two, per precision, until run."""
     monkeypatch.setenv("TILEWISE_CACHE_DIR", str(tmp_path / "cache"))
-    _viewer, widget, _settings = gui
+    _viewer, widget = gui
     model = make_model("3d", folds=(0, 1, 2))
     label = _estimated(qtbot, widget, model, tmp_path)
     shown = widget.estimates.shown

@@ -9,30 +9,12 @@ import pytest
 
 import SimpleITK as sitk
 from napari.utils.progress import progress
-from qtpy.QtCore import QSettings, QTimer
-from qtpy.QtWidgets import QDialogButtonBox, QMessageBox
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QDialogButtonBox
 from tilewise.gui.controllers import files as files_module
 from tilewise.gui.controllers.files import SETTINGS_OPEN_FOLDER
 from tilewise.gui.panels.dialogs import ImageFileDialog
 from modal_dialogs import when_shown
-from tilewise.gui.widget import TilewiseWidget
-
-
-@pytest.fixture
-def dialogs(monkeypatch: pytest.MonkeyPatch) -> list:
-    shown: list = []
-    monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda parent, title, text, *a, **k:
-                                                              shown.append((title, text)) or QMessageBox.Ok))
-    return shown
-
-
-@pytest.fixture
-def gui(make_napari_viewer, tmp_path: Path, dialogs):
-    viewer = make_napari_viewer(show=True)
-    widget = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
-    viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
-    yield viewer, widget
-    widget.shutdown()
 
 
 def test_reading_runs_on_a_thread_with_a_busy_state(gui, qtbot, ct_case: Path, ct_model: Path,
@@ -103,6 +85,6 @@ def test_a_file_that_cannot_be_read_gives_a_dialog(gui, qtbot, dialogs, tmp_path
     with qtbot.waitSignal(widget.image_opened, timeout=60_000) as blocker:
         widget.open_image(missing)
     assert blocker.args == [[]]
-    [(title, text)] = dialogs
+    [(title, text)] = dialogs["critical"]
     assert "could not be opened" in title and str(missing) in text and "Traceback" not in text
     assert len(viewer.layers) == 0 and widget.open_button.isEnabled() and not widget.opening

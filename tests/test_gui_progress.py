@@ -9,25 +9,23 @@ import pytest
 from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
 from napari.utils.progress import progress
 from qtpy.QtGui import QMovie
-from qtpy.QtWidgets import QMessageBox
 
 import model_factory
 from tilewise.engine.postprocess import export as engine_export
 from tilewise.gui._compat import busy_indicator
 from tilewise.gui.panels import activity
 from tilewise.gui.panels.run import FINISHING_TEXT
-from gui_fixtures import docked_widget, open_image
+from gui_fixtures import choose, open_image
 
 RUN_TIMEOUT_MS = 180_000
 
 
 @pytest.fixture
-def gui(make_napari_viewer, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ct_model: Path):
-    monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda *a, **k: QMessageBox.Ok))
-    viewer, widget = docked_widget(make_napari_viewer, tmp_path, ct_model, backend="torch")  # runs of seconds
-    open_image(qtbot, widget, model_factory.make_case(tmp_path / "big_0000.nii.gz", "3d", shape=(64, 80, 72), seed=5))
-    yield viewer, widget
-    widget.shutdown()
+def torch_run(gui, qtbot, tmp_path: Path, ct_model: Path):
+    """The conftest viewer with the CT test model on PyTorch (runs of seconds) and a CT-like case open."""
+    choose(gui[1], ct_model, backend="torch")
+    open_image(qtbot, gui[1], model_factory.make_case(tmp_path / "big_0000.nii.gz", "3d", shape=(64, 80, 72), seed=5))
+    return gui
 
 
 def _activity_bars(viewer) -> list[QtLabeledProgressBar]:
@@ -37,8 +35,8 @@ def _activity_bars(viewer) -> list[QtLabeledProgressBar]:
             if bar.progress is not None and bar.progress in progress._all_instances]
 
 
-def test_activity_panel_counts_tiles_and_closes_at_the_end(gui, qtbot, monkeypatch: pytest.MonkeyPatch) -> None:
-    viewer, widget = gui
+def test_activity_panel_counts_tiles_and_closes_at_the_end(torch_run, qtbot, monkeypatch: pytest.MonkeyPatch) -> None:
+    viewer, widget = torch_run
     monkeypatch.setattr(activity, "COUNT_INTERVAL_S", 0.0)  # a run of a second: show every count, not every 0.5 s
     widget.settings_panel.select_preset("balanced")
     seen: list[tuple[str, int, int]] = []
@@ -70,8 +68,8 @@ def test_activity_panel_counts_tiles_and_closes_at_the_end(gui, qtbot, monkeypat
     assert _activity_bars(viewer) == [], "closed at the end"
 
 
-def test_finishing_step_shows_a_busy_bar_with_what_it_does(gui, qtbot, monkeypatch: pytest.MonkeyPatch) -> None:
-    viewer, widget = gui
+def test_finishing_step_shows_a_busy_bar_with_what_it_does(torch_run, qtbot, monkeypatch: pytest.MonkeyPatch) -> None:
+    viewer, widget = torch_run
     widget.settings_panel.select_preset("preview")
     real_export = engine_export.export_logits
 
@@ -105,8 +103,8 @@ def test_finishing_step_shows_a_busy_bar_with_what_it_does(gui, qtbot, monkeypat
     assert widget.status.text().startswith("Done in")
 
 
-def test_cancel_from_the_activity_panel_stops_the_run_and_closes_the_bar(gui, qtbot) -> None:
-    viewer, widget = gui
+def test_cancel_from_the_activity_panel_stops_the_run_and_closes_the_bar(torch_run, qtbot) -> None:
+    viewer, widget = torch_run
     widget.settings_panel.select_preset("reference")
     with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
         widget.run_button.click()

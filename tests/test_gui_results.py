@@ -11,23 +11,20 @@ import pytest
 import model_factory
 from napari.layers import Image, Labels
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QMessageBox
 from tilewise.engine import read_volume
 from tilewise.gui.panels.review import NO_SELECTION_HINT
 from tilewise.gui.volumes import format_ml
 from tilewise.gui.widget import TilewiseWidget
-from gui_fixtures import docked_widget, open_image
+from gui_fixtures import choose, open_image
 
 RUN_TIMEOUT_MS = 180_000
 
 
 @pytest.fixture
-def gui(make_napari_viewer, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ct_model: Path):
-    """A viewer with the widget and the CT test model (PyTorch on the CPU, so a 'reference' run lasts for a cancel)."""
-    monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda *args, **kwargs: QMessageBox.Ok))
-    viewer, widget = docked_widget(make_napari_viewer, tmp_path, ct_model, backend="torch")
-    yield viewer, widget
-    widget.shutdown()
+def ct_on_torch(gui, ct_model: Path):
+    """The conftest viewer with the CT test model on PyTorch (on the CPU, so a 'reference' run lasts for a cancel)."""
+    choose(gui[1], ct_model, backend="torch")
+    return gui
 
 
 def _open(qtbot, widget: TilewiseWidget, path: Path) -> Image:
@@ -46,8 +43,8 @@ def _labels(viewer) -> list[Labels]:
     return [layer for layer in viewer.layers if isinstance(layer, Labels)]
 
 
-def test_a_rerun_replaces_the_result_and_a_cancelled_one_keeps_it(gui, qtbot, tmp_path: Path) -> None:
-    viewer, widget = gui
+def test_a_rerun_replaces_the_result_and_a_cancelled_one_keeps_it(ct_on_torch, qtbot, tmp_path: Path) -> None:
+    viewer, widget = ct_on_torch
     image = _open(qtbot, widget, model_factory.make_case(tmp_path / "ct_0000.nii.gz", "3d", shape=(64, 80, 72),
                                                           seed=5))
     assert _run(qtbot, widget) == "done"
@@ -76,8 +73,9 @@ def test_a_rerun_replaces_the_result_and_a_cancelled_one_keeps_it(gui, qtbot, tm
     assert widget.result_layer is second and widget.review.layer is second
 
 
-def test_an_edited_result_is_kept_with_its_preset_when_the_image_is_run_again(gui, qtbot, tmp_path: Path) -> None:
-    viewer, widget = gui
+def test_an_edited_result_is_kept_with_its_preset_when_the_image_is_run_again(ct_on_torch, qtbot,
+                                                                              tmp_path: Path) -> None:
+    viewer, widget = ct_on_torch
     image = _open(qtbot, widget, model_factory.make_case(tmp_path / "ct_0000.nii.gz", "3d", seed=1))
     assert _run(qtbot, widget) == "done"
     edited = widget.result_layer
@@ -94,8 +92,8 @@ def test_an_edited_result_is_kept_with_its_preset_when_the_image_is_run_again(gu
     assert widget.results.has_unsaved_edits(kept) and not widget.results.has_unsaved_edits(new)
 
 
-def test_review_show_hide_and_save_follow_the_selected_result(gui, qtbot, tmp_path: Path) -> None:
-    viewer, widget = gui
+def test_review_show_hide_and_save_follow_the_selected_result(ct_on_torch, qtbot, tmp_path: Path) -> None:
+    viewer, widget = ct_on_torch
     review = widget.review
     image_a = _open(qtbot, widget, model_factory.make_case(tmp_path / "a_0000.nii.gz", "3d", seed=1,
                                                             spacing=(0.8, 0.9, 2.5)))
@@ -139,8 +137,9 @@ def test_review_show_hide_and_save_follow_the_selected_result(gui, qtbot, tmp_pa
     assert review.layer is result_a and widget.save_button.isEnabled()
 
 
-def test_removing_the_image_during_its_run_cancels_the_run_and_leaves_no_result(gui, qtbot, tmp_path: Path) -> None:
-    viewer, widget = gui
+def test_removing_the_image_during_its_run_cancels_the_run_and_leaves_no_result(ct_on_torch, qtbot,
+                                                                                tmp_path: Path) -> None:
+    viewer, widget = ct_on_torch
     image = _open(qtbot, widget, model_factory.make_case(tmp_path / "ct_0000.nii.gz", "3d", shape=(64, 80, 72),
                                                           seed=5))
     removed: list[bool] = []
