@@ -8,6 +8,10 @@ Where Save starts (:meth:`FilesController.suggested_save_path`): ``<case>_segmen
 folder (the bundled sample's folder is part of the installation, never the user's). The folder saved to last is
 remembered together with the input's folder it was saved for: it is proposed again for inputs from that same folder
 (the user chose where this study's results go), never for an input from another folder, whose own folder wins.
+
+Save writes through the engine's verified writer (:func:`~tilewise.engine.data.outputs.write_output`: staged,
+checked byte for byte, fsynced, renamed): a full disk, a read-only folder or no permission is one plain line on
+``save_failed`` (:func:`save_failure_message`), never a traceback, and never a truncated file under the name chosen.
 """
 from __future__ import annotations
 
@@ -212,7 +216,7 @@ class FilesController(QObject):
 
     def _on_save_failed(self, message: str) -> None:
         self._finish_saving()
-        self.save_failed.emit(self._target, message)
+        self.save_failed.emit(self._target, save_failure_message(message, self._target))
 
     def shutdown(self) -> None:
         """Wait for a file being read or written (the window is closing); nothing is reported afterwards."""
@@ -227,6 +231,14 @@ class FilesController(QObject):
         self.reader = self.writer = None
         self.run.leave(State.OPENING)
         self.run.leave(State.SAVING)
+
+
+def save_failure_message(message: str, target: Path) -> str:
+    """What ``save_failed`` says: ``message`` on one line, without a leading '<target>: ' (the dialog names the
+    file already)."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    prefix = f"{target}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
 
 
 def _input_of(run_layers: list[Any], result: Any) -> Path | None:
