@@ -38,14 +38,33 @@ def file_error_message(error: BaseException) -> str:
 
 
 def show_warning(arguments: tuple) -> None:
-    """Print a warning a worker caught (superqt's ``warned`` signal carries ``showwarning``'s arguments).
+    """Print a warning a worker caught (superqt's ``warned`` signal carries ``showwarning``'s arguments), unless the
+    application's filters ignore it.
 
     Printed, not warned again: while a worker runs, superqt routes every thread's warnings to that worker's
-    ``warned`` signal, so warning again here would come straight back.
+    ``warned`` signal (its own filter lets every warning through), so warning again here would come straight back.
     """
     message, category, filename, lineno = arguments[:4]
     line = arguments[5] if len(arguments) > 5 else None
-    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+    if _filter_action(str(message), category, filename, lineno) != "ignore":
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+_SUPERQT_FILTER = ("always", None, Warning, None, 0)
+"""The filter superqt puts in front while a worker runs (``warnings.filterwarnings("always")``)."""
+
+
+def _filter_action(text: str, category: type[Warning], filename: str, lineno: int) -> str:
+    """What the application's warning filters (without superqt's) do with this warning, as ``warnings`` decides."""
+    module = next((name for name, loaded in list(sys.modules.items())
+                   if getattr(loaded, "__file__", None) == filename), filename.removesuffix(".py"))
+    for action, message, kind, module_pattern, only_line in warnings.filters:
+        if (action, message, kind, module_pattern, only_line) == _SUPERQT_FILTER:
+            continue
+        if ((message is None or message.match(text)) and issubclass(category, kind)
+                and (module_pattern is None or module_pattern.match(module)) and only_line in (0, lineno)):
+            return action
+    return warnings.defaultaction
 
 
 def start_worker(worker: WorkerBase) -> None:
