@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
-
 from tilewise.engine.data import safe_output, write_checks
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

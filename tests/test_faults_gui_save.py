@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from fault_disks import IS_ROOT, assert_not_written, inject_full_disk, leftovers, needs_root, small_tmpfs
 from tilewise.engine.data.volume import Geometry
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
-
 from fault_disks import (
     IS_ROOT,
     assert_not_written,
@@ -153,7 +152,8 @@ def test_permission_denied(tmp_path: Path, small_t1: Path) -> None:
         os.chown(denied, 65534, 65534)  # nobody's folder: not ours to write
     else:
         denied.chmod(0o555)
-    result = subprocess.run([*prefix, *CLI, *predict(small_t1, denied)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([*prefix, *CLI, *predict(small_t1, denied)], capture_output=True, text=True, timeout=300,
+                            check=False)
     assert result.returncode == 3, result.stderr
     assert_one_line(result.stderr, "tilewise: error: ")
     assert list(denied.iterdir()) == []
@@ -161,7 +161,7 @@ def test_permission_denied(tmp_path: Path, small_t1: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     result = subprocess.run([*prefix, *CHMOD_DURING_RUN, str(out), *predict(small_t1, out)], capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=300, check=False)
     out.chmod(0o755)
     assert result.returncode == 3, result.stderr
     line = assert_one_line(result.stderr, "tilewise: error: ")

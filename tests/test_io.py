@@ -4,11 +4,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import model_factory
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-import model_factory
 from tilewise.engine import InputError, read_volume, write_labels
 from tilewise.engine.data import readers as engine_io
 from tilewise.engine.data.cases import find_cases

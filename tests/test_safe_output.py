@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from fault_disks import IS_ROOT, NEEDS_ROOT, assert_not_written, fill, inject_full_disk, small_tmpfs
 from tilewise.engine.data import safe_output
 from tilewise.engine.data.native_stderr import holding_native_stderr
@@ -227,9 +226,8 @@ def test_a_short_python_write_is_found(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(safe_output, "open", lambda f, m="r", *a, **k: ShortFile(real_open(f, m, *a, **k))
                         if "w" in m else real_open(f, m, *a, **k), raising=False)
-    with pytest.raises(WriteError, match="incomplete"):
-        with atomic_output(tmp_path / "report.json") as staged:
-            write_bytes_checked(staged, json.dumps({"a": list(range(100))}).encode())
+    with pytest.raises(WriteError, match="incomplete"), atomic_output(tmp_path / "report.json") as staged:
+        write_bytes_checked(staged, json.dumps({"a": list(range(100))}).encode())
     assert_not_written(tmp_path, "report.json")
 
 

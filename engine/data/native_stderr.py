@@ -40,7 +40,7 @@ def _start() -> None:
         if _depth > 1:
             return
         try:
-            held = tempfile.TemporaryFile()
+            held = tempfile.TemporaryFile()  # noqa: SIM115 - it outlives this call: closed by _finish
             saved = os.dup(2)
         except OSError:
             return  # no descriptor 2 (a windowed application) or no temporary space: write without holding back

@@ -238,7 +238,7 @@ def save_failure_message(message: str, target: Path) -> str:
     file already)."""
     text = " ".join(line.strip() for line in message.splitlines() if line.strip())
     prefix = f"{target}: "
-    return text[len(prefix):] if text.startswith(prefix) else text
+    return text.removeprefix(prefix)
 
 
 def _input_of(run_layers: list[Any], result: Any) -> Path | None:
