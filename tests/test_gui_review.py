@@ -9,7 +9,6 @@ import pytest
 import model_factory
 import SimpleITK as sitk
 from qtpy.QtCore import QSettings
-from qtpy.QtWidgets import QMessageBox
 from tilewise.gui import widget as widget_module
 from tilewise.gui.colors import label_color
 from tilewise.gui.controllers.files import SETTINGS_SAVE_FOLDER
@@ -21,28 +20,15 @@ SPACING = (0.8, 0.9, 2.5)  # SimpleITK (x, y, z) order, mm
 
 
 @pytest.fixture
-def dialogs(monkeypatch: pytest.MonkeyPatch) -> list:
-    shown: list = []
-    monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda parent, title, text, *a, **k:
-                                                              shown.append((title, text)) or QMessageBox.Ok))
-    return shown
-
-
-@pytest.fixture
-def gui(make_napari_viewer, qtbot, tmp_path: Path, dialogs, ct_model: Path):
-    """A viewer with the widget, the CT test model and an anisotropic CT-like case segmented with 'preview'."""
-    viewer = make_napari_viewer(show=True)
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
-    widget = TilewiseWidget(viewer, settings=settings)
-    viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
-    widget.settings_panel.device.setCurrentIndex(widget.settings_panel.device.findData("cpu"))
+def preview_ready(gui, qtbot, tmp_path: Path, ct_model: Path):
+    """The conftest viewer with the CT test model, an anisotropic CT-like case open and 'preview' chosen."""
+    _, widget = gui
     widget.model_panel.select(ct_model)
     case = model_factory.make_case(tmp_path / "images" / "ct_0000.nii.gz", "3d", spacing=SPACING, seed=1)
     with qtbot.waitSignal(widget.image_opened, timeout=60_000):
         widget.open_image(case)
     widget.settings_panel.select_preset("preview")
-    yield viewer, widget
-    widget.shutdown()
+    return gui
 
 
 def _run(qtbot, widget: TilewiseWidget) -> str:
@@ -61,8 +47,8 @@ def _millilitres(text: str) -> float:
     return float(number.replace(",", ""))
 
 
-def test_volumes_in_ml_with_label_names_and_colours(gui, qtbot) -> None:
-    _, widget = gui
+def test_volumes_in_ml_with_label_names_and_colours(preview_ready, qtbot) -> None:
+    _, widget = preview_ready
     review = widget.review
     assert review.hint.isVisible() and not review.table.isVisible(), "before a run: a hint, no table"
     assert _run(qtbot, widget) == "done"
@@ -85,8 +71,8 @@ def test_volumes_in_ml_with_label_names_and_colours(gui, qtbot) -> None:
     assert format_ml(0.0123) == "0.012 mL" and format_ml(3.271) == "3.27 mL" and format_ml(1204.4) == "1,204 mL"
 
 
-def test_volumes_follow_edits_of_the_labels(gui, qtbot) -> None:
-    _, widget = gui
+def test_volumes_follow_edits_of_the_labels(preview_ready, qtbot) -> None:
+    _, widget = preview_ready
     assert _run(qtbot, widget) == "done"
     layer = widget.result_layer
     voxel_ml = SPACING[0] * SPACING[1] * SPACING[2] / 1000
@@ -103,8 +89,8 @@ def _pixels_of(shot: np.ndarray, colour: str) -> int:
     return int((np.abs(shot[..., :3].astype(int) - rgb).max(axis=-1) <= 3).sum())
 
 
-def test_unticking_a_label_hides_it_and_the_slider_sets_the_opacity(gui, qtbot) -> None:
-    viewer, widget = gui
+def test_unticking_a_label_hides_it_and_the_slider_sets_the_opacity(preview_ready, qtbot) -> None:
+    viewer, widget = preview_ready
     assert _run(qtbot, widget) == "done"
     layer, review = widget.result_layer, widget.review
     [image] = [candidate for candidate in viewer.layers if candidate is not layer]
@@ -139,8 +125,9 @@ def test_unticking_a_label_hides_it_and_the_slider_sets_the_opacity(gui, qtbot) 
     assert not review.checks[2].isChecked() and widget.result_layer.opacity == pytest.approx(0.8)
 
 
-def test_save_remembers_the_last_folder(gui, qtbot, dialogs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    viewer, widget = gui
+def test_save_remembers_the_last_folder(preview_ready, qtbot, dialogs, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    viewer, widget = preview_ready
     assert _run(qtbot, widget) == "done"
     asked: list[str] = []
     answers: list[str] = []
@@ -171,8 +158,8 @@ def test_save_remembers_the_last_folder(gui, qtbot, dialogs, tmp_path: Path, mon
     blocked.write_text("a file where a folder should be")
     with qtbot.waitSignal(widget.saved, timeout=60_000) as blocker:
         widget.save_labels(blocked / "seg.nii.gz")
-    assert blocker.args == [""] and dialogs and "could not be saved" in dialogs[-1][0]
-    assert "Traceback" not in dialogs[-1][1]
+    assert blocker.args == [""] and dialogs["critical"] and "could not be saved" in dialogs["critical"][-1][0]
+    assert "Traceback" not in dialogs["critical"][-1][1]
     assert stored.value(SETTINGS_SAVE_FOLDER) == str(target.parent), "a failed save does not move the folder"
 
     # the first run times a forward pass on a thread and stores it: once stored, the next session times nothing
@@ -182,14 +169,15 @@ def test_save_remembers_the_last_folder(gui, qtbot, dialogs, tmp_path: Path, mon
     later.shutdown()
 
 
-def test_save_never_writes_over_the_image_it_was_made_from(gui, qtbot, dialogs, tmp_path: Path) -> None:
-    _, widget = gui
+def test_save_never_writes_over_the_image_it_was_made_from(preview_ready, qtbot, dialogs, tmp_path: Path) -> None:
+    _, widget = preview_ready
     assert _run(qtbot, widget) == "done"
     image = tmp_path / "images" / "ct_0000.nii.gz"
     original = image.read_bytes()
 
     assert widget.save_labels(image) is False
-    assert dialogs and "not saved" in dialogs[-1][0] and "overwrite the input" in dialogs[-1][1]
-    assert str(image) in dialogs[-1][1] and "Traceback" not in dialogs[-1][1]
+    errors = dialogs["critical"]
+    assert errors and "not saved" in errors[-1][0] and "overwrite the input" in errors[-1][1]
+    assert str(image) in errors[-1][1] and "Traceback" not in errors[-1][1]
     assert image.read_bytes() == original and sorted(p.name for p in image.parent.iterdir()) == [image.name]
     assert not widget.saving
