@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -276,3 +277,39 @@ def test_everything_written_is_whole_and_the_same(tmp_path: Path) -> None:
     write_json(tmp_path / "r.json", {"a": [1, 2]})
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": [1, 2]}
     assert not [p for p in tmp_path.iterdir() if ".tilewise-tmp." in p.name]
+
+
+def test_dicom_seg_and_rtstruct_on_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DICOM writers through write_output, as predict, batch and the viewer call it: a full disk (real tmpfs as
+    root, ENOSPC injected otherwise) is DiskSpaceError, nothing under the final names; with space, both read back."""
+    pytest.importorskip("highdicom")
+    pytest.importorskip("rt_utils")
+    import pydicom
+    from dicom_factory import resampled_sample, write_ct_series
+    from tilewise.engine.data.dicom.seg import AlgorithmInfo
+    from tilewise.engine.data.outputs import write_output
+    from tilewise.engine.data.readers import read_volume
+
+    write_ct_series(resampled_sample((48, 48, 24), (4.0, 4.0, 6.0)), tmp_path / "ct")
+    volume = read_volume([tmp_path / "ct"])
+    labels = np.zeros(volume.array.shape[-3:], np.uint8)
+    labels[4:20, 10:38, 10:38] = 1
+    labels[8:16, 18:30, 18:30] = 2
+    names = {0: "background", 1: "brain", 2: "white matter"}
+    outputs = ("case_seg.dcm", "case_rtstruct.dcm")
+    written = tmp_path / "written"
+    for name in outputs:
+        write_output(labels, volume.geometry, volume.dicom_files, names, AlgorithmInfo("m"), written / name)
+        assert pydicom.dcmread(written / name, force=True).Modality in ("SEG", "RTSTRUCT")
+    folder = tmp_path / "disk"
+    with ExitStack() as stack:
+        if IS_ROOT:
+            stack.enter_context(small_tmpfs(folder))
+            fill(folder, leave=4096)
+        else:
+            folder.mkdir()
+            inject_full_disk(monkeypatch, folder)
+        for name in outputs:
+            with pytest.raises(DiskSpaceError, match=f"cannot write {name} to {folder}: the disk is full"):
+                write_output(labels, volume.geometry, volume.dicom_files, names, AlgorithmInfo("m"), folder / name)
+        assert_not_written(folder, *outputs)
