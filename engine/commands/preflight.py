@@ -39,7 +39,7 @@ COMPRESSION = 20
 """Label maps compress at least this much in gzip (large uniform regions): the free space asked for a .nii.gz."""
 MARGIN_BYTES = 1_000_000
 """Headers, the report and the summary on top of the label maps."""
-_TRAINED_FOLDER = re.compile(r"^[^_]+__[^_]+__(?P<configuration>.+)$")
+_TRAINED_FOLDER = re.compile(r"^.+?__.+?__(?P<configuration>.+)$")
 
 
 class OutputNotWritableError(TilewiseError):
