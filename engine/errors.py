@@ -65,14 +65,16 @@ class WriteError(TilewiseError):
 _NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 _NO_ACCESS = (errno.EACCES, errno.EPERM)
 _NOT_A_FOLDER = (errno.ENOTDIR, errno.EEXIST)  # EEXIST: creating the output's folder where a file has its name
+_IN_USE = (32, 33)  # Windows' sharing and lock violations: another program holds the file (errno says EACCES)
 
 
 def output_error(error: OSError, path: Path) -> TilewiseError:
     """The :class:`TilewiseError` that says, in one plain line, why writing output ``path`` failed with ``error``.
 
     The one place that maps operating-system errors of a write: no space or quota -> :class:`DiskSpaceError` (exit
-    3); read-only or no permission -> :class:`WriteAccessError` (exit 3); a path that is a folder, or whose folder is
-    a file, or a name too long -> :class:`OutputPathError` (exit 2); anything else -> :class:`WriteError` (exit 3).
+    3); read-only, no permission or (Windows) the file open elsewhere -> :class:`WriteAccessError` (exit 3); a path
+    that is a folder, or whose folder is a file, or a name too long -> :class:`OutputPathError` (exit 2); anything
+    else -> :class:`WriteError` (exit 3).
     """
     path = Path(path)
     folder = path.parent
@@ -81,6 +83,9 @@ def output_error(error: OSError, path: Path) -> TilewiseError:
         what = "your disk quota is used up" if code != errno.ENOSPC else "the disk is full"
         return DiskSpaceError(None, f"cannot write {path.name} to {folder}: {what}; free some space or choose "
                                     "another folder")
+    if getattr(error, "winerror", None) in _IN_USE:
+        return WriteAccessError(None, f"cannot write {path}: the file is open in another program; close it there "
+                                      "and try again")
     if code == errno.EROFS:
         return WriteAccessError(None, f"cannot write to {folder}: the folder is read-only")
     if code in _NO_ACCESS:
