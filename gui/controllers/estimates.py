@@ -4,9 +4,9 @@ An estimate is the sum of what the run will really do (:mod:`tilewise.engine.est
 the folds OpenVINO has not cached yet, prepare the image, run the forward passes, write the result. A
 :class:`PassTimer` (a superqt generator worker, stopped between its steps) loads the model's first fold at each
 precision the presets use (load, first-use conversion and a forward pass, timed) and reads which folds the OpenVINO
-cache holds; an :class:`EstimateBook` keeps the
-measured stage costs in QSettings and refines them from every finished run. Stages nothing has measured yet use the
-engine's conservative priors, so those estimates read as a range.
+cache holds; an :class:`EstimateBook` keeps the measured stage costs in QSettings and refines them from every
+finished run. Stages nothing has measured yet use the engine's conservative priors, so those estimates read as a
+range.
 """
 from __future__ import annotations
 
