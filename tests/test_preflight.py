@@ -290,3 +290,17 @@ def test_zip_bomb_refusal_shows_its_sizes(tmp_path: Path) -> None:
         unpack(archive)
     assert "0.0 GiB" not in str(caught.value) and "MB" in str(caught.value) and "KB" in str(caught.value)
     assert not any(Path(tempfile.gettempdir()).glob("tilewise-unzip-*/IM0001"))
+
+
+def test_batch_into_a_full_destination_is_exit_3_before_loading(tmp_path: Path, capfd, checkpoints_read,
+                                                                small_mount) -> None:
+    for name in ("a", "b"):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        sitk.WriteImage(sitk.ReadImage(str(SAMPLE)), str(tmp_path / "in" / f"{name}_0000.nii"))
+    folder = small_mount("size=1m")
+
+    code, out, err = run_cli(["batch", "-i", tmp_path / "in", "-o", folder, "-m", "demo", "-device", "cpu"], capfd)
+
+    assert_one_line(code, out, err, 3, "MB", "free")
+    assert checkpoints_read == []
+    assert list(folder.iterdir()) == []

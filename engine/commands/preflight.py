@@ -27,7 +27,8 @@ from typing import Any
 from ..data.cases import Case, collect_cases, planned_outputs
 from ..data.dicom.zips import readable_size
 from ..data.outputs import with_output_type
-from ..data.readers import ImageHeader, read_header
+from ..batch.cases import collect_batch_cases, shard
+from ..data.readers import ImageHeader, image_suffix, read_header
 from ..data.safe_output import refuse_overwriting_inputs
 from ..errors import DiskSpaceError, InputError, ModelError, TilewiseError
 from ..model.bundle import available_folds, check_model_folder, read_json
@@ -206,12 +207,34 @@ def preflight_predict(args: argparse.Namespace) -> None:
 
 
 def preflight_batch(args: argparse.Namespace) -> None:
-    """What ``tilewise batch`` can refuse for the whole job before the model loads: the model folder and schema,
-    and an output folder that is a file, an input, read-only or not writable. Cases with problems of their own are
-    the batch's to record."""
-    model = read_model(args)
-    check_output_folder(Path(args.output), [Path(args.input)])
-    check_model(args, *model)
+    """What ``tilewise batch`` can refuse for the whole job before the model loads: the model folder and schema, an
+    output folder that is a file, an input, read-only or not writable, or without room for the cases still to do.
+    Cases with problems of their own are the batch's to record."""
+    folder, dataset, plans = read_model(args)
+    output_dir = Path(args.output)
+    writable = check_output_folder(output_dir, [Path(args.input)])
+    check_model(args, folder, dataset, plans)
+    channels = len(dataset.get("channel_names") or dataset.get("modality"))
+    this_part = shard(collect_batch_cases(Path(args.input), output_dir, channels), args.num_parts, args.part_id)
+    cases = [batch_case.case for batch_case in this_part
+             if batch_case.problem is None and (args.overwrite or not batch_case.case.output.exists())]
+    cases = with_output_type(cases, args.output_type)
+    check_free_space(writable, output_dir, expected_output_bytes(cases, _file_headers(cases), output_channels(dataset),
+                                                                 args.save_probabilities))
+
+
+def _file_headers(cases: list[Case]) -> dict[Path, ImageHeader | None]:
+    """The headers of the cases' image files; a file whose header cannot be read is left to the batch, which
+    records that case as failed while the others run."""
+    headers: dict[Path, ImageHeader | None] = {}
+    for case in cases:
+        first = case.inputs[0]
+        if first.is_file() and image_suffix(first) is not None:
+            try:
+                headers[first] = read_header(first)
+            except InputError:
+                continue
+    return headers
 
 
 def preflight(args: argparse.Namespace) -> None:
