@@ -13,7 +13,6 @@ import pytest
 import SimpleITK as sitk
 
 import model_factory
-from tilewise.engine.commands.cli import main
 from tilewise.engine.errors import InputError
 from tilewise.engine.data.safe_output import STALE_AFTER_S, atomic_output, clean_stale_staging, input_files, refuse_overwriting_inputs
 
@@ -25,13 +24,6 @@ def fingerprint(folder: Path) -> dict[str, str]:
     """Every entry under ``folder`` (hidden ones too) with the sha256 of its bytes (or 'dir')."""
     return {str(p.relative_to(folder)): ("dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest())
             for p in sorted(folder.rglob("*"))}
-
-
-def run_cli(argv: list, capfd: pytest.CaptureFixture) -> tuple[int, str]:
-    capfd.readouterr()
-    code = main([str(a) for a in argv])
-    _, err = capfd.readouterr()
-    return code, err
 
 
 def predict(source: Path | None, out: Path, model: Path, *extra) -> list:
@@ -48,77 +40,77 @@ def assert_refused(code: int, err: str, culprit: Path, protected: Path, before: 
     assert fingerprint(protected) == before, "a file in the input folder was changed, added or removed"
 
 
-def test_output_folder_is_the_input_folder_of_a_single_file(tmp_path: Path, ct_model: Path, capfd) -> None:
+def test_output_folder_is_the_input_folder_of_a_single_file(tmp_path: Path, ct_model: Path, run_cli) -> None:
     scan = model_factory.make_case(tmp_path / "scans" / "scan.nii.gz", "3d", shape=SMALL)
     before = fingerprint(scan.parent)
 
-    code, err = run_cli(predict(scan, scan.parent, ct_model), capfd)
+    code, _, err = run_cli(predict(scan, scan.parent, ct_model))
 
     assert_refused(code, err, scan, scan.parent, before)
 
 
-def test_output_folder_is_an_input_folder_of_unsuffixed_cases(tmp_path: Path, ct_model: Path, capfd) -> None:
+def test_output_folder_is_an_input_folder_of_unsuffixed_cases(tmp_path: Path, ct_model: Path, run_cli) -> None:
     folder = tmp_path / "scans"
     for seed, name in enumerate(("a.nii.gz", "b.nrrd")):
         model_factory.make_case(folder / name, "3d", shape=SMALL, seed=seed)
     before = fingerprint(folder)
 
-    code, err = run_cli(predict(folder, folder, ct_model), capfd)
+    code, _, err = run_cli(predict(folder, folder, ct_model))
 
     assert_refused(code, err, folder / "a.nii.gz", folder, before)
 
 
-def test_explicit_channels_written_over(tmp_path: Path, make_model, capfd) -> None:
+def test_explicit_channels_written_over(tmp_path: Path, make_model, run_cli) -> None:
     model = make_model("two_channel")
     folder = tmp_path / "mr"
     first = model_factory.make_case(folder / "mr.nii.gz", "two_channel", shape=SMALL, channel=0)
     second = model_factory.make_case(folder / "mr_t2.nii.gz", "two_channel", shape=SMALL, channel=1)
     before = fingerprint(folder)
 
-    code, err = run_cli(predict(None, folder, model, "--channels", first, second), capfd)
+    code, _, err = run_cli(predict(None, folder, model, "--channels", first, second))
 
     assert_refused(code, err, first, folder, before)
 
 
-def test_output_folder_is_a_symlink_to_the_input_folder(tmp_path: Path, ct_model: Path, capfd) -> None:
+def test_output_folder_is_a_symlink_to_the_input_folder(tmp_path: Path, ct_model: Path, run_cli) -> None:
     scan = model_factory.make_case(tmp_path / "scans" / "scan.nrrd", "3d", shape=SMALL)
     link = tmp_path / "results"
     link.symlink_to(scan.parent, target_is_directory=True)
     before = fingerprint(scan.parent)
 
-    code, err = run_cli(predict(scan, link, ct_model), capfd)
+    code, _, err = run_cli(predict(scan, link, ct_model))
 
     assert_refused(code, err, link / "scan.nrrd", scan.parent, before)
 
 
-def test_input_is_a_symlink_into_the_output_folder(tmp_path: Path, ct_model: Path, capfd) -> None:
+def test_input_is_a_symlink_into_the_output_folder(tmp_path: Path, ct_model: Path, run_cli) -> None:
     scan = model_factory.make_case(tmp_path / "out" / "scan.nii.gz", "3d", shape=SMALL)
     link = tmp_path / "incoming" / "scan.nii.gz"
     link.parent.mkdir()
     link.symlink_to(scan)
     before = fingerprint(scan.parent)
 
-    code, err = run_cli(predict(link, scan.parent, ct_model), capfd)
+    code, _, err = run_cli(predict(link, scan.parent, ct_model))
 
     assert_refused(code, err, scan, scan.parent, before)
 
 
-def test_report_written_over_the_input(tmp_path: Path, ct_model: Path, capfd) -> None:
+def test_report_written_over_the_input(tmp_path: Path, ct_model: Path, run_cli) -> None:
     scan = model_factory.make_case(tmp_path / "scans" / "ct_0000.nii.gz", "3d", shape=SMALL)
     before = fingerprint(scan.parent)
 
-    code, err = run_cli(predict(scan, tmp_path / "out", ct_model, "--report", scan), capfd)
+    code, _, err = run_cli(predict(scan, tmp_path / "out", ct_model, "--report", scan))
 
     assert_refused(code, err, scan, scan.parent, before)
     assert not (tmp_path / "out").exists(), "refused before any work"
 
 
-def test_nnunet_named_input_folder_as_output_is_allowed(tmp_path: Path, ct_model: Path, capfd) -> None:
+def test_nnunet_named_input_folder_as_output_is_allowed(tmp_path: Path, ct_model: Path, run_cli) -> None:
     """case_0000.nii.gz becomes case.nii.gz: writing next to the inputs is fine when no input is replaced."""
     scan = model_factory.make_case(tmp_path / "scans" / "ct_0000.nii.gz", "3d", shape=SMALL)
     original = scan.read_bytes()
 
-    code, err = run_cli(predict(scan, scan.parent, ct_model), capfd)
+    code, _, err = run_cli(predict(scan, scan.parent, ct_model))
 
     assert code == 0, err
     assert scan.read_bytes() == original
