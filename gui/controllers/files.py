@@ -21,12 +21,16 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QObject, QSettings, QStandardPaths, Signal
-from tilewise.engine.data.dicom.seg import AlgorithmInfo
-from tilewise.engine.data.dicom.source import require_dicom_extra
-from tilewise.engine.data.outputs import is_dicom_seg_output, write_output
-from tilewise.engine.data.readers import image_suffix, strip_suffix
-from tilewise.engine.data.safe_output import refuse_overwriting_inputs
-from tilewise.engine.errors import InputError
+from tilewise.engine import (
+    AlgorithmInfo,
+    InputError,
+    image_suffix,
+    is_dicom_seg_output,
+    refuse_overwriting_inputs,
+    require_dicom_extra,
+    strip_suffix,
+    write_output,
+)
 
 from ..contributions import (
     bundled_data_dir,
