@@ -16,9 +16,10 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-from test_cli import ERROR_PREFIX, predict_args, run_cli
 from tilewise.engine import InputError, read_volume
 from tilewise.engine.data.cases import collect_cases
+
+from cli_helpers import ERROR_PREFIX, predict_args
 
 SHAPE = (16, 48, 40)  # numpy (z, y, x)
 TILTED_ROW, TILTED_COLUMN = (1.0, 0.0, 0.0), (0.0, float(np.cos(0.3)), float(np.sin(0.3)))
@@ -325,9 +326,9 @@ def test_a_series_that_cannot_be_one_volume_is_refused(tmp_path: Path, change: s
 
 # ---- through the command line -----------------------------------------------------------------------------------
 def test_predict_on_a_folder_of_non_images_exits_2_with_one_line(non_images: dict, tmp_path: Path, ct_model: Path,
-                                                                 capfd) -> None:
+                                                                 run_cli) -> None:
     out = tmp_path / "out"
-    code, _, err = run_cli(predict_args(non_images["all"], out, ct_model), capfd)
+    code, _, err = run_cli(predict_args(non_images["all"], out, ct_model))
     assert code == 2
     [line] = [line for line in err.splitlines() if line.strip()]
     assert line.startswith(ERROR_PREFIX) and "holds no image volume" in line and "SR (Comprehensive SR)" in line
@@ -335,20 +336,20 @@ def test_predict_on_a_folder_of_non_images_exits_2_with_one_line(non_images: dic
 
 
 def test_predict_series_uid_segments_the_series_asked_for(study: dict, tmp_path: Path, ct_model: Path,
-                                                          capfd) -> None:
+                                                          run_cli) -> None:
     out = tmp_path / "out"
-    code, _, err = run_cli(predict_args(study["root"], out, ct_model, "--series-uid", study["small"]), capfd)
+    code, _, err = run_cli(predict_args(study["root"], out, ct_model, "--series-uid", study["small"]))
     assert code == 0, err
     written = sitk.ReadImage(str(out / "study.nii.gz"))
     assert written.GetSize() == (30, 32, 6)
 
-    code, _, err = run_cli(predict_args(study["root"], tmp_path / "out2", ct_model, "--series-uid", "1.2.3"), capfd)
+    code, _, err = run_cli(predict_args(study["root"], tmp_path / "out2", ct_model, "--series-uid", "1.2.3"))
     assert code == 2 and "holds no series 1.2.3" in err and study["small"] in err
 
 
 def test_batch_records_a_non_image_folder_as_failed_and_reads_a_nested_study(study: dict, non_images: dict,
                                                                              tmp_path: Path, ct_model: Path,
-                                                                             capfd) -> None:
+                                                                             run_cli) -> None:
     cases = tmp_path / "cases"
     cases.mkdir()
     zip_folder(study["root"], cases / "zipped.zip")
@@ -357,7 +358,7 @@ def test_batch_records_a_non_image_folder_as_failed_and_reads_a_nested_study(stu
     out = tmp_path / "out"
 
     code, _, err = run_cli(["batch", "-i", cases, "-o", out, "-m", ct_model, "--preset", "preview", "-device", "cpu",
-                            "--disable_progress_bar"], capfd)
+                            "--disable_progress_bar"])
 
     assert code == 3, err  # some case failed
     records = {r["case"]: r for r in json.loads((out / "batch_summary.json").read_text(encoding="utf-8"))["cases"]}
