@@ -11,14 +11,13 @@ import pytest
 
 from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
 from napari.utils.progress import progress
-from qtpy.QtWidgets import QMessageBox
 
 import model_factory
 from tilewise.engine import TileEvent
 from tilewise.gui.controllers.run import State
 from tilewise.gui.panels.run import LOADING_TEXT, RemainingTime, RunPanel, format_duration
 from tilewise.gui.widget import TilewiseWidget
-from gui_fixtures import docked_widget, open_image
+from gui_fixtures import choose, open_image
 
 RUN_TIMEOUT_MS = 180_000
 BOX = (slice(0, 8), slice(0, 8), slice(0, 8))
@@ -30,12 +29,11 @@ def _event(done: int, total: int, elapsed_s: float = 1.0, eta_s: float = 1.0) ->
 
 
 @pytest.fixture
-def gui(make_napari_viewer, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ct_model: Path):
-    monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda *a, **k: QMessageBox.Ok))
-    viewer, widget = docked_widget(make_napari_viewer, tmp_path, ct_model, backend="torch")
-    open_image(qtbot, widget, model_factory.make_case(tmp_path / "first_0000.nii.gz", "3d", seed=3))
-    yield viewer, widget
-    widget.shutdown()
+def torch_run(gui, qtbot, tmp_path: Path, ct_model: Path):
+    """The conftest viewer with the CT test model on PyTorch and a CT-like case open."""
+    choose(gui[1], ct_model, backend="torch")
+    open_image(qtbot, gui[1], model_factory.make_case(tmp_path / "first_0000.nii.gz", "3d", seed=3))
+    return gui
 
 
 def _run(qtbot, widget: TilewiseWidget, preset: str) -> None:
@@ -45,13 +43,13 @@ def _run(qtbot, widget: TilewiseWidget, preset: str) -> None:
     assert blocker.args == ["done"]
 
 
-def test_run_shows_cancel_and_loading_before_napari_builds_the_preview_layer(gui, qtbot) -> None:
+def test_run_shows_cancel_and_loading_before_napari_builds_the_preview_layer(torch_run, qtbot) -> None:
     """The click sets Cancel and the loading line (and asks for an immediate repaint) before napari starts building
     the preview layer, the slow part of the click. Whether the repaint reaches the screen depends on the window
     system, so the test reads what the widgets show at that moment."""
     from qtpy.QtCore import QEvent, QObject
 
-    viewer, widget = gui
+    viewer, widget = torch_run
     painted: list[str] = []  # the Run button's text at each of its paint events
 
     class PaintLog(QObject):
@@ -73,8 +71,8 @@ def test_run_shows_cancel_and_loading_before_napari_builds_the_preview_layer(gui
     assert "Cancel (Esc)" in painted_before, "and the button was painted saying so before the layer work began"
 
 
-def test_a_preset_change_reuses_the_prepared_image_another_image_does_not(gui, qtbot, tmp_path: Path) -> None:
-    _, widget = gui
+def test_a_preset_change_reuses_the_prepared_image_another_image_does_not(torch_run, qtbot, tmp_path: Path) -> None:
+    _, widget = torch_run
     prepared = widget.run.cache.prepared
     _run(qtbot, widget, "fast")
     _run(qtbot, widget, "preview")

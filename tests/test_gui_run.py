@@ -18,53 +18,22 @@ from tilewise.engine import Predictor, get_preset, load_presets, read_volume
 from tilewise.engine.errors import OutOfMemoryError
 from tilewise.gui.controllers.worker import plain_message
 from tilewise.gui.widget import TilewiseWidget
+from gui_fixtures import choose, open_image as _open
 
 RUN_TIMEOUT_MS = 180_000
 
 
 @pytest.fixture
-def dialogs(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
-    """Every QMessageBox the widget shows, captured instead of blocking the test."""
-    shown: dict[str, list] = {"critical": [], "question": [], "answers": []}
-
-    def critical(parent, title, text, *args, **kwargs):
-        shown["critical"].append((title, text))
-        return QMessageBox.Ok
-
-    def question(parent, title, text, *args, **kwargs):
-        shown["question"].append((title, text))
-        return shown["answers"].pop(0) if shown["answers"] else QMessageBox.No
-
-    monkeypatch.setattr(QMessageBox, "critical", staticmethod(critical))
-    monkeypatch.setattr(QMessageBox, "question", staticmethod(question))
-    return shown
-
-
-@pytest.fixture
-def gui(make_napari_viewer, tmp_path: Path, dialogs):
-    """A viewer with the Tilewise widget docked; settings go to a temporary file."""
-    viewer = make_napari_viewer(show=True)
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
-    widget = TilewiseWidget(viewer, settings=settings)
-    viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
-    index = widget.settings_panel.device.findData("cpu")
-    widget.settings_panel.device.setCurrentIndex(index)
-    # PyTorch: these tests cancel and scroll during runs, which OpenVINO finishes in a blink on the tiny test models
-    widget.settings_panel.backend.setCurrentIndex(widget.settings_panel.backend.findData("torch"))
-    yield viewer, widget
-    widget.shutdown()
+def torch_gui(gui):
+    """The conftest viewer on PyTorch: these tests cancel and scroll during runs, which OpenVINO finishes in a blink on
+    the tiny test models. ``dialogs`` captures the message boxes and answers the trust question."""
+    choose(gui[1], backend="torch")
+    return gui
 
 
 def _run(qtbot, widget: TilewiseWidget, timeout: int = RUN_TIMEOUT_MS) -> str:
     with qtbot.waitSignal(widget.run_finished, timeout=timeout) as blocker:
         widget.run_button.click()
-    return blocker.args[0]
-
-
-def _open(qtbot, widget: TilewiseWidget, path) -> list:
-    """Open an image through the widget (read on a thread) and wait for its layers."""
-    with qtbot.waitSignal(widget.image_opened, timeout=60_000) as blocker:
-        assert widget.open_image(path)
     return blocker.args[0]
 
 
@@ -92,9 +61,9 @@ def big_case(tmp_path: Path) -> Path:
     return model_factory.make_case(tmp_path / "big_0000.nii.gz", "3d", shape=(64, 80, 72), seed=5)
 
 
-def test_preview_run_gives_the_engines_labels_in_place(gui, qtbot, ct_model: Path, oblique_case: Path,
+def test_preview_run_gives_the_engines_labels_in_place(torch_gui, qtbot, ct_model: Path, oblique_case: Path,
                                                        tmp_path: Path) -> None:
-    viewer, widget = gui
+    viewer, widget = torch_gui
     widget.model_panel.select(ct_model)
     [image] = _open(qtbot, widget, oblique_case)
     widget.settings_panel.select_preset("preview")
@@ -107,7 +76,7 @@ def test_preview_run_gives_the_engines_labels_in_place(gui, qtbot, ct_model: Pat
     elapsed = time.perf_counter() - started
     assert previews[0].updates <= elapsed / 0.1 + 1, "at most ~10 redraws a second, regions coalesced"
 
-    preset = get_preset("preview").with_overrides(backend="torch")  # the engine the gui fixture chose
+    preset = get_preset("preview").with_overrides(backend="torch")  # the engine the torch_gui fixture chose
     expected = Predictor(ct_model, preset, device="cpu").predict(read_volume(oblique_case)).labels
     [labels] = _labels_layers(viewer)
     assert labels is widget.result_layer
@@ -131,11 +100,11 @@ def test_preview_run_gives_the_engines_labels_in_place(gui, qtbot, ct_model: Pat
     np.testing.assert_array_equal(sitk.GetArrayFromImage(written), expected)
     for getter in ("GetSpacing", "GetOrigin", "GetDirection"):
         np.testing.assert_allclose(getattr(written, getter)(), getattr(reference, getter)(), atol=1e-6)
-    assert not gui[1].last_error
+    assert not torch_gui[1].last_error
 
 
-def test_preview_fills_in_tile_regions_while_running(gui, qtbot, ct_model: Path, big_case: Path) -> None:
-    _, widget = gui
+def test_preview_fills_in_tile_regions_while_running(torch_gui, qtbot, ct_model: Path, big_case: Path) -> None:
+    _, widget = torch_gui
     widget.model_panel.select(ct_model)
     _open(qtbot, widget, big_case)
     widget.settings_panel.select_preset("fast")
@@ -149,8 +118,8 @@ def test_preview_fills_in_tile_regions_while_running(gui, qtbot, ct_model: Path,
     assert not all(frame.all() for frame in seen)
 
 
-def test_cancel_stops_within_one_batch_and_leaves_no_labels(gui, qtbot, ct_model: Path, big_case: Path) -> None:
-    viewer, widget = gui
+def test_cancel_stops_within_one_batch_and_leaves_no_labels(torch_gui, qtbot, ct_model: Path, big_case: Path) -> None:
+    viewer, widget = torch_gui
     widget.model_panel.select(ct_model)
     _open(qtbot, widget, big_case)
     widget.settings_panel.select_preset("reference")
@@ -191,8 +160,8 @@ def test_cancel_stops_within_one_batch_and_leaves_no_labels(gui, qtbot, ct_model
     assert len(_labels_layers(viewer)) == 1
 
 
-def test_scrolling_focuses_the_engine_on_the_slice_on_screen(gui, qtbot, ct_model: Path, big_case: Path) -> None:
-    viewer, widget = gui
+def test_scrolling_focuses_the_engine_on_the_slice_on_screen(torch_gui, qtbot, ct_model: Path, big_case: Path) -> None:
+    viewer, widget = torch_gui
     widget.model_panel.select(ct_model)
     [image] = _open(qtbot, widget, big_case)
     widget.settings_panel.select_preset("reference")
@@ -221,8 +190,8 @@ def test_scrolling_focuses_the_engine_on_the_slice_on_screen(gui, qtbot, ct_mode
     assert len(after) >= 2 and all(event.input_box[0].start <= 60 < event.input_box[0].stop for event in after)
 
 
-def test_each_preset_shows_its_summary_and_settings(gui, qtbot, make_model, tmp_path: Path) -> None:
-    _, widget = gui
+def test_each_preset_shows_its_summary_and_settings(torch_gui, qtbot, make_model, tmp_path: Path) -> None:
+    _, widget = torch_gui
     two_folds = make_model("3d", folds=(0, 1))
     widget.model_panel.select(two_folds)
     panel = widget.settings_panel
@@ -231,7 +200,7 @@ def test_each_preset_shows_its_summary_and_settings(gui, qtbot, make_model, tmp_
         panel.select_preset(name)
         assert panel.summary.text() == preset.summary
         choice = panel.choice()
-        assert choice.preset == preset.with_overrides(backend="torch")  # the engine the gui fixture chose
+        assert choice.preset == preset.with_overrides(backend="torch")  # the engine the torch_gui fixture chose
         assert choice.folds == (("0", "1") if preset.folds == "all" else ("0",))
         assert panel.mirroring.isChecked() == preset.mirroring
         assert panel.tile_step.value() == pytest.approx(preset.tile_step)
@@ -249,8 +218,8 @@ def test_each_preset_shows_its_summary_and_settings(gui, qtbot, make_model, tmp_
     assert panel.choice().preset.backend == "openvino", "the engine stays when the preset changes"
 
 
-def test_every_preset_runs_to_the_end(gui, qtbot, ct_model: Path, tmp_path: Path) -> None:
-    viewer, widget = gui
+def test_every_preset_runs_to_the_end(torch_gui, qtbot, ct_model: Path, tmp_path: Path) -> None:
+    viewer, widget = torch_gui
     case = model_factory.make_case(tmp_path / "small_0000.nii.gz", "3d", shape=(24, 40, 40), seed=3)
     widget.model_panel.select(ct_model)
     _open(qtbot, widget, case)
@@ -262,8 +231,8 @@ def test_every_preset_runs_to_the_end(gui, qtbot, ct_model: Path, tmp_path: Path
     assert _labels_layers(viewer) == [widget.result_layer], "one result per image: each run replaced the last"
 
 
-def test_unreadable_file_shows_a_plain_message(gui, qtbot, dialogs, tmp_path: Path) -> None:
-    viewer, widget = gui
+def test_unreadable_file_shows_a_plain_message(torch_gui, qtbot, dialogs, tmp_path: Path) -> None:
+    viewer, widget = torch_gui
     good = model_factory.make_case(tmp_path / "ct_0000.nii.gz", "3d")
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(good.read_bytes()[:2000])
@@ -274,9 +243,9 @@ def test_unreadable_file_shows_a_plain_message(gui, qtbot, dialogs, tmp_path: Pa
     assert "Traceback" not in text and len(viewer.layers) == 0
 
 
-def test_image_the_model_cannot_segment_shows_a_plain_message(gui, qtbot, dialogs, ct_model: Path,
+def test_image_the_model_cannot_segment_shows_a_plain_message(torch_gui, qtbot, dialogs, ct_model: Path,
                                                               tmp_path: Path) -> None:
-    viewer, widget = gui
+    viewer, widget = torch_gui
     slice_path = tmp_path / "slice.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((48, 56), np.int16)), str(slice_path))
     widget.model_panel.select(ct_model)
@@ -287,9 +256,9 @@ def test_image_the_model_cannot_segment_shows_a_plain_message(gui, qtbot, dialog
     assert _labels_layers(viewer) == [] and widget.run_button.isEnabled()
 
 
-def test_checkpoint_needing_trust_asks_before_loading(gui, qtbot, dialogs, ct_model: Path, ct_case: Path,
+def test_checkpoint_needing_trust_asks_before_loading(torch_gui, qtbot, dialogs, ct_model: Path, ct_case: Path,
                                                       tmp_path: Path) -> None:
-    viewer, widget = gui
+    viewer, widget = torch_gui
     model = tmp_path / "untrusted" / ct_model.name
     shutil.copytree(ct_model, model)
     model_factory.make_untrusted_checkpoint(model)
@@ -335,8 +304,8 @@ def test_closing_the_window_during_a_run_cancels_it(make_napari_viewer, qtbot, t
     assert time.perf_counter() - started < 30
 
 
-def test_nnunet_exact_checkbox_gives_nnunets_own_labels(gui, qtbot, ct_model: Path, oblique_case: Path) -> None:
-    _, widget = gui
+def test_nnunet_exact_checkbox_gives_nnunets_own_labels(torch_gui, qtbot, ct_model: Path, oblique_case: Path) -> None:
+    _, widget = torch_gui
     widget.model_panel.select(ct_model)
     _open(qtbot, widget, oblique_case)
     widget.settings_panel.select_preset("preview")
@@ -353,12 +322,12 @@ def test_nnunet_exact_checkbox_gives_nnunets_own_labels(gui, qtbot, ct_model: Pa
     assert panel.precision.isEnabled() and not panel.choice().nnunet_exact
 
 
-def test_closing_mid_run_waits_at_most_a_second_and_ends_the_gc_pause(gui, qtbot, ct_model: Path,
+def test_closing_mid_run_waits_at_most_a_second_and_ends_the_gc_pause(torch_gui, qtbot, ct_model: Path,
                                                                         big_case: Path) -> None:
     from tilewise.gui import _gc
     from tilewise.gui.controllers.worker import CLOSE_WAIT_MS, stop_quietly
 
-    _, widget = gui
+    _, widget = torch_gui
     widget.model_panel.select(ct_model)
     _open(qtbot, widget, big_case)
     widget.settings_panel.select_preset("reference")  # 8 passes per tile: a run that lasts

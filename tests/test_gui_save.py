@@ -11,9 +11,10 @@ import pytest
 import model_factory
 import SimpleITK as sitk
 from npe2 import PluginManager
-from qtpy.QtCore import QSettings, Qt
-from qtpy.QtWidgets import QComboBox, QDialogButtonBox, QMessageBox
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QDialogButtonBox
 from tilewise.gui import contributions
+from tilewise.gui import widget as widget_module
 from tilewise.gui.panels.dialogs import LabelsSaveDialog, ask_save_path
 from tilewise.gui.widget import TilewiseWidget
 from modal_dialogs import when_shown
@@ -35,15 +36,12 @@ def documents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def gui(make_napari_viewer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, documents: Path):
-    monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda *a, **k: QMessageBox.Ok))
-    viewer = make_napari_viewer(show=True)
-    widget = TilewiseWidget(viewer, settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
-    viewer.window.add_dock_widget(widget, name="Tilewise", area="right")
-    widget.settings_panel.device.setCurrentIndex(widget.settings_panel.device.findData("cpu"))
-    widget.settings_panel.select_preset("preview")
-    yield viewer, widget
-    widget.shutdown()
+def saving(documents: Path, gui, monkeypatch: pytest.MonkeyPatch):
+    """The conftest viewer, built once the documents folder is in place, with 'preview' chosen; Save shows the real
+    Save dialog (answered with ``when_shown``), not the paths of conftest's ``dialogs``."""
+    monkeypatch.setattr(widget_module, "ask_save_path", ask_save_path)
+    gui[1].settings_panel.select_preset("preview")
+    return gui
 
 
 def _open(qtbot, widget: TilewiseWidget, path: Path) -> list:
@@ -65,9 +63,9 @@ def _click_save(dialog: LabelsSaveDialog) -> None:
     dialog.findChild(QDialogButtonBox).button(QDialogButtonBox.Save).click()
 
 
-def test_save_proposes_the_inputs_folder_and_format_and_follows_the_type_picked(gui, qtbot, ct_model: Path,
+def test_save_proposes_the_inputs_folder_and_format_and_follows_the_type_picked(saving, qtbot, ct_model: Path,
                                                                                 tmp_path: Path) -> None:
-    _, widget = gui
+    _, widget = saving
     case = model_factory.make_case(tmp_path / "scans" / "ct.nrrd", "3d", spacing=SPACING, origin=ORIGIN,
                                    direction=ROTATED, seed=2)
     _segment(qtbot, widget, ct_model, case)
@@ -137,9 +135,9 @@ def test_typing_a_folders_name_goes_into_it(qtbot, tmp_path: Path) -> None:
     assert went_into == [str(tmp_path / "exports")]
 
 
-def test_save_starts_in_the_users_folders_never_the_installation(gui, qtbot, tmp_path: Path,
+def test_save_starts_in_the_users_folders_never_the_installation(saving, qtbot, tmp_path: Path,
                                                                  documents: Path) -> None:
-    viewer, widget = gui
+    viewer, widget = saving
     files = widget.files
     [sample] = _open(qtbot, widget, contributions.sample_path())
     assert files.suggested_save_path([sample], None) == documents / "sample_t1_segmentation.nii.gz", \
@@ -169,13 +167,13 @@ def test_save_starts_in_the_users_folders_never_the_installation(gui, qtbot, tmp
         "an image from no file: the folder saved to last"
 
 
-def test_napari_offers_tilewise_writer_first_for_a_tilewise_result(gui, qtbot, ct_model: Path,
+def test_napari_offers_tilewise_writer_first_for_a_tilewise_result(saving, qtbot, ct_model: Path,
                                                                     tmp_path: Path) -> None:
     from napari.plugins._npe2 import (
         file_extensions_string_for_layers,  # what File > Save Selected Layers lists
     )
 
-    viewer, widget = gui
+    viewer, widget = saving
     manager = PluginManager.instance()
     manager.discover()
     _segment(qtbot, widget, ct_model, model_factory.make_case(tmp_path / "ct_0000.nii.gz", "3d", spacing=SPACING))
@@ -199,17 +197,17 @@ def test_napari_offers_tilewise_writer_first_for_a_tilewise_result(gui, qtbot, c
     assert writer.command == "napari.write_labels" and path == str(tmp_path / "drawn.tif")
 
 
-def test_a_result_of_a_dicom_series_saves_as_dicom_seg(gui, qtbot, tmp_path: Path) -> None:
+def test_a_result_of_a_dicom_series_saves_as_dicom_seg(saving, qtbot, tmp_path: Path) -> None:
     """Save as DICOM SEG: offered for labels made from a DICOM series (and only for them), written on its own
     thread, its frames equal to the layer's labels and referencing the series; a NIfTI input's labels are refused
     with a message instead."""
     import highdicom as hd
     import pydicom
-    from test_dicom_seg import resampled_sample, write_ct_series
+    from dicom_factory import resampled_sample, write_ct_series
     from tilewise.gui.panels.dialogs import DICOM_SEG_FILTER
     from tilewise.resources import demo_model_dir
 
-    viewer, widget = gui
+    viewer, widget = saving
     series = tmp_path / "brain"
     write_ct_series(resampled_sample((48, 48, 16), (4.5, 4.5, 5.5)), series)
     _segment(qtbot, widget, demo_model_dir(), series)
