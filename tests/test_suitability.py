@@ -84,7 +84,7 @@ def test_demo_model_given_a_ct_warns_in_plain_words(tmp_path: Path, capfd) -> No
 def test_demo_model_given_a_ct_with_strict_input_refuses_it(tmp_path: Path, capfd) -> None:
     source = ct_like(tmp_path / "ct.nii.gz")
 
-    code, out, err = run_cli(predict(source, tmp_path / "out", "demo", "--strict-input"), capfd)
+    code, _, err = run_cli(predict(source, tmp_path / "out", "demo", "--strict-input"), capfd)
 
     assert code == 2, err
     lines = err.strip().splitlines()
@@ -111,14 +111,14 @@ def test_ct_model_given_an_mr_warns(tmp_path: Path, ct_model: Path, capfd) -> No
     assert plans["configurations"]["3d_fullres"]["normalization_schemes"] == ["CTNormalization"]
     source = mr_like(tmp_path / "mr.nii.gz")
 
-    code, out, err = run_cli(predict(source, tmp_path / "out", ct_model), capfd)
+    code, _, err = run_cli(predict(source, tmp_path / "out", ct_model), capfd)
 
     assert code == 0, err
     found = warnings_in(err)
     assert len(found) == 1, err
     assert "This model was trained on" in found[0] and "CT; this image has no value below -500" in found[0]
 
-    code, out, err = run_cli(predict(source, tmp_path / "strict", ct_model, "--strict-input"), capfd)
+    code, _, err = run_cli(predict(source, tmp_path / "strict", ct_model, "--strict-input"), capfd)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
 
 
@@ -188,7 +188,7 @@ def test_demo_model_given_a_dicom_ct_series_names_its_modality(tmp_path: Path, c
 
     write_ct_series(sitk.ReadImage(str(ct_like(tmp_path / "ct.nii.gz"))), tmp_path / "study")
 
-    code, out, err = run_cli(predict(tmp_path / "study", tmp_path / "out", "demo"), capfd)
+    code, _, err = run_cli(predict(tmp_path / "study", tmp_path / "out", "demo"), capfd)
 
     assert code == 0, err
     (found,) = warnings_in(err)

@@ -24,10 +24,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..batch.cases import collect_batch_cases, shard
 from ..data.cases import Case, collect_cases, planned_outputs
 from ..data.dicom.zips import readable_size
 from ..data.outputs import with_output_type
-from ..batch.cases import collect_batch_cases, shard
 from ..data.readers import ImageHeader, image_suffix, read_header
 from ..data.safe_output import refuse_overwriting_inputs
 from ..errors import DiskSpaceError, InputError, ModelError, TilewiseError
