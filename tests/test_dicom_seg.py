@@ -23,52 +23,11 @@ from tilewise.engine.data.readers import read_volume
 from tilewise.engine.data.dicom.rtstruct import write_rtstruct
 from tilewise.engine.errors import InputError
 
-SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "demo" / "sample_t1.nii.gz"
+from dicom_factory import resampled_sample, write_ct_series
+
 FAST = ("-m", "demo", "--preset", "preview", "-device", "cpu", "--backend", "torch")  # no OpenVINO conversion
 NAMES = {1: "grey_matter", 2: "white_matter", 3: "csf"}  # the demo model's dataset.json
 TYPES = {1: "Gray Matter", 2: "White Matter", 3: "Cerebrospinal Fluid"}
-
-
-def write_ct_series(image: sitk.Image, folder: Path) -> None:
-    """``image`` as a CT Image Storage series, one file per slice; files named against the slice order (the last
-    slice is 'a000.dcm') so that nothing can rely on file names."""
-    folder.mkdir(parents=True)
-    image = sitk.Cast(image, sitk.sitkInt16)
-    d = image.GetDirection()
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(image.GetDepth()):
-        plane = image[:, :, k]
-        tags = {"0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0008|0018": generate_uid(), "0008|0060": "CT",
-                "0010|0010": "Test^Phantom", "0010|0020": "TW001", "0008|0020": "20261201", "0008|0030": "120000",
-                "0020|000d": study, "0020|000e": series, "0020|0052": frame, "0020|0010": "1", "0020|0011": "1",
-                "0020|0013": str(k + 1), "0018|0050": str(image.GetSpacing()[2]),
-                "0020|0037": "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
-                "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k)))}
-        for tag, value in tags.items():
-            plane.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"a{image.GetDepth() - 1 - k:03d}.dcm"))
-        writer.Execute(plane)
-
-
-def resampled_sample(size: tuple[int, int, int], spacing: tuple[float, float, float]) -> sitk.Image:
-    """The demo sample resampled onto ``size`` voxels of ``spacing`` mm around its centre (its own direction)."""
-    sample = sitk.ReadImage(str(SAMPLE))
-    grid = sitk.Image(list(size), sitk.sitkFloat32)
-    grid.SetSpacing(spacing)
-    grid.SetDirection(sample.GetDirection())
-    centre = np.array(sample.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in sample.GetSize()]))
-    offset = np.array(grid.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in size]))
-    grid.SetOrigin(tuple(centre - offset))
-    return sitk.Resample(sample, grid, sitk.Transform(), sitk.sitkLinear, 0.0)
-
-
-def run_cli(argv: list, capfd: pytest.CaptureFixture) -> tuple[int, str]:
-    """``tilewise argv`` in-process: (exit code, stderr)."""
-    capfd.readouterr()
-    code = main([str(a) for a in argv])
-    return code, capfd.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -160,15 +119,15 @@ def test_rtstruct_contours_rasterise_back_to_the_labels(run: dict) -> None:
         assert dice >= 0.95, (name, dice)
 
 
-def test_a_dicom_output_type_needs_a_dicom_input(run: dict, tmp_path: Path, capfd) -> None:
-    code, err = run_cli(["predict", "-i", run["out"] / "brain.nii.gz", "-o", tmp_path / "o", *FAST,
-                         "--output-type", "dicom-seg"], capfd)
+def test_a_dicom_output_type_needs_a_dicom_input(run: dict, tmp_path: Path, run_cli) -> None:
+    code, _, err = run_cli(["predict", "-i", run["out"] / "brain.nii.gz", "-o", tmp_path / "o", *FAST,
+                            "--output-type", "dicom-seg"])
     assert code == 2
     assert "--output-type dicom-seg needs a DICOM input" in err and "brain.nii.gz" in err
     assert not (tmp_path / "o").exists()
 
 
-def test_a_series_without_a_frame_of_reference_is_refused_before_the_work(run: dict, tmp_path: Path, capfd) -> None:
+def test_a_series_without_a_frame_of_reference_is_refused_before_the_work(run: dict, tmp_path: Path, run_cli) -> None:
     """A series whose files lack the Frame of Reference UID cannot be referenced: one line naming the file and the
     attribute, exit 2, nothing written (the check runs after reading, before the sliding window)."""
     series = tmp_path / "no_frame"
@@ -178,8 +137,8 @@ def test_a_series_without_a_frame_of_reference_is_refused_before_the_work(run: d
         series.mkdir(exist_ok=True)
         dataset.save_as(series / f"{index:03d}.dcm")
     for output_type in ("dicom-seg", "dicom-rtstruct"):
-        code, err = run_cli(["predict", "-i", series, "-o", tmp_path / "o", *FAST, "--output-type", output_type,
-                             "--verbose"], capfd)
+        code, _, err = run_cli(["predict", "-i", series, "-o", tmp_path / "o", *FAST, "--output-type", output_type,
+                                "--verbose"])
         assert code == 2, err
         [line] = [line for line in err.splitlines() if "FrameOfReferenceUID" in line]
         assert str(series) in line and "Traceback" not in err
@@ -250,12 +209,11 @@ def test_rtstruct_refuses_non_square_pixels(tmp_path: Path) -> None:
         write_rtstruct(labels, volume, NAMES, tmp_path / "x_rtstruct.dcm", AlgorithmInfo("m"))
 
 
-def test_batch_writes_the_seg_predict_writes(run: dict, tmp_path: Path, capfd) -> None:
+def test_batch_writes_the_seg_predict_writes(run: dict, tmp_path: Path, run_cli) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "brain").symlink_to(run["series"], target_is_directory=True)
-    code, err = run_cli(["batch", "-i", folder, "-o", tmp_path / "out", *FAST, "--output-type", "dicom-seg", "-q"],
-                        capfd)
+    code, _, err = run_cli(["batch", "-i", folder, "-o", tmp_path / "out", *FAST, "--output-type", "dicom-seg", "-q"])
     assert code == 0, err
     uids = [d.SOPInstanceUID for d in run["by_slice"]]
     batch = hd.seg.segread(tmp_path / "out" / "brain_seg.dcm")

@@ -242,7 +242,7 @@ def test_python_api_example_runs_as_written(tmp_path: Path) -> None:
 def test_dicom_examples_run_as_written(tmp_path: Path) -> None:
     """The DICOM section's commands on a 120 mm cube of the sample written as a DICOM series (one tile of the demo
     model, preview preset: the section shows the output types, not the speed)."""
-    from test_dicom_seg import write_ct_series
+    from dicom_factory import write_ct_series
 
     [block] = _blocks("DICOM in and out", "bash", level=3)
     write_ct_series(sitk.ReadImage(str(SAMPLE))[33:153, 49:169, 37:157], tmp_path / "ct_series")
