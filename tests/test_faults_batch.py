@@ -1,6 +1,7 @@
-"""Faults injected into ``tilewise batch`` (and SIGTERM into ``predict``): a full disk (a real 1 MB tmpfs, then a
-resume with space), kill -9 then a resume, SIGTERM. Each asserts the exit code, the one-line message and the files:
-nothing that is not whole under a final name, no staging leftovers, a resume that redoes exactly what is broken."""
+"""Faults injected into ``tilewise batch`` (and SIGTERM into ``predict``): a full disk (a real 4 MB tmpfs filled
+mid-run, then a resume with space), kill -9 then a resume, SIGTERM. Each asserts the exit code, the one-line
+message and the files: nothing that is not whole under a final name, no staging leftovers, a resume that redoes
+exactly what is broken."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,12 +90,12 @@ def assert_whole(folder: Path, shape: tuple[int, int, int]) -> list[str]:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 1 MB file system (tmpfs); needs root, as the suite has in CI."""
+    """A real 4 MB file system (tmpfs); needs root, as the suite has in CI."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("a full disk is tested on a 1 MB tmpfs, which only root may mount (the suite runs as root in CI)")
+        pytest.skip("a full disk is tested on a small tmpfs, which only root may mount (the suite runs as root in CI)")
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=False,
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], check=False,
                              capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()})")
@@ -103,26 +105,44 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def test_disk_full_then_a_resume_with_space_equals_a_clean_run(tmp_path: Path, ct_model: Path, small_disk: Path,
-                                                               capfd) -> None:
-    shape = (64, 64, 64)  # an uncompressed uint8 .nii of 256 KiB: the fifth does not fit in 1 MB
+def fill(disk: Path) -> Path:
+    """Write a file that takes every free byte of ``disk`` (what another job on a shared disk does)."""
+    filler = disk / "filler"
+    with open(filler, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_disk_full_mid_run_then_a_resume_with_space_equals_a_clean_run(tmp_path: Path, ct_model: Path,
+                                                                       small_disk: Path, capfd) -> None:
+    shape = (64, 64, 64)  # an uncompressed uint8 .nii of 256 KiB each: 5 fit in 4 MB, the pre-flight lets them in
     folder, out, clean = tmp_path / "in", small_disk / "out", tmp_path / "clean"
     for n in range(5):
         model_factory.make_case(folder / f"f{n}_0000.nii", "3d", shape=shape, seed=80 + n)
-    argv = ["batch", "-i", folder, "-m", ct_model, *FAST]
+    argv = ["batch", "-i", folder, "-m", ct_model, *SLOW]
 
-    code, err = run_cli([*argv, "-o", out], capfd)
+    with spawn([*argv, "-o", out]) as process:  # the disk fills up once the first case is written
+        while not (out / "f0.nii").exists() and process.poll() is None:
+            time.sleep(0.05)
+        filler = fill(small_disk)
+        err = process.stderr.read()  # type: ignore[union-attr]
+        code = process.wait(timeout=300)
 
     assert code == 3, err
     assert "Traceback" not in err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("tilewise: "), err
-    assert "the disk is full" in err, err
+    reasons = [r["reason"] for r in summary_of(out)["cases"] if r["status"] == "failed"]
+    assert reasons and all("the disk is full; free some space or choose another folder" in r for r in reasons)
+    assert err.strip().splitlines()[-1].startswith("tilewise: batch finished: "), err
     kept = assert_whole(out, shape)  # nothing truncated under a final name
-    assert len(kept) < 5
+    assert "f0.nii" in kept and len(kept) < 5
     assert leftovers(out) == []
 
-    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    filler.unlink()
     code, err = run_cli([*argv, "-o", out], capfd)
 
     assert code == 0, err
