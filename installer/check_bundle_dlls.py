@@ -33,9 +33,12 @@ gdi32 gdiplus glu32 hid icu icuin icuuc imagehlp imm32 iphlpapi kernel32 kernelb
 mpr msacm32 mscms msi msimg32 msvcrt mswsock ncrypt netapi32 normaliz ntdll ole32 oleacc oleaut32 opengl32
 pdh powrprof propsys psapi rpcrt4 secur32 setupapi shcore shell32 shlwapi sspicli tdh ucrtbase user32 userenv
 usp10 uxtheme version wevtapi win32u winhttp wininet winmm winspool.drv wintrust wldap32 wlanapi ws2_32 wsock32
-wtsapi32 xinput1_4 mfuuid ntdsapi nvcuda uiautomationcore odbc32 avrt dsound d3d10 d3d10_1 dxcore wer dbgeng
-""".split())
-"""``nvcuda`` is the NVIDIA driver's: imported only by CUDA builds (not bundled), and present wherever they can run."""
+wtsapi32 xinput1_4 mfuuid ntdsapi uiautomationcore odbc32 avrt dsound d3d10 d3d10_1 dxcore wer dbgeng urlmon
+""".split()) | frozenset(("opencl", "ze_loader", "nvcuda"))
+"""The last three come with a device's driver, not with Windows: OpenCL's loader (Intel, AMD and NVIDIA graphics
+drivers install it; OpenVINO's GPU plugin imports it), oneAPI Level Zero's (Intel's NPU driver; OpenVINO's NPU
+runtime) and CUDA's (NVIDIA's driver). OpenVINO loads its device plugins only when it looks for that device, and a
+plugin that cannot load means "no such device", which is the truth on a machine without that driver."""
 
 
 def normalise(name: str) -> str:
@@ -107,7 +110,7 @@ def main(argv: list[str]) -> int:
         for dll in delay:
             delayed.setdefault(dll.lower(), []).append(path.name)
     bundled = [path.name for path in files]
-    runtime = sorted(name for name in bundled if is_vc_runtime(name))
+    runtime = sorted({name.lower() for name in bundled if is_vc_runtime(name)})
     print(f"{len(files)} binaries import {len(imported)} DLLs; VC++ runtime in the bundle: {', '.join(runtime) or 'none'}")
     have = {normalise(name) for name in bundled}
     outside = sorted({dll for dll in delayed if normalise(dll) not in have and not is_system(dll)})

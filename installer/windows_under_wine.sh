@@ -374,8 +374,12 @@ stage_viewer() {
     if [ "$NATIVE" = 1 ]; then
         "$dir/Tilewise.exe" --smoke-test-viewer "$report_win" || status=$?
     else
-        xvfb-run -a -s "-screen 0 1280x1024x24" wine "$dir/Tilewise.exe" --smoke-test-viewer "$report_win" 2>&1 \
-            | cat || status=$?
+        # a wineserver started without a display would serve the viewer no X11 desktop: start one inside Xvfb,
+        # and let it end there
+        wineserver -k 2>/dev/null || true
+        xvfb-run -a -s "-screen 0 1280x1024x24" bash -c \
+            'wine "$1" --smoke-test-viewer "$2" 2>&1 | cat; status=${PIPESTATUS[0]}; wineserver -w; exit "$status"' \
+            viewer "$dir/Tilewise.exe" "$report_win" || status=$?
     fi
     [ -f "$report" ] && cat "$report" && echo
     [ "$status" = 0 ] || fail "viewer smoke test (exit status $status)"
