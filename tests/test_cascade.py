@@ -11,7 +11,7 @@ import model_factory
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_parity import assert_equal_to_float32_sums, assert_parity, dice
+from parity_helpers import assert_equal_to_float32_sums, assert_parity, dice
 from tilewise.engine import (
     Cancelled,
     CancelToken,
@@ -20,7 +20,6 @@ from tilewise.engine import (
     get_preset,
     read_volume,
 )
-from tilewise.engine.commands.cli import main
 
 REFERENCE = get_preset("reference").with_overrides(backend="torch")
 PREVIEW = get_preset("preview").with_overrides(backend="torch")
@@ -112,16 +111,10 @@ def test_cancel_in_or_before_the_second_stage_returns_nothing(cascade: Path, low
     assert list((tmp_path / "in").iterdir()) == [tmp_path / "in" / "case_0000.nii.gz"], "nothing written"
 
 
-def run_cli(argv: list[str], capfd: pytest.CaptureFixture) -> tuple[int, str]:
-    capfd.readouterr()
-    code = main([str(a) for a in argv])
-    return code, capfd.readouterr().err
-
-
-def test_cli_predicts_with_a_cascade_folder(cascade: Path, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+def test_cli_predicts_with_a_cascade_folder(cascade: Path, tmp_path: Path, run_cli) -> None:
     files = model_factory.case_files(tmp_path / "in", "case", "lowres")
-    code, err = run_cli(["predict", "-i", tmp_path / "in", "-o", tmp_path / "out", "-m", cascade, "--preset",
-                         "preview", "-device", "cpu"], capfd)
+    code, _, err = run_cli(["predict", "-i", tmp_path / "in", "-o", tmp_path / "out", "-m", cascade, "--preset",
+                            "preview", "-device", "cpu"])
     assert code == 0, err
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "case.nii.gz")))
     expected = Predictor(cascade, get_preset("preview"), device="cpu").predict(read_volume(files)).labels
@@ -129,11 +122,11 @@ def test_cli_predicts_with_a_cascade_folder(cascade: Path, tmp_path: Path, capfd
 
 
 def test_a_cascade_without_its_lowres_stage_is_a_one_line_error(cascade: Path, tmp_path: Path,
-                                                                 capfd: pytest.CaptureFixture) -> None:
+                                                                 run_cli) -> None:
     alone = Path(shutil.copytree(cascade, tmp_path / "results" / cascade.name))
     model_factory.case_files(tmp_path / "in", "case", "lowres")
-    code, err = run_cli(["predict", "-i", tmp_path / "in", "-o", tmp_path / "out", "-m", alone, "--preset",
-                         "preview", "-device", "cpu"], capfd)
+    code, _, err = run_cli(["predict", "-i", tmp_path / "in", "-o", tmp_path / "out", "-m", alone, "--preset",
+                            "preview", "-device", "cpu"])
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "3d_lowres" in lines[0] and "not found" in lines[0], err

@@ -3,28 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import model_factory
 from tilewise.engine import Predictor, get_preset, read_volume
+from parity_helpers import assert_equal_to_float32_sums, assert_parity
 
 OBLIQUE = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # 90 degrees about z
-
-
-def dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
-    in_a, in_b = a == label, b == label
-    total = int(in_a.sum() + in_b.sum())
-    return 1.0 if total == 0 else 2.0 * int((in_a & in_b).sum()) / total
-
-
-def assert_parity(ours: np.ndarray, theirs: np.ndarray, min_dice: float = 0.999) -> None:
-    assert ours.shape == theirs.shape
-    assert (ours == theirs).mean() >= 0.999
-    labels = set(np.unique(theirs).tolist()) - {0}
-    assert labels, "the reference prediction must contain foreground for the test to mean anything"
-    for label in labels | (set(np.unique(ours).tolist()) - {0}):
-        assert dice(ours, theirs, label) >= min_dice, f"label {label}"
 
 
 STOCK_DICE = 0.995
@@ -43,17 +28,6 @@ CASES = [
     pytest.param("lowres", {}, id="3d_lowres"),
     pytest.param("transposed", {}, id="transposed-axes"),
 ]
-
-
-EXACT_AGREEMENT = 0.999999
-"""Voxels that must equal nnU-Net's algorithm with float32 sums (the ``reference`` preset's promise)."""
-
-
-def assert_equal_to_float32_sums(ours: np.ndarray, theirs: np.ndarray) -> None:
-    assert ours.shape == theirs.shape
-    agreement = float((ours == theirs).mean())
-    assert agreement >= EXACT_AGREEMENT, f"{int((ours != theirs).sum())} of {ours.size} voxels differ"
-    assert len(np.unique(theirs)) > 1, "the reference must contain foreground for the test to mean anything"
 
 
 @pytest.mark.parametrize("mirroring", [True, False], ids=["mirrored", "no-mirroring"])
