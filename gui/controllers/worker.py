@@ -32,6 +32,11 @@ from tilewise.engine import (
     is_out_of_memory,
 )
 
+try:
+    from tilewise.engine import FocusToken
+except ImportError:  # the engine before its focus token (issue 25, point 3, in progress): drop with it
+    FocusToken = None
+
 from ..geometry import geometry_from_layer
 from ..volumes import count_labels
 from .tasks import Awaitable, start_worker
@@ -170,8 +175,12 @@ class SegmentationWorker(Awaitable, WorkerBase):
         self.token = CancelToken()
         self.algorithm: AlgorithmInfo | None = None
         """The model, folds and preset of a finished run, as a DICOM SEG of its labels records them."""
+        self.focus = FocusToken() if FocusToken is not None else None
+        """Where the person looks (the engine's :class:`FocusToken`, passed into ``predict``); None with an engine
+        that takes the focus through :meth:`Predictor.focus_on_slice` instead."""
         self._predictor: Predictor | None = None
         self._focus: tuple[int, int] | None = None
+        """The last slice asked for (what tests read)."""
         self._focus_lock = threading.Lock()
 
     def start(self) -> None:
@@ -206,7 +215,9 @@ class SegmentationWorker(Awaitable, WorkerBase):
         with self._focus_lock:
             self._focus = (input_axis, index)
             predictor = self._predictor
-        if predictor is not None:
+        if self.focus is not None:
+            self.focus.focus_on_slice(input_axis, index)
+        elif predictor is not None:
             predictor.focus_on_slice(input_axis, index)
 
     def work(self) -> None:
@@ -218,15 +229,16 @@ class SegmentationWorker(Awaitable, WorkerBase):
             with self._focus_lock:
                 self._predictor = predictor
                 focus = self._focus
-            if focus is not None:
+            if focus is not None and self.focus is None:
                 predictor.focus_on_slice(*focus)
             if self.token.cancelled:
                 raise Cancelled()
             self.stage.emit("Preparing the image…")
             array = np.stack([np.asarray(channel, dtype=np.float32) for channel in request.channels])
             volume = Volume(array=array, geometry=request.geometry, sources=request.sources)
+            steering = {"focus": self.focus} if self.focus is not None else {}
             result = predictor.predict(volume, on_event=self.tile.emit, cancel=self.token, provisional_labels=True,
-                                       reuse=self.cache.prepared)
+                                       reuse=self.cache.prepared, **steering)
             if self.token.cancelled:
                 raise Cancelled()
             counts = count_labels(result.labels)
