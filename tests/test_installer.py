@@ -430,3 +430,18 @@ def test_label_comparison_tolerance(tmp_path: Path) -> None:
     assert compare.compare(paths["a"], paths["a"]) == []
     assert compare.compare(paths["a"], paths["b"]) == []
     assert compare.compare(paths["a"], paths["c"])
+
+
+def test_dll_check_accepts_driver_loaders_but_not_old_runtimes(dll_check: ModuleType) -> None:
+    """OpenVINO's GPU/NPU plugins import driver DLLs (present with the driver); GLUT's msvcr90 and MFC are not."""
+    assert dll_check.problems([], {"OpenCL.dll": ["openvino_intel_gpu_plugin.dll"],
+                                   "ze_loader.dll": ["openvino_intel_npu_vm_runtime.dll"]}) == []
+    assert len(dll_check.problems([], {"msvcr90.dll": ["freeglut64.vc9.dll"], "mfc140u.dll": ["win32ui.pyd"]})) == 2
+
+
+def test_spec_leaves_out_binaries_that_need_dlls_windows_lacks() -> None:
+    tree = ast.parse(SPEC.read_text())
+    values = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+              if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+              and node.targets[0].id == "UNWANTED_WINDOWS"}
+    assert set(values["UNWANTED_WINDOWS"]) == {"opengl/dlls/", "pythonwin/"}
