@@ -31,7 +31,7 @@ def compare(app_path: str, reference_path: str) -> list[str]:
     differ = int(np.count_nonzero(app != reference))
     agreement = 1.0 - differ / app.size
     dice = {}
-    for label in sorted(set(np.unique(app).tolist()) | set(np.unique(reference).tolist()) - {0}):
+    for label in sorted((set(np.unique(app).tolist()) | set(np.unique(reference).tolist())) - {0}):
         a, b = app == label, reference == label
         total = int(a.sum() + b.sum())
         dice[label] = 2.0 * int(np.logical_and(a, b).sum()) / total if total else 1.0
