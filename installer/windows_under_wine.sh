@@ -340,6 +340,8 @@ stage_predict() {
     dir=$(install_dir)
     cli="$dir/tilewise-cli.exe"
     if [ "$NATIVE" = 1 ]; then reference=$BUILD_PY; else reference=${TILEWISE_LINUX_PYTHON:-$ROOT/.venv/bin/python}; fi
+    [ -e "$(dirname "$reference")/tilewise" ] || [ -e "$(dirname "$reference")/tilewise.exe" ] \
+        || fail "no reference engine: $(dirname "$reference")/tilewise (install Tilewise there, or set TILEWISE_LINUX_PYTHON)"
     rm -rf "$out" && mkdir -p "$out"
     cp "$SAMPLE" "$out/sample.nii.gz"
     export TILEWISE_CACHE_DIR
