@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import model_factory
+from batch_helpers import interrupt_after_first_case, leftovers
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -27,31 +25,12 @@ SMALL = (24, 28, 32)  # numpy (z, y, x): a few tiles of the test model
 FAST = ("--preset", "preview", "-device", "cpu", "--backend", "torch")  # no OpenVINO conversion: quick to start
 
 
-def run_cli(argv: list, capfd: pytest.CaptureFixture) -> tuple[int, str]:
-    """``tilewise argv`` in-process: (exit code, stderr)."""
-    capfd.readouterr()
-    code = main([str(a) for a in argv])
-    return code, capfd.readouterr().err
-
-
 def summary_of(out: Path) -> dict:
     return json.loads((out / "batch_summary.json").read_text(encoding="utf-8"))
 
 
 def statuses(out: Path) -> dict[str, str]:
     return {record["case"]: record["status"] for record in summary_of(out)["cases"]}
-
-
-def leftovers(folder: Path) -> list[str]:
-    """Staging folders and other hidden or temporary entries (the claims folder is the batch's own record); a claim
-    still held (a '*.claim' of a running case, not a done one) is a leftover too."""
-    names = sorted(p.name for p in folder.iterdir()
-                   if (p.name.startswith(".") or "tmp" in p.name.lower()) and p.name != CLAIMS_DIR)
-    claims = folder / CLAIMS_DIR
-    if claims.is_dir():
-        names += [f"{CLAIMS_DIR}/{p.name}" for p in claims.iterdir()
-                  if not p.name.endswith(".claim") or json.loads(p.read_text(encoding="utf-8"))["state"] != "done"]
-    return names
 
 
 def write_dicom_series(image: sitk.Image, folder: Path) -> None:
@@ -82,14 +61,14 @@ def cases(tmp_path: Path) -> Path:
     return folder
 
 
-def test_batch_writes_the_bytes_predict_writes(tmp_path: Path, ct_model: Path, cases: Path, capfd) -> None:
+def test_batch_writes_the_bytes_predict_writes(tmp_path: Path, ct_model: Path, cases: Path, run_cli) -> None:
     out, predicted = tmp_path / "out", tmp_path / "predicted"
 
-    code, err = run_cli(["batch", "-i", cases, "-o", out, "-m", ct_model, *FAST, "--workers", "2"], capfd)
+    code, _, err = run_cli(["batch", "-i", cases, "-o", out, "-m", ct_model, *FAST, "--workers", "2"])
 
     assert code == 0, err
     for source in (cases, cases / "series_d"):  # predict reads a DICOM folder as one case
-        assert run_cli(["predict", "-i", source, "-o", predicted, "-m", ct_model, *FAST], capfd)[0] == 0
+        assert run_cli(["predict", "-i", source, "-o", predicted, "-m", ct_model, *FAST])[0] == 0
     written = sorted(p.name for p in out.iterdir() if p.name not in ("batch_summary.json", CLAIMS_DIR))
     assert written == ["a.nii.gz", "b.nii.gz", "c.nrrd", "series_d.nii.gz"]
     for name in written:
@@ -102,15 +81,15 @@ def test_batch_writes_the_bytes_predict_writes(tmp_path: Path, ct_model: Path, c
     assert leftovers(out) == []
 
 
-def test_nnunet_exact_and_probabilities_match_predict(tmp_path: Path, ct_model: Path, capfd) -> None:
+def test_nnunet_exact_and_probabilities_match_predict(tmp_path: Path, ct_model: Path, run_cli) -> None:
     source = model_factory.make_case(tmp_path / "in" / "e_0000.nii.gz", "3d", shape=SMALL, seed=5)
     out, predicted = tmp_path / "out", tmp_path / "predicted"
     flags = ["-m", ct_model, "-device", "cpu", "--nnunet-exact", "--disable_tta", "--save_probabilities"]
 
-    code, err = run_cli(["batch", "-i", source.parent, "-o", out, *flags], capfd)
+    code, _, err = run_cli(["batch", "-i", source.parent, "-o", out, *flags])
 
     assert code == 0, err
-    assert run_cli(["predict", "-i", source, "-o", predicted, *flags], capfd)[0] == 0
+    assert run_cli(["predict", "-i", source, "-o", predicted, *flags])[0] == 0
     assert (out / "e.nii.gz").read_bytes() == (predicted / "e.nii.gz").read_bytes()
     assert (out / "e.pkl").read_bytes() == (predicted / "e.pkl").read_bytes()
     np.testing.assert_array_equal(np.load(out / "e.npz")["probabilities"],
@@ -118,12 +97,12 @@ def test_nnunet_exact_and_probabilities_match_predict(tmp_path: Path, ct_model: 
     assert pickle.loads((out / "e.pkl").read_bytes())  # nnU-Net's properties, as predict writes them
 
 
-def test_resume_skips_finished_cases_and_overwrite_redoes_them(tmp_path: Path, ct_model: Path, capfd) -> None:
+def test_resume_skips_finished_cases_and_overwrite_redoes_them(tmp_path: Path, ct_model: Path, run_cli) -> None:
     folder, out = tmp_path / "in", tmp_path / "out"
     for n in range(3):
         model_factory.make_case(folder / f"r{n}_0000.nii.gz", "3d", shape=SMALL, seed=10 + n)
     argv = ["batch", "-i", folder, "-o", out, "-m", ct_model, *FAST]
-    assert run_cli(argv, capfd)[0] == 0
+    assert run_cli(argv)[0] == 0
     first = summary_of(out)
     old = time.time() - 3600  # outputs an hour old: any rewrite shows in their times
     for n in range(3):
@@ -131,7 +110,7 @@ def test_resume_skips_finished_cases_and_overwrite_redoes_them(tmp_path: Path, c
     (out / "r1.nii.gz").unlink()
     stamps = {n: (out / f"r{n}.nii.gz").stat().st_mtime_ns for n in (0, 2)}
 
-    code, err = run_cli(argv, capfd)
+    code, _, err = run_cli(argv)
 
     assert code == 0, err
     assert statuses(out) == {"r0": "skipped", "r1": "done", "r2": "skipped"}
@@ -139,31 +118,31 @@ def test_resume_skips_finished_cases_and_overwrite_redoes_them(tmp_path: Path, c
     skipped = next(r for r in summary_of(out)["cases"] if r["case"] == "r0")
     assert skipped["earlier"] == next(r for r in first["cases"] if r["case"] == "r0")
 
-    code, err = run_cli(argv, capfd)  # nothing left to do: no model is loaded
+    code, _, err = run_cli(argv)  # nothing left to do: no model is loaded
     assert code == 0, err
     assert set(statuses(out).values()) == {"skipped"}
     assert "backend" not in summary_of(out)
 
-    code, err = run_cli([*argv, "--overwrite"], capfd)
+    code, _, err = run_cli([*argv, "--overwrite"])
     assert code == 0, err
     assert set(statuses(out).values()) == {"done"}
     assert all((out / f"r{n}.nii.gz").stat().st_mtime_ns != stamps[n] for n in (0, 2))
 
 
 def test_resume_redoes_a_truncated_or_changed_output_and_keeps_the_whole_ones(tmp_path: Path, ct_model: Path,
-                                                                              capfd) -> None:
+                                                                              run_cli) -> None:
     folder, out = tmp_path / "in", tmp_path / "out"
     for n in range(3):
         model_factory.make_case(folder / f"v{n}_0000.nii.gz", "3d", shape=SMALL, seed=10 + n)
     argv = ["batch", "-i", folder, "-o", out, "-m", ct_model, *FAST]
-    assert run_cli(argv, capfd)[0] == 0
+    assert run_cli(argv)[0] == 0
     whole = {n: (out / f"v{n}.nii.gz").read_bytes() for n in range(3)}
     recorded = {r["case"]: r["files"] for r in summary_of(out)["cases"]}
     assert recorded["v0"]["v0.nii.gz"]["size"] == len(whole[0]) and len(recorded["v0"]["v0.nii.gz"]["sha256"]) == 64
     (out / "v1.nii.gz").write_bytes(whole[1][:-100])  # truncated, as a full disk once left it
     (out / "v2.nii.gz").write_bytes(whole[2][:-1] + bytes([whole[2][-1] ^ 1]))  # same size, one bit changed
 
-    code, err = run_cli(argv, capfd)
+    code, _, err = run_cli(argv)
 
     assert code == 0, err
     assert statuses(out) == {"v0": "skipped", "v1": "done", "v2": "done"}
@@ -173,7 +152,7 @@ def test_resume_redoes_a_truncated_or_changed_output_and_keeps_the_whole_ones(tm
     assert {n: (out / f"v{n}.nii.gz").read_bytes() for n in range(3)} == whole
 
 
-def test_a_failing_case_is_recorded_and_the_others_run(tmp_path: Path, ct_model: Path, capfd) -> None:
+def test_a_failing_case_is_recorded_and_the_others_run(tmp_path: Path, ct_model: Path, run_cli) -> None:
     folder, out = tmp_path / "in", tmp_path / "out"
     model_factory.make_case(folder / "good1_0000.nii.gz", "3d", shape=SMALL, seed=20)
     model_factory.make_case(folder / "good2_0000.nii.gz", "3d", shape=SMALL, seed=21)
@@ -183,7 +162,7 @@ def test_a_failing_case_is_recorded_and_the_others_run(tmp_path: Path, ct_model:
     vector = sitk.Compose([sitk.ReadImage(str(folder / "good1_0000.nii.gz"))] * 2)  # two channels in one file
     sitk.WriteImage(vector, str(folder / "vector_0000.nii.gz"))
 
-    code, err = run_cli(["batch", "-i", folder, "-o", out, "-m", ct_model, *FAST], capfd)
+    code, _, err = run_cli(["batch", "-i", folder, "-o", out, "-m", ct_model, *FAST])
 
     assert code == 3, err
     records = {r["case"]: r for r in summary_of(out)["cases"]}
@@ -214,21 +193,20 @@ def test_sharding_is_nnunets_split(tmp_path: Path, num_parts: int) -> None:
         assert [[str(p) for p in case.case.inputs] for case in ours] == expected
 
 
-def test_a_part_writes_only_its_cases(tmp_path: Path, ct_model: Path, capfd) -> None:
+def test_a_part_writes_only_its_cases(tmp_path: Path, ct_model: Path, run_cli) -> None:
     folder, out = tmp_path / "in", tmp_path / "out"
     for n in range(3):
         model_factory.make_case(folder / f"p{n}_0000.nii.gz", "3d", shape=SMALL, seed=30 + n)
 
-    code, err = run_cli(["batch", "-i", folder, "-o", out, "-m", ct_model, *FAST, "-num_parts", "2",
-                         "-part_id", "1"], capfd)
+    code, _, err = run_cli(["batch", "-i", folder, "-o", out, "-m", ct_model, *FAST, "-num_parts", "2",
+                         "-part_id", "1"])
 
     assert code == 0, err
     written = sorted(p.name for p in out.iterdir() if p.name != CLAIMS_DIR)
     assert written == ["batch_summary.part1of2.json", "p1.nii.gz"]
     with pytest.raises(SystemExit):
         main(["batch", "-i", str(folder), "-o", str(out), "-m", str(ct_model), "-part_id"])
-    assert run_cli(["batch", "-i", folder, "-o", out, "-m", ct_model, "-num_parts", "2", "-part_id", "2"],
-                   capfd)[0] == 2
+    assert run_cli(["batch", "-i", folder, "-o", out, "-m", ct_model, "-num_parts", "2", "-part_id", "2"])[0] == 2
 
 
 def test_memory_gate_admits_cases_while_their_planned_peaks_fit_together() -> None:
@@ -247,34 +225,6 @@ def test_memory_gate_admits_cases_while_their_planned_peaks_fit_together() -> No
     for peaks in ((500, 100), (100, 700)):
         gate.release(peaks)
     assert gate.admit((5000, 5000), CancelToken())  # alone it always runs: the planner refused what cannot fit
-
-
-def interrupt_after_first_case(argv: list[str]) -> tuple[int, str]:
-    """Run ``tilewise argv`` (a 6-case batch) in a child process, press Ctrl-C once its first case has finished;
-    its exit status and stderr."""
-    # A shell that starts CI in the background makes its children ignore SIGINT; a terminal's Ctrl-C never is: the
-    # child restores Python's handler itself (no preexec_fn: this process has threads).
-    script = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-              f"sys.argv = ['tilewise', *{argv!r}]; runpy.run_module('tilewise.engine', run_name='__main__')")
-    # stderr is not a terminal: one line per finished case
-    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}) as process:
-        try:
-            lines = []
-            for line in process.stderr:  # type: ignore[union-attr]
-                lines.append(line)
-                if "[1/6]" in line:
-                    break
-            assert process.poll() is None, "".join(lines)
-            process.send_signal(signal.SIGINT)
-            rest = process.stderr.read()  # type: ignore[union-attr]
-            code = process.wait(timeout=120)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    stderr = "".join(lines) + rest
-    return code, stderr
 
 
 def test_ctrl_c_keeps_finished_outputs_and_leaves_nothing_half_written(tmp_path: Path, ct_model: Path) -> None:

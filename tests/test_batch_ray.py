@@ -12,7 +12,7 @@ from pathlib import Path
 
 import model_factory
 import pytest
-from test_batch import interrupt_after_first_case, leftovers
+from batch_helpers import interrupt_after_first_case, leftovers
 from tilewise.engine.commands.cli import main
 from tilewise.engine.distributed.cluster import plan_actors
 
@@ -29,12 +29,6 @@ def cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
-
-
-def run_cli(argv: list, capfd: pytest.CaptureFixture) -> tuple[int, str]:
-    capfd.readouterr()
-    code = main([str(a) for a in argv])
-    return code, capfd.readouterr().err
 
 
 def make_cases(folder: Path, names: list[str]) -> Path:
@@ -56,12 +50,12 @@ def labels(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.glob("*.nii.gz"))}
 
 
-def test_ray_writes_the_single_process_bytes_and_resumes(cluster, tmp_path: Path, capfd) -> None:
+def test_ray_writes_the_single_process_bytes_and_resumes(cluster, tmp_path: Path, run_cli) -> None:
     folder = make_cases(tmp_path / "in", ["a", "b", "c", "d"])
     here, there = tmp_path / "here", tmp_path / "there"
-    assert run_cli(["batch", "-i", folder, "-o", here, *FAST], capfd)[0] == 0
+    assert run_cli(["batch", "-i", folder, "-o", here, *FAST])[0] == 0
 
-    code, err = run_cli(["batch", "-i", folder, "-o", there, *FAST, "--ray", "auto", "--ray-actors", "2"], capfd)
+    code, _, err = run_cli(["batch", "-i", folder, "-o", there, *FAST, "--ray", "auto", "--ray-actors", "2"])
 
     assert code == 0, err
     assert labels(there) == labels(here) and len(labels(here)) == 4
@@ -76,25 +70,25 @@ def test_ray_writes_the_single_process_bytes_and_resumes(cluster, tmp_path: Path
     for name in ("a", "c", "d"):
         os.utime(there / f"{name}.nii.gz", (old, old))
     (there / "b.nii.gz").unlink()
-    code, err = run_cli(["batch", "-i", folder, "-o", there, *FAST, "--ray", "auto"], capfd)
+    code, _, err = run_cli(["batch", "-i", folder, "-o", there, *FAST, "--ray", "auto"])
     assert code == 0, err
     assert {case: r["status"] for case, r in records(there).items()} == {
         "a": "skipped", "b": "done", "c": "skipped", "d": "skipped"}
     assert all((there / f"{n}.nii.gz").stat().st_mtime == pytest.approx(old) for n in ("a", "c", "d"))
     assert labels(there) == labels(here)
 
-    code, err = run_cli(["batch", "-i", folder, "-o", there, *FAST, "--ray", "auto"], capfd)
+    code, _, err = run_cli(["batch", "-i", folder, "-o", there, *FAST, "--ray", "auto"])
     assert code == 0, err  # nothing to do: no actor is started
     assert "ray" not in header(there) and {r["status"] for r in records(there).values()} == {"skipped"}
 
 
-def test_a_failing_case_is_recorded_once_and_the_others_run(cluster, tmp_path: Path, capfd) -> None:
+def test_a_failing_case_is_recorded_once_and_the_others_run(cluster, tmp_path: Path, run_cli) -> None:
     folder = make_cases(tmp_path / "in", ["good1", "good2"])
     (folder / "broken_0000.nii.gz").write_bytes(b"\x1f\x8b" + os.urandom(300))  # gzip magic, garbage after it
     model_factory.make_case(folder / "extra_0001.nii.gz", "3d", shape=SHAPE, seed=3)  # channel 0 missing
     out = tmp_path / "out"
 
-    code, err = run_cli(["batch", "-i", folder, "-o", out, *FAST, "--ray", "auto", "--ray-actors", "1"], capfd)
+    code, _, err = run_cli(["batch", "-i", folder, "-o", out, *FAST, "--ray", "auto", "--ray-actors", "1"])
 
     assert code == 3, err
     found = records(out)
@@ -119,10 +113,10 @@ def actor_pids(title: bytes) -> list[int]:
     return pids
 
 
-def test_a_killed_actors_case_is_retried_on_another(cluster, tmp_path: Path, capfd) -> None:
+def test_a_killed_actors_case_is_retried_on_another(cluster, tmp_path: Path, capfd, run_cli) -> None:
     folder = make_cases(tmp_path / "in", ["k0", "k1", "k2"])
     here, there = tmp_path / "here", tmp_path / "there"
-    assert run_cli(["batch", "-i", folder, "-o", here, *SLOWER], capfd)[0] == 0
+    assert run_cli(["batch", "-i", folder, "-o", here, *SLOWER])[0] == 0
     result: dict = {}
     argv = ["batch", "-i", folder, "-o", there, *SLOWER, "--ray", "auto", "--ray-actors", "2"]
     batch = threading.Thread(target=lambda: result.update(code=main([str(a) for a in argv])))
@@ -166,11 +160,11 @@ def test_ctrl_c_on_a_ray_batch_keeps_finished_outputs(cluster, tmp_path: Path) -
     assert actor_pids(b"ray::BatchWorker") == []  # the batch ended its actors
 
 
-def test_without_ray_the_flag_says_what_to_install(tmp_path: Path, capfd, monkeypatch) -> None:
+def test_without_ray_the_flag_says_what_to_install(tmp_path: Path, run_cli, monkeypatch) -> None:
     folder = make_cases(tmp_path / "in", ["a"])
     monkeypatch.setitem(sys.modules, "ray", None)  # what 'import ray' does where the extra is not installed
 
-    code, err = run_cli(["batch", "-i", folder, "-o", tmp_path / "out", *FAST, "--ray", "auto"], capfd)
+    code, _, err = run_cli(["batch", "-i", folder, "-o", tmp_path / "out", *FAST, "--ray", "auto"])
 
     assert code == 2
     assert err.strip() == 'tilewise: error: --ray: needs Ray, an optional extra: pip install "tilewise[ray]"'
@@ -191,11 +185,11 @@ def test_actor_plan_one_per_gpu_else_one_per_node_sharing_its_cpus() -> None:
             plan_actors(nodes, requested)
 
 
-def test_a_model_the_actors_cannot_load_is_the_batchs_error(cluster, tmp_path: Path, capfd) -> None:
+def test_a_model_the_actors_cannot_load_is_the_batchs_error(cluster, tmp_path: Path, run_cli) -> None:
     folder = make_cases(tmp_path / "in", ["a"])
-    expected = run_cli(["batch", "-i", folder, "-o", tmp_path / "here", *FAST, "-f", "9"], capfd)
+    expected = run_cli(["batch", "-i", folder, "-o", tmp_path / "here", *FAST, "-f", "9"])
 
-    code, err = run_cli(["batch", "-i", folder, "-o", tmp_path / "there", *FAST, "-f", "9", "--ray", "auto"], capfd)
+    code, _, err = run_cli(["batch", "-i", folder, "-o", tmp_path / "there", *FAST, "-f", "9", "--ray", "auto"])
 
     assert expected[0] == 2 and "fold" in expected[1]
     assert (code, err) == expected  # the actor's error, as the single-process batch prints it

@@ -24,33 +24,16 @@ import pytest
 import SimpleITK as sitk
 
 import model_factory
+from cli_helpers import ERROR_PREFIX, predict_args
 from tilewise.engine import Predictor, get_preset, read_volume
 from tilewise.engine.commands.cli import main
 from tilewise.engine.data.readers import image_suffix
 
 OBLIQUE = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # 90 degrees about z
 SMALL = (24, 28, 32)  # numpy (z, y, x): a few tiles of the test model, quick on two cores
-ERROR_PREFIX = "tilewise: error: "
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------------
-
-
-def run_cli(argv: list[str], capfd: pytest.CaptureFixture) -> tuple[int, str, str]:
-    """Run ``tilewise argv`` in-process; returns (exit code, stdout, stderr), file-descriptor level output included
-    (SimpleITK and other C++ libraries write straight to fd 2, and the user sees that too)."""
-    capfd.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:  # argparse's usage errors
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capfd.readouterr()
-    return code, out, err
-
-
-def predict_args(source: Path, out: Path, model: Path, *extra: str | Path) -> list[str]:
-    return ["predict", "-i", str(source), "-o", str(out), "-m", str(model), "--preset", "preview", "-device", "cpu",
-            *[str(e) for e in extra]]
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -95,12 +78,12 @@ def expected(predictor: Predictor, *files: Path) -> np.ndarray:
 # ---- successful runs --------------------------------------------------------------------------------------------
 
 
-def test_predict_one_file(tmp_path: Path, ct_model: Path, preview: Predictor, capfd) -> None:
+def test_predict_one_file(tmp_path: Path, ct_model: Path, preview: Predictor, run_cli) -> None:
     source = model_factory.make_case(tmp_path / "in" / "ct_0000.nii.gz", "3d", shape=SMALL, direction=OBLIQUE,
                                      origin=(10.0, -20.0, 5.0), spacing=(1.2, 0.9, 1.5))
     out = tmp_path / "out"
 
-    code, _, err = run_cli(predict_args(source, out, ct_model), capfd)
+    code, _, err = run_cli(predict_args(source, out, ct_model))
 
     assert code == 0, err
     assert ERROR_PREFIX not in err
@@ -108,13 +91,13 @@ def test_predict_one_file(tmp_path: Path, ct_model: Path, preview: Predictor, ca
     assert_written_like(out / "ct.nii.gz", expected(preview, source), source)
 
 
-def test_predict_folder_of_cases(tmp_path: Path, ct_model: Path, preview: Predictor, capfd) -> None:
+def test_predict_folder_of_cases(tmp_path: Path, ct_model: Path, preview: Predictor, run_cli) -> None:
     inputs = tmp_path / "in"
     first = model_factory.case_files(inputs, "case_a", "3d", shape=SMALL, seed=1)[0]
     second = model_factory.case_files(inputs, "case_b", "3d", shape=(20, 30, 28), seed=2)[0]
     out = tmp_path / "out"
 
-    code, _, err = run_cli(predict_args(inputs, out, ct_model), capfd)
+    code, _, err = run_cli(predict_args(inputs, out, ct_model))
 
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["case_a.nii.gz", "case_b.nii.gz"]
@@ -122,26 +105,26 @@ def test_predict_folder_of_cases(tmp_path: Path, ct_model: Path, preview: Predic
     assert_written_like(out / "case_b.nii.gz", expected(preview, second), second)
 
 
-def test_predict_keeps_the_file_type(tmp_path: Path, ct_model: Path, preview: Predictor, capfd) -> None:
+def test_predict_keeps_the_file_type(tmp_path: Path, ct_model: Path, preview: Predictor, run_cli) -> None:
     source = model_factory.make_case(tmp_path / "scan_0000.nrrd", "3d", shape=SMALL, origin=(3.0, 4.0, 5.0))
     out = tmp_path / "out"
 
-    code, _, err = run_cli(predict_args(source, out, ct_model), capfd)
+    code, _, err = run_cli(predict_args(source, out, ct_model))
 
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["scan.nrrd"]
     assert_written_like(out / "scan.nrrd", expected(preview, source), source)
 
 
-def test_predict_dicom_folder(tmp_path: Path, ct_model: Path, preview: Predictor, capfd) -> None:
-    from test_io import write_dicom_series
+def test_predict_dicom_folder(tmp_path: Path, ct_model: Path, preview: Predictor, run_cli) -> None:
+    from dicom_factory import write_dicom_series
 
     nifti = model_factory.make_case(tmp_path / "ct.nii.gz", "3d", shape=SMALL, origin=(-3.0, 7.0, 11.0))
     series = tmp_path / "series_17"
     write_dicom_series(sitk.ReadImage(str(nifti)), series, "1.2.826.0.1.3680043.2.1125.99.1", "img")
     out = tmp_path / "out"
 
-    code, _, err = run_cli(predict_args(series, out, ct_model), capfd)
+    code, _, err = run_cli(predict_args(series, out, ct_model))
 
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["series_17.nii.gz"]
@@ -150,11 +133,11 @@ def test_predict_dicom_folder(tmp_path: Path, ct_model: Path, preview: Predictor
     assert_same_geometry(written, sitk.ReadImage(str(nifti)))
 
 
-def test_save_probabilities(tmp_path: Path, ct_model: Path, preview: Predictor, capfd) -> None:
+def test_save_probabilities(tmp_path: Path, ct_model: Path, preview: Predictor, run_cli) -> None:
     source = model_factory.make_case(tmp_path / "ct_0000.nii.gz", "3d", shape=SMALL)
     out = tmp_path / "out"
 
-    code, _, err = run_cli(predict_args(source, out, ct_model, "--save_probabilities"), capfd)
+    code, _, err = run_cli(predict_args(source, out, ct_model, "--save_probabilities"))
 
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["ct.nii.gz", "ct.npz", "ct.pkl"]
@@ -173,11 +156,11 @@ def test_save_probabilities(tmp_path: Path, ct_model: Path, preview: Predictor, 
     np.testing.assert_allclose(properties["spacing"], read_volume(source).nnunet_spacing)
 
 
-def test_report_holds_settings_and_timings(tmp_path: Path, ct_model: Path, capfd) -> None:
+def test_report_holds_settings_and_timings(tmp_path: Path, ct_model: Path, run_cli) -> None:
     source = model_factory.make_case(tmp_path / "ct_0000.nii.gz", "3d", shape=SMALL)
     out, report = tmp_path / "out", tmp_path / "reports" / "r.json"
 
-    code, _, err = run_cli(predict_args(source, out, ct_model, "--report", report), capfd)
+    code, _, err = run_cli(predict_args(source, out, ct_model, "--report", report))
 
     assert code == 0, err
     payload = json.loads(report.read_text())
@@ -195,7 +178,7 @@ def test_report_holds_settings_and_timings(tmp_path: Path, ct_model: Path, capfd
 
 
 def test_continue_prediction_skips_existing_outputs(tmp_path: Path, ct_model: Path, preview: Predictor,
-                                                    capfd) -> None:
+                                                    run_cli) -> None:
     inputs = tmp_path / "in"
     done = model_factory.case_files(inputs, "done", "3d", shape=SMALL, seed=1)[0]
     todo = model_factory.case_files(inputs, "todo", "3d", shape=SMALL, seed=2)[0]
@@ -205,14 +188,14 @@ def test_continue_prediction_skips_existing_outputs(tmp_path: Path, ct_model: Pa
     shutil.copyfile(done, existing)  # clearly not a prediction, so an overwrite would show
     before_bytes, before_mtime = existing.read_bytes(), existing.stat().st_mtime_ns
 
-    code, _, err = run_cli(predict_args(inputs, out, ct_model, "--continue_prediction"), capfd)
+    code, _, err = run_cli(predict_args(inputs, out, ct_model, "--continue_prediction"))
 
     assert code == 0, err
     assert existing.read_bytes() == before_bytes
     assert existing.stat().st_mtime_ns == before_mtime
     assert_written_like(out / "todo.nii.gz", expected(preview, todo), todo)
 
-    code, _, err = run_cli(predict_args(inputs, out, ct_model), capfd)  # without the flag: predicted again
+    code, _, err = run_cli(predict_args(inputs, out, ct_model))  # without the flag: predicted again
 
     assert code == 0, err
     assert_written_like(existing, expected(preview, done), done)
@@ -336,12 +319,12 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("setup", BAD_INPUTS)
-def test_bad_input_fails_with_one_line(tmp_path: Path, make_model, ct_model: Path, capfd, setup: Setup) -> None:
+def test_bad_input_fails_with_one_line(tmp_path: Path, make_model, ct_model: Path, run_cli, setup: Setup) -> None:
     args, culprit, problem = setup(tmp_path, make_model, ct_model)
     out = tmp_path / "out"
     executed_before = len(model_factory.UNTRUSTED_EXECUTIONS)
 
-    code, stdout, err = run_cli(args, capfd)
+    code, stdout, err = run_cli(args)
 
     assert code == 2, err
     lines = err.strip().splitlines()
@@ -356,24 +339,24 @@ def test_bad_input_fails_with_one_line(tmp_path: Path, make_model, ct_model: Pat
 
 
 def test_trust_model_loads_an_untrusted_checkpoint(tmp_path: Path, ct_model: Path, preview: Predictor,
-                                                   capfd) -> None:
+                                                   run_cli) -> None:
     model = copy_model(ct_model, tmp_path / "model")
     model_factory.make_untrusted_checkpoint(model)
     source = model_factory.make_case(tmp_path / "ct_0000.nii.gz", "3d", shape=SMALL)
     out = tmp_path / "out"
 
-    code, _, err = run_cli(predict_args(source, out, model), capfd)
+    code, _, err = run_cli(predict_args(source, out, model))
     assert code == 2, err
     assert not image_files(out)
 
-    code, _, err = run_cli(predict_args(source, out, model, "--trust-model"), capfd)
+    code, _, err = run_cli(predict_args(source, out, model, "--trust-model"))
 
     assert code == 0, err
     assert_written_like(out / "ct.nii.gz", expected(preview, source), source)
 
 
-def test_missing_required_option_is_a_usage_error(tmp_path: Path, ct_model: Path, capfd) -> None:
-    code, _, err = run_cli(["predict", "-o", tmp_path / "out", "-m", ct_model], capfd)
+def test_missing_required_option_is_a_usage_error(tmp_path: Path, ct_model: Path, run_cli) -> None:
+    code, _, err = run_cli(["predict", "-o", tmp_path / "out", "-m", ct_model])
 
     assert code == 2
     assert "usage:" in err
@@ -448,14 +431,14 @@ def test_ctrl_c_stops_without_partial_output(tmp_path: Path, ct_model: Path) -> 
 # ---- other commands ---------------------------------------------------------------------------------------------
 
 
-def test_models_lists_model_folders_beneath(tmp_path: Path, ct_model: Path, capfd) -> None:
+def test_models_lists_model_folders_beneath(tmp_path: Path, ct_model: Path, run_cli) -> None:
     results = tmp_path / "results"
     listed = copy_model(ct_model, results / "Dataset901_TilewiseCT" / ct_model.name)
     broken = copy_model(ct_model, results / "Dataset777_Broken" / ct_model.name)
     for checkpoint in broken.glob("fold_*/*.pth"):
         checkpoint.unlink()
 
-    code, out, err = run_cli(["models", results], capfd)
+    code, out, err = run_cli(["models", results])
 
     assert code == 0, err
     lines = out.splitlines()
@@ -464,19 +447,19 @@ def test_models_lists_model_folders_beneath(tmp_path: Path, ct_model: Path, capf
     assert "3d_fullres" in out
 
 
-def test_models_with_nothing_found(tmp_path: Path, capfd) -> None:
-    code, out, _ = run_cli(["models", tmp_path], capfd)
+def test_models_with_nothing_found(tmp_path: Path, run_cli) -> None:
+    code, out, _ = run_cli(["models", tmp_path])
     assert code == 0
     assert str(tmp_path) in out
     assert "no nnU-Net models" in out
 
 
-def test_models_with_nothing_in_the_usual_places_says_where_it_looked(tmp_path: Path, capfd, monkeypatch) -> None:
+def test_models_with_nothing_in_the_usual_places_says_where_it_looked(tmp_path: Path, run_cli, monkeypatch) -> None:
     from tilewise.engine.model import catalog
 
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
     monkeypatch.setattr(catalog, "TOTALSEGMENTATOR_RESULTS", tmp_path / "totalseg")
-    code, out, _ = run_cli(["models"], capfd)
+    code, out, _ = run_cli(["models"])
     assert code == 0
     assert str(tmp_path / "results") in out and "$nnUNet_results" in out
     assert "tilewise models FOLDER" in out and "-m demo" in out
@@ -506,27 +489,27 @@ def test_no_command_opens_the_viewer(argv: list[str], monkeypatch, tmp_path: Pat
 
 @pytest.mark.parametrize(("word", "hint"), [("predcit", "did you mean 'predict'?"), ("bnech", "did you mean 'bench'?"),
                                             ("frobnicate", "commands: predict, bench")])
-def test_an_unknown_command_is_a_one_line_usage_error(word: str, hint: str, monkeypatch, capfd) -> None:
+def test_an_unknown_command_is_a_one_line_usage_error(word: str, hint: str, monkeypatch, run_cli) -> None:
     import tilewise.engine.commands.cli as cli
 
     opened: list = []
     monkeypatch.setattr(cli, "open_viewer", lambda arguments: opened.append(arguments) or 0)
-    code, out, err = run_cli([word, "-i", "x", "-o", "y", "-m", "demo"], capfd)
+    code, out, err = run_cli([word, "-i", "x", "-o", "y", "-m", "demo"])
     assert code == 2 and not opened
     assert err.strip() == err.strip().splitlines()[0]
     assert f"unknown command '{word}'" in err and hint in err
 
 
-def test_version(capfd) -> None:
-    code, out, _ = run_cli(["--version"], capfd)
+def test_version(run_cli) -> None:
+    code, out, _ = run_cli(["--version"])
     assert code == 0 and re.fullmatch(r"tilewise \S+", out.strip())
 
 
-def test_without_a_display_the_viewer_explains_how_to_run_headless(monkeypatch, capfd) -> None:
+def test_without_a_display_the_viewer_explains_how_to_run_headless(monkeypatch, run_cli) -> None:
     for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(sys, "platform", "linux")
-    code, _, err = run_cli([], capfd)
+    code, _, err = run_cli([])
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "no display" in err and "tilewise predict" in err and "--self-test" in err
 

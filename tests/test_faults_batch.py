@@ -17,18 +17,10 @@ import model_factory
 import pytest
 import SimpleITK as sitk
 from tilewise.engine.batch.claims import CLAIMS_DIR
-from tilewise.engine.commands.cli import main
 
 SLOW = ("--preset", "reference", "-device", "cpu", "--backend", "torch")  # seconds per case: time to interrupt
 FAST = ("--preset", "preview", "-device", "cpu", "--backend", "torch")
 NII_HEADER = 352  # a NIfTI-1 header and its 4-byte extension flag
-
-
-def run_cli(argv: list, capfd: pytest.CaptureFixture) -> tuple[int, str]:
-    """``tilewise argv`` in-process: (exit code, stderr)."""
-    capfd.readouterr()
-    code = main([str(a) for a in argv])
-    return code, capfd.readouterr().err
 
 
 def spawn(argv: list) -> subprocess.Popen:
@@ -119,7 +111,7 @@ def fill(disk: Path) -> Path:
 
 
 def test_disk_full_mid_run_then_a_resume_with_space_equals_a_clean_run(tmp_path: Path, ct_model: Path,
-                                                                       small_disk: Path, capfd) -> None:
+                                                                       small_disk: Path, run_cli) -> None:
     shape = (64, 64, 64)  # an uncompressed uint8 .nii of 256 KiB each: 5 fit in 4 MB, the pre-flight lets them in
     folder, out, clean = tmp_path / "in", small_disk / "out", tmp_path / "clean"
     for n in range(5):
@@ -143,18 +135,18 @@ def test_disk_full_mid_run_then_a_resume_with_space_equals_a_clean_run(tmp_path:
     assert leftovers(out) == []
 
     filler.unlink()
-    code, err = run_cli([*argv, "-o", out], capfd)
+    code, _, err = run_cli([*argv, "-o", out])
 
     assert code == 0, err
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"tilewise: batch finished: {5 - len(kept)} done, 0 failed, {len(kept)} skipped"), err
-    assert run_cli([*argv, "-o", clean], capfd)[0] == 0
+    assert run_cli([*argv, "-o", clean])[0] == 0
     for n in range(5):
         assert (out / f"f{n}.nii").read_bytes() == (clean / f"f{n}.nii").read_bytes(), f"f{n}.nii differs"
     assert leftovers(out) == []
 
 
-def test_kill_9_mid_run_then_a_resume_finishes_the_rest(tmp_path: Path, ct_model: Path, capfd) -> None:
+def test_kill_9_mid_run_then_a_resume_finishes_the_rest(tmp_path: Path, ct_model: Path, run_cli) -> None:
     shape = (48, 48, 48)
     folder, out = tmp_path / "in", tmp_path / "out"
     for n in range(6):
@@ -166,7 +158,7 @@ def test_kill_9_mid_run_then_a_resume_finishes_the_rest(tmp_path: Path, ct_model
     assert code == -signal.SIGKILL, err
     finished = assert_whole(out, shape)
     assert finished, "the first case was done before the kill"
-    code, err = run_cli(argv, capfd)
+    code, _, err = run_cli(argv)
 
     assert code == 0, err
     assert "Traceback" not in err

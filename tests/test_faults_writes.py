@@ -31,7 +31,6 @@ from fault_disks import (
     remount_read_only,
     small_tmpfs,
 )
-from tilewise.engine.commands.cli import main
 from tilewise.engine.data import outputs
 from tilewise.engine.data.write_checks import check_image_file
 from tilewise.resources import sample_path as demo_sample
@@ -70,12 +69,6 @@ def predict(source: Path, out: Path, *extra: str) -> list[str]:
             *extra]
 
 
-def run_cli(argv: list[str], capfd: pytest.CaptureFixture) -> tuple[int, str]:
-    capfd.readouterr()
-    code = main(argv)
-    return code, capfd.readouterr().err
-
-
 @contextmanager
 def disk_fills_during_run(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A 4 MB disk (room enough for the pre-flight's estimate) that another program fills while the model runs, just
@@ -99,10 +92,10 @@ def disk_fills_during_run(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
 
 @pytest.mark.parametrize(("output_type", "name"), TYPES, ids=[name.split(".", 1)[1] for _, name in TYPES])
 def test_disk_full_while_predicting(tmp_path: Path, small_t1: Path, monkeypatch: pytest.MonkeyPatch,
-                                    capfd: pytest.CaptureFixture, output_type: str, name: str) -> None:
+                                    run_cli, output_type: str, name: str) -> None:
     out = tmp_path / "out"
     with disk_fills_during_run(out, monkeypatch):
-        code, err = run_cli(predict(small_t1, out, "--output-type", output_type), capfd)
+        code, _, err = run_cli(predict(small_t1, out, "--output-type", output_type))
         assert code == 3, err
         line = assert_one_line(err, "tilewise: error: ", f"cannot write {name}", "the disk is full")
         assert "case(s) written" not in line
@@ -110,7 +103,7 @@ def test_disk_full_while_predicting(tmp_path: Path, small_t1: Path, monkeypatch:
         if output_type == "same" and IS_ROOT:  # space again: the same command writes the whole file
             (out / "filler.bin").unlink()
             monkeypatch.undo()
-            code, err = run_cli(predict(small_t1, out), capfd)
+            code, _, err = run_cli(predict(small_t1, out))
             assert code == 0, err
             check_image_file(out / name, sitk.ReadImage(str(out / name)))
             assert leftovers(out) == []
@@ -118,11 +111,11 @@ def test_disk_full_while_predicting(tmp_path: Path, small_t1: Path, monkeypatch:
 
 @needs_root
 def test_read_only_folder(tmp_path: Path, small_t1: Path, monkeypatch: pytest.MonkeyPatch,
-                          capfd: pytest.CaptureFixture) -> None:
+                          run_cli) -> None:
     out = tmp_path / "out"
     with small_tmpfs(out, "4m", read_only=True):  # read-only from the start: refused before the model loads
         started = time.perf_counter()
-        code, err = run_cli(predict(small_t1, out), capfd)
+        code, _, err = run_cli(predict(small_t1, out))
         assert code == 3, err
         assert_one_line(err, "tilewise: error: ", "read-only")
         assert time.perf_counter() - started < 30
@@ -135,7 +128,7 @@ def test_read_only_folder(tmp_path: Path, small_t1: Path, monkeypatch: pytest.Mo
 
     with small_tmpfs(out, "4m"):
         monkeypatch.setattr(outputs, "write_labels", read_only_then_write)
-        code, err = run_cli(predict(small_t1, out), capfd)
+        code, _, err = run_cli(predict(small_t1, out))
         assert code == 3, err
         line = assert_one_line(err, "tilewise: error: ")
         assert line == f"tilewise: error: cannot write to {out}: the folder is read-only"
@@ -194,7 +187,7 @@ def _assert_whole_or_absent(out: Path) -> None:
                 pass  # reads to the end: a cut stream raises
 
 
-def test_kill_and_sigterm_while_writing(tmp_path: Path, small_t1: Path, capfd: pytest.CaptureFixture) -> None:
+def test_kill_and_sigterm_while_writing(tmp_path: Path, small_t1: Path, run_cli) -> None:
     out = tmp_path / "out"
     killed = _start_and_catch_staging(out)
     killed.send_signal(signal.SIGKILL)
@@ -212,7 +205,7 @@ def test_kill_and_sigterm_while_writing(tmp_path: Path, small_t1: Path, capfd: p
         assert_one_line(err, "SIGTERM")
     _assert_whole_or_absent(out)
 
-    code, err = run_cli(predict(small_t1, out), capfd)  # the next run into that folder
+    code, _, err = run_cli(predict(small_t1, out))  # the next run into that folder
     assert code == 0, err
     assert leftovers(out) == [], "the next run removes what killed runs left"
     check_image_file(out / "small_t1.nii", sitk.ReadImage(str(out / "small_t1.nii")))

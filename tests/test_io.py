@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import model_factory
+from dicom_factory import write_dicom_series
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -138,27 +139,6 @@ def test_truncated_file_is_an_input_error(tmp_path: Path, suffix: str) -> None:
 
 
 # ---- DICOM series folders ---------------------------------------------------------------------------------------
-
-
-def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str, prefix: str) -> None:
-    """Write ``image`` (int16) as one 2D DICOM file per slice, as SimpleITK's DicomSeriesFromArray example does."""
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    d = image.GetDirection()
-    orientation = "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
-    for index in range(image.GetDepth()):
-        slice_image = image[:, :, index]
-        slice_image.SetMetaData("0008|0060", "CT")
-        slice_image.SetMetaData("0008|0008", "DERIVED\\SECONDARY")
-        slice_image.SetMetaData("0020|000d", series_uid + ".0")
-        slice_image.SetMetaData("0020|000e", series_uid)
-        slice_image.SetMetaData("0020|0037", orientation)
-        position = image.TransformIndexToPhysicalPoint((0, 0, index))
-        slice_image.SetMetaData("0020|0032", "\\".join(str(v) for v in position))
-        slice_image.SetMetaData("0020|0013", str(index + 1))
-        writer.SetFileName(str(folder / f"{prefix}{index:03d}.dcm"))
-        writer.Execute(slice_image)
 
 
 def dicom_volume(shape: tuple[int, int, int], spacing, origin, direction, seed: int) -> tuple[sitk.Image, np.ndarray]:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from tilewise.engine import ModelError
-from tilewise.engine.commands.cli import main
 from tilewise.engine.model import bundle as bundle_module
 from tilewise.engine.model.schema import check_dataset_json, check_plans_json, validate_model_json
 from tilewise.resources import demo_model_dir
@@ -21,16 +20,6 @@ DEMO = demo_model_dir()
 SAMPLE = DEMO.parent / "sample_t1.nii.gz"
 ERROR_PREFIX = "tilewise: error: "
 FULLRES = "3d_fullres"
-
-
-def run_cli(argv: list, capfd: pytest.CaptureFixture) -> tuple[int, str, str]:
-    capfd.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capfd.readouterr()
-    return code, out, err
 
 
 def demo_copy(folder: Path, plans_change: Callable[[dict], None] | None = None,
@@ -109,14 +98,14 @@ MALFORMED = [  # (plans change, dataset change, file, key, problem)
 
 
 @pytest.mark.parametrize(("plans_change", "dataset_change", "file", "key", "problem"), MALFORMED)
-def test_malformed_model_is_refused_before_any_checkpoint_is_read(tmp_path: Path, capfd, monkeypatch, plans_change,
+def test_malformed_model_is_refused_before_any_checkpoint_is_read(tmp_path: Path, run_cli, monkeypatch, plans_change,
                                                                   dataset_change, file: str, key: str,
                                                                   problem: str) -> None:
     model = demo_copy(tmp_path, plans_change, dataset_change)
     read: list[Path] = []
     monkeypatch.setattr(bundle_module, "load_checkpoint", lambda path, trust=False: read.append(path))
 
-    code, out, err = run_cli(["predict", "-i", SAMPLE, "-o", tmp_path / "out", "-m", model, "-device", "cpu"], capfd)
+    code, out, err = run_cli(["predict", "-i", SAMPLE, "-o", tmp_path / "out", "-m", model, "-device", "cpu"])
 
     assert code == 2, err
     lines = err.strip().splitlines()
@@ -129,10 +118,10 @@ def test_malformed_model_is_refused_before_any_checkpoint_is_read(tmp_path: Path
     assert not (tmp_path / "out").exists()
 
 
-def test_labels_that_do_not_fit_the_checkpoint_name_both(tmp_path: Path, capfd) -> None:
+def test_labels_that_do_not_fit_the_checkpoint_name_both(tmp_path: Path, run_cli) -> None:
     model = demo_copy(tmp_path, dataset_change=setter(_top, "labels", {"background": 0, "grey_matter": 1}))
 
-    code, out, err = run_cli(["predict", "-i", SAMPLE, "-o", tmp_path / "out", "-m", model, "-device", "cpu"], capfd)
+    code, out, err = run_cli(["predict", "-i", SAMPLE, "-o", tmp_path / "out", "-m", model, "-device", "cpu"])
 
     assert code == 2, err
     lines = err.strip().splitlines()
@@ -142,11 +131,11 @@ def test_labels_that_do_not_fit_the_checkpoint_name_both(tmp_path: Path, capfd) 
     assert "state_dict" not in err and "Traceback" not in out + err
 
 
-def test_a_tile_too_large_for_memory_is_refused_without_pointing_to_the_cpu(tmp_path: Path, capfd) -> None:
+def test_a_tile_too_large_for_memory_is_refused_without_pointing_to_the_cpu(tmp_path: Path, run_cli) -> None:
     model = demo_copy(tmp_path, setter(fullres, "patch_size", [4096, 4096, 4096]))
 
     code, out, err = run_cli(["predict", "-i", SAMPLE, "-o", tmp_path / "out", "-m", model, "-device", "cpu",
-                              "--preset", "preview"], capfd)
+                              "--preset", "preview"])
 
     assert code == 3, err
     lines = err.strip().splitlines()

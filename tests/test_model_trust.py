@@ -15,7 +15,6 @@ import torch
 
 import model_factory
 from tilewise.engine import ModelBundle, ModelError, UntrustedCheckpointError
-from tilewise.engine.commands.cli import main
 from tilewise.engine.model.checkpoint import SAFE_GLOBALS, UntrustedPlansError, load_checkpoint
 
 ERROR_PREFIX = "tilewise: error: "
@@ -24,15 +23,6 @@ ZEN = "Beautiful is better than ugly"
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------------
-
-def run_cli(argv: list, capfd: pytest.CaptureFixture) -> tuple[int, str, str]:
-    capfd.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capfd.readouterr()
-    return code, out, err
 
 
 def predict(tmp: Path, model: Path, *extra: str) -> tuple[list, Path]:
@@ -99,13 +89,13 @@ def assert_refused_in_one_line(code: int, out: str, err: str, *culprits: str) ->
 # ---- plans.json ---------------------------------------------------------------------------------------------------
 
 def test_network_class_outside_known_packages_is_refused_before_import(tmp_path: Path, ct_model: Path,
-                                                                      capfd) -> None:
+                                                                      run_cli) -> None:
     """The reported case: 'this.NotANetwork' imported the module 'this' (printing the Zen of Python)."""
     this_was_loaded = "this" in sys.modules
     model = model_naming(ct_model, tmp_path, network="this.NotANetwork")
     args, out = predict(tmp_path, model)
 
-    code, stdout, err = run_cli(args, capfd)
+    code, stdout, err = run_cli(args)
 
     assert_refused_in_one_line(code, stdout, err, str(model / "plans.json"), "'this.NotANetwork'")
     assert ZEN not in stdout + err
@@ -114,12 +104,12 @@ def test_network_class_outside_known_packages_is_refused_before_import(tmp_path:
 
 
 def test_marker_module_as_network_is_not_imported_without_trust(tmp_path: Path, ct_model: Path, marker,
-                                                               capfd) -> None:
+                                                               run_cli) -> None:
     name, flag = marker
     model = model_naming(ct_model, tmp_path, network=f"{name}.MarkerUNet")
     args, out = predict(tmp_path, model)
 
-    code, stdout, err = run_cli(args, capfd)
+    code, stdout, err = run_cli(args)
 
     assert_refused_in_one_line(code, stdout, err, f"'{name}.MarkerUNet'", "network class")
     assert name not in sys.modules and not flag.exists(), "the untrusted module was imported"
@@ -127,31 +117,31 @@ def test_marker_module_as_network_is_not_imported_without_trust(tmp_path: Path, 
 
 
 def test_req_import_outside_known_packages_is_refused_before_import(tmp_path: Path, ct_model: Path, marker,
-                                                                   capfd) -> None:
+                                                                   run_cli) -> None:
     name, flag = marker
     model = model_naming(ct_model, tmp_path, nonlin=f"{name}.MarkerLeakyReLU")
     args, out = predict(tmp_path, model)
 
-    code, stdout, err = run_cli(args, capfd)
+    code, stdout, err = run_cli(args)
 
     assert_refused_in_one_line(code, stdout, err, f"'{name}.MarkerLeakyReLU'", "'nonlin'")
     assert name not in sys.modules and not flag.exists(), "the untrusted module was imported"
     assert written(out) == []
 
 
-def test_trust_model_imports_what_plans_json_names(tmp_path: Path, ct_model: Path, marker, capfd) -> None:
+def test_trust_model_imports_what_plans_json_names(tmp_path: Path, ct_model: Path, marker, run_cli) -> None:
     """With --trust-model the folder loads as nnU-Net would load it: the module is imported, the network runs."""
     name, flag = marker
     model = model_naming(ct_model, tmp_path / "custom", network=f"{name}.MarkerUNet",
                          nonlin=f"{name}.MarkerLeakyReLU")
     args, out = predict(tmp_path / "custom", model, "--trust-model")
 
-    code, _, err = run_cli(args, capfd)
+    code, _, err = run_cli(args)
 
     assert code == 0, err
     assert name in sys.modules and flag.exists()
     stock_args, stock_out = predict(tmp_path / "stock", ct_model)
-    assert run_cli(stock_args, capfd)[0] == 0
+    assert run_cli(stock_args)[0] == 0
     import SimpleITK as sitk
 
     [custom_file], [stock_file] = written(out), written(stock_out)

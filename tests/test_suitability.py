@@ -8,11 +8,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 from tilewise.engine import Finding, check_image, read_volume
-from tilewise.engine.commands.cli import main
 from tilewise.engine.model.suitability import assess, input_policy
 from tilewise.resources import demo_model_dir
 
@@ -21,16 +19,6 @@ DEMO_PLANS = json.loads((DEMO / "plans.json").read_text())
 DEMO_DATASET = json.loads((DEMO / "dataset.json").read_text())
 WARNING_PREFIX = "tilewise: warning: "
 ERROR_PREFIX = "tilewise: error: "
-
-
-def run_cli(argv: list, capfd: pytest.CaptureFixture) -> tuple[int, str, str]:
-    capfd.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capfd.readouterr()
-    return code, out, err
 
 
 def ct_like(path: Path, spacing: tuple[float, float, float] = (1.0, 1.0, 2.0)) -> Path:
@@ -66,10 +54,10 @@ def warnings_in(err: str) -> list[str]:
 
 
 # ---- the demo brain MR model and a CT -----------------------------------------------------------------------------
-def test_demo_model_given_a_ct_warns_in_plain_words(tmp_path: Path, capfd) -> None:
+def test_demo_model_given_a_ct_warns_in_plain_words(tmp_path: Path, run_cli) -> None:
     source = ct_like(tmp_path / "ct.nii.gz")
 
-    code, out, err = run_cli(predict(source, tmp_path / "out", "demo"), capfd)
+    code, out, err = run_cli(predict(source, tmp_path / "out", "demo"))
 
     assert code == 0, err
     found = warnings_in(err)
@@ -81,10 +69,10 @@ def test_demo_model_given_a_ct_warns_in_plain_words(tmp_path: Path, capfd) -> No
     assert input_policy().warn is None, "the command line's policy stays with the command"
 
 
-def test_demo_model_given_a_ct_with_strict_input_refuses_it(tmp_path: Path, capfd) -> None:
+def test_demo_model_given_a_ct_with_strict_input_refuses_it(tmp_path: Path, run_cli) -> None:
     source = ct_like(tmp_path / "ct.nii.gz")
 
-    code, _, err = run_cli(predict(source, tmp_path / "out", "demo", "--strict-input"), capfd)
+    code, _, err = run_cli(predict(source, tmp_path / "out", "demo", "--strict-input"))
 
     assert code == 2, err
     lines = err.strip().splitlines()
@@ -106,19 +94,19 @@ def test_the_sample_t1_has_no_finding() -> None:
 
 
 # ---- a CT model and an MR -----------------------------------------------------------------------------------------
-def test_ct_model_given_an_mr_warns(tmp_path: Path, ct_model: Path, capfd) -> None:
+def test_ct_model_given_an_mr_warns(tmp_path: Path, ct_model: Path, run_cli) -> None:
     plans = json.loads((ct_model / "plans.json").read_text())
     assert plans["configurations"]["3d_fullres"]["normalization_schemes"] == ["CTNormalization"]
     source = mr_like(tmp_path / "mr.nii.gz")
 
-    code, _, err = run_cli(predict(source, tmp_path / "out", ct_model), capfd)
+    code, _, err = run_cli(predict(source, tmp_path / "out", ct_model))
 
     assert code == 0, err
     found = warnings_in(err)
     assert len(found) == 1, err
     assert "This model was trained on" in found[0] and "CT; this image has no value below -500" in found[0]
 
-    code, _, err = run_cli(predict(source, tmp_path / "strict", ct_model, "--strict-input"), capfd)
+    code, _, err = run_cli(predict(source, tmp_path / "strict", ct_model, "--strict-input"))
     assert code == 2 and len(err.strip().splitlines()) == 1, err
 
 
@@ -143,7 +131,7 @@ def test_spacing_far_from_the_training_spacing_warns(tmp_path: Path, capfd) -> N
     assert "0.1 x 0.1 x 10 mm" in findings[0].message and "2 x 2 x 2 mm" in findings[0].message
 
 
-def test_all_nan_image_is_one_line_without_numpy_warnings(tmp_path: Path, capfd) -> None:
+def test_all_nan_image_is_one_line_without_numpy_warnings(tmp_path: Path, run_cli) -> None:
     source = tmp_path / "nan.mha"  # MetaImage keeps NaN (SimpleITK's NIfTI writer does not)
     image = sitk.GetImageFromArray(np.full((20, 24, 24), np.nan, np.float32))
     image.SetSpacing((2.0, 2.0, 2.0))
@@ -153,7 +141,7 @@ def test_all_nan_image_is_one_line_without_numpy_warnings(tmp_path: Path, capfd)
         findings = check_image(read_volume(source), "demo")
     assert [f.kind for f in findings] == ["non_finite"] and "every voxel" in findings[0].message
 
-    code, out, err = run_cli(predict(source, tmp_path / "out", "demo"), capfd)
+    code, out, err = run_cli(predict(source, tmp_path / "out", "demo"))
 
     assert code == 2, err
     lines = err.strip().splitlines()
@@ -169,12 +157,12 @@ def test_some_infinite_voxels_are_counted() -> None:
 
 
 # ---- batch ----------------------------------------------------------------------------------------------------------
-def test_batch_strict_input_fails_the_case_with_the_reason(tmp_path: Path, capfd) -> None:
+def test_batch_strict_input_fails_the_case_with_the_reason(tmp_path: Path, run_cli) -> None:
     ct_like(tmp_path / "in" / "ct_0000.nii.gz")
     out = tmp_path / "out"
 
     code, _, err = run_cli(["batch", "-i", tmp_path / "in", "-o", out, "-m", "demo", "-device", "cpu", "--preset",
-                            "preview", "--strict-input", "--disable_progress_bar", "-q"], capfd)
+                            "preview", "--strict-input", "--disable_progress_bar", "-q"])
 
     assert code == 3, err
     summary = json.loads((out / "batch_summary.json").read_text())
@@ -183,12 +171,12 @@ def test_batch_strict_input_fails_the_case_with_the_reason(tmp_path: Path, capfd
     assert not (out / "ct.nii.gz").exists()
 
 
-def test_demo_model_given_a_dicom_ct_series_names_its_modality(tmp_path: Path, capfd) -> None:
+def test_demo_model_given_a_dicom_ct_series_names_its_modality(tmp_path: Path, run_cli) -> None:
     from dicom_factory import write_ct_series
 
     write_ct_series(sitk.ReadImage(str(ct_like(tmp_path / "ct.nii.gz"))), tmp_path / "study")
 
-    code, _, err = run_cli(predict(tmp_path / "study", tmp_path / "out", "demo"), capfd)
+    code, _, err = run_cli(predict(tmp_path / "study", tmp_path / "out", "demo"))
 
     assert code == 0, err
     (found,) = warnings_in(err)
