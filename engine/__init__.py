@@ -16,7 +16,7 @@ from .model.bundle import ModelBundle, available_folds
 from .model.suitability import Finding, InputPolicy, check_image, set_input_policy
 from .predictor import Predictor, Result, RunSettings
 from .presets import Preset, get_preset, load_presets
-from .events import CancelToken, TileEvent
+from .events import CancelToken, FocusToken, TileEvent
 from .sliding.plan import Tile
 from .data.volume import Geometry, Volume
 
@@ -50,8 +50,8 @@ from .runtime.memory import is_out_of_memory
 from .runtime.quiet import silenced_fd2
 
 __all__ = [
-    "Cancelled", "CancelToken", "Finding", "Geometry", "InputError", "InputPolicy", "ModelBundle", "ModelError",
-    "OutOfMemoryError", "Predictor", "Preset", "Result", "RunSettings", "Tile", "TileEvent", "TilewiseError",
+    "Cancelled", "CancelToken", "Finding", "FocusToken", "Geometry", "InputError", "InputPolicy", "ModelBundle",
+    "ModelError", "OutOfMemoryError", "Predictor", "Preset", "Result", "RunSettings", "Tile", "TileEvent", "TilewiseError",
     "UntrustedCheckpointError", "Volume", "available_folds", "check_image", "get_preset", "load_presets",
     "read_volume", "set_input_policy", "write_labels",
     # for applications (the viewer): DICOM, outputs, files, estimates, the model catalog, memory

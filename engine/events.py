@@ -1,4 +1,10 @@
-"""What a run reports and how a caller stops it: :class:`TileEvent` after every batch, :class:`CancelToken`."""
+"""What a run reports and how a caller steers it: :class:`TileEvent` after every batch, :class:`CancelToken` to stop
+it, :class:`FocusToken` to run the tiles where the person looks first.
+
+One way to cancel: the public entry points (:class:`~tilewise.engine.Predictor`'s methods) take a token and make it
+the current one (:func:`cancellable`); everything below them checks the current token (:func:`check_cancelled`),
+never a parameter.
+"""
 from __future__ import annotations
 
 import contextvars
@@ -54,6 +60,34 @@ class CancelToken:
 EventHandler = Callable[[TileEvent], None]
 
 
+class FocusToken:
+    """Where the person looks, set from any thread before or during a run: the sliding window runs the remaining
+    tiles nearest to it first. The latest wish wins; the order of the tiles never changes the labels."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._version = 0
+        self._wish: tuple[str, Any] | None = None
+
+    def focus_on_slice(self, input_axis: int, index: int) -> None:
+        """The tiles that show slice ``index`` of input axis ``input_axis`` (0 = z, 1 = y, 2 = x) first."""
+        self._set(("slice", (input_axis, index)))
+
+    def prioritise(self, key: Callable[[Any], float]) -> None:
+        """The remaining tiles in the order of ``key`` (a tile -> a number, smaller first)."""
+        self._set(("key", key))
+
+    def wish(self) -> tuple[int, tuple[str, Any] | None]:
+        """(version, wish): the version grows with every new wish, so a reader applies each one once."""
+        with self._lock:
+            return self._version, self._wish
+
+    def _set(self, wish: tuple[str, Any]) -> None:
+        with self._lock:
+            self._version += 1
+            self._wish = wish
+
+
 _CURRENT: contextvars.ContextVar[Any] = contextvars.ContextVar("tilewise_cancel", default=None)
 """The token of the run this thread is working on: stages deep inside a run (thread-pool slabs, forward passes
 between mirrors, OpenVINO conversion between folds, checkpoint loading) check it without a parameter threaded
@@ -62,7 +96,11 @@ through every call."""
 
 @contextmanager
 def cancellable(token: Any) -> Iterator[None]:
-    """Within the block (on this thread), :func:`check_cancelled` raises once ``token.cancelled`` is true."""
+    """Within the block (on this thread), :func:`check_cancelled` raises once ``token.cancelled`` is true; a None
+    ``token`` keeps the surrounding block's (a public method called inside another's run keeps its token)."""
+    if token is None:
+        yield
+        return
     reset = _CURRENT.set(token)
     try:
         yield
@@ -75,10 +113,15 @@ def current_cancel_token() -> Any:
     return _CURRENT.get()
 
 
+def cancel_requested() -> bool:
+    """True once the current run's token was cancelled (for a stage that frees memory before it raises)."""
+    token = _CURRENT.get()
+    return token is not None and token.cancelled
+
+
 def check_cancelled() -> None:
     """Raise :class:`~tilewise.engine.Cancelled` if the current run was cancelled."""
-    token = _CURRENT.get()
-    if token is not None and token.cancelled:
+    if cancel_requested():
         raise Cancelled()
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .backends.torch_backend import TorchBackend
-from .events import CancelToken, EventHandler, TileEvent
+from .events import EventHandler, TileEvent
 from .model.bundle import ModelBundle
 from .postprocess.labels import logits_to_labels
 from .preprocess.pipeline import Preprocessed
@@ -48,7 +48,7 @@ def _fold_events(on_event: EventHandler | None, fold: int, folds: int) -> EventH
 
 def run_like_nnunet(bundle: ModelBundle, networks: list[nn.Module], device: torch.device,
                     mirror_axes: tuple[int, ...], tile_step: float, precision: str, prepared: Preprocessed,
-                    on_event: EventHandler | None, cancel: CancelToken | None) -> tuple[torch.Tensor, int, int]:
+                    on_event: EventHandler | None) -> tuple[torch.Tensor, int, int]:
     """nnU-Net's sliding window over ``prepared`` (made by nnU-Net's own preprocessor class) with these fold
     ``networks``, mirrors and tile step: the folds' averaged float16 logits on the CPU (padded grid), the tiles of
     one fold and the forward passes of all folds."""
@@ -61,11 +61,11 @@ def run_like_nnunet(bundle: ModelBundle, networks: list[nn.Module], device: torc
         runner = SlidingWindowRunner(backend, bundle.patch_size, tile_step, 1, heads,
                                      lambda logits: logits_to_labels(logits, bundle), placement_order=[sums],
                                      nnunet_order=True)
-        logits = runner.run(prepared.data, prepared.mapper, _fold_events(on_event, fold, len(networks)),
-                            cancel).to("cpu")
+        run = runner.run(prepared.data, prepared.mapper, _fold_events(on_event, fold, len(networks)))
+        logits = run.logits.to("cpu")
         summed = logits if summed is None else summed.add_(logits)  # float16 + float16, as nnU-Net adds folds
-        tiles = runner.tiles_run
-        passes += runner.tiles_run * backend.passes_per_tile
+        tiles = run.tiles_run
+        passes += run.forward_passes
     assert summed is not None
     if len(networks) > 1:
         summed /= len(networks)

@@ -3,7 +3,6 @@ a public method (see :mod:`~tilewise.engine.prepared_case`), :meth:`Predictor.pr
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from .backends.select import choose_backend, create_backend
 from .data.model_reader import labels_in_volume_order, read_as_model, reader_name, reads_like_simpleitk
 from .data.volume import Geometry, Volume
 from .errors import InputError, TilewiseError
-from .events import CancelToken, EventHandler, cancellable, check_cancelled, counted_events
+from .events import CancelToken, EventHandler, FocusToken, cancellable, check_cancelled, counted_events
 from .model.bundle import ModelBundle
 from .model.cascade import check_pair, previous_stage_dir
 from .model.suitability import apply_policy, check_image
@@ -24,7 +23,6 @@ from .postprocess.export import export_with_fallback
 from .postprocess.labels import logits_to_labels
 from .prepared_case import PreparedCase
 from .preprocess.cascade_input import previous_stage_input
-from .preprocess.grid_mapping import GridMapper
 from .preprocess.grid_shape import forward_activation_bytes, job_size
 from .preprocess.pipeline import Preprocessed, preprocess
 from .preprocess.reuse import PreprocessCache, preprocess_key
@@ -34,7 +32,6 @@ from .runtime.memory import free_device_memory, record_peak
 from .runtime.memory_plan import MemoryBudget, MemoryPlan, check_forward_fits, plan_memory
 from .sliding.accumulators import Placement, placements
 from .sliding.empty_tiles import empty_tile_test
-from .sliding.plan import Tile
 from .sliding.runner import SlidingWindowRunner, background_logits
 
 
@@ -104,10 +101,10 @@ class Predictor:
         cancel: CancelToken | None = None,
     ) -> None:
         with cancellable(cancel):  # loading and converting stop between folds when ``cancel`` is set
-            self._load(model_dir, preset, device, folds, checkpoint_name, trust, nnunet_exact, cancel)
+            self._load(model_dir, preset, device, folds, checkpoint_name, trust, nnunet_exact)
 
     def _load(self, model_dir: Path | str, preset: Preset, device: str | torch.device, folds: list[str] | None,
-              checkpoint_name: str | None, trust: bool, nnunet_exact: bool, cancel: CancelToken | None) -> None:
+              checkpoint_name: str | None, trust: bool, nnunet_exact: bool) -> None:
         started = time.perf_counter()
         requested_preset = preset
         self.nnunet_exact = nnunet_exact
@@ -129,7 +126,7 @@ class Predictor:
         self._previous_cache = PreprocessCache()  # the first stage's input, kept only for callers that pass ``reuse``
         if self.bundle.previous_stage_name is not None:
             self.previous = Predictor(previous_stage_dir(self.bundle), requested_preset, device, folds,
-                                      checkpoint_name, trust, nnunet_exact, cancel)
+                                      checkpoint_name, trust, nnunet_exact)  # under this one's cancel token
             check_pair(self.bundle, self.previous.bundle)
         self.reader = reader_name(self.bundle.plans)  # the image reader the model was trained with
         self.networks = [net.to(self.device) for net in self.bundle.build_networks()]
@@ -151,13 +148,9 @@ class Predictor:
             backend=self.backend.name,
         )
         self.load_seconds = time.perf_counter() - started
-        self.convert_seconds: float = getattr(self.backend, "convert_seconds", 0.0) + (
+        self.convert_seconds: float = self.backend.convert_seconds + (
             self.previous.convert_seconds if self.previous is not None else 0.0)
         """Of :attr:`load_seconds`, those spent converting models for the backend (0 for torch or when cached)."""
-        self._runner: SlidingWindowRunner | None = None
-        self._mapper: GridMapper | None = None
-        self._pending_priority: Callable[[Tile], float] | None = None
-        self._focus: tuple[int, int] | None = None
 
     def check_input(self, volume: Volume) -> None:
         """Raise :class:`InputError` if ``volume`` cannot be segmented by this model."""
@@ -172,28 +165,6 @@ class Predictor:
         if not np.isfinite(volume.array).all():
             raise InputError(source, "contains NaN or infinite voxel values")
 
-    def prioritise(self, key: Callable[[Tile], float]) -> None:
-        """Reorder the tiles not yet run (smaller key first); applies to the current or the next run."""
-        self._pending_priority = key
-        self._focus = None
-        runner = self._runner  # read once: the run thread clears it when the run ends
-        if runner is not None:
-            runner.prioritise(key)
-        if self.previous is not None:
-            self.previous.prioritise(key)
-
-    def focus_on_slice(self, input_axis: int, index: int) -> None:
-        """Run the tiles that show slice ``index`` of input axis ``input_axis`` (0 = z, 1 = y, 2 = x) first.
-
-        Safe to call from any thread, before or during a run (the viewer calls it as the user scrolls).
-        """
-        self._focus = (input_axis, index)
-        runner, mapper = self._runner, self._mapper
-        if runner is not None and mapper is not None:
-            runner.prioritise(mapper.slice_priority(input_axis, index))
-        if self.previous is not None:
-            self.previous.focus_on_slice(input_axis, index)
-
     def predict(
         self,
         volume: Volume,
@@ -202,23 +173,27 @@ class Predictor:
         provisional_labels: bool = False,
         with_probabilities: bool = False,
         reuse: PreprocessCache | None = None,
+        focus: FocusToken | None = None,
     ) -> Result:
-        """Segment ``volume``. Raises :class:`~tilewise.engine.Cancelled` (and returns nothing) if cancelled.
+        """Segment ``volume``. Raises :class:`~tilewise.engine.Cancelled` (and returns nothing) once ``cancel`` is
+        set; ``focus`` (set from any thread) runs the tiles where the person looks first.
 
         ``reuse`` keeps the preprocessed input for the next call: a call with the same image and a predictor of the
         same model (any preset; ``nnunet_exact`` ones share only among themselves) skips preprocessing
         (``timings["preprocess"]`` is then only the lookup); the labels are the same either way. This is
         :meth:`prepare`, :meth:`run_tiles` and :meth:`finish` in a row.
         """
-        case = self.prepare(volume, cancel, reuse)
-        self.run_tiles(case, on_event, cancel, provisional_labels)
-        return self.finish(case, cancel, with_probabilities)
+        with cancellable(cancel):
+            case = self.prepare(volume, reuse=reuse)
+            self.run_tiles(case, on_event, provisional_labels=provisional_labels, focus=focus)
+            return self.finish(case, with_probabilities=with_probabilities)
 
     def prepare(self, volume: Volume, cancel: CancelToken | None = None, reuse: PreprocessCache | None = None,
                 budget: MemoryBudget | None = None) -> PreparedCase:
         """``volume`` checked, its memory planned (against ``budget``, default the memory available now) and
         preprocessed (through ``reuse`` when given): :meth:`plan_case` then :meth:`preprocess_case`."""
-        return self.preprocess_case(self.plan_case(volume, budget), cancel, reuse)
+        with cancellable(cancel):
+            return self.preprocess_case(self.plan_case(volume, budget), reuse=reuse)
 
     def plan_case(self, volume: Volume, budget: MemoryBudget | None = None, assess: bool = True) -> PreparedCase:
         """The first half of :meth:`prepare`: raises :class:`InputError` for a volume this model cannot segment (or,
@@ -242,19 +217,22 @@ class Predictor:
                         reuse: PreprocessCache | None = None) -> PreparedCase:
         """The second half of :meth:`prepare`: the case's volume on the network grid (from ``reuse`` when it holds
         it), and the body mask when empty tiles are skipped; stops between slabs when ``cancel`` is set."""
+        with cancellable(cancel):
+            self._preprocess_case(case, reuse)
+        return case
+
+    def _preprocess_case(self, case: PreparedCase, reuse: PreprocessCache | None) -> None:
         if self.previous is not None and case.previous is not None:
-            self.previous.preprocess_case(case.previous, cancel, self._previous_cache if reuse is not None else None)
+            self.previous._preprocess_case(case.previous, self._previous_cache if reuse is not None else None)
             case.note_previous(self.previous.bundle.configuration_name)
         started = time.perf_counter()
-        with cancellable(cancel):
-            check_cancelled()
-            case.prepared = self._preprocessed(case.volume, reuse)
-            check_cancelled()
-            if self.settings.skip_empty_tiles:
-                case.skip_tile = empty_tile_test(case.prepared)
+        check_cancelled()
+        case.prepared = self._preprocessed(case.volume, reuse)
+        check_cancelled()
+        if self.settings.skip_empty_tiles:
+            case.skip_tile = empty_tile_test(case.prepared)
         case.timings["preprocess"] = time.perf_counter() - started
         record_peak(case.peaks, "preprocess")
-        return case
 
     def _preprocessed(self, volume: Volume, reuse: PreprocessCache | None) -> Preprocessed:
         """``volume`` on the network grid: from ``reuse`` when it holds this image for this model, else preprocessed
@@ -270,16 +248,21 @@ class Predictor:
         return reuse.get_or_prepare(key, lambda: run(not self.nnunet_exact))
 
     def run_tiles(self, case: PreparedCase, on_event: EventHandler | None = None, cancel: CancelToken | None = None,
-                  provisional_labels: bool = False) -> None:
-        """Every tile of a prepared case through the model; the logits stay on ``case`` (its network-grid input is
-        dropped). Uses this predictor's device and backend: one call at a time."""
+                  provisional_labels: bool = False, focus: FocusToken | None = None) -> None:
+        """Every tile of a prepared case through the model, nearest to ``focus`` first; the logits stay on ``case``
+        (its network-grid input is dropped). Uses this predictor's device and backend: one call at a time."""
+        with cancellable(cancel):
+            self._run_tiles(case, on_event, provisional_labels, focus)
+
+    def _run_tiles(self, case: PreparedCase, on_event: EventHandler | None, provisional_labels: bool,
+                   focus: FocusToken | None) -> None:
         prepared = case.prepared
         assert prepared is not None, "preprocess_case first"
         if self.previous is not None:
             assert case.previous is not None
             before = self.previous._events_per_run(case.previous)
             total = before + self._events_per_run(case)
-            self._run_first_stage(case, counted_events(on_event, 0, total), cancel, provisional_labels)
+            self._run_first_stage(case, counted_events(on_event, 0, total), provisional_labels, focus)
             on_event = counted_events(on_event, before, total)
             prepared = case.prepared
             assert prepared is not None
@@ -287,10 +270,9 @@ class Predictor:
         if self.nnunet_exact:
             s = self.settings
             case.logits, case.tiles, case.forward_passes = run_like_nnunet(
-                self.bundle, self.networks, self.device, s.mirror_axes, s.tile_step, s.precision, prepared, on_event,
-                cancel)
+                self.bundle, self.networks, self.device, s.mirror_axes, s.tile_step, s.precision, prepared, on_event)
         else:
-            self._run_runner(case, prepared, on_event, cancel, provisional_labels)
+            self._run_runner(case, prepared, on_event, provisional_labels, focus)
         case.timings["sliding_window"] = time.perf_counter() - started
         case.prepared, case.skip_tile = replace(prepared, data=torch.empty(0), nonzero=None), None
         record_peak(case.peaks, "sliding_window")
@@ -300,26 +282,25 @@ class Predictor:
         tiles = case.tiles_to_run(self.bundle.patch_size, self.settings.tile_step)
         return tiles * (len(self.networks) if self.nnunet_exact else 1)
 
-    def _run_first_stage(self, case: PreparedCase, on_event: EventHandler | None, cancel: CancelToken | None,
-                         provisional_labels: bool) -> None:
+    def _run_first_stage(self, case: PreparedCase, on_event: EventHandler | None, provisional_labels: bool,
+                         focus: FocusToken | None) -> None:
         """A cascade's first stage: its tiles and export, then its segmentation stacked onto this stage's input
-        (:func:`~tilewise.engine.preprocess.cascade_input.previous_stage_input`); stops there when ``cancel`` is set."""
+        (:func:`~tilewise.engine.preprocess.cascade_input.previous_stage_input`)."""
         assert self.previous is not None and case.previous is not None and case.prepared is not None
         first = case.previous
-        self.previous.run_tiles(first, on_event, cancel, provisional_labels)
-        labels, _ = self.previous._export(first, cancel, False)
+        self.previous._run_tiles(first, on_event, provisional_labels, focus)
+        labels, _ = self.previous._export(first, False)
         case.note_previous(self.previous.bundle.configuration_name)
         started = time.perf_counter()
-        with cancellable(cancel):
-            check_cancelled()
-            volume = case.volume
-            image = volume.array if reads_like_simpleitk(self.reader) else read_as_model(volume, self.reader)[0]
-            case.prepared = previous_stage_input(labels, image, case.prepared, self.bundle)
-            check_cancelled()
+        check_cancelled()
+        volume = case.volume
+        image = volume.array if reads_like_simpleitk(self.reader) else read_as_model(volume, self.reader)[0]
+        case.prepared = previous_stage_input(labels, image, case.prepared, self.bundle)
+        check_cancelled()
         case.timings[f"{self.previous.bundle.configuration_name}:to_input"] = time.perf_counter() - started
 
     def _run_runner(self, case: PreparedCase, prepared: Preprocessed, on_event: EventHandler | None,
-                    cancel: CancelToken | None, provisional_labels: bool) -> None:
+                    provisional_labels: bool, focus: FocusToken | None) -> None:
         heads = self.bundle.label_manager.num_segmentation_heads
         runner = SlidingWindowRunner(
             self.backend, self.bundle.patch_size, self.settings.tile_step, self.settings.batch_size, heads,
@@ -327,27 +308,22 @@ class Predictor:
             background=background_logits(heads, self.bundle.label_manager.has_regions), skip_tile=case.skip_tile,
             placement_order=case.order,
         )
-        if self._focus is not None:
-            runner.prioritise(prepared.mapper.slice_priority(*self._focus))
-        elif self._pending_priority is not None:
-            runner.prioritise(self._pending_priority)
-        self._mapper, self._runner = prepared.mapper, runner
         try:
-            case.logits = runner.run(prepared.data, prepared.mapper, on_event, cancel, provisional_labels)
+            run = runner.run(prepared.data, prepared.mapper, on_event, focus, provisional_labels)
         finally:
-            self._runner = self._mapper = None
             if runner.batch_size != self.settings.batch_size:  # the batch that fitted, for the next cases
                 self.settings = replace(self.settings, batch_size=runner.batch_size)
-        case.tiles, case.tiles_skipped = runner.tiles_run, runner.tiles_skipped
-        case.forward_passes = runner.tiles_run * runner.passes_per_tile
-        case.notes += runner.notes
+        case.logits, case.tiles, case.tiles_skipped = run.logits, run.tiles_run, run.tiles_skipped
+        case.forward_passes = run.forward_passes
+        case.notes += run.notes
 
     def finish(self, case: PreparedCase, cancel: CancelToken | None = None,
                with_probabilities: bool = False) -> Result:
         """The case's logits as labels in the volume's voxel order (and probabilities), and its :class:`Result`;
         when device memory runs out during export, it is done again on the host."""
         started = time.perf_counter()
-        labels, probabilities = self._export(case, cancel, with_probabilities)
+        with cancellable(cancel):
+            labels, probabilities = self._export(case, with_probabilities)
         prepared = case.prepared
         assert prepared is not None
         if not reads_like_simpleitk(self.reader):  # back from the model reader's voxel order to the volume's
@@ -361,21 +337,19 @@ class Predictor:
             forward_passes=passes, tiles_skipped=skipped, notes=notes, peak_rss_mb=dict(case.peaks),
         )
 
-    def _export(self, case: PreparedCase, cancel: CancelToken | None,
-                with_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def _export(self, case: PreparedCase, with_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """The case's labels (and probabilities) on the grid the model's reader returned (host fallback as above)."""
         prepared = case.prepared
         assert prepared is not None and case.logits is not None, "run_tiles first"
         started = time.perf_counter()
         logits, case.logits = case.logits[(slice(None), *prepared.unpadded)], None
         if self.nnunet_exact:
-            with cancellable(cancel):
-                check_cancelled()
+            check_cancelled()
             labels, probabilities = export_like_nnunet(self.bundle, logits, prepared.properties, with_probabilities)
         else:
             assert case.plan is not None
             labels, probabilities = export_with_fallback(logits, self.bundle, prepared.properties, with_probabilities,
-                                                         case.plan.slab_bytes, cancel, self.device, case.notes)
+                                                         case.plan.slab_bytes, self.device, case.notes)
         del logits
         free_device_memory(self.device)
         case.timings["export"] = time.perf_counter() - started

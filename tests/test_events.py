@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import model_factory
-from tilewise.engine import Cancelled, CancelToken, Predictor, TileEvent, get_preset, read_volume
+from tilewise.engine import Cancelled, CancelToken, FocusToken, Predictor, TileEvent, get_preset, read_volume
 
 
 @pytest.fixture
@@ -127,13 +127,14 @@ def test_reordering_mid_run_gives_the_same_labels(ct_model: Path, big_case: Path
 
     predictor = Predictor(ct_model, preset, device="cpu")
     order: list[int] = []
+    focus = FocusToken()
 
     def on_event(event: TileEvent) -> None:
         order.append(event.tile_index)
         if event.done == 1:  # the viewer scrolled to the top slice: those tiles first
-            predictor.prioritise(lambda tile: -tile.box[0].start)
+            focus.prioritise(lambda tile: -tile.box[0].start)
 
-    reordered = predictor.predict(volume, on_event=on_event)
+    reordered = predictor.predict(volume, on_event=on_event, focus=focus)
     assert order[:1] == baseline_order[:1] and order != baseline_order, "the order changed after the first tile"
     tops = [starts[index] for index in order[1:]]
     assert tops == sorted(tops, reverse=True), "after the first tile, the top slices' tiles first"
@@ -151,8 +152,9 @@ def test_focus_on_slice_puts_tiles_on_screen_first(ct_model: Path, big_case: Pat
     def on_event(event: TileEvent) -> None:
         events.append(event)
 
-    predictor.focus_on_slice(input_axis=0, index=slice_index)
-    predictor.predict(volume, on_event=on_event)
+    focus = FocusToken()
+    focus.focus_on_slice(input_axis=0, index=slice_index)
+    predictor.predict(volume, on_event=on_event, focus=focus)
     shows_slice = [e.input_box is not None and e.input_box[0].start <= slice_index < e.input_box[0].stop for e in events]
     first_other = shows_slice.index(False)
     assert any(shows_slice) and not any(shows_slice[first_other:])
@@ -195,13 +197,14 @@ def test_focus_moves_while_running(ct_model: Path, big_case: Path) -> None:
     volume = read_volume(big_case)
     last = volume.shape[0] - 1
     events: list[TileEvent] = []
+    focus = FocusToken()
 
     def on_event(event: TileEvent) -> None:
         events.append(event)
         if event.done == 1:  # the user scrolled to the last slice
-            predictor.focus_on_slice(0, last)
+            focus.focus_on_slice(0, last)
 
-    predictor.predict(volume, on_event=on_event)
+    predictor.predict(volume, on_event=on_event, focus=focus)
     shows_last = [e.input_box is not None and e.input_box[0].stop - 1 >= last for e in events[1:]]
     assert any(shows_last)
     assert not any(shows_last[shows_last.index(False):])

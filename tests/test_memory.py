@@ -152,7 +152,7 @@ def test_every_placement_gives_finite_nnunet_weighted_logits(dtype: torch.dtype)
     data = torch.from_numpy(np.random.default_rng(4).normal(size=(1, *shape)).astype(np.float32))
     runner = SlidingWindowRunner(_FixedBackend(), patch, 0.5, 2, 3, lambda x: x.argmax(0),
                                  placement_order=[Placement(CPU, dtype)])
-    logits = runner.run(data, _grid(shape))
+    logits = runner.run(data, _grid(shape)).logits
 
     gaussian = nnunet_gaussian(patch, torch.float32, CPU).double()  # nnU-Net's weights, summed in float64 here
     sums, weights = torch.zeros((3, *shape), dtype=torch.float64), torch.zeros(shape, dtype=torch.float64)
@@ -203,21 +203,21 @@ def test_allocation_out_of_memory_moves_the_sums_to_the_next_placement(monkeypat
     monkeypatch.setattr(runner_module, "Accumulator", allocate)
     shape = (16, 16, 16)
     runner = SlidingWindowRunner(_FixedBackend(), (8, 8, 8), 0.5, 1, 3, lambda x: x.argmax(0))
-    logits = runner.run(torch.ones((1, *shape)), _grid(shape))
+    run = runner.run(torch.ones((1, *shape)), _grid(shape))
     assert tried == [torch.float32, torch.float16]
-    assert logits.dtype == torch.float16 and any("float16" in note for note in runner.notes)
+    assert run.logits.dtype == torch.float16 and any("float16" in note for note in run.notes)
 
 
 def test_forward_out_of_memory_halves_the_batch_and_no_tile_runs_twice() -> None:
     shape, patch = (16, 24, 24), (8, 8, 8)
     backend = _FixedBackend(fail_above=1)
     runner = SlidingWindowRunner(backend, patch, 0.5, 4, 3, lambda x: x.argmax(0))
-    logits = runner.run(torch.ones((1, *shape)), _grid(shape))
+    run = runner.run(torch.ones((1, *shape)), _grid(shape))
     reference = SlidingWindowRunner(_FixedBackend(), patch, 0.5, 1, 3, lambda x: x.argmax(0))
-    assert torch.equal(logits, reference.run(torch.ones((1, *shape)), _grid(shape)))
-    assert runner.batch_size == 1 and any("batch size reduced to 1" in n for n in runner.notes)
+    assert torch.equal(run.logits, reference.run(torch.ones((1, *shape)), _grid(shape)).logits)
+    assert run.batch_size == 1 and any("batch size reduced to 1" in n for n in run.notes)
     successful = [b for b in backend.batches if b <= 1]
-    assert sum(successful) == runner.tiles_run
+    assert sum(successful) == run.tiles_run
 
 
 def test_a_backend_with_a_static_batch_gets_exit_3_instead_of_a_useless_halving() -> None:

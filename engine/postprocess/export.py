@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import Cancelled, DiskSpaceError, OutOfMemoryError
-from ..events import CancelToken
+from ..errors import DiskSpaceError, OutOfMemoryError
+from ..events import check_cancelled
 from ..model.bundle import ModelBundle
 from ..runtime.memory import free_device_memory, is_out_of_memory
 from .labels import logits_to_labels
@@ -94,12 +94,12 @@ def _probability_file(bundle: ModelBundle, properties: dict[str, Any]) -> np.mem
 
 
 def export_logits(logits: torch.Tensor, bundle: ModelBundle, properties: dict[str, Any],
-                  with_probabilities: bool = False, slab_budget_bytes: int = DEFAULT_SLAB_BYTES,
-                  cancel: CancelToken | None = None) -> Exported:
+                  with_probabilities: bool = False, slab_budget_bytes: int = DEFAULT_SLAB_BYTES) -> Exported:
     """Undo preprocessing slab by slab: resample, convert to labels, un-crop, transpose back to the input's axes.
 
     Peak memory is ``logits`` plus one slab of about ``slab_budget_bytes``, plus the labels (1-2 bytes per input
-    voxel); probabilities, when asked for, stream into a temporary file. ``cancel`` is checked between slabs.
+    voxel); probabilities, when asked for, stream into a temporary file. The current cancel token is checked between
+    slabs.
     """
     plans = bundle.plans_manager
     dtype = np.uint8 if len(bundle.label_manager.foreground_labels) < 255 else np.uint16
@@ -115,8 +115,7 @@ def export_logits(logits: torch.Tensor, bundle: ModelBundle, properties: dict[st
         rows_per_slab = slab_rows(resampler, int(logits.shape[0]), slab_budget_bytes)
         slabs = ((span, _slab(resampler, logits, *span)) for span in resampler.slabs(rows_per_slab))
     for (start, stop), resampled in slabs:
-        if cancel is not None and cancel.cancelled:
-            raise Cancelled()
+        check_cancelled()
         window = (slice(crop[0].start + start, crop[0].start + stop), *crop[1:])
         labels[window] = logits_to_labels(resampled, bundle).cpu().numpy().astype(dtype, copy=False)
         if probabilities is not None:
@@ -134,12 +133,12 @@ def _slab(resampler: LogitResampler, logits: torch.Tensor, start: int, stop: int
 
 
 def export_with_fallback(logits: torch.Tensor, bundle: ModelBundle, properties: dict[str, Any],
-                         with_probabilities: bool, slab_bytes: int, cancel: CancelToken | None,
-                         device: torch.device, notes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+                         with_probabilities: bool, slab_bytes: int, device: torch.device,
+                         notes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels (and probabilities) of ``logits`` on the input grid, slab by slab; when device memory runs out,
     again on the host (with a note). Raises :class:`OutOfMemoryError` when host memory runs out."""
     try:
-        exported = export_logits(logits, bundle, properties, with_probabilities, slab_bytes, cancel)
+        exported = export_logits(logits, bundle, properties, with_probabilities, slab_bytes)
     except (RuntimeError, MemoryError) as error:
         if not is_out_of_memory(error):
             raise
@@ -148,5 +147,5 @@ def export_with_fallback(logits: torch.Tensor, bundle: ModelBundle, properties: 
             raise OutOfMemoryError("export", "out of memory while writing labels on the input grid; close other "
                                              "programs or use a machine with more memory") from None
         notes.append("device memory ran out during export: resampled on the host instead")
-        exported = export_logits(logits.cpu(), bundle, properties, with_probabilities, slab_bytes, cancel)
+        exported = export_logits(logits.cpu(), bundle, properties, with_probabilities, slab_bytes)
     return exported.labels, exported.probabilities

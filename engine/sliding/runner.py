@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
 from ..backends import ForwardBackend
 from ..errors import Cancelled, OutOfMemoryError
 from ..preprocess.grid_mapping import GridMapper
-from ..events import Box, CancelToken, EventHandler, TileEvent, cancellable
+from ..events import Box, EventHandler, FocusToken, TileEvent, cancel_requested
 from ..runtime.memory import free_device_memory, is_out_of_memory
 from .accumulators import Accumulator, Placement, placements
 from .order import TileQueue, centre_out
@@ -27,14 +28,29 @@ def background_logits(num_heads: int, regions: bool) -> torch.Tensor:
     return values
 
 
+@dataclass
+class SlidingResult:
+    """What one sliding window produced and what it cost."""
+
+    logits: torch.Tensor
+    """The Gaussian-averaged logits (heads, z, y, x) in the sums' dtype."""
+    tiles_run: int
+    tiles_skipped: int
+    forward_passes: int
+    batch_size: int
+    """The batch size that fitted (smaller than asked for when memory ran out)."""
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
 class SlidingWindowRunner:
     """Runs every tile of one preprocessed case through a forward backend and accumulates logits.
 
-    The backend forwards a batch of tiles through every fold and mirror. The order of tiles (centre-out, or as
-    :meth:`prioritise` asks) does not change the result. ``skip_tile`` (optional) names tiles not to run at all;
+    The backend forwards a batch of tiles through every fold and mirror. The order of tiles (centre-out, or where a
+    :class:`~tilewise.engine.events.FocusToken` asks) does not change the result. ``skip_tile`` (optional) names tiles not to run at all;
     voxels that no run tile covers get ``background_logits`` (see :func:`background_logits`). ``placement_order``
     lists where the sums may live, most preferred first (default: every placement for the backend's device, see
-    :mod:`.accumulators`); ``nnunet_order`` runs the tiles in nnU-Net's order and ignores :meth:`prioritise`.
+    :mod:`.accumulators`); ``nnunet_order`` runs the tiles in nnU-Net's order and ignores the focus.
     """
 
     def __init__(
@@ -63,45 +79,32 @@ class SlidingWindowRunner:
         self.placement = self.placements[0]
         self.nnunet_order = nnunet_order
         self.notes: list[str] = []
-        self.tiles_run = 0
-        self.tiles_skipped = 0
-        self._queue: TileQueue | None = None
-        self._pending_priority: Callable[[Tile], float] | None = None
-
-    @property
-    def passes_per_tile(self) -> int:
-        """Forward passes per tile: (1 + mirrors) x folds."""
-        return self.backend.passes_per_tile
-
-    def prioritise(self, key: Callable[[Tile], float]) -> None:
-        """Run the remaining tiles in order of ``key`` (smaller first). Safe to call from another thread."""
-        self._pending_priority = key
-        queue = self._queue  # read once: the run thread clears it when the last tile is taken
-        if queue is not None:
-            queue.prioritise(key)
 
     def run(
         self,
         data: torch.Tensor,
         mapper: GridMapper,
         on_event: EventHandler | None = None,
-        cancel: CancelToken | None = None,
+        focus: FocusToken | None = None,
         provisional_labels: bool = False,
-    ) -> torch.Tensor:
+    ) -> SlidingResult:
         """Predict ``data`` (channels, z, y, x; already padded to at least one tile).
 
-        Returns the Gaussian-averaged logits (heads, z, y, x) in the sums' dtype (float32 unless the memory plan or
-        a fallback chose float16). Raises :class:`Cancelled` if ``cancel``
-        is set; device memory is freed before it propagates. Out of memory while allocating the sums moves them to
-        the next placement; in a forward pass it halves the batch (where the backend can run smaller batches) and
-        retries that batch; while finalising it finishes in host memory. No tile ever runs twice.
+        The logits are Gaussian-averaged, in the sums' dtype (float32 unless the memory plan or a fallback chose
+        float16). ``focus`` is read between batches. Raises :class:`Cancelled` between batches (and the backend
+        between folds and mirrors) once the current cancel token is set; device memory is freed before it
+        propagates. Out of memory while allocating the sums moves them to the next placement; in a forward pass it
+        halves the batch (where the backend can run smaller batches) and retries that batch; while finalising it
+        finishes in host memory. No tile ever runs twice.
         """
+        started = time.perf_counter()
         try:
-            with cancellable(cancel):  # the backend checks it between folds and mirrors
-                return self._run(data, mapper, on_event, cancel, provisional_labels)
+            logits, tiles_run, tiles_skipped = self._run(data, mapper, on_event, focus, provisional_labels)
         except Cancelled:
             free_device_memory(self.device)
             raise
+        return SlidingResult(logits, tiles_run, tiles_skipped, tiles_run * self.backend.passes_per_tile,
+                             self.batch_size, time.perf_counter() - started, list(self.notes))
 
     def _allocate(self, spatial: tuple[int, ...]) -> Accumulator:
         candidates = list(self.placements)
@@ -145,9 +148,9 @@ class SlidingWindowRunner:
         data: torch.Tensor,
         mapper: GridMapper,
         on_event: EventHandler | None,
-        cancel: CancelToken | None,
+        focus: FocusToken | None,
         provisional_labels: bool,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, int, int]:
         spatial = tuple(int(s) for s in data.shape[1:])
         tiles = plan_tiles(spatial, self.patch_size, self.tile_step)  # type: ignore[arg-type]
         if not self.nnunet_order:
@@ -155,20 +158,18 @@ class SlidingWindowRunner:
         planned = len(tiles)
         if self.skip_tile is not None:
             tiles = [tile for tile in tiles if not self.skip_tile(tile)]
-        self.tiles_run, self.tiles_skipped = len(tiles), planned - len(tiles)
         queue = TileQueue(tiles)
-        if self._pending_priority is not None and not self.nnunet_order:
-            queue.prioritise(self._pending_priority)
-        self._queue = queue if not self.nnunet_order else None
+        steering = _Steering(None if self.nnunet_order else focus, mapper)
         accumulator = self._allocate(spatial)
         data = data.to(self.device)
         is_2d = len(self.patch_size) == 2
         total, done, started = len(tiles), 0, time.perf_counter()
         with torch.inference_mode():
             while len(queue):
-                if cancel is not None and cancel.cancelled:
-                    del accumulator, data
+                if cancel_requested():
+                    del accumulator, data  # the sums go now, not when the exception is done with this frame
                     raise Cancelled()
+                steering.apply(queue)
                 batch = queue.take(self.batch_size)
                 inputs = torch.stack([data[(slice(None), *self._network_slice(t.box, is_2d))] for t in batch])
                 predictions = self._forward(inputs)
@@ -179,12 +180,11 @@ class SlidingWindowRunner:
                     if on_event is not None:
                         elapsed = time.perf_counter() - started
                         on_event(self._event(tile, accumulator, mapper, done, total, elapsed, provisional_labels))
-            self._queue = None
             del data
-            if self.tiles_skipped:
+            if planned > total:
                 background = self.background if self.background is not None else background_logits(self.num_heads, False)
                 accumulator.fill_uncovered(background)
-            return self._finish(accumulator)
+            return self._finish(accumulator), total, planned - total
 
     def _finish(self, accumulator: Accumulator) -> torch.Tensor:
         """Average the sums; a device that runs out of memory here hands them to the host instead of rerunning."""
@@ -226,3 +226,24 @@ class SlidingWindowRunner:
             labels = mapper.labels_to_input(region, tile.box, input_box)
         eta = elapsed / done * (total - done)
         return TileEvent(done, total, tile.index, tile.box, input_box, labels, elapsed, eta)
+
+
+class _Steering:
+    """Applies a :class:`FocusToken`'s newest wish to the queue of tiles not yet run, once per wish."""
+
+    def __init__(self, focus: FocusToken | None, mapper: GridMapper) -> None:
+        self.focus = focus
+        self.mapper = mapper
+        self.applied = 0
+
+    def apply(self, queue: TileQueue) -> None:
+        """Reorder ``queue`` if the focus changed since the last call."""
+        if self.focus is None:
+            return
+        version, wish = self.focus.wish()
+        if version == self.applied or wish is None:
+            return
+        self.applied = version
+        kind, value = wish
+        key: Callable[[Tile], float] = self.mapper.slice_priority(*value) if kind == "slice" else value
+        queue.prioritise(key)
