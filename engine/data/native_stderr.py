@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
 
+from ..runtime.quiet import _REDIRECTION
+
 _lock = threading.Lock()
 _depth = 0
 _saved_fd: int | None = None
@@ -77,11 +79,16 @@ def _finish(failed: bool) -> None:
 @contextmanager
 def holding_native_stderr() -> Iterator[None]:
     """Hold back what native code prints to stderr inside the block; show it afterwards only if the block did not
-    raise (see the module's docstring)."""
-    _start()
-    failed = True
-    try:
-        yield
-        failed = False
-    finally:
-        _finish(failed)
+    raise (see the module's docstring).
+
+    Descriptor 2 is one per process: the block holds the process's one redirection lock
+    (:data:`..runtime.quiet._REDIRECTION`), so a read silencing it on another thread cannot interleave and leave
+    stderr pointing at the other's temporary file."""
+    with _REDIRECTION:
+        _start()
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            _finish(failed)
