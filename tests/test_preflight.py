@@ -28,16 +28,6 @@ SAMPLE = DEMO.parent / "sample_t1.nii.gz"
 ERROR_PREFIX = "tilewise: error: "
 
 
-def run_cli(argv: list, capfd: pytest.CaptureFixture) -> tuple[int, str, str]:
-    capfd.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capfd.readouterr()
-    return code, out, err
-
-
 @pytest.fixture
 def checkpoints_read(monkeypatch) -> list[Path]:
     """Every checkpoint the run reads (none may be, for what the pre-flight refuses)."""
@@ -77,7 +67,7 @@ def image(tmp_path: Path) -> Path:
 
 # ---- -o and the outputs -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["itself", "symlink", "hard-link"])
-def test_output_that_is_the_input_is_refused_before_the_model_loads(tmp_path: Path, image: Path, capfd,
+def test_output_that_is_the_input_is_refused_before_the_model_loads(tmp_path: Path, image: Path, run_cli,
                                                                     checkpoints_read, how: str) -> None:
     target = {"itself": image, "symlink": tmp_path / "link.nii.gz", "hard-link": tmp_path / "hard.nii.gz"}[how]
     if how == "symlink":
@@ -86,27 +76,27 @@ def test_output_that_is_the_input_is_refused_before_the_model_loads(tmp_path: Pa
         os.link(image, target)
     before = image.read_bytes()
 
-    code, out, err = run_cli(predict(image, target), capfd)
+    code, out, err = run_cli(predict(image, target))
 
     assert_one_line(code, out, err, 2, str(target), "input")
     assert checkpoints_read == []
     assert image.read_bytes() == before
 
 
-def test_output_name_that_is_an_existing_folder_is_refused(tmp_path: Path, image: Path, capfd,
+def test_output_name_that_is_an_existing_folder_is_refused(tmp_path: Path, image: Path, run_cli,
                                                            checkpoints_read) -> None:
     (tmp_path / "out" / "t1.nii.gz").mkdir(parents=True)
 
-    code, out, err = run_cli(predict(image, tmp_path / "out"), capfd)
+    code, out, err = run_cli(predict(image, tmp_path / "out"))
 
     assert_one_line(code, out, err, 2, str(tmp_path / "out" / "t1.nii.gz"), "existing folder")
     assert checkpoints_read == []
 
 
-def test_output_folder_that_is_a_file_is_refused(tmp_path: Path, image: Path, capfd, checkpoints_read) -> None:
+def test_output_folder_that_is_a_file_is_refused(tmp_path: Path, image: Path, run_cli, checkpoints_read) -> None:
     (tmp_path / "results").write_text("not a folder")
 
-    code, out, err = run_cli(predict(image, tmp_path / "results"), capfd)
+    code, out, err = run_cli(predict(image, tmp_path / "results"))
 
     assert_one_line(code, out, err, 2, "is a file")
     assert checkpoints_read == []
@@ -132,23 +122,23 @@ def small_mount(tmp_path: Path) -> Iterator[callable]:
         subprocess.run(["umount", str(folder)], capture_output=True, check=False)
 
 
-def test_read_only_destination_is_exit_3_before_the_model_loads(tmp_path: Path, image: Path, capfd,
+def test_read_only_destination_is_exit_3_before_the_model_loads(tmp_path: Path, image: Path, run_cli,
                                                                 checkpoints_read, small_mount) -> None:
     folder = small_mount("ro,size=1m")
 
-    code, out, err = run_cli(predict(image, folder / "out"), capfd)
+    code, out, err = run_cli(predict(image, folder / "out"))
 
     assert_one_line(code, out, err, 3, "read-only")
     assert checkpoints_read == []
 
 
-def test_full_destination_is_exit_3_before_the_model_loads(tmp_path: Path, capfd, checkpoints_read,
+def test_full_destination_is_exit_3_before_the_model_loads(tmp_path: Path, run_cli, checkpoints_read,
                                                            small_mount) -> None:
     source = tmp_path / "t1.nii"  # uncompressed: the label map needs about 8 MB
     sitk.WriteImage(sitk.ReadImage(str(SAMPLE)), str(source))
     folder = small_mount("size=1m")
 
-    code, out, err = run_cli(predict(source, folder), capfd)
+    code, out, err = run_cli(predict(source, folder))
 
     line = assert_one_line(code, out, err, 3, "MB", "free")
     assert "0.0 G" not in line
@@ -157,8 +147,8 @@ def test_full_destination_is_exit_3_before_the_model_loads(tmp_path: Path, capfd
 
 
 @pytest.mark.parametrize(("failure", "expected_code", "words"), [
-    (errno.EACCES, 3, "no permission"), (errno.EROFS, 3, "read-only"), (errno.ENOSPC, 3, "no space")])
-def test_unwritable_destination_injected(tmp_path: Path, image: Path, capfd, checkpoints_read, monkeypatch,
+    (errno.EACCES, 3, "you do not have permission"), (errno.EROFS, 3, "read-only"), (errno.ENOSPC, 3, "the disk is full")])
+def test_unwritable_destination_injected(tmp_path: Path, image: Path, run_cli, checkpoints_read, monkeypatch,
                                          failure: int, expected_code: int, words: str) -> None:
     """Where no file system can be mounted: the OS call fails as it would."""
     def refuse(*args, **kwargs):
@@ -166,7 +156,7 @@ def test_unwritable_destination_injected(tmp_path: Path, image: Path, capfd, che
 
     monkeypatch.setattr(preflight_module.tempfile, "mkstemp", refuse)
 
-    code, out, err = run_cli(predict(image, tmp_path / "out"), capfd)
+    code, out, err = run_cli(predict(image, tmp_path / "out"))
 
     assert_one_line(code, out, err, expected_code, words)
     assert checkpoints_read == []
@@ -179,84 +169,84 @@ def _write(array: np.ndarray, path: Path, vector: bool = False) -> Path:
     return path
 
 
-def test_2d_image_for_a_3d_model_is_refused_before_the_model_loads(tmp_path: Path, capfd, checkpoints_read) -> None:
+def test_2d_image_for_a_3d_model_is_refused_before_the_model_loads(tmp_path: Path, run_cli, checkpoints_read) -> None:
     source = _write(np.zeros((64, 64), np.float32), tmp_path / "slice.nii.gz")
 
-    code, out, err = run_cli(predict(source, tmp_path / "out"), capfd)
+    code, out, err = run_cli(predict(source, tmp_path / "out"))
 
     assert_one_line(code, out, err, 2, str(source), "2D")
     assert checkpoints_read == []
 
 
-def test_4d_image_is_refused_before_the_model_loads(tmp_path: Path, capfd, checkpoints_read) -> None:
+def test_4d_image_is_refused_before_the_model_loads(tmp_path: Path, run_cli, checkpoints_read) -> None:
     source = _write(np.zeros((2, 8, 16, 16), np.float32), tmp_path / "series.nii.gz")
 
-    code, out, err = run_cli(predict(source, tmp_path / "out"), capfd)
+    code, out, err = run_cli(predict(source, tmp_path / "out"))
 
     assert_one_line(code, out, err, 2, str(source), "4D")
     assert checkpoints_read == []
 
 
-def test_image_with_vector_voxels_for_a_one_channel_model_is_refused(tmp_path: Path, capfd,
+def test_image_with_vector_voxels_for_a_one_channel_model_is_refused(tmp_path: Path, run_cli,
                                                                       checkpoints_read) -> None:
     source = _write(np.zeros((8, 16, 16, 3), np.float32), tmp_path / "rgb.nii.gz", vector=True)
 
-    code, out, err = run_cli(predict(source, tmp_path / "out"), capfd)
+    code, out, err = run_cli(predict(source, tmp_path / "out"))
 
     assert_one_line(code, out, err, 2, str(source), "3 channel(s)", "needs 1 (T1)")
     assert checkpoints_read == []
 
 
-def test_zip_slip_archive_is_refused_before_the_model_loads(tmp_path: Path, capfd, checkpoints_read) -> None:
+def test_zip_slip_archive_is_refused_before_the_model_loads(tmp_path: Path, run_cli, checkpoints_read) -> None:
     archive = tmp_path / "study.zip"
     with zipfile.ZipFile(archive, "w") as opened:
         opened.writestr("../../evil.dcm", b"\0" * 128 + b"DICM")
 
-    code, out, err = run_cli(predict(archive, tmp_path / "out"), capfd)
+    code, out, err = run_cli(predict(archive, tmp_path / "out"))
 
     assert_one_line(code, out, err, 2, str(archive), "outside")
     assert checkpoints_read == []
     assert not (tmp_path.parent / "evil.dcm").exists()
 
 
-def test_broken_dicom_series_is_refused_before_the_model_loads(tmp_path: Path, capfd, checkpoints_read) -> None:
+def test_broken_dicom_series_is_refused_before_the_model_loads(tmp_path: Path, run_cli, checkpoints_read) -> None:
     folder = tmp_path / "study"
     folder.mkdir()
     (folder / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"not a header")
 
-    code, out, err = run_cli(predict(folder, tmp_path / "out"), capfd)
+    code, out, err = run_cli(predict(folder, tmp_path / "out"))
 
     assert_one_line(code, out, err, 2, str(folder))
     assert checkpoints_read == []
 
 
 # ---- the model folder ---------------------------------------------------------------------------------------------
-def test_model_folder_that_does_not_exist_says_so(tmp_path: Path, image: Path, capfd) -> None:
+def test_model_folder_that_does_not_exist_says_so(tmp_path: Path, image: Path, run_cli) -> None:
     missing = tmp_path / "no_such_model"
 
-    code, out, err = run_cli(predict(image, tmp_path / "out", model=missing), capfd)
+    code, out, err = run_cli(predict(image, tmp_path / "out", model=missing))
 
     line = assert_one_line(code, out, err, 2, str(missing), "not found")
     assert "dataset.json" not in line
 
 
-def test_fold_folder_suggests_its_parent(tmp_path: Path, image: Path, capfd) -> None:
+def test_fold_folder_suggests_its_parent(tmp_path: Path, image: Path, run_cli) -> None:
     fold = DEMO / "fold_0"
 
-    code, out, err = run_cli(predict(image, tmp_path / "out", model=fold), capfd)
+    code, out, err = run_cli(predict(image, tmp_path / "out", model=fold))
 
     assert_one_line(code, out, err, 2, str(fold), f"give the model folder {DEMO}", "-f 0")
 
 
-def test_batch_refuses_an_output_file_and_a_missing_model_before_loading(tmp_path: Path, image: Path, capfd,
+def test_batch_refuses_an_output_file_and_a_missing_model_before_loading(tmp_path: Path, image: Path, run_cli,
                                                                           checkpoints_read) -> None:
     (tmp_path / "results").write_text("a file")
     code, out, err = run_cli(["batch", "-i", image.parent, "-o", tmp_path / "results", "-m", "demo",
-                              "-device", "cpu"], capfd)
+                              "-device", "cpu"])
     assert_one_line(code, out, err, 2, "is a file")
 
     code, out, err = run_cli(["batch", "-i", image.parent, "-o", tmp_path / "out", "-m", tmp_path / "nothing",
-                              "-device", "cpu"], capfd)
+                              "-device", "cpu"])
     assert_one_line(code, out, err, 2, "model folder not found")
     assert checkpoints_read == []
 
@@ -293,14 +283,14 @@ def test_zip_bomb_refusal_shows_its_sizes(tmp_path: Path) -> None:
     assert not any(Path(tempfile.gettempdir()).glob("tilewise-unzip-*/IM0001"))
 
 
-def test_batch_into_a_full_destination_is_exit_3_before_loading(tmp_path: Path, capfd, checkpoints_read,
+def test_batch_into_a_full_destination_is_exit_3_before_loading(tmp_path: Path, run_cli, checkpoints_read,
                                                                 small_mount) -> None:
     for name in ("a", "b"):
         (tmp_path / "in").mkdir(exist_ok=True)
         sitk.WriteImage(sitk.ReadImage(str(SAMPLE)), str(tmp_path / "in" / f"{name}_0000.nii"))
     folder = small_mount("size=1m")
 
-    code, out, err = run_cli(["batch", "-i", tmp_path / "in", "-o", folder, "-m", "demo", "-device", "cpu"], capfd)
+    code, out, err = run_cli(["batch", "-i", tmp_path / "in", "-o", folder, "-m", "demo", "-device", "cpu"])
 
     assert_one_line(code, out, err, 3, "MB", "free")
     assert checkpoints_read == []

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..data.safe_output import _process_alive as process_alive
+from ..data.safe_output import process_alive
 from ..errors import output_error
 from .integrity import check_outputs
 

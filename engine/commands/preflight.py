@@ -15,7 +15,6 @@ file, removed at once.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import re
@@ -30,7 +29,7 @@ from ..data.dicom.zips import readable_size
 from ..data.outputs import with_output_type
 from ..data.readers import ImageHeader, image_suffix, read_header
 from ..data.safe_output import refuse_overwriting_inputs
-from ..errors import DiskSpaceError, InputError, ModelError, TilewiseError
+from ..errors import DiskSpaceError, InputError, ModelError, output_error
 from ..model.bundle import available_folds, check_model_folder, read_json
 from ..model.checkpoint import check_plans
 from ..model.schema import check_dataset_json, output_channels, validate_model_json
@@ -41,12 +40,6 @@ COMPRESSION = 20
 MARGIN_BYTES = 1_000_000
 """Headers, the report and the summary on top of the label maps."""
 _TRAINED_FOLDER = re.compile(r"^.+?__.+?__(?P<configuration>.+)$")
-
-
-class OutputNotWritableError(TilewiseError):
-    """The output folder cannot be written: a read-only file system or no permission (exit 3, as for no space)."""
-
-    exit_code = 3
 
 
 def model_configuration(model_dir: Path, plans: dict[str, Any], folds: list[str] | None,
@@ -126,12 +119,8 @@ def _probe_writable(folder: Path, output_dir: Path) -> None:
         handle, name = tempfile.mkstemp(prefix=".tilewise-probe-", dir=folder)
         os.close(handle)
         os.unlink(name)
-    except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskSpaceError(output_dir, f"no space left in {folder}; free some space or choose another "
-                                             "output folder") from None
-        reason = "is on a read-only file system" if error.errno == errno.EROFS else "cannot be written (no permission)"
-        raise OutputNotWritableError(output_dir, f"{reason}; choose another output folder") from None
+    except OSError as error:  # worded as a failed write says it (one place: errors.output_error)
+        raise output_error(error, folder / ".tilewise-probe") from None
 
 
 def check_outputs(outputs: list[Path], inputs: list[Path]) -> None:

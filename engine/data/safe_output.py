@@ -95,7 +95,7 @@ def refuse_overwriting_inputs(outputs: Iterable[Path], inputs: Iterable[Path]) -
                                      "or name")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether process ``pid`` runs on this machine (a conservative True when that cannot be told)."""
     if pid == os.getpid():
         return True
@@ -141,7 +141,7 @@ def clean_stale_staging(folder: Path) -> list[Path]:
             age = now - entry.stat(follow_symlinks=False).st_mtime
         except OSError:
             continue
-        dead_here = match["host"] == _HOST and not _process_alive(int(match["pid"]))
+        dead_here = match["host"] == _HOST and not process_alive(int(match["pid"]))
         if dead_here or age > STALE_AFTER_S:
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(Path(entry.path))
