@@ -87,8 +87,13 @@ class ImageFileFilter(QSortFilterProxyModel):
 
     def set_narrow(self, narrow: bool) -> None:
         """List only images and DICOM files (True), or every file."""
-        self.narrow = narrow
-        self.invalidateFilter()
+        if hasattr(self, "beginFilterChange"):  # Qt 6.9 and newer: invalidateFilter() is deprecated there
+            self.beginFilterChange()
+            self.narrow = narrow
+            self.endFilterChange()
+        else:
+            self.narrow = narrow
+            self.invalidateFilter()
 
     def filterAcceptsRow(self, row: int, parent: QModelIndex) -> bool:
         """Folders always; files by name while narrowed."""
