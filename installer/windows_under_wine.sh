@@ -28,7 +28,7 @@
 # Requirements under Wine (Debian 12, as root): dpkg --add-architecture i386 && apt-get update && apt-get install
 #   wine wine64 wine32:i386 gcc-mingw-w64-x86-64 binutils-mingw-w64-x86-64 nsis p7zip-full xvfb xauth
 # (NSIS installers are 32-bit programs: the prefix must be WoW64, hence wine32). Network: PyPI.
-# Downloads are cached in ${XDG_CACHE_HOME:-~/.cache}/tilewise-wine (pip's cache and the Python download); the Wine
+# The Python and pip downloads are cached in ${XDG_CACHE_HOME:-~/.cache}/tilewise-wine (the wheels are not); the Wine
 # prefix is build/wine/prefix, made afresh by the prefix stage. Each stage's time goes to build/wine/timings.txt.
 # Environment: TILEWISE_WINE_CACHE, WINEPREFIX (default build/wine/prefix), TILEWISE_LINUX_PYTHON, COMPRESSOR.
 set -euo pipefail
@@ -214,13 +214,13 @@ stage_python() {
     wpy -m pip --version
 }
 
-win_pip() {  # pip of the Windows Python, with the download cache on the Linux side
-    local cache
-    cache=$(winpath "$CACHE/pip")
-    # (the Linux side's PIP_FIND_LINKS, PIP_CONSTRAINT, ... name Linux paths: not for the Windows pip)
+win_pip() {  # pip of the Windows Python
+    # (the Linux side's PIP_FIND_LINKS, PIP_CONSTRAINT, ... name Linux paths: not for the Windows pip). No cache:
+    # under Wine 8 pip's cache writes fail silently (pip -vvv says "Updating cache", nothing is written), so every
+    # run downloads the wheels again
     (unset PIP_FIND_LINKS PIP_CONSTRAINT PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE
-     export PIP_NO_WARN_SCRIPT_LOCATION=1 PIP_PROGRESS_BAR=off
-     wpy -m pip --disable-pip-version-check --no-input --cache-dir "$cache" "$@")
+     export PIP_PROGRESS_BAR=off
+     wpy -m pip --disable-pip-version-check --no-input --no-cache-dir "$@")
 }
 
 stage_requirements() {
