@@ -336,7 +336,7 @@ def test_installer_scripts_pass_shellcheck() -> None:
 
 def test_wine_script_stages_are_defined_and_native_ones_listed() -> None:
     script = WINE_SCRIPT.read_text()
-    defined = set(re.findall(r"^stage_(\w+)\(\)", script, flags=re.M))
+    defined = set(re.findall(r"^stage_(\w+)\(\)", script, flags=re.MULTILINE))
     stage_lists = re.findall(r"ALL_STAGES=\(([^)]*)\)", script)
     assert len(stage_lists) == 2
     native, wine = (tuple(found.split()) for found in stage_lists)
