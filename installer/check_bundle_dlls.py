@@ -26,7 +26,7 @@ VC_RUNTIME_PREFIXES = ("msvcp140", "vcruntime140", "concrt140", "vcomp140", "vcc
 
 # DLLs of Windows 10 (1903, the first with icu.dll/icuuc.dll) and later, in lower case. What the bundle imports from
 # outside itself must be one of these: a name missing here fails the check, which is the point.
-SYSTEM_DLLS = frozenset("""  # noqa: SIM905 - a block of names reads better than a list literal of 110 strings
+SYSTEM_DLLS = frozenset("""
 advapi32 authz bcrypt bcryptprimitives cabinet cfgmgr32 clbcatq comctl32 comdlg32 credui crypt32 cryptbase cryptnet
 cryptsp cryptui d2d1 d3d11 d3d12 d3d9 d3dcompiler_47 dbghelp dcomp dnsapi dwmapi dwrite dxgi dxva2 esent fltlib
 gdi32 gdiplus glu32 hid icu icuin icuuc imagehlp imm32 iphlpapi kernel32 kernelbase ktmw32 mf mfplat mfreadwrite
@@ -34,7 +34,7 @@ mpr msacm32 mscms msi msimg32 msvcrt mswsock ncrypt netapi32 normaliz ntdll ole3
 pdh powrprof propsys psapi rpcrt4 secur32 setupapi shcore shell32 shlwapi sspicli tdh ucrtbase user32 userenv
 usp10 uxtheme version wevtapi win32u winhttp wininet winmm winspool.drv wintrust wldap32 wlanapi ws2_32 wsock32
 wtsapi32 xinput1_4 mfuuid ntdsapi uiautomationcore odbc32 avrt dsound d3d10 d3d10_1 dxcore wer dbgeng urlmon
-""".split()) | frozenset(("opencl", "ze_loader", "nvcuda"))
+""".split()) | frozenset(("opencl", "ze_loader", "nvcuda"))  # noqa: SIM905 - a block reads better here
 """The last three come with a device's driver, not with Windows: OpenCL's loader (Intel, AMD and NVIDIA graphics
 drivers install it; OpenVINO's GPU plugin imports it), oneAPI Level Zero's (Intel's NPU driver; OpenVINO's NPU
 runtime) and CUDA's (NVIDIA's driver). OpenVINO loads its device plugins only when it looks for that device, and a

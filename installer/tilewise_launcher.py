@@ -47,7 +47,7 @@ def smoke_test_viewer(argv: list[str]) -> int:
     started = time.perf_counter()
     report: dict[str, object] = {"checks": {}, "errors": []}
     checks: dict[str, object] = report["checks"]  # type: ignore[assignment]
-    viewer, widget = app.build_viewer(app.parse_args([]))
+    viewer, _widget = app.build_viewer(app.parse_args([]))
     checks["viewer_s"] = round(time.perf_counter() - started, 2)
 
     def plugins() -> None:

@@ -215,7 +215,7 @@ def test_hook_makes_import_torch_load_the_added_build(tmp_path: Path) -> None:
 def test_launcher_passes_everything_else_to_the_tilewise_command(monkeypatch: pytest.MonkeyPatch) -> None:
     launcher = load(LAUNCHER, "tilewise_launcher")
     calls: list[list[str]] = []
-    import tilewise.engine.commands.cli as cli
+    from tilewise.engine.commands import cli
 
     monkeypatch.setattr(cli, "main", lambda: calls.append(sys.argv[1:]) or 7)
     monkeypatch.setattr(sys, "argv", ["Tilewise", "predict", "-m", "demo"])
