@@ -174,7 +174,7 @@ def test_scrolling_focuses_the_engine_on_the_slice_on_screen(torch_gui, qtbot, c
     def scroll_then_cancel(event) -> None:
         if not focused:
             viewer.dims.set_point(0, image.data_to_world((60, 0, 0))[0])  # the person scrolls to slice 60
-            focused.append((time.perf_counter(), widget.worker._focus))
+            focused.append((time.perf_counter(), widget.worker.focus.wish()[1]))
         elif len([t for t, _ in emitted if t > focused[0][0]]) >= 4:
             widget.cancel_run()
 
@@ -185,7 +185,7 @@ def test_scrolling_focuses_the_engine_on_the_slice_on_screen(torch_gui, qtbot, c
     widget.run_started.connect(connect)
     assert _run(qtbot, widget) == "cancelled"
     scrolled_at, focus = focused[0]
-    assert focus == (0, 60)
+    assert focus == ("slice", (0, 60))
     after = [event for t, event in emitted if t > scrolled_at][1:]  # the batch in flight may finish first
     assert len(after) >= 2 and all(event.input_box[0].start <= 60 < event.input_box[0].stop for event in after)
 

@@ -96,6 +96,10 @@ class Awaitable:
         self._began.set()
         try:
             super().run()  # type: ignore[misc]
+        except RuntimeError as error:
+            # the window closed while an aborted worker was ending: Qt deleted its signals, nobody is listening
+            if "Signal source has been deleted" not in str(error):
+                raise
         finally:
             # superqt's run returns without 'finished' on a RuntimeError it takes for a deleted object
             self._ended.set()

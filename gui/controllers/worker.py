@@ -27,15 +27,11 @@ from tilewise.engine import (
     Preset,
     TilewiseError,
     UntrustedCheckpointError,
+    FocusToken,
     Volume,
     algorithm_of,
     is_out_of_memory,
 )
-
-try:
-    from tilewise.engine import FocusToken
-except ImportError:  # the engine before its focus token (issue 25, point 3, in progress): drop with it
-    FocusToken = None
 
 from ..geometry import geometry_from_layer
 from ..volumes import count_labels
@@ -175,13 +171,8 @@ class SegmentationWorker(Awaitable, WorkerBase):
         self.token = CancelToken()
         self.algorithm: AlgorithmInfo | None = None
         """The model, folds and preset of a finished run, as a DICOM SEG of its labels records them."""
-        self.focus = FocusToken() if FocusToken is not None else None
-        """Where the person looks (the engine's :class:`FocusToken`, passed into ``predict``); None with an engine
-        that takes the focus through :meth:`Predictor.focus_on_slice` instead."""
-        self._predictor: Predictor | None = None
-        self._focus: tuple[int, int] | None = None
-        """The last slice asked for (what tests read)."""
-        self._focus_lock = threading.Lock()
+        self.focus = FocusToken()
+        """Where the person looks: passed into ``predict``, which runs the tiles there first (set from any thread)."""
 
     def start(self) -> None:
         """Run in Qt's global thread pool (see :func:`.tasks.start_worker`)."""
@@ -211,14 +202,8 @@ class SegmentationWorker(Awaitable, WorkerBase):
         return self.wait(timeout_ms)
 
     def focus_on_slice(self, input_axis: int, index: int) -> None:
-        """Run the tiles under this input slice first (any thread; remembered until the model is loaded)."""
-        with self._focus_lock:
-            self._focus = (input_axis, index)
-            predictor = self._predictor
-        if self.focus is not None:
-            self.focus.focus_on_slice(input_axis, index)
-        elif predictor is not None:
-            predictor.focus_on_slice(input_axis, index)
+        """Run the tiles under this input slice first (any thread, before or during the run)."""
+        self.focus.focus_on_slice(input_axis, index)
 
     def work(self) -> None:
         """Load the model (or reuse it), prepare the image and run the engine; emits the outcome (never raises)."""
@@ -226,19 +211,13 @@ class SegmentationWorker(Awaitable, WorkerBase):
         try:
             self.stage.emit("Loading the model…")
             predictor = self.cache.get(request, self.token)
-            with self._focus_lock:
-                self._predictor = predictor
-                focus = self._focus
-            if focus is not None and self.focus is None:
-                predictor.focus_on_slice(*focus)
             if self.token.cancelled:
                 raise Cancelled()
             self.stage.emit("Preparing the image…")
             array = np.stack([np.asarray(channel, dtype=np.float32) for channel in request.channels])
             volume = Volume(array=array, geometry=request.geometry, sources=request.sources)
-            steering = {"focus": self.focus} if self.focus is not None else {}
             result = predictor.predict(volume, on_event=self.tile.emit, cancel=self.token, provisional_labels=True,
-                                       reuse=self.cache.prepared, **steering)
+                                       reuse=self.cache.prepared, focus=self.focus)
             if self.token.cancelled:
                 raise Cancelled()
             counts = count_labels(result.labels)
@@ -251,9 +230,6 @@ class SegmentationWorker(Awaitable, WorkerBase):
             self.failed.emit(RunFailure.ERROR, plain_message(error))
         else:
             self.succeeded.emit(result, counts)
-        finally:
-            with self._focus_lock:
-                self._predictor = None
 
 
 def stop_quietly(worker: SegmentationWorker) -> bool:
