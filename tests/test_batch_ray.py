@@ -191,5 +191,5 @@ def test_a_model_the_actors_cannot_load_is_the_batchs_error(cluster, tmp_path: P
 
     code, _, err = run_cli(["batch", "-i", folder, "-o", tmp_path / "there", *FAST, "-f", "9", "--ray", "auto"])
 
-    assert expected[0] == 2 and "fold" in expected[1]
-    assert (code, err) == expected  # the actor's error, as the single-process batch prints it
+    assert expected.code == 2 and "fold" in expected.err
+    assert (code, err) == (expected.code, expected.err)  # the actor's error, as the single-process batch prints it
