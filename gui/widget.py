@@ -22,6 +22,7 @@ from .controllers.estimates import RunTimeEstimates
 from .controllers.files import FilesController, describe_input
 from .controllers.results import ResultsController
 from .controllers.run import RUN_STATES, RunController, State
+from .controllers.suitability import SuitabilityCheck
 from .controllers.trust import TrustStore
 from .controllers.worker import RunFailure, RunRequest, SegmentationWorker, stop_quietly
 from .geometry import slice_on_screen
@@ -66,6 +67,7 @@ class TilewiseWidget(QWidget):
         self.results = ResultsController(self.viewer, self)
         self.files = FilesController(self.viewer, self.qsettings, self.run, self)
         self.trust = TrustStore(self.qsettings, self)
+        self.fit = SuitabilityCheck(self)  # is the chosen image right for the chosen model? said before Run
         self.model_panel = ModelPanel(self.qsettings, demo_model if demo_model is not None else demo_model_dir())
         self.image_panel = ImagePanel(self.viewer, colour)
         self.settings_panel = SpeedPanel(self.qsettings)
@@ -75,9 +77,6 @@ class TilewiseWidget(QWidget):
         self.guard = UnsavedEditsGuard(self, self.viewer, self.results, partial(self.save_labels, None), self.saved,
                                        self.shutdown)
         # the panels' parts that scripts and tests drive
-        self.open_button, self.open_busy, self.open_status = \
-            self.image_panel.open_button, self.image_panel.open_busy, self.image_panel.open_status
-        self.ct_window, self.ct_row = self.image_panel.ct_window, self.image_panel.ct_row
         self.run_button, self.progress = self.run_panel.run_button, self.run_panel.progress
         self.status, self.timing = self.run_panel.status, self.run_panel.timing
         self.save_button = self.review.save_button
@@ -115,7 +114,9 @@ class TilewiseWidget(QWidget):
         self.model_panel.model_changed.connect(self._on_model_changed)
         self.settings_panel.changed.connect(self._refresh_estimates)
         self.image_panel.changed.connect(self._refresh_estimates)
-        self.open_button.clicked.connect(self.open_image_dialog)
+        self.image_panel.changed.connect(self._check_fit)
+        self.fit.found.connect(self.run_panel.show_fit)
+        self.image_panel.open_button.clicked.connect(self.open_image_dialog)
         self.run_button.clicked.connect(self._on_run_clicked)
         self.save_button.clicked.connect(self._on_save_clicked)  # a bound method: a lambda here would keep the
         # widget alive forever (Qt holds the lambda, the lambda holds the widget), with its loaded model
@@ -189,6 +190,11 @@ class TilewiseWidget(QWidget):
     def _on_model_changed(self, info: ModelInfo | None) -> None:
         self.settings_panel.set_available_folds(info.folds if info else [])
         self._refresh_channels()
+        self._check_fit()
+
+    def _check_fit(self, *_: object) -> None:
+        info = self.model_panel.current()
+        self.fit.check(info.path if info is not None else None, self.image_panel.chosen())
 
     def _refresh_channels(self, *_: object) -> None:
         info = self.model_panel.current()
@@ -382,18 +388,12 @@ class TilewiseWidget(QWidget):
         if self in _CLOSING and self.run.state is State.IDLE:
             QTimer.singleShot(0, lambda: _CLOSING.discard(self))
 
-    def keyPressEvent(self, event: Any) -> None:
-        if event.key() == Qt.Key_Escape and self.running:
-            self.cancel_run()
-            event.accept()
-            return
-        super().keyPressEvent(event)
-
     def shutdown(self) -> None:
         """Cancel a run and wait for the threads (the window is closing)."""
         self.files.shutdown()
         self.run.shutdown()
         self.estimates.shutdown()
+        self.fit.shutdown()
         self.results.shutdown()
         self.run_panel.shutdown()
         _CLOSING.discard(self)

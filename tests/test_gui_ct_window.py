@@ -22,8 +22,8 @@ def test_each_window_sets_the_standard_width_and_level(gui, qtbot, ct_model: Pat
     viewer, widget = gui
     widget.model_panel.select(ct_model)
     [image] = _open(qtbot, widget, ct_case)
-    assert widget.ct_row.isVisible()
-    buttons = widget.ct_window.buttons
+    assert widget.image_panel.ct_row.isVisible()
+    buttons = widget.image_panel.ct_window.buttons
     assert [buttons[w.key].text() for w in CT_WINDOWS] == ["Brain", "Soft tissue", "Lung", "Bone"]
     for key, (width, level) in STANDARD.items():
         buttons[key].click()
@@ -40,16 +40,17 @@ def test_windows_are_offered_only_for_ct(gui, qtbot, ct_model: Path, tmp_path: P
     mr = model_factory.make_case(tmp_path / "mr_0000.nii.gz", "two_channel")  # MR-like: intensities >= 0
     ct = model_factory.make_case(tmp_path / "ct_0000.nii.gz", "3d")           # air at -1000 HU
     [mr_layer] = _open(qtbot, widget, mr)
-    assert not widget.ct_row.isVisible(), "an MR image gets no CT windows"
+    assert not widget.image_panel.ct_row.isVisible(), "an MR image gets no CT windows"
     [ct_layer] = _open(qtbot, widget, ct)
     assert widget.channel_combos[0].currentData() == "ct_0000"
-    assert widget.ct_row.isVisible() and widget.ct_window.layer is ct_layer, "intensities below -500: a CT"
+    panel = widget.image_panel
+    assert panel.ct_row.isVisible() and panel.ct_window.layer is ct_layer, "intensities below -500: a CT"
     widget.select_image("mr_0000")
-    assert not widget.ct_row.isVisible()
+    assert not widget.image_panel.ct_row.isVisible()
     widget.model_panel.select(ct_model)  # the model's channel is named CT: offer them for its image
-    assert widget.ct_row.isVisible() and widget.ct_window.layer is mr_layer
+    assert widget.image_panel.ct_row.isVisible() and widget.image_panel.ct_window.layer is mr_layer
 
-    widget.ct_window.buttons["bone"].click()
+    widget.image_panel.ct_window.buttons["bone"].click()
     assert mr_layer.contrast_limits == pytest.approx([-500, 1300])
     assert ct_layer.contrast_limits != mr_layer.contrast_limits, "only the image of the CT channel changes"
 

@@ -115,7 +115,7 @@ def test_picking_one_file_opens_the_whole_series(gui, qtbot, study) -> None:
 
     seen = answer_open_dialog(pick)
     with qtbot.waitSignal(widget.image_opened, timeout=60_000) as blocker:
-        widget.open_button.click()
+        widget.image_panel.open_button.click()
     assert seen, "the open dialog was shown"
     [layer] = blocker.args[0]
     assert layer.name == "series" and [candidate.name for candidate in viewer.layers] == ["series"]
@@ -136,7 +136,7 @@ def test_open_folder_opens_the_largest_series_in_it(gui, qtbot, study) -> None:
 
     answer_open_dialog(open_folder)
     with qtbot.waitSignal(widget.image_opened, timeout=60_000) as blocker:
-        widget.open_button.click()
+        widget.image_panel.open_button.click()
     assert started_in == [str(folder)], "the dialog starts in the last folder"
     [layer] = blocker.args[0]
     assert layer.name == "series"

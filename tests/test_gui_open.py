@@ -33,9 +33,10 @@ def test_reading_runs_on_a_thread_with_a_busy_state(gui, qtbot, ct_case: Path, c
     monkeypatch.setattr(files_module, "read_layers", slow_read)
     assert widget.open_image(ct_case), "returns at once; the file is read meanwhile"
     assert widget.opening and len(viewer.layers) == 0
-    assert widget.open_busy.isVisible() and widget.open_busy.maximum() == 0, "an indeterminate (busy) bar"
-    assert widget.open_status.text() == "Opening ct_0000.nii.gz…"
-    assert not widget.open_button.isEnabled() and not widget.run_button.isEnabled()
+    busy = widget.image_panel.open_busy
+    assert busy.isVisible() and busy.maximum() == 0, "an indeterminate (busy) bar"
+    assert widget.image_panel.open_status.text() == "Opening ct_0000.nii.gz…"
+    assert not widget.image_panel.open_button.isEnabled() and not widget.run_button.isEnabled()
     assert not widget.open_image(ct_case), "one image at a time"
 
     ticks: list[int] = []
@@ -56,8 +57,8 @@ def test_reading_runs_on_a_thread_with_a_busy_state(gui, qtbot, ct_case: Path, c
     np.testing.assert_array_equal(np.asarray(layer.data),
                                   sitk.GetArrayFromImage(sitk.ReadImage(str(ct_case))).astype(np.float32))
     assert widget.channel_combos[0].currentData() == "ct_0000"
-    assert not widget.opening and not widget.open_busy.isVisible()
-    assert widget.open_button.isEnabled() and widget.run_button.isEnabled()
+    assert not widget.opening and not widget.image_panel.open_busy.isVisible()
+    assert widget.image_panel.open_button.isEnabled() and widget.run_button.isEnabled()
     assert bar not in progress._all_instances, "the activity bar is gone"
     assert widget.qsettings.value(SETTINGS_OPEN_FOLDER) == str(ct_case.parent)
 
@@ -74,7 +75,7 @@ def test_the_open_dialog_starts_in_the_last_folder(gui, qtbot, ct_case: Path) ->
     for _ in range(2):
         when_shown(ImageFileDialog, pick)
         with qtbot.waitSignal(widget.image_opened, timeout=60_000):
-            widget.open_button.click()
+            widget.image_panel.open_button.click()
     assert len(asked) == 2 and asked[0] != str(ct_case.parent) and asked[1] == str(ct_case.parent)
     assert len(viewer.layers) == 2
 
@@ -87,4 +88,4 @@ def test_a_file_that_cannot_be_read_gives_a_dialog(gui, qtbot, dialogs, tmp_path
     assert blocker.args == [[]]
     [(title, text)] = dialogs["critical"]
     assert "could not be opened" in title and str(missing) in text and "Traceback" not in text
-    assert len(viewer.layers) == 0 and widget.open_button.isEnabled() and not widget.opening
+    assert len(viewer.layers) == 0 and widget.image_panel.open_button.isEnabled() and not widget.opening

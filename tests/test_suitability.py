@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-
+from image_factory import ct_like, mr_like
 from tilewise.engine import Finding, check_image, read_volume
 from tilewise.engine.model.suitability import assess, input_policy
 from tilewise.resources import demo_model_dir
@@ -19,30 +19,6 @@ DEMO_PLANS = json.loads((DEMO / "plans.json").read_text())
 DEMO_DATASET = json.loads((DEMO / "dataset.json").read_text())
 WARNING_PREFIX = "tilewise: warning: "
 ERROR_PREFIX = "tilewise: error: "
-
-
-def ct_like(path: Path, spacing: tuple[float, float, float] = (1.0, 1.0, 2.0)) -> Path:
-    """A CT in Hounsfield units: air -1000 around a body of soft tissue and bone (-100..1500)."""
-    rng = np.random.default_rng(0)
-    array = np.full((48, 64, 64), -1000, np.int16)
-    array[8:40, 8:56, 8:56] = rng.integers(-100, 1500, (32, 48, 48))
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(spacing)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path))
-    return path
-
-
-def mr_like(path: Path, spacing: tuple[float, float, float] = (1.0, 1.0, 2.0)) -> Path:
-    """An MR: background exactly 0, tissue 100..700, no negative value."""
-    rng = np.random.default_rng(1)
-    array = np.zeros((40, 48, 56), np.float32)
-    array[6:34, 8:40, 8:48] = rng.uniform(100, 700, (28, 32, 40))
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(spacing)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path))
-    return path
 
 
 def predict(source: Path, out: Path, model: object, *extra: object) -> list:

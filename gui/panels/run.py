@@ -107,8 +107,14 @@ class RunPanel(QWidget):
         self.status.setWordWrap(True)
         self.timing = QLabel("")
         self.timing.setVisible(False)
+        self.fit_warning = QLabel("")
+        """What the model says of the chosen image before Run (see :meth:`show_fit`); hidden when nothing."""
+        self.fit_warning.setWordWrap(True)
+        self.fit_warning.setStyleSheet("color: #f0a030;")  # amber: worth reading, not an error
+        self.fit_warning.setVisible(False)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.fit_warning)
         layout.addWidget(self.run_button)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
@@ -194,6 +200,14 @@ class RunPanel(QWidget):
         self._show_no_count()
         self.status.setText(STOPPED_TEXTS[outcome])
         self._set_timing("")
+
+    def show_fit(self, sentences: list[str]) -> None:
+        """Say above Run how the chosen image differs from what the model was trained on (nothing: hidden). The
+        person may still run it: the words are a warning, not a refusal."""
+        text = " ".join(sentences)
+        self.fit_warning.setText(f"Check this image: {text} The result may be wrong; you can still run it."
+                                 if text else "")
+        self.fit_warning.setVisible(bool(text))
 
     def show_message(self, text: str) -> None:
         """Say ``text`` on the status line."""

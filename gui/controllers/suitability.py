@@ -1,0 +1,60 @@
+"""Is the chosen image right for the chosen model? The engine's suitability check (modality, intensities against
+the model's training fingerprint, spacing, NaN voxels), run off the GUI thread whenever the image or the model
+changes, so the Run step can say it in plain words before the person presses Run."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QObject, Signal
+from tilewise.engine import Volume, check_image
+
+from ..geometry import geometry_from_layer
+from .tasks import BackgroundTask
+
+
+def findings_for(model_dir: Path, channels: tuple[Any, ...], geometry: Any,
+                 dicom_files: tuple[Path, ...]) -> list[str]:
+    """The engine's findings for an image (one array per channel) and a model folder, as sentences."""
+    array = np.stack([np.asarray(channel, dtype=np.float32) for channel in channels])
+    volume = Volume(array=array, geometry=geometry, dicom_files=dicom_files)
+    return [finding.message for finding in check_image(volume, model_dir)]
+
+
+class SuitabilityCheck(QObject):
+    """Checks the chosen image against the chosen model; ``found(sentences)`` follows each :meth:`check` (an empty
+    list: nothing to say). A check started before the last one is dropped when it ends."""
+
+    found = Signal(list)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._task: BackgroundTask | None = None
+        self._latest = 0
+
+    def check(self, model_dir: Path | None, layers: list[Any]) -> None:
+        """Check image ``layers`` (one per model channel) against ``model_dir``; nothing to check clears the words."""
+        self._latest += 1
+        if model_dir is None or not layers or any(layer is None for layer in layers):
+            self.found.emit([])
+            return
+        dicom_files = tuple(Path(p) for p in layers[0].metadata.get("tilewise_dicom_files", []))
+        task = BackgroundTask(findings_for, Path(model_dir), tuple(layer.data for layer in layers),
+                              geometry_from_layer(layers[0]), dicom_files)
+        number = self._latest
+        task.succeeded.connect(lambda sentences: self._on_done(number, sentences))
+        task.failed.connect(lambda _message: self._on_done(number, []))  # the run itself reports a broken model
+        self._task = task
+        task.start()
+
+    def _on_done(self, number: int, sentences: list[str]) -> None:
+        if number == self._latest:
+            self.found.emit(list(sentences))
+
+    def shutdown(self) -> None:
+        """Wait for a check in progress (the window is closing); its result is not reported."""
+        self._latest += 1
+        task, self._task = self._task, None
+        if task is not None:
+            task.wait(10_000)
