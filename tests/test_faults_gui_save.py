@@ -1,5 +1,5 @@
 """Faults injected into the viewer's Save: a full disk, a read-only folder, permission denied, a name that is a
-folder, and a kill -9 while the file is written. Each failure reaches the person as one plain line (the
+folder, and a kill -9 or a SIGTERM while the file is written. Each failure reaches the person as one plain line (the
 ``save_failed`` signal and the dialog), never a traceback, and no file that is not whole lies under the name chosen.
 
 A real 1 MB tmpfs and a read-only mount need root (CI runs the suite as root); without it the full disk is ENOSPC
@@ -130,7 +130,9 @@ def test_a_name_that_is_a_folder(gui, qtbot, dialogs, tmp_path: Path) -> None:
     assert message == f"{tmp_path / 'notes'} is a file, not a folder"
 
 
-def test_killed_while_saving_leaves_no_file_and_the_next_save_cleans_up(gui, qtbot, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "SIGTERM"])
+def test_killed_while_saving_leaves_no_file_and_the_next_save_cleans_up(gui, qtbot, tmp_path: Path,
+                                                                        stop: signal.Signals) -> None:
     viewer, widget = gui
     out = tmp_path / "out"
     out.mkdir()
@@ -145,8 +147,9 @@ def test_killed_while_saving_leaves_no_file_and_the_next_save_cleans_up(gui, qtb
     else:
         process.kill()
         pytest.fail(f"the staged file was never seen: {process.communicate()[1]}")
-    process.send_signal(signal.SIGKILL)
+    process.send_signal(stop)
     process.communicate(timeout=60)
+    assert process.returncode == -stop
     assert not target.exists(), "a killed Save leaves nothing under the name chosen"
     assert leftovers(out), "its staging folder stays until the next write into the folder"
 
