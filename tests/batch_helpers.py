@@ -24,29 +24,38 @@ def leftovers(folder: Path) -> list[str]:
     return names
 
 
-def interrupt_after_first_case(argv: list[str]) -> tuple[int, str]:
-    """Run ``tilewise argv`` (a 6-case batch) in a child process, press Ctrl-C once its first case has finished;
-    its exit status and stderr."""
+def spawn(argv: list) -> subprocess.Popen:
+    """``tilewise argv`` as a child process, stderr piped (one line per finished case: it is not a terminal)."""
     # A shell that starts CI in the background makes its children ignore SIGINT; a terminal's Ctrl-C never is: the
     # child restores Python's handler itself (no preexec_fn: this process has threads).
     script = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-              f"sys.argv = ['tilewise', *{argv!r}]; runpy.run_module('tilewise.engine', run_name='__main__')")
-    # stderr is not a terminal: one line per finished case
-    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}) as process:
+              f"sys.argv = ['tilewise', *{[str(a) for a in argv]!r}]; "
+              "runpy.run_module('tilewise.engine', run_name='__main__')")
+    return subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def signal_after(argv: list, marker: str, signum: int, timeout: float = 300) -> tuple[int, str]:
+    """Run ``tilewise argv``, send ``signum`` once a stderr line holds ``marker``; (exit status, stderr)."""
+    with spawn(argv) as process:
         try:
             lines = []
             for line in process.stderr:  # type: ignore[union-attr]
                 lines.append(line)
-                if "[1/6]" in line:
+                if marker in line:
                     break
             assert process.poll() is None, "".join(lines)
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signum)
             rest = process.stderr.read()  # type: ignore[union-attr]
-            code = process.wait(timeout=120)
+            code = process.wait(timeout=timeout)
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-    stderr = "".join(lines) + rest
-    return code, stderr
+    return code, "".join(lines) + rest
+
+
+def interrupt_after_first_case(argv: list[str]) -> tuple[int, str]:
+    """Run ``tilewise argv`` (a 6-case batch) in a child process, press Ctrl-C once its first case has finished;
+    its exit status and stderr."""
+    return signal_after(argv, "[1/6]", signal.SIGINT, timeout=120)

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,38 +15,12 @@ from pathlib import Path
 import model_factory
 import pytest
 import SimpleITK as sitk
+from batch_helpers import signal_after, spawn
 from tilewise.engine.batch.claims import CLAIMS_DIR
 
 SLOW = ("--preset", "reference", "-device", "cpu", "--backend", "torch")  # seconds per case: time to interrupt
 FAST = ("--preset", "preview", "-device", "cpu", "--backend", "torch")
 NII_HEADER = 352  # a NIfTI-1 header and its 4-byte extension flag
-
-
-def spawn(argv: list) -> subprocess.Popen:
-    """``tilewise argv`` as a child process, stderr piped (one line per finished case)."""
-    return subprocess.Popen([sys.executable, "-m", "tilewise.engine", *map(str, argv)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def signal_after(argv: list, marker: str, signum: int) -> tuple[int, str]:
-    """Run ``tilewise argv``, send ``signum`` once a stderr line holds ``marker``; (exit status, stderr)."""
-    with spawn(argv) as process:
-        try:
-            lines = []
-            for line in process.stderr:  # type: ignore[union-attr]
-                lines.append(line)
-                if marker in line:
-                    break
-            assert process.poll() is None, "".join(lines)
-            process.send_signal(signum)
-            rest = process.stderr.read()  # type: ignore[union-attr]
-            code = process.wait(timeout=300)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    return code, "".join(lines) + rest
 
 
 def summary_of(out: Path) -> dict:
