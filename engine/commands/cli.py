@@ -148,16 +148,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous_policy = None
     try:
         if args.command in ("predict", "batch"):
+            keep_freed_host_memory()  # this process only runs inference: the allocator tuning is ours to set
             previous_policy = _before_the_work(args)
         if args.command == "predict":
             from .predict import run_predict
 
-            keep_freed_host_memory()  # this process only runs inference: the allocator tuning is ours to set
             return run_predict(args)
         if args.command == "batch":
             from .batch import run_batch
 
-            keep_freed_host_memory()  # as for predict: this process only runs inference
             return run_batch(args)
         if args.command == "bench" and args.batch:
             from .bench_batch import run_bench_batch
