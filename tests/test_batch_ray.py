@@ -193,3 +193,23 @@ def test_a_model_the_actors_cannot_load_is_the_batchs_error(cluster, tmp_path: P
 
     assert expected.code == 2 and "fold" in expected.err
     assert (code, err) == (expected.code, expected.err)  # the actor's error, as the single-process batch prints it
+
+
+def test_strict_input_fails_a_case_on_the_actors_too(cluster, tmp_path: Path, run_cli) -> None:
+    """--strict-input reaches the actors: the demo brain model's actor fails a CT with the reason, as at home."""
+    import shutil
+
+    from image_factory import ct_like
+    from tilewise.resources import sample_path
+
+    ct_like(tmp_path / "in" / "ct_0000.nii.gz")
+    shutil.copy(sample_path(), tmp_path / "in" / "brain_0000.nii.gz")  # what the demo model was trained on
+    out = tmp_path / "out"
+
+    code, _, err = run_cli(["batch", "-i", tmp_path / "in", "-o", out, *FAST, "--strict-input", "--ray", "auto"])
+
+    assert code == 3, err
+    cases = records(out)
+    assert cases["ct"]["status"] == "failed" and "looks like CT" in cases["ct"]["reason"]
+    assert cases["brain"]["status"] == "done"
+    assert not (out / "ct.nii.gz").exists() and (out / "brain.nii.gz").exists()

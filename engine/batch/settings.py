@@ -38,6 +38,9 @@ class BatchSettings:
     ray: str | None = None
     """``auto`` or a cluster address to run on Ray actors; None runs in this process."""
     ray_actors: int | None = None
+    strict_input: bool = False
+    """Refuse (fail) a case whose image the model was not trained for, instead of noting it (``--strict-input``);
+    this process's own cases follow the command line's input policy, Ray actors this setting."""
     quiet: bool = False
     verbose: bool = False
     progress_bar: bool = True

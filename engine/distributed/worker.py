@@ -32,6 +32,8 @@ class WorkerSettings:
     """The DICOM series to read of each DICOM case (``--series-uid``)."""
     threads: int
     """CPU threads for this actor: the CPUs Ray reserved for it."""
+    strict_input: bool = False
+    """``--strict-input``: a case whose image the model was not trained for fails (else the finding is a note)."""
 
 
 class BatchWorker:
@@ -57,9 +59,11 @@ class BatchWorker:
         import torch
 
         from ..batch.summary import predictor_header
+        from ..model.suitability import InputPolicy, set_input_policy
         from ..predictor import Predictor
 
         torch.set_num_threads(self.settings.threads)  # the CPUs Ray reserved: actors sharing a node split its cores
+        set_input_policy(InputPolicy(strict=self.settings.strict_input))  # an actor has no terminal: notes, or refuse
         actor_id = ray.get_runtime_context().get_actor_id() or "?"
         self.name = f"ray actor {actor_id[:12]} on {self.name} (node {ray.util.get_node_ip_address()})"
         s = self.settings
