@@ -3,6 +3,7 @@ the model's training fingerprint, spacing, NaN voxels), run off the GUI thread w
 changes, so the Run step can say it in plain words before the person presses Run."""
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from tilewise.engine import Volume, check_image
 
 from ..geometry import geometry_from_layer
 from .tasks import BackgroundTask
+from .weak import alive
 
 
 def findings_for(model_dir: Path, channels: tuple[Any, ...], geometry: Any,
@@ -42,15 +44,17 @@ class SuitabilityCheck(QObject):
         dicom_files = tuple(Path(p) for p in layers[0].metadata.get("tilewise_dicom_files", []))
         task = BackgroundTask(findings_for, Path(model_dir), tuple(layer.data for layer in layers),
                               geometry_from_layer(layers[0]), dicom_files)
-        number = self._latest
-        task.succeeded.connect(lambda sentences: self._on_done(number, sentences))
-        task.failed.connect(lambda _message: self._on_done(number, []))  # the run itself reports a broken model
+        number, owner = self._latest, weakref.ref(self)  # weak: a check never keeps a closed panel alive
+
+        def done(sentences: list[str]) -> None:
+            check = owner()
+            if check is not None and alive(check) and number == check._latest:  # Qt may have deleted it meanwhile
+                check.found.emit(list(sentences))
+
+        task.succeeded.connect(done)
+        task.failed.connect(lambda _message: done([]))  # the run itself reports a broken model
         self._task = task
         task.start()
-
-    def _on_done(self, number: int, sentences: list[str]) -> None:
-        if number == self._latest:
-            self.found.emit(list(sentences))
 
     def shutdown(self) -> None:
         """Wait for a check in progress (the window is closing); its result is not reported."""
