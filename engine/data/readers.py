@@ -78,6 +78,17 @@ def _read_itk(path: Path, series_uid: SeriesUid) -> tuple[sitk.Image, tuple[Path
     if suffix is None:
         raise InputError(path, f"unsupported file type (expected one of {', '.join(IMAGE_SUFFIXES)}, a DICOM "
                                "folder, file or .zip)")
+    reader = _header_reader(path, suffix)
+    try:
+        with silenced_fd2():
+            return reader.Execute(), (), None
+    except RuntimeError as error:
+        raise InputError(path, f"cannot read image ({_itk_reason(error)})") from None
+
+
+def _header_reader(path: Path, suffix: str) -> sitk.ImageFileReader:
+    """An ITK reader of ``path`` with its header read (and a NIfTI's length checked against it); raises
+    :class:`InputError` for a file that cannot be read."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -85,9 +96,9 @@ def _read_itk(path: Path, series_uid: SeriesUid) -> tuple[sitk.Image, tuple[Path
             reader.ReadImageInformation()
             if suffix in (".nii", ".nii.gz"):
                 _check_nifti_complete(path, reader)
-            return reader.Execute(), (), None
     except RuntimeError as error:
         raise InputError(path, f"cannot read image ({_itk_reason(error)})") from None
+    return reader
 
 
 def _check_nifti_complete(path: Path, reader: sitk.ImageFileReader) -> None:
@@ -224,15 +235,7 @@ def read_header(path: Path, series_uid: SeriesUid = None) -> ImageHeader | None:
     suffix = image_suffix(path)
     if suffix is None:
         return None
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        with silenced_fd2():
-            reader.ReadImageInformation()
-            if suffix in (".nii", ".nii.gz"):
-                _check_nifti_complete(path, reader)
-    except RuntimeError as error:
-        raise InputError(path, f"cannot read image ({_itk_reason(error)})") from None
+    reader = _header_reader(path, suffix)
     size = reader.GetSize()
     dimension = reader.GetDimension()
     if dimension == 4 and size[3] == 1:
