@@ -204,7 +204,7 @@ class RunPanel(QWidget):
     def show_fit(self, sentences: list[str]) -> None:
         """Say above Run how the chosen image differs from what the model was trained on (nothing: hidden). The
         person may still run it: the words are a warning, not a refusal."""
-        text = " ".join(sentences)
+        text = " ".join(sentence if sentence.endswith(".") else f"{sentence}." for sentence in sentences)
         self.fit_warning.setText(f"Check this image: {text} The result may be wrong; you can still run it."
                                  if text else "")
         self.fit_warning.setVisible(bool(text))
