@@ -58,6 +58,9 @@ def test_run_shows_cancel_and_loading_before_napari_builds_the_preview_layer(tor
                 painted.append(widget.run_button.text())
             return False
 
+    # repaint() paints only a mapped, exposed window: wait until the window system shows it, as a person's does
+    qtbot.waitExposed(viewer.window._qt_window, timeout=60_000)
+    qtbot.waitUntil(lambda: widget.run_button.isVisible(), timeout=60_000)
     log = PaintLog()
     widget.run_button.installEventFilter(log)
     before_layer: list[tuple[str, str, list[str]]] = []
