@@ -1,8 +1,10 @@
 """DICOM outputs: ``--output-type dicom-seg`` and ``dicom-rtstruct`` of ``tilewise predict`` (and ``batch``) on a
 DICOM series written with SimpleITK, read back with highdicom, pydicom and rt-utils and compared with the NIfTI
-output of the same run, voxel for voxel (SEG) and by Dice (RTSTRUCT contours)."""
+output of the same run, voxel for voxel (SEG) and by Dice (RTSTRUCT contours); the BINARY SEG and the RTSTRUCT
+checked by dciodvfy (Debian's dicom3tools) where it is installed."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -59,17 +61,19 @@ def test_the_run_segments_every_label(run: dict) -> None:
 def test_seg_references_the_source_series_frame_by_frame(run: dict) -> None:
     seg = pydicom.dcmread(run["out"] / "brain_seg.dcm")
     first = run["by_slice"][0]
-    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7" and seg.Modality == "SEG"  # Label Map Segmentation
-    assert seg.SegmentationType == "LABELMAP"
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.Modality == "SEG"  # Segmentation Storage
+    assert seg.SegmentationType == "BINARY"  # the default: every PACS and viewer reads it
+    assert [s.SegmentNumber for s in seg.SegmentSequence] == [1, 2, 3]  # from 1, no background segment
     assert seg.FrameOfReferenceUID == first.FrameOfReferenceUID
     assert seg.StudyInstanceUID == first.StudyInstanceUID and seg.PatientID == first.PatientID
+    assert seg.StudyID == first.StudyID and seg.StudyDate == first.StudyDate
     assert seg.SeriesInstanceUID != first.SeriesInstanceUID
     referenced = seg.ReferencedSeriesSequence[0]
     assert referenced.SeriesInstanceUID == first.SeriesInstanceUID
     assert {i.ReferencedSOPInstanceUID for i in referenced.ReferencedInstanceSequence} == \
         {d.SOPInstanceUID for d in run["by_slice"]}
     by_uid = {d.SOPInstanceUID: d for d in run["by_slice"]}
-    assert 0 < seg.NumberOfFrames <= len(run["by_slice"])
+    assert 0 < seg.NumberOfFrames <= 3 * len(run["by_slice"])  # one frame per segment and slice it is on
     for frame in seg.PerFrameFunctionalGroupsSequence:
         uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         position = np.array(frame.PlanePositionSequence[0].ImagePositionPatient, float)
@@ -178,16 +182,19 @@ def test_a_label_map_off_the_series_grid_is_refused(run: dict, tmp_path: Path) -
     assert list(tmp_path.iterdir()) == []
 
 
-def test_binary_seg_and_a_multi_frame_source(run: dict, tmp_path: Path) -> None:
-    """BINARY (older highdicom's type) holds the same labels; so does a SEG on a multi-frame image whose frames
-    run against the label map's slices (a legacy-converted enhanced CT of the same series, frames reversed)."""
+def test_labelmap_seg_and_a_multi_frame_source(run: dict, tmp_path: Path) -> None:
+    """LABELMAP (on request) holds the same labels; so does a SEG on a multi-frame image whose frames run against
+    the label map's slices (a legacy-converted enhanced CT of the same series, frames reversed)."""
     volume = read_volume(run["series"])
     labels = run["labels"]
-    write_dicom_seg(labels, volume, NAMES, tmp_path / "binary_seg.dcm", AlgorithmInfo("m"), segmentation_type="BINARY")
-    binary = hd.seg.segread(tmp_path / "binary_seg.dcm")
-    assert binary.SegmentationType == "BINARY"
-    pixels = binary.get_pixels_by_source_instance([d.SOPInstanceUID for d in run["by_slice"]], combine_segments=True)
+    write_dicom_seg(labels, volume, NAMES, tmp_path / "map_seg.dcm", AlgorithmInfo("m"), segmentation_type="labelmap")
+    labelmap = hd.seg.segread(tmp_path / "map_seg.dcm")
+    assert labelmap.SegmentationType == "LABELMAP" and labelmap.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"
+    pixels = labelmap.get_pixels_by_source_instance([d.SOPInstanceUID for d in run["by_slice"]],
+                                                    combine_segments=True)
     np.testing.assert_array_equal(pixels, labels)
+    with pytest.raises(InputError, match="unknown DICOM SEG type 'fractional'"):
+        write_dicom_seg(labels, volume, NAMES, tmp_path / "f_seg.dcm", AlgorithmInfo("m"), "fractional")
     frames = hd.legacy.LegacyConvertedEnhancedCTImage(run["by_slice"][::-1], generate_uid(), 2, generate_uid(), 1)
     frames.save_as(tmp_path / "enhanced.dcm")
     source = DicomSource(volume.geometry, (tmp_path / "enhanced.dcm",))
@@ -213,8 +220,61 @@ def test_batch_writes_the_seg_predict_writes(run: dict, tmp_path: Path, run_cli)
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "brain").symlink_to(run["series"], target_is_directory=True)
-    code, _, err = run_cli(["batch", "-i", folder, "-o", tmp_path / "out", *FAST, "--output-type", "dicom-seg", "-q"])
+    code, _, err = run_cli(["batch", "-i", folder, "-o", tmp_path / "out", *FAST, "--output-type", "dicom-seg",
+                            "--seg-type", "labelmap", "-q"])
     assert code == 0, err
     uids = [d.SOPInstanceUID for d in run["by_slice"]]
     batch = hd.seg.segread(tmp_path / "out" / "brain_seg.dcm")
+    assert batch.SegmentationType == "LABELMAP"
     np.testing.assert_array_equal(batch.get_pixels_by_source_instance(uids, combine_segments=True), run["labels"])
+
+
+TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+         "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+@pytest.fixture(scope="module")
+def bare(run: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The series without its Type 2 patient and study attributes (as some sources send them), and a BINARY SEG
+    and an RTSTRUCT of the run's labels on it."""
+    root = tmp_path_factory.mktemp("bare")
+    series = root / "bare"
+    series.mkdir()
+    for path in run["series"].iterdir():
+        dataset = pydicom.dcmread(path)
+        for keyword in TYPE2:
+            delattr(dataset, keyword)
+        dataset.save_as(series / path.name)
+    volume = read_volume(series)
+    outputs = (write_dicom_seg(run["labels"], volume, NAMES, root / "bare_seg.dcm", AlgorithmInfo("m")),
+               write_rtstruct(run["labels"], volume, NAMES, root / "bare_rtstruct.dcm", AlgorithmInfo("m")))
+    return {"series": series, "outputs": outputs}
+
+
+def test_type2_attributes_are_present_also_when_the_source_lacks_them(run: dict, bare: dict) -> None:
+    """Every Type 2 patient and study attribute is in the SEG and the RTSTRUCT (empty when the source had none), and
+    the RTSTRUCT has its Frame of Reference and every contour coordinate as a valid decimal string."""
+    for path in (run["out"] / "brain_seg.dcm", run["out"] / "brain_rtstruct.dcm", *bare["outputs"]):
+        dataset = pydicom.dcmread(path)
+        assert all(keyword in dataset for keyword in TYPE2), path.name
+    structure = pydicom.dcmread(run["out"] / "brain_rtstruct.dcm")
+    assert structure.FrameOfReferenceUID == run["by_slice"][0].FrameOfReferenceUID
+    assert "PositionReferenceIndicator" in structure and structure.StudyID == run["by_slice"][0].StudyID
+    values = [value for roi in structure.ROIContourSequence for contour in roi.ContourSequence
+              for value in contour.ContourData]
+    assert values and all(len(str(value)) <= 16 for value in values)
+    seg = hd.seg.segread(bare["outputs"][0])
+    pixels = seg.get_pixels_by_source_instance([d.SOPInstanceUID for d in run["by_slice"]], combine_segments=True)
+    np.testing.assert_array_equal(pixels, run["labels"])
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian's dicom3tools) is not installed")
+def test_dciodvfy_finds_no_error_in_the_binary_seg_and_the_rtstruct(run: dict, bare: dict) -> None:
+    """dicom3tools' validator: no error (every Type 1 and Type 2 attribute present, valid values) in the BINARY SEG
+    and the RTSTRUCT, from a complete source and from one without its Type 2 patient and study attributes."""
+    for path in (run["out"] / "brain_seg.dcm", run["out"] / "brain_rtstruct.dcm", *bare["outputs"]):
+        done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60, check=False)
+        report = done.stdout + done.stderr
+        errors = [line for line in report.splitlines() if line.startswith("Error")]
+        assert not errors, f"{path.name}: {errors[:5]}"
+        assert ("Segmentation" if path.name.endswith("_seg.dcm") else "RTStructureSet") in report

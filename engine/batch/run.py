@@ -133,7 +133,7 @@ def _run_here(settings: BatchSettings, predictor: Predictor, todo: list[BatchCas
               claims: Claims) -> KeyboardInterrupt | None:
     """Run ``todo`` through the pipeline in this process, each case claimed just before it is read."""
     stages = CaseStages(predictor, MemoryBudget.available_now(predictor.device), settings.save_probabilities,
-                        settings.series_uid)
+                        settings.series_uid, seg_type=settings.seg_type)
     cancel = CancelToken()
     pipeline = BatchPipeline(stages, settings.workers, cancel, this_worker(),
                              claimer(claims, settings.save_probabilities))

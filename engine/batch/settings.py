@@ -32,6 +32,8 @@ class BatchSettings:
     num_parts: int = 1
     part_id: int = 0
     output_type: str = "same"
+    seg_type: str = "binary"
+    """The DICOM SEG type of a ``dicom-seg`` output (``--seg-type``): binary or labelmap."""
     save_probabilities: bool = False
     series_uid: list[str] | None = None
     overwrite: bool = False

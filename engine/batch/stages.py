@@ -47,18 +47,20 @@ class CaseStages:
     ``budget`` is the memory every case is planned against (None: the memory available when the case is read, as
     ``tilewise predict`` plans); ``with_probabilities`` also writes nnU-Net's .npz/.pkl; ``series_uid`` chooses the
     DICOM series of each DICOM case (see :func:`~..data.readers.read_volume`); ``on_event`` gets the sliding
-    window's tile events.
+    window's tile events; ``seg_type`` is the type of a DICOM SEG output ('binary' or 'labelmap').
     The sliding-window stage uses the predictor's device and backend: call it from one thread at a time. The other
     stages may run on other threads at the same time, for other cases.
     """
 
     def __init__(self, predictor: Predictor, budget: MemoryBudget | None, with_probabilities: bool = False,
-                 series_uid: Sequence[str] | None = None, on_event: EventHandler | None = None) -> None:
+                 series_uid: Sequence[str] | None = None, on_event: EventHandler | None = None,
+                 seg_type: str = "binary") -> None:
         self.predictor = predictor
         self.budget = budget
         self.with_probabilities = with_probabilities
         self.series_uid = series_uid
         self.on_event = on_event
+        self.seg_type = seg_type
 
     def read(self, item: InFlight) -> None:
         """Read the case's files, check them against the model and plan its memory (raises for a bad case)."""
@@ -92,7 +94,7 @@ class CaseStages:
         assert item.result is not None
         started = time.perf_counter()
         write_output(item.result.labels, item.result.geometry, item.dicom_files, self.predictor.bundle.label_names,
-                     algorithm_of(self.predictor), item.case.output)
+                     algorithm_of(self.predictor), item.case.output, self.seg_type)
         if self.with_probabilities and item.result.probabilities is not None:
             write_probabilities(item.result.probabilities, item.result.properties, item.case.output_truncated)
         item.timings["write"] = time.perf_counter() - started

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..data.dicom.seg import DEFAULT_SEG_TYPE, SEG_TYPES
 from ..data.outputs import OUTPUT_SUFFIXES
 from ..presets import Preset, get_preset
 
@@ -46,9 +47,14 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
 
 
 def add_output_type_option(parser: argparse.ArgumentParser) -> None:
-    """``--output-type``, shared by ``predict`` and ``batch``."""
+    """``--output-type`` and ``--seg-type``, shared by ``predict`` and ``batch``."""
     parser.add_argument(
         "--output-type", dest="output_type", choices=("same", *OUTPUT_SUFFIXES), default="same",
         help="label file type: same (the input's; NIfTI for DICOM), nifti, nrrd, mha, or for a DICOM series input "
              "dicom-seg (<case>_seg.dcm, a DICOM Segmentation) or dicom-rtstruct (<case>_rtstruct.dcm, RT "
              "contours); the DICOM types need: pip install \"tilewise[dicom]\"")
+    parser.add_argument(
+        "--seg-type", dest="seg_type", choices=SEG_TYPES, default=DEFAULT_SEG_TYPE,
+        help="with --output-type dicom-seg: binary (the default: one bit per pixel and segment, read by every PACS "
+             "and viewer) or labelmap (DICOM's 2024 Label Map Segmentation: smaller and faster to write, not yet "
+             "read everywhere)")

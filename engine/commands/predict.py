@@ -77,7 +77,8 @@ def _predict(args: argparse.Namespace) -> int:
               f"mirror axes {settings.mirror_axes}, step {settings.tile_step}, {settings.precision}, "
               f"batch {settings.batch_size}, device {settings.device}, backend {backend}", file=sys.stderr)
     progress = _Progress(show_bar)
-    stages = CaseStages(predictor, None, args.save_probabilities, args.series_uid, on_event=progress)
+    stages = CaseStages(predictor, None, args.save_probabilities, args.series_uid, on_event=progress,
+                        seg_type=args.seg_type)
     report_cases = []
     for number, case in enumerate(cases, 1):
         item = InFlight(case)

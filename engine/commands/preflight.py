@@ -25,6 +25,7 @@ from typing import Any
 
 from ..batch.cases import collect_batch_cases, shard
 from ..data.cases import Case, collect_cases, planned_outputs
+from ..data.dicom.seg import segmentation_type_value
 from ..data.dicom.zips import readable_size
 from ..data.outputs import with_output_type
 from ..data.readers import ImageHeader, image_suffix, read_header
@@ -228,6 +229,8 @@ def _file_headers(cases: list[Case]) -> dict[Path, ImageHeader | None]:
 
 def preflight(args: argparse.Namespace) -> None:
     """The pre-flight of ``args.command`` (predict or batch; nothing for the others)."""
+    if getattr(args, "output_type", None) == "dicom-seg" and getattr(args, "seg_type", "binary") != "binary":
+        segmentation_type_value(args.seg_type)  # a LABELMAP SEG the installed highdicom cannot write
     if args.command == "predict":
         preflight_predict(args)
     elif args.command == "batch":

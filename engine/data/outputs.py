@@ -65,9 +65,11 @@ def check_dicom_references(path: Path, dicom_files: tuple[Path, ...]) -> None:
 
 
 def write_output(labels: np.ndarray, geometry: Geometry, dicom_files: tuple[Path, ...],
-                 label_names: Mapping[int, str], algorithm: AlgorithmInfo, path: Path) -> Path:
+                 label_names: Mapping[int, str], algorithm: AlgorithmInfo, path: Path,
+                 seg_type: str = "binary") -> Path:
     """Write labels at ``path`` in the type its name says, atomically: ``*_rtstruct.dcm`` an RTSTRUCT and any other
-    ``.dcm`` a DICOM SEG, both referencing ``dicom_files``; else an image file with ``geometry``. Returns ``path``.
+    ``.dcm`` a DICOM SEG of ``seg_type`` ('binary' or 'labelmap'), both referencing ``dicom_files``; else an image
+    file with ``geometry``. Returns ``path``.
 
     Every file is checked before it gets its name; a failure raises a
     :class:`~tilewise.engine.errors.TilewiseError` (exit 3: no space, read-only, no permission; exit 2: a path
@@ -75,7 +77,7 @@ def write_output(labels: np.ndarray, geometry: Geometry, dicom_files: tuple[Path
     if is_dicom_seg_output(path):
         from .dicom.seg import write_dicom_seg
 
-        write_dicom_seg(labels, DicomSource(geometry, dicom_files), dict(label_names), path, algorithm)
+        write_dicom_seg(labels, DicomSource(geometry, dicom_files), dict(label_names), path, algorithm, seg_type)
     elif path.name.lower().endswith(OUTPUT_SUFFIXES["dicom-rtstruct"]):
         from .dicom.rtstruct import write_rtstruct
 

@@ -235,5 +235,6 @@ def start_ray_batch(settings: BatchSettings) -> RayBatch:
         model=str(resolve_model_dir(settings.model).resolve()), preset=settings.preset, device=settings.device,
         folds=settings.folds, checkpoint=settings.checkpoint, trust=settings.trust,
         nnunet_exact=settings.nnunet_exact, with_probabilities=settings.save_probabilities,
-        series_uid=settings.series_uid, threads=plan.num_cpus, strict_input=settings.strict_input)
+        series_uid=settings.series_uid, threads=plan.num_cpus, strict_input=settings.strict_input,
+        seg_type=settings.seg_type)
     return RayBatch(connection, plan, worker)

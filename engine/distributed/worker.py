@@ -32,6 +32,8 @@ class WorkerSettings:
     """The DICOM series to read of each DICOM case (``--series-uid``)."""
     threads: int
     """CPU threads for this actor: the CPUs Ray reserved for it."""
+    seg_type: str = "binary"
+    """The DICOM SEG type of a ``dicom-seg`` output (``--seg-type``)."""
     strict_input: bool = False
     """``--strict-input``: a case whose image the model was not trained for fails (else the finding is a note)."""
 
@@ -73,7 +75,7 @@ class BatchWorker:
         except TilewiseError as error:
             return {"error": str(error), "exit_code": error.exit_code}
         self.stages = CaseStages(predictor, MemoryBudget.available_now(predictor.device), s.with_probabilities,
-                                 s.series_uid)
+                                 s.series_uid, seg_type=s.seg_type)
         return {**predictor_header(predictor), "worker": self.name}
 
     def run(self, case: BatchCase) -> CaseRecord:

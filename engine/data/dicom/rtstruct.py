@@ -19,6 +19,7 @@ from ...errors import InputError
 from ..label_colors import label_rgb
 from ..safe_output import atomic_output
 from ..write_checks import save_dicom_checked
+from .conformance import complete_rtstruct
 from .seg import AlgorithmInfo, segment_labels
 from .source import DicomGrid, match_source, require_dicom_extra
 
@@ -66,6 +67,7 @@ def write_rtstruct(labels: np.ndarray, source: DicomGrid, label_names: Mapping[i
         mask = np.moveaxis(labels == value, 0, -1)  # rt-utils takes (rows, columns, slices)
         structure.add_roi(mask=mask, color=list(label_rgb(value)), name=names[value][:64],
                           description=description[:64], roi_generation_algorithm="AUTOMATIC")
+    complete_rtstruct(dataset, slices[0])  # what dciodvfy asks for and rt-utils leaves out
     with atomic_output(path) as staging:
         save_dicom_checked(dataset, staging)  # not RTStruct.save: it prints to stdout and appends '.dcm'
     return path

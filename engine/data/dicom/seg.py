@@ -3,8 +3,10 @@
 One segment per label of the model (background left out; empty labels included, so that segment ``n`` is the same
 structure in every case a model segments), numbered in label-value order, each with its dataset.json name, the
 viewer's colour and a coded category/type (:mod:`.codes`); the algorithm (model, folds, preset, Tilewise's
-version) is recorded on every segment. ``LABELMAP`` (one frame per source frame, 8 bits, 16 beyond 255 labels) when
-the installed highdicom has it, else ``BINARY`` (1 bit per pixel, one frame per segment and source frame).
+version) is recorded on every segment. ``BINARY`` by default (1 bit per pixel, one frame per segment and source
+frame, segments numbered from 1, no background segment): every PACS and viewer reads it, and dciodvfy validates it.
+``LABELMAP`` (Label Map Segmentation Storage, added to DICOM in 2024: one frame per source frame, 8 bits, 16 beyond
+255 labels) on request, where the installed highdicom writes it; many PACS and viewers do not read it yet.
 
 Memory: for a 512 x 512 x 300 CT, the label map in source frame order (a 75 MB uint8 copy only when the frames are
 not already in that order) and highdicom's encoded frames, which are the file: a LABELMAP file holds at most 75 MB
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import InputError
+from ...errors import InputError, TilewiseError
 from ..label_colors import label_rgb
 from ..safe_output import atomic_output
 from ..write_checks import save_dicom_checked
@@ -70,15 +72,34 @@ def _segment_numbers(labels: np.ndarray, values: list[int]) -> np.ndarray:
     return table[labels]
 
 
-def best_segmentation_type() -> str:
-    """'LABELMAP' where the installed highdicom writes it (0.23 and newer), else 'BINARY'."""
+SEG_TYPES: tuple[str, ...] = ("binary", "labelmap")
+"""The DICOM SEG types ``--seg-type`` offers; the first is the default."""
+DEFAULT_SEG_TYPE = SEG_TYPES[0]
+
+
+def labelmap_supported() -> bool:
+    """True where the installed highdicom writes LABELMAP segmentations (0.23 and newer)."""
     import highdicom
 
-    return "LABELMAP" if hasattr(highdicom.seg.SegmentationTypeValues, "LABELMAP") else "BINARY"
+    return hasattr(highdicom.seg.SegmentationTypeValues, "LABELMAP")
+
+
+def segmentation_type_value(seg_type: str) -> str:
+    """DICOM's Segmentation Type for ``seg_type`` ('binary' or 'labelmap', any case): 'BINARY' or 'LABELMAP'.
+
+    Raises :class:`InputError` for another word and :class:`TilewiseError` for 'labelmap' where the installed
+    highdicom cannot write it."""
+    word = seg_type.lower()
+    if word not in SEG_TYPES:
+        raise InputError(None, f"unknown DICOM SEG type '{seg_type}'; choose one of: {', '.join(SEG_TYPES)}")
+    if word == "labelmap" and not labelmap_supported():
+        raise TilewiseError(None, "--seg-type labelmap needs highdicom 0.23 or newer; install it with: "
+                                  'pip install -U "highdicom>=0.23", or use --seg-type binary')
+    return word.upper()
 
 
 def write_dicom_seg(labels: np.ndarray, source: DicomGrid, label_names: Mapping[int, str], path: Path,
-                    algorithm: AlgorithmInfo, segmentation_type: str | None = None,
+                    algorithm: AlgorithmInfo, segmentation_type: str = DEFAULT_SEG_TYPE,
                     series_description: str = "Tilewise segmentation", series_number: int = 1000) -> Path:
     """Write ``labels`` ((z, y, x) on ``source``'s grid) as one DICOM SEG file at ``path``, atomically and checked
     (read back before it gets its name).
@@ -86,11 +107,12 @@ def write_dicom_seg(labels: np.ndarray, source: DicomGrid, label_names: Mapping[
     ``source`` is the DICOM image the labels were computed on: the :class:`Volume` read from it, or a
     :class:`~.source.DicomSource` (its geometry and ``dicom_files``: a series' files, or one multi-frame
     file). ``label_names`` maps label values to names (``ModelBundle.label_names``; background included or not).
-    ``segmentation_type`` defaults to :func:`best_segmentation_type`. Raises :class:`InputError` when ``source`` is
+    ``segmentation_type`` is 'binary' (the default) or 'labelmap' (:func:`segmentation_type_value`). Raises :class:`InputError` when ``source`` is
     not DICOM, the label map is not on its grid, or holds a value ``label_names`` lacks; :class:`TilewiseError`
     when the ``dicom`` extra is not installed. Returns ``path``.
     """
     require_dicom_extra("dicom-seg")
+    seg_type = segmentation_type_value(segmentation_type)
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -111,7 +133,6 @@ def write_dicom_seg(labels: np.ndarray, source: DicomGrid, label_names: Mapping[
             segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=family, display_color=hd.color.CIELabColor.from_rgb(*label_rgb(value))))
     pixels, sources = _in_source_order(_segment_numbers(labels, values), series.datasets, series.frames)
-    seg_type = segmentation_type or best_segmentation_type()
     segmentation = hd.seg.Segmentation(
         source_images=sources, pixel_array=pixels, segmentation_type=seg_type, segment_descriptions=descriptions,
         series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=hd.UID(), instance_number=1,

@@ -16,6 +16,7 @@ import numpy as np
 
 from ...errors import InputError, TilewiseError
 from ..volume import Geometry
+from .conformance import with_type2_attributes
 
 INSTALL_HINT = 'pip install "tilewise[dicom]"'
 _MODULES: dict[str, tuple[str, ...]] = {"dicom-seg": ("pydicom", "highdicom"),
@@ -97,7 +98,8 @@ REFERENCED_ATTRIBUTES: tuple[str, ...] = ("StudyInstanceUID", "SeriesInstanceUID
 
 
 def read_source_series(files: Sequence[Path]) -> list[Any]:
-    """The headers of the source files, without pixel data (a SEG or RTSTRUCT needs only the headers); raises
+    """The headers of the source files, without pixel data (a SEG or RTSTRUCT needs only the headers), with the
+    Type 2 patient and study attributes a derived object copies present (empty where a file lacks them); raises
     :class:`InputError` naming the first file that lacks one of :data:`REFERENCED_ATTRIBUTES`."""
     import pydicom
 
@@ -109,7 +111,7 @@ def read_source_series(files: Sequence[Path]) -> list[Any]:
         missing = [keyword for keyword in REFERENCED_ATTRIBUTES if not str(dataset.get(keyword, "") or "")]
         if missing:
             raise InputError(path, f"lacks {', '.join(missing)}, which a DICOM SEG or RTSTRUCT must reference")
-    return datasets
+    return [with_type2_attributes(dataset) for dataset in datasets]
 
 
 def match_source(labels: np.ndarray, source: DicomGrid, datasets: list[Any] | None = None) -> SourceSeries:
