@@ -103,7 +103,7 @@ class GuiRunner:
         for layer in [layer for layer in self.viewer.layers if layer is self.widget.result_layer]:
             self.viewer.layers.remove(layer)  # keep memory flat; not timed
         started, cpu_started = time.perf_counter(), time.thread_time()
-        outcome = self._wait(self.widget.run_finished, self.widget.run_button.click)
+        outcome = self._wait(self.widget.run_finished, self.widget.run_panel.run_button.click)
         elapsed, gui_cpu = time.perf_counter() - started, time.thread_time() - cpu_started
         if outcome != ["done"]:
             raise RuntimeError(f"the viewer's run ended with {outcome}: {self.widget.last_error}")
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             gui_cpu_s.append(gui_cpu)
             print(f"  run {repeat + 1}: headless {headless_s[-1]:.2f} s, viewer {gui_s[-1]:.2f} s "
                   f"(GUI thread CPU {gui_cpu:.2f} s)", flush=True)
-        tiles = gui.widget.progress.maximum()
+        tiles = gui.widget.run_panel.progress.maximum()
         gui.close()
     finally:
         if display is not None:

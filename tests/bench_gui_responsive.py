@@ -49,7 +49,7 @@ class StallMeter:
         gap = self.clock.restart()
         self.ticks += 1
         if gap > self.worst_ms:
-            self.worst_ms, self.worst_at = gap, self.widget.status.text()
+            self.worst_ms, self.worst_at = gap, self.widget.run_panel.status.text()
 
 
 @pytest.fixture
@@ -73,9 +73,9 @@ def test_gui_thread_never_stalls_during_a_run(long_run, qtbot) -> None:
     widget.run_finished.connect(outcomes.append)
     widget.run_started.connect(lambda worker: worker.tile.connect(on_tile))
     clicked = time.perf_counter()
-    widget.run_button.click()
+    widget.run_panel.run_button.click()
     handled_ms = (time.perf_counter() - clicked) * 1000
-    preview = widget.preview
+    preview = widget.run.preview
     qtbot.waitUntil(lambda: bool(outcomes), timeout=RUN_TIMEOUT_MS)
     meter.stop()
     ended = time.perf_counter()

@@ -92,7 +92,7 @@ def dialogs(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     ``answers`` in order (``question``: No when none is left); the Save dialog answers with ``paths`` in order.
     """
     from qtpy.QtWidgets import QMessageBox
-    from tilewise.gui import widget as widget_module
+    from tilewise.gui.flows import save as save_flow
 
     shown: dict[str, list] = {"critical": [], "warning": [], "question": [], "answers": [], "paths": []}
 
@@ -114,7 +114,7 @@ def dialogs(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     monkeypatch.setattr(QMessageBox, "critical", staticmethod(critical))
     monkeypatch.setattr(QMessageBox, "warning", staticmethod(warning))
     monkeypatch.setattr(QMessageBox, "question", staticmethod(question))
-    monkeypatch.setattr(widget_module, "ask_save_path", save_path)
+    monkeypatch.setattr(save_flow, "ask_save_path", save_path)
     return shown
 
 

@@ -8,6 +8,7 @@ import pytest
 from qtpy.QtCore import QSettings, Qt
 
 from tilewise.gui import app
+from tilewise.gui.controllers.run import State
 from tilewise.gui.widget import TilewiseWidget
 
 
@@ -27,10 +28,10 @@ def test_viewer_opens_titled_maximised_with_widget_and_image(make_napari_viewer,
     assert window.windowState() & Qt.WindowMaximized
     assert isinstance(widget, TilewiseWidget)
     qtbot.waitUntil(widget.isVisible, timeout=5000)
-    assert widget.opening, "the image is read on a thread: the window shows at once"
-    qtbot.waitUntil(lambda: not widget.opening, timeout=60_000)
+    assert (widget.run.state is State.OPENING), "the image is read on a thread: the window shows at once"
+    qtbot.waitUntil(lambda: not (widget.run.state is State.OPENING), timeout=60_000)
     assert [layer.name for layer in viewer.layers] == ["ct_0000"]
-    assert widget.channel_combos[0].currentData() == "ct_0000"
+    assert widget.image_panel.channel_combos[0].currentData() == "ct_0000"
     assert widget.model_panel.current().path == ct_model.resolve()
     assert "liver" in widget.model_panel.labels.text()
     widget.shutdown()
@@ -41,7 +42,7 @@ def test_viewer_starts_empty_without_sample_or_demo(make_napari_viewer, monkeypa
     monkeypatch.setattr("tilewise.gui.widget.demo_model_dir", lambda: None)
     viewer, widget = app.build_viewer(app.parse_args([]), viewer=make_napari_viewer(), show=False)
     assert len(viewer.layers) == 0
-    assert widget.channel_combos[0].currentData() is None
+    assert widget.image_panel.channel_combos[0].currentData() is None
     widget.shutdown()
 
 
@@ -52,7 +53,7 @@ def test_viewer_uses_demo_model_and_sample_when_installed(make_napari_viewer, qt
     monkeypatch.setattr(resources, "demo_model_dir", lambda: ct_model, raising=False)
     monkeypatch.setattr(resources, "sample_path", lambda: ct_case, raising=False)
     viewer, widget = app.build_viewer(app.parse_args([]), viewer=make_napari_viewer(), show=False)
-    qtbot.waitUntil(lambda: not widget.opening, timeout=60_000)
+    qtbot.waitUntil(lambda: not (widget.run.state is State.OPENING), timeout=60_000)
     assert [layer.name for layer in viewer.layers] == ["ct_0000"]
     assert widget.model_panel.current().path == ct_model
     assert "(demo)" in widget.model_panel.combo.currentText()

@@ -42,7 +42,7 @@ def test_windows_are_offered_only_for_ct(gui, qtbot, ct_model: Path, tmp_path: P
     [mr_layer] = _open(qtbot, widget, mr)
     assert not widget.image_panel.ct_row.isVisible(), "an MR image gets no CT windows"
     [ct_layer] = _open(qtbot, widget, ct)
-    assert widget.channel_combos[0].currentData() == "ct_0000"
+    assert widget.image_panel.channel_combos[0].currentData() == "ct_0000"
     panel = widget.image_panel
     assert panel.ct_row.isVisible() and panel.ct_window.layer is ct_layer, "intensities below -500: a CT"
     widget.select_image("mr_0000")

@@ -120,7 +120,7 @@ def test_picking_one_file_opens_the_whole_series(gui, qtbot, study) -> None:
     [layer] = blocker.args[0]
     assert layer.name == "series" and [candidate.name for candidate in viewer.layers] == ["series"]
     assert_is_the_series(layer, image)  # the 7-slice series, not the 3-slice one beside it
-    assert widget.channel_combos[0].currentData() == "series"
+    assert widget.image_panel.channel_combos[0].currentData() == "series"
     assert widget.qsettings.value(SETTINGS_OPEN_FOLDER) == str(folder), "the next dialog starts here again"
 
 

@@ -35,8 +35,8 @@ def _start_in_a_closable_panel(viewer, qtbot, settings: Path, model: Path, case:
     widget.run_finished.connect(outcomes.append)
     widget.run_started.connect(lambda worker: worker.finished.connect(lambda: outcomes.append("thread ended")))
     assert widget.start_run()
-    qtbot.waitUntil(lambda: widget.preview is not None and widget.preview.updates >= 1, timeout=RUN_TIMEOUT_MS)
-    return weakref.ref(widget), widget.worker.token, dock, outcomes
+    qtbot.waitUntil(lambda: widget.run.preview is not None and widget.run.preview.updates >= 1, timeout=RUN_TIMEOUT_MS)
+    return weakref.ref(widget), widget.run.worker.token, dock, outcomes
 
 
 def test_closing_the_panel_during_a_run_cancels_it(make_napari_viewer, qtbot, tmp_path: Path, ct_model: Path,
@@ -112,10 +112,10 @@ def _run_the_sample(make_napari_viewer, qtbot, tmp_path: Path, window: tuple[int
     with qtbot.waitSignal(widget.image_opened, timeout=60_000):
         widget.open_image(sample_path())
     with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
-        widget.run_button.click()
+        widget.run_panel.run_button.click()
         assert _in_view(column, widget.run_panel), "the running step shows whole as soon as Run is clicked"
     assert blocker.args == ["done"]
-    qtbot.waitUntil(lambda: _in_view(column, widget.save_button), timeout=5_000)
+    qtbot.waitUntil(lambda: _in_view(column, widget.review.save_button), timeout=5_000)
     return widget, column
 
 

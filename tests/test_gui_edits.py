@@ -35,7 +35,7 @@ def segmented(gui, qtbot, tmp_path: Path, ct_model: Path):
         widget.open_image(case)
     widget.settings_panel.select_preset("preview")
     with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
-        widget.run_button.click()
+        widget.run_panel.run_button.click()
     assert blocker.args == ["done"]
     # a window the test closes is only hidden, not deleted (napari deletes it on close): the fixtures can then close
     # the viewer as after any test

@@ -63,7 +63,7 @@ def test_presets_show_estimates_for_the_open_image(gui, qtbot, ct_model: Path, t
     book.settings.setValue(book._key(ct_model, "cpu-auto", "reduced"), 1000.0)
     widget.settings_panel.select_preset("preview")
     with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS):
-        widget.run_button.click()
+        widget.run_panel.run_button.click()
     assert 0 < (book.seconds_per_pass(ct_model, "cpu-auto", "reduced") or 0) < 1000.0
     assert "about" in _item_texts(widget)["preview"]
     assert not widget.estimates.shown["preview"].is_range  # every stage measured now: one figure
@@ -78,7 +78,7 @@ def test_after_a_cancelled_load_the_estimate_includes_loading_again(gui, qtbot, 
     label = _estimated(qtbot, widget, ct_model, tmp_path)
     widget.settings_panel.select_preset("preview")
     with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS) as blocker:
-        widget.run_button.click()
+        widget.run_panel.run_button.click()
     assert blocker.args == ["done"]
     assert "The model is loaded already" in label.text()
     assert widget.estimates.shown["preview"].stages["load"].high == 0
@@ -87,7 +87,7 @@ def test_after_a_cancelled_load_the_estimate_includes_loading_again(gui, qtbot, 
     assert widget.estimates.shown["reference"].stages["load"].high > 0
     widget.run_started.connect(lambda worker: worker.cancel())  # cancelled before the load has begun
     with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS) as blocker:
-        widget.run_button.click()
+        widget.run_panel.run_button.click()
     assert blocker.args == ["cancelled"]
     choice, model = widget.settings_panel.choice(), widget.model_panel.current().path
     held = widget.run.cache.holds(predictor_key(model, choice.preset, choice.device, choice.folds, False, False))
@@ -142,7 +142,7 @@ def test_pending_conversions_are_named_per_fold_and_precision(gui, qtbot, make_m
     widget.settings_panel.select_preset("balanced")
     assert "First run converts 2 folds for OpenVINO" in label.text()
     with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS):
-        widget.run_button.click()
+        widget.run_panel.run_button.click()
     shown = widget.estimates.shown
     assert shown["balanced"].conversions == 0  # converted (reduced precision) by the run
     assert shown["reference"].conversions == 2  # full precision: still to convert

@@ -39,7 +39,7 @@ def torch_run(gui, qtbot, tmp_path: Path, ct_model: Path):
 def _run(qtbot, widget: TilewiseWidget, preset: str) -> None:
     widget.settings_panel.select_preset(preset)
     with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
-        widget.run_button.click()
+        widget.run_panel.run_button.click()
     assert blocker.args == ["done"]
 
 
@@ -49,16 +49,16 @@ def test_run_shows_cancel_and_loading_before_napari_builds_the_preview_layer(tor
     system (under a bare X server it may not), so the test reads what the widgets say and what was asked of Qt."""
     viewer, widget = torch_run
     repaint_requests: list[str] = []  # the Run button's text each time the panel asked for an immediate paint
-    qt_repaint = widget.run_button.repaint
+    qt_repaint = widget.run_panel.run_button.repaint
 
     def logged_repaint(*args) -> None:
-        repaint_requests.append(widget.run_button.text())
+        repaint_requests.append(widget.run_panel.run_button.text())
         qt_repaint(*args)
 
-    monkeypatch.setattr(widget.run_button, "repaint", logged_repaint)
+    monkeypatch.setattr(widget.run_panel.run_button, "repaint", logged_repaint)
     before_layer: list[tuple[str, str, list[str]]] = []
-    viewer.layers.events.inserting.connect(lambda event: before_layer.append((widget.run_button.text(),
-                                                                              widget.status.text(),
+    viewer.layers.events.inserting.connect(lambda event: before_layer.append((widget.run_panel.run_button.text(),
+                                                                              widget.run_panel.status.text(),
                                                                               list(repaint_requests))))
     _run(qtbot, widget, "preview")
     [(button, status, requested_before)] = before_layer[:1]

@@ -13,6 +13,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QDialogButtonBox
 from tilewise.gui.controllers import files as files_module
 from tilewise.gui.controllers.files import SETTINGS_OPEN_FOLDER
+from tilewise.gui.controllers.run import State
 from tilewise.gui.panels.dialogs import ImageFileDialog
 from modal_dialogs import when_shown
 
@@ -32,11 +33,11 @@ def test_reading_runs_on_a_thread_with_a_busy_state(gui, qtbot, ct_case: Path, c
 
     monkeypatch.setattr(files_module, "read_layers", slow_read)
     assert widget.open_image(ct_case), "returns at once; the file is read meanwhile"
-    assert widget.opening and len(viewer.layers) == 0
+    assert (widget.run.state is State.OPENING) and len(viewer.layers) == 0
     busy = widget.image_panel.open_busy
     assert busy.isVisible() and busy.maximum() == 0, "an indeterminate (busy) bar"
     assert widget.image_panel.open_status.text() == "Opening ct_0000.nii.gz…"
-    assert not widget.image_panel.open_button.isEnabled() and not widget.run_button.isEnabled()
+    assert not widget.image_panel.open_button.isEnabled() and not widget.run_panel.run_button.isEnabled()
     assert not widget.open_image(ct_case), "one image at a time"
 
     ticks: list[int] = []
@@ -44,8 +45,8 @@ def test_reading_runs_on_a_thread_with_a_busy_state(gui, qtbot, ct_case: Path, c
     timer.timeout.connect(lambda: ticks.append(1))
     timer.start(10)
     qtbot.waitUntil(lambda: len(ticks) >= 10, timeout=10_000)  # the event loop runs on while the file is read
-    qtbot.waitUntil(lambda: widget.activity is not None and widget.activity.bar is not None, timeout=10_000)
-    bar = widget.activity.bar
+    qtbot.waitUntil(lambda: widget.run_panel.activity is not None and widget.run_panel.activity.bar is not None, timeout=10_000)
+    bar = widget.run_panel.activity.bar
     assert bar in progress._all_instances and bar.desc == "Tilewise: opening ct_0000.nii.gz" and bar.total == 0
     timer.stop()
 
@@ -56,9 +57,9 @@ def test_reading_runs_on_a_thread_with_a_busy_state(gui, qtbot, ct_case: Path, c
     assert [candidate.name for candidate in viewer.layers] == ["ct_0000"] and layer.name == "ct_0000"
     np.testing.assert_array_equal(np.asarray(layer.data),
                                   sitk.GetArrayFromImage(sitk.ReadImage(str(ct_case))).astype(np.float32))
-    assert widget.channel_combos[0].currentData() == "ct_0000"
-    assert not widget.opening and not widget.image_panel.open_busy.isVisible()
-    assert widget.image_panel.open_button.isEnabled() and widget.run_button.isEnabled()
+    assert widget.image_panel.channel_combos[0].currentData() == "ct_0000"
+    assert not (widget.run.state is State.OPENING) and not widget.image_panel.open_busy.isVisible()
+    assert widget.image_panel.open_button.isEnabled() and widget.run_panel.run_button.isEnabled()
     assert bar not in progress._all_instances, "the activity bar is gone"
     assert widget.qsettings.value(SETTINGS_OPEN_FOLDER) == str(ct_case.parent)
 
@@ -88,4 +89,4 @@ def test_a_file_that_cannot_be_read_gives_a_dialog(gui, qtbot, dialogs, tmp_path
     assert blocker.args == [[]]
     [(title, text)] = dialogs["critical"]
     assert "could not be opened" in title and str(missing) in text and "Traceback" not in text
-    assert len(viewer.layers) == 0 and widget.image_panel.open_button.isEnabled() and not widget.opening
+    assert len(viewer.layers) == 0 and widget.image_panel.open_button.isEnabled() and not (widget.run.state is State.OPENING)

@@ -45,16 +45,16 @@ def test_activity_panel_counts_tiles_and_closes_at_the_end(torch_run, qtbot, mon
     indicators: list[tuple[bool, bool]] = []
 
     def look(event) -> None:  # GUI thread, after the widget has handled the tile
-        activities.append(widget.activity)
+        activities.append(widget.run_panel.activity)
         for bar in _activity_bars(viewer):
             seen.append((bar.description_label.text(), bar.qt_progress_bar.value(), bar.qt_progress_bar.maximum()))
-            if widget.activity is not None and widget.activity.bar is not None:  # not while napari builds the bar
+            if widget.run_panel.activity is not None and widget.run_panel.activity.bar is not None:  # not while napari builds the bar
                 indicator = busy_indicator(viewer)
                 indicators.append((not indicator.isHidden(), indicator.movie().state() == QMovie.Running))
 
     widget.run_started.connect(lambda worker: worker.tile.connect(look))
     with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
-        widget.run_button.click()
+        widget.run_panel.run_button.click()
     assert blocker.args == ["done"]
     counted = [(value, maximum) for text, value, maximum in seen
                if text.startswith("Tilewise: segmenting big_0000") and maximum > 0]
@@ -64,7 +64,7 @@ def test_activity_panel_counts_tiles_and_closes_at_the_end(torch_run, qtbot, mon
     assert len({value for value, _ in counted}) > 1, "and it moved"
     assert indicators and all(shown and not animated for shown, animated in indicators), \
         "napari's 'in progress' indicator is shown, still (its animation redraws the whole window)"
-    assert activities[0].closed and activities[0].bar is None and widget.activity is None
+    assert activities[0].closed and activities[0].bar is None and widget.run_panel.activity is None
     assert _activity_bars(viewer) == [], "closed at the end"
 
 
@@ -83,7 +83,7 @@ def test_finishing_step_shows_a_busy_bar_with_what_it_does(torch_run, qtbot, mon
 
     def on_tile(event) -> None:
         if event.done == event.total:
-            at_last_tile.append((widget.status.text(), widget.progress.minimum(), widget.progress.maximum()))
+            at_last_tile.append((widget.run_panel.status.text(), widget.run_panel.progress.minimum(), widget.run_panel.progress.maximum()))
 
     def activity_busy() -> bool:
         bars = [(bar.description_label.text(), bar.qt_progress_bar.maximum()) for bar in _activity_bars(viewer)]
@@ -92,27 +92,27 @@ def test_finishing_step_shows_a_busy_bar_with_what_it_does(torch_run, qtbot, mon
 
     widget.run_started.connect(lambda worker: worker.tile.connect(on_tile))
     with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
-        widget.run_button.click()
+        widget.run_panel.run_button.click()
         qtbot.waitUntil(lambda: bool(at_last_tile), timeout=RUN_TIMEOUT_MS)
         assert widget.running, "the engine is still writing the labels"
         qtbot.waitUntil(activity_busy, timeout=5_000)
     assert blocker.args == ["done"]
     assert at_last_tile == [(FINISHING_TEXT, 0, 0)], "the text says what happens; the bar is busy, not stuck"
     assert FINISHING_TEXT == "Finishing: writing labels on the input grid…"
-    assert widget.progress.maximum() > 0 and widget.progress.value() == widget.progress.maximum()
-    assert widget.status.text().startswith("Done in")
+    assert widget.run_panel.progress.maximum() > 0 and widget.run_panel.progress.value() == widget.run_panel.progress.maximum()
+    assert widget.run_panel.status.text().startswith("Done in")
 
 
 def test_cancel_from_the_activity_panel_stops_the_run_and_closes_the_bar(torch_run, qtbot) -> None:
     viewer, widget = torch_run
     widget.settings_panel.select_preset("reference")
     with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
-        widget.run_button.click()
+        widget.run_panel.run_button.click()
         qtbot.waitUntil(lambda: any(bar.qt_progress_bar.value() >= 1 for bar in _activity_bars(viewer)),
                         timeout=RUN_TIMEOUT_MS)
         [bar] = _activity_bars(viewer)
         assert not bar.cancel_button.isHidden(), "napari shows a Cancel button beside the bar"
         bar.cancel_button.click()
     assert blocker.args == ["cancelled"]
-    assert _activity_bars(viewer) == [] and widget.activity is None
+    assert _activity_bars(viewer) == [] and widget.run_panel.activity is None
     assert not [layer for layer in viewer.layers if layer.name.endswith("(in progress)")]

@@ -43,8 +43,8 @@ def test_engine_work_never_runs_on_the_gui_thread(long_run, qtbot, monkeypatch: 
     widget.run_finished.connect(outcomes.append)
     widget.run_started.connect(lambda worker: worker.tile.connect(tiles.append))
     started = time.perf_counter()
-    widget.run_button.click()
-    preview = widget.preview
+    widget.run_panel.run_button.click()
+    preview = widget.run.preview
     qtbot.waitUntil(lambda: bool(outcomes), timeout=RUN_TIMEOUT_MS)
     elapsed = time.perf_counter() - started
 

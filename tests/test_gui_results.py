@@ -132,9 +132,9 @@ def test_review_show_hide_and_save_follow_the_selected_result(ct_on_torch, qtbot
 
     viewer.layers.selection.clear()
     assert review.layer is None and review.hint.text() == NO_SELECTION_HINT
-    assert not widget.save_button.isEnabled() and widget.result_layer is None
+    assert not widget.review.save_button.isEnabled() and widget.result_layer is None
     viewer.layers.selection.active = image_a
-    assert review.layer is result_a and widget.save_button.isEnabled()
+    assert review.layer is result_a and widget.review.save_button.isEnabled()
 
 
 def test_removing_the_image_during_its_run_cancels_the_run_and_leaves_no_result(ct_on_torch, qtbot,

@@ -9,9 +9,10 @@ import pytest
 import model_factory
 import SimpleITK as sitk
 from qtpy.QtCore import QSettings
-from tilewise.gui import widget as widget_module
+from tilewise.gui.flows import save as save_flow
 from tilewise.gui.colors import label_color
 from tilewise.gui.controllers.files import SETTINGS_SAVE_FOLDER
+from tilewise.gui.controllers.run import State
 from tilewise.gui.volumes import format_ml
 from tilewise.gui.widget import TilewiseWidget
 
@@ -33,7 +34,7 @@ def preview_ready(gui, qtbot, tmp_path: Path, ct_model: Path):
 
 def _run(qtbot, widget: TilewiseWidget) -> str:
     with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
-        widget.run_button.click()
+        widget.run_panel.run_button.click()
     return blocker.args[0]
 
 
@@ -136,12 +137,12 @@ def test_save_remembers_the_last_folder(preview_ready, qtbot, dialogs, tmp_path:
         asked.append(str(suggested))
         return answers.pop(0)
 
-    monkeypatch.setattr(widget_module, "ask_save_path", save_dialog)
+    monkeypatch.setattr(save_flow, "ask_save_path", save_dialog)
     target = tmp_path / "exports" / "mine.nrrd"
     target.parent.mkdir()
     answers.append(str(target))
     with qtbot.waitSignal(widget.saved, timeout=60_000) as blocker:
-        widget.save_button.click()
+        widget.review.save_button.click()
     assert Path(asked[0]) == tmp_path / "images" / "ct_0000_segmentation.nii.gz", "first time: the image's folder"
     assert blocker.args == [str(target)]
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(target))),
@@ -150,9 +151,9 @@ def test_save_remembers_the_last_folder(preview_ready, qtbot, dialogs, tmp_path:
     assert stored.value(SETTINGS_SAVE_FOLDER) == str(target.parent)
 
     answers.append("")  # the person cancels the dialog
-    widget.save_button.click()
+    widget.review.save_button.click()
     assert Path(asked[1]) == target.parent / "ct_0000_segmentation.nii.gz", "then the folder saved to last"
-    assert not widget.saving
+    assert not (widget.run.state is State.SAVING)
 
     blocked = tmp_path / "not_a_folder"
     blocked.write_text("a file where a folder should be")
@@ -180,4 +181,4 @@ def test_save_never_writes_over_the_image_it_was_made_from(preview_ready, qtbot,
     assert errors and "not saved" in errors[-1][0] and "overwrite the input" in errors[-1][1]
     assert str(image) in errors[-1][1] and "Traceback" not in errors[-1][1]
     assert image.read_bytes() == original and sorted(p.name for p in image.parent.iterdir()) == [image.name]
-    assert not widget.saving
+    assert not (widget.run.state is State.SAVING)

@@ -33,7 +33,7 @@ def torch_gui(gui):
 
 def _run(qtbot, widget: TilewiseWidget, timeout: int = RUN_TIMEOUT_MS) -> str:
     with qtbot.waitSignal(widget.run_finished, timeout=timeout) as blocker:
-        widget.run_button.click()
+        widget.run_panel.run_button.click()
     return blocker.args[0]
 
 
@@ -70,7 +70,7 @@ def test_preview_run_gives_the_engines_labels_in_place(torch_gui, qtbot, ct_mode
     tiles: list = []
     previews: list = []
     widget.run_started.connect(lambda worker: worker.tile.connect(tiles.append))
-    widget.run_button.clicked.connect(lambda: previews.append(widget.preview))
+    widget.run_panel.run_button.clicked.connect(lambda: previews.append(widget.run.preview))
     started = time.perf_counter()
     assert _run(qtbot, widget) == "done"
     elapsed = time.perf_counter() - started
@@ -92,8 +92,8 @@ def test_preview_run_gives_the_engines_labels_in_place(torch_gui, qtbot, ct_mode
     for index_zyx in ((0, 0, 0), (3, 10, 20), (39, 47, 55)):
         physical = reference.TransformIndexToPhysicalPoint([int(i) for i in index_zyx[::-1]])
         np.testing.assert_allclose(labels.data_to_world(index_zyx), physical[::-1], atol=1e-6)
-    assert not widget.running and widget.run_button.text() == "Run segmentation"
-    assert widget.save_button.isEnabled()
+    assert not widget.running and widget.run_panel.run_button.text() == "Run segmentation"
+    assert widget.review.save_button.isEnabled()
 
     saved = _save(qtbot, widget, tmp_path / "out" / "seg.nrrd")
     written = sitk.ReadImage(str(saved))
@@ -110,10 +110,10 @@ def test_preview_fills_in_tile_regions_while_running(torch_gui, qtbot, ct_model:
     widget.settings_panel.select_preset("fast")
     seen: list[np.ndarray] = []
     widget.run_started.connect(
-        lambda worker: worker.tile.connect(lambda event: seen.append(np.asarray(widget.preview.layer.data).copy()),
+        lambda worker: worker.tile.connect(lambda event: seen.append(np.asarray(widget.run.preview.layer.data).copy()),
                                            Qt.QueuedConnection))
     assert _run(qtbot, widget) == "done"
-    assert widget.preview is None
+    assert widget.run.preview is None
     assert seen and any(frame.any() for frame in seen), "the labels layer fills in before the run ends"
     assert not all(frame.all() for frame in seen)
 
@@ -145,15 +145,15 @@ def test_cancel_stops_within_one_batch_and_leaves_no_labels(torch_gui, qtbot, ct
     window.activateWindow()
     qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=5000)
     with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
-        widget.run_button.click()
-        assert widget.run_button.text() == "Cancel (Esc)"
+        widget.run_panel.run_button.click()
+        assert widget.run_panel.run_button.text() == "Cancel (Esc)"
     assert blocker.args == ["cancelled"]
     assert cancelled_at, "the run reported at least one tile"
     assert len([t for t in emitted if t > cancelled_at[0]]) <= 1, "no batch may start after Cancel"
     assert len(emitted) < 27
     assert _labels_layers(viewer) == [], "a cancelled run leaves no labels"
-    assert widget.worker is None and widget.run_button.text() == "Run segmentation"
-    assert widget.run_button.isEnabled() and "Cancelled" in widget.status.text()
+    assert widget.run.worker is None and widget.run_panel.run_button.text() == "Run segmentation"
+    assert widget.run_panel.run_button.isEnabled() and "Cancelled" in widget.run_panel.status.text()
 
     widget.settings_panel.select_preset("preview")
     assert _run(qtbot, widget) == "done", "Run works again after a cancel"
@@ -174,7 +174,7 @@ def test_scrolling_focuses_the_engine_on_the_slice_on_screen(torch_gui, qtbot, c
     def scroll_then_cancel(event) -> None:
         if not focused:
             viewer.dims.set_point(0, image.data_to_world((60, 0, 0))[0])  # the person scrolls to slice 60
-            focused.append((time.perf_counter(), widget.worker.focus.wish()[1]))
+            focused.append((time.perf_counter(), widget.run.worker.focus.wish()[1]))
         elif len([t for t, _ in emitted if t > focused[0][0]]) >= 4:
             widget.cancel_run()
 
@@ -253,7 +253,7 @@ def test_image_the_model_cannot_segment_shows_a_plain_message(torch_gui, qtbot, 
     assert _run(qtbot, widget) == "failed"
     [(_, text)] = dialogs["critical"]
     assert "2D image" in text and "3d_fullres" in text and "Traceback" not in text
-    assert _labels_layers(viewer) == [] and widget.run_button.isEnabled()
+    assert _labels_layers(viewer) == [] and widget.run_panel.run_button.isEnabled()
 
 
 def test_checkpoint_needing_trust_asks_before_loading(torch_gui, qtbot, dialogs, ct_model: Path, ct_case: Path,
@@ -275,7 +275,7 @@ def test_checkpoint_needing_trust_asks_before_loading(torch_gui, qtbot, dialogs,
     dialogs["answers"].append(QMessageBox.Yes)
     with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS,
                           check_params_cb=lambda outcome: outcome == "done"):
-        widget.run_button.click()
+        widget.run_panel.run_button.click()
     assert len(_labels_layers(viewer)) == 1
     assert widget.trust.is_trusted(model), "remembered by the content of the folder's files"
 
@@ -296,8 +296,8 @@ def test_closing_the_window_during_a_run_cancels_it(make_napari_viewer, qtbot, t
     widget.settings_panel.select_preset("reference")
     widget.settings_panel.backend.setCurrentIndex(widget.settings_panel.backend.findData("torch"))  # a long run
     widget.start_run()
-    worker = widget.worker
-    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=RUN_TIMEOUT_MS)
+    worker = widget.run.worker
+    qtbot.waitUntil(lambda: widget.run_panel.progress.value() >= 1, timeout=RUN_TIMEOUT_MS)
     started = time.perf_counter()
     viewer.close()
     assert worker.isFinished() and worker.token.cancelled
@@ -333,7 +333,7 @@ def test_closing_mid_run_waits_at_most_a_second_and_ends_the_gc_pause(torch_gui,
     widget.settings_panel.select_preset("reference")  # 8 passes per tile: a run that lasts
     tiles: list = []
     widget.run_started.connect(lambda worker: worker.tile.connect(tiles.append))
-    widget.run_button.click()
+    widget.run_panel.run_button.click()
     qtbot.waitUntil(lambda: len(tiles) >= 1, timeout=RUN_TIMEOUT_MS)
     worker = widget.run.worker
     assert _gc.paused()

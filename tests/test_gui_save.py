@@ -14,7 +14,7 @@ from npe2 import PluginManager
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QDialogButtonBox
 from tilewise.gui import contributions
-from tilewise.gui import widget as widget_module
+from tilewise.gui.flows import save as save_flow
 from tilewise.gui.panels.dialogs import LabelsSaveDialog, ask_save_path
 from tilewise.gui.widget import TilewiseWidget
 from modal_dialogs import when_shown
@@ -39,7 +39,7 @@ def documents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def saving(documents: Path, gui, monkeypatch: pytest.MonkeyPatch):
     """The conftest viewer, built once the documents folder is in place, with 'preview' chosen; Save shows the real
     Save dialog (answered with ``when_shown``), not the paths of conftest's ``dialogs``."""
-    monkeypatch.setattr(widget_module, "ask_save_path", ask_save_path)
+    monkeypatch.setattr(save_flow, "ask_save_path", ask_save_path)
     gui[1].settings_panel.select_preset("preview")
     return gui
 
@@ -55,7 +55,7 @@ def _segment(qtbot, widget: TilewiseWidget, model: Path, case: Path) -> None:
     widget.model_panel.select(model)
     _open(qtbot, widget, case)
     with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
-        widget.run_button.click()
+        widget.run_panel.run_button.click()
     assert blocker.args == ["done"]
 
 
@@ -82,7 +82,7 @@ def test_save_proposes_the_inputs_folder_and_format_and_follows_the_type_picked(
 
     when_shown(LabelsSaveDialog, use_the_dialog)
     with qtbot.waitSignal(widget.saved, timeout=60_000) as blocker:
-        widget.save_button.click()
+        widget.review.save_button.click()
     assert seen["start"] == (str(case.parent), "ct_segmentation.nrrd", "NRRD (*.nrrd)")
     assert seen["NIfTI"] == "ct_segmentation.nii.gz" and seen["MetaImage"] == "ct_segmentation.mha"
     assert seen["NRRD"] == seen["NRRD again"] == "ct_segmentation.nrrd", "never 'ct_segmentation.nii.nrrd'"
@@ -246,7 +246,7 @@ def test_a_result_of_a_dicom_series_saves_as_dicom_seg(saving, qtbot, tmp_path: 
     sitk.WriteImage(resampled_sample((48, 48, 16), (4.5, 4.5, 5.5)), str(nifti))
     _segment(qtbot, widget, demo_model_dir(), nifti)
     reported = []
-    widget._report = lambda title, text: reported.append(text)  # the dialog's text, without the modal dialog
+    widget.reporter.report = lambda title, text: reported.append(text)  # the text, without the modal dialog
     assert not widget.save_labels(tmp_path / "out" / "t1.dcm")
     assert reported and "needs labels made from a DICOM series" in reported[0]
     assert not (tmp_path / "out" / "t1.dcm").exists()

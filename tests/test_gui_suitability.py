@@ -21,7 +21,7 @@ def test_the_demo_brain_model_warns_before_run_about_a_ct(gui, qtbot, tmp_path: 
     text = warning.text()
     assert "This model was trained on brain MR; this image looks like CT" in text
     assert "you can still run it" in text and "\n" not in text
-    assert widget.run_button.isEnabled(), "a warning, not a refusal"
+    assert widget.run_panel.run_button.isEnabled(), "a warning, not a refusal"
 
 
 def test_the_warning_goes_when_the_sample_t1_is_chosen(gui, qtbot, tmp_path: Path) -> None:

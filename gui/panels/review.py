@@ -51,7 +51,7 @@ class ReviewPanel(QWidget):
 
     visibility_changed = Signal()
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, save_icon_colour: str = "#909090") -> None:
         super().__init__(parent)
         self.layer: Any = None
         self._results: ResultsController | None = None
@@ -90,7 +90,7 @@ class ReviewPanel(QWidget):
 
         import qtawesome
 
-        self.save_button = QPushButton(qtawesome.icon("fa5s.save", color="#909090"), "Save segmentation…")
+        self.save_button = QPushButton(qtawesome.icon("fa5s.save", color=save_icon_colour), "Save segmentation…")
         self.save_button.setToolTip("Write the labels as a file with the image's spacing, origin and orientation")
         self.save_button.setEnabled(False)
 
@@ -108,6 +108,11 @@ class ReviewPanel(QWidget):
         self._on_opacity_slider(self.opacity.value())
         self.show_notice("")
         self.show_layer(None)
+
+    def show_save_state(self, enabled: bool, saving: bool) -> None:
+        """Save is offered only with a result to save and nothing else going on; it says so while writing."""
+        self.save_button.setEnabled(enabled)
+        self.save_button.setText("Saving…" if saving else "Save segmentation…")
 
     # ---- public ---------------------------------------------------------------------------------
     def show_layer(self, layer: Any, hint: str = RUN_HINT, edited: bool = False) -> None:
