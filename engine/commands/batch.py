@@ -8,6 +8,7 @@ Exit status: 0 when every case succeeded (or was finished earlier), 3 when some 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..batch import run as batch_run
 from ..batch.settings import BatchSettings
@@ -17,7 +18,7 @@ from .options import preset_from_args
 def settings_from_args(args: argparse.Namespace) -> BatchSettings:
     """The batch's settings from its parsed command line."""
     return BatchSettings(
-        input=args.input, output=args.output, model=args.model, preset=preset_from_args(args),
+        input=Path(args.input), output=args.output, model=args.model, preset=preset_from_args(args),
         preset_name=args.preset, device=args.device, folds=args.folds, checkpoint=args.checkpoint,
         trust=args.trust_model, nnunet_exact=args.nnunet_exact, workers=args.workers, num_parts=args.num_parts,
         part_id=args.part_id, output_type=args.output_type, seg_type=args.seg_type, save_probabilities=args.save_probabilities,

@@ -13,6 +13,7 @@ from ..model.suitability import InputPolicy, set_input_policy
 from ..runtime.allocator import keep_freed_host_memory
 from ..runtime.memory import is_out_of_memory
 from .options import add_input_check_option, add_output_type_option, add_run_options
+from .pacs_io import add_pacs_options
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -30,12 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
 
     predict = commands.add_parser("predict", help="segment images with an nnU-Net model")
-    predict.add_argument("-i", dest="input", required=True, help="image file, folder of nnU-Net-named cases (case_0000.nii.gz) or DICOM folder")
+    predict.add_argument("-i", dest="input", required=True, help="image file, folder of nnU-Net-named cases (case_0000.nii.gz), DICOM folder, or a DICOMweb series or study: dicomweb+http(s)://HOST:PORT/dicom-web/studies/UID/series/UID")
     predict.add_argument("-o", dest="output", required=True, help="output folder (same case names and file type as the input, or see --output-type)")
     predict.add_argument("--channels", nargs="+", type=Path, default=None, help="explicit channel files of one case, in channel order")
     predict.add_argument("--series-uid", dest="series_uid", nargs="+", default=None, metavar="UID", help="the DICOM series to read (default: the largest image series); several UIDs: each DICOM input holds one")
     add_run_options(predict)
     add_output_type_option(predict)
+    add_pacs_options(predict)
     add_input_check_option(predict)
     predict.add_argument("--save_probabilities", action="store_true", help="also write <case>.npz/.pkl as nnU-Net does")
     predict.add_argument("--continue_prediction", action="store_true", help="skip cases whose output already exists")
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .batch_options import add_batch_parser
 
     add_batch_parser(commands)
+    add_pacs_options(commands.choices["batch"])
     add_input_check_option(commands.choices["batch"])
 
     bench = commands.add_parser("bench", help="time our engine (and nnU-Net's predictor) on one image")
@@ -149,15 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in ("predict", "batch"):
             keep_freed_host_memory()  # this process only runs inference: the allocator tuning is ours to set
-            previous_policy = _before_the_work(args)
-        if args.command == "predict":
-            from .predict import run_predict
+            from .pacs_io import pacs_job
 
-            return run_predict(args)
-        if args.command == "batch":
-            from .batch import run_batch
-
-            return run_batch(args)
+            with pacs_job(args) as finish:  # a DICOMweb -i is pulled first; --send stores the results after
+                previous_policy = _before_the_work(args)
+                return finish(_run_inference(args))
         if args.command == "bench" and args.batch:
             from .bench_batch import run_bench_batch
 
@@ -190,6 +189,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous_policy is not None:  # in-process callers (tests, a host application) get their policy back
             set_input_policy(previous_policy)
+
+
+def _run_inference(args: argparse.Namespace) -> int:
+    """Run ``predict`` or ``batch``; its exit status."""
+    if args.command == "predict":
+        from .predict import run_predict
+
+        return run_predict(args)
+    from .batch import run_batch
+
+    return run_batch(args)
 
 
 def _before_the_work(args: argparse.Namespace) -> InputPolicy:

@@ -1,0 +1,215 @@
+"""A DICOMweb server (dicomweb-client): QIDO-RS searches, WADO-RS series to a folder, STOW-RS of results.
+
+Every request goes to the one server the user named, with the credentials of :mod:`.credentials`, TLS certificates
+verified (requests' default; ``REQUESTS_CA_BUNDLE`` names a private CA's certificates), a 20 s connection and read
+timeout, and 3 tries over 1.5 s of a request that failed to connect or got a busy answer (429, 503, 504). Failures are one line
+(:class:`PacsError`, exit 2; :class:`PacsAccessError`, exit 3, when the server refuses the credentials); a series is
+named by its UID, never by the patient's name.
+
+Memory: a pulled series is written instance by instance as it streams in (one instance in memory at a time).
+"""
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import TilewiseError, output_error
+from .credentials import Credentials, credentials_for
+from .urls import CREDENTIALS_HINT, DicomWebLocation
+
+INSTALL_HINT = 'pip install "tilewise[pacs]"'
+TIMEOUT_S = 20.0
+NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "PR", "KO", "REG",
+                                  "DOC", "AU", "ECG", "FID", "PLAN", "REGISTRATION", "OT_SR"})
+"""Series modalities that hold no image volume to segment (skipped when a whole study is pulled)."""
+
+
+class PacsError(TilewiseError):
+    """A PACS could not be reached, or answered with an error."""
+
+
+class PacsAccessError(PacsError):
+    """The PACS refused the credentials (HTTP 401) or the access (403)."""
+
+    exit_code = 3
+
+
+def require_pacs_extra() -> None:
+    """Raise a one-line :class:`TilewiseError` naming the install command when dicomweb-client is missing."""
+    if importlib.util.find_spec("dicomweb_client") is None:
+        raise TilewiseError(None, f"DICOMweb needs the PACS extra (dicomweb_client is not installed); install it "
+                                  f"with: {INSTALL_HINT}")
+
+
+def _no_credentials(request: Any) -> Any:
+    """A requests auth that sends nothing."""
+    return request
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+@dataclass
+class DicomWebServer:
+    """One DICOMweb server: the dicomweb-client and what the messages name it by."""
+
+    location: DicomWebLocation
+    client: Any
+    credentials: Credentials | None
+
+    @property
+    def name(self) -> str:
+        """The server as messages name it: its DICOMweb root."""
+        return self.location.root
+
+
+def connect(location: DicomWebLocation, warn: Any = None) -> DicomWebServer:
+    """A client for ``location``'s server with its credentials; nothing is sent yet. ``warn(text)`` hears that
+    credentials would travel unencrypted (http to another computer)."""
+    require_pacs_extra()
+    import requests
+    from dicomweb_client import DICOMwebClient
+
+    credentials = credentials_for(location.host, location.port)
+    session = requests.Session()  # the environment's proxy and REQUESTS_CA_BUNDLE apply; verify=True stays
+    # no credentials: an auth that adds nothing, so that requests does not look in ~/.netrc itself
+    session.auth = (credentials.user, credentials.password) if credentials is not None else _no_credentials
+    if credentials is not None and not location.secure and not _is_loopback(location.host) and warn is not None:
+        warn(f"{location.root}: the password is sent unencrypted (http); use https")
+    client = DICOMwebClient(location.root, session=session, timeout=TIMEOUT_S)
+    # dicomweb-client retries busy answers and every connection error 5 times over 30 s; 3 tries over 1.5 s ride
+    # out a blip without leaving the user waiting on a server that is down or a certificate that is not trusted
+    client.set_http_retry_params(retry=True, max_attempts=3, wait_exponential_multiplier=250)
+    return DicomWebServer(location, client, credentials)
+
+
+@contextmanager
+def answered(server: DicomWebServer, what: str) -> Iterator[None]:
+    """Turn the failures of a request to ``server`` about ``what`` into one-line :class:`PacsError` s."""
+    import requests
+
+    try:
+        yield
+    except requests.exceptions.SSLError as error:
+        raise PacsError(server.name, f"the TLS certificate could not be verified ({_reason(error)}); give the "
+                                     "server's CA certificates with REQUESTS_CA_BUNDLE=/path/ca.pem") from None
+    except requests.exceptions.ConnectionError as error:
+        raise PacsError(server.name, f"cannot connect ({_reason(error)}); is the server running and the address "
+                                     "right?") from None
+    except requests.exceptions.Timeout:
+        raise PacsError(server.name, f"no answer within {TIMEOUT_S:.0f} s to {what}") from None
+    except requests.exceptions.HTTPError as error:
+        raise _http_error(server, error.response, what) from None
+    except requests.exceptions.RequestException as error:
+        raise PacsError(server.name, f"{what} failed: {_reason(error)}") from None
+    except ValueError as error:  # dicomweb-client: an answer that is not DICOM
+        raise PacsError(server.name, f"{what}: the answer is not DICOM ({str(error)[:120]})") from None
+
+
+def _reason(error: Exception) -> str:
+    """The innermost reason of a requests error, on one line without the URL's query."""
+    inner: BaseException = error
+    while inner.__context__ is not None and inner.__context__ is not inner:
+        inner = inner.__context__
+    if isinstance(inner, OSError) and inner.strerror:
+        return inner.strerror
+    text = str(inner.args[0] if getattr(inner, "args", None) else inner)
+    return " ".join(text.split())[:160] or type(inner).__name__
+
+
+def _http_error(server: DicomWebServer, response: Any, what: str) -> PacsError:
+    status = getattr(response, "status_code", 0)
+    if status == 401:
+        how = f"the credentials from {server.credentials.source}" if server.credentials else "no credentials"
+        return PacsAccessError(server.name, f"the server refused {how} (HTTP 401); {CREDENTIALS_HINT}")
+    if status == 403:
+        return PacsAccessError(server.name, f"the server does not allow {what} to this user (HTTP 403)")
+    if status == 404:
+        return PacsError(server.name, f"{what}: not found on the server (HTTP 404); check the UIDs and the "
+                                      "DICOMweb root in the address")
+    reason = getattr(response, "reason", "") or ""
+    return PacsError(server.name, f"{what}: the server answered HTTP {status} {reason}".rstrip())
+
+
+@dataclass(frozen=True)
+class SeriesRef:
+    """A series on the server: its study and series UIDs, modality and number of instances (0 when unknown)."""
+
+    study_uid: str
+    series_uid: str
+    modality: str = ""
+    instances: int = 0
+
+
+def _series_ref(item: dict) -> SeriesRef:
+    import pydicom
+
+    dataset = pydicom.Dataset.from_json(item)
+    return SeriesRef(str(dataset.get("StudyInstanceUID", "")), str(dataset.get("SeriesInstanceUID", "")),
+                     str(dataset.get("Modality", "") or ""), int(dataset.get("NumberOfSeriesRelatedInstances", 0) or 0))
+
+
+def find_series(server: DicomWebServer, study_uid: str | None = None,
+                filters: dict[str, str] | None = None) -> list[SeriesRef]:
+    """QIDO-RS: the series of ``study_uid`` (every study when None) that match ``filters`` (DICOM keywords or tags:
+    ``Modality=CT``, ``StudyDate=20260101-20261231``, ``SeriesDescription=*chest*``), in the server's order."""
+    what = f"searching series of study {study_uid}" if study_uid else "searching series"
+    with answered(server, what):
+        found = server.client.search_for_series(study_instance_uid=study_uid, search_filters=dict(filters or {}),
+                                                get_remaining=True)
+    return [ref for ref in map(_series_ref, found) if ref.series_uid]
+
+
+def find_studies(server: DicomWebServer, filters: dict[str, str] | None = None) -> list[str]:
+    """QIDO-RS: the Study Instance UIDs of the studies that match ``filters``, in the server's order."""
+    import pydicom
+
+    with answered(server, "searching studies"):
+        found = server.client.search_for_studies(search_filters=dict(filters or {}), get_remaining=True)
+    uids = [str(pydicom.Dataset.from_json(item).get("StudyInstanceUID", "")) for item in found]
+    return [uid for uid in uids if uid]
+
+
+def pull_series(server: DicomWebServer, study_uid: str, series_uid: str, folder: Path) -> tuple[int, int]:
+    """WADO-RS: every instance of the series into ``folder`` (created), in the transfer syntax the server holds
+    it in, one file per instance; returns (instances, bytes). Raises :class:`PacsError` (exit 3 for a full disk)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    count = size = 0
+    with answered(server, f"retrieving series {series_uid}"):
+        for dataset in server.client.iter_series(study_uid, series_uid, media_types=(("application/dicom", "*"),)):
+            count += 1
+            path = folder / f"{count:05d}.dcm"
+            try:
+                dataset.save_as(path, enforce_file_format=True)
+            except OSError as error:
+                raise output_error(error, path) from None
+            size += path.stat().st_size
+    if count == 0:
+        raise PacsError(server.name, f"series {series_uid} has no instances")
+    return count, size
+
+
+def store(server: DicomWebServer, path: Path) -> tuple[str, str, str]:
+    """STOW-RS: store the DICOM file at ``path`` on the server; returns its (study, series, SOP instance) UIDs.
+
+    Raises :class:`PacsError` when the server refuses it (its failure reason) or cannot be reached."""
+    import pydicom
+
+    dataset = pydicom.dcmread(path)
+    uids = (str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), str(dataset.SOPInstanceUID))
+    with answered(server, f"storing {dataset.get('Modality', 'object')} {uids[2]}"):
+        answer = server.client.store_instances([dataset])
+    failed = list(getattr(answer, "FailedSOPSequence", []) or [])
+    if failed:
+        reason = failed[0].get("FailureReason", "unknown")
+        raise PacsError(server.name, f"the server did not store {uids[2]} (failure reason {reason})")
+    return uids

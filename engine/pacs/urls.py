@@ -1,0 +1,119 @@
+"""DICOMweb addresses on the command line: ``dicomweb+http(s)://HOST[:PORT]/PATH`` where PATH is the server's
+DICOMweb root (``/dicom-web``) followed by what to read:
+
+- ``.../studies/STUDY/series/SERIES``: one series;
+- ``.../studies/STUDY``: one study (its image series; the largest is segmented, as for a DICOM folder);
+- ``.../series?Modality=CT&StudyDate=20260101-20261231&SeriesDescription=*chest*``: a QIDO-RS search for series
+  (also ``.../studies/STUDY/series?...``), one case per series found;
+- ``.../studies?ModalitiesInStudy=CT&StudyDate=...``: a QIDO-RS search for studies, one case per study;
+- the root alone (``--send``): where results are stored with STOW-RS.
+
+User names and passwords never belong in an address (shell history, process lists and logs keep it): an address
+with them is refused, and :func:`redacted` shows an address without them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from ..errors import InputError
+
+SCHEMES: tuple[str, ...] = ("dicomweb+http", "dicomweb+https")
+CREDENTIALS_HINT = ("put them in ~/.netrc (machine HOST login USER password PASSWORD), in the file TILEWISE_NETRC "
+                    "names, or in TILEWISE_PACS_USER and TILEWISE_PACS_PASSWORD")
+
+
+@dataclass(frozen=True)
+class DicomWebLocation:
+    """A parsed DICOMweb address: the server's DICOMweb root and what it names there."""
+
+    root: str
+    """The DICOMweb root as an http(s) URL, e.g. 'http://127.0.0.1:8042/dicom-web'."""
+    study_uid: str | None = None
+    series_uid: str | None = None
+    search: str | None = None
+    """'series' or 'studies' for a QIDO-RS search (with ``filters``), else None."""
+    filters: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def host(self) -> str:
+        """The server's host name (for credentials and messages)."""
+        return urlsplit(self.root).hostname or ""
+
+    @property
+    def port(self) -> int | None:
+        """The server's port when the address names one."""
+        return urlsplit(self.root).port
+
+    @property
+    def secure(self) -> bool:
+        """True for https."""
+        return self.root.startswith("https://")
+
+    def describe(self) -> str:
+        """The address as the user wrote it, for messages (never credentials: an address has none)."""
+        text = "dicomweb+" + self.root
+        if self.study_uid:
+            text += f"/studies/{self.study_uid}"
+        if self.series_uid:
+            text += f"/series/{self.series_uid}"
+        elif self.search:
+            text += f"/{self.search}"
+        if self.filters:
+            text += "?" + "&".join(f"{key}={value}" for key, value in self.filters.items())
+        return text
+
+
+def is_dicomweb_url(text: object) -> bool:
+    """True when ``text`` is a ``dicomweb+http(s)://`` address."""
+    return isinstance(text, str) and text.lower().startswith(tuple(s + "://" for s in SCHEMES))
+
+
+def redacted(text: str) -> str:
+    """``text`` with any user name and password taken out of its network location."""
+    parts = urlsplit(text)
+    if "@" not in parts.netloc:
+        return text
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+def parse_dicomweb_url(text: str) -> DicomWebLocation:
+    """Parse a ``dicomweb+http(s)://`` address (see the module's docstring); raises :class:`InputError` with one
+    line for anything else, and for an address that holds a user name or password."""
+    if not is_dicomweb_url(text):
+        raise InputError(redacted(text), "not a DICOMweb address (dicomweb+http://HOST:PORT/dicom-web/studies/UID/"
+                                         "series/UID)")
+    parts = urlsplit(text.split("+", 1)[1])
+    if parts.username is not None or parts.password is not None:
+        raise InputError(redacted(text), f"credentials do not belong in the address; {CREDENTIALS_HINT}")
+    if not parts.hostname:
+        raise InputError(text, "the address names no server")
+    try:
+        parts.port  # noqa: B018 (a port that is not a number raises here)
+    except ValueError:
+        raise InputError(text, "the address' port is not a number") from None
+    segments = [s for s in parts.path.split("/") if s]
+    start = next((i for i, s in enumerate(segments) if s in ("studies", "series")), len(segments))
+    root = urlunsplit((parts.scheme, parts.netloc, "/".join(["", *segments[:start]]), "", "")).rstrip("/")
+    rest = segments[start:]
+    filters = dict(parse_qsl(parts.query, keep_blank_values=False))
+    study = series = search = None
+    if rest[:1] == ["studies"] and len(rest) >= 2:
+        study = rest[1]
+        if rest[2:3] == ["series"]:
+            if len(rest) == 4:
+                series = rest[3]
+            elif len(rest) == 3:
+                search = "series"
+            else:
+                raise InputError(text, "expected .../studies/UID/series/UID")
+        elif len(rest) != 2:
+            raise InputError(text, "expected .../studies/UID or .../studies/UID/series/UID")
+    elif rest in (["studies"], ["series"]):
+        search = rest[0]
+    elif rest:
+        raise InputError(text, "expected the DICOMweb root followed by /studies/UID[/series/UID], /series?QUERY "
+                               "or /studies?QUERY")
+    if filters and search is None:
+        raise InputError(text, "a query (?...) needs a search: .../series?Modality=CT or .../studies?...")
+    return DicomWebLocation(root, study, series, search, filters)
