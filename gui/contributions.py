@@ -32,6 +32,10 @@ from .geometry import geometry_from_transform, layer_transform
 
 LayerData = tuple[Any, dict[str, Any], str]
 DICOM_SUFFIX = ".dcm"
+META_FIRST_SLICE = "tilewise_first_slice"
+"""Of a DICOM series: the index along the first data axis of its first image (lowest instance number)."""
+META_MODALITY = "tilewise_modality"
+"""Of a DICOM series: its Modality ('CT', 'MR', ...); '' for other files."""
 WRITER_COMMAND = "tilewise.write_labels"
 
 
@@ -67,11 +71,33 @@ def volume_layers(volume: Volume, name: str | None = None) -> list[LayerData]:
             "contrast_limits": display_range(data),
             "metadata": {"tilewise_geometry": volume.geometry, "tilewise_source": str(source or ""),
                          "tilewise_intensity_min": intensity_min(data),
-                         "tilewise_dicom_files": [str(path) for path in volume.dicom_files]},
+                         "tilewise_dicom_files": [str(path) for path in volume.dicom_files],
+                         **dicom_details(volume.dicom_files, data.shape[0] if data.ndim == 3 else 1)},
             **layer_transform(volume.geometry),
         }
         layers.append((data, kwargs, "image"))
     return layers
+
+
+def dicom_details(files: tuple[Path, ...], slices: int) -> dict[str, Any]:
+    """:data:`META_MODALITY` and :data:`META_FIRST_SLICE` of a DICOM series (``files`` in the order of its
+    ``slices`` along the first data axis): where a DICOM viewer starts, the image with the lowest instance number.
+    Nothing for other files, or headers that cannot be read."""
+    if not files:
+        return {}
+    try:
+        tags = ["Modality", "InstanceNumber"]
+        first, last = (pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags)
+                       for path in (files[0], files[-1]))
+    except (OSError, ValueError, pydicom.errors.InvalidDicomError):
+        return {}
+    details: dict[str, Any] = {META_MODALITY: str(first.get("Modality", "") or "").upper()}
+    try:
+        descending = len(files) == slices > 1 and int(last.InstanceNumber) < int(first.InstanceNumber)
+    except (AttributeError, TypeError, ValueError):  # no instance numbers: the series' first file
+        descending = False
+    details[META_FIRST_SLICE] = slices - 1 if descending else 0
+    return details
 
 
 def _display_name(path: Path) -> str:

@@ -310,6 +310,8 @@ def _remove_letters(overlays: Any) -> None:
 class OrientationButtons(QWidget):
     """Three small buttons, Axial, Coronal and Sagittal, that show that view; the one on screen is checked."""
 
+    clicked = Signal(str)  # the view a button was clicked for, after it is shown
+
     def __init__(self, orientation: Orientation, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.orientation = orientation
@@ -331,6 +333,7 @@ class OrientationButtons(QWidget):
     def _on_clicked(self, view: str, *_: object) -> None:
         self.orientation.show(view)
         self._show()
+        self.clicked.emit(view)
 
     def _show(self, *_: object) -> None:
         current = self.orientation.view

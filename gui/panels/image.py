@@ -15,6 +15,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..controllers.run import State
+from ..framing import install_framing
 from ..orientation import OrientationButtons, install_orientation
 from .common import shrinkable
 from .ct_window import CtWindowButtons, looks_like_ct
@@ -56,7 +57,9 @@ class ImagePanel(QWidget):
         self.open_status = QLabel()
         self.open_status.setWordWrap(True)
         self.orientation = install_orientation(viewer)  # kept here: napari holds only weak references to it
+        self.framing = install_framing(viewer, self.orientation)  # every opened image comes into view
         self.view_buttons = OrientationButtons(self.orientation)
+        self.view_buttons.clicked.connect(self.framing.frame_selected)  # a View button resets to the image
         view_row = QFormLayout()
         view_row.addRow("View:", self.view_buttons)
         layout = QVBoxLayout(self)
