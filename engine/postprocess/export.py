@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from ..model.bundle import ModelBundle
 from ..runtime.memory import free_device_memory, is_out_of_memory
 from .labels import logits_to_labels
 from .resample import ORDERS, LogitResampler, slab_rows
+from .ties import settle_ties
 
 DEFAULT_SLAB_BYTES = 512 * 2**20
 """Working memory of one export slab unless the memory plan gives another figure."""
@@ -107,29 +108,52 @@ def export_logits(logits: torch.Tensor, bundle: ModelBundle, properties: dict[st
     labels = np.zeros(properties["shape_before_cropping"], dtype=dtype)
     probabilities = _probability_file(bundle, properties) if with_probabilities else None
     resampler = crop_resampler(bundle, properties, tuple(logits.shape[1:]))
-    if resampler is None:  # nnunetv2's own function, all rows at once
+    if resampler is None:  # nnunetv2's own function, all rows at once: its values are nnU-Net's
         resampled_all = _nnunet_resample(logits, bundle, properties)
-        slabs: Iterator[tuple[tuple[int, int], torch.Tensor]] = iter([((0, resampled_all.shape[1]), resampled_all)])
+        slabs: Iterator[_Slab] = iter([_Slab(0, resampled_all.shape[1], resampled_all, 0.0,
+                                             lambda index, values=resampled_all: values[(slice(None), *index.T)])])
         del resampled_all
     else:
         rows_per_slab = slab_rows(resampler, int(logits.shape[0]), slab_budget_bytes)
-        slabs = ((span, _slab(resampler, logits, *span)) for span in resampler.slabs(rows_per_slab))
-    for (start, stop), resampled in slabs:
+        slabs = (_slab(resampler, logits, *span) for span in resampler.slabs(rows_per_slab))
+    for slab in slabs:
         check_cancelled()
+        start, stop, resampled = slab.start, slab.stop, slab.values
         window = (slice(crop[0].start + start, crop[0].start + stop), *crop[1:])
-        labels[window] = logits_to_labels(resampled, bundle).cpu().numpy().astype(dtype, copy=False)
+        slab_labels = logits_to_labels(resampled, bundle)
+        settle_ties(slab_labels, resampled, bundle, slab.error, slab.exact)  # nnU-Net's labels where rounding decides
+        labels[window] = slab_labels.cpu().numpy().astype(dtype, copy=False)
         if probabilities is not None:
             probabilities[(slice(None), *window)] = bundle.label_manager.apply_inference_nonlin(resampled).cpu().numpy()
-        del resampled
+        del resampled, slab
     labels = np.ascontiguousarray(labels.transpose(plans.transpose_backward))
     if probabilities is not None:
         probabilities = probabilities.transpose([0] + [i + 1 for i in plans.transpose_backward])
     return Exported(labels=labels, probabilities=probabilities)
 
 
-def _slab(resampler: LogitResampler, logits: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+@dataclass
+class _Slab:
+    """Output rows [start, stop) of the crop: their resampled logits, how far those may lie from nnU-Net's, and
+    nnU-Net's own values at given voxels of the slab (:func:`~.ties.settle_ties`)."""
+
+    start: int
+    stop: int
+    values: torch.Tensor
+    error: float
+    exact: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _slab(resampler: LogitResampler, logits: torch.Tensor, start: int, stop: int) -> _Slab:
     low, high = resampler.input_rows(start, stop)
-    return resampler.slab(logits[:, low:high], start, stop, low)
+    rows = logits[:, low:high]
+    smallest, largest = torch.aminmax(rows)
+
+    def exact(index: torch.Tensor) -> torch.Tensor:
+        return resampler.points(rows, low, index + torch.tensor([start, 0, 0], device=index.device))
+
+    return _Slab(start, stop, resampler.slab(rows, start, stop, low),
+                 resampler.error_bound(max(-float(smallest), float(largest))), exact)
 
 
 def export_with_fallback(logits: torch.Tensor, bundle: ModelBundle, properties: dict[str, Any],

@@ -8,6 +8,7 @@ slab, never classes x the whole output grid, and a slab's values do not depend o
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -20,16 +21,16 @@ ORDERS = (0, 1)
 
 
 def _axis_taps(in_size: int, out_size: int, start: int, stop: int, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For output indices [start, stop) along one axis: the two input indices each reads and the weight of the second."""
+    """For output indices [start, stop) along one axis: the two input indices each reads and the weight of the second,
+    as scipy.ndimage computes them for nnunetv2 (mode 'nearest': a tap beyond an edge reads the edge)."""
     out = np.arange(start, stop, dtype=np.float64)
-    scale = in_size / out_size
+    source = (out + 0.5) * (in_size / out_size) - 0.5
     if order == 0:
-        low = np.minimum(np.floor((out + 0.5) * scale), in_size - 1).astype(np.int64)
+        low = np.clip(np.floor(source + 0.5), 0, in_size - 1).astype(np.int64)
         return low, low, np.zeros(len(out))
-    source = np.clip((out + 0.5) * scale - 0.5, 0.0, in_size - 1)
-    low = np.floor(source).astype(np.int64)
-    high = np.minimum(low + 1, in_size - 1)
-    return low, high, source - low
+    floor = np.floor(source)
+    low = np.clip(floor, 0, in_size - 1).astype(np.int64)
+    return low, np.clip(floor + 1, 0, in_size - 1).astype(np.int64), source - floor
 
 
 def _resample_axis(x: torch.Tensor, axis: int, in_size: int, out_size: int, start: int, stop: int, order: int,
@@ -69,6 +70,15 @@ class LogitResampler:
         separate, axis = determine_do_sep_z_and_axis(force_separate_z, current_spacing, new_spacing, threshold)
         coarse = int(axis[0] if isinstance(axis, (list, tuple, np.ndarray)) else axis) if separate else None
         self.orders = tuple(order_z if a == coarse else order for a in range(len(self.out_shape)))
+        interpolated = coarse is not None and order_z == 1 and self.in_shape[coarse] != self.out_shape[coarse]
+        self._coarse = coarse if interpolated else None
+        """The axis nnunetv2 interpolates on its own after the others (else None: all axes in one pass)."""
+
+    @property
+    def _fused(self) -> bool:
+        """Whether :meth:`slab` resamples both in-plane axes with torch's bilinear kernel (which computes its
+        weights in float32) rather than one axis at a time with weights computed in float64."""
+        return self.orders[1] == self.orders[2] == 1
 
     @property
     def identity(self) -> bool:
@@ -88,23 +98,67 @@ class LogitResampler:
         reads contiguous memory, which is what makes many-label exports fast.
         """
         x = rows.float()
-        if self.orders[1] == self.orders[2]:
-            # Both in-plane axes alike (nnU-Net transposes the coarse axis to the front): one fused 2-D kernel over
+        if self._fused:
+            # Both in-plane axes linear (nnU-Net transposes the coarse axis to the front): one fused 2-D kernel over
             # every input row, channels-last so that each output voxel's channels sit together.
             planes = x.permute(1, 0, 2, 3).contiguous(memory_format=torch.channels_last)
             if tuple(planes.shape[2:]) != self.out_shape[1:]:
-                mode = "bilinear" if self.orders[1] == 1 else "nearest-exact"
-                planes = F.interpolate(planes, size=self.out_shape[1:], mode=mode,
-                                       **({"align_corners": False} if mode == "bilinear" else {}))
+                planes = F.interpolate(planes, size=self.out_shape[1:], mode="bilinear", align_corners=False)
             heads_last = planes.permute(0, 2, 3, 1)  # (rows, y, x, channels), contiguous
         else:
-            for axis in (2, 1):  # one axis at a time where their orders differ
+            for axis in (2, 1):  # one axis at a time where their orders differ (or nearest: an exact selection)
                 x = _resample_axis(x, axis + 1, self.in_shape[axis], self.out_shape[axis], 0, self.out_shape[axis],
                                    self.orders[axis])
             heads_last = x.permute(1, 2, 3, 0).contiguous()
         out = _resample_axis(heads_last, 0, self.in_shape[0], self.out_shape[0], start, stop, self.orders[0],
                              first_row)
         return out.permute(3, 0, 1, 2)
+
+    def error_bound(self, magnitude: float) -> float:
+        """A bound on how far a value of :meth:`slab` lies from nnunetv2's value (computed in float64 and rounded
+        once to float32) where no input value exceeds ``magnitude`` in size.
+
+        Linear interpolation is a convex combination, so each axis adds its own rounding: a few float32 steps of
+        ``magnitude`` for a weight computed in float64 and the lerp; torch's bilinear kernel also computes its
+        source coordinate in float32 (off by up to about ``2 * in_size`` steps), which moves the weight and so the
+        value by that times the difference of two inputs (at most ``2 * magnitude``). Twice these, for margin.
+        Nearest-neighbour axes select exactly (weights computed in float64), as does an axis not resampled."""
+        steps = 1.0  # nnunetv2's own rounding of its float64 value
+        for axis, (size_in, size_out, order) in enumerate(zip(self.in_shape, self.out_shape, self.orders)):
+            if size_in != size_out and order == 1:
+                steps += 2 * ((4 * size_in + 3) if self._fused and axis > 0 else 4)
+        return float(torch.finfo(torch.float32).eps) * float(magnitude) * steps
+
+    def points(self, rows: torch.Tensor, first_row: int, index: torch.Tensor) -> torch.Tensor:
+        """The values at output voxels ``index`` ((N, 3): row, y, x on the whole output grid) computed as nnunetv2
+        computes them, to the last bit: scipy.ndimage's arithmetic in float64 (weights ``1 - t`` and ``1 - (1 - t)``,
+        each input value times the weights axis by axis, the corners added in index order; a separately interpolated
+        coarse axis last), rounded once to float32; (channels, N) on ``rows``' device. ``rows`` as for :meth:`slab`
+        (input rows first_row, first_row + 1, ...)."""
+        at = index.cpu().numpy()
+        taps = []
+        for axis, (size_in, size_out, order) in enumerate(zip(self.in_shape, self.out_shape, self.orders)):
+            low, high, t = (tap[at[:, axis]] for tap in _axis_taps(size_in, size_out, 0, size_out, order))
+            offset = first_row if axis == 0 else 0
+            first = torch.as_tensor(1.0 - t, dtype=torch.float64, device=rows.device)
+            taps.append(((low - offset, first), (high - offset, 1.0 - first)))
+        coarse = self._coarse
+        sides = []
+        for side in ((0,) if coarse is None else (0, 1)):
+            total = torch.zeros((rows.shape[0], len(at)), dtype=torch.float64, device=rows.device)
+            for corner in itertools.product((0, 1), repeat=3):
+                if coarse is not None and corner[coarse] != side:
+                    continue
+                picked = [axis_taps[c] for axis_taps, c in zip(taps, corner)]
+                coeff = rows[:, picked[0][0], picked[1][0], picked[2][0]].double()
+                for axis, (_, weight) in enumerate(picked):
+                    if axis != coarse:
+                        coeff = coeff * weight
+                total = total + coeff
+            sides.append(total)
+        if coarse is None:
+            return sides[0].float()
+        return (sides[0] * taps[coarse][0][1] + sides[1] * taps[coarse][1][1]).float()
 
     def slabs(self, rows_per_slab: int) -> list[tuple[int, int]]:
         """Output row ranges along axis 0 of at most ``rows_per_slab`` rows, covering the output grid."""
@@ -130,7 +184,7 @@ def resample_logits(logits: torch.Tensor, new_shape: Sequence[int], current_spac
 
 def slab_rows(resampler: LogitResampler, channels: int, budget_bytes: int) -> int:
     """Output rows per slab so that one slab's working set (input rows resampled in-plane, twice for the
-    interpolation's two taps, plus the output) stays within ``budget_bytes``."""
+    interpolation's two taps, plus the output and the near-tie test's byte per value) stays within ``budget_bytes``."""
     plane_out = math.prod(resampler.out_shape[1:])
-    per_row = channels * plane_out * 4 * (3 + 2 * resampler.input_rows_per_output_row())
+    per_row = channels * plane_out * (4 * (3 + 2 * resampler.input_rows_per_output_row()) + 1)
     return max(1, min(resampler.out_shape[0], int(budget_bytes // max(per_row, 1))))

@@ -1,0 +1,73 @@
+"""The export's labels are nnU-Net's where float32 rounding decides them: the export resamples logits in float32,
+nnU-Net in float64 (rounded once to float32) before its softmax or sigmoid; voxels near a tie get nnU-Net's values
+and rule (``postprocess/ties.py``). Without that, a few voxels per million differ, and a cascade's full-res network
+spreads each flipped low-res voxel further (tests/test_cascade_prev_stage.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import model_factory
+import numpy as np
+import pytest
+import torch
+from tilewise.engine import read_volume
+from tilewise.engine.model.bundle import ModelBundle
+from tilewise.engine.postprocess import export as export_module
+from tilewise.engine.postprocess.export import export_logits
+from tilewise.engine.postprocess.resample import LogitResampler
+from tilewise.engine.preprocess.pipeline import preprocess
+
+
+def _nnunet_labels(logits: torch.Tensor, bundle: ModelBundle, properties: dict) -> np.ndarray:
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+    return np.asarray(convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits.clone(), bundle.plans_manager, bundle.configuration_manager, bundle.label_manager, properties))
+
+
+@pytest.mark.parametrize("kind", ["3d", "aniso", "regions", "transposed"])
+def test_export_labels_are_nnunets_voxel_for_voxel(make_model, tmp_path: Path, kind: str, monkeypatch) -> None:
+    bundle = ModelBundle.load(make_model(kind))
+    spacing = tuple(s * f for s, f in zip(model_factory.default_spacing(kind), (0.83, 1.13, 0.91)))
+    volume = read_volume(model_factory.case_files(tmp_path, "case", kind, shape=(48, 56, 60), spacing=spacing))
+    prepared = preprocess(volume, bundle, with_nonzero_mask=False)
+    heads = bundle.label_manager.num_segmentation_heads
+    noise = np.random.default_rng(7).normal(size=(heads, *prepared.data.shape[1:])).astype(np.float32)
+    if bundle.label_manager.has_regions:  # every region's logit close to 0
+        noise *= 1e-6
+    else:  # heads 0 and 1 nearly tied everywhere, at the scale of real logits
+        noise *= 30
+        noise[1] = noise[0] + noise[1] * 1e-5
+    logits = torch.from_numpy(noise)[(slice(None), *prepared.unpadded)]
+    expected = _nnunet_labels(logits, bundle, prepared.properties)
+
+    ours = export_logits(logits, bundle, prepared.properties, slab_budget_bytes=1).labels  # one row per slab
+    assert np.array_equal(ours, expected), f"{int((ours != expected).sum())} of {ours.size} voxels differ"
+
+    monkeypatch.setattr(export_module, "settle_ties", lambda *args: 0)  # the test can fail: float32 alone differs
+    assert not np.array_equal(export_logits(logits, bundle, prepared.properties).labels, expected)
+
+
+@pytest.mark.parametrize(("in_shape", "out_shape", "spacing", "new_spacing", "order_z"), [
+    pytest.param((20, 24, 28), (31, 17, 40), (1.0, 1.0, 1.0), (0.7, 1.5, 0.8), 0, id="joint-linear"),
+    pytest.param((40, 48, 56), (60, 72, 84), (1.0, 1.0, 1.0), (2 / 3, 2 / 3, 2 / 3), 0, id="dyadic-weights"),
+    pytest.param((8, 30, 30), (29, 41, 37), (4.0, 1.0, 1.0), (1.1, 0.8, 0.8), 0, id="separate-z-nearest"),
+    pytest.param((8, 30, 30), (29, 41, 37), (4.0, 1.0, 1.0), (1.1, 0.8, 0.8), 1, id="separate-z-linear"),
+    pytest.param((30, 20, 9), (11, 31, 30), (1.0, 1.0, 4.0), (2.7, 0.6, 1.2), 1, id="coarse-last-axis"),
+])
+def test_points_are_nnunets_values_and_the_slab_is_within_its_bound(in_shape, out_shape, spacing, new_spacing,
+                                                                     order_z) -> None:
+    from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
+
+    logits = np.random.default_rng(4).normal(size=(3, *in_shape)).astype(np.float32) * 50
+    expected = torch.from_numpy(resample_data_or_seg_to_shape(logits, out_shape, spacing, new_spacing, is_seg=False,
+                                                              order=1, order_z=order_z, force_separate_z=None))
+    resampler = LogitResampler(in_shape, out_shape, spacing, new_spacing, order=1, order_z=order_z)
+    rows = torch.from_numpy(logits)
+    index = torch.stack(torch.meshgrid(*[torch.arange(s) for s in out_shape], indexing="ij"), -1).reshape(-1, 3)
+    start = next(row for row in range(out_shape[0]) if resampler.input_rows(row, row + 1)[0] >= 2)
+    chosen = index[index[:, 0] >= start]  # output rows that read input rows 2, 3, ... only
+    points = resampler.points(rows[:, 2:], 2, chosen)
+    assert torch.equal(points, expected[:, chosen[:, 0], chosen[:, 1], chosen[:, 2]])
+    error = (resampler.slab(rows, 0, out_shape[0], 0) - expected).abs().max().item()
+    assert 0 < error <= resampler.error_bound(float(np.abs(logits).max()))
