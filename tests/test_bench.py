@@ -15,7 +15,9 @@ REQUIRED = {"ours_s", "nnunet_s", "speedup", "dice_min", "preset", "device", "ti
             "ours_peak_rss_mb_by_stage", "dice", "backend", "backend_description"}
 
 
-def test_bench_against_nnunet_prints_json_last(ct_model: Path, ct_case: Path, capsys) -> None:
+def test_bench_against_nnunet_prints_json_last(ct_model: Path, ct_case: Path, capsys, monkeypatch,
+                                                tmp_path: Path) -> None:
+    monkeypatch.setenv("TILEWISE_CACHE_DIR", str(tmp_path / "cache"))  # the measured peak goes here, not to ~/.cache
     code = main(["bench", "-m", str(ct_model), "-i", str(ct_case), "--preset", "fast", "--precision", "fp32",
                  "-device", "cpu", "--against", "nnunet"])
     out = capsys.readouterr().out.strip().splitlines()
@@ -35,6 +37,16 @@ def test_bench_against_nnunet_prints_json_last(ct_model: Path, ct_case: Path, ca
     assert summary["nnunet_peak_mb"] >= summary["nnunet_peak_single_process_mb"] > 100
     assert summary["ours_peak_mb"] >= by_stage["write"] * 0.9
     assert any(line.startswith("nnU-Net") for line in out) and any(line.startswith("speed-up") for line in out)
+    # how far from the limit: the same operations per pass for both, over each one's timed sliding window
+    assert summary["flop_per_forward_pass"] > 0 and summary["passes_per_tile"] == 1
+    for engine, passes in (("ours", summary["forward_passes"]), ("nnunet", summary["tiles"])):
+        seconds = summary[f"{engine}_sliding_window_s"]
+        assert 0 < seconds < summary[f"{engine}_s"]
+        rate = passes * summary["flop_per_forward_pass"] / seconds / 1e9
+        assert summary[f"{engine}_gflops_per_s"] == pytest.approx(rate, rel=0.01)
+        share = summary[f"{engine}_gflops_per_s"] / summary[f"{engine}_peak_gflops_per_s"]
+        assert summary[f"{engine}_share_of_peak"] == pytest.approx(share, rel=0.01)
+    assert sum(line.lstrip().startswith("compute") for line in out) == 2
 
 
 def test_bench_without_comparison(ct_model: Path, ct_case: Path, capsys) -> None:

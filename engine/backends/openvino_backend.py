@@ -32,7 +32,8 @@ from .ov_cache import (
 )
 from .ov_convert import agreement_error, candidates, check_tile, convert
 
-_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+"""OpenVINO's INFERENCE_PRECISION_HINT for each of our precisions."""
 _CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
 VERIFIED = VerifiedEntries()
 """Cache entries checked against torch in this process (the viewer may load a model on two threads at once)."""
@@ -273,7 +274,8 @@ class OpenVINOBackend:
         return model
 
     def _compile(self, model: Any) -> _CompiledFold:
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _HINTS[self.precision], "PERFORMANCE_HINT": "LATENCY"}
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[self.precision],
+                                  "PERFORMANCE_HINT": "LATENCY"}
         if self.ov_device.upper() == "CPU":
             config["INFERENCE_NUM_THREADS"] = torch.get_num_threads()
         return _CompiledFold(self.core.compile_model(model, self.ov_device, config), self.input_shape[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -15,6 +16,7 @@ import SimpleITK as sitk
 from ..data.cases import collect_cases
 from ..errors import TilewiseError
 from ..model.bundle import ModelBundle
+from .bench_rates import NNUNET_ENTRY, NNUNET_TIMINGS_VARIABLE, nnunet_rates, ours_rates
 from .metrics import dice_per_label
 from .options import preset_from_args
 from .process_memory import run_timed
@@ -54,8 +56,7 @@ def _ours_command(args: argparse.Namespace, model_dir: Path, staged: Path, out: 
 
 def _nnunet_command(args: argparse.Namespace, report: dict, model_dir: Path, staged: Path, out: Path,
                     device: str) -> list[str]:
-    entry = "from nnunetv2.inference.predict_from_raw_data import predict_entry_point_modelfolder as main; main()"
-    command = [sys.executable, "-c", entry, "-i", str(staged), "-o", str(out), "-m", str(model_dir),
+    command = [sys.executable, "-c", NNUNET_ENTRY, "-i", str(staged), "-o", str(out), "-m", str(model_dir),
                "-f", *report["folds"], "-step_size", str(report["tile_step"]), "-device", device,
                "--disable_progress_bar"]
     if not report["mirror_axes"]:
@@ -102,11 +103,13 @@ def run_bench(args: argparse.Namespace) -> int:
             "ours_peak_rss_mb_by_stage": case.get("peak_rss_mb", {}),
             "stages_s": {"load": round(report["load_s"], 2), **{k: round(v, 2) for k, v in case["timings"].items()}},
         }
+        summary.update(ours_rates(bundle, report, case))
         _print_ours(summary)
         if args.against == "nnunet":
-            nnunet_out = workdir / "nnunet"
+            nnunet_out, nnunet_timings = workdir / "nnunet", workdir / "nnunet-sliding-window.txt"
             device = "cpu" if report["device"] == "cpu" else "cuda" if report["device"].startswith("cuda") else report["device"]
-            theirs = run_timed(_nnunet_command(args, report, bundle.path, staged[0].parent, nnunet_out, device))
+            theirs = run_timed(_nnunet_command(args, report, bundle.path, staged[0].parent, nnunet_out, device),
+                               env={**os.environ, NNUNET_TIMINGS_VARIABLE: str(nnunet_timings)})
             summary["nnunet_finished"] = theirs.returncode == 0
             if theirs.returncode != 0:  # a job nnU-Net cannot finish is a result too (e.g. its export runs out of memory)
                 lines = [line for line in theirs.stderr.strip().splitlines() if line.strip()]
@@ -127,6 +130,8 @@ def run_bench(args: argparse.Namespace) -> int:
                 "speedup": round(theirs.seconds / ours.seconds, 3), "dice": {str(k): round(v, 5) for k, v in dice.items()},
                 "dice_min": round(min(dice.values()), 5) if dice else 1.0, "voxel_agreement": round(agreement, 6),
             })
+            sliding = [float(line) for line in nnunet_timings.read_text().split()] if nnunet_timings.exists() else []
+            summary.update(nnunet_rates(summary, case, device, sliding))
             _print_against(summary)
         print(json.dumps(summary))
     return 0
@@ -140,6 +145,10 @@ def _print_ours(summary: dict) -> None:
     print(f"tilewise   {summary['ours_s']:.2f}s end-to-end, peak {summary['ours_peak_mb']} MB, "
           f"{summary['tiles']} tiles ({summary['tiles_per_s']:.2f}/s), {summary['forward_passes']} forward passes")
     print(f"  stages   {stages}")
+    if "ours_gflops_per_s" in summary:
+        print(f"  compute  {summary['gflop_per_forward_pass']:.2f} GFLOP per forward pass; sliding window "
+              f"{summary['ours_gflops_per_s']:.1f} GFLOP/s = {summary['ours_share_of_peak']:.0%} of this machine's "
+              f"measured convolution peak ({summary['ours_peak_gflops_per_s']:.0f} GFLOP/s, {summary['processor']})")
     for note in summary["backend_notes"]:  # e.g. a first run that converted the model: its load time includes that
         print(f"  note     {note}")
 
@@ -148,5 +157,9 @@ def _print_against(summary: dict) -> None:
     dice = "  ".join(f"{k}: {v:.4f}" for k, v in summary["dice"].items())
     print(f"nnU-Net    {summary['nnunet_s']:.2f}s end-to-end, peak {summary['nnunet_peak_mb']} MB (all processes) "
           f"({summary['nnunet_precision']})")
+    if "nnunet_gflops_per_s" in summary:
+        print(f"  compute  sliding window {summary['nnunet_gflops_per_s']:.1f} GFLOP/s = "
+              f"{summary['nnunet_share_of_peak']:.0%} of the measured peak ({summary['nnunet_peak_gflops_per_s']:.0f} "
+              f"GFLOP/s for PyTorch in its precision)")
     print(f"speed-up   {summary['speedup']:.2f}x    Dice per label  {dice}    voxel agreement "
           f"{summary['voxel_agreement']:.5f}")

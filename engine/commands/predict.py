@@ -103,8 +103,8 @@ def _predict(args: argparse.Namespace) -> int:
         written = peak_rss_bytes()
         peaks = {**result.peak_rss_mb, **({"write": round(written / 2**20, 1)} if written is not None else {})}
         report_cases.append({"case": case.name, "output": str(case.output), "tiles": result.tiles,
-                             "forward_passes": result.forward_passes, "timings": timings, "notes": result.notes,
-                             "peak_rss_mb": peaks})
+                             "tiles_skipped": result.tiles_skipped, "forward_passes": result.forward_passes,
+                             "timings": timings, "notes": result.notes, "peak_rss_mb": peaks})
     total = time.perf_counter() - started
     backend_notes = list(getattr(predictor.backend, "notes", []))  # e.g. a first run that converted the model
     if not quiet:
