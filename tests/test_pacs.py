@@ -32,13 +32,15 @@ PATIENT = "Test^Phantom"  # write_ct_series' patient name: it must never appear 
 
 
 def _series(folder: Path, size: tuple[int, int, int], spacing: tuple[float, float, float],
-            study_date: str | None = None) -> tuple[str, str]:
-    """A CT series of the sample in ``folder`` (its study dated ``study_date`` when given); (study, series) UIDs."""
+            study_date: str | None = None, description: str | None = None) -> tuple[str, str]:
+    """A CT series of the sample in ``folder`` (its study dated ``study_date``, the series described as
+    ``description``, when given); its (study, series) UIDs."""
     write_ct_series(resampled_sample(size, spacing), folder)
     for path in folder.iterdir():
-        if study_date is not None:
+        if study_date is not None or description is not None:
             dataset = pydicom.dcmread(path)
-            dataset.StudyDate = study_date
+            dataset.StudyDate = study_date or dataset.StudyDate
+            dataset.SeriesDescription = description or ""
             dataset.save_as(path)
     first = pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True)
     return str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
@@ -46,14 +48,15 @@ def _series(folder: Path, size: tuple[int, int, int], spacing: tuple[float, floa
 
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """One Orthanc for the module, holding two CT series in two studies (2026-12-01 and 2025-06-15); credentials
+    """One Orthanc for the module, holding two CT series in two studies (2026-12-01, and 2026-06-15 described as
+    'CT chest 5mm'); credentials
     in a netrc file that ``TILEWISE_NETRC`` names; temporary folders under a folder of the module's own."""
     reason = missing_orthanc()
     if reason is not None:
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("pacs")
     first = _series(root / "brain", (64, 64, 24), (3.5, 3.5, 4.0))
-    second = _series(root / "older", (48, 48, 16), (4.5, 4.5, 5.5), study_date="20250615")
+    second = _series(root / "older", (48, 48, 16), (4.5, 4.5, 5.5), study_date="20260615", description="CT chest 5mm")
     netrc = root / "netrc"
     netrc.write_text(f"machine 127.0.0.1 login {USER} password {PASSWORD}\n")
     netrc.chmod(0o600)
@@ -73,16 +76,11 @@ def _client(orthanc: Orthanc):  # the test's own DICOMweb client, to look at wha
     return DICOMwebClient(f"{orthanc.http_url}/dicom-web", session=orthanc.session())
 
 
-def _series_in(orthanc: Orthanc, study: str, modality: str) -> list[pydicom.Dataset]:
-    found = _client(orthanc).search_for_series(study_instance_uid=study, search_filters={"Modality": modality})
-    return [pydicom.Dataset.from_json(item) for item in found]
-
-
-def _stored(orthanc: Orthanc, study: str, modality: str) -> pydicom.Dataset:
-    """The one object of ``modality`` Orthanc holds in ``study``, retrieved by WADO-RS."""
-    [series] = _series_in(orthanc, study, modality)
-    [instance] = list(_client(orthanc).iter_series(study, series.SeriesInstanceUID))
-    return instance
+def _stored(orthanc: Orthanc, written: Path, study: str) -> pydicom.Dataset:
+    """The object Tilewise wrote at ``written``, as Orthanc holds it in ``study`` (WADO-RS by its UIDs)."""
+    local = pydicom.dcmread(written, stop_before_pixels=True)
+    assert local.StudyInstanceUID == study
+    return _client(orthanc).retrieve_instance(study, local.SeriesInstanceUID, local.SOPInstanceUID)
 
 
 def test_round_trip_pull_segment_send(pacs: dict, tmp_path: Path, run_cli) -> None:
@@ -104,7 +102,7 @@ def test_round_trip_pull_segment_send(pacs: dict, tmp_path: Path, run_cli) -> No
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "nifti" / "brain.nii.gz")))
     assert set(np.unique(labels)) == {0, 1, 2, 3}
 
-    seg = hd.seg.Segmentation.from_dataset(_stored(orthanc, study, "SEG"))
+    seg = hd.seg.Segmentation.from_dataset(_stored(orthanc, tmp_path / "out" / f"{series}_seg.dcm", study))
     assert seg.StudyInstanceUID == study and seg.SegmentationType == "BINARY"
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series
     sources = sorted(pacs["root"].joinpath("brain").iterdir(),
@@ -122,11 +120,12 @@ def test_batch_from_a_qido_search_and_a_study_list(pacs: dict, tmp_path: Path, r
     first study, whose RTSTRUCT goes back to Orthanc too. Outputs are named by UID."""
     orthanc = pacs["orthanc"]
     (_, first_series), (older_study, older_series) = pacs["first"], pacs["second"]
-    search = f"{orthanc.dicomweb}/series?Modality=CT&StudyDate=20250101-20251231"
+    search = f"{orthanc.dicomweb}/series?Modality=CT&StudyDate=20260101-20260630"
     code, _, err = run_cli(["batch", "-i", search, "-o", tmp_path / "q", *FAST, "--send", orthanc.dicomweb])
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "q").glob("*.dcm")) == [f"{older_series}_seg.dcm"]
-    assert _stored(orthanc, older_study, "SEG").ReferencedSeriesSequence[0].SeriesInstanceUID == older_series
+    stored = _stored(orthanc, tmp_path / "q" / f"{older_series}_seg.dcm", older_study)
+    assert stored.ReferencedSeriesSequence[0].SeriesInstanceUID == older_series
 
     study = pacs["first"][0]
     listing = tmp_path / "studies.txt"
@@ -135,7 +134,7 @@ def test_batch_from_a_qido_search_and_a_study_list(pacs: dict, tmp_path: Path, r
                             "--send", orthanc.dicomweb, "-q"])
     assert code == 0, err
     assert (tmp_path / "l" / f"{study}_rtstruct.dcm").is_file()
-    structure = _stored(orthanc, study, "RTSTRUCT")
+    structure = _stored(orthanc, tmp_path / "l" / f"{study}_rtstruct.dcm", study)
     referenced = structure.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
     assert referenced.RTReferencedSeriesSequence[0].SeriesInstanceUID == first_series
     assert PATIENT not in err and list(pacs["tmp"].iterdir()) == []
@@ -268,3 +267,29 @@ def test_credentials_from_the_environment_or_a_netrc_file(tmp_path: Path, monkey
     with pytest.raises(InputError, match="no such file"):
         credentials_for("pacs")
     assert os.environ["TILEWISE_NETRC"].endswith("none")
+
+
+def test_readme_commands_run_as_written(pacs: dict, tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's 'From the PACS' commands, on this Orthanc and the demo model's preview preset."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n### From the PACS\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    [block] = re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL)
+    orthanc, (study, series), (_, older_series) = pacs["orthanc"], pacs["first"], pacs["second"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies.txt").write_text(f"{orthanc.dicomweb}/studies/{study}\n")
+    commands = [line.strip() for line in block.replace("\\\n", " ").splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+    assert len(commands) == 3
+    for command in commands:
+        filled = (command.replace("PACS:8042", f"127.0.0.1:{orthanc.port}").replace("STUDY_UID", study)
+                  .replace("SERIES_UID", series).replace("MODEL_DIR", "demo --preset preview -device cpu --backend torch"))
+        words = shlex.split(filled)
+        assert words[0] == "tilewise" and "PACS" not in filled and "_UID" not in filled, filled
+        code, _, err = run_cli(words[1:])
+        assert code == 0, f"{filled}\n{err}"
+    assert (tmp_path / "out" / f"{series}_seg.dcm").is_file()
+    assert (tmp_path / "out" / f"{older_series}_rtstruct.dcm").is_file()
+    assert (tmp_path / "out" / f"{study}.nii.gz").is_file()
