@@ -204,7 +204,7 @@ def test_a_result_of_a_dicom_series_saves_as_dicom_seg(saving, qtbot, tmp_path: 
     import highdicom as hd
     import pydicom
     from dicom_factory import resampled_sample, write_ct_series
-    from tilewise.gui.panels.dialogs import DICOM_SEG_FILTER
+    from tilewise.gui.panels.dialogs import DICOM_LABELMAP_FILTER, DICOM_SEG_FILTER, SavePath, chosen_save_path
     from tilewise.resources import demo_model_dir
 
     viewer, widget = saving
@@ -213,7 +213,10 @@ def test_a_result_of_a_dicom_series_saves_as_dicom_seg(saving, qtbot, tmp_path: 
     _segment(qtbot, widget, demo_model_dir(), series)
     layer = widget.result_layer
     dialog = LabelsSaveDialog(widget, widget.suggested_save_path(layer), dicom_seg=True)
-    assert DICOM_SEG_FILTER in dialog.nameFilters()
+    assert DICOM_SEG_FILTER in dialog.nameFilters() and DICOM_LABELMAP_FILTER in dialog.nameFilters()
+    assert chosen_save_path(dialog).seg_type == "binary"  # the default: BINARY, which every PACS reads
+    dialog.selectNameFilter(DICOM_LABELMAP_FILTER)
+    assert chosen_save_path(dialog).seg_type == "labelmap"
     dialog.deleteLater()
     assert DICOM_SEG_FILTER not in LabelsSaveDialog(widget, tmp_path / "x.nii.gz").nameFilters()
 
@@ -223,6 +226,7 @@ def test_a_result_of_a_dicom_series_saves_as_dicom_seg(saving, qtbot, tmp_path: 
         assert widget.save_labels(target)
     assert blocker.args == [str(target)]
     seg = hd.seg.segread(target)
+    assert seg.SegmentationType == "BINARY"
     sources = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in series.iterdir()}
     # the layer's z slice of each source instance, by its position along the slice normal
     geometry = layer.metadata["tilewise_geometry"]
@@ -236,6 +240,15 @@ def test_a_result_of_a_dicom_series_saves_as_dicom_seg(saving, qtbot, tmp_path: 
                                                ignore_spatial_locations=True, skip_overlap_checks=True)
     np.testing.assert_array_equal(pixels, np.asarray(layer.data))
     assert np.asarray(layer.data).max() > 0
+    labelmap = SavePath(tmp_path / "out" / "brain_labelmap.dcm")  # what the dialog returns for "label map"
+    labelmap.seg_type = "labelmap"
+    with qtbot.waitSignal(widget.saved, timeout=60_000):
+        assert widget.save_labels(labelmap)
+    mapped = hd.seg.segread(labelmap)
+    assert mapped.SegmentationType == "LABELMAP"
+    np.testing.assert_array_equal(mapped.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, combine_segments=True, ignore_spatial_locations=True,
+        skip_overlap_checks=True), np.asarray(layer.data))
     assert seg.FrameOfReferenceUID == pydicom.dcmread(next(series.iterdir())).FrameOfReferenceUID
     assert {s.SegmentLabel for s in seg.SegmentSequence if s.SegmentNumber > 0} == \
         {"grey_matter", "white_matter", "csf"}

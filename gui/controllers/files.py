@@ -176,9 +176,12 @@ class FilesController(QObject):
             folder = source.parent if _is_users_folder(source.parent) else documents_folder()
         return folder / segmentation_name(source)
 
-    def save(self, layer: Any, path: str | Path) -> Path | None:
+    def save(self, layer: Any, path: str | Path, seg_type: str | None = None) -> Path | None:
         """Start writing labels ``layer`` with its input's geometry to ``path`` ('.nii.gz' added without a labels
         suffix) on its own thread; ``saved`` or ``save_failed`` follows. Returns the file, or None if busy.
+
+        A DICOM SEG is of ``seg_type`` ('binary' or 'labelmap'); by default the one the Save dialog's file type
+        chose (``path.seg_type``, see the panels' ``SavePath``), else 'binary', which every PACS reads.
 
         Raises :class:`~tilewise.engine.errors.InputError` (nothing started) when the file is an open image or one
         the labels were made from.
@@ -187,7 +190,8 @@ class FilesController(QObject):
         if not any(target.name.lower().endswith(s) for s in LABEL_SUFFIXES):
             target = target.with_name(target.name + ".nii.gz")
         refuse_overwriting_inputs([target], self._open_sources(layer))
-        writing = (write_output, *_output_arguments(layer, target))
+        seg_type = seg_type or str(getattr(path, "seg_type", "") or "binary")
+        writing = (write_output, *_output_arguments(layer, target), seg_type)
         if not self.run.enter(State.SAVING):
             return None
         writer = BackgroundTask(*writing)

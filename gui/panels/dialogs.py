@@ -26,7 +26,8 @@ from ..controllers.files import LABEL_SUFFIXES, labels_name
 IMAGE_FILTERS = ("Images and DICOM files (*)", "All files (*)")  # the first is narrowed by ImageFileFilter
 IMAGE_SUFFIXES = (*LABEL_SUFFIXES, ".dicom", ".ima", ".zip")  # .dcm is among the labels suffixes (DICOM SEG)
 LABELS_FILTERS = ("NIfTI (*.nii.gz *.nii)", "NRRD (*.nrrd)", "MetaImage (*.mha *.mhd)")
-DICOM_SEG_FILTER = "DICOM SEG (*.dcm)"  # offered for labels made from a DICOM series
+DICOM_SEG_FILTER = "DICOM SEG (*.dcm)"  # offered for labels made from a DICOM series: BINARY, read everywhere
+DICOM_LABELMAP_FILTER = "DICOM SEG, label map (*.dcm)"  # DICOM's 2024 LABELMAP type: not every PACS reads it yet
 LABELS_FILTER = ";;".join(LABELS_FILTERS)
 
 
@@ -147,7 +148,7 @@ class LabelsSaveDialog(QFileDialog):
         self.setOption(QFileDialog.DontUseNativeDialog, True)
         self.setAcceptMode(QFileDialog.AcceptSave)
         self.setFileMode(QFileDialog.AnyFile)
-        filters = [*LABELS_FILTERS, *([DICOM_SEG_FILTER] if dicom_seg else [])]
+        filters = [*LABELS_FILTERS, *([DICOM_SEG_FILTER, DICOM_LABELMAP_FILTER] if dicom_seg else [])]
         self.setNameFilters(filters)
         self.filterSelected.connect(self._follow_file_type)
         chosen = next((f for f in filters if suggested.name.lower().endswith(tuple(filter_suffixes(f)))), filters[0])
@@ -198,11 +199,25 @@ def ask_image_path(parent: QWidget | None, folder: str) -> str:
         dialog.deleteLater()
 
 
+class SavePath(str):
+    """The file chosen in the Save dialog, with the DICOM SEG type its file type stands for in ``seg_type``:
+    'labelmap' for "DICOM SEG, label map", else 'binary' (what :meth:`FilesController.save` writes)."""
+
+    seg_type: str = "binary"
+
+
+def chosen_save_path(dialog: LabelsSaveDialog) -> SavePath:
+    """The file an accepted Save dialog chose, and the DICOM SEG type of its file type."""
+    chosen = SavePath(next(iter(dialog.selectedFiles()), ""))
+    chosen.seg_type = "labelmap" if dialog.selectedNameFilter() == DICOM_LABELMAP_FILTER else "binary"
+    return chosen
+
+
 def ask_save_path(parent: QWidget | None, suggested: Path, dicom_seg: bool = False) -> str:
-    """A file to save a segmentation to, chosen in a dialog that starts at ``suggested`` (also offering DICOM SEG
-    when ``dicom_seg``); '' when cancelled."""
+    """A file to save a segmentation to, chosen in a dialog that starts at ``suggested`` (also offering DICOM SEG,
+    BINARY or label map, when ``dicom_seg``): a :class:`SavePath`, '' when cancelled."""
     dialog = LabelsSaveDialog(parent, suggested, dicom_seg)
     try:
-        return next(iter(dialog.selectedFiles()), "") if dialog.exec() == QDialog.Accepted else ""
+        return chosen_save_path(dialog) if dialog.exec() == QDialog.Accepted else ""
     finally:
         dialog.deleteLater()
