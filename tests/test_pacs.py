@@ -54,6 +54,7 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     reason = missing_orthanc()
     if reason is not None:
         pytest.skip(reason)
+    pytest.importorskip("dicomweb_client", reason="the pacs extra is not installed: pip install 'tilewise[pacs]'")
     root = tmp_path_factory.mktemp("pacs")
     first = _series(root / "brain", (64, 64, 24), (3.5, 3.5, 4.0))
     second = _series(root / "older", (48, 48, 16), (4.5, 4.5, 5.5), study_date="20260615", description="CT chest 5mm")
@@ -180,6 +181,7 @@ def tls_endpoint(tmp_path: Path) -> Iterator[dict]:
     with 404 and records the paths asked for: enough to see whether a client trusts a certificate."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
+    pytest.importorskip("dicomweb_client", reason="the pacs extra is not installed: pip install 'tilewise[pacs]'")
     key, certificate = tmp_path / "key.pem", tmp_path / "certificate.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(certificate)],
