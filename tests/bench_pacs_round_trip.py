@@ -6,6 +6,7 @@ per preset runs, as separate processes (start-up and model load included, as a u
 
 - ``tilewise predict -i <the series' DICOMweb address> -o OUT -m demo --preset P --send <the server>``: pull,
   segment, write the DICOM SEG, store it back;
+- the same by DIMSE: ``-i dicom://ORTHANC@127.0.0.1:PORT/studies/...`` (C-GET) ``--send dicom://...`` (C-STORE);
 - the same on the series' local folder with ``--output-type dicom-seg`` and no ``--send``: what the PACS adds.
 
 Prints one JSON line per run (wall seconds, the pull and store lines Tilewise printed). Not part of the test suite.
@@ -64,7 +65,7 @@ def main() -> None:
         netrc.chmod(0o600)
         env = dict(os.environ, TILEWISE_NETRC=str(netrc))
         tilewise = str(Path(sys.executable).parent / "tilewise")
-        with orthanc_server(root / "orthanc") as orthanc:
+        with orthanc_server(root / "orthanc", dicom=True) as orthanc:
             started = time.perf_counter()
             orthanc.upload(sorted((root / "sample").iterdir()))
             print(json.dumps({"step": "upload", "files": 194, "seconds": round(time.perf_counter() - started, 2)}))
@@ -75,6 +76,12 @@ def main() -> None:
                                       *common, "--send", orthanc.dicomweb], env)
                 lines = [line for line in err.splitlines() if "pulled" in line or "stored" in line]
                 print(json.dumps({"step": "round trip", "preset": preset, "seconds": round(seconds, 2),
+                                  "lines": lines}))
+                dimse = f"{orthanc.dicom}/studies/{study}/series/{series}"
+                seconds, err = timed([tilewise, "predict", "-i", dimse, "-o", str(root / f"dimse_{preset}"),
+                                      *common, "--send", orthanc.dicom], env)
+                lines = [line for line in err.splitlines() if "pulled" in line or "stored" in line]
+                print(json.dumps({"step": "round trip by DIMSE", "preset": preset, "seconds": round(seconds, 2),
                                   "lines": lines}))
                 seconds, _ = timed([tilewise, "predict", "-i", str(root / "sample"), "-o",
                                     str(root / f"local_{preset}"), *common, "--output-type", "dicom-seg"], env)

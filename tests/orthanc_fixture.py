@@ -1,6 +1,7 @@
 """A real Orthanc PACS for the tests: Debian's ``Orthanc`` binary with its DICOMweb plugin, started on a free
-loopback port with its own temporary storage and configuration (HTTP basic authentication on, the DICOM port off,
-no access from other computers), stopped (and its storage removed with the test's folder) afterwards.
+loopback port with its own temporary storage and configuration (HTTP basic authentication on, no HTTP access from
+other computers; the DICOM port on request, knowing Tilewise's AE title at a loopback port for C-MOVE), stopped (and
+its storage removed with the test's folder) afterwards.
 
 Not a test module: test modules use :func:`orthanc_server` as a context manager. Tests that need it are skipped, with
 the reason, only when the Orthanc binary or its DICOMweb plugin is not installed (Debian: ``apt-get install orthanc
@@ -23,6 +24,7 @@ import requests
 
 PLUGIN_PLACES = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so", "/usr/lib/orthanc/libOrthancDicomWeb.so")
 USER, PASSWORD = "tilewise", "pacs-Secret-29"
+PACS_AET, TILEWISE_AET = "ORTHANC", "TILEWISE"
 START_TIMEOUT_S = 30.0
 
 
@@ -61,6 +63,16 @@ class Orthanc:
     http_url: str
     """E.g. 'http://127.0.0.1:41234'."""
     folder: Path
+    dicom_port: int | None = None
+    """Orthanc's DICOM port (None when its DICOM service is off)."""
+    move_port: int | None = None
+    """The port Orthanc sends C-MOVEs for AE title TILEWISE to (on 127.0.0.1)."""
+
+    @property
+    def dicom(self) -> str:
+        """Its DICOM service as Tilewise's command line takes it: 'dicom://ORTHANC@127.0.0.1:PORT'."""
+        assert self.dicom_port is not None, "started without its DICOM service"
+        return f"dicom://{PACS_AET}@127.0.0.1:{self.dicom_port}"
 
     @property
     def dicomweb(self) -> str:
@@ -91,19 +103,22 @@ class Orthanc:
 
 
 @contextmanager
-def orthanc_server(folder: Path) -> Iterator[Orthanc]:
-    """Start Orthanc with its storage and configuration in ``folder``; stop it afterwards. Raises RuntimeError
-    (with the log) when it does not answer within 30 s.
+def orthanc_server(folder: Path, dicom: bool = False) -> Iterator[Orthanc]:
+    """Start Orthanc with its storage and configuration in ``folder`` (``dicom``: its DICOM service too, AE title
+    ORTHANC, knowing TILEWISE at 127.0.0.1 and a free port); stop it afterwards. Raises RuntimeError (with the log)
+    when it does not answer within 30 s.
 
     Plain http on loopback: Debian's Orthanc 1.10.1 crashes (segmentation fault) on its first HTTPS request with
     ``SslEnabled`` on this system's OpenSSL 3, so TLS is tested against a TLS endpoint of the test's own."""
     binary, plugin = orthanc_binary(), dicomweb_plugin()
     assert binary is not None and plugin is not None, missing_orthanc()
     folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port, dicom_port, move_port = free_port(), free_port(), free_port()
     configuration = {
         "Name": "TilewiseTest", "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "storage"),
-        "HttpPort": port, "DicomServerEnabled": False, "DicomPort": free_port(), "RemoteAccessAllowed": False,
+        "HttpPort": port, "DicomServerEnabled": dicom, "DicomPort": dicom_port, "DicomAet": PACS_AET,
+        "DicomModalities": {"tilewise": [TILEWISE_AET, "127.0.0.1", move_port]}, "DicomAssociationCloseDelay": 0,
+        "RemoteAccessAllowed": False,
         "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD}, "HttpTimeout": 60,
         "Plugins": [plugin], "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Host": f"127.0.0.1:{port}"},
         "SaveJobs": False, "StableAge": 1, "ConcurrentJobs": 1,
@@ -113,7 +128,8 @@ def orthanc_server(folder: Path) -> Iterator[Orthanc]:
     log = (folder / "orthanc.log").open("wb")
     process = subprocess.Popen([binary, str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=folder,
                                env={**os.environ, "LANG": "C"})
-    server = Orthanc(f"http://127.0.0.1:{port}", folder)
+    server = Orthanc(f"http://127.0.0.1:{port}", folder, dicom_port if dicom else None,
+                     move_port if dicom else None)
     try:
         _wait_until_up(server, process)
         yield server

@@ -61,9 +61,10 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     netrc = root / "netrc"
     netrc.write_text(f"machine 127.0.0.1 login {USER} password {PASSWORD}\n")
     netrc.chmod(0o600)
-    with pytest.MonkeyPatch.context() as patch, orthanc_server(root / "orthanc") as orthanc:
+    with pytest.MonkeyPatch.context() as patch, orthanc_server(root / "orthanc", dicom=True) as orthanc:
         patch.setenv("TILEWISE_NETRC", str(netrc))
-        for name in ("TILEWISE_PACS_USER", "TILEWISE_PACS_PASSWORD", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        for name in ("TILEWISE_PACS_USER", "TILEWISE_PACS_PASSWORD", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+                     "TILEWISE_AE_TITLE", "TILEWISE_AE_PORT"):
             patch.delenv(name, raising=False)
         (root / "tmp").mkdir()
         patch.setattr(tempfile, "tempdir", str(root / "tmp"))  # where pulled series go: checked empty afterwards
@@ -284,10 +285,11 @@ def test_readme_commands_run_as_written(pacs: dict, tmp_path: Path, run_cli, mon
     (tmp_path / "studies.txt").write_text(f"{orthanc.dicomweb}/studies/{study}\n")
     commands = [line.strip() for line in block.replace("\\\n", " ").splitlines()
                 if line.strip() and not line.lstrip().startswith("#")]
-    assert len(commands) == 3
+    assert len(commands) == 4
     for command in commands:
-        filled = (command.replace("PACS:8042", f"127.0.0.1:{orthanc.port}").replace("STUDY_UID", study)
-                  .replace("SERIES_UID", series).replace("MODEL_DIR", "demo --preset preview -device cpu --backend torch"))
+        filled = (command.replace("PACS:8042", f"127.0.0.1:{orthanc.port}")
+                  .replace("PACS:4242", f"127.0.0.1:{orthanc.dicom_port}").replace("STUDY_UID", study)
+                  .replace("SERIES_UID", series).replace("MODEL_DIR", " ".join(FAST[1:])))
         words = shlex.split(filled)
         assert words[0] == "tilewise" and "PACS" not in filled and "_UID" not in filled, filled
         code, _, err = run_cli(words[1:])

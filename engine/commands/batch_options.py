@@ -17,7 +17,7 @@ def add_batch_parser(commands: argparse._SubParsersAction) -> None:
         "recorded when they were written) are skipped, so running the same command again resumes; several batch "
         "processes on the same folders share the cases. OUT_DIR/batch_summary.json lists every case. Exit status: 0 "
         "when every case succeeded, 3 when some failed, 130 on Ctrl-C, 143 on SIGTERM.")
-    batch.add_argument("-i", dest="input", required=True, help="folder of cases: nnU-Net-named files (case_0000.nii.gz, case_0001... for more channels; any supported format) or one sub-folder per DICOM series; or a DICOMweb study, series or QIDO-RS search (dicomweb+http(s)://HOST:PORT/dicom-web/series?Modality=CT&StudyDate=20260101-20261231), or a .txt file of such addresses, one per line")
+    batch.add_argument("-i", dest="input", required=True, help="folder of cases: nnU-Net-named files (case_0000.nii.gz, case_0001... for more channels; any supported format) or one sub-folder per DICOM series; or a study, series or search on a PACS (dicomweb+http(s)://HOST:PORT/dicom-web/series?Modality=CT&StudyDate=20260101-20261231, or dicom://AET@HOST:PORT/series?... by DIMSE), or a .txt file of such addresses, one per line")
     batch.add_argument("-o", dest="output", type=Path, required=True, help="output folder (same case names and file type as the input; DICOM becomes .nii.gz)")
     batch.add_argument("--series-uid", dest="series_uid", nargs="+", default=None, metavar="UID", help="the DICOM series to read, one per DICOM case (each case folder holds one of them; default: its largest image series)")
     add_run_options(batch)

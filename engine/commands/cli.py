@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
 
     predict = commands.add_parser("predict", help="segment images with an nnU-Net model")
-    predict.add_argument("-i", dest="input", required=True, help="image file, folder of nnU-Net-named cases (case_0000.nii.gz), DICOM folder, or a DICOMweb series or study: dicomweb+http(s)://HOST:PORT/dicom-web/studies/UID/series/UID")
+    predict.add_argument("-i", dest="input", required=True, help="image file, folder of nnU-Net-named cases (case_0000.nii.gz), DICOM folder, or a series or study on a PACS: dicomweb+http(s)://HOST:PORT/dicom-web/studies/UID/series/UID (DICOMweb) or dicom://AET@HOST:PORT/studies/UID/series/UID (DIMSE)")
     predict.add_argument("-o", dest="output", required=True, help="output folder (same case names and file type as the input, or see --output-type)")
     predict.add_argument("--channels", nargs="+", type=Path, default=None, help="explicit channel files of one case, in channel order")
     predict.add_argument("--series-uid", dest="series_uid", nargs="+", default=None, metavar="UID", help="the DICOM series to read (default: the largest image series); several UIDs: each DICOM input holds one")
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             keep_freed_host_memory()  # this process only runs inference: the allocator tuning is ours to set
             from .pacs_io import pacs_job
 
-            with pacs_job(args) as finish:  # a DICOMweb -i is pulled first; --send stores the results after
+            with pacs_job(args) as finish:  # a PACS -i is pulled first; --send stores the results after
                 previous_policy = _before_the_work(args)
                 return finish(_run_inference(args))
         if args.command == "bench" and args.batch:

@@ -1,17 +1,15 @@
-"""PACS connections (the optional ``pacs`` extra): DICOMweb addresses, credentials, QIDO-RS searches, WADO-RS pulls
-of series into case folders and STOW-RS of results.
+"""PACS connections (the optional ``pacs`` extra): DICOMweb and DIMSE addresses, credentials, searches (QIDO-RS,
+C-FIND), pulls of series into case folders (WADO-RS, C-GET, C-MOVE) and the results stored back (STOW-RS, C-STORE).
 
 Nothing here runs a model: the command line pulls cases into a private temporary folder, runs them as any DICOM
 folder, and stores the DICOM SEG or RTSTRUCT it wrote. Only the servers the user names are contacted.
 """
 from __future__ import annotations
 
+from .common import NON_IMAGE_MODALITIES, PacsAccessError, PacsError, PacsServer, SeriesRef
 from .credentials import Credentials, credentials_for
 from .dicomweb import (
     DicomWebServer,
-    PacsAccessError,
-    PacsError,
-    SeriesRef,
     connect,
     find_series,
     find_studies,
@@ -19,11 +17,33 @@ from .dicomweb import (
     require_pacs_extra,
     store,
 )
+from .dimse import DimseServer, connect_dimse
 from .pull import RemoteCase, pull, remote_cases
-from .urls import DicomWebLocation, is_dicomweb_url, parse_dicomweb_url, redacted
+from .urls import (
+    DicomWebLocation,
+    DimseLocation,
+    is_dicomweb_url,
+    is_dimse_url,
+    is_pacs_address,
+    parse_dicomweb_url,
+    parse_dimse_url,
+    redacted,
+)
+
+
+def connect_address(text: str, warn: object = None) -> PacsServer:
+    """A connection to the PACS a ``dicomweb+http(s)://`` or ``dicom://`` address names (nothing sent yet);
+    ``warn(text)`` hears warnings (see :func:`connect`). Raises :class:`~tilewise.engine.errors.InputError` for
+    anything else."""
+    if is_dimse_url(text):
+        return connect_dimse(parse_dimse_url(text))
+    return connect(parse_dicomweb_url(text), warn)
+
 
 __all__ = [
-    "Credentials", "DicomWebLocation", "DicomWebServer", "PacsAccessError", "PacsError", "RemoteCase", "SeriesRef",
-    "connect", "credentials_for", "find_series", "find_studies", "is_dicomweb_url", "parse_dicomweb_url", "pull",
-    "pull_series", "redacted", "remote_cases", "require_pacs_extra", "store",
+    "NON_IMAGE_MODALITIES", "Credentials", "DicomWebLocation", "DicomWebServer", "DimseLocation", "DimseServer",
+    "PacsAccessError", "PacsError", "PacsServer", "RemoteCase", "SeriesRef", "connect", "connect_address",
+    "connect_dimse", "credentials_for", "find_series", "find_studies", "is_dicomweb_url", "is_dimse_url",
+    "is_pacs_address", "parse_dicomweb_url", "parse_dimse_url", "pull", "pull_series", "redacted", "remote_cases",
+    "require_pacs_extra", "store",
 ]

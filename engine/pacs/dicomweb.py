@@ -2,9 +2,9 @@
 
 Every request goes to the one server the user named, with the credentials of :mod:`.credentials`, TLS certificates
 verified (requests' default; ``REQUESTS_CA_BUNDLE`` names a private CA's certificates), a 20 s connection and read
-timeout, and 3 tries over 1.5 s of a request that failed to connect or got a busy answer (429, 503, 504). Failures are one line
-(:class:`PacsError`, exit 2; :class:`PacsAccessError`, exit 3, when the server refuses the credentials); a series is
-named by its UID, never by the patient's name.
+timeout, and 3 tries over 1.5 s of a request that failed to connect or got a busy answer (429, 503, 504). Failures
+are one line (:class:`PacsError`, exit 2; :class:`PacsAccessError`, exit 3, when the server refuses the
+credentials); a series is named by its UID, never by the patient's name.
 
 Memory: a pulled series is written instance by instance as it streams in (one instance in memory at a time).
 """
@@ -19,26 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TilewiseError, output_error
+from .common import PacsAccessError, PacsError, SeriesRef
 from .credentials import Credentials, credentials_for
 from .urls import CREDENTIALS_HINT, DicomWebLocation
 
 INSTALL_HINT = 'pip install "tilewise[pacs]"'
 TIMEOUT_S = 20.0
-NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "PR", "KO", "REG",
-                                  "DOC", "AU", "ECG", "FID", "PLAN", "REGISTRATION", "OT_SR"})
-"""Series modalities that hold no image volume to segment (skipped when a whole study is pulled)."""
-
-
-class PacsError(TilewiseError):
-    """A PACS could not be reached, or answered with an error."""
-
-
-class PacsAccessError(PacsError):
-    """The PACS refused the credentials (HTTP 401) or the access (403)."""
-
-    exit_code = 3
-
-
 def require_pacs_extra() -> None:
     """Raise a one-line :class:`TilewiseError` naming the install command when dicomweb-client is missing."""
     if importlib.util.find_spec("dicomweb_client") is None:
@@ -72,6 +58,22 @@ class DicomWebServer:
     def name(self) -> str:
         """The server as messages name it: its DICOMweb root."""
         return self.location.root
+
+    def find_series(self, study_uid: str | None = None, filters: dict[str, str] | None = None) -> list[SeriesRef]:
+        """QIDO-RS, see :func:`find_series`."""
+        return find_series(self, study_uid, filters)
+
+    def find_studies(self, filters: dict[str, str] | None = None) -> list[str]:
+        """QIDO-RS, see :func:`find_studies`."""
+        return find_studies(self, filters)
+
+    def pull_series(self, study_uid: str, series_uid: str, folder: Path) -> tuple[int, int]:
+        """WADO-RS, see :func:`pull_series`."""
+        return pull_series(self, study_uid, series_uid, folder)
+
+    def store(self, path: Path) -> tuple[str, str, str]:
+        """STOW-RS, see :func:`store`."""
+        return store(self, path)
 
 
 def connect(location: DicomWebLocation, warn: Any = None) -> DicomWebServer:
@@ -140,16 +142,6 @@ def _http_error(server: DicomWebServer, response: Any, what: str) -> PacsError:
                                       "DICOMweb root in the address")
     reason = getattr(response, "reason", "") or ""
     return PacsError(server.name, f"{what}: the server answered HTTP {status} {reason}".rstrip())
-
-
-@dataclass(frozen=True)
-class SeriesRef:
-    """A series on the server: its study and series UIDs, modality and number of instances (0 when unknown)."""
-
-    study_uid: str
-    series_uid: str
-    modality: str = ""
-    instances: int = 0
 
 
 def _series_ref(item: dict) -> SeriesRef:

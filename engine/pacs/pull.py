@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
-from .dicomweb import NON_IMAGE_MODALITIES, DicomWebServer, SeriesRef, find_series, find_studies, pull_series
-from .urls import DicomWebLocation
+from .common import NON_IMAGE_MODALITIES, PacsServer, SeriesRef
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class RemoteCase:
     """One case on a DICOMweb server: its name (a UID), its series, and whether it is a whole study."""
 
     name: str
-    server: DicomWebServer
+    server: PacsServer
     series: tuple[SeriesRef, ...]
     study: bool = False
 
@@ -32,15 +32,15 @@ def _images(refs: Sequence[SeriesRef]) -> tuple[SeriesRef, ...]:
     return tuple(ref for ref in refs if ref.modality.upper() not in NON_IMAGE_MODALITIES)
 
 
-def _study_case(server: DicomWebServer, study_uid: str) -> RemoteCase:
-    return RemoteCase(study_uid, server, _images(find_series(server, study_uid)), study=True)
+def _study_case(server: PacsServer, study_uid: str) -> RemoteCase:
+    return RemoteCase(study_uid, server, _images(server.find_series(study_uid)), study=True)
 
 
-def remote_cases(server: DicomWebServer, location: DicomWebLocation | None = None) -> list[RemoteCase]:
+def remote_cases(server: PacsServer, location: Any = None) -> list[RemoteCase]:
     """The cases ``location`` (default: the server's own address) names on ``server``; QIDO-RS searches run here.
 
-    Raises :class:`InputError` when a study holds no image series, and :class:`~.dicomweb.PacsError` when the
-    server cannot be asked."""
+    ``location`` is a parsed DICOMweb or DIMSE address. Raises :class:`InputError` when a study holds no image
+    series, and :class:`~.common.PacsError` when the server cannot be asked."""
     where = location or server.location
     if where.series_uid:
         assert where.study_uid is not None
@@ -49,9 +49,9 @@ def remote_cases(server: DicomWebServer, location: DicomWebLocation | None = Non
         cases = [_study_case(server, where.study_uid)]
     elif where.search == "series":
         return [RemoteCase(ref.series_uid, server, (ref,))
-                for ref in _images(find_series(server, where.study_uid, where.filters))]
+                for ref in _images(server.find_series(where.study_uid, where.filters))]
     elif where.search == "studies":
-        cases = [_study_case(server, uid) for uid in find_studies(server, where.filters)]
+        cases = [_study_case(server, uid) for uid in server.find_studies(where.filters)]
     else:
         raise InputError(where.describe(), "names no study or series to read (add /studies/UID[/series/UID] or a "
                                            "search such as /series?Modality=CT)")
@@ -69,8 +69,8 @@ def pull(cases: Sequence[RemoteCase], root: Path, report: Callable[[str], None] 
         folder = root / case.name
         for ref in case.series:
             started = time.perf_counter()
-            count, size = pull_series(case.server, ref.study_uid, ref.series_uid,
-                                      folder / ref.series_uid if case.study else folder)
+            count, size = case.server.pull_series(ref.study_uid, ref.series_uid,
+                                                  folder / ref.series_uid if case.study else folder)
             if report is not None:
                 report(f"pulled series {ref.series_uid} ({count} files, {size / 2**20:.1f} MiB) from "
                        f"{case.server.name} in {time.perf_counter() - started:.1f}s")
