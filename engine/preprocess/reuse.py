@@ -1,9 +1,10 @@
 """Reusing the last preprocessed input: a second run of the same image with the same model skips preprocessing.
 
 What nnU-Net's preprocessing of a case depends on is the image (its voxels, geometry and source files), the model's
-plans and dataset description (configuration, normalisation, target spacing), the image reader the model names, and
-whether nnU-Net's own preprocessor class runs. Folds, mirroring, tile step, precision, batch size and backend do not
-change it, so a run with another preset can take the previous run's network-grid data as it is.
+plans (configuration, normalisation, target spacing, intensity statistics, channels: not its labels), the image reader
+the model names, and whether nnU-Net's own preprocessor class runs. Folds, mirroring, tile step, precision, batch
+size and backend do not change it, so a run with another preset can take the previous run's network-grid data as it
+is.
 
 A :class:`PreprocessCache` keeps one entry (the last input), keyed by :func:`preprocess_key`: the image is identified by
 a digest of its voxels, so an image edited in place, or another image at the same place in memory, never matches.
@@ -48,8 +49,21 @@ def image_digest(volume: Volume) -> str:
 
 
 def model_digest(bundle: ModelBundle) -> str:
-    """A digest of what in ``bundle`` shapes preprocessing: its plans, dataset.json and configuration name."""
-    text = json.dumps([bundle.plans, bundle.dataset_json, bundle.configuration_name], sort_keys=True, default=str)
+    """A digest of what in ``bundle`` shapes preprocessing. With nnU-Net's ``DefaultPreprocessor``: the configuration's
+    settings (spacing, normalisation, resampling, tile), the transposition, the intensity statistics and the
+    channels, which is all it reads without a segmentation; models trained on the same images for other labels
+    (TotalSegmentator's parts) then share one preprocessed image. Any other preprocessor class: the whole plans and
+    dataset description."""
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+
+    manager, plans, dataset = bundle.configuration_manager, bundle.plans, bundle.dataset_json
+    if manager.preprocessor_class is DefaultPreprocessor:
+        parts: list[object] = [manager.configuration, plans.get("transpose_forward"),
+                               plans.get("foreground_intensity_properties_per_channel"),
+                               dataset.get("channel_names") or dataset.get("modality")]
+    else:
+        parts = [plans, dataset]
+    text = json.dumps([*parts, bundle.configuration_name], sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=DIGEST_BYTES).hexdigest()
 
 
