@@ -22,7 +22,7 @@ from .nnunet_exact import export_like_nnunet, run_like_nnunet
 from .postprocess.export import export_with_fallback
 from .postprocess.labels import logits_to_labels
 from .prepared_case import PreparedCase
-from .preprocess.cascade_input import previous_stage_input
+from .preprocess.cascade_input import check_previous_labels, previous_stage_input
 from .preprocess.grid_shape import forward_activation_bytes, job_size
 from .preprocess.pipeline import Preprocessed, preprocess
 from .preprocess.reuse import PreprocessCache, preprocess_key
@@ -86,7 +86,9 @@ class Predictor:
     A ``3d_cascade_fullres`` folder runs as nnU-Net's two-step prediction in one: :attr:`previous` is a predictor of
     its ``3d_lowres`` sibling folder (same preset, device, folds and exactness), whose stages run inside this one's
     (its preprocessing in :meth:`preprocess_case`; its tiles, export and the stacking of its segmentation onto the
-    full-res input in :meth:`run_tiles`), with one tile count for both stages' events.
+    full-res input in :meth:`run_tiles`), with one tile count for both stages' events. With ``run_previous_stage``
+    False the sibling is neither needed nor loaded: each case then brings the previous stage's segmentation
+    (``previous_labels``, as nnU-Net's ``-prev_stage_predictions`` does).
     """
 
     def __init__(
@@ -99,12 +101,13 @@ class Predictor:
         trust: bool = False,
         nnunet_exact: bool = False,
         cancel: CancelToken | None = None,
+        run_previous_stage: bool = True,
     ) -> None:
         with cancellable(cancel):  # loading and converting stop between folds when ``cancel`` is set
-            self._load(model_dir, preset, device, folds, checkpoint_name, trust, nnunet_exact)
+            self._load(model_dir, preset, device, folds, checkpoint_name, trust, nnunet_exact, run_previous_stage)
 
     def _load(self, model_dir: Path | str, preset: Preset, device: str | torch.device, folds: list[str] | None,
-              checkpoint_name: str | None, trust: bool, nnunet_exact: bool) -> None:
+              checkpoint_name: str | None, trust: bool, nnunet_exact: bool, run_previous_stage: bool) -> None:
         started = time.perf_counter()
         requested_preset = preset
         self.nnunet_exact = nnunet_exact
@@ -124,7 +127,7 @@ class Predictor:
         self.previous: Predictor | None = None
         """A cascade's first stage (the ``3d_lowres`` sibling's predictor), else None."""
         self._previous_cache = PreprocessCache()  # the first stage's input, kept only for callers that pass ``reuse``
-        if self.bundle.previous_stage_name is not None:
+        if self.bundle.previous_stage_name is not None and run_previous_stage:
             self.previous = Predictor(previous_stage_dir(self.bundle), requested_preset, device, folds,
                                       checkpoint_name, trust, nnunet_exact)  # under this one's cancel token
             check_pair(self.bundle, self.previous.bundle)
@@ -152,9 +155,11 @@ class Predictor:
             self.previous.convert_seconds if self.previous is not None else 0.0)
         """Of :attr:`load_seconds`, those spent converting models for the backend (0 for torch or when cached)."""
 
-    def check_input(self, volume: Volume) -> None:
-        """Raise :class:`InputError` if ``volume`` cannot be segmented by this model."""
+    def check_input(self, volume: Volume, previous_labels: np.ndarray | None = None) -> None:
+        """Raise :class:`InputError` if ``volume`` (with ``previous_labels``, a cascade stage's previous-stage
+        segmentation in its voxel order) cannot be segmented by this model."""
         source = volume.sources[0] if volume.sources else "input"
+        check_previous_labels(self.bundle, source, volume.shape, previous_labels, self.previous is not None)
         needed = self.bundle.image_channel_count  # a cascade's network also takes the one-hot first stage
         if volume.num_channels != needed:
             names = ", ".join(self.bundle.channel_names) or "?"
@@ -174,9 +179,11 @@ class Predictor:
         with_probabilities: bool = False,
         reuse: PreprocessCache | None = None,
         focus: FocusToken | None = None,
+        previous_labels: np.ndarray | None = None,
     ) -> Result:
         """Segment ``volume``. Raises :class:`~tilewise.engine.Cancelled` (and returns nothing) once ``cancel`` is
-        set; ``focus`` (set from any thread) runs the tiles where the person looks first.
+        set; ``focus`` (set from any thread) runs the tiles where the person looks first. ``previous_labels``: a
+        cascade stage's previous-stage segmentation (volume order), which its first stage then does not compute.
 
         ``reuse`` keeps the preprocessed input for the next call: a call with the same image and a predictor of the
         same model (any preset; ``nnunet_exact`` ones share only among themselves) skips preprocessing
@@ -184,34 +191,37 @@ class Predictor:
         :meth:`prepare`, :meth:`run_tiles` and :meth:`finish` in a row.
         """
         with cancellable(cancel):
-            case = self.prepare(volume, reuse=reuse)
+            case = self.prepare(volume, reuse=reuse, previous_labels=previous_labels)
             self.run_tiles(case, on_event, provisional_labels=provisional_labels, focus=focus)
             return self.finish(case, with_probabilities=with_probabilities)
 
     def prepare(self, volume: Volume, cancel: CancelToken | None = None, reuse: PreprocessCache | None = None,
-                budget: MemoryBudget | None = None) -> PreparedCase:
+                budget: MemoryBudget | None = None, previous_labels: np.ndarray | None = None) -> PreparedCase:
         """``volume`` checked, its memory planned (against ``budget``, default the memory available now) and
         preprocessed (through ``reuse`` when given): :meth:`plan_case` then :meth:`preprocess_case`."""
         with cancellable(cancel):
-            return self.preprocess_case(self.plan_case(volume, budget), reuse=reuse)
+            return self.preprocess_case(self.plan_case(volume, budget, previous_labels=previous_labels), reuse=reuse)
 
-    def plan_case(self, volume: Volume, budget: MemoryBudget | None = None, assess: bool = True) -> PreparedCase:
+    def plan_case(self, volume: Volume, budget: MemoryBudget | None = None, assess: bool = True,
+                  previous_labels: np.ndarray | None = None) -> PreparedCase:
         """The first half of :meth:`prepare`: raises :class:`InputError` for a volume this model cannot segment (or,
         under a strict :func:`~tilewise.engine.model.suitability.input_policy`, was not trained for: ``assess``) and
-        :class:`OutOfMemoryError` (exit 3) for one that cannot fit in ``budget``, before any work."""
-        self.check_input(volume)
+        :class:`OutOfMemoryError` (exit 3) for one that cannot fit in ``budget``, before any work. A cascade stage
+        given ``previous_labels`` plans no first stage."""
+        self.check_input(volume, previous_labels)
         source = str(volume.sources[0]) if volume.sources else "input"
         notes = apply_policy(check_image(volume, self.bundle), source) if assess else []
         first = None
-        if self.previous is not None:  # the full-res stage's image waits in host memory while the first runs
+        if self.previous is not None and previous_labels is None:  # the full-res image waits while the first runs
             budget = budget or MemoryBudget.available_now(self.device)
             waiting = self.bundle.image_channel_count * 4 * job_size(self.bundle, volume, 1).network_voxels
             first = self.previous.plan_case(volume, replace(budget, host_bytes=budget.host_bytes - waiting), False)
         if self.nnunet_exact:
-            return PreparedCase(volume, plan=None, order=[], notes=notes, previous=first)
+            return PreparedCase(volume, plan=None, order=[], notes=notes, previous=first, previous_labels=previous_labels)
         order = placements(self.device)
         plan = self.plan_memory(volume, order, budget)
-        return PreparedCase(volume, plan, order[plan.placement_index:], notes=notes + plan.notes, previous=first)
+        return PreparedCase(volume, plan, order[plan.placement_index:], notes=notes + plan.notes, previous=first,
+                            previous_labels=previous_labels)
 
     def preprocess_case(self, case: PreparedCase, cancel: CancelToken | None = None,
                         reuse: PreprocessCache | None = None) -> PreparedCase:
@@ -258,14 +268,17 @@ class Predictor:
                    focus: FocusToken | None) -> None:
         prepared = case.prepared
         assert prepared is not None, "preprocess_case first"
-        if self.previous is not None:
+        if case.previous_labels is not None:  # a cascade stage given its previous stage's segmentation
+            self._stack_previous_stage(case, case.previous_labels, in_volume_order=True)
+            prepared, case.previous_labels = case.prepared, None
+        elif self.previous is not None:
             assert case.previous is not None
             before = self.previous._events_per_run(case.previous)
             total = before + self._events_per_run(case)
             self._run_first_stage(case, counted_events(on_event, 0, total), provisional_labels, focus)
             on_event = counted_events(on_event, before, total)
             prepared = case.prepared
-            assert prepared is not None
+        assert prepared is not None
         started = time.perf_counter()
         if self.nnunet_exact:
             s = self.settings
@@ -291,13 +304,21 @@ class Predictor:
         self.previous._run_tiles(first, on_event, provisional_labels, focus)
         labels, _ = self.previous._export(first, False)
         case.note_previous(self.previous.bundle.configuration_name)
+        self._stack_previous_stage(case, labels, in_volume_order=False)
+
+    def _stack_previous_stage(self, case: PreparedCase, labels: np.ndarray, in_volume_order: bool) -> None:
+        """The previous stage's segmentation ``labels`` (in the model reader's voxel order, or the volume's) stacked
+        onto the case's full-res input."""
+        assert case.prepared is not None
         started = time.perf_counter()
         check_cancelled()
         volume = case.volume
         image = volume.array if reads_like_simpleitk(self.reader) else read_as_model(volume, self.reader)[0]
+        if in_volume_order and not reads_like_simpleitk(self.reader):  # as nnU-Net's reader reads the file
+            labels = read_as_model(Volume(labels[None].astype(np.float32), volume.geometry), self.reader)[0][0]
         case.prepared = previous_stage_input(labels, image, case.prepared, self.bundle)
         check_cancelled()
-        case.timings[f"{self.previous.bundle.configuration_name}:to_input"] = time.perf_counter() - started
+        case.timings[f"{self.bundle.previous_stage_name}:to_input"] = time.perf_counter() - started
 
     def _run_runner(self, case: PreparedCase, prepared: Preprocessed, on_event: EventHandler | None,
                     provisional_labels: bool, focus: FocusToken | None) -> None:
@@ -364,7 +385,7 @@ class Predictor:
         job = job_size(self.bundle, volume, self.settings.batch_size)
         pairs = [(p.device, p.dtype) for p in (order or placements(self.device))]
         budget = budget or MemoryBudget.available_now(self.device)
-        if self.previous is not None:  # the network takes the one-hot first stage too; its labels wait meanwhile
+        if self.bundle.previous_stage_name is not None:  # the network takes the one-hot first stage too
             job = replace(job, channels=self.bundle.num_input_channels)
             budget = replace(budget, host_bytes=budget.host_bytes - job.label_bytes * job.input_voxels)
         return plan_memory(job, self.device, pairs, budget.host_bytes, budget.device_bytes)

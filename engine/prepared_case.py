@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .data.volume import Volume
@@ -42,6 +43,9 @@ class PreparedCase:
     """This process's peak resident memory in MiB at the end of each stage (empty where the OS does not say)."""
     previous: PreparedCase | None = None
     """A cascade's first stage (the same volume through the low-res model), run before this one; else None."""
+    previous_labels: np.ndarray | None = None
+    """A cascade stage's previous-stage segmentation given with the case (nnU-Net's ``-prev_stage_predictions``), in
+    the volume's voxel order: then no first stage runs."""
 
     @property
     def planned_peaks(self) -> tuple[int, int]:

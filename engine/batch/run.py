@@ -77,7 +77,8 @@ def _run(settings: BatchSettings, remote: RemoteRunner | None) -> int:
         if plan.todo and remote is None:  # a run over a finished folder loads no model
             predictor = Predictor(settings.model, settings.preset, device=settings.device, folds=settings.folds,
                                   checkpoint_name=settings.checkpoint, trust=settings.trust,
-                                  nnunet_exact=settings.nnunet_exact)
+                                  nnunet_exact=settings.nnunet_exact,
+                                  run_previous_stage=settings.prev_stage_predictions is None)
         summary = BatchSummary(path, _header(settings, predictor))
         for record in plan.skipped:
             summary.add(record)
@@ -133,7 +134,8 @@ def _run_here(settings: BatchSettings, predictor: Predictor, todo: list[BatchCas
               claims: Claims) -> KeyboardInterrupt | None:
     """Run ``todo`` through the pipeline in this process, each case claimed just before it is read."""
     stages = CaseStages(predictor, MemoryBudget.available_now(predictor.device), settings.save_probabilities,
-                        settings.series_uid, seg_type=settings.seg_type)
+                        settings.series_uid, seg_type=settings.seg_type,
+                        prev_stage_predictions=settings.prev_stage_predictions)
     cancel = CancelToken()
     pipeline = BatchPipeline(stages, settings.workers, cancel, this_worker(),
                              claimer(claims, settings.save_probabilities))

@@ -35,6 +35,9 @@ class BatchSettings:
     seg_type: str = "binary"
     """The DICOM SEG type of a ``dicom-seg`` output (``--seg-type``): binary or labelmap."""
     save_probabilities: bool = False
+    prev_stage_predictions: Path | None = None
+    """For a cascade stage: the folder of the previous stage's segmentations (``-prev_stage_predictions``), one per
+    case, used instead of running that stage."""
     series_uid: list[str] | None = None
     overwrite: bool = False
     ray: str | None = None

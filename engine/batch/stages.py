@@ -19,6 +19,7 @@ from pathlib import Path
 from ..data.cases import Case
 from ..data.dicom.seg import AlgorithmInfo
 from ..data.outputs import check_dicom_references, write_output
+from ..data.previous_stage import previous_stage_file, read_previous_stage
 from ..data.readers import read_volume
 from ..data.writers import write_probabilities
 from ..events import CancelToken, EventHandler
@@ -47,26 +48,34 @@ class CaseStages:
     ``budget`` is the memory every case is planned against (None: the memory available when the case is read, as
     ``tilewise predict`` plans); ``with_probabilities`` also writes nnU-Net's .npz/.pkl; ``series_uid`` chooses the
     DICOM series of each DICOM case (see :func:`~..data.readers.read_volume`); ``on_event`` gets the sliding
-    window's tile events; ``seg_type`` is the type of a DICOM SEG output ('binary' or 'labelmap').
+    window's tile events; ``seg_type`` is the type of a DICOM SEG output ('binary' or 'labelmap');
+    ``prev_stage_predictions``, for a cascade stage, the folder of each case's previous-stage segmentation
+    (:mod:`~..data.previous_stage`: named as nnU-Net names it), read with the case.
     The sliding-window stage uses the predictor's device and backend: call it from one thread at a time. The other
     stages may run on other threads at the same time, for other cases.
     """
 
     def __init__(self, predictor: Predictor, budget: MemoryBudget | None, with_probabilities: bool = False,
                  series_uid: Sequence[str] | None = None, on_event: EventHandler | None = None,
-                 seg_type: str = "binary") -> None:
+                 seg_type: str = "binary", prev_stage_predictions: Path | None = None) -> None:
         self.predictor = predictor
         self.budget = budget
         self.with_probabilities = with_probabilities
         self.series_uid = series_uid
         self.on_event = on_event
         self.seg_type = seg_type
+        self.prev_stage_predictions = prev_stage_predictions
 
     def read(self, item: InFlight) -> None:
         """Read the case's files, check them against the model and plan its memory (raises for a bad case)."""
         started = time.perf_counter()
-        item.prepared = self.predictor.plan_case(read_volume(list(item.case.inputs), series_uid=self.series_uid),
-                                                     self.budget)
+        volume = read_volume(list(item.case.inputs), series_uid=self.series_uid)
+        previous = None
+        if self.prev_stage_predictions is not None:
+            ending = str(self.predictor.bundle.dataset_json.get("file_ending", ".nii.gz"))
+            path = previous_stage_file(self.prev_stage_predictions, item.case.name, ending)
+            previous = read_previous_stage(path, volume)
+        item.prepared = self.predictor.plan_case(volume, self.budget, previous_labels=previous)
         item.planned_peaks = item.prepared.planned_peaks
         item.dicom_files = item.prepared.volume.dicom_files
         check_dicom_references(item.case.output, item.dicom_files)  # a case that cannot be written fails first

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_output_type_option, add_run_options
+from .options import add_output_type_option, add_prev_stage_option, add_run_options
 
 
 def add_batch_parser(commands: argparse._SubParsersAction) -> None:
@@ -22,6 +22,7 @@ def add_batch_parser(commands: argparse._SubParsersAction) -> None:
     batch.add_argument("--series-uid", dest="series_uid", nargs="+", default=None, metavar="UID", help="the DICOM series to read, one per DICOM case (each case folder holds one of them; default: its largest image series)")
     add_run_options(batch)
     add_output_type_option(batch)
+    add_prev_stage_option(batch)
     batch.add_argument("--save_probabilities", action="store_true", help="also write <case>.npz/.pkl as nnU-Net does")
     batch.add_argument("--overwrite", action="store_true", help="redo cases whose outputs already exist (default: skip those that check whole and unchanged)")
     batch.add_argument("-num_parts", dest="num_parts", type=int, default=1, help="split the sorted cases into this many parts, as nnU-Net does (one part per machine or GPU)")

@@ -12,7 +12,7 @@ from ..errors import OutOfMemoryError, TilewiseError
 from ..model.suitability import InputPolicy, set_input_policy
 from ..runtime.allocator import keep_freed_host_memory
 from ..runtime.memory import is_out_of_memory
-from .options import add_input_check_option, add_output_type_option, add_run_options
+from .options import add_input_check_option, add_output_type_option, add_prev_stage_option, add_run_options
 from .pacs_io import add_pacs_options
 
 EXIT_USAGE = 2
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_type_option(predict)
     add_pacs_options(predict)
     add_input_check_option(predict)
+    add_prev_stage_option(predict)
     predict.add_argument("--save_probabilities", action="store_true", help="also write <case>.npz/.pkl as nnU-Net does")
     predict.add_argument("--continue_prediction", action="store_true", help="skip cases whose output already exists")
     predict.add_argument("--report", type=Path, default=None, help="write a JSON report (settings, per-stage timings) to this file")

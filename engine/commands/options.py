@@ -3,6 +3,7 @@ flag."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..data.dicom.seg import DEFAULT_SEG_TYPE, SEG_TYPES
 from ..data.outputs import OUTPUT_SUFFIXES
@@ -58,3 +59,12 @@ def add_output_type_option(parser: argparse.ArgumentParser) -> None:
         help="with --output-type dicom-seg: binary (the default: one bit per pixel and segment, read by every PACS "
              "and viewer) or labelmap (DICOM's 2024 Label Map Segmentation: smaller and faster to write, not yet "
              "read everywhere)")
+
+
+def add_prev_stage_option(parser: argparse.ArgumentParser) -> None:
+    """``-prev_stage_predictions``, shared by ``predict`` and ``batch`` (nnU-Net's flag, for a cascade stage)."""
+    parser.add_argument(
+        "-prev_stage_predictions", "--prev_stage_predictions", "--prev-stage-predictions",
+        dest="prev_stage_predictions", type=Path, default=None, metavar="FOLDER",
+        help="for a 3d_cascade_fullres model: the previous (3d_lowres) stage's segmentations, one per case named "
+             "<case> plus the model's file ending (as nnU-Net writes them), used instead of running that stage")

@@ -65,7 +65,8 @@ def _predict(args: argparse.Namespace) -> int:
     refuse_overwriting_inputs(planned_outputs(cases, args.save_probabilities, args.report),
                               [path for case in cases for path in case.inputs])
     predictor = Predictor(args.model, preset, device=args.device, folds=args.folds,
-                          checkpoint_name=args.checkpoint, trust=args.trust_model, nnunet_exact=args.nnunet_exact)
+                          checkpoint_name=args.checkpoint, trust=args.trust_model, nnunet_exact=args.nnunet_exact,
+                          run_previous_stage=args.prev_stage_predictions is None)
     if args.continue_prediction:
         cases = [c for c in cases if not c.output.exists()]
     quiet = args.quiet
@@ -78,7 +79,7 @@ def _predict(args: argparse.Namespace) -> int:
               f"batch {settings.batch_size}, device {settings.device}, backend {backend}", file=sys.stderr)
     progress = _Progress(show_bar)
     stages = CaseStages(predictor, None, args.save_probabilities, args.series_uid, on_event=progress,
-                        seg_type=args.seg_type)
+                        seg_type=args.seg_type, prev_stage_predictions=args.prev_stage_predictions)
     report_cases = []
     for number, case in enumerate(cases, 1):
         item = InFlight(case)

@@ -28,6 +28,7 @@ from ..data.cases import Case, collect_cases, planned_outputs
 from ..data.dicom.seg import segmentation_type_value
 from ..data.dicom.zips import readable_size
 from ..data.outputs import with_output_type
+from ..data.previous_stage import check_previous_stage_file, previous_stage_file
 from ..data.readers import ImageHeader, image_suffix, read_header
 from ..data.safe_output import refuse_overwriting_inputs
 from ..errors import DiskSpaceError, InputError, ModelError, output_error
@@ -192,8 +193,29 @@ def preflight_predict(args: argparse.Namespace) -> None:
     patch = settings.get("patch_size") if isinstance(settings, dict) else None
     headers = check_headers(cases, None if not isinstance(patch, list) else len(patch) == 2, args.series_uid, names)
     check_model(args, folder, dataset, plans)
+    check_previous_stage(args, folder, dataset, plans, cases)
     check_free_space(writable, output_dir, expected_output_bytes(cases, headers, output_channels(dataset),
                                                                  args.save_probabilities))
+
+
+def check_previous_stage(args: argparse.Namespace, folder: Path, dataset: dict[str, Any], plans: dict[str, Any],
+                         cases: list[Case]) -> None:
+    """With ``-prev_stage_predictions``: the model is a cascade stage (when its configuration is known), and every
+    case has its previous-stage segmentation in that folder, named as nnU-Net names it, on its image's grid
+    (headers only; an input that is not one image file is compared once read)."""
+    given = args.prev_stage_predictions
+    if given is None:
+        return
+    if not Path(given).is_dir():
+        raise InputError(given, "-prev_stage_predictions takes a folder (the previous stage's outputs)")
+    configuration = model_configuration(folder, plans, args.folds, args.checkpoint)
+    settings = (plans.get("configurations") or {}).get(configuration) if configuration else None
+    if isinstance(settings, dict) and not settings.get("previous_stage"):
+        raise ModelError(folder, f"is a '{configuration}' model, not a cascade stage: -prev_stage_predictions is "
+                                 "for a 3d_cascade_fullres model")
+    ending = str(dataset.get("file_ending", ".nii.gz"))
+    for case in cases:
+        check_previous_stage_file(previous_stage_file(Path(given), case.name, ending), case.inputs[0])
 
 
 def preflight_batch(args: argparse.Namespace) -> None:
@@ -209,6 +231,7 @@ def preflight_batch(args: argparse.Namespace) -> None:
     cases = [batch_case.case for batch_case in this_part
              if batch_case.problem is None and (args.overwrite or not batch_case.case.output.exists())]
     cases = with_output_type(cases, args.output_type)
+    check_previous_stage(args, folder, dataset, plans, cases)
     check_free_space(writable, output_dir, expected_output_bytes(cases, _file_headers(cases), output_channels(dataset),
                                                                  args.save_probabilities))
 

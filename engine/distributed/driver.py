@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..batch.cases import BatchCase
@@ -236,5 +237,10 @@ def start_ray_batch(settings: BatchSettings) -> RayBatch:
         folds=settings.folds, checkpoint=settings.checkpoint, trust=settings.trust,
         nnunet_exact=settings.nnunet_exact, with_probabilities=settings.save_probabilities,
         series_uid=settings.series_uid, threads=plan.num_cpus, strict_input=settings.strict_input,
-        seg_type=settings.seg_type)
+        seg_type=settings.seg_type, prev_stage_predictions=_absolute(settings.prev_stage_predictions))
     return RayBatch(connection, plan, worker)
+
+
+def _absolute(folder: Path | None) -> str | None:
+    """``folder`` as an absolute path for the actors (None stays None)."""
+    return None if folder is None else str(Path(folder).resolve())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..batch.cases import BatchCase
@@ -36,6 +37,8 @@ class WorkerSettings:
     """The DICOM SEG type of a ``dicom-seg`` output (``--seg-type``)."""
     strict_input: bool = False
     """``--strict-input``: a case whose image the model was not trained for fails (else the finding is a note)."""
+    prev_stage_predictions: str | None = None
+    """``-prev_stage_predictions``: the folder of each case's previous-stage segmentation (a cascade stage)."""
 
 
 class BatchWorker:
@@ -71,11 +74,13 @@ class BatchWorker:
         s = self.settings
         try:
             predictor = Predictor(s.model, s.preset, device=s.device, folds=s.folds, checkpoint_name=s.checkpoint,
-                                  trust=s.trust, nnunet_exact=s.nnunet_exact, cancel=self.cancel_token)
+                                  trust=s.trust, nnunet_exact=s.nnunet_exact, cancel=self.cancel_token,
+                                  run_previous_stage=s.prev_stage_predictions is None)
         except TilewiseError as error:
             return {"error": str(error), "exit_code": error.exit_code}
+        previous = Path(s.prev_stage_predictions) if s.prev_stage_predictions else None
         self.stages = CaseStages(predictor, MemoryBudget.available_now(predictor.device), s.with_probabilities,
-                                 s.series_uid, seg_type=s.seg_type)
+                                 s.series_uid, seg_type=s.seg_type, prev_stage_predictions=previous)
         return {**predictor_header(predictor), "worker": self.name}
 
     def run(self, case: BatchCase) -> CaseRecord:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..model.bundle import ModelBundle
 from .pipeline import Preprocessed
 
@@ -60,6 +62,22 @@ def previous_stage_input(labels: np.ndarray, image: np.ndarray, prepared: Prepro
     padded = torch.zeros((onehot.shape[0], *data.shape[1:]), dtype=data.dtype)
     padded[(slice(None), *prepared.unpadded)] = torch.from_numpy(onehot)
     return replace(prepared, data=torch.cat([data, padded]))
+
+
+def check_previous_labels(bundle: ModelBundle, source: Path | str, shape: tuple[int, ...],
+                          labels: np.ndarray | None, runs_previous_stage: bool) -> None:
+    """Raise :class:`InputError` (one line, naming ``source``) unless a case of ``shape`` (z, y, x) may run with
+    ``labels``, its previous-stage segmentation: given only to a cascade stage, on the image's grid, and given when
+    the cascade stage does not run its previous stage itself (``runs_previous_stage``)."""
+    previous = bundle.previous_stage_name
+    if labels is not None and previous is None:
+        raise InputError(source, f"comes with a previous-stage segmentation, but the model's "
+                                 f"'{bundle.configuration_name}' configuration is not a cascade stage")
+    if labels is not None and tuple(labels.shape) != tuple(shape):
+        raise InputError(source, f"its previous-stage segmentation is {tuple(labels.shape)} voxels, the image "
+                                 f"{tuple(shape)}")
+    if labels is None and previous is not None and not runs_previous_stage:
+        raise InputError(source, f"needs its '{previous}' stage's segmentation (-prev_stage_predictions)")
 
 
 def _segmentation_changes_normalisation(bundle: ModelBundle, seg: np.ndarray, nonzero: np.ndarray) -> bool:
