@@ -51,6 +51,9 @@ class TaskResult:
     tiles: int = 0
     forward_passes: int = 0
     notes: list[str] = field(default_factory=list)
+    grids: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """The (z, y, x) shape of the image each stage's models ran on (``crop``, the task's name): cropped and
+    resampled as TotalSegmentator crops and resamples."""
 
 
 class _Events:
@@ -148,6 +151,7 @@ class TaskPredictor:
             return np.zeros(original.shape[:3], np.uint8), ({} if statistics else None)
         with tempfile.TemporaryDirectory(prefix="tilewise-totalseg-") as folder:
             volume = model_input(grid.image, Path(folder))
+            result.grids[name] = volume.shape
             merged = self._run_parts(stage, parts, volume, events, result)
         started = time.perf_counter()
         roi = list(self.spec.roi_subset) if self.spec.roi_subset is not None and stage is self.spec.main else None

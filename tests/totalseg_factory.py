@@ -30,6 +30,7 @@ import shutil
 import tempfile
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
+from types import SimpleNamespace
 
 import model_factory as mf
 import numpy as np
@@ -66,10 +67,6 @@ _MODELS = {
     851: ("mr_1.5mm", ("mr_parts", "class_map_part_muscles"), "nnUNetTrainer_2000epochs_NoMirroring"),
     8: ("ct_liver_vessels", ("task", "liver_vessels"), "nnUNetTrainer"),
 }
-TASK_MODELS = {"total": (291, 292, 293, 294, 295, 298), "total_fast": (297,), "total_mr": (850, 851),
-               "liver_vessels": (8, 298)}
-"""The stand-in models each test needs (a crop needs the 6 mm model 298)."""
-
 RARE_IN_CROP_MODEL = "liver"
 """The structure the 6 mm crop model predicts in a small region of the test images only (see the docstring)."""
 
@@ -224,7 +221,7 @@ def _make_model(weights: Path, root: Path, task_id: int) -> Path:
 
 
 def make_weights(weights: Path, root: Path, task_ids: tuple[int, ...] | None = None) -> Path:
-    """The stand-in folders of ``task_ids`` (default: all of :data:`TASK_MODELS`) under ``weights``; plannings are
+    """The stand-in folders of ``task_ids`` (default: all of them) under ``weights``; plannings are
     cached under ``root``. Returns ``weights`` (what ``TOTALSEG_WEIGHTS_PATH`` should name)."""
     weights.mkdir(parents=True, exist_ok=True)
     for task_id in task_ids or tuple(_MODELS):
@@ -256,21 +253,13 @@ def settings_home(home: Path) -> Path:
     return home
 
 
-def copy_without(weights: Path, target: Path, task_ids: tuple[int, ...]) -> Path:
-    """A copy of the weights folder without the folders of ``task_ids`` (for 'not installed' tests)."""
-    names = {_folder_name(t) for t in task_ids}
-    shutil.copytree(weights, target, ignore=lambda folder, entries: [e for e in entries if e in names])
-    return target
+def standins(root: Path) -> SimpleNamespace:
+    """Everything a test needs under ``root`` (built once, reused when already there): ``weights`` (all stand-in
+    models), ``home`` (:func:`settings_home`), ``ct`` and ``mr`` (the test images)."""
+    return SimpleNamespace(weights=make_weights(root / "weights", root / "plans"),
+                           home=settings_home(root / "home"), ct=make_ct(root / "ct.nii.gz"),
+                           mr=make_mr(root / "mr.nii.gz"))
 
 
-__all__ = [
-    "RARE_IN_CROP_MODEL",
-    "TASK_MODELS",
-    "TEST_SHAPE",
-    "TEST_SPACING",
-    "copy_without",
-    "make_ct",
-    "make_mr",
-    "make_weights",
-    "settings_home",
-]
+__all__ = ["RARE_IN_CROP_MODEL", "TEST_SHAPE", "TEST_SPACING", "make_ct", "make_mr", "make_weights", "settings_home",
+           "standins"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .bundle import available_folds
 from .labels import label_names
+from .totalseg import weights_dir
 
 TOTALSEGMENTATOR_RESULTS = Path.home() / ".totalsegmentator" / "nnunet" / "results"
 
@@ -27,9 +28,11 @@ class ModelInfo:
 
 
 def default_search_roots() -> list[Path]:
-    """``$nnUNet_results`` (if set) and TotalSegmentator's default results folder."""
+    """``$nnUNet_results`` (if set) and TotalSegmentator's weights folder (``$TOTALSEG_WEIGHTS_PATH`` or
+    ``$TOTALSEG_HOME_DIR``'s when set, else its default :data:`TOTALSEGMENTATOR_RESULTS`)."""
     roots = [Path(os.environ["nnUNet_results"])] if os.environ.get("nnUNet_results") else []
-    return roots + [TOTALSEGMENTATOR_RESULTS]
+    configured = os.environ.get("TOTALSEG_WEIGHTS_PATH") or os.environ.get("TOTALSEG_HOME_DIR")
+    return roots + [weights_dir() if configured else TOTALSEGMENTATOR_RESULTS]
 
 
 def describe_model(folder: Path) -> ModelInfo | None:
