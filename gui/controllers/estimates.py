@@ -6,15 +6,16 @@ the folds OpenVINO has not cached yet, prepare the image, run the forward passes
 precision the presets use (load, first-use conversion and a forward pass, timed) and reads which folds the OpenVINO
 cache holds; an :class:`EstimateBook` keeps the measured stage costs in QSettings and refines them from every
 finished run. Stages nothing has measured yet use the engine's conservative priors, so those estimates read as a
-range.
+range; before the first fold is timed, the tiles are counted from the model's ``plans.json`` and a pass spans a
+wide prior (:mod:`.estimate_priors`), so an estimate shows as soon as the model and the image are known and is
+refined in place. What is shown keeps the presets in order (preview, fast, balanced, reference: never shorter than
+the one before) and is widened while the computer is busier than its cores.
 """
 from __future__ import annotations
 
-import hashlib
-import math
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,38 +33,31 @@ from tilewise.engine import (
     Preset,
     Result,
     Span,
-    StageCosts,
     cached_folds,
     estimate_run,
-    learn_from_run,
     measure_first_fold,
     nonzero_extent,
 )
 
 from ..geometry import geometry_from_layer
+from .estimate_book import EstimateBook, PassTimes
+from .estimate_priors import (
+    ShownEstimates,
+    between,
+    in_preset_order,
+    is_busy,
+    machine_load,
+    plans_grid,
+    prior_pass_seconds,
+    runs_on,
+    widened,
+)
 from .tasks import Awaitable, start_worker
 from .worker import PredictorCache, RunChoice, RunRequest, predictor_key
 
-SETTINGS_GROUP = "estimates"
 EXACT_TEXT = ("No time estimate for nnU-Net's own file: it runs nnU-Net's own preprocessing, PyTorch one tile at a "
               "time and nnU-Net's export, which are not timed here. Expect it to take longer than the same preset "
               "without it.")
-_STORED = {"load_per_fold": "load/{precision}", "convert_per_fold": "convert/{precision}",
-           "preprocess_per_mvoxel": "preprocess", "export_per_mvoxel": "export"}
-"""Where each measured stage cost lives under a model and device (the time per pass under its precision's name)."""
-
-
-@dataclass(frozen=True)
-class PassTimes:
-    """What a :class:`PassTimer` measured for one model and target: the first fold per precision timed, the
-    model's grid, and per precision the folds whose OpenVINO model is cached (None: not OpenVINO)."""
-
-    model_dir: Path
-    target: str
-    """Device and engine, as :func:`target_key` writes them."""
-    first: dict[str, FirstFold]
-    grid: ModelGrid
-    cached: dict[str, frozenset[str]] | None
 
 
 class TimingError(Exception):
@@ -107,72 +101,6 @@ def target_key(device: str, backend: str) -> str:
     return f"{device}-{backend}"
 
 
-class EstimateBook:
-    """Measured stage costs per model, device and precision, kept in QSettings (:class:`StageCosts`)."""
-
-    def __init__(self, settings: QSettings) -> None:
-        self.settings = settings
-        self.grids: dict[str, ModelGrid] = {}
-
-    @staticmethod
-    def _key(model_dir: Path, device: str, what: str) -> str:
-        model = hashlib.sha1(str(Path(model_dir).resolve()).encode()).hexdigest()[:16]
-        return f"{SETTINGS_GROUP}/{model}/{device}/{what}"
-
-    def _value(self, model_dir: Path, device: str, what: str) -> float | None:
-        value = self.settings.value(self._key(model_dir, device, what))
-        try:
-            number = float(value) if value is not None else None
-        except (TypeError, ValueError):
-            return None
-        return number if number is not None and math.isfinite(number) and number >= 0 else None
-
-    def seconds_per_pass(self, model_dir: Path, device: str, precision: str) -> float | None:
-        """The stored time per forward pass, or None if it was never measured."""
-        return self._value(model_dir, device, precision)
-
-    def costs(self, model_dir: Path, device: str, precision: str) -> StageCosts | None:
-        """Every stage's cost: measured here, else the engine's prior; None until the time per pass is measured."""
-        per_pass = self.seconds_per_pass(model_dir, device, precision)
-        if per_pass is None:
-            return None
-        stages = {}
-        for name, what in _STORED.items():
-            value = self._value(model_dir, device, what.format(precision=precision))
-            stages[name] = Span.of(value) if value is not None else getattr(PRIORS, name)
-        return StageCosts(seconds_per_pass=per_pass, **stages)
-
-    def save(self, model_dir: Path, device: str, precision: str, costs: StageCosts) -> None:
-        """Store the measured stages of ``costs`` (priors are never stored)."""
-        if math.isfinite(costs.seconds_per_pass):
-            self.settings.setValue(self._key(model_dir, device, precision), float(costs.seconds_per_pass))
-        for stage in fields(costs):
-            value = getattr(costs, stage.name)
-            if stage.name in _STORED and value.measured:
-                what = _STORED[stage.name].format(precision=precision)
-                self.settings.setValue(self._key(model_dir, device, what), float(value.mid))
-
-    def store(self, times: PassTimes) -> None:
-        """Remember what a timing worker measured, and the model's grid."""
-        self.grids[str(times.model_dir)] = times.grid
-        for precision, first in times.first.items():
-            self.save(times.model_dir, times.target, precision, first.costs())
-
-    def forget(self, model_dir: Path, device: str, precisions: tuple[str, ...]) -> None:
-        """Drop what the first fold's timing measured at ``precisions`` (while the CPU was shared with a run), so it
-        is timed again."""
-        for precision in precisions:
-            for what in (precision, _STORED["load_per_fold"], _STORED["convert_per_fold"]):
-                self.settings.remove(self._key(model_dir, device, what.format(precision=precision)))
-
-    def learn_from_run(self, model_dir: Path, device: str, precision: str, result: Result, mvoxels: float,
-                       fold_count: int, conversions: int, loaded: bool) -> None:
-        """Refine the stored costs with what a finished run really took (see :func:`learn_from_run`)."""
-        costs = self.costs(model_dir, device, precision) or replace(PRIORS, seconds_per_pass=math.nan)
-        self.save(model_dir, device, precision,
-                  learn_from_run(costs, result, fold_count, conversions, mvoxels, loaded))
-
-
 def _folds_of(model: ModelInfo, preset: Preset, chosen: tuple[str, ...] | None = None) -> tuple[str, ...]:
     """The folds a run uses: those chosen under Advanced, else the preset's first n (or all) of the model's."""
     if chosen:
@@ -188,9 +116,8 @@ class RunTimeEstimates(QObject):
     a run is going on), and :meth:`learn` refines the stage costs from every finished run.
     """
 
-    changed = Signal(object, object, str)
-    """The estimates per preset name ({name: Estimate}), the estimate for the chosen settings (or None), and a
-    status to show instead of it ('' when there is nothing to say)."""
+    changed = Signal(object)
+    """What the Speed box shows (:class:`ShownEstimates`)."""
 
     def __init__(self, settings: QSettings, presets: dict[str, Preset], cache: PredictorCache,
                  parent: QObject | None = None) -> None:
@@ -205,6 +132,10 @@ class RunTimeEstimates(QObject):
         """The estimates on screen, per preset name."""
         self.chosen: Estimate | None = None
         """The estimate for the chosen settings (None when none is shown)."""
+        self.view = ShownEstimates({})
+        """What the Speed box shows now."""
+        self.machine_load = machine_load
+        """Returns (load average, cores): the estimates shown are widened while the computer is busier than that."""
         self.cached: dict[tuple[str, str], dict[str, frozenset[str]] | None] = {}
         """Per (model, target): the folds OpenVINO has cached per precision (None: the target converts nothing)."""
         self._closed = False
@@ -243,13 +174,15 @@ class RunTimeEstimates(QObject):
     def _show(self, model: ModelInfo | None, image: Geometry | None, extent_zyx: tuple[int, ...], trusted: bool,
               busy: bool, choice: RunChoice | None) -> None:
         """Recompute the estimates for ``model`` on an image of geometry ``image`` (None: no image yet) whose
-        nonzero part measures ``extent_zyx`` voxels."""
+        nonzero part measures ``extent_zyx`` voxels. Until the first fold has been timed here (started now, unless a
+        run is going on), the stages not measured yet span the priors' range."""
         self._last = (model, image, extent_zyx, trusted, busy, choice)
         self.shown, self.chosen = {}, None
         if model is None or image is None or choice is None:
-            self.changed.emit({}, None, "")
+            self._emit(ShownEstimates({}))
             return
         target = target_key(choice.device, choice.preset.backend)
+        backend = choice.preset.backend
         precisions = tuple(sorted({p.precision for p in self.presets.values()} | {choice.preset.precision}))
         grid = self.book.grids.get(str(model.path))
         missing = tuple(p for p in precisions if self.book.seconds_per_pass(model.path, target, p) is None)
@@ -257,38 +190,64 @@ class RunTimeEstimates(QObject):
         unprobed = (str(model.path), target) not in self.cached or (
             probed is not None and any(p not in probed for p in precisions))
         if grid is None or missing or unprobed:
-            if (str(model.path), target) in self._failed:
-                self.changed.emit({}, None, "")
-            elif busy:
-                self.changed.emit({}, None, "The time estimate follows after this run.")
-            else:
-                self._start_timer(model.path, choice.device, choice.preset.backend, missing, precisions, trusted)
-                self.changed.emit({}, None, "Estimating the time for this image on this computer…")
-            return
+            if (str(model.path), target) in self._failed:  # the run itself says what is wrong with the model
+                self._emit(ShownEstimates({}))
+                return
+            if not busy:
+                self._start_timer(model.path, choice.device, backend, missing, precisions, trusted)
+            grid = grid or plans_grid(model.path, model.configuration)
+            if grid is None:
+                self._emit(ShownEstimates({}, status="The time estimate follows after this run." if busy else
+                                          "Estimating the time for this image on this computer…"))
+                return
         shape_zyx = extent_zyx or image.size[::-1]
         spacing_zyx = image.spacing[::-1]
         if len(spacing_zyx) != len(grid.transpose_forward):  # e.g. a 2D image for a 3D model: the run says why
-            self.changed.emit({}, None, "")
+            self._emit(ShownEstimates({}))
             return
+        converts = runs_on(choice.device, backend) == "openvino"
 
         def estimate(preset: Preset, folds: tuple[str, ...], requested: tuple[str, ...] | None) -> Estimate:
             """``folds`` run; ``requested`` is what the run's request names (None: the preset's own)."""
             costs = self.book.costs(model.path, target, preset.precision)
-            assert costs is not None  # every precision was timed (``missing`` is empty)
             loaded = self.cache.holds(predictor_key(model.path, preset, choice.device, requested, trusted, False))
-            conversions = self._pending(model.path, target, preset.precision, folds)
-            return estimate_run(grid, preset, len(folds), shape_zyx, spacing_zyx, costs, conversions, loaded)
+            pending = self._pending(model.path, target, preset.precision, folds)
+            if costs is not None and not unprobed:
+                return estimate_run(grid, preset, len(folds), shape_zyx, spacing_zyx, costs, pending, loaded)
+            # not timed or probed yet: from the fast end of every prior to its slow end
+            per_pass = prior_pass_seconds(grid, choice.device, backend) if costs is None else \
+                Span.of(costs.seconds_per_pass)
+            base = costs or PRIORS
+            at_most = len(folds) if unprobed and converts else pending
+            fast, slow = (estimate_run(grid, preset, len(folds), shape_zyx, spacing_zyx,
+                                       replace(base, seconds_per_pass=seconds), conversions, loaded)
+                          for seconds, conversions in ((per_pass.low, 0 if unprobed else pending),
+                                                       (per_pass.high, at_most)))
+            return between(fast, slow)
 
-        backend = choice.preset.backend
         for preset in self.presets.values():
             preset = preset.with_overrides(backend=backend)
             folds = _folds_of(model, preset)  # the speed panel ticks the preset's folds when it is chosen
             self.shown[preset.name] = estimate(preset, folds, folds if model.folds else None)
-        if choice.nnunet_exact:
-            self.changed.emit(dict(self.shown), None, EXACT_TEXT)
-            return
-        self.chosen = estimate(choice.preset, _folds_of(model, choice.preset, choice.folds), choice.folds)
-        self.changed.emit(dict(self.shown), self.chosen, "")
+        if not choice.nnunet_exact:
+            self.chosen = estimate(choice.preset, _folds_of(model, choice.preset, choice.folds), choice.folds)
+        self._emit_estimates(choice)
+
+    def _emit_estimates(self, choice: RunChoice) -> None:
+        """Publish :attr:`shown` and :attr:`chosen`: in preset order, widened when the computer is busy now."""
+        load = self.machine_load()
+        ordered = in_preset_order({name: estimate.total for name, estimate in self.shown.items()})
+        chosen_total = None
+        if self.chosen is not None:  # the chosen preset as it is: the figure its list entry shows
+            same = self.chosen == self.shown.get(choice.preset.name)
+            chosen_total = widened(ordered[choice.preset.name] if same else self.chosen.total, load)
+        self._emit(ShownEstimates({name: widened(span, load) for name, span in ordered.items()}, self.chosen,
+                                  chosen_total, "" if self.chosen is not None else EXACT_TEXT,
+                                  load if is_busy(load) else None))
+
+    def _emit(self, shown: ShownEstimates) -> None:
+        self.view = shown
+        self.changed.emit(shown)
 
     def learn(self, request: RunRequest, result: Result) -> None:
         """Use a finished run's real stage timings for the next estimates, unless the CPU was shared with a timing

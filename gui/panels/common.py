@@ -24,7 +24,7 @@ from typing import Any
 
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
-    QComboBox, QGroupBox, QPushButton, QScrollArea, QSizePolicy, QStyle, QStyleOptionComboBox, QStylePainter,
+    QComboBox, QGroupBox, QLabel, QPushButton, QScrollArea, QSizePolicy, QStyle, QStyleOptionComboBox, QStylePainter,
     QVBoxLayout, QWidget,
 )
 from superqt import QCollapsible
@@ -75,6 +75,26 @@ class ElidingComboBox(QComboBox):
         self.initStyleOption(option)
         field = self.style().subControlRect(QStyle.CC_ComboBox, option, QStyle.SC_ComboBoxEditField, self)
         return self.fontMetrics().elidedText(option.currentText, Qt.ElideMiddle, max(field.width(), 0))
+
+
+class SteadyLabel(QLabel):
+    """A word-wrapped label that keeps, at each width, the tallest height its texts have needed, so a text refined
+    in place never moves what lies below it; :meth:`release` lets it shrink again (another subject)."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(text, parent)
+        self.setWordWrap(True)
+        self._held: dict[int, int] = {}
+
+    def heightForWidth(self, width: int) -> int:  # noqa: N802 - Qt override
+        needed = max(super().heightForWidth(width), self._held.get(width, 0))
+        self._held[width] = needed
+        return needed
+
+    def release(self) -> None:
+        """Forget the heights held: the next text takes the height it needs."""
+        self._held.clear()
+        self.updateGeometry()
 
 
 class _StepHeader(QPushButton):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from qtpy.QtCore import QSettings, Signal
+from qtpy.QtCore import QEvent, QSettings, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -16,10 +16,16 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 from tilewise.engine import Estimate, Preset, Span, load_presets
 
+from ..controllers.estimate_priors import ShownEstimates
 from ..controllers.worker import RunChoice
+from .common import SteadyLabel
 
 SETTINGS_PRESET = "run/preset"
 DEFAULT_PRESET = "fast"
+ESTIMATE_TIP = ("Loading the model, converting folds for OpenVINO the first time, preparing the image, tiles x "
+                "passes x the time of one pass, and writing the result, as timed on this computer; a range until a "
+                "run has timed every step, refined after each")
+"""What every estimate adds up (the start of its tooltip)."""
 PRECISIONS: tuple[tuple[str, str], ...] = (
     ("reduced", "Reduced (automatic)"),
     ("fp32", "Full (fp32)"),
@@ -56,23 +62,39 @@ def describe_span(span: Span) -> str:
     return f"{low} to {high.removeprefix('about ')}"
 
 
-def describe_estimate(estimate: Estimate, skips_tiles: bool) -> str:
-    """The estimate for the chosen settings, with the stages that make it up."""
-    total = describe_span(estimate.total)
-    text = f"Estimated for this image: <b>{total}</b>"
-    shown_as_range = total != describe_seconds(estimate.seconds)
-    text += " (a range until a run has been measured here)." if shown_as_range else "."
-    if estimate.conversions:
-        folds = "fold" if estimate.conversions == 1 else "folds"
-        text += (f" First run converts {estimate.conversions} {folds} for OpenVINO: "
-                 f"{describe_span(estimate.stages['convert'])}.")
-    passes = "pass" if estimate.passes_per_tile == 1 else "passes"
-    text += (f" {estimate.tiles} tiles x {estimate.passes_per_tile} {passes}: "
-             f"{describe_span(estimate.stages['sliding_window'])}")
-    text += ", fewer when tiles outside the body are skipped." if skips_tiles else "."
-    loading = estimate.stages["load"]
-    text += " The model is loaded already." if loading.high == 0 else f" Loading: {describe_span(loading)}."
+def describe_estimate(estimate: Estimate, total: Span, load: tuple[float, int] | None = None) -> str:
+    """The estimate for the chosen settings as the Speed box says it: the time (``total``: the figure shown for it),
+    '(busy)' when the computer is busy now (``load``: load average and cores), and the first run's conversions;
+    the stages behind it are in :func:`describe_stages` (the tooltip), so the text stays short."""
+    busy = " (busy)" if load is not None else ""
+    text = f"On this computer, now{busy}: <b>{describe_span(total)}</b>."
+    converting = estimate.stages["convert"]
+    folds = "fold" if estimate.conversions == 1 else "folds"
+    if estimate.conversions and converting.low == 0 < converting.high:
+        text += f" First run may convert {estimate.conversions} {folds} for OpenVINO: {describe_span(converting)}."
+    elif estimate.conversions:
+        text += f" First run converts {estimate.conversions} {folds} for OpenVINO: {describe_span(converting)}."
     return text
+
+
+def describe_stages(estimate: Estimate | None, total: Span | None, skips_tiles: bool,
+                    load: tuple[float, int] | None) -> str:
+    """The estimate's tooltip: what it adds up (tiles x passes, loading), why it is a range, and the load that
+    widened it."""
+    parts = [ESTIMATE_TIP + "."]
+    if estimate is not None and total is not None:
+        passes = "pass" if estimate.passes_per_tile == 1 else "passes"
+        tiles = (f"{estimate.tiles} tiles x {estimate.passes_per_tile} {passes}: "
+                 f"{describe_span(estimate.stages['sliding_window'])}")
+        parts.append(tiles + (", fewer when tiles outside the body are skipped." if skips_tiles else "."))
+        loading = estimate.stages["load"]
+        parts.append("The model is loaded already." if loading.high == 0 else f"Loading: {describe_span(loading)}.")
+        if not total.measured:
+            parts.append("A range until a run is timed here.")
+    if load is not None:
+        parts.append(f"This computer is busy now (load {load[0]:.1f} on {load[1]} cores): the upper end is raised "
+                     "by as much.")
+    return " ".join(parts)
 
 
 def available_devices() -> list[tuple[str, str]]:
@@ -110,8 +132,8 @@ class SpeedPanel(QWidget):
         self.presets = load_presets()
         self._folds: list[str] = []
         self._updating = False
-        self.estimates: dict[str, Estimate] = {}
-        """The estimates on show, per preset name (their figures, for scripts and tests)."""
+        self.totals: dict[str, Span] = {}
+        """The time shown after each preset's name (for scripts and tests)."""
 
         self.preset = QComboBox()
         for name, preset in self.presets.items():
@@ -120,11 +142,8 @@ class SpeedPanel(QWidget):
         self.summary = QLabel()
         self.summary.setWordWrap(True)
         self.summary.setStyleSheet("color: palette(mid);")
-        self.estimate = QLabel()
-        self.estimate.setWordWrap(True)
-        self.estimate.setToolTip("Loading the model, converting folds for OpenVINO the first time, preparing the "
-                                 "image, tiles x passes x the time of one pass, and writing the result, as timed "
-                                 "on this computer; a range until a run has timed every step, refined after each")
+        self.estimate = SteadyLabel()
+        self.estimate.setToolTip(describe_stages(None, None, False, None))
 
         self.fold_box = QWidget()
         self.fold_layout = QHBoxLayout(self.fold_box)
@@ -203,19 +222,24 @@ class SpeedPanel(QWidget):
             raise KeyError(name)
         self.preset.setCurrentIndex(index)
 
-    def show_estimates(self, per_preset: dict[str, Estimate], chosen: Estimate | None, status: str) -> None:
+    def show_estimates(self, shown: ShownEstimates) -> None:
         """Show an estimated time after each preset's name, and under the summary the estimate for the chosen
-        settings, stage by stage, or ``status`` (such as 'Estimating…') when there is none."""
-        self.estimates = dict(per_preset)
+        settings, stage by stage, or a status (such as 'Estimating…') when there is none. A refined estimate takes
+        the place of the earlier one: the text below keeps its height (it never moves the controls under it) until
+        no estimate is shown."""
+        self.totals = dict(shown.totals)
         for index in range(self.preset.count()):
             preset = self.presets[self.preset.itemData(index)]
-            estimate = per_preset.get(preset.name)
-            if estimate is None:
-                self.preset.setItemText(index, preset.label)
-                continue
-            self.preset.setItemText(index, f"{preset.label}  ({describe_span(estimate.total)})")
-        current = describe_estimate(chosen, self.choice().preset.skip_empty_tiles) if chosen else status
+            total = shown.totals.get(preset.name)
+            self.preset.setItemText(index, preset.label if total is None else
+                                    f"{preset.label}  ({describe_span(total)})")
+        chosen, total = shown.chosen, shown.chosen_total
+        current = describe_estimate(chosen, total, shown.load) if chosen is not None and total is not None else \
+            shown.status
+        if not shown.totals:
+            self.estimate.release()
         self.estimate.setText(current)
+        self.estimate.setToolTip(describe_stages(chosen, total, self.choice().preset.skip_empty_tiles, shown.load))
         self.estimate.setVisible(bool(current))
 
     def set_available_folds(self, folds: list[str]) -> None:
@@ -259,6 +283,13 @@ class SpeedPanel(QWidget):
         )
 
     # ---- internals ------------------------------------------------------------------------------
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 - Qt override
+        """A run has ended (the panel is enabled again): the estimate text may shrink now, as the dock changes
+        anyway (Review opens); while the person reads it, a refined text never moves the controls below."""
+        super().changeEvent(event)
+        if event.type() == QEvent.EnabledChange and self.isEnabled():
+            self.estimate.release()
+
     def _preset_folds(self, preset: Preset) -> tuple[str, ...]:
         return tuple(self._folds[: preset.fold_count] if preset.fold_count else self._folds)
 
