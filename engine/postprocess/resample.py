@@ -133,24 +133,24 @@ class LogitResampler:
         """The values at output voxels ``index`` ((N, 3): row, y, x on the whole output grid) computed as nnunetv2
         computes them, to the last bit: scipy.ndimage's arithmetic in float64 (weights ``1 - t`` and ``1 - (1 - t)``,
         each input value times the weights axis by axis, the corners added in index order; a separately interpolated
-        coarse axis last), rounded once to float32; (channels, N) on ``rows``' device. ``rows`` as for :meth:`slab`
-        (input rows first_row, first_row + 1, ...)."""
+        coarse axis last), rounded once to float32; (channels, N) on the CPU (float64 is not on every device).
+        ``rows`` as for :meth:`slab` (input rows first_row, first_row + 1, ...)."""
         at = index.cpu().numpy()
         taps = []
         for axis, (size_in, size_out, order) in enumerate(zip(self.in_shape, self.out_shape, self.orders)):
             low, high, t = (tap[at[:, axis]] for tap in _axis_taps(size_in, size_out, 0, size_out, order))
             offset = first_row if axis == 0 else 0
-            first = torch.as_tensor(1.0 - t, dtype=torch.float64, device=rows.device)
+            first = torch.as_tensor(1.0 - t, dtype=torch.float64)
             taps.append(((low - offset, first), (high - offset, 1.0 - first)))
         coarse = self._coarse
         sides = []
         for side in ((0,) if coarse is None else (0, 1)):
-            total = torch.zeros((rows.shape[0], len(at)), dtype=torch.float64, device=rows.device)
+            total = torch.zeros((rows.shape[0], len(at)), dtype=torch.float64)
             for corner in itertools.product((0, 1), repeat=3):
                 if coarse is not None and corner[coarse] != side:
                     continue
                 picked = [axis_taps[c] for axis_taps, c in zip(taps, corner)]
-                coeff = rows[:, picked[0][0], picked[1][0], picked[2][0]].double()
+                coeff = rows[:, picked[0][0], picked[1][0], picked[2][0]].cpu().double()
                 for axis, (_, weight) in enumerate(picked):
                     if axis != coarse:
                         coeff = coeff * weight
