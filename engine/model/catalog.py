@@ -31,8 +31,13 @@ def default_search_roots() -> list[Path]:
     """``$nnUNet_results`` (if set) and TotalSegmentator's weights folder (``$TOTALSEG_WEIGHTS_PATH`` or
     ``$TOTALSEG_HOME_DIR``'s when set, else its default :data:`TOTALSEGMENTATOR_RESULTS`)."""
     roots = [Path(os.environ["nnUNet_results"])] if os.environ.get("nnUNet_results") else []
+    return roots + [totalsegmentator_root()]
+
+
+def totalsegmentator_root() -> Path:
+    """TotalSegmentator's weights folder as the model lists search it."""
     configured = os.environ.get("TOTALSEG_WEIGHTS_PATH") or os.environ.get("TOTALSEG_HOME_DIR")
-    return roots + [weights_dir() if configured else TOTALSEGMENTATOR_RESULTS]
+    return weights_dir() if configured else TOTALSEGMENTATOR_RESULTS
 
 
 def describe_model(folder: Path) -> ModelInfo | None:
