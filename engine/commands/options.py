@@ -12,7 +12,7 @@ from ..presets import Preset, get_preset
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """Model and speed flags shared by ``predict`` and ``bench`` (names as in nnUNetv2_predict_from_modelfolder)."""
-    parser.add_argument("-m", dest="model", required=True, help="nnU-Net trained model folder (dataset.json, plans.json, fold_*), or 'demo' for the bundled model")
+    parser.add_argument("-m", dest="model", required=True, help="nnU-Net trained model folder (dataset.json, plans.json, fold_*), 'demo' for the bundled model, or a TotalSegmentator task: totalseg:total ('tilewise models' lists the installed ones)")
     parser.add_argument("-f", dest="folds", nargs="+", default=None, help="folds to use (default: the preset's choice)")
     parser.add_argument("--preset", default="reference", help="reference (nnU-Net's default), balanced, fast or preview")
     parser.add_argument("-step_size", "--step-size", dest="step_size", type=float, default=None, help="tile step as a fraction of the tile (nnU-Net: 0.5)")
@@ -25,6 +25,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-empty-tiles", dest="skip_empty_tiles", action=argparse.BooleanOptionalAction, default=None, help="do not run tiles entirely outside the body (default: the preset's choice; on for fast and preview)")
     parser.add_argument("--nnunet-exact", dest="nnunet_exact", action="store_true", help="reproduce nnUNetv2_predict_from_modelfolder's output voxel for voxel (PyTorch, batch 1, nnU-Net's float16 sums, tile order, preprocessing and export)")
     parser.add_argument("--trust-model", dest="trust_model", action="store_true", help="allow checkpoints that need full unpickling (can run code: only for models you trust)")
+    parser.add_argument("--fast", action="store_true", help="with -m totalseg:TASK: TotalSegmentator's fast model (3 mm for total, as its --fast)")
+    parser.add_argument("-rs", "--roi_subset", dest="roi_subset", nargs="+", default=None, metavar="NAME", help="with -m totalseg:total or total_mr: only these structures (TotalSegmentator's names), running only the models that hold them on the image cropped around them")
+    parser.add_argument("--statistics", action="store_true", help="with -m totalseg:TASK: also write TotalSegmentator's volume and mean intensity per structure (<case>_statistics.json)")
 
 
 def add_input_check_option(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ from ..data.outputs import with_output_type, write_json
 from ..data.safe_output import refuse_overwriting_inputs
 from ..events import TileEvent
 from ..model.bundle import dataset_channel_count
+from ..model.totalseg import task_name
 from ..predictor import Predictor
 from ..runtime.devices import describe_device
 from ..runtime.memory import peak_rss_bytes
@@ -57,6 +58,11 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    if task_name(args.model) is not None:  # a TotalSegmentator task: several nnU-Net models as one
+        from .predict_task import run_task_predict
+
+        return run_task_predict(args, started, _Progress(not args.quiet and not args.disable_progress_bar
+                                                         and sys.stderr.isatty()))
     preset = preset_from_args(args)
     output_dir = Path(args.output)
     # Cases and their outputs first: a job that would write over one of its inputs is refused before any work.

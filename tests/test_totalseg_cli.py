@@ -1,0 +1,79 @@
+"""``tilewise predict -m totalseg:<task>`` on the command line: a task on a folder of cases with its models loaded once,
+TotalSegmentator's statistics written next to the labels, and every problem with a task one line before any model
+loads (stand-in weights: :mod:`totalseg_factory`)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import totalseg_factory as tf
+
+pytest.importorskip("totalsegmentator", reason="needs the totalseg extra: pip install \"tilewise[totalseg]\"")
+
+from tilewise.engine import get_preset, read_volume
+from tilewise.engine.model.totalseg import resolve_task
+from tilewise.engine.task_predictor import TaskPredictor
+
+
+@pytest.fixture
+def weights_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    standins = tf.standins(tmp_path_factory.getbasetemp() / "totalseg")
+    monkeypatch.setenv("TOTALSEG_WEIGHTS_PATH", str(standins.weights))
+    return standins
+
+
+def _expected(standins: SimpleNamespace, **settings) -> object:
+    predictor = TaskPredictor(resolve_task(settings.pop("task"), settings.pop("fast", False), root=standins.weights),
+                              get_preset("reference").with_overrides(backend="torch"), device="cpu")
+    return predictor.predict(read_volume([standins.ct]), **settings)
+
+
+def test_predict_runs_a_task_and_writes_its_statistics(weights_env: SimpleNamespace, tmp_path: Path,
+                                                       run_cli) -> None:
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    shutil.copy(weights_env.ct, cases / "a_0000.nii.gz")
+    shutil.copy(weights_env.ct, cases / "b_0000.nii.gz")
+    code, _, err = run_cli(["predict", "-i", cases, "-o", tmp_path / "out", "-m", "totalseg:total", "--fast",
+                            "--statistics", "--backend", "torch", "-device", "cpu", "--report", tmp_path / "r.json"])
+    assert code == 0, err
+    expected = _expected(weights_env, task="total", fast=True, statistics=True)
+    for case in ("a", "b"):
+        written = read_volume([tmp_path / "out" / f"{case}.nii.gz"]).array[0]
+        assert np.array_equal(written, expected.labels)
+        statistics = json.loads((tmp_path / "out" / f"{case}_statistics.json").read_text())
+        assert list(statistics) == list(expected.statistics)
+        for name, values in expected.statistics.items():
+            assert statistics[name] == pytest.approx({k: float(v) for k, v in values.items()}), name
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["model"] == "totalseg:total --fast" and len(report["models"]) == 1, "loaded once for both cases"
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["-m", "totalseg:totl"], "is not a TotalSegmentator task (did you mean 'totalseg:total'?)"),
+    (["-m", "totalseg:total", "--roi_subset", "livr"], "has no structure 'livr' (did you mean 'liver'?)"),
+    (["-m", "totalseg:liver_vessels", "--fast"], "has no --fast model"),
+    (["-m", "totalseg:total_mr", "--fast"], "needs TotalSegmentator's model Dataset852_TotalSegMRI_total_3mm_1088subj"),
+    (["-m", "totalseg:total", "--save_probabilities"], "--save_probabilities: is not available"),
+])
+def test_task_problems_are_one_line_before_any_model_loads(argv: list[str], says: str, weights_env: SimpleNamespace,
+                                                          tmp_path: Path, run_cli) -> None:
+    code, _, err = run_cli(["predict", "-i", weights_env.ct, "-o", tmp_path / "out", *argv])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert says in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_the_totalsegmentator_package_a_task_says_how_to_get_it(weights_env: SimpleNamespace, tmp_path: Path,
+                                                                       run_cli,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    for name in [m for m in sys.modules if m == "totalsegmentator" or m.startswith("totalsegmentator.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    code, _, err = run_cli(["predict", "-i", weights_env.ct, "-o", tmp_path / "out", "-m", "totalseg:total"])
+    assert code == 2 and 'pip install "tilewise[totalseg]"' in err and len(err.strip().splitlines()) == 1
