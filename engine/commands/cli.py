@@ -69,10 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .export_onnx import add_export_onnx_parser
 
     add_export_onnx_parser(commands)
+    from .listen import add_listen_parser
+
+    add_listen_parser(commands)
     return parser
 
 
-COMMANDS: tuple[str, ...] = ("predict", "bench", "models", "export-onnx", "batch")
+COMMANDS: tuple[str, ...] = ("predict", "bench", "models", "export-onnx", "batch", "listen")
 VIEWER_MODULE = "tilewise.gui.app"
 
 
@@ -166,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .bench import run_bench
 
             return run_bench(args)
+        if args.command == "listen":
+            from .listen import run_listen
+
+            return run_listen(args)
         if args.command == "export-onnx":
             from .export_onnx import run_export_onnx
 
