@@ -29,6 +29,7 @@ META_PREVIEW = "tilewise_preview"        # True while a run fills the layer in, 
 META_PRESET = "tilewise_preset"          # the name of the preset the result was made with
 META_DICOM_FILES = "tilewise_dicom_files"  # [file, ...] of the DICOM series the labels were made from (z order)
 META_ALGORITHM = "tilewise_algorithm"    # the model, folds and preset as a DICOM SEG records them (AlgorithmInfo)
+META_FIT = "tilewise_fit"                # [sentence, ...]: how the image differed from the model's training data
 
 UPDATE_INTERVAL_MS = 100
 INTERVAL_3D_MS = 1000

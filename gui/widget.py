@@ -116,6 +116,8 @@ class TilewiseWidget(QWidget):
         self.image_panel.changed.connect(self._refresh_estimates)
         self.image_panel.changed.connect(self._check_fit)
         self.fit.found.connect(self.run_panel.show_fit)
+        self.runner.result_ready.connect(self.fit.label_result)  # the result keeps what was said of its image
+        self.fit.labelled.connect(self.review.refresh_fit)
         # bound methods, not lambdas: Qt would hold a lambda and the lambda the widget, with its loaded model
         self.image_panel.open_button.clicked.connect(self.opener.ask_and_open)
         self.run_panel.run_button.clicked.connect(self.runner.toggle)

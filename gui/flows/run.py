@@ -27,6 +27,7 @@ class RunFlow(QObject):
     """Run and Cancel: from the click to the result the review shows."""
 
     ended = Signal(str)  # "done", "cancelled" or "failed", after the panels show it
+    result_ready = Signal(object, object, list)  # result layer, model folder, image layers: before the review shows it
 
     def __init__(self, parent: QWidget, viewer: Any, panels: DockPanels, run: RunController,
                  results: ResultsController, trust: TrustStore, estimates: RunTimeEstimates,
@@ -94,6 +95,7 @@ class RunFlow(QObject):
     def _on_succeeded(self, request: RunRequest, result: Any) -> None:
         self._estimates.learn(request, result)
         self._panels.run.show_done(self._run.elapsed_s, result.tiles)
+        self.result_ready.emit(self._run.result_layer, request.model_dir, list(self._run.layers))
         self._results.adopt(self._run.result_layer)
 
     def _on_finished(self, outcome: str) -> None:

@@ -27,7 +27,7 @@ from tilewise.engine import Geometry
 
 from ..colors import display_name, label_color, labels_colormap
 from ..controllers.results import ResultsController
-from ..layers import META_COUNTS, META_GEOMETRY, META_NAMES, META_VOXEL_ML
+from ..layers import META_COUNTS, META_FIT, META_GEOMETRY, META_NAMES, META_VOXEL_ML
 from ..volumes import format_ml
 
 DEFAULT_OPACITY = 0.6
@@ -75,6 +75,10 @@ class ReviewPanel(QWidget):
         self.edited.setToolTip("Save writes the edited labels; closing asks before the edits are lost")
         self.notice = QLabel()
         self.notice.setWordWrap(True)
+        self.fit_note = QLabel()
+        """What was said before the run of the image this result was made from (hidden when nothing)."""
+        self.fit_note.setWordWrap(True)
+        self.fit_note.setStyleSheet("color: #f0a030;")  # amber, as above Run: worth reading, not an error
 
         self.opacity = QSlider(Qt.Horizontal)
         self.opacity.setRange(0, 100)
@@ -97,6 +101,7 @@ class ReviewPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.hint)
+        layout.addWidget(self.fit_note)
         layout.addWidget(self.table)
         layout.addWidget(self.method)
         layout.addWidget(self.edited)
@@ -141,6 +146,16 @@ class ReviewPanel(QWidget):
             self._apply_colormap()
         self.show_edited(edited)
         self.refresh_volumes()
+        self.refresh_fit(layer)
+
+    def refresh_fit(self, layer: Any) -> None:
+        """Say, while result ``layer`` is reviewed, that its image was not what the model was trained on."""
+        if layer is not self.layer:
+            return
+        sentences = list(layer.metadata.get(META_FIT) or []) if layer is not None else []
+        text = " ".join(s if s.endswith(".") else f"{s}." for s in sentences)
+        self.fit_note.setText(f"Check this result: {text} It may be wrong." if text else "")
+        self.fit_note.setVisible(bool(text))
 
     def follow(self, results: ResultsController) -> None:
         """Review the layer ``results`` says is selected, and follow its edits and ``results``' notices."""

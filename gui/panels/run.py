@@ -191,7 +191,10 @@ class RunPanel(QWidget):
     def show_done(self, elapsed_s: float, tiles: int) -> None:
         """A full bar and the time the run took."""
         self._show_count(tiles, tiles)
-        self.status.setText(f"Done in {format_duration(elapsed_s)} ({tiles} tiles). Review and save it below.")
+        text = f"Done in {format_duration(elapsed_s)} ({tiles} tiles). Review and save it below."
+        if self.fit_warning.text():  # the image was not what the model was trained on: so says the result
+            text += " Check it with care: the image differs from what the model was trained on (see above)."
+        self.status.setText(text)
         self._set_timing("")
         self.reveal_next.emit()
 
