@@ -61,8 +61,11 @@ def test_grid_shape_follows_the_models_spacing(ct_model: Path) -> None:
 def test_time_forward_pass_measures_one_pass(ct_model: Path) -> None:
     one = Predictor(ct_model, get_preset("fast").with_overrides(precision="fp32"), device="cpu")
     mirrored = Predictor(ct_model, get_preset("reference"), device="cpu")
-    single = time_forward_pass(one)
-    per_pass_of_eight = time_forward_pass(mirrored)
+    # the best of several calls, measured before and after the other, so a busy moment on a shared CPU cannot
+    # make one of them look slow
+    single = min(time_forward_pass(one, repeats=6), time_forward_pass(one, repeats=6))
+    per_pass_of_eight = time_forward_pass(mirrored, repeats=6)
+    single = min(single, time_forward_pass(one, repeats=6))
     assert single > 0 and per_pass_of_eight > 0
     # the mirrored predictor runs 8 passes per call; divided by them it is the same pass (generous: shared CPU)
     assert 0.25 < per_pass_of_eight / single < 4

@@ -23,12 +23,13 @@ def test_viewer_opens_titled_maximised_with_widget_and_image(make_napari_viewer,
                                                              ct_case: Path) -> None:
     viewer = make_napari_viewer(show=True)
     viewer, widget = app.build_viewer(app.parse_args([str(ct_case), "--model", str(ct_model)]), viewer=viewer)
+    # checked before the event loop runs again: only the event loop can deliver the finished read
+    assert widget.run.state is State.OPENING, "the image is read on a thread: the window shows at once"
     window = viewer.window._qt_window
     assert window.windowTitle() == "Tilewise"
     assert window.windowState() & Qt.WindowMaximized
     assert isinstance(widget, TilewiseWidget)
     qtbot.waitUntil(widget.isVisible, timeout=5000)
-    assert (widget.run.state is State.OPENING), "the image is read on a thread: the window shows at once"
     qtbot.waitUntil(lambda: not (widget.run.state is State.OPENING), timeout=60_000)
     assert [layer.name for layer in viewer.layers] == ["ct_0000"]
     assert widget.image_panel.channel_combos[0].currentData() == "ct_0000"
