@@ -107,6 +107,11 @@ class TaskPredictor:
         self.load_seconds = time.perf_counter() - started
 
     @property
+    def device(self) -> Any:
+        """The device the task's models run on."""
+        return self.first.device
+
+    @property
     def first(self) -> Predictor:
         """The main stage's first model (its device, backend and settings stand for the task's)."""
         return self.predictors[self.spec.parts_to_run[0].folder]

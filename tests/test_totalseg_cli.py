@@ -77,3 +77,37 @@ def test_without_the_totalsegmentator_package_a_task_says_how_to_get_it(weights_
         monkeypatch.setitem(sys.modules, name, None)
     code, _, err = run_cli(["predict", "-i", weights_env.ct, "-o", tmp_path / "out", "-m", "totalseg:total"])
     assert code == 2 and 'pip install "tilewise[totalseg]"' in err and len(err.strip().splitlines()) == 1
+
+
+def test_batch_loads_the_five_parts_once_for_all_cases(weights_env: SimpleNamespace, tmp_path: Path, run_cli,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from tilewise.engine import task_predictor
+
+    expected = _expected(weights_env, task="total")
+    loaded: list[Path] = []
+    real = task_predictor.Predictor
+    monkeypatch.setattr(task_predictor, "Predictor",
+                        lambda folder, *args, **kwargs: loaded.append(folder) or real(folder, *args, **kwargs))
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for case in ("a", "b", "c"):
+        shutil.copy(weights_env.ct, cases / f"{case}_0000.nii.gz")
+    argv = ["batch", "-i", cases, "-o", tmp_path / "out", "-m", "totalseg:total", "--backend", "torch", "-device", "cpu"]
+    code, _, err = run_cli(argv)
+    assert code == 0, err
+    assert len(loaded) == 5 and len(set(loaded)) == 5, "each part loaded once for the three cases"
+    for case in ("a", "b", "c"):
+        assert np.array_equal(read_volume([tmp_path / "out" / f"{case}.nii.gz"]).array[0], expected.labels)
+    summary = json.loads((tmp_path / "out" / "batch_summary.json").read_text())
+    assert summary["model"] == "totalseg:total" and len(summary["models"]) == 5
+    assert [c["status"] for c in summary["cases"]] == ["done"] * 3
+    code, _, err = run_cli(argv)  # resumed: finished cases are checked and skipped, no model loads
+    assert code == 0 and "3 skipped" in err and len(loaded) == 5
+
+
+def test_batch_refuses_what_it_does_not_do_for_a_task(weights_env: SimpleNamespace, tmp_path: Path, run_cli) -> None:
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    shutil.copy(weights_env.ct, cases / "a_0000.nii.gz")
+    code, _, err = run_cli(["batch", "-i", cases, "-o", tmp_path / "out", "-m", "totalseg:total", "--statistics"])
+    assert code == 2 and "--statistics" in err and len(err.strip().splitlines()) == 1

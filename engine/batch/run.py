@@ -17,10 +17,12 @@ from ..data.safe_output import refuse_overwriting_inputs
 from ..errors import InputError
 from ..events import CancelToken
 from ..model.bundle import dataset_channel_count
+from ..model.totalseg import resolve_task, task_name
 from ..predictor import Predictor
 from ..runtime.memory import peak_rss_bytes
 from ..runtime.memory_plan import MemoryBudget
 from ..runtime.signals import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
+from ..task_predictor import TaskPredictor
 from .cases import BatchCase, case_outputs, collect_batch_cases, shard
 from .claims import Claims
 from .collect import collect
@@ -31,6 +33,7 @@ from .settings import BatchSettings
 from .sharing import claimer, summary_for_this_process
 from .stages import CaseStages
 from .summary import BatchSummary, earlier_records, predictor_header, summary_path
+from .task_stages import TaskCaseStages, task_header
 
 EXIT_SOME_FAILED = 3
 EXIT_INTERRUPTED = 130
@@ -73,12 +76,9 @@ def _run(settings: BatchSettings, remote: RemoteRunner | None) -> int:
         if not settings.quiet:
             for name, why in plan.redone.items():
                 print(f"tilewise: {name}: redone, its earlier output cannot be kept ({why})", file=sys.stderr)
-        predictor = None
+        predictor: Predictor | TaskPredictor | None = None
         if plan.todo and remote is None:  # a run over a finished folder loads no model
-            predictor = Predictor(settings.model, settings.preset, device=settings.device, folds=settings.folds,
-                                  checkpoint_name=settings.checkpoint, trust=settings.trust,
-                                  nnunet_exact=settings.nnunet_exact,
-                                  run_previous_stage=settings.prev_stage_predictions is None)
+            predictor = _load(settings)
         summary = BatchSummary(path, _header(settings, predictor))
         for record in plan.skipped:
             summary.add(record)
@@ -100,6 +100,18 @@ def _run(settings: BatchSettings, remote: RemoteRunner | None) -> int:
     return EXIT_SOME_FAILED if summary.count(FAILED) else 0
 
 
+def _load(settings: BatchSettings) -> Predictor | TaskPredictor:
+    """The batch's model, loaded once: one nnU-Net model, or every model of a TotalSegmentator task."""
+    name = task_name(settings.model)
+    if name is not None:
+        return TaskPredictor(resolve_task(name, settings.fast, settings.roi_subset), settings.preset,
+                             device=settings.device, folds=settings.folds, step=settings.step, trust=settings.trust,
+                             nnunet_exact=settings.nnunet_exact)
+    return Predictor(settings.model, settings.preset, device=settings.device, folds=settings.folds,
+                     checkpoint_name=settings.checkpoint, trust=settings.trust, nnunet_exact=settings.nnunet_exact,
+                     run_previous_stage=settings.prev_stage_predictions is None)
+
+
 def _last_line(summary: BatchSummary, stopped: KeyboardInterrupt | None, skipped: int) -> str:
     state = "finished" if stopped is None else "terminated" if isinstance(stopped, Terminated) else "interrupted"
     elsewhere = summary.count(ELSEWHERE)
@@ -110,7 +122,8 @@ def _last_line(summary: BatchSummary, stopped: KeyboardInterrupt | None, skipped
 
 def plan_cases(settings: BatchSettings) -> tuple[list[BatchCase], Path]:
     """This part's cases and its summary's path, after refusing any output that would land on an input."""
-    cases = collect_batch_cases(settings.input, settings.output, dataset_channel_count(settings.model))
+    channels = 1 if task_name(settings.model) is not None else dataset_channel_count(settings.model)
+    cases = collect_batch_cases(settings.input, settings.output, channels)
     typed = with_output_type([case.case for case in cases], settings.output_type)
     cases = [replace(case, case=output) for case, output in zip(cases, typed)]
     cases = shard(cases, settings.num_parts, settings.part_id)
@@ -120,22 +133,28 @@ def plan_cases(settings: BatchSettings) -> tuple[list[BatchCase], Path]:
     return cases, summary
 
 
-def _header(settings: BatchSettings, predictor: Predictor | None) -> dict:
+def _header(settings: BatchSettings, predictor: Predictor | TaskPredictor | None) -> dict:
     header: dict = {"tool": "tilewise batch", "input": str(settings.input), "output": str(settings.output),
                     "model": str(settings.model), "preset": settings.preset_name, "part_id": settings.part_id,
                     "num_parts": settings.num_parts, "workers": settings.workers, "worker": this_worker(),
                     "started": now_iso()}
-    if predictor is not None:
+    if isinstance(predictor, TaskPredictor):
+        header.update(task_header(predictor))
+    elif predictor is not None:
         header.update(predictor_header(predictor))
     return header
 
 
-def _run_here(settings: BatchSettings, predictor: Predictor, todo: list[BatchCase], summary: BatchSummary,
-              claims: Claims) -> KeyboardInterrupt | None:
+def _run_here(settings: BatchSettings, predictor: Predictor | TaskPredictor, todo: list[BatchCase],
+              summary: BatchSummary, claims: Claims) -> KeyboardInterrupt | None:
     """Run ``todo`` through the pipeline in this process, each case claimed just before it is read."""
-    stages = CaseStages(predictor, MemoryBudget.available_now(predictor.device), settings.save_probabilities,
-                        settings.series_uid, seg_type=settings.seg_type,
-                        prev_stage_predictions=settings.prev_stage_predictions)
+    budget = MemoryBudget.available_now(predictor.device)
+    stages: CaseStages | TaskCaseStages
+    if isinstance(predictor, TaskPredictor):
+        stages = TaskCaseStages(predictor, budget, settings.series_uid, seg_type=settings.seg_type)
+    else:
+        stages = CaseStages(predictor, budget, settings.save_probabilities, settings.series_uid,
+                            seg_type=settings.seg_type, prev_stage_predictions=settings.prev_stage_predictions)
     cancel = CancelToken()
     pipeline = BatchPipeline(stages, settings.workers, cancel, this_worker(),
                              claimer(claims, settings.save_probabilities))

@@ -22,6 +22,12 @@ class BatchSettings:
     """The preset with the command line's overrides applied."""
     preset_name: str = "reference"
     """The preset's name as asked for, for the summary."""
+    fast: bool = False
+    """With a TotalSegmentator task (``-m totalseg:total``): its fast model (``--fast``)."""
+    roi_subset: list[str] | None = None
+    """With a TotalSegmentator task: only these structures (``--roi_subset``)."""
+    step: float | None = None
+    """The tile step asked for on the command line (``-step_size``), which a task's own step gives way to."""
     device: str = "auto"
     folds: list[str] | None = None
     checkpoint: str | None = None

@@ -19,7 +19,8 @@ def settings_from_args(args: argparse.Namespace) -> BatchSettings:
     """The batch's settings from its parsed command line."""
     return BatchSettings(
         input=Path(args.input), output=args.output, model=args.model, preset=preset_from_args(args),
-        preset_name=args.preset, device=args.device, folds=args.folds, checkpoint=args.checkpoint,
+        preset_name=args.preset, fast=args.fast, roi_subset=args.roi_subset, step=args.step_size,
+        device=args.device, folds=args.folds, checkpoint=args.checkpoint,
         trust=args.trust_model, nnunet_exact=args.nnunet_exact, workers=args.workers, num_parts=args.num_parts,
         part_id=args.part_id, output_type=args.output_type, seg_type=args.seg_type,
         prev_stage_predictions=args.prev_stage_predictions, save_probabilities=args.save_probabilities,
