@@ -36,6 +36,8 @@ META_FIRST_SLICE = "tilewise_first_slice"
 """Of a DICOM series: the index along the first data axis of its first image (lowest instance number)."""
 META_MODALITY = "tilewise_modality"
 """Of a DICOM series: its Modality ('CT', 'MR', ...); '' for other files."""
+META_WINDOW = "tilewise_window"
+"""Of a DICOM series that names one: its first window, (width, level), as the scanner would show it."""
 WRITER_COMMAND = "tilewise.write_labels"
 
 
@@ -86,18 +88,33 @@ def dicom_details(files: tuple[Path, ...], slices: int) -> dict[str, Any]:
     if not files:
         return {}
     try:
-        tags = ["Modality", "InstanceNumber"]
+        tags = ["Modality", "InstanceNumber", "WindowCenter", "WindowWidth"]
         first, last = (pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags)
                        for path in (files[0], files[-1]))
     except (OSError, ValueError, pydicom.errors.InvalidDicomError):
         return {}
     details: dict[str, Any] = {META_MODALITY: str(first.get("Modality", "") or "").upper()}
+    window = _first_window(first)
+    if window is not None:
+        details[META_WINDOW] = window
     try:
         descending = len(files) == slices > 1 and int(last.InstanceNumber) < int(first.InstanceNumber)
     except (AttributeError, TypeError, ValueError):  # no instance numbers: the series' first file
         descending = False
     details[META_FIRST_SLICE] = slices - 1 if descending else 0
     return details
+
+
+def _first_window(header: Any) -> tuple[float, float] | None:
+    """(width, level) of the first window a DICOM header names (the tags may hold several); None without one."""
+    def first(value: Any) -> float:
+        return float(value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else value)
+
+    try:
+        width, level = first(header.WindowWidth), first(header.WindowCenter)
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
+    return (width, level) if width > 0 else None
 
 
 def _display_name(path: Path) -> str:

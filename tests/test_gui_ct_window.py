@@ -58,3 +58,42 @@ def test_windows_are_offered_only_for_ct(gui, qtbot, ct_model: Path, tmp_path: P
 def test_channel_names_that_mean_ct() -> None:
     assert all(looks_like_ct([name]) for name in ("CT", "ct", "CT_arterial", "noncontrast CT", "CTA"))
     assert not any(looks_like_ct([name]) for name in ("T1", "T2", "FLAIR", "SPECT", "post-contrast", "image"))
+
+
+def test_a_ct_is_first_shown_with_a_ct_window_and_dicom_modality_decides(gui, qtbot, ct_case: Path,
+                                                                          tmp_path: Path) -> None:
+    import numpy as np
+    import pydicom
+    import SimpleITK as sitk
+    from test_gui_dicom_open import write_series
+
+    viewer, widget = gui
+    [ct] = _open(qtbot, widget, ct_case)  # NIfTI in HU: the soft-tissue window
+    assert ct.contrast_limits == pytest.approx([-160, 240])
+    assert widget.image_panel.ct_window.current() == "soft_tissue"
+
+    def series(name: str, modality: str, array: np.ndarray, window: tuple[str, str] | None) -> Path:
+        image = sitk.GetImageFromArray(array)
+        files = write_series(tmp_path / name, image, f"1.2.826.0.1.3680043.2.1125.79.{len(name)}",
+                             lambda i: f"IM{i:04d}.dcm")
+        for path in files:
+            header = pydicom.dcmread(path)
+            header.Modality = modality
+            if window is not None:
+                header.WindowCenter, header.WindowWidth = window
+            header.save_as(path)
+        return files[0]
+
+    rng = np.random.default_rng(3)
+    positive = rng.integers(0, 3000, (4, 12, 10)).astype(np.int16)  # a CT stored without negative values
+    [dicom_ct] = _open(qtbot, widget, series("ct", "CT", positive, ("50", "350")))
+    assert widget.image_panel.ct_row.isVisible(), "Modality CT, although no voxel is below -500"
+    assert dicom_ct.contrast_limits == pytest.approx([-125, 225]), "the window the DICOM files name"
+    negative = rng.integers(-2000, 2000, (4, 12, 10)).astype(np.int16)  # e.g. an MR phase image
+    _open(qtbot, widget, series("mr", "MR", negative, None))
+    assert not widget.image_panel.ct_row.isVisible(), "Modality MR: no CT windows, whatever the intensities"
+    widget.select_image(ct.name)
+    widget.image_panel.ct_window.apply("bone")
+    widget.select_image(dicom_ct.name)
+    widget.select_image(ct.name)
+    assert widget.image_panel.ct_window.current() == "bone", "the default is applied once, never over a choice"

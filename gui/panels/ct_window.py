@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +9,11 @@ from typing import Any
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QPushButton, QSizePolicy, QWidget
 
+from ..contributions import META_MODALITY, META_WINDOW
+
 CT_LIKE_MIN_HU = -500.0  # air is about -1000 HU: an image that goes this low is very likely a CT
+DEFAULT_WINDOW = "soft_tissue"  # what a CT is first shown with, unless its DICOM files name a window
+META_WINDOWED = "tilewise_windowed"  # set once a CT layer has had its first window: later choices are the person's
 
 
 @dataclass(frozen=True)
@@ -37,15 +40,35 @@ CT_WINDOWS: tuple[CtWindow, ...] = (
 
 
 def looks_like_ct(channel_names: Iterable[str], layer: Any = None) -> bool:
-    """True when the model's channel names say CT, or the image goes below -500 (HU of air and lung)."""
+    """True when the model's channel names say CT (nnU-Net normalises a channel named CT as CT), else when the image
+    says so: its DICOM Modality, or (without one) intensities below -500 (HU of air and lung)."""
     if any(re.search(r"(?<![a-z])ct", name.lower()) for name in channel_names):  # CT, ct_arterial; not SPECT
         return True
+    return image_is_ct(layer)
+
+
+def image_is_ct(layer: Any) -> bool:
+    """True when image ``layer`` is a CT by its own account: DICOM Modality CT, or (without a Modality) intensities
+    below -500."""
     if layer is None:
         return False
-    low = layer.metadata.get("tilewise_intensity_min") if hasattr(layer, "metadata") else None
+    metadata = layer.metadata if hasattr(layer, "metadata") else {}
+    modality = metadata.get(META_MODALITY)
+    if modality:
+        return modality == "CT"
+    low = metadata.get("tilewise_intensity_min")
     if low is None:
         low = layer.contrast_limits_range[0]  # a layer napari read itself: its data range
     return float(low) < CT_LIKE_MIN_HU
+
+
+def default_limits(layer: Any) -> tuple[float, float]:
+    """The window a CT is first shown with: the one its DICOM files name, else the soft-tissue window."""
+    window = layer.metadata.get(META_WINDOW) if hasattr(layer, "metadata") else None
+    if window:
+        width, level = (float(v) for v in window)
+        return (level - width / 2, level + width / 2)
+    return next(w for w in CT_WINDOWS if w.key == DEFAULT_WINDOW).limits
 
 
 class CtWindowButtons(QWidget):
@@ -72,7 +95,8 @@ class CtWindowButtons(QWidget):
             self.buttons[window.key] = button
 
     def set_layer(self, layer: Any) -> None:
-        """The image layer the buttons change (None: buttons disabled)."""
+        """The image layer the buttons change (None: buttons disabled); a CT image the buttons meet for the first time
+        gets its default window (:func:`default_limits`)."""
         if layer is self.layer:
             return
         if self.layer is not None:
@@ -83,6 +107,9 @@ class CtWindowButtons(QWidget):
         self.layer = layer
         if layer is not None:
             layer.events.contrast_limits.connect(self._sync)
+            if image_is_ct(layer) and not layer.metadata.get(META_WINDOWED):  # first shown: a CT window
+                layer.metadata = {**layer.metadata, META_WINDOWED: True}
+                layer.contrast_limits = default_limits(layer)
         self.setEnabled(layer is not None)
         self._sync()
 
