@@ -45,6 +45,9 @@ from .estimate import (
 )
 from .model.bundle import resolve_model_dir
 from .model.catalog import ModelInfo, default_search_roots, describe_model, find_models
+from .model.totalseg import TaskSpec, resolve_task, task_name
+from .model.totalseg_catalog import TaskInfo, installed_tasks
+from .task_predictor import TaskPredictor, TaskResult
 from .preprocess.reuse import PreprocessCache
 from .runtime.memory import is_out_of_memory
 from .runtime.quiet import silenced_fd2
@@ -61,4 +64,6 @@ __all__ = [
     "is_out_of_memory", "is_zip", "label_color", "learn_from_run", "measure_first_fold", "nonzero_extent",
     "refuse_overwriting_inputs", "require_dicom_extra", "resolve_model_dir", "silenced_fd2", "strip_suffix",
     "write_output",
+    # TotalSegmentator's tasks as one model each (-m totalseg:total)
+    "TaskInfo", "TaskPredictor", "TaskResult", "TaskSpec", "installed_tasks", "resolve_task", "task_name",
 ]
