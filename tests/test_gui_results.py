@@ -104,6 +104,7 @@ def test_review_show_hide_and_save_follow_the_selected_result(ct_on_torch, qtbot
     # the new image went below the result, so the result is still in sight, and the panel says so
     qtbot.waitUntil(lambda: viewer.layers.index(image_b) < viewer.layers.index(result_a), timeout=10_000)
     assert f"'{result_a.name}' stays on top of {image_b.name}" in review.notice.text()
+    assert widget.run_panel.status.text() == "Ready.", "'Done in …' went with image A: B is chosen now"
     widget.select_image(image_b.name)
     assert _run(qtbot, widget) == "done"
     result_b = widget.result_layer

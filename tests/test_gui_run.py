@@ -203,9 +203,9 @@ def test_each_preset_shows_its_summary_and_settings(torch_gui, qtbot, make_model
         assert choice.preset == preset.with_overrides(backend="torch")  # the engine the torch_gui fixture chose
         assert choice.folds == (("0", "1") if preset.folds == "all" else ("0",))
         assert panel.mirroring.isChecked() == preset.mirroring
-        assert panel.tile_step.value() == pytest.approx(preset.tile_step)
+        assert panel.overlap.value() == round((1 - preset.tile_step) * 100)  # 'Overlap between tiles', in %
     panel.select_preset("fast")
-    panel.tile_step.setValue(0.6)
+    panel.overlap.setValue(40)
     assert panel.choice().preset.tile_step == pytest.approx(0.6)
     assert "Changed under Advanced" in panel.summary.text()
     assert QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat).value("run/preset") == "fast"

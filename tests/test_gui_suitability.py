@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qtpy.QtCore import QPoint
+
 from gui_fixtures import open_image
 from image_factory import ct_like
 from tilewise.gui.controllers.suitability import SuitabilityCheck
 from tilewise.gui.layers import META_FIT
+from tilewise.gui.panels.common import StepColumn
 from tilewise.resources import sample_path
 
 CHECK_TIMEOUT_MS = 60_000
@@ -15,7 +18,9 @@ RUN_TIMEOUT_MS = 180_000
 
 
 def test_the_demo_brain_model_warns_before_run_about_a_ct(gui, qtbot, tmp_path: Path) -> None:
-    _, widget = gui  # the demo model (brain T1 MR) is the default
+    viewer, widget = gui  # the demo model (brain T1 MR) is the default
+    viewer.window._qt_window.resize(1366, 728)
+    widget.settings_panel.advanced.expand(animate=False)  # the Segment step lies below the dock's area now
     warning = widget.run_panel.fit_warning
 
     open_image(qtbot, widget, ct_like(tmp_path / "ct.nii.gz"))
@@ -25,6 +30,9 @@ def test_the_demo_brain_model_warns_before_run_about_a_ct(gui, qtbot, tmp_path: 
     assert "This model was trained on brain MR; this image looks like CT" in text
     assert "you can still run it" in text and "\n" not in text
     assert widget.run_panel.run_button.isEnabled(), "a warning, not a refusal"
+    [column] = widget.findChildren(StepColumn)
+    top = warning.mapTo(column.viewport(), QPoint(0, 0)).y()
+    assert 0 <= top and top + warning.height() <= column.viewport().height(), "the dock scrolled to the warning"
 
 
 def test_the_warning_goes_when_the_sample_t1_is_chosen(gui, qtbot, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ class ResultsController(QObject):
     changed = Signal()                 # results came or went, or the selection changed: review again
     counts_changed = Signal(object)    # a result whose voxel counts (metadata) changed
     edits_changed = Signal(object)     # a result whose unsaved-edits state changed
-    notice = Signal(str)               # a sentence for the person: where a result went
+    notice = Signal(str, list)         # a sentence for the person (where a result went), the layers it is about
     removal_needs_answer = Signal(object, int, list)  # layer removed, its index, the results whose edits it would lose
     run_image_removed = Signal()       # the image of the run going on was removed: cancel the run
 
@@ -84,7 +84,7 @@ class ResultsController(QObject):
     def begin_run(self, image: Any, preview: Any) -> None:
         """A run on ``image`` fills in ``preview``: its current result is hidden until the run has ended."""
         self._run = (image, preview)
-        self.notice.emit("")  # what an earlier run's end said is old news now
+        self.notice.emit("", [])  # what an earlier run's end said is old news now
         previous = self._current.get(image)
         if previous is not None and previous.visible:
             previous.visible = False
@@ -107,10 +107,10 @@ class ResultsController(QObject):
                 preset = previous.metadata.get(META_PRESET) or "earlier run"
                 previous.name = f"{previous.name} ({preset}, edited)"
                 self.notice.emit(f"The previous segmentation of {image.name} has unsaved edits: it is kept, hidden, "
-                                 f"as '{previous.name}'.")
+                                 f"as '{previous.name}'.", [image, previous])
             else:
                 self._remove_quietly([previous])
-                self.notice.emit(f"The new segmentation replaces the previous one of {image.name}.")
+                self.notice.emit(f"The new segmentation replaces the previous one of {image.name}.", [image, result])
         result.name = result_name(image)  # napari added ' [1]' while the previous one had the name
         self._current[image] = result
         self._image_of[result] = image
@@ -188,7 +188,7 @@ class ResultsController(QObject):
         self._current.pop(image, None)
         if results:
             self._remove_quietly(results)
-            self.notice.emit(f"The segmentation of {image.name} was closed with its image.")
+            self.notice.emit(f"The segmentation of {image.name} was closed with its image.", [])
 
     def _remove_quietly(self, layers: list[Any]) -> None:
         for layer in layers:
@@ -224,7 +224,8 @@ class ResultsController(QObject):
             return
         layers.move(position, lowest)
         what = f"'{shown[0].name}' stays" if len(shown) == 1 else f"{len(shown)} segmentations stay"
-        self.notice.emit(f"{what} on top of {image.name}: untick it in the layer list to see the image alone.")
+        self.notice.emit(f"{what} on top of {image.name}: untick it in the layer list to see the image alone.",
+                         [image, *shown])
 
     def _on_selection(self, *_: object) -> None:
         self.changed.emit()

@@ -2,6 +2,7 @@
 preview; the end of a run (done, cancelled, failed, or a model to trust first) is shown and told to napari."""
 from __future__ import annotations
 
+import weakref
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ class RunFlow(QObject):
         self._estimates = estimates
         self._reporter = reporter
         self._task_id: Any = None
+        self._done_image: Any = None  # the image whose run the Segment step reports as done
+        panels.image.changed.connect(self._on_image_changed)
         run.succeeded.connect(self._on_succeeded)
         run.finished.connect(self._on_finished)
         run.failed.connect(self._on_failed)
@@ -95,6 +98,7 @@ class RunFlow(QObject):
     def _on_succeeded(self, request: RunRequest, result: Any) -> None:
         self._estimates.learn(request, result)
         self._panels.run.show_done(self._run.elapsed_s, result.tiles)
+        self._done_image = weakref.ref(self._run.layers[0]) if self._run.layers else None
         self.result_ready.emit(self._run.result_layer, request.model_dir, list(self._run.layers))
         self._results.adopt(self._run.result_layer)
 
@@ -114,6 +118,14 @@ class RunFlow(QObject):
                 self.start()
             return
         self._reporter.report("The segmentation could not run", message)
+
+    def _on_image_changed(self) -> None:
+        """'Done in …' goes with its image: another image chosen (or that one closed), the step is ready again."""
+        done = self._done_image() if self._done_image is not None else None
+        chosen = self._panels.image.chosen()
+        if self._done_image is not None and self._run.state is State.IDLE and (not chosen or chosen[0] is not done):
+            self._done_image = None
+            self._panels.run.show_ready()
 
     def _on_slice_changed(self, *_: object) -> None:
         """Ask the engine to run the tiles under the slice on screen first."""

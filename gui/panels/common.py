@@ -11,6 +11,8 @@ screen. Two optional signals on a step's section drive the column:
   part such as Advanced settings) and stays as the person left it.
 - ``collapse_previous()``: the steps before this one are done (a run starts). As many of them as needed for this
   step to show whole, first to last, collapse to their summaries (on a large screen none do).
+- ``bring_into_view(widget)``: a warning in the section has just appeared; the column scrolls as little as needed
+  for it to show.
 - ``reveal_next()``: the steps after this one open, and the end of the last one is brought into view (a finished run
   shows Review and its Save button): first by collapsing the done steps before this one as above, then, if that is
   not enough (many labels), by scrolling. It stays in view while the steps settle, until the person scrolls or opens
@@ -18,6 +20,7 @@ screen. Two optional signals on a step's section drive the column:
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -30,7 +33,18 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 OPEN_MARK, CLOSED_MARK = "▾", "▸"
+LONG_WORD = re.compile(r"[^\s<>&;]{24,}")  # a file name without spaces: a word-wrapped label could not break it
 SUMMARY_SEPARATOR = " · "
+
+
+def breakable(text: str) -> str:
+    """``text`` with every long word (a file or layer name) breakable after '_', '-', '.' and '/' and every 24
+    characters (a zero-width space), so a word-wrapped label wraps it instead of widening the dock."""
+    def soften(match: re.Match[str]) -> str:
+        word = re.sub(r"([_\-./\\])", "\\1\u200b", match.group(0))
+        return re.sub(r"([^\u200b]{24})(?=[^\u200b])", "\\1\u200b", word)
+
+    return LONG_WORD.sub(soften, text)
 
 
 def shrinkable(combo: QComboBox) -> QComboBox:
@@ -209,6 +223,8 @@ class StepColumn(QScrollArea):
                 step.section.collapse_previous.connect(partial(self.collapse_before, step))
             if hasattr(step.section, "reveal_next"):
                 step.section.reveal_next.connect(partial(self.reveal_after, step))
+            if hasattr(step.section, "bring_into_view"):
+                step.section.bring_into_view.connect(self.bring_into_view)
         layout.addStretch(1)
         self.setWidgetResizable(True)
         self.setWidget(content)
@@ -237,6 +253,11 @@ class StepColumn(QScrollArea):
         if later:
             self._pinned = (step, later[-1])
             QTimer.singleShot(0, self._keep_pinned_in_view)
+
+    def bring_into_view(self, widget: QWidget) -> None:
+        """Scroll as little as needed for ``widget`` (a warning that just appeared) to show whole."""
+        self._lay_out_now()
+        self.ensureWidgetVisible(widget, 0, 4)
 
     def show_end_of(self, step: Step) -> None:
         """Scroll as little as needed for the bottom of ``step`` to show."""

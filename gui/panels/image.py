@@ -17,7 +17,7 @@ from qtpy.QtWidgets import (
 from ..controllers.run import State
 from ..framing import install_framing
 from ..orientation import OrientationButtons, install_orientation
-from .common import shrinkable
+from .common import ElidingComboBox, breakable, shrinkable
 from .ct_window import CtWindowButtons, looks_like_ct
 
 
@@ -89,8 +89,7 @@ class ImagePanel(QWidget):
             self.channel_form.removeRow(0)
         self.channel_combos = []
         for index, channel in enumerate(self._channels):
-            combo = shrinkable(QComboBox())
-            combo.setToolTip(f"The image layer that holds the model's '{channel}' channel")
+            combo = shrinkable(ElidingComboBox())  # a long file name shows its start and end, whole in the tooltip
             for layer in layers:
                 combo.addItem(layer.name, layer.name)
             if not layers:
@@ -102,6 +101,7 @@ class ImagePanel(QWidget):
             combo.setCurrentIndex(max(position, 0))
             combo.currentIndexChanged.connect(self._on_choice_changed)
             combo.setEnabled(self._combos_enabled)
+            combo.setProperty("channel", channel)
             self.channel_form.addRow(f"{channel}:", combo)
             self.channel_combos.append(combo)
         self._on_choice_changed()
@@ -141,7 +141,8 @@ class ImagePanel(QWidget):
 
     def show_opening(self, name: str) -> None:
         """Say which file is being read."""
-        self.open_status.setText(f"Opening {name}…")
+        self.open_status.setText(breakable(f"Opening {name}…"))
+        self.open_status.setToolTip(name)
 
     def _on_layers_changed(self, event: Any) -> None:
         if event.type == "inserted":
@@ -152,6 +153,10 @@ class ImagePanel(QWidget):
         self.set_channels(self._channels)
 
     def _on_choice_changed(self, *_: object) -> None:
+        for combo, layer in zip(self.channel_combos, self.chosen()):
+            source = layer.metadata.get("tilewise_source") if layer is not None else ""
+            combo.setToolTip(f"The image layer that holds the model's '{combo.property('channel')}' channel"
+                             + (f": {layer.name}" if layer is not None else "") + (f"\n{source}" if source else ""))
         self._update_ct_window()
         self.changed.emit()
 

@@ -10,7 +10,7 @@ from qtpy.QtWidgets import QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushB
 from tilewise.engine import ModelInfo, default_search_roots, describe_model, find_models
 
 from ..colors import display_name, label_color
-from .common import ElidingComboBox
+from .common import ElidingComboBox, breakable
 from .dialogs import show_error
 
 SETTINGS_EXTRA = "models/extra_folders"
@@ -172,7 +172,7 @@ class ModelPanel(QWidget):
                 label.setText("–")
         else:
             self.settings.setValue(SETTINGS_LAST, str(info.path))
-            self.dataset.setText(html.escape(info.dataset))
+            self.dataset.setText(breakable(html.escape(info.dataset)))
             self.dataset.setToolTip(str(info.path))
             self.configuration.setText(configuration_of(info))
             self.folds.setText(", ".join(info.folds))

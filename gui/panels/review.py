@@ -8,6 +8,7 @@ labels in its colormap; so selecting another result shows that result's numbers 
 from __future__ import annotations
 
 import html
+import weakref
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from ..colors import display_name, label_color, labels_colormap
 from ..controllers.results import ResultsController
 from ..layers import META_COUNTS, META_FIT, META_GEOMETRY, META_NAMES, META_VOXEL_ML
 from ..volumes import format_ml
+from .common import breakable
 
 DEFAULT_OPACITY = 0.6
 RUN_HINT = "Run a segmentation: each label's volume appears here, with a box to show or hide it."
@@ -59,6 +61,7 @@ class ReviewPanel(QWidget):
         self.volumes: dict[int, QLabel] = {}
         self._hidden: set[int] = set()
         self._names: dict[int, str] | None = None
+        self._notice_layers: list[weakref.ref[Any]] = []
 
         self.hint = QLabel(RUN_HINT)
         self.hint.setWordWrap(True)
@@ -170,10 +173,20 @@ class ReviewPanel(QWidget):
         """Say whether the layer reviewed has edits not yet saved."""
         self.edited.setVisible(bool(edited and self.layer is not None))
 
-    def show_notice(self, text: str) -> None:
-        """A sentence about where results went (replaced, kept, closed with their image); '' hides it."""
-        self.notice.setText(text)
+    def show_notice(self, text: str, layers: list[Any] | tuple[Any, ...] = ()) -> None:
+        """A sentence about where results went (replaced, kept, closed with their image); '' hides it. A sentence
+        about ``layers`` goes with them: it is hidden once one of them has left the viewer."""
+        self._notice_layers = [weakref.ref(layer) for layer in layers]
+        self.notice.setText(breakable(text))
         self.notice.setVisible(bool(text))
+
+    def _drop_stale_notice(self) -> None:
+        """Hide the notice when a layer it is about has gone (closed, or deleted in the layer list)."""
+        results = self._results
+        if results is None or not self._notice_layers:
+            return
+        if any((layer := ref()) is None or layer not in results.viewer.layers for ref in self._notice_layers):
+            self.show_notice("")
 
     def refresh_volumes(self) -> None:
         """Show the volumes stored in the layer's metadata ('…' while they are not known)."""
@@ -226,6 +239,7 @@ class ReviewPanel(QWidget):
     # ---- internals ------------------------------------------------------------------------------
     def _show_selected(self) -> None:
         results = self._results
+        self._drop_stale_notice()
         if results is not None:
             layer = results.reviewed()
             self.show_layer(layer, NO_SELECTION_HINT if results.any_results() else RUN_HINT,

@@ -22,6 +22,7 @@ from .activity import ActivityProgress
 
 PROGRESS_INTERVAL_MS = 100
 COUNT_FORMAT = "%v of %m tiles"
+READY_TEXT = "Ready."
 LOADING_TEXT = "Loading the model…"
 FINISHING_TEXT = "Finishing: writing labels on the input grid…"
 STOPPED_TEXTS = {"cancelled": "Cancelled. No labels were kept.",
@@ -78,6 +79,7 @@ class RunPanel(QWidget):
 
     collapse_previous = Signal()  # a run starts: the dock collapses the steps before this one to their summaries
     reveal_next = Signal()  # a run left a result: the dock opens the steps after this one (Review and Save)
+    bring_into_view = Signal(object)  # a warning appeared above Run: the dock scrolls to show it
 
     def __init__(self, viewer: Any, parent: QWidget | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -103,7 +105,7 @@ class RunPanel(QWidget):
         self.progress = QProgressBar()
         self.progress.setTextVisible(True)
         self._show_no_count()
-        self.status = QLabel("Ready.")
+        self.status = QLabel(READY_TEXT)
         self.status.setWordWrap(True)
         self.timing = QLabel("")
         self.timing.setVisible(False)
@@ -198,6 +200,12 @@ class RunPanel(QWidget):
         self._set_timing("")
         self.reveal_next.emit()
 
+    def show_ready(self) -> None:
+        """An empty bar and 'Ready.': what the step said of an earlier run belonged to another image."""
+        self._show_no_count()
+        self.status.setText(READY_TEXT)
+        self._set_timing("")
+
     def show_stopped(self, outcome: str) -> None:
         """An empty bar, without a count, and what happened: the run was "cancelled" or "failed"."""
         self._show_no_count()
@@ -208,9 +216,12 @@ class RunPanel(QWidget):
         """Say above Run how the chosen image differs from what the model was trained on (nothing: hidden). The
         person may still run it: the words are a warning, not a refusal."""
         text = " ".join(sentence if sentence.endswith(".") else f"{sentence}." for sentence in sentences)
+        appeared = bool(text) and not self.fit_warning.text()
         self.fit_warning.setText(f"Check this image: {text} The result may be wrong; you can still run it."
                                  if text else "")
         self.fit_warning.setVisible(bool(text))
+        if appeared:
+            self.bring_into_view.emit(self.fit_warning)
 
     def show_message(self, text: str) -> None:
         """Say ``text`` on the status line."""

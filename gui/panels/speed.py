@@ -5,11 +5,10 @@ import torch
 from qtpy.QtCore import QEvent, QSettings, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -18,7 +17,7 @@ from tilewise.engine import Estimate, Preset, Span, load_presets
 
 from ..controllers.estimate_priors import ShownEstimates
 from ..controllers.worker import RunChoice
-from .common import SteadyLabel
+from .common import ElidingComboBox, SteadyLabel
 
 SETTINGS_PRESET = "run/preset"
 DEFAULT_PRESET = "fast"
@@ -32,6 +31,11 @@ PRECISIONS: tuple[tuple[str, str], ...] = (
     ("bf16", "Reduced: bf16"),
     ("fp16", "Reduced: fp16"),
 )
+
+
+def overlap_percent(tile_step: float) -> int:
+    """How much neighbouring tiles overlap, in percent, at nnU-Net's ``tile_step`` (0.5 -> 50, 1.0 -> 0)."""
+    return round((1.0 - tile_step) * 100)
 
 
 def describe_seconds(seconds: float) -> str:
@@ -135,7 +139,7 @@ class SpeedPanel(QWidget):
         self.totals: dict[str, Span] = {}
         """The time shown after each preset's name (for scripts and tests)."""
 
-        self.preset = QComboBox()
+        self.preset = ElidingComboBox()
         for name, preset in self.presets.items():
             self.preset.addItem(preset.label, name)
             self.preset.setItemData(self.preset.count() - 1, preset.summary, 3)  # 3 = Qt.ToolTipRole
@@ -152,29 +156,29 @@ class SpeedPanel(QWidget):
         self.mirroring = QCheckBox("average mirrored copies")
         self.mirroring.setToolTip("Test-time augmentation: also predict mirrored copies of the image and average "
                                   "them. A little more accurate, up to 8x slower in 3D")
-        self.tile_step = QDoubleSpinBox()
-        self.tile_step.setRange(0.1, 1.0)
-        self.tile_step.setSingleStep(0.05)
-        self.tile_step.setDecimals(2)
-        self.tile_step.setToolTip("Distance between neighbouring tiles as a fraction of the tile size: "
-                                  "0.5 = tiles overlap by half (nnU-Net's default), 1.0 = no overlap (fastest)")
-        self.precision = QComboBox()
+        self.overlap = QSpinBox()
+        self.overlap.setRange(0, 90)
+        self.overlap.setSingleStep(5)
+        self.overlap.setSuffix(" %")
+        self.overlap.setToolTip("How much neighbouring tiles overlap: 50 % is nnU-Net's default (each voxel seen by "
+                                "several tiles, averaged); 0 % runs the fewest tiles (fastest)")
+        self.precision = ElidingComboBox()
         for value, text in PRECISIONS:
             self.precision.addItem(text, value)
         self.precision.setToolTip("Numeric precision of the network: full precision gives nnU-Net's exact output; "
                                   "reduced precision (bf16 or fp16, whichever this device runs fast) is faster on "
                                   "most GPUs and recent CPUs")
-        self.device = QComboBox()
+        self.device = ElidingComboBox()
         for value, text in available_devices():
             self.device.addItem(text, value)
         self.device.setToolTip("Where the network runs")
-        self.backend = QComboBox()
+        self.backend = ElidingComboBox()
         for value, text in available_backends():
             self.backend.addItem(text, value)
         self.backend.setToolTip("The engine that runs the network, for every preset. Automatic uses PyTorch on a GPU "
                                 "and OpenVINO (usually 2-3x faster than PyTorch) on a CPU when it is installed")
 
-        self.nnunet_exact = QCheckBox("nnU-Net's own file")
+        self.nnunet_exact = QCheckBox("Exact nnU-Net output")
         self.nnunet_exact.setToolTip("Voxel for voxel what nnUNetv2_predict_from_modelfolder writes: PyTorch, one "
                                      "tile at a time, nnU-Net's float16 sums and its own preprocessing and export. "
                                      "Slower than the presets; folds, mirroring and tile step still apply")
@@ -182,11 +186,11 @@ class SpeedPanel(QWidget):
         advanced_form = QFormLayout()
         advanced_form.addRow("Folds:", self.fold_box)
         advanced_form.addRow("Mirroring:", self.mirroring)
-        advanced_form.addRow("Tile step:", self.tile_step)
+        advanced_form.addRow("Overlap between tiles:", self.overlap)
         advanced_form.addRow("Precision:", self.precision)
         advanced_form.addRow("Device:", self.device)
         advanced_form.addRow("Engine:", self.backend)
-        advanced_form.addRow("Exact:", self.nnunet_exact)
+        advanced_form.addRow(self.nnunet_exact)
         advanced_content = QWidget()
         advanced_content.setLayout(advanced_form)
         self.advanced = QCollapsible("Advanced")
@@ -202,7 +206,7 @@ class SpeedPanel(QWidget):
         layout.addWidget(self.advanced)
 
         self.preset.currentIndexChanged.connect(self._on_preset_changed)
-        for signal in (self.mirroring.toggled, self.tile_step.valueChanged, self.precision.currentIndexChanged,
+        for signal in (self.mirroring.toggled, self.overlap.valueChanged, self.precision.currentIndexChanged,
                        self.device.currentIndexChanged, self.backend.currentIndexChanged, self.nnunet_exact.toggled):
             signal.connect(self._on_field_changed)
         remembered = str(self.settings.value(SETTINGS_PRESET, DEFAULT_PRESET) or DEFAULT_PRESET)
@@ -262,7 +266,7 @@ class SpeedPanel(QWidget):
         """The preset with the Advanced fields applied, the folds to use and the device."""
         preset = self.current_preset().with_overrides(
             mirroring=self.mirroring.isChecked(),
-            tile_step=round(float(self.tile_step.value()), 4),
+            tile_step=self.tile_step(),
             precision=self.precision.currentData(),
             backend=self.backend.currentData(),
         )
@@ -271,12 +275,16 @@ class SpeedPanel(QWidget):
         return RunChoice(preset=preset, folds=folds, device=str(self.device.currentData()),
                          nnunet_exact=self.nnunet_exact.isChecked())
 
+    def tile_step(self) -> float:
+        """The distance between neighbouring tiles as a fraction of the tile (nnU-Net's step), from the overlap."""
+        return round(1.0 - self.overlap.value() / 100.0, 4)
+
     def is_customised(self) -> bool:
         """True when an Advanced field differs from the chosen preset."""
         preset = self.current_preset()
         return (
             self.mirroring.isChecked() != preset.mirroring
-            or abs(self.tile_step.value() - preset.tile_step) > 1e-6
+            or self.overlap.value() != overlap_percent(preset.tile_step)
             or self.precision.currentData() != preset.precision
             or self.nnunet_exact.isChecked()
             or tuple(c.text() for c in self.fold_checks if c.isChecked()) != self._preset_folds(preset)
@@ -306,7 +314,7 @@ class SpeedPanel(QWidget):
         self.settings.setValue(SETTINGS_PRESET, preset.name)
         self._updating = True
         self.mirroring.setChecked(preset.mirroring)
-        self.tile_step.setValue(preset.tile_step)
+        self.overlap.setValue(overlap_percent(preset.tile_step))
         index = self.precision.findData(preset.precision)
         self.precision.setCurrentIndex(max(index, 0))
         self._updating = False
