@@ -24,6 +24,7 @@ from ..batch.integrity import check_outputs, fingerprints
 from ..batch.stages import CaseStages, run_in_row
 from ..data.cases import Case
 from ..data.outputs import OUTPUT_SUFFIXES
+from ..data.safe_output import clean_stale_staging
 from ..errors import Cancelled, DiskSpaceError, TilewiseError, WriteAccessError
 from ..events import CancelToken
 from .common import PacsError, PacsServer
@@ -52,6 +53,7 @@ class VersionSegmenter:
         if self.claims.claim(ref.name, []) is not None:
             return ELSEWHERE
         try:
+            clean_stale_staging(ref.folder)  # a SEG half-written when a node was killed
             state = self.spool.read_state(ref)
             if state["state"] in FINAL:
                 return str(state["state"])
