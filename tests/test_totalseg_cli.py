@@ -111,3 +111,12 @@ def test_batch_refuses_what_it_does_not_do_for_a_task(weights_env: SimpleNamespa
     shutil.copy(weights_env.ct, cases / "a_0000.nii.gz")
     code, _, err = run_cli(["batch", "-i", cases, "-o", tmp_path / "out", "-m", "totalseg:total", "--statistics"])
     assert code == 2 and "--statistics" in err and len(err.strip().splitlines()) == 1
+
+
+def test_task_flags_need_a_task_and_bench_needs_a_model_folder(weights_env: SimpleNamespace, tmp_path: Path,
+                                                               run_cli) -> None:
+    code, _, err = run_cli(["predict", "-i", weights_env.ct, "-o", tmp_path / "out", "-m", "demo", "--roi_subset",
+                            "liver", "--statistics"])
+    assert code == 2 and "--roi_subset, --statistics are for TotalSegmentator's tasks" in err
+    code, _, err = run_cli(["bench", "-i", weights_env.ct, "-m", "totalseg:total"])
+    assert code == 2 and "tilewise bench runs one nnU-Net model folder" in err and len(err.strip().splitlines()) == 1

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import OutOfMemoryError, TilewiseError
 from ..model.suitability import InputPolicy, set_input_policy
+from ..model.totalseg import check_task_flags
 from ..runtime.allocator import keep_freed_host_memory
 from ..runtime.memory import is_out_of_memory
 from .options import add_input_check_option, add_output_type_option, add_prev_stage_option, add_run_options
@@ -161,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             with pacs_job(args) as finish:  # a PACS -i is pulled first; --send stores the results after
                 previous_policy = _before_the_work(args)
                 return finish(_run_inference(args))
+        if args.command == "bench":  # one nnU-Net model folder (a TotalSegmentator task is refused in one line)
+            check_task_flags(args.model, args.fast, args.roi_subset, args.statistics, "bench")
         if args.command == "bench" and args.batch:
             from .bench_batch import run_bench_batch
 

@@ -35,7 +35,7 @@ from ..errors import DiskSpaceError, InputError, ModelError, output_error
 from ..model.bundle import available_folds, check_model_folder, read_json
 from ..model.checkpoint import check_plans
 from ..model.schema import check_dataset_json, output_channels, validate_model_json
-from ..model.totalseg import task_name
+from ..model.totalseg import check_task_flags, task_name
 
 COMPRESSED_SUFFIXES = (".nii.gz", ".seg.nrrd")
 COMPRESSION = 20
@@ -255,6 +255,7 @@ def preflight(args: argparse.Namespace) -> None:
     """The pre-flight of ``args.command`` (predict or batch; nothing for the others)."""
     if getattr(args, "output_type", None) == "dicom-seg" and getattr(args, "seg_type", "binary") != "binary":
         segmentation_type_value(args.seg_type)  # a LABELMAP SEG the installed highdicom cannot write
+    check_task_flags(args.model, args.fast, args.roi_subset, args.statistics, args.command)
     if args.command in ("predict", "batch") and task_name(args.model) is not None:  # a TotalSegmentator task
         from .preflight_task import preflight_task
 

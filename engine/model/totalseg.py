@@ -64,6 +64,20 @@ def task_name(model: object) -> str | None:
     return text[len(TASK_PREFIX):] if text.startswith(TASK_PREFIX) else None
 
 
+def check_task_flags(model: object, fast: bool, roi_subset: object, statistics: bool, command: str = "predict") -> None:
+    """Refuse (one line) the task flags with a model folder, and a task with a command that runs one model folder
+    (``command`` other than predict and batch)."""
+    if task_name(model) is None:
+        given = [flag for flag, on in (("--fast", fast), ("--roi_subset", roi_subset), ("--statistics", statistics))
+                 if on]
+        if given:
+            raise ModelError(None, f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for TotalSegmentator's "
+                                   f"tasks (-m {TASK_PREFIX}total), not for a model folder")
+    elif command not in ("predict", "batch"):
+        raise ModelError(str(model), f"tilewise {command} runs one nnU-Net model folder; run a TotalSegmentator task "
+                                     f"with 'tilewise predict -m {model} --verbose' (it prints each part's seconds)")
+
+
 def totalsegmentator_installed() -> bool:
     """Whether the ``totalsegmentator`` package (the ``totalseg`` extra) can be imported."""
     import importlib.util
