@@ -5,7 +5,8 @@ weights) in a temporary ``TOTALSEG_WEIGHTS_PATH`` and on the same small CT-like 
 With nnU-Net's sums made float32 in TotalSegmentator's run (:mod:`totalseg_reference`), Tilewise's ``reference``
 preset must agree on >= 99.99 % of the voxels (it does on all of them here); with ``--nnunet-exact`` Tilewise must
 equal stock TotalSegmentator (float16 sums). Covered: ``total``, ``total --fast``, ``total_mr``, a ``--roi_subset``
-and the ``liver_vessels`` sub-task, which crops to the liver its rough model finds.
+and the ``liver_vessels`` sub-task, which crops to the liver its rough model finds; ``--fast`` also on an image
+whose voxel axes are not the patient's.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ AGREEMENT = 0.9999
 CASES = {
     "total": ("ct", {"task": "total"}),
     "total_fast": ("ct", {"task": "total", "fast": True}),
+    "total_fast_permuted_axes": ("ct_permuted", {"task": "total", "fast": True}),
     "total_mr": ("mr", {"task": "total_mr"}),
     "roi_subset": ("ct", {"task": "total", "roi_subset": ["liver"]}),
     "liver_vessels": ("ct", {"task": "liver_vessels"}),

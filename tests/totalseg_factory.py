@@ -85,12 +85,19 @@ def _folder_name(task_id: int) -> str:
     return TASK_ID_WEIGHTS_CONFIGS[task_id]["foldername"]
 
 
-def _write_image(array: np.ndarray, spacing, path: Path) -> Path:
+def _write_image(array: np.ndarray, spacing, path: Path, direction: tuple[float, ...] | None = None) -> Path:
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(tuple(float(s) for s in spacing))
+    if direction is not None:
+        image.SetDirection(direction)
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path))
     return path
+
+
+PERMUTED = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+"""A SimpleITK direction whose voxel axes are not the patient's (a sagittal-like acquisition): TotalSegmentator's
+reorientation to RAS then permutes axes, not only flips them."""
 
 
 def _plan(root: Path, key: str) -> Path:
@@ -230,11 +237,11 @@ def make_weights(weights: Path, root: Path, task_ids: tuple[int, ...] | None = N
 
 
 def make_ct(path: Path, seed: int = 7, shape: tuple[int, int, int] = TEST_SHAPE,
-            spacing: tuple[float, float, float] = TEST_SPACING) -> Path:
-    """A CT-like int16 image (air around a body with organ-like blobs), identity direction (SimpleITK's LPS, so
-    TotalSegmentator's reorientation to RAS flips two axes)."""
+            spacing: tuple[float, float, float] = TEST_SPACING, direction: tuple[float, ...] | None = None) -> Path:
+    """A CT-like int16 image (air around a body with organ-like blobs); identity direction by default (SimpleITK's
+    LPS, so TotalSegmentator's reorientation to RAS flips two axes), or ``direction``."""
     channels, _ = mf._synthesize("ct", shape, seed)
-    return _write_image(channels[0], spacing, path)
+    return _write_image(channels[0], spacing, path, direction)
 
 
 def make_mr(path: Path, seed: int = 8, shape: tuple[int, int, int] = TEST_SHAPE,
@@ -255,11 +262,12 @@ def settings_home(home: Path) -> Path:
 
 def standins(root: Path) -> SimpleNamespace:
     """Everything a test needs under ``root`` (built once, reused when already there): ``weights`` (all stand-in
-    models), ``home`` (:func:`settings_home`), ``ct`` and ``mr`` (the test images)."""
+    models), ``home`` (:func:`settings_home`), ``ct``, ``mr`` and ``ct_permuted`` (the test images)."""
     return SimpleNamespace(weights=make_weights(root / "weights", root / "plans"),
                            home=settings_home(root / "home"), ct=make_ct(root / "ct.nii.gz"),
-                           mr=make_mr(root / "mr.nii.gz"))
+                           mr=make_mr(root / "mr.nii.gz"), ct_permuted=make_ct(root / "ct_permuted.nii.gz",
+                                                                                direction=PERMUTED))
 
 
-__all__ = ["RARE_IN_CROP_MODEL", "TEST_SHAPE", "TEST_SPACING", "make_ct", "make_mr", "make_weights", "settings_home",
+__all__ = ["PERMUTED", "RARE_IN_CROP_MODEL", "TEST_SHAPE", "TEST_SPACING", "make_ct", "make_mr", "make_weights", "settings_home",
            "standins"]
