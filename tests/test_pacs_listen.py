@@ -230,3 +230,20 @@ def test_a_malformed_object_is_refused_and_a_cut_delivery_is_held_until_sent_aga
     assert sorted(p.name for p in spool.iterdir()) == [".tilewise-claims", "incoming", "journal.jsonl", "series",
                                                        "tmp"]
     assert sorted(p.name for p in (spool / "series").iterdir()) == [uid]  # nothing escaped, no SEG spooled
+
+
+def test_readme_command_parses() -> None:
+    """The README's 'DICOM node' command, its placeholders filled in, is what ``tilewise listen`` takes."""
+    import re
+    import shlex
+
+    from tilewise.engine.commands.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n### DICOM node\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    [block] = re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL)
+    [command] = [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    words = shlex.split(command.replace("MODEL_DIR", "demo"))
+    assert words[:2] == ["tilewise", "listen"]
+    args = build_parser().parse_args(words[1:])
+    assert (args.aet, args.port, args.model, args.send) == ("TILEWISE", 11112, "demo", "ORTHANC@PACS:4242")

@@ -87,7 +87,7 @@ class Journal:
 
     def record(self, event: str, series: str | None, line: str | None = None, **fields: Any) -> None:
         """Append ``event`` about ``series`` with ``fields``; print ``line`` (when given) as 'tilewise: LINE'."""
-        entry = {"time": now_iso(), "event": event, "series": series, "pid": os.getpid(), "host": HOST, **fields}
+        entry = {"time": now_iso(), "epoch": round(time.time(), 3), "event": event, "series": series, "pid": os.getpid(), "host": HOST, **fields}
         try:
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(entry) + "\n")
