@@ -3,7 +3,8 @@ that receives the SEGs; series are sent to the node with pynetdicom's C-STORE, a
 
 Three series sent at once are each segmented once, through a kill -9 of the node mid-way and a restart; a malformed
 object is refused and the node goes on serving; a delivery cut mid-series is held, not segmented, until the series
-is sent again; a SEG sent to the node is not segmented; a series sent twice is segmented once; SIGTERM exits 143.
+is sent again; a full disk answers 'out of resources' (root: a real small tmpfs); a SEG sent to the node is not
+segmented; a series sent twice is segmented once; SIGTERM exits 143.
 The spool's rules without processes are in ``test_pacs_spool.py``.
 """
 from __future__ import annotations
@@ -16,11 +17,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import pydicom
 import pytest
 from dicom_factory import resampled_sample, write_ct_series
+from fault_disks import IS_ROOT, fill, small_tmpfs
 from orthanc_fixture import PACS_AET, free_port, missing_orthanc, orthanc_server
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_file_meta_info
@@ -183,7 +186,8 @@ def test_three_series_sent_at_once_are_each_segmented_once_through_a_kill_9(pacs
 
 def test_a_malformed_object_is_refused_and_a_cut_delivery_is_held_until_sent_again(pacs: dict,
                                                                                      tmp_path: Path) -> None:
-    spool, port = tmp_path / "spool", free_port()
+    disk, port = tmp_path / "disk", free_port()
+    spool = disk / "spool"
     uid, files = list(pacs["series"].items())[3]
     garbage = tmp_path / "garbage.dcm"  # a valid file meta, then bytes that are no data set
     header = pydicom.dcmread(files[0])
@@ -198,10 +202,15 @@ def test_a_malformed_object_is_refused_and_a_cut_delivery_is_held_until_sent_aga
     with pytest.warns(UserWarning, match="Invalid value for VR UI"):
         escaping.SeriesInstanceUID = "../../escaped"  # a name that would lead out of the spool
 
-    with NodeProcess(node_argv(pacs, spool, port)) as node:
+    with small_tmpfs(disk, "8m") if IS_ROOT else nullcontext(), NodeProcess(node_argv(pacs, spool, port)) as node:
         node.wait_for("listening as TILEWISE")
         refused = send(port, [garbage], raw=True) + send(port, [no_series, escaping])
         assert all(status in FAILURE for status in refused), [hex(s) for s in refused]
+        if IS_ROOT:  # a full disk (a real one: a small tmpfs): 'out of resources', and serving on
+            fill(disk, leave=4096)
+            assert send(port, files[:1]) == [0xA700]
+            (disk / "filler.bin").unlink()
+            node.wait_for("the spool cannot hold it (No space left on device); answered 'out of resources'")
 
         assert send(port, files, abort_after=5) == [0] * 5  # cut mid-series
         node.wait_for(f"series {uid}: the delivery from MODALITY was cut after 5 instance(s)")
@@ -222,14 +231,15 @@ def test_a_malformed_object_is_refused_and_a_cut_delivery_is_held_until_sent_aga
 
         node.process.send_signal(signal.SIGTERM)
         code = node.wait()
-    assert code == 143, node.text
-    assert "tilewise: terminated (SIGTERM); finishing the file being written" in node.text
-    assert "Traceback" not in node.text and "Warning" not in node.text
-    assert [e["series"] for e in journal(spool, "segmented")] == [uid] and len(segs_in_orthanc(pacs)[uid]) == 1
-    assert [e["reason"] for e in journal(spool, "refused")] == ["uids", "uids", "uids"]
-    assert sorted(p.name for p in spool.iterdir()) == [".tilewise-claims", "incoming", "journal.jsonl", "series",
-                                                       "tmp"]
-    assert sorted(p.name for p in (spool / "series").iterdir()) == [uid]  # nothing escaped, no SEG spooled
+        assert code == 143, node.text
+        assert "tilewise: terminated (SIGTERM); finishing the file being written" in node.text
+        assert "Traceback" not in node.text and "Warning" not in node.text
+        assert [e["series"] for e in journal(spool, "segmented")] == [uid] and len(segs_in_orthanc(pacs)[uid]) == 1
+        assert [e["reason"] for e in journal(spool, "refused")] == ["uids"] * 3 + ["disk"] * IS_ROOT
+        assert sorted(p.name for p in spool.iterdir()) == [".tilewise-claims", "incoming", "journal.jsonl",
+                                                           "series", "tmp"]
+        assert sorted(p.name for p in (spool / "series").iterdir()) == [uid]  # nothing escaped, no SEG spooled
+        assert os.listdir(spool / "tmp") == [] and sorted(p.name for p in disk.iterdir()) == ["spool"]
 
 
 def test_readme_command_parses() -> None:

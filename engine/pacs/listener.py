@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import TilewiseError, output_error
+from ..errors import TilewiseError
 from .common import NON_IMAGE_MODALITIES, PacsAccessError
 from .spool import Spool, valid_uid
 
@@ -134,8 +134,9 @@ class StorageListener:
         try:
             self.spool.store_instance(series, sop, event.encoded_dataset(), marker)
         except OSError as error:
-            journal.record("refused", series, f"cannot store an instance of series {series}: "
-                           f"{output_error(error, self.spool.incoming).problem}", reason="disk")
+            journal.record("refused", series, f"refused an instance of series {series} from {delivery.peer}: the "
+                           f"spool cannot hold it ({error.strerror or error}); answered 'out of resources'",
+                           sender=delivery.peer, reason="disk")
             return OUT_OF_RESOURCES
         delivery.counts[series] = delivery.counts.get(series, 0) + 1
         return SUCCESS

@@ -113,8 +113,6 @@ class Node:
 
     def start(self) -> None:
         """Resume the spool, listen, and start the scheduler and the worker (which loads the model)."""
-        for ref in recover(self.spool):
-            supersede_previous(self.spool, ref, self.claims)
         self._rescan()
         self.listener.start()
         where = f"{self.settings.bind or '*'}:{self.settings.port}"
@@ -169,15 +167,19 @@ class Node:
             for series in ready:
                 try:
                     ref = seal(self.spool, series)
-                except OSError as error:
-                    self.journal.record("retry", series, f"series {series}: cannot be sealed now "
-                                        f"({error.strerror or error}); tried again")
-                    continue
-                if ref is not None:
-                    supersede_previous(self.spool, ref, self.claims)
-                    self.queue.put(ref)
+                    if ref is not None:
+                        supersede_previous(self.spool, ref, self.claims)
+                        self.queue.put(ref)
+                except (OSError, TilewiseError) as error:  # a full disk: the series stays, sealed on a later tick
+                    reason = error.strerror or error if isinstance(error, OSError) else error
+                    self.journal.record("retry", series, f"series {series}: cannot be sealed now ({reason}); "
+                                        "tried again")
+                    time.sleep(RETRY_S[0] / 15)
             if time.monotonic() - last_scan > RESCAN_S:
-                self._rescan()
+                try:
+                    self._rescan()
+                except (OSError, TilewiseError) as error:
+                    self.journal.record("retry", None, f"the spool cannot be searched now ({error}); tried again")
                 last_scan = time.monotonic()
             if self.settings.once and self.handled and not ready and not arriving and self.queue.idle():
                 self.finished.set()
@@ -185,7 +187,10 @@ class Node:
             time.sleep(TICK_S)
 
     def _rescan(self) -> None:
-        """Queue every version of the spool that is not final (after a restart, or sealed by another node)."""
+        """Queue every version of the spool that is not final (after a restart, sealed by another node, or whose
+        seal a full disk stopped)."""
+        for ref in recover(self.spool, own=True):
+            supersede_previous(self.spool, ref, self.claims)
         for ref in self.spool.versions():
             if ref.name in self._known_final:
                 continue
@@ -209,7 +214,13 @@ class Node:
             if ref is None:
                 continue
             try:
-                self._settle(ref, segmenter.handle(ref))
+                try:
+                    outcome = segmenter.handle(ref)
+                except (OSError, TilewiseError) as error:  # its claim or state cannot be written (a full disk)
+                    self.journal.record("retry", ref.series, f"series {ref.series}: version {ref.number} not "
+                                        f"handled now, tried again later: {error}", version=ref.number)
+                    outcome = RETRY
+                self._settle(ref, outcome)
             finally:
                 self.queue.done()
 

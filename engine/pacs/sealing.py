@@ -23,7 +23,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from ..batch.claims import Claims
+from ..batch.claims import HOST, Claims
 from .spool import (
     ABORTED_MARK,
     DUPLICATE,
@@ -141,13 +141,16 @@ def supersede_previous(spool: Spool, ref: VersionRef, claims: Claims) -> None:
             claims.release(earlier.name)
 
 
-def recover(spool: Spool) -> list[VersionRef]:
-    """Finish the seals that dead processes left (and clear their temporary files); the versions made."""
+def recover(spool: Spool, own: bool = False) -> list[VersionRef]:
+    """Finish the seals that dead processes left (and clear their temporary files), and with ``own`` this
+    process's own unfinished ones (a seal that a full disk stopped; only while this process seals nothing else);
+    the versions made."""
     spool.clean_tmp()
     made = []
+    mine = f"@{HOST}@{os.getpid()}@"
     for parent in spool.series.iterdir():
         for work in parent.glob(f"{SEAL_PREFIX}@*"):
-            if owner_gone(work.name):
+            if owner_gone(work.name) or (own and mine in work.name):
                 ref = finish_seal(spool, work)
                 if ref is not None:
                     made.append(ref)

@@ -84,12 +84,13 @@ class Journal:
     def __init__(self, path: Path, quiet: bool = False) -> None:
         self.path = path
         self.quiet = quiet
+        self._lock = threading.Lock()  # the storage service's, the scheduler's and the worker's lines, each whole
 
     def record(self, event: str, series: str | None, line: str | None = None, **fields: Any) -> None:
         """Append ``event`` about ``series`` with ``fields``; print ``line`` (when given) as 'tilewise: LINE'."""
         entry = {"time": now_iso(), "epoch": round(time.time(), 3), "event": event, "series": series, "pid": os.getpid(), "host": HOST, **fields}
         try:
-            with open(self.path, "a", encoding="utf-8") as handle:
+            with self._lock, open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(entry) + "\n")
         except OSError as error:  # a journal that cannot be written never stops the node
             self.say(f"warning: cannot append to {self.path} ({error.strerror or error})")
@@ -99,7 +100,9 @@ class Journal:
     def say(self, line: str) -> None:
         """One line on stderr, 'tilewise: LINE' (nothing with ``quiet``)."""
         if not self.quiet:
-            print(f"tilewise: {line}", file=sys.stderr, flush=True)
+            with self._lock:
+                sys.stderr.write(f"tilewise: {line}\n")
+                sys.stderr.flush()
 
 
 def owned_name(prefix: str, suffix: str) -> str:
