@@ -26,7 +26,7 @@ from .common import PacsServer
 from .listener import StorageListener
 from .sealing import recover, seal, supersede_previous
 from .segmenter import ELSEWHERE, RETRY, VersionSegmenter
-from .spool import FINAL, SENT, Spool, VersionRef
+from .spool import DUPLICATE, FINAL, SENT, SUPERSEDED, Spool, VersionRef
 
 TICK_S = 0.25
 RESCAN_S = 30.0
@@ -96,7 +96,8 @@ class _Queue:
 
 
 class Node:
-    """The DICOM node (see the module's description); :meth:`run` until :meth:`stop` or, with ``once``, idle."""
+    """The DICOM node (see the module's description): :meth:`start`, :meth:`wait` (until a fatal error or, with
+    ``once``, idle; Ctrl-C and SIGTERM interrupt it), then :meth:`stop`."""
 
     def __init__(self, settings: NodeSettings, server: PacsServer, spool: Spool) -> None:
         self.settings, self.server, self.spool = settings, server, spool
@@ -140,13 +141,13 @@ class Node:
         self.claims.release_all()
 
     def unsent(self) -> int:
-        """How many versions handled by this run ended other than sent or as a duplicate or superseded one."""
-        return sum(count for state, count in self.handled.items() if state not in (SENT, "duplicate", "superseded"))
+        """How many versions this run handled that ended failed or not sent (to be retried at the next start)."""
+        return sum(count for state, count in self.handled.items() if state not in (SENT, DUPLICATE, SUPERSEDED))
 
     # -- threads ---------------------------------------------------------------------------------------------------
 
     def _guarded(self, target: Callable[[], None]) -> Callable[[], None]:
-        """``target`` with its fatal errors kept for :meth:`run`'s caller (one line, never a traceback)."""
+        """``target`` with its fatal error kept in :attr:`error` for the caller (one line, never a traceback)."""
         def run() -> None:
             try:
                 target()
