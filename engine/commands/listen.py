@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from ..data.dicom.seg import DEFAULT_SEG_TYPE, SEG_TYPES
@@ -128,13 +129,16 @@ def run_listen(args: argparse.Namespace) -> int:
     settings = NodeSettings(aet=args.aet.strip(), port=args.port, spool=spool.root, model=args.model,
                             preset=preset_from_args(args), bind=args.bind, settle_s=args.settle, device=args.device,
                             folds=args.folds, checkpoint=args.checkpoint, trust=args.trust_model,
-                            nnunet_exact=args.nnunet_exact,
-                            seg_type=args.seg_type, output_type=args.output_type, once=args.once)
+                            nnunet_exact=args.nnunet_exact, seg_type=args.seg_type, output_type=args.output_type,
+                            once=args.once)
     node = Node(settings, server, spool)
     previous = set_input_policy(InputPolicy(warn=lambda source, text: journal.say(f"warning: {_named(source)}: "
                                                                                       f"{text}")))
     try:
-        with sigterm_as_interrupt():
+        with warnings.catch_warnings(), sigterm_as_interrupt():
+            # pydicom warns (several lines each) about odd values senders put in objects; the node's own lines say
+            # what matters: what was refused and why
+            warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
             try:
                 node.start()
                 node.wait()
