@@ -267,6 +267,9 @@ def test_dicom_examples_run_as_written(tmp_path: Path) -> None:
 def test_cascade_example_parses() -> None:
     """The Cascades section's command goes through the real argument parser (tests/test_cascade.py runs a cascade)."""
     [block] = _blocks("Cascades", "bash", level=3)
-    [command] = _commands(block)
-    args = build_parser().parse_args(shlex.split(command)[1:])
-    assert args.command == "predict" and args.model.endswith("__3d_cascade_fullres")
+    one_step, low_res, full_res = (build_parser().parse_args(shlex.split(command)[1:]) for command in _commands(block))
+    assert {one_step.command, low_res.command, full_res.command} == {"predict"}
+    assert one_step.model.endswith("__3d_cascade_fullres") and one_step.prev_stage_predictions is None
+    # nnU-Net's two steps: the full-res stage reads the low-res stage's output folder
+    assert low_res.model.endswith("__3d_lowres") and full_res.model.endswith("__3d_cascade_fullres")
+    assert full_res.prev_stage_predictions == Path(low_res.output)
