@@ -6,6 +6,10 @@ progress), after the run (``viewer_done.png``: the review step with label volume
 coronal view (``viewer_orientation_coronal.png``: the View buttons and the orientation letters). Needs a display: an
 X server or Xvfb.
 
+``--warning`` shows the suitability warning instead: a CT with a long file name for the demo brain MR model, with
+Advanced settings open (``viewer_warning.png``), then its result after a ``preview`` run, which keeps the warning
+in Review (``viewer_warning_done.png``).
+
 ``--size 1366x768 --suffix _1366x768`` makes the window that size instead (the smallest screen the dock is laid out
 for; with a window manager running, ``--maximized`` fills the screen as ``tilewise`` does, title bar included).
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("QT_API", "pyside6")
@@ -31,7 +36,7 @@ from tilewise.gui.app import TITLE  # noqa: E402
 from tilewise.gui.widget import TilewiseWidget  # noqa: E402
 from tilewise.resources import sample_path  # noqa: E402
 
-ESTIMATES_WAIT_MS = 8000  # time for the estimates to appear in the Speed step
+ESTIMATES_WAIT_MS = 60_000  # at most this long for the first fold to be timed (the estimates refined)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -46,6 +51,7 @@ def main() -> int:
     parser.add_argument("--size", type=_size, default=(1600, 1000), help="window size, WIDTHxHEIGHT")
     parser.add_argument("--maximized", action="store_true", help="maximise the window instead (needs a window manager)")
     parser.add_argument("--suffix", default="", help="added to each file name, e.g. _1366x768")
+    parser.add_argument("--warning", action="store_true", help="the suitability warning on a CT instead")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -89,19 +95,53 @@ def main() -> int:
         save("viewer_idle")
         widget.start_run()
 
+    waited: list[int] = []
+
+    def when_estimated() -> None:
+        """Start once the first fold has been timed (the estimates refined), or after ESTIMATES_WAIT_MS at most."""
+        waited.append(200)
+        if widget.estimates.timer is None or sum(waited) >= ESTIMATES_WAIT_MS:
+            QTimer.singleShot(500, start)
+        else:
+            QTimer.singleShot(200, when_estimated)
+
     def on_opened(layers: list) -> None:
         widget.settings_panel.select_preset(args.preset)
-        viewer.dims.set_current_step(0, viewer.dims.nsteps[0] // 2)
-        QTimer.singleShot(ESTIMATES_WAIT_MS, start)
+        QTimer.singleShot(200, when_estimated)
 
-    widget.image_opened.connect(on_opened)
-    widget.run_started.connect(lambda worker: worker.tile.connect(on_tile))
-    widget.run_finished.connect(on_finished)
-    widget.open_image(sample_path())
+    if args.warning:
+        show_warning(widget, save, app)
+    else:
+        widget.image_opened.connect(on_opened)
+        widget.run_started.connect(lambda worker: worker.tile.connect(on_tile))
+        widget.run_finished.connect(on_finished)
+        widget.open_image(sample_path())
     code = app.exec_()
     widget.shutdown()
     (args.out / ".screenshot-settings.ini").unlink(missing_ok=True)
     return int(code)
+
+
+def show_warning(widget: TilewiseWidget, save: Callable[[str], None], app: QApplication) -> None:
+    """Open a CT with a long file name for the demo brain MR model; save the warning, then the result of a run."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from image_factory import ct_like
+
+    folder = Path(tempfile.mkdtemp(prefix="tilewise-screenshot-"))
+    case = ct_like(folder / "patient_0001_CT_abdomen_portal_venous_phase_3mm_soft_tissue_kernel_B30f_series_0004.nii.gz")
+    widget.settings_panel.advanced.expand(animate=False)
+    widget.settings_panel.select_preset("preview")
+
+    def warned(sentences: list) -> None:
+        if sentences:
+            QTimer.singleShot(500, lambda: (save("viewer_warning"), widget.start_run()))
+
+    widget.fit.found.connect(warned)
+    widget.run_finished.connect(lambda outcome: QTimer.singleShot(800, lambda: (save("viewer_warning_done"),
+                                                                                app.exit(0))))
+    widget.open_image(case)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from qtpy.QtCore import QPoint
-from qtpy.QtWidgets import QAbstractButton, QComboBox, QLabel
-
 from gui_fixtures import open_image
+from qtpy.QtCore import QPoint, Qt
+from qtpy.QtWidgets import QAbstractButton, QComboBox, QDockWidget, QLabel
 from tilewise.gui.panels.common import StepColumn
 
 SMALL_SCREEN_WINDOW = (1366, 728)
@@ -33,7 +32,12 @@ def outside(column: StepColumn) -> list[str]:
 
 def test_long_names_plain_words_and_advanced_on_a_small_screen(gui, qtbot, tmp_path: Path) -> None:
     viewer, widget = gui
-    viewer.window._qt_window.resize(*SMALL_SCREEN_WINDOW)
+    window = viewer.window._qt_window
+    window.resize(*SMALL_SCREEN_WINDOW)
+    dock = widget.parentWidget()
+    while not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    window.resizeDocks([dock], [widget.minimumWidth()], Qt.Horizontal)  # as narrow as the dock gets
     [column] = widget.findChildren(StepColumn)
     widget.settings_panel.advanced.expand(animate=False)
     qtbot.wait(50)
@@ -46,9 +50,11 @@ def test_long_names_plain_words_and_advanced_on_a_small_screen(gui, qtbot, tmp_p
     assert widget.width() == width and not outside(column), "the name wraps in the dock"
     [layer] = open_image(qtbot, widget, path)
 
+    qtbot.waitUntil(widget.image_panel.ct_row.isVisible)  # a CT: its window buttons are the widest row
     qtbot.wait(50)
     assert widget.width() == width, "the dock never grows wider"
     assert not outside(column), outside(column)
+    assert column.horizontalScrollBar().maximum() == 0, "nothing is wider than the dock's area"
     [combo] = widget.image_panel.channel_combos
     shown = combo.shown_text()
     assert "…" in shown and shown != layer.name, "a long name is shortened in the middle"

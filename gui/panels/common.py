@@ -21,6 +21,7 @@ screen. Two optional signals on a step's section drive the column:
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -50,7 +51,7 @@ def breakable(text: str) -> str:
 def shrinkable(combo: QComboBox) -> QComboBox:
     """Let a combo box narrower than its longest item (the dock stays narrow; the list still shows it all)."""
     combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-    combo.setMinimumContentsLength(12)
+    combo.setMinimumContentsLength(min(combo.minimumContentsLength() or 12, 12))  # a panel may ask for fewer
     return combo
 
 
@@ -255,9 +256,30 @@ class StepColumn(QScrollArea):
             QTimer.singleShot(0, self._keep_pinned_in_view)
 
     def bring_into_view(self, widget: QWidget) -> None:
-        """Scroll as little as needed for ``widget`` (a warning that just appeared) to show whole."""
+        """Scroll down or up as little as needed for ``widget`` (a warning that just appeared) to show whole: now,
+        and once more when the steps have settled (a layout request travels up the steps one event at a time)."""
+        self._scroll_to(widget)
+        reference = weakref.ref(widget)
+        QTimer.singleShot(50, lambda: (shown := reference()) is not None and self._scroll_to(shown))
+
+    def _scroll_to(self, widget: QWidget) -> None:
+        try:
+            chain, parent = [], widget.parentWidget()
+            while parent is not None and parent is not self.widget():
+                chain.append(parent)
+                parent = parent.parentWidget()
+        except RuntimeError:  # Qt deleted it meanwhile
+            return
         self._lay_out_now()
-        self.ensureWidgetVisible(widget, 0, 4)
+        for parent in reversed(chain):  # outer first: each places its children in the size it was given
+            if parent.layout() is not None:
+                parent.layout().activate()
+        top = widget.mapTo(self.widget(), widget.rect().topLeft()).y()
+        bar, height = self.verticalScrollBar(), self.viewport().height()
+        if top + widget.height() > bar.value() + height:
+            bar.setValue(min(top, top + widget.height() + 4 - height))
+        elif top < bar.value():
+            bar.setValue(top)
 
     def show_end_of(self, step: Step) -> None:
         """Scroll as little as needed for the bottom of ``step`` to show."""

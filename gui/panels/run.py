@@ -79,7 +79,7 @@ class RunPanel(QWidget):
 
     collapse_previous = Signal()  # a run starts: the dock collapses the steps before this one to their summaries
     reveal_next = Signal()  # a run left a result: the dock opens the steps after this one (Review and Save)
-    bring_into_view = Signal(object)  # a warning appeared above Run: the dock scrolls to show it
+    bring_into_view = Signal(object)  # a warning appeared above Run: the dock scrolls to show it and Run
 
     def __init__(self, viewer: Any, parent: QWidget | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -193,7 +193,7 @@ class RunPanel(QWidget):
     def show_done(self, elapsed_s: float, tiles: int) -> None:
         """A full bar and the time the run took."""
         self._show_count(tiles, tiles)
-        text = f"Done in {format_duration(elapsed_s)} ({tiles} tiles). Review and save it below."
+        text = f"Done in {format_duration(elapsed_s)} ({tiles} tile{'' if tiles == 1 else 's'}). Review and save it below."
         if self.fit_warning.text():  # the image was not what the model was trained on: so says the result
             text += " Check it with care: the image differs from what the model was trained on (see above)."
         self.status.setText(text)
@@ -220,8 +220,8 @@ class RunPanel(QWidget):
         self.fit_warning.setText(f"Check this image: {text} The result may be wrong; you can still run it."
                                  if text else "")
         self.fit_warning.setVisible(bool(text))
-        if appeared:
-            self.bring_into_view.emit(self.fit_warning)
+        if appeared:  # the warning with Run under it
+            self.bring_into_view.emit(self)
 
     def show_message(self, text: str) -> None:
         """Say ``text`` on the status line."""

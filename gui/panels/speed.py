@@ -152,8 +152,12 @@ class SpeedPanel(QWidget):
         self.fold_box = QWidget()
         self.fold_layout = QHBoxLayout(self.fold_box)
         self.fold_layout.setContentsMargins(0, 0, 0, 0)
+        folds_title = QLabel("Folds:")
+        folds_title.setToolTip("nnU-Net trains one network per fold; several folds are averaged (slower, a little "
+                               "more accurate)")
+        self.fold_layout.addWidget(folds_title)
         self.fold_checks: list[QCheckBox] = []
-        self.mirroring = QCheckBox("average mirrored copies")
+        self.mirroring = QCheckBox("Average mirrored copies (mirroring)")
         self.mirroring.setToolTip("Test-time augmentation: also predict mirrored copies of the image and average "
                                   "them. A little more accurate, up to 8x slower in 3D")
         self.overlap = QSpinBox()
@@ -183,10 +187,17 @@ class SpeedPanel(QWidget):
                                      "tile at a time, nnU-Net's float16 sums and its own preprocessing and export. "
                                      "Slower than the presets; folds, mirroring and tile step still apply")
 
-        advanced_form = QFormLayout()
-        advanced_form.addRow("Folds:", self.fold_box)
-        advanced_form.addRow("Mirroring:", self.mirroring)
-        advanced_form.addRow("Overlap between tiles:", self.overlap)
+        self.overlap.setMinimumWidth(100)
+        overlap_row = QWidget()
+        overlap_layout = QHBoxLayout(overlap_row)
+        overlap_layout.setContentsMargins(0, 0, 0, 0)
+        overlap_layout.addWidget(QLabel("Overlap between tiles:"))
+        overlap_layout.addWidget(self.overlap, 1)
+        advanced_form = QFormLayout()  # rows of their own where a long title would widen the form past a narrow dock
+        advanced_form.setContentsMargins(0, 0, 0, 0)
+        advanced_form.addRow(self.fold_box)
+        advanced_form.addRow(self.mirroring)
+        advanced_form.addRow(overlap_row)
         advanced_form.addRow("Precision:", self.precision)
         advanced_form.addRow("Device:", self.device)
         advanced_form.addRow("Engine:", self.backend)
