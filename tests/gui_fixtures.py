@@ -7,11 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import model_factory
 import pytest
 from qtpy.QtCore import QSettings
 from tilewise.gui.widget import TilewiseWidget
-
-import model_factory
 
 OPEN_TIMEOUT_MS = 60_000
 LONG_RUN_TIMEOUT_MS = 300_000
@@ -60,3 +59,19 @@ def prepare_long_run(qtbot: Any, widget: TilewiseWidget, model: Path, tmp_path: 
     open_image(qtbot, widget, model_factory.make_case(tmp_path / "big_0000.nii.gz", "3d", shape=(64, 80, 72), seed=5))
     widget.settings_panel.select_preset("reference")
     widget.settings_panel.backend.setCurrentIndex(widget.settings_panel.backend.findData("torch"))
+
+
+def quick_timing(monkeypatch: pytest.MonkeyPatch, seconds_per_pass: float = 0.05) -> None:
+    """The estimates' first-fold timing answers at once with ``seconds_per_pass`` (tiles counted from the model's
+    plans) and finds nothing to convert, instead of loading and running the model for seconds on a thread that a
+    test's teardown then waits for."""
+    from tilewise.engine import FirstFold
+    from tilewise.gui.controllers import estimates
+    from tilewise.gui.controllers.estimate_priors import plans_grid
+
+    def first_fold(model_dir: Path, *_args: Any, **_kwargs: Any) -> FirstFold:
+        return FirstFold(plans_grid(model_dir, "3d_fullres"), seconds_per_pass=seconds_per_pass, load_per_fold=0.3,
+                         convert_per_fold=None)
+
+    monkeypatch.setattr(estimates, "measure_first_fold", first_fold)
+    monkeypatch.setattr(estimates, "cached_folds", lambda *_args, **_kwargs: None)

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
-from gui_fixtures import open_image
+from gui_fixtures import open_image, quick_timing
 from qtpy.QtCore import QPoint, Qt
 from qtpy.QtWidgets import QAbstractButton, QComboBox, QDockWidget, QLabel
 from tilewise.gui.panels.common import StepColumn
@@ -29,6 +30,12 @@ def outside(column: StepColumn) -> list[str]:
                     found.append(f"{type(widget).__name__} {getattr(widget, 'text', lambda: '')()[:40]!r}: {edge}")
     return found
 
+
+
+@pytest.fixture(autouse=True)
+def no_first_fold_timing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo model's first-fold timing answers at once: a teardown would wait seconds for its thread."""
+    quick_timing(monkeypatch)
 
 def test_long_names_plain_words_and_advanced_on_a_small_screen(gui, qtbot, tmp_path: Path) -> None:
     viewer, widget = gui

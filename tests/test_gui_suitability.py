@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qtpy.QtCore import QPoint
-
-from gui_fixtures import open_image
+import pytest
+from gui_fixtures import open_image, quick_timing
 from image_factory import ct_like
+from qtpy.QtCore import QPoint
 from tilewise.gui.controllers.suitability import SuitabilityCheck
 from tilewise.gui.layers import META_FIT
 from tilewise.gui.panels.common import StepColumn
@@ -16,6 +16,12 @@ from tilewise.resources import sample_path
 CHECK_TIMEOUT_MS = 60_000
 RUN_TIMEOUT_MS = 180_000
 
+
+
+@pytest.fixture(autouse=True)
+def no_first_fold_timing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo model's first-fold timing answers at once: a teardown would wait seconds for its thread."""
+    quick_timing(monkeypatch)
 
 def test_the_demo_brain_model_warns_before_run_about_a_ct(gui, qtbot, tmp_path: Path) -> None:
     viewer, widget = gui  # the demo model (brain T1 MR) is the default
