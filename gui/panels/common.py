@@ -259,8 +259,12 @@ class StepColumn(QScrollArea):
         """Scroll down or up as little as needed for ``widget`` (a warning that just appeared) to show whole: now,
         and once more when the steps have settled (a layout request travels up the steps one event at a time)."""
         self._scroll_to(widget)
-        reference = weakref.ref(widget)
-        QTimer.singleShot(50, lambda: (shown := reference()) is not None and self._scroll_to(shown))
+        QTimer.singleShot(50, partial(self._scroll_to_if_alive, weakref.ref(widget)))
+
+    def _scroll_to_if_alive(self, reference: weakref.ref) -> None:
+        widget = reference()
+        if widget is not None:
+            self._scroll_to(widget)
 
     def _scroll_to(self, widget: QWidget) -> None:
         try:
