@@ -57,16 +57,22 @@ class DicomWebLocation:
 
     def describe(self) -> str:
         """The address as the user wrote it, for messages (never credentials: an address has none)."""
-        text = "dicomweb+" + self.root
-        if self.study_uid:
-            text += f"/studies/{self.study_uid}"
-        if self.series_uid:
-            text += f"/series/{self.series_uid}"
-        elif self.search:
-            text += f"/{self.search}"
-        if self.filters:
-            text += "?" + "&".join(f"{key}={value}" for key, value in self.filters.items())
-        return text
+        return _with_path("dicomweb+" + self.root, self.study_uid, self.series_uid, self.search, self.filters)
+
+
+def _with_path(service: str, study_uid: str | None, series_uid: str | None, search: str | None,
+               filters: dict[str, str]) -> str:
+    """``service`` followed by what an address names there (a study, a series, or a search and its filters)."""
+    text = service
+    if study_uid:
+        text += f"/studies/{study_uid}"
+    if series_uid:
+        text += f"/series/{series_uid}"
+    elif search:
+        text += f"/{search}"
+    if filters:
+        text += "?" + "&".join(f"{key}={value}" for key, value in filters.items())
+    return text
 
 
 def is_dicomweb_url(text: object) -> bool:
@@ -103,16 +109,7 @@ class DimseLocation:
 
     def describe(self) -> str:
         """The address as the user wrote it, for messages."""
-        text = f"{DIMSE_SCHEME}://{self.root}"
-        if self.study_uid:
-            text += f"/studies/{self.study_uid}"
-        if self.series_uid:
-            text += f"/series/{self.series_uid}"
-        elif self.search:
-            text += f"/{self.search}"
-        if self.filters:
-            text += "?" + "&".join(f"{key}={value}" for key, value in self.filters.items())
-        return text
+        return _with_path(f"{DIMSE_SCHEME}://{self.root}", self.study_uid, self.series_uid, self.search, self.filters)
 
 
 def parse_dimse_url(text: str) -> DimseLocation:
