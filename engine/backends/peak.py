@@ -125,8 +125,11 @@ def peak_flops(key: PeakKey, cache_dir: Path | None = None) -> float:
         cached = {}
     best = max(measure_peak(key), float(cached.get(key.text(), 0.0)))
     cached[key.text()] = best
-    path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.{os.getpid()}")
-    staging.write_text(json.dumps(cached, indent=1), encoding="utf-8")
-    staging.replace(path)  # atomic: another bench reading the cache sees the old file or the new one
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging.write_text(json.dumps(cached, indent=1), encoding="utf-8")
+        staging.replace(path)  # atomic: another bench reading the cache sees the old file or the new one
+    except OSError:  # a full or read-only cache folder: the bench still reports the rate measured now
+        staging.unlink(missing_ok=True)
     return best
