@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..errors import TilewiseError
+from ..events import CancelToken
 
 NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "PR", "KO", "REG",
                                   "DOC", "AU", "ECG", "FID", "PLAN", "REGISTRATION", "OT_SR"})
 """Series modalities that hold no image volume to segment (skipped when a study or a search is pulled)."""
+
+
+Progress = Callable[[int], None]
+"""Hears the number of instances received so far, after each one is written."""
 
 
 class PacsError(TilewiseError):
@@ -54,8 +60,10 @@ class PacsServer(Protocol):
         """The Study Instance UIDs of the studies that match ``filters``."""
         ...
 
-    def pull_series(self, study_uid: str, series_uid: str, folder: Path) -> tuple[int, int]:
-        """Every instance of the series into ``folder``; (instances, bytes)."""
+    def pull_series(self, study_uid: str, series_uid: str, folder: Path, progress: Progress | None = None,
+                    cancel: CancelToken | None = None) -> tuple[int, int]:
+        """Every instance of the series into ``folder``; (instances, bytes). ``progress(instances)`` after each one;
+        ``cancel`` stops it (:class:`~tilewise.engine.errors.Cancelled`)."""
         ...
 
     def store(self, path: Path) -> tuple[str, str, str]:

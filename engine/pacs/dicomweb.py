@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import TilewiseError, output_error
-from .common import PacsAccessError, PacsError, SeriesRef
+from ..errors import Cancelled, TilewiseError, output_error
+from ..events import CancelToken
+from .common import PacsAccessError, PacsError, Progress, SeriesRef
 from .credentials import Credentials, credentials_for
 from .urls import CREDENTIALS_HINT, DicomWebLocation
 
@@ -53,6 +54,8 @@ class DicomWebServer:
     credentials: Credentials | None
     session: Any = None
     """The requests session the client uses (QIDO-RS searches go through it directly, see :func:`_qido`)."""
+    access_hint: str = CREDENTIALS_HINT
+    """What a refusal of the credentials tells the user to do (where the credentials are set)."""
 
     @property
     def name(self) -> str:
@@ -67,24 +70,28 @@ class DicomWebServer:
         """QIDO-RS, see :func:`find_studies`."""
         return find_studies(self, filters)
 
-    def pull_series(self, study_uid: str, series_uid: str, folder: Path) -> tuple[int, int]:
+    def pull_series(self, study_uid: str, series_uid: str, folder: Path, progress: Progress | None = None,
+                    cancel: CancelToken | None = None) -> tuple[int, int]:
         """WADO-RS, see :func:`pull_series`."""
-        return pull_series(self, study_uid, series_uid, folder)
+        return pull_series(self, study_uid, series_uid, folder, progress, cancel)
 
     def store(self, path: Path) -> tuple[str, str, str]:
         """STOW-RS, see :func:`store`."""
         return store(self, path)
 
 
-def connect(location: DicomWebLocation, warn: Any = None) -> DicomWebServer:
-    """A client for ``location``'s server with its credentials; nothing is sent yet. ``warn(text)`` hears that
-    credentials would travel unencrypted (http to another computer)."""
+def connect(location: DicomWebLocation, warn: Any = None, credentials: Credentials | None = None,
+            verify_tls: bool = True) -> DicomWebServer:
+    """A client for ``location``'s server with ``credentials`` (default: those of :mod:`.credentials`); nothing is
+    sent yet. ``warn(text)`` hears that credentials would travel unencrypted (http to another computer).
+    ``verify_tls=False`` accepts any TLS certificate (a test server's own; never the default)."""
     require_pacs_extra()
     import requests
     from dicomweb_client import DICOMwebClient
 
-    credentials = credentials_for(location.host, location.port)
+    credentials = credentials if credentials is not None else credentials_for(location.host, location.port)
     session = requests.Session()  # the environment's proxy and REQUESTS_CA_BUNDLE apply; verify=True stays
+    session.verify = verify_tls
     # no credentials: an auth that adds nothing, so that requests does not look in ~/.netrc itself
     session.auth = (credentials.user, credentials.password) if credentials is not None else _no_credentials
     if credentials is not None and not location.secure and not _is_loopback(location.host) and warn is not None:
@@ -134,7 +141,7 @@ def _http_error(server: DicomWebServer, response: Any, what: str) -> PacsError:
     status = getattr(response, "status_code", 0)
     if status == 401:
         how = f"the credentials from {server.credentials.source}" if server.credentials else "no credentials"
-        return PacsAccessError(server.name, f"the server refused {how} (HTTP 401); {CREDENTIALS_HINT}")
+        return PacsAccessError(server.name, f"the server refused {how} (HTTP 401); {server.access_hint}")
     if status == 403:
         return PacsAccessError(server.name, f"the server does not allow {what} to this user (HTTP 403)")
     if status == 404:
@@ -196,13 +203,18 @@ def find_studies(server: DicomWebServer, filters: dict[str, str] | None = None) 
     return [uid for uid in uids if uid]
 
 
-def pull_series(server: DicomWebServer, study_uid: str, series_uid: str, folder: Path) -> tuple[int, int]:
+def pull_series(server: DicomWebServer, study_uid: str, series_uid: str, folder: Path,
+                progress: Progress | None = None, cancel: CancelToken | None = None) -> tuple[int, int]:
     """WADO-RS: every instance of the series into ``folder`` (created), in the transfer syntax the server holds
-    it in, one file per instance; returns (instances, bytes). Raises :class:`PacsError` (exit 3 for a full disk)."""
+    it in, one file per instance; returns (instances, bytes). ``progress(instances)`` hears each instance written;
+    ``cancel`` stops the pull before the next instance (:class:`Cancelled`; what was written stays, see
+    :func:`~.fetch.fetch_series` for all or nothing). Raises :class:`PacsError` (exit 3 for a full disk)."""
     folder.mkdir(parents=True, exist_ok=True)
     count = size = 0
     with answered(server, f"retrieving series {series_uid}"):
         for dataset in server.client.iter_series(study_uid, series_uid, media_types=(("application/dicom", "*"),)):
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled(f"retrieving series {series_uid} was cancelled")
             count += 1
             path = folder / f"{count:05d}.dcm"
             try:
@@ -210,6 +222,8 @@ def pull_series(server: DicomWebServer, study_uid: str, series_uid: str, folder:
             except OSError as error:
                 raise output_error(error, path) from None
             size += path.stat().st_size
+            if progress is not None:
+                progress(count)
     if count == 0:
         raise PacsError(server.name, f"series {series_uid} has no instances")
     return count, size

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, TilewiseError, output_error
-from .common import PacsAccessError, PacsError, SeriesRef
+from ..errors import Cancelled, InputError, TilewiseError, output_error
+from ..events import CancelToken
+from .common import PacsAccessError, PacsError, Progress, SeriesRef
 from .urls import DimseLocation
 
 AE_TITLE_VARIABLE = "TILEWISE_AE_TITLE"
@@ -75,6 +76,8 @@ class DimseServer:
     location: DimseLocation
     calling_aet: str
     port_for_move: int | None = None
+    title_hint: str = f"({AE_TITLE_VARIABLE})"
+    """Where Tilewise's AE title is set, for the message of a refused association."""
 
     @property
     def name(self) -> str:
@@ -103,7 +106,7 @@ class DimseServer:
             if link.is_rejected:
                 raise PacsAccessError(self.name, f"the PACS refused the association for {what} (called AE title "
                                                  f"{peer.called_aet}, calling {self.calling_aet}): does it know "
-                                                 f"Tilewise's AE title? ({AE_TITLE_VARIABLE})")
+                                                 f"Tilewise's AE title? {self.title_hint}")
             raise PacsError(self.name, f"the PACS aborted the association for {what}; is the address right?")
         try:
             yield link
@@ -111,7 +114,19 @@ class DimseServer:
             if link.is_established:
                 link.release()
 
-    def _find(self, query: Any, what: str) -> list[Any]:
+    def echo(self) -> None:
+        """C-ECHO: raises :class:`PacsError` when the PACS does not answer it with success."""
+        from pynetdicom.sop_class import Verification
+
+        with self.association([Verification], "a C-ECHO") as link:
+            status = link.send_c_echo()
+        code = int(getattr(status, "Status", 0xC000)) if status else 0xC000
+        if code != 0x0000:
+            raise PacsError(self.name, f"the PACS did not answer the C-ECHO ({_status(code)})")
+
+    def find_matches(self, query: Any, what: str) -> list[Any]:
+        """C-FIND with the identifier ``query`` (see :func:`_query`): the matching identifiers, as the PACS sent
+        them. Raises :class:`PacsError` with one line."""
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as Find
 
         found = []
@@ -127,7 +142,7 @@ class DimseServer:
     def find_studies(self, filters: dict[str, str] | None = None) -> list[str]:
         """C-FIND at STUDY level: the Study Instance UIDs that match ``filters`` (DICOM keywords)."""
         query = _query("STUDY", {"StudyInstanceUID": "", **(filters or {})})
-        return [str(item.StudyInstanceUID) for item in self._find(query, "searching studies")
+        return [str(item.StudyInstanceUID) for item in self.find_matches(query, "searching studies")
                 if item.get("StudyInstanceUID")]
 
     def find_series(self, study_uid: str | None = None, filters: dict[str, str] | None = None) -> list[SeriesRef]:
@@ -141,15 +156,17 @@ class DimseServer:
         for uid in studies:
             query = _query("SERIES", {"SeriesInstanceUID": "", "Modality": "", "NumberOfSeriesRelatedInstances": "",
                                       **series_filters, "StudyInstanceUID": uid})
-            for item in self._find(query, f"searching series of study {uid}"):
+            for item in self.find_matches(query, f"searching series of study {uid}"):
                 if item.get("SeriesInstanceUID"):
                     found.append(SeriesRef(uid, str(item.SeriesInstanceUID), str(item.get("Modality", "") or ""),
                                            int(item.get("NumberOfSeriesRelatedInstances", 0) or 0)))
         return found
 
-    def pull_series(self, study_uid: str, series_uid: str, folder: Path) -> tuple[int, int]:
+    def pull_series(self, study_uid: str, series_uid: str, folder: Path, progress: Progress | None = None,
+                    cancel: CancelToken | None = None) -> tuple[int, int]:
         """C-GET (or C-MOVE with ``TILEWISE_AE_PORT``): every instance of the series into ``folder`` (created), one
-        file per instance; (instances, bytes)."""
+        file per instance; (instances, bytes). ``progress(instances)`` hears each instance written; ``cancel``
+        aborts the association at the PACS' next answer (:class:`Cancelled`; what was written stays)."""
         from pynetdicom import StoragePresentationContexts, build_role, evt
 
         folder.mkdir(parents=True, exist_ok=True)
@@ -167,6 +184,8 @@ class DimseServer:
                 return 0xA700  # out of resources: the PACS stops the retrieval
             written[0] += 1
             written[1] += len(data)
+            if progress is not None:
+                progress(written[0])
             return 0x0000
 
         self._write_error: TilewiseError | None = None
@@ -179,9 +198,9 @@ class DimseServer:
 
             roles = [build_role(syntax, scp_role=True) for syntax in storage[:127]]
             with self.association([Get, *storage[:127]], what, ext_neg=roles, evt_handlers=handlers) as link:
-                final = _last_status(link.send_c_get(query, Get))
+                final = _last_status(link.send_c_get(query, Get), link, cancel, what)
         else:
-            final = self._move(query, storage, handlers, what)
+            final = self._move(query, storage, handlers, what, cancel)
         if self._write_error is not None:
             raise self._write_error
         if final not in (0x0000, None) or written[0] == 0:
@@ -199,7 +218,8 @@ class DimseServer:
                                        f"{how}? ({AE_TITLE_VARIABLE}, {AE_PORT_VARIABLE})")
         return written[0], written[1]
 
-    def _move(self, query: Any, storage: list[str], handlers: list, what: str) -> int | None:
+    def _move(self, query: Any, storage: list[str], handlers: list, what: str,
+              cancel: CancelToken | None = None) -> int | None:
         """C-MOVE to Tilewise's AE title, received by a storage service on ``port_for_move`` for the move only."""
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as Move
@@ -215,7 +235,7 @@ class DimseServer:
                                   f"({AE_PORT_VARIABLE}): {error.strerror or error}") from None
         try:
             with self.association([Move], what) as link:
-                return _last_status(link.send_c_move(query, self.calling_aet, Move))
+                return _last_status(link.send_c_move(query, self.calling_aet, Move), link, cancel, what)
         finally:
             service.shutdown()
 
@@ -252,16 +272,21 @@ def _query(level: str, keys: dict[str, str]) -> Any:
     return query
 
 
-def _last_status(responses: Any) -> int | None:
-    """The final status of a C-GET or C-MOVE's responses (None when the association ended without one)."""
+def _last_status(responses: Any, link: Any = None, cancel: CancelToken | None = None, what: str = "") -> int | None:
+    """The final status of a C-GET or C-MOVE's responses (None when the association ended without one); ``cancel``
+    aborts ``link`` at the next response (one per instance) and raises :class:`Cancelled`."""
     final = None
     for status, _ in responses:
+        if cancel is not None and cancel.cancelled:
+            link.abort()
+            raise Cancelled(f"{what} was cancelled")
         if status:
             final = int(status.Status)
     return final
 
 
-def connect_dimse(location: DimseLocation) -> DimseServer:
-    """A DIMSE peer for ``location`` with Tilewise's AE title (and C-MOVE port); nothing is sent yet."""
+def connect_dimse(location: DimseLocation, calling_aet: str | None = None) -> DimseServer:
+    """A DIMSE peer for ``location`` with Tilewise's AE title (``calling_aet``, default ``TILEWISE_AE_TITLE``) and
+    C-MOVE port; nothing is sent yet."""
     require_dimse()
-    return DimseServer(location, calling_ae_title(), move_port())
+    return DimseServer(location, calling_aet or calling_ae_title(), move_port())
