@@ -118,5 +118,26 @@ def test_task_flags_need_a_task_and_bench_needs_a_model_folder(weights_env: Simp
     code, _, err = run_cli(["predict", "-i", weights_env.ct, "-o", tmp_path / "out", "-m", "demo", "--roi_subset",
                             "liver", "--statistics"])
     assert code == 2 and "--roi_subset, --statistics are for TotalSegmentator's tasks" in err
-    code, _, err = run_cli(["bench", "-i", weights_env.ct, "-m", "totalseg:total"])
-    assert code == 2 and "tilewise bench runs one nnU-Net model folder" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["bench", "-i", weights_env.ct, "-m", "totalseg:total", "--batch"])
+    assert code == 2 and "tilewise bench --batch runs one nnU-Net model folder" in err
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["bench", "-i", weights_env.ct, "-m", "totalseg:total", "--against", "nnunet"])
+    assert code == 2 and "not with nnunet" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_times_a_task_against_totalsegmentators_own_command(weights_env: SimpleNamespace, tmp_path: Path,
+                                                                  run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(weights_env.home))  # its settings: no usage statistics sent
+    workdir = tmp_path / "bench"
+    code, out, err = run_cli(["bench", "-i", weights_env.ct, "-m", "totalseg:total", "--fast", "--against",
+                              "totalsegmentator", "--backend", "torch", "-device", "cpu", "--workdir", workdir])
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["totalsegmentator_finished"] and summary["model"] == "totalseg:total --fast"
+    assert summary["speedup"] == pytest.approx(summary["totalsegmentator_s"] / summary["ours_s"], rel=0.01)
+    assert summary["ours_peak_mb"] > 100 and summary["totalsegmentator_peak_mb"] > 100
+    ours = read_volume([workdir / "tilewise" / "case.nii.gz"]).array[0]
+    theirs = read_volume([workdir / "totalsegmentator" / "case.nii.gz"]).array[0]
+    assert np.array_equal(ours, _expected(weights_env, task="total", fast=True).labels)
+    assert summary["voxel_agreement"] == pytest.approx(float((ours == theirs).mean()), abs=1e-6)
+    assert summary["voxel_agreement"] > 0.95, "stock TotalSegmentator's float16 sums move only near-tie voxels"

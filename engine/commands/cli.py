@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import OutOfMemoryError, TilewiseError
 from ..model.suitability import InputPolicy, set_input_policy
-from ..model.totalseg import check_task_flags
+from ..model.totalseg import check_task_flags, task_name
 from ..runtime.allocator import keep_freed_host_memory
 from ..runtime.memory import is_out_of_memory
 from .options import add_input_check_option, add_output_type_option, add_prev_stage_option, add_run_options
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="time our engine (and nnU-Net's predictor) on one image")
     bench.add_argument("-i", dest="input", required=True, help="image file (or nnU-Net-named case file) to segment; with --batch a folder of cases")
     add_run_options(bench)
-    bench.add_argument("--against", choices=("nnunet",), default=None, help="also run nnUNetv2_predict_from_modelfolder with the same settings")
+    bench.add_argument("--against", choices=("nnunet", "totalsegmentator"), default=None, help="also run nnUNetv2_predict_from_modelfolder with the same settings (for -m totalseg:TASK: TotalSegmentator's own command)")
     bench.add_argument("--workdir", type=Path, default=None, help="keep outputs here (default: a temporary folder)")
     bench.add_argument("--batch", action="store_true", help="-i is a folder of cases: cases per minute of 'tilewise batch' against nnUNetv2_predict_from_modelfolder (its default worker pools), then a resume over the finished folder")
     bench.add_argument("--workers", type=int, default=1, help="with --batch: 'tilewise batch --workers' (default 1)")
@@ -162,8 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             with pacs_job(args) as finish:  # a PACS -i is pulled first; --send stores the results after
                 previous_policy = _before_the_work(args)
                 return finish(_run_inference(args))
-        if args.command == "bench":  # one nnU-Net model folder (a TotalSegmentator task is refused in one line)
-            check_task_flags(args.model, args.fast, args.roi_subset, args.statistics, "bench")
+        if args.command == "bench" and task_name(args.model) is not None and not args.batch:
+            from .bench_task import run_bench_task
+
+            return run_bench_task(args)
+        if args.command == "bench":  # one nnU-Net model folder (a task's batch is refused in one line)
+            check_task_flags(args.model, args.fast, args.roi_subset, args.statistics, "bench --batch")
         if args.command == "bench" and args.batch:
             from .bench_batch import run_bench_batch
 
