@@ -44,9 +44,9 @@ from .estimate import (
     nonzero_extent,
 )
 from .model.bundle import resolve_model_dir
-from .model.catalog import ModelInfo, default_search_roots, describe_model, find_models
-from .model.totalseg import TaskSpec, resolve_task, task_name
-from .model.totalseg_catalog import TaskInfo, installed_tasks
+from .model.catalog import ModelInfo, default_search_roots, describe_model, find_models, totalsegmentator_root
+from .model.totalseg import TaskSpec, resolve_task, task_name, totalsegmentator_installed
+from .model.totalseg_catalog import TaskInfo, installed_tasks, task_model_folders
 from .task_predictor import TaskPredictor, TaskResult
 from .preprocess.reuse import PreprocessCache
 from .runtime.memory import is_out_of_memory
@@ -65,5 +65,6 @@ __all__ = [
     "refuse_overwriting_inputs", "require_dicom_extra", "resolve_model_dir", "silenced_fd2", "strip_suffix",
     "write_output",
     # TotalSegmentator's tasks as one model each (-m totalseg:total)
-    "TaskInfo", "TaskPredictor", "TaskResult", "TaskSpec", "installed_tasks", "resolve_task", "task_name",
+    "TaskInfo", "TaskPredictor", "TaskResult", "TaskSpec", "installed_tasks", "resolve_task", "task_model_folders",
+    "task_name", "totalsegmentator_installed", "totalsegmentator_root",
 ]

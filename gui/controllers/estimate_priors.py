@@ -29,6 +29,16 @@ PASS_SECONDS_PER_MVOXEL = {"gpu": Span(0.005, 0.2), "openvino": Span(0.1, 3.0), 
 
 
 @dataclass(frozen=True)
+class TaskNote:
+    """A TotalSegmentator task is chosen: no estimate yet, its own tile step and no mirroring; ``last_s`` is how long
+    its last run took in this session (None: not run yet)."""
+
+    name: str
+    step: float
+    last_s: float | None = None
+
+
+@dataclass(frozen=True)
 class ShownEstimates:
     """What the Speed box shows: per preset the total (in preset order, widened when the computer is busy), the
     estimate for the chosen settings and its total, a status when there is none, and the load when busy."""
@@ -39,6 +49,8 @@ class ShownEstimates:
     status: str = ""
     load: tuple[float, int] | None = None
     """(load average, cores) when the computer is busier than its cores; None otherwise."""
+    task: TaskNote | None = None
+    """Set when a TotalSegmentator task is chosen (then nothing is estimated)."""
 
 
 def plans_grid(model_dir: Path, configuration: str) -> ModelGrid | None:

@@ -8,7 +8,8 @@ cache holds; an :class:`EstimateBook` keeps the measured stage costs in QSetting
 finished run. Stages nothing has measured yet use the engine's conservative priors, so those estimates read as a
 range; before the first fold is timed, the tiles are counted from the model's ``plans.json`` and a pass spans a
 wide prior (:mod:`.estimate_priors`), so an estimate shows as soon as the model and the image are known and is
-refined in place. What is shown keeps the presets in order (preview, fast, balanced, reference: never shorter than
+refined in place. A TotalSegmentator task (several models on its own resampled grids) is not estimated yet: the
+Speed box says so, with how long its last run took in this session. What is shown keeps the presets in order (preview, fast, balanced, reference: never shorter than
 the one before) and is widened while the computer is busier than its cores.
 """
 from __future__ import annotations
@@ -40,9 +41,11 @@ from tilewise.engine import (
 )
 
 from ..geometry import geometry_from_layer
+from ..task_models import TaskModelInfo
 from .estimate_book import EstimateBook, PassTimes
 from .estimate_priors import (
     ShownEstimates,
+    TaskNote,
     between,
     in_preset_order,
     is_busy,
@@ -144,6 +147,8 @@ class RunTimeEstimates(QObject):
         """(model, target) the timing worker measures."""
         self._timings: list[tuple[float, float, Path, str, tuple[str, ...]]] = []
         """(start, end, model, target, precisions) of this session's first-fold timings, to spot a shared CPU."""
+        self.task_runs: dict[str, float] = {}
+        """Seconds the last run of each TotalSegmentator task took in this session, by its ``-m`` name."""
         self._extent_key: tuple[int, ...] = ()
         self._extent: tuple[int, ...] = ()
         self._last: tuple[ModelInfo | None, Geometry | None, tuple[int, ...], bool, bool, RunChoice | None] = \
@@ -178,6 +183,10 @@ class RunTimeEstimates(QObject):
         run is going on), the stages not measured yet span the priors' range."""
         self._last = (model, image, extent_zyx, trusted, busy, choice)
         self.shown, self.chosen = {}, None
+        if isinstance(model, TaskModelInfo) and model.spec is not None:
+            self._emit(ShownEstimates({}, task=TaskNote(model.name, model.spec.main.step,
+                                                        self.task_runs.get(model.name))))
+            return
         if model is None or image is None or choice is None:
             self._emit(ShownEstimates({}))
             return
@@ -251,7 +260,12 @@ class RunTimeEstimates(QObject):
 
     def learn(self, request: RunRequest, result: Result) -> None:
         """Use a finished run's real stage timings for the next estimates, unless the CPU was shared with a timing
-        thread meanwhile (then that thread's figures are dropped, to be timed again, and the run teaches nothing)."""
+        thread meanwhile (then that thread's figures are dropped, to be timed again, and the run teaches nothing).
+        A task's run is remembered as a whole (how long it took)."""
+        if request.task is not None:
+            self.task_runs[request.task.model_name] = sum(result.timings.values())
+            self._show(*self._last)
+            return
         model = self._last[0]
         target = target_key(request.device, request.preset.backend)
         folds = tuple(request.folds) if request.folds else (

@@ -7,10 +7,11 @@ One state at a time, announced by ``state_changed``::
     IDLE --start--> LOADING --first tile--> RUNNING --last tile--> FINISHING --result--> IDLE
     LOADING, RUNNING, FINISHING --cancel--> CANCELLING --the worker's last signal--> IDLE
     LOADING, RUNNING, FINISHING --failed--> IDLE
+    FINISHING --a task's next stage reports more tiles--> RUNNING
 
 LOADING: the worker loads the model and prepares the image (no tile yet; a one-tile run goes straight to
 FINISHING). FINISHING: every tile has run and the engine puts the labels back on the input grid, with no steps to
-count. OPENING and SAVING are claimed by the files controller, so nothing else starts while a file is read or
+count (a TotalSegmentator task that crops first finishes its crop stage, then runs its own: its count grows). OPENING and SAVING are claimed by the files controller, so nothing else starts while a file is read or
 written.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from qtpy.QtCore import QObject, Signal
 
 from .. import _gc
 from ..layers import META_ALGORITHM, META_COUNTS, META_DICOM_FILES, META_PRESET, LivePreview
+from ..task_models import META_RUN_COUNTS, META_STATISTICS, META_TASK
 from .worker import PredictorCache, RunRequest, SegmentationWorker
 
 
@@ -48,7 +50,7 @@ _NEXT: dict[State, frozenset[State]] = {
     State.SAVING: frozenset({State.IDLE}),
     State.LOADING: frozenset({State.RUNNING, State.FINISHING, State.CANCELLING, State.IDLE}),
     State.RUNNING: frozenset({State.FINISHING, State.CANCELLING, State.IDLE}),
-    State.FINISHING: frozenset({State.CANCELLING, State.IDLE}),
+    State.FINISHING: frozenset({State.RUNNING, State.CANCELLING, State.IDLE}),
     State.CANCELLING: frozenset({State.IDLE}),
 }
 
@@ -179,17 +181,19 @@ class RunController(QObject):
         if event.done >= event.total and self.state in (State.LOADING, State.RUNNING):
             # every tile has run: the engine now puts the labels back on the input grid, with no steps to count
             self._set_state(State.FINISHING)
-        elif self.state is State.LOADING:
+        elif self.state is State.LOADING or (self.state is State.FINISHING and event.done < event.total):
             self._set_state(State.RUNNING)
         self.tile.emit(event)
 
     def _on_succeeded(self, result: Any, counts: dict[int, int]) -> None:
         request = self.worker.request
         if self.preview is not None:
+            task = {META_TASK: request.task.model_name, META_STATISTICS: result.statistics,
+                    META_RUN_COUNTS: dict(counts)} if request.task is not None else {}
             self.result_layer = self.preview.finish(result.labels, {
                 META_COUNTS: dict(counts), META_PRESET: request.preset.name,
                 META_DICOM_FILES: [str(path) for path in request.dicom_files],
-                META_ALGORITHM: self.worker.algorithm})
+                META_ALGORITHM: self.worker.algorithm, **task})
             self.preview = None
         self.succeeded.emit(request, result)
         self._end("done")

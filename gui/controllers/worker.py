@@ -1,5 +1,8 @@
 """The engine run on a worker thread: model loading, preprocessing and the sliding window never touch the GUI thread.
 
+A TotalSegmentator task (:attr:`RunRequest.task`) runs the same way through a :class:`TaskPredictor`: all its models
+report into one tile stream, one cancel stops them, and the result carries TotalSegmentator's statistics.
+
 A :class:`SegmentationWorker` is a superqt :class:`~superqt.utils.WorkerBase` in Qt's global thread pool: superqt
 keeps it referenced while it runs and ``WorkerBase.await_workers`` asks it to quit and waits for it when the
 application quits. Tile events cross to the GUI thread as Qt signals (queued connections); cancelling (superqt's
@@ -25,6 +28,8 @@ from tilewise.engine import (
     Predictor,
     PreprocessCache,
     Preset,
+    TaskPredictor,
+    TaskSpec,
     TilewiseError,
     UntrustedCheckpointError,
     FocusToken,
@@ -64,27 +69,34 @@ class RunRequest:
     nnunet_exact: bool = False
     dicom_files: tuple[Path, ...] = ()
     """The first channel's DICOM series files (empty when it came from no DICOM series): what a DICOM SEG cites."""
+    task: TaskSpec | None = None
+    """A TotalSegmentator task to run instead of one model (``model_dir`` is then its first model's folder)."""
 
     @classmethod
-    def for_layers(cls, model_dir: Path, choice: RunChoice, trust: bool, layers: list[Any]) -> RunRequest:
-        """A run of ``model_dir`` with ``choice`` on image ``layers`` (one per channel, the first one's geometry)."""
+    def for_layers(cls, model_dir: Path, choice: RunChoice, trust: bool, layers: list[Any],
+                   task: TaskSpec | None = None) -> RunRequest:
+        """A run of ``model_dir`` (or of ``task``) with ``choice`` on image ``layers`` (one per channel, the first
+        one's geometry)."""
         sources = tuple(Path(s) for s in (layer.metadata.get("tilewise_source") for layer in layers) if s)
         return cls(model_dir=model_dir, preset=choice.preset, device=choice.device, folds=choice.folds, trust=trust,
                    channels=tuple(layer.data for layer in layers), geometry=geometry_from_layer(layers[0]),
                    sources=sources, nnunet_exact=choice.nnunet_exact,
-                   dicom_files=tuple(Path(p) for p in layers[0].metadata.get("tilewise_dicom_files", [])))
+                   dicom_files=tuple(Path(p) for p in layers[0].metadata.get("tilewise_dicom_files", [])), task=task)
 
     @property
     def predictor_key(self) -> tuple[Any, ...]:
         """Runs with the same key can share one loaded :class:`Predictor` (see :func:`predictor_key`)."""
-        return predictor_key(self.model_dir, self.preset, self.device, self.folds, self.trust, self.nnunet_exact)
+        return predictor_key(self.model_dir, self.preset, self.device, self.folds, self.trust, self.nnunet_exact,
+                             self.task)
 
 
 def predictor_key(model_dir: Path, preset: Preset, device: str, folds: tuple[str, ...] | None, trust: bool,
-                  nnunet_exact: bool) -> tuple[Any, ...]:
+                  nnunet_exact: bool, task: TaskSpec | None = None) -> tuple[Any, ...]:
     """What decides whether a loaded :class:`Predictor` serves a run: the one key the :class:`PredictorCache` and the
-    time estimates both use, so an estimate leaves out the load exactly when the cache holds the model."""
-    return (str(model_dir), preset, device, tuple(folds) if folds else None, trust, nnunet_exact)
+    time estimates both use, so an estimate leaves out the load exactly when the cache holds the model. A task is
+    known by its name and the models it runs (``-m`` with ``--fast``)."""
+    task_key = (task.model_name, tuple(p.folder for p in task.parts_to_run)) if task is not None else None
+    return (str(model_dir), preset, device, tuple(folds) if folds else None, trust, nnunet_exact, task_key)
 
 
 class PredictorCache:
@@ -94,23 +106,27 @@ class PredictorCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._key: tuple[Any, ...] | None = None
-        self._predictor: Predictor | None = None
+        self._predictor: Predictor | TaskPredictor | None = None
         self.reused = False
         """Whether the last :meth:`get` served the model it held (no load), for learning from that run."""
         self.prepared = PreprocessCache()
         """One preprocessed input; keyed by the image's voxels, the model and how it preprocesses (engine side)."""
 
-    def get(self, request: RunRequest, cancel: CancelToken | None = None) -> Predictor:
-        """The cached predictor for ``request``, loading it (on the calling thread) when the key changed; ``cancel``
-        stops a load between folds."""
+    def get(self, request: RunRequest, cancel: CancelToken | None = None) -> Predictor | TaskPredictor:
+        """The cached predictor for ``request`` (a :class:`TaskPredictor` for a task), loading it (on the calling
+        thread) when the key changed; ``cancel`` stops a load between folds."""
         with self._lock:
             self.reused = self._key == request.predictor_key and self._predictor is not None
             if self.reused:
                 return self._predictor
             self._key, self._predictor = None, None  # free the old model before loading the next one
-            predictor = Predictor(request.model_dir, request.preset, device=request.device,
-                                  folds=list(request.folds) if request.folds else None, trust=request.trust,
-                                  nnunet_exact=request.nnunet_exact, cancel=cancel)
+            folds = list(request.folds) if request.folds else None
+            if request.task is not None:
+                predictor = TaskPredictor(request.task, request.preset, device=request.device, folds=folds,
+                                          trust=request.trust, nnunet_exact=request.nnunet_exact, cancel=cancel)
+            else:
+                predictor = Predictor(request.model_dir, request.preset, device=request.device, folds=folds,
+                                      trust=request.trust, nnunet_exact=request.nnunet_exact, cancel=cancel)
             self._key, self._predictor = request.predictor_key, predictor
             return predictor
 
@@ -124,6 +140,13 @@ class PredictorCache:
         """Drop the cached model (the preprocessed image stays: how a model preprocesses does not depend on trust)."""
         with self._lock:
             self._key, self._predictor = None, None
+
+
+def task_algorithm(predictor: TaskPredictor) -> AlgorithmInfo:
+    """A task's run as a DICOM SEG records it: 'TotalSegmentator total --fast', its folds and the preset."""
+    spec = predictor.spec
+    return AlgorithmInfo(model_name=f"TotalSegmentator {spec.name}{' --fast' if spec.fast else ''}",
+                         folds=tuple(spec.main.folds), preset=predictor.preset.name)
 
 
 CLOSE_WAIT_MS = 1000
@@ -216,12 +239,16 @@ class SegmentationWorker(Awaitable, WorkerBase):
             self.stage.emit("Preparing the image…")
             array = np.stack([np.asarray(channel, dtype=np.float32) for channel in request.channels])
             volume = Volume(array=array, geometry=request.geometry, sources=request.sources)
-            result = predictor.predict(volume, on_event=self.tile.emit, cancel=self.token, provisional_labels=True,
-                                       reuse=self.cache.prepared, focus=self.focus)
+            if isinstance(predictor, TaskPredictor):  # its parts' tiles lie on its own grids: no provisional labels
+                result = predictor.predict(volume, on_event=self.tile.emit, cancel=self.token, statistics=True)
+            else:
+                result = predictor.predict(volume, on_event=self.tile.emit, cancel=self.token,
+                                           provisional_labels=True, reuse=self.cache.prepared, focus=self.focus)
             if self.token.cancelled:
                 raise Cancelled()
             counts = count_labels(result.labels)
-            self.algorithm = algorithm_of(predictor)
+            self.algorithm = task_algorithm(predictor) if isinstance(predictor, TaskPredictor) else \
+                algorithm_of(predictor)
         except Cancelled:
             self.cancelled.emit()
         except UntrustedCheckpointError as error:

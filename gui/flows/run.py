@@ -21,6 +21,8 @@ from ..layers import LivePreview
 from ..panels.dialogs import ask_to_trust
 from ..panels.dock import DockPanels
 from ..panels.model import label_names
+from ..panels.run import SLICE_FIRST_NOTE, TASK_NOTE
+from ..task_models import TaskModelInfo
 from .report import Reporter
 
 
@@ -71,7 +73,9 @@ class RunFlow(QObject):
             return False
         layers = self._panels.image.chosen()
         trusted = self._trust.is_trusted(info.path)
-        request = RunRequest.for_layers(info.path, self._panels.speed.choice(), trusted, layers)
+        task = info.spec if isinstance(info, TaskModelInfo) else None
+        request = RunRequest.for_layers(info.path, self._panels.speed.choice(), trusted, layers, task)
+        self._panels.run.set_tile_note(TASK_NOTE if task is not None else SLICE_FIRST_NOTE)
         if not self._run.start(request, layers, slice_on_screen(self._viewer, layers[0])):
             return False
         # The worker starts before the preview layer exists: napari takes a moment to build a layer, the worker
@@ -88,7 +92,8 @@ class RunFlow(QObject):
         # napari asks before closing the window while this runs, then stops it cleanly
         self._task_id = _compat.register_task(self._viewer, "a segmentation is running",
                                               partial(stop_quietly, self._run.worker))
-        self._panels.run.start_activity(f"Tilewise: segmenting {layers[0].name}", on_cancel=self.cancel)
+        what = f" with {info.name}" if isinstance(info, TaskModelInfo) else ""
+        self._panels.run.start_activity(f"Tilewise: segmenting {layers[0].name}{what}", on_cancel=self.cancel)
         return True
 
     def cancel(self) -> None:

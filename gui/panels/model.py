@@ -6,15 +6,38 @@ import json
 from pathlib import Path
 
 from qtpy.QtCore import QSettings, Signal
-from qtpy.QtWidgets import QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
-from tilewise.engine import ModelInfo, default_search_roots, describe_model, find_models
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+from tilewise.engine import ModelInfo, TaskInfo, default_search_roots, describe_model, find_models, task_name
 
 from ..colors import display_name, label_color
+from ..task_models import (
+    TaskModelInfo,
+    list_text,
+    missing_package_hint,
+    plain_models,
+    runnable_tasks,
+    task_model,
+)
 from .common import ElidingComboBox, breakable
 from .dialogs import show_error
 
 SETTINGS_EXTRA = "models/extra_folders"
 SETTINGS_LAST = "models/last"
+SETTINGS_FAST = "models/task_fast"
+FAST_TEXT = "Fast (3 mm model)"
+FAST_TIP = ("TotalSegmentator's fast mode (--fast): one model on the image resampled to 3 mm instead of its 1.5 mm "
+            "models. Much quicker; coarser outlines, and small structures may be missed")
+TASK_LABELS_SHOWN = 8
+"""How many of a task's structures the description names (all of them are in its tooltip)."""
 
 
 def label_names(info: ModelInfo) -> dict[int, str]:
@@ -55,6 +78,8 @@ class ModelPanel(QWidget):
     """A model list with a Browse button and a description of the chosen model.
 
     A name too long for the list shows with '…' in the middle; its tooltip has the whole name and the folder.
+    TotalSegmentator's installed tasks are entries of their own ('totalseg:total'), their part folders are not; a
+    task with a fast model offers it with a box under the list.
     """
 
     model_changed = Signal(object)  # ModelInfo or None
@@ -65,6 +90,8 @@ class ModelPanel(QWidget):
         self.settings = settings
         self.demo_model = demo_model
         self._models: list[ModelInfo] = []
+        self._tasks: list[TaskInfo] = []
+        self._task_models: dict[tuple[str, bool], TaskModelInfo | None] = {}
 
         self.combo = ElidingComboBox()
         self.browse = QPushButton(_icon("fa5s.folder-open"), "Browse…")
@@ -72,6 +99,13 @@ class ModelPanel(QWidget):
         row = QHBoxLayout()
         row.addWidget(self.combo, 1)
         row.addWidget(self.browse)
+        self.fast = QCheckBox(FAST_TEXT)
+        self.fast.setToolTip(FAST_TIP)
+        self.fast.setChecked(str(self.settings.value(SETTINGS_FAST, "false")).lower() == "true")
+        self.install_hint = QLabel()
+        """What to install when TotalSegmentator's weights are here but not its package (hidden otherwise)."""
+        self.install_hint.setWordWrap(True)
+        self.install_hint.setStyleSheet("color: #f0a030;")  # amber: worth reading, not an error
 
         self.dataset = QLabel()
         self.configuration = QLabel()
@@ -90,9 +124,12 @@ class ModelPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(row)
+        layout.addWidget(self.fast)
+        layout.addWidget(self.install_hint)
         layout.addLayout(form)
 
         self.combo.currentIndexChanged.connect(self._on_index_changed)
+        self.fast.toggled.connect(self._on_fast_toggled)
         self.browse.clicked.connect(self.browse_for_model)
         self.refresh()
 
@@ -108,9 +145,15 @@ class ModelPanel(QWidget):
         found: dict[str, ModelInfo] = {}
         if self.demo_model is not None and (info := describe_model(self.demo_model)) is not None:
             found[str(info.path)] = info
-        for info in find_models(default_search_roots() + [Path(f) for f in self._extra_folders()]):
+        roots = default_search_roots() + [Path(f) for f in self._extra_folders()]
+        for info in plain_models(roots):
             found.setdefault(str(info.path), info)
         self._models = list(found.values())
+        self._tasks = runnable_tasks()
+        self._task_models = {}
+        hint = missing_package_hint(self._models)
+        self.install_hint.setText(hint)
+        self.install_hint.setVisible(bool(hint))
         remembered = str(self.settings.value(SETTINGS_LAST, "") or "")
         self.combo.blockSignals(True)
         self.combo.clear()
@@ -118,7 +161,11 @@ class ModelPanel(QWidget):
             demo = " (demo)" if self.demo_model is not None and info.path == self.demo_model else ""
             self.combo.addItem(f"{info.dataset} · {configuration_of(info)}{demo}", str(info.path))
             self.combo.setItemData(self.combo.count() - 1, str(info.path), 3)  # 3 = Qt.ToolTipRole
-        if not self._models:
+        for task in self._tasks:
+            self.combo.addItem(list_text(task), task.name)
+            self.combo.setItemData(self.combo.count() - 1, f"TotalSegmentator's {task_name(task.name)} task: "
+                                   f"{task.structures} structures; {len(task.folders)} nnU-Net model(s) run as one", 3)
+        if not self._models and not self._tasks:
             self.combo.addItem("No model found: use Browse… to add one", "")
         index = self.combo.findData(remembered) if remembered else -1
         self.combo.setCurrentIndex(max(index, 0))
@@ -156,14 +203,41 @@ class ModelPanel(QWidget):
         self.combo.setCurrentIndex(index)
         return self.current()
 
+    def select_task(self, name: str, fast: bool = False) -> TaskModelInfo | None:
+        """Select TotalSegmentator's task ``name`` ('totalseg:total'), with its fast model when ``fast``; None when it
+        is not in the list."""
+        index = self.combo.findData(name)
+        if index < 0:
+            return None
+        self.fast.blockSignals(True)
+        self.fast.setChecked(fast)
+        self.fast.blockSignals(False)
+        if index == self.combo.currentIndex():
+            self._on_index_changed()
+        else:
+            self.combo.setCurrentIndex(index)
+        current = self.current()
+        return current if isinstance(current, TaskModelInfo) else None
+
     def current(self) -> ModelInfo | None:
-        """The chosen model, or None."""
+        """The chosen model (a :class:`TaskModelInfo` for a TotalSegmentator task), or None."""
         path = self.combo.currentData()
+        task = next((t for t in self._tasks if t.name == path), None)
+        if task is not None:
+            return self._task_model(task, bool(task.fast) and self.fast.isChecked())
         return next((m for m in self._models if str(m.path) == path), None)
+
+    def _task_model(self, task: TaskInfo, fast: bool) -> TaskModelInfo | None:
+        """Task ``task`` as a model (resolved once per list refresh)."""
+        key = (task.name, fast)
+        if key not in self._task_models:
+            self._task_models[key] = task_model(task, fast)
+        return self._task_models[key]
 
     # ---- the description ------------------------------------------------------------------------
     def _on_index_changed(self, *_: object) -> None:
         info = self.current()
+        self._show_fast_choice(info)
         self.combo.setToolTip(f"{self.combo.currentText()}\n{info.path}" if info is not None else
                               "Trained nnU-Net models found under $nnUNet_results, TotalSegmentator's folder, "
                               "and folders you added")
@@ -171,19 +245,51 @@ class ModelPanel(QWidget):
             for label in (self.dataset, self.configuration, self.folds, self.channels, self.labels):
                 label.setText("–")
         else:
-            self.settings.setValue(SETTINGS_LAST, str(info.path))
+            self.settings.setValue(SETTINGS_LAST, str(self.combo.currentData()))
             self.dataset.setText(breakable(html.escape(info.dataset)))
             self.dataset.setToolTip(str(info.path))
             self.configuration.setText(configuration_of(info))
             self.folds.setText(", ".join(info.folds))
             self.channels.setText(", ".join(info.channels) or "–")
             self.labels.setText(self.labels_html(info))
+            self.labels.setToolTip("")
+            if isinstance(info, TaskModelInfo):
+                self._describe_task(info)
         self.model_changed.emit(info)
         self.summary_changed.emit(self.summary())
 
+    def _show_fast_choice(self, info: ModelInfo | None) -> None:
+        """The fast-model box: shown for a task that has a fast model, usable only when that model is installed."""
+        task = info.task if isinstance(info, TaskModelInfo) else None
+        self.fast.setVisible(task is not None and task.fast is not None)
+        installed = bool(task is not None and task.fast)
+        self.fast.setEnabled(installed)
+        self.fast.setText(FAST_TEXT if installed or task is None else f"{FAST_TEXT}: not installed")
+
+    def _on_fast_toggled(self, checked: bool) -> None:
+        self.settings.setValue(SETTINGS_FAST, bool(checked))
+        if isinstance(self.current(), TaskModelInfo):
+            self._on_index_changed()
+
+    def _describe_task(self, info: TaskModelInfo) -> None:
+        """A task's rows: what it runs, at which spacing, its folds, and its structures (all in the tooltip)."""
+        models = "model" if info.parts == 1 else "models"
+        self.dataset.setText(breakable(html.escape(f"{info.name}: TotalSegmentator's {task_name(info.name.split()[0])}"
+                                                   f" task, {info.parts} nnU-Net {models} run as one")))
+        spacing = f", the image resampled to {info.spacing_mm:g} mm" if info.spacing_mm else ""
+        self.configuration.setText(f"{info.configuration}{spacing}")
+        self.folds.setText(", ".join(info.spec.main.folds) + " (the task's own)")
+        names = [display_name(name) for value, name in sorted(label_names(info).items())]
+        shown = ", ".join(names[:TASK_LABELS_SHOWN]) + (", …" if len(names) > TASK_LABELS_SHOWN else "")
+        self.labels.setText(html.escape(f"{len(names)} structures: {shown}"))
+        self.labels.setToolTip(f"<p>{html.escape(', '.join(names))}</p>")  # rich text: Qt wraps it
+
     def summary(self) -> str:
-        """The chosen model's name as the list shows it ("" when none is chosen)."""
-        return self.combo.currentText() if self.current() is not None else ""
+        """The chosen model's name as the list shows it, a task's as ``-m`` takes it ("" when none is chosen)."""
+        info = self.current()
+        if isinstance(info, TaskModelInfo):
+            return info.name
+        return self.combo.currentText() if info is not None else ""
 
     @staticmethod
     def labels_html(info: ModelInfo) -> str:

@@ -3,7 +3,8 @@
 The panel shows the segmentation layer it is given (the widget gives it the one selected in napari, or the selected
 image's). What it shows travels in the layer: label names, voxel counts and voxel volume in its metadata, the hidden
 labels in its colormap; so selecting another result shows that result's numbers and boxes. The counts follow edits
-(the results controller updates them); a result with edits not yet saved says so.
+(the results controller updates them); a result with edits not yet saved says so. A TotalSegmentator task's result
+shows TotalSegmentator's own statistics: each structure's volume and mean intensity (:mod:`..task_statistics`).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from tilewise.engine import Geometry
 from ..colors import display_name, label_color, labels_colormap
 from ..controllers.results import ResultsController
 from ..layers import META_COUNTS, META_FIT, META_GEOMETRY, META_NAMES, META_VOXEL_ML
+from ..task_statistics import TaskStatistics
 from ..volumes import format_ml
 from .common import breakable
 
@@ -59,8 +61,11 @@ class ReviewPanel(QWidget):
         self._results: ResultsController | None = None
         self.checks: dict[int, QCheckBox] = {}
         self.volumes: dict[int, QLabel] = {}
+        self.means: dict[int, QLabel] = {}
+        """A task's mean intensity per label value (empty for a result without TotalSegmentator's statistics)."""
         self._hidden: set[int] = set()
         self._names: dict[int, str] | None = None
+        self._mean_header: str | None = None
         self._notice_layers: list[weakref.ref[Any]] = []
 
         self.hint = QLabel(RUN_HINT)
@@ -139,7 +144,8 @@ class ReviewPanel(QWidget):
         names: dict[int, str] = dict(layer.metadata.get(META_NAMES) or {}) if layer is not None else {}
         if layer is not None:
             self._hidden = self._hidden_in(layer, names)
-        self._rebuild_rows(names)
+        statistics = TaskStatistics.of(layer)
+        self._rebuild_rows(names, statistics.header() if statistics is not None else None)
         if layer is not None:
             for value, check in self.checks.items():
                 check.blockSignals(True)
@@ -189,24 +195,37 @@ class ReviewPanel(QWidget):
             self.show_notice("")
 
     def refresh_volumes(self) -> None:
-        """Show the volumes stored in the layer's metadata ('…' while they are not known)."""
+        """Show the volumes stored in the layer's metadata ('…' while they are not known), and a task's statistics."""
         layer = self.layer
         counts = layer.metadata.get(META_COUNTS) if layer is not None else None
         voxel_ml = layer.metadata.get(META_VOXEL_ML) if layer is not None else None
+        statistics = TaskStatistics.of(layer) if counts is not None else None
+        names = self._names or {}
         for value, label in self.volumes.items():
             if counts is None:
                 label.setText("…")
                 label.setToolTip("Measured when the run has ended")
                 continue
             voxels = int(counts.get(value, 0))
-            if voxel_ml is None:
+            from_statistics = statistics.volume(names[value], voxels) if statistics is not None else None
+            if from_statistics is not None:
+                label.setText(from_statistics[0])
+                label.setToolTip(from_statistics[1])
+            elif voxel_ml is None:
                 label.setText(f"{voxels:,} px")
                 label.setToolTip(f"{voxels:,} pixels (a 2D image has no volume)")
             else:
                 label.setText(format_ml(voxels * voxel_ml))
                 label.setToolTip(f"{voxels:,} voxels × {voxel_ml * 1000:.3g} mm³")
+        for value, label in self.means.items():
+            text, tip = statistics.mean(names[value]) if statistics is not None else ("…", "Measured when the run "
+                                                                                       "has ended")
+            label.setText(text)
+            label.setToolTip(tip)
         geometry = layer.metadata.get(META_GEOMETRY) if layer is not None else None
-        if counts is not None and voxel_ml is not None and isinstance(geometry, Geometry):
+        if statistics is not None:
+            self.method.setText(statistics.method())
+        elif counts is not None and voxel_ml is not None and isinstance(geometry, Geometry):
             size = " × ".join(f"{s:.2f}" for s in geometry.spacing)
             self.method.setText(f"Volume = the label's voxels on the image's own grid × the voxel volume ({size} mm "
                                 f"= {voxel_ml * 1000:.3g} mm³).")
@@ -219,6 +238,10 @@ class ReviewPanel(QWidget):
     def volume_text(self, value: int) -> str:
         """The volume shown for label ``value``."""
         return self.volumes[value].text()
+
+    def mean_text(self, value: int) -> str:
+        """The mean intensity shown for label ``value`` (a task's result only)."""
+        return self.means[value].text()
 
     def hidden_labels(self) -> set[int]:
         """Label values whose box is unticked."""
@@ -262,35 +285,45 @@ class ReviewPanel(QWidget):
             return set()
         return {int(value) for value, a in zip(values, alpha) if a == 0}
 
-    def _rebuild_rows(self, names: dict[int, str]) -> None:
-        if names == self._names:
+    def _rebuild_rows(self, names: dict[int, str], mean_header: str | None = None) -> None:
+        """One row per label: its box, its volume and, with ``mean_header``, its mean intensity (a task's result)."""
+        if names == self._names and mean_header == self._mean_header:
             return
-        self._names = dict(names)
+        self._names, self._mean_header = dict(names), mean_header
         while self.grid.count():
             item = self.grid.takeAt(0)
             if item.widget() is not None:
                 item.widget().deleteLater()
-        self.checks, self.volumes = {}, {}
+        self.checks, self.volumes, self.means = {}, {}, {}
         self.hint.setVisible(not names)
         self.table.setVisible(bool(names))
         if not names:
             return
-        header_label, header_volume = QLabel("<b>Show label</b>"), QLabel("<b>Volume</b>")
-        header_volume.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
-        self.grid.addWidget(header_label, 0, 0)
-        self.grid.addWidget(header_volume, 0, 1)
+        headers = ["<b>Show label</b>", "<b>Volume</b>"] + ([f"<b>{mean_header}</b>"] if mean_header else [])
+        for column, text in enumerate(headers):
+            header = QLabel(text)
+            if column:
+                header.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
+            self.grid.addWidget(header, 0, column)
         for row, (value, name) in enumerate(sorted(names.items()), start=1):
             check = QCheckBox(display_name(name))
             check.setIcon(_swatch(label_color(value)))
             check.setChecked(value not in self._hidden)
             check.setToolTip(f"{html.escape(name)}: label value {value}. Untick to hide it in the image.")
             check.toggled.connect(lambda visible, v=value: self._on_toggled(v, visible))
-            volume = QLabel("…")
-            volume.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
-            volume.setTextInteractionFlags(Qt.TextSelectableByMouse)
             self.grid.addWidget(check, row, 0)
-            self.grid.addWidget(volume, row, 1)
-            self.checks[value], self.volumes[value] = check, volume
+            self.checks[value] = check
+            self.volumes[value] = self._number_cell(row, 1)
+            if mean_header:
+                self.means[value] = self._number_cell(row, 2)
+
+    def _number_cell(self, row: int, column: int) -> QLabel:
+        """A right-aligned, selectable number in the table."""
+        cell = QLabel("…")
+        cell.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
+        cell.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.grid.addWidget(cell, row, column)
+        return cell
 
     def _on_toggled(self, value: int, visible: bool) -> None:
         if visible:

@@ -25,6 +25,10 @@ COUNT_FORMAT = "%v of %m tiles"
 READY_TEXT = "Ready."
 LOADING_TEXT = "Loading the model…"
 FINISHING_TEXT = "Finishing: writing labels on the input grid…"
+SLICE_FIRST_NOTE = "The slice on screen runs first."
+TASK_NOTE = "TotalSegmentator's labels appear when all its models have run."
+"""What the status line adds to the tile count: a model's tiles fill in (the slice on screen first); a
+TotalSegmentator task's models run on its own resampled grid, so its labels show at the end."""
 STOPPED_TEXTS = {"cancelled": "Cancelled. No labels were kept.",
                  "failed": "The segmentation did not run (see the message)."}
 
@@ -90,6 +94,7 @@ class RunPanel(QWidget):
         self._latest_tile: Any = None
         self._all_tiles_done = False
         self._stage_text = ""
+        self._tile_note = SLICE_FIRST_NOTE
         self._clock = clock
         self._run_started = 0.0
         self._remaining = RemainingTime()
@@ -180,8 +185,11 @@ class RunPanel(QWidget):
         return "Cancelling: waiting for the current tile to finish…"
 
     def show_tile(self, event: Any) -> None:
-        """Note the latest tile; the texts and bars follow at most ~10 times a second."""
+        """Note the latest tile; the texts and bars follow at most ~10 times a second. A task's count that grows
+        after its crop stage has finished is counted again."""
         self._latest_tile = event
+        if event.done < event.total and self._all_tiles_done:
+            self._all_tiles_done = False
         if event.done >= event.total and not self._all_tiles_done:
             self._all_tiles_done = True  # the labels go back on the input grid now: a busy bar, no steps to count
             self.progress.setFormat("")
@@ -222,6 +230,11 @@ class RunPanel(QWidget):
         self.fit_warning.setVisible(bool(text))
         if appeared:  # the warning with Run under it
             self.bring_into_view.emit(self)
+
+    def set_tile_note(self, text: str) -> None:
+        """What the status line says after the tile count for the run that starts next (:data:`SLICE_FIRST_NOTE`,
+        or :data:`TASK_NOTE` for a TotalSegmentator task)."""
+        self._tile_note = text
 
     def show_message(self, text: str) -> None:
         """Say ``text`` on the status line."""
@@ -302,7 +315,7 @@ class RunPanel(QWidget):
     def _show_tile_progress(self, done: int, total: int, engine_eta_s: float) -> None:
         self._show_count(done, total)
         if self._state is not State.CANCELLING:
-            self.status.setText(f"Segmenting: {done} of {total} tiles done. The slice on screen runs first.")
+            self.status.setText(f"Segmenting: {done} of {total} tiles done. {self._tile_note}")
         now = self._clock()
         left = self._remaining.update(done, total, now, engine_eta_s)
         self._set_timing(f"Elapsed {format_duration(now - self._run_started)} · about {format_duration(left)} left")

@@ -1,5 +1,11 @@
-"""Speed preset and the Advanced section (folds, mirroring, tile step, precision, device, engine)."""
+"""Speed preset and the Advanced section (folds, mirroring, tile step, precision, device, engine).
+
+For a TotalSegmentator task the tile overlap and mirroring are the task's own (its models run as TotalSegmentator
+runs them): those fields show the task's values, unavailable, and the preset sets the rest (precision, engine,
+tile skipping)."""
 from __future__ import annotations
+
+import html
 
 import torch
 from qtpy.QtCore import QEvent, QSettings, Signal
@@ -15,7 +21,7 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 from tilewise.engine import Estimate, Preset, Span, load_presets
 
-from ..controllers.estimate_priors import ShownEstimates
+from ..controllers.estimate_priors import ShownEstimates, TaskNote
 from ..controllers.worker import RunChoice
 from .common import ElidingComboBox, SteadyLabel
 
@@ -81,6 +87,19 @@ def describe_estimate(estimate: Estimate, total: Span, load: tuple[float, int] |
     return text
 
 
+TASK_TIP = ("A TotalSegmentator task runs several models, each on the image resampled to the task's spacing; "
+            "Tilewise does not estimate that yet. The progress bar counts the tiles of all its models.")
+TASK_FIELD_TIP = "A TotalSegmentator task runs with its own tile overlap and without mirroring, as TotalSegmentator does"
+
+
+def describe_task(task: TaskNote) -> str:
+    """What the Speed box says for a TotalSegmentator task: no estimate yet, and how long its last run took."""
+    text = f"No time estimate for TotalSegmentator's tasks yet ({html.escape(task.name)})."
+    if task.last_s is not None:
+        text += f" Its last run here took <b>{describe_seconds(task.last_s)}</b> (loading its models not counted)."
+    return text
+
+
 def describe_stages(estimate: Estimate | None, total: Span | None, skips_tiles: bool,
                     load: tuple[float, int] | None) -> str:
     """The estimate's tooltip: what it adds up (tiles x passes, loading), why it is a range, and the load that
@@ -136,6 +155,10 @@ class SpeedPanel(QWidget):
         self.presets = load_presets()
         self._folds: list[str] = []
         self._updating = False
+        self._task_step: float | None = None
+        """The chosen TotalSegmentator task's tile step (None: no task chosen)."""
+        self._own_fields: tuple[bool, int] = (False, 0)
+        """Mirroring and overlap as they were before a task was chosen (given back when a model is chosen)."""
         self.totals: dict[str, Span] = {}
         """The time shown after each preset's name (for scripts and tests)."""
 
@@ -187,6 +210,7 @@ class SpeedPanel(QWidget):
                                      "tile at a time, nnU-Net's float16 sums and its own preprocessing and export. "
                                      "Slower than the presets; folds, mirroring and tile step still apply")
 
+        self._field_tips = {self.mirroring: self.mirroring.toolTip(), self.overlap: self.overlap.toolTip()}
         self.overlap.setMinimumWidth(100)
         overlap_row = QWidget()
         overlap_layout = QHBoxLayout(overlap_row)
@@ -241,7 +265,8 @@ class SpeedPanel(QWidget):
         """Show an estimated time after each preset's name, and under the summary the estimate for the chosen
         settings, stage by stage, or a status (such as 'Estimating…') when there is none. A refined estimate takes
         the place of the earlier one: the text below keeps its height (it never moves the controls under it) until
-        no estimate is shown."""
+        no estimate is shown. For a TotalSegmentator task it says that there is no estimate yet."""
+        self._show_task_settings(shown.task)
         self.totals = dict(shown.totals)
         for index in range(self.preset.count()):
             preset = self.presets[self.preset.itemData(index)]
@@ -251,10 +276,13 @@ class SpeedPanel(QWidget):
         chosen, total = shown.chosen, shown.chosen_total
         current = describe_estimate(chosen, total, shown.load) if chosen is not None and total is not None else \
             shown.status
+        if shown.task is not None:
+            current = describe_task(shown.task)
         if not shown.totals:
             self.estimate.release()
         self.estimate.setText(current)
-        self.estimate.setToolTip(describe_stages(chosen, total, self.choice().preset.skip_empty_tiles, shown.load))
+        self.estimate.setToolTip(TASK_TIP if shown.task is not None else
+                                 describe_stages(chosen, total, self.choice().preset.skip_empty_tiles, shown.load))
         self.estimate.setVisible(bool(current))
 
     def set_available_folds(self, folds: list[str]) -> None:
@@ -291,11 +319,12 @@ class SpeedPanel(QWidget):
         return round(1.0 - self.overlap.value() / 100.0, 4)
 
     def is_customised(self) -> bool:
-        """True when an Advanced field differs from the chosen preset."""
+        """True when an Advanced field differs from the chosen preset (a task's own overlap and mirroring aside)."""
         preset = self.current_preset()
+        task = self._task_step is not None
         return (
-            self.mirroring.isChecked() != preset.mirroring
-            or self.overlap.value() != overlap_percent(preset.tile_step)
+            (not task and self.mirroring.isChecked() != preset.mirroring)
+            or (not task and self.overlap.value() != overlap_percent(preset.tile_step))
             or self.precision.currentData() != preset.precision
             or self.nnunet_exact.isChecked()
             or tuple(c.text() for c in self.fold_checks if c.isChecked()) != self._preset_folds(preset)
@@ -320,12 +349,32 @@ class SpeedPanel(QWidget):
         self._updating = False
         self._on_field_changed()
 
+    def _show_task_settings(self, task: TaskNote | None) -> None:
+        """A task chosen: mirroring off and the task's overlap, both unavailable; a model chosen again: the fields
+        as they were."""
+        step = task.step if task is not None else None
+        if step == self._task_step:
+            return
+        self._updating = True
+        if self._task_step is None:
+            self._own_fields = (self.mirroring.isChecked(), self.overlap.value())
+        mirroring, overlap = (False, overlap_percent(step)) if step is not None else self._own_fields
+        self.mirroring.setChecked(mirroring)
+        self.overlap.setValue(overlap)
+        self._task_step = step
+        self._updating = False
+        for field in (self.mirroring, self.overlap):
+            field.setEnabled(step is None)
+            field.setToolTip(TASK_FIELD_TIP if step is not None else self._field_tips[field])
+        self._on_field_changed()
+
     def _on_preset_changed(self, *_: object) -> None:
         preset = self.current_preset()
         self.settings.setValue(SETTINGS_PRESET, preset.name)
         self._updating = True
-        self.mirroring.setChecked(preset.mirroring)
-        self.overlap.setValue(overlap_percent(preset.tile_step))
+        if self._task_step is None:  # a task keeps its own overlap and no mirroring
+            self.mirroring.setChecked(preset.mirroring)
+            self.overlap.setValue(overlap_percent(preset.tile_step))
         index = self.precision.findData(preset.precision)
         self.precision.setCurrentIndex(max(index, 0))
         self._updating = False
@@ -338,6 +387,10 @@ class SpeedPanel(QWidget):
         self.precision.setEnabled(not exact)  # nnU-Net's own precision and engine: these do not apply
         self.backend.setEnabled(not exact)
         text = self.current_preset().summary
+        if self._task_step is not None:
+            text += (f" <b>TotalSegmentator's task runs its own folds, tiles overlapping by "
+                     f"{overlap_percent(self._task_step)} % and no mirroring; the preset sets the precision, engine "
+                     "and tile skipping.</b>")
         if self.is_customised():
             text += " <b>Changed under Advanced.</b>"
         self.summary.setText(text)
