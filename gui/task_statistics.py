@@ -55,8 +55,8 @@ class TaskStatistics:
         return self.task.endswith("--fast")
 
     def header(self) -> str:
-        """The mean intensity column's title."""
-        return "Mean intensity" if self.is_mr else "Mean HU"
+        """The mean intensity column's title (its cells are plain numbers: the dock is narrow)."""
+        return "Mean" if self.is_mr else "Mean HU"
 
     def mean(self, name: str) -> Cell:
         """Structure ``name``'s mean intensity cell."""
@@ -66,8 +66,9 @@ class TaskStatistics:
         if stats is None or float(stats.get("volume", 0.0)) == 0.0:
             return "–", "Not found" if stats is not None else "Not measured"
         value = float(stats["intensity"])
-        text = f"{value:.4g}" if self.is_mr else f"{value:.0f} HU"
-        return text, f"TotalSegmentator's mean intensity of {name}: {value:g}{'' if self.is_mr else ' HU'}"
+        text = f"{value:.4g}" if self.is_mr else f"{value:.0f}"
+        unit = " (MR intensities have no unit)" if self.is_mr else " HU"
+        return text, f"TotalSegmentator's mean intensity of {name}: {value:g}{unit}"
 
     def volume(self, name: str, voxels: int) -> Cell | None:
         """Structure ``name``'s volume cell from the statistics (``voxels``: its voxels in the result); None once the

@@ -10,6 +10,11 @@ X server or Xvfb.
 Advanced settings open (``viewer_warning.png``), then its result after a ``preview`` run, which keeps the warning
 in Review (``viewer_warning_done.png``).
 
+``--totalseg WEIGHTS`` shows TotalSegmentator's ``total`` task with its fast (3 mm) model chosen in the model list
+(``viewer_totalseg_model.png``, TotalSegmentator's weights in WEIGHTS, e.g. the stand-ins of
+``tests/totalseg_factory.py``) on ``--image`` (a CT), then its result with TotalSegmentator's statistics (volume,
+mean HU) in the review table (``viewer_totalseg_review.png``).
+
 ``--size 1366x768 --suffix _1366x768`` makes the window that size instead (the smallest screen the dock is laid out
 for; with a window manager running, ``--maximized`` fills the screen as ``tilewise`` does, title bar included).
 """
@@ -52,8 +57,12 @@ def main() -> int:
     parser.add_argument("--maximized", action="store_true", help="maximise the window instead (needs a window manager)")
     parser.add_argument("--suffix", default="", help="added to each file name, e.g. _1366x768")
     parser.add_argument("--warning", action="store_true", help="the suitability warning on a CT instead")
+    parser.add_argument("--totalseg", type=Path, help="TotalSegmentator's weights folder: its total task instead")
+    parser.add_argument("--image", type=Path, help="with --totalseg: the CT to segment")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.totalseg is not None:
+        os.environ["TOTALSEG_WEIGHTS_PATH"] = str(args.totalseg.resolve())  # before the model list is made
 
     viewer = napari.Viewer(title=TITLE, show=False)
     settings = QSettings(str(args.out / ".screenshot-settings.ini"), QSettings.IniFormat)
@@ -111,6 +120,8 @@ def main() -> int:
 
     if args.warning:
         show_warning(widget, save, app)
+    elif args.totalseg is not None:
+        show_task(widget, save, app, args.image)
     else:
         widget.image_opened.connect(on_opened)
         widget.run_started.connect(lambda worker: worker.tile.connect(on_tile))
@@ -142,6 +153,34 @@ def show_warning(widget: TilewiseWidget, save: Callable[[str], None], app: QAppl
     widget.run_finished.connect(lambda outcome: QTimer.singleShot(800, lambda: (save("viewer_warning_done"),
                                                                                 app.exit(0))))
     widget.open_image(case)
+
+
+def show_task(widget: TilewiseWidget, save: Callable[[str], None], app: QApplication, image: Path) -> None:
+    """TotalSegmentator's total task with its fast model on ``image``: the model step, then the review's statistics."""
+    from tilewise.gui.panels.common import Step, StepColumn
+
+    widget.model_panel.select_task("totalseg:total", fast=True)
+    steps = {step.section: step for step in widget.findChildren(Step)}
+
+    def opened(layers: list) -> None:
+        steps[widget.model_panel].set_open(True)  # the model step, open: the task chosen, its fast model ticked
+        steps[widget.image_panel].set_open(False)
+        QTimer.singleShot(800, lambda: (save("viewer_totalseg_model"), widget.start_run()))
+
+    def review() -> None:
+        widget.findChild(StepColumn).ensureWidgetVisible(widget.review.table, 0, 0)  # the table's top, its header
+        QTimer.singleShot(300, lambda: (save("viewer_totalseg_review"), app.exit(0)))
+
+    def finished(outcome: str) -> None:
+        if outcome != "done":
+            print(f"the run ended: {outcome} ({widget.last_error})", file=sys.stderr)
+            app.exit(1)
+            return
+        QTimer.singleShot(800, review)
+
+    widget.image_opened.connect(opened)
+    widget.run_finished.connect(finished)
+    widget.open_image(image)
 
 
 if __name__ == "__main__":

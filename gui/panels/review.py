@@ -35,6 +35,9 @@ from ..volumes import format_ml
 from .common import breakable
 
 DEFAULT_OPACITY = 0.6
+NAME_WIDTH_WITH_MEANS_PX = 150
+"""How wide a name may be in a table with a mean-intensity column (a task's result), so the three columns fit the
+narrow dock; a longer name ('common carotid artery right') is shortened in the middle, whole in its tooltip."""
 RUN_HINT = "Run a segmentation: each label's volume appears here, with a box to show or hide it."
 NO_SELECTION_HINT = ("No result selected: select a segmentation (or its image) in the layer list to see its volumes "
                      "and save it.")
@@ -306,7 +309,10 @@ class ReviewPanel(QWidget):
                 header.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
             self.grid.addWidget(header, 0, column)
         for row, (value, name) in enumerate(sorted(names.items()), start=1):
-            check = QCheckBox(display_name(name))
+            text = display_name(name)
+            if mean_header:
+                text = self.fontMetrics().elidedText(text, Qt.ElideMiddle, NAME_WIDTH_WITH_MEANS_PX)
+            check = QCheckBox(text)
             check.setIcon(_swatch(label_color(value)))
             check.setChecked(value not in self._hidden)
             check.setToolTip(f"{html.escape(name)}: label value {value}. Untick to hide it in the image.")

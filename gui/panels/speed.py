@@ -386,11 +386,12 @@ class SpeedPanel(QWidget):
         exact = self.nnunet_exact.isChecked()
         self.precision.setEnabled(not exact)  # nnU-Net's own precision and engine: these do not apply
         self.backend.setEnabled(not exact)
-        text = self.current_preset().summary
-        if self._task_step is not None:
-            text += (f" <b>TotalSegmentator's task runs its own folds, tiles overlapping by "
-                     f"{overlap_percent(self._task_step)} % and no mirroring; the preset sets the precision, engine "
-                     "and tile skipping.</b>")
+        preset = self.current_preset()
+        text = preset.summary
+        if self._task_step is not None:  # the preset's folds, overlap and mirroring do not apply: say what does
+            skips = " and skips tiles outside the body" if preset.skip_empty_tiles else ""
+            text = (f"TotalSegmentator's task runs its own folds, tiles overlapping by "
+                    f"{overlap_percent(self._task_step)} %, no mirroring. {preset.label} sets the precision{skips}.")
         if self.is_customised():
             text += " <b>Changed under Advanced.</b>"
         self.summary.setText(text)
