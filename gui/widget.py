@@ -1,4 +1,5 @@
-"""The Tilewise dock widget: model, image, speed, Run/Cancel, progress, then review (volumes, show/hide) and Save.
+"""The Tilewise dock widget: model, image (a file, or from a PACS), speed, Run/Cancel, progress, then review (volumes,
+show/hide), Save and Send to PACS.
 
 It composes the panels (views, :mod:`.panels`), the controllers (state and work, :mod:`.controllers`) and the flows
 (what a click does, :mod:`.flows`) and wires them together; it does no work of its own. Clicks become engine runs on
@@ -14,17 +15,20 @@ from typing import Any
 
 from qtpy.QtCore import QEvent, QSettings, Qt, QTimer, Signal
 from qtpy.QtGui import QKeySequence
-from qtpy.QtWidgets import QApplication, QShortcut, QSizePolicy, QWidget
+from qtpy.QtWidgets import QApplication, QShortcut, QSizePolicy, QVBoxLayout, QWidget
 from tilewise.engine import ModelInfo
 
 from .contributions import demo_model_dir
 from .controllers.estimates import RunTimeEstimates
 from .controllers.files import FilesController
+from .controllers.pacs import PacsController
+from .controllers.pacs_servers import ServerBook
 from .controllers.results import ResultsController
 from .controllers.run import RUN_STATES, RunController, State
 from .controllers.suitability import SuitabilityCheck
 from .controllers.trust import TrustStore
 from .flows.open import OpenFlow
+from .flows.pacs import PacsFlow
 from .flows.report import Reporter
 from .flows.run import RunFlow
 from .flows.save import SaveFlow
@@ -33,12 +37,23 @@ from .panels.common import icon_colour, titled_column
 from .panels.dock import DockPanels
 from .panels.image import ImagePanel
 from .panels.model import ModelPanel
+from .panels.pacs_send import PacsSendPanel
 from .panels.review import ReviewPanel
 from .panels.run import RunPanel
 from .panels.speed import SpeedPanel
 
 # Widgets whose dock panel was closed while they still had a thread running: kept alive until it has ended.
 _CLOSING: set[TilewiseWidget] = set()
+
+
+def _stacked(*widgets: QWidget) -> QWidget:
+    """``widgets`` one under the other, as one step's contents."""
+    column = QWidget()
+    layout = QVBoxLayout(column)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for widget in widgets:
+        layout.addWidget(widget)
+    return column
 
 
 def default_settings() -> QSettings:
@@ -67,6 +82,8 @@ class TilewiseWidget(QWidget):
         self.files = FilesController(self.viewer, self.qsettings, self.run, self)
         self.trust = TrustStore(self.qsettings, self)
         self.fit = SuitabilityCheck(self)  # is the chosen image right for the chosen model? said before Run
+        self.pacs_servers = ServerBook(self.qsettings, parent=self)
+        self.pacs = PacsController(self.pacs_servers, self)
         # panels: the five steps of the dock
         self.model_panel = ModelPanel(self.qsettings, demo_model if demo_model is not None else demo_model_dir())
         self.image_panel = ImagePanel(self.viewer, colour)
@@ -74,6 +91,7 @@ class TilewiseWidget(QWidget):
         self.estimates = RunTimeEstimates(self.qsettings, self.settings_panel.presets, self.run.cache, self)
         self.run_panel = RunPanel(self.viewer)
         self.review = ReviewPanel(save_icon_colour=colour)
+        self.send_panel = PacsSendPanel(colour)
         panels = DockPanels(self.model_panel, self.image_panel, self.settings_panel, self.run_panel, self.review)
         # flows: what a click does
         self.reporter = Reporter(self)
@@ -81,12 +99,14 @@ class TilewiseWidget(QWidget):
         self.runner = RunFlow(self, self.viewer, panels, self.run, self.results, self.trust, self.estimates,
                               self.reporter)
         self.saver = SaveFlow(self, self.viewer, panels, self.run, self.results, self.files, self.reporter)
+        self.pacs_flow = PacsFlow(self, self.pacs_servers, self.pacs, self.opener, self.files, self.send_panel,
+                                  self.reporter)
         self.guard = UnsavedEditsGuard(self, self.viewer, self.results, partial(self.saver.save, None), self.saved,
                                        self.shutdown)
 
         titled_column(self, (("1. Model", self.model_panel), ("2. Image", self.image_panel),
                              ("3. Speed and quality", self.settings_panel), ("4. Segment", self.run_panel),
-                             ("5. Review and save", self.review)))
+                             ("5. Review and save", _stacked(self.review, self.send_panel))))
         self.setMinimumWidth(360)
         self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Expanding)
         self.escape = QShortcut(QKeySequence(Qt.Key_Escape), self)
@@ -120,6 +140,7 @@ class TilewiseWidget(QWidget):
         self.fit.labelled.connect(self.review.refresh_fit)
         # bound methods, not lambdas: Qt would hold a lambda and the lambda the widget, with its loaded model
         self.image_panel.open_button.clicked.connect(self.opener.ask_and_open)
+        self.image_panel.pacs_button.clicked.connect(self.pacs_flow.open_browser)
         self.run_panel.run_button.clicked.connect(self.runner.toggle)
         self.review.save_button.clicked.connect(self.saver.ask_and_save)
         app = QApplication.instance()
@@ -134,6 +155,15 @@ class TilewiseWidget(QWidget):
         them; a file that cannot be read gives a dialog and ``image_opened([])``.
         """
         return self.opener.open(path)
+
+    def open_from_pacs(self) -> Any:
+        """Show the PACS browser (Open from PACS…); returns it."""
+        return self.pacs_flow.open_browser()
+
+    def send_to_pacs(self, server_name: str, layer: Any = None) -> bool:
+        """Store result ``layer`` (default: the one reviewed) as a DICOM SEG on server ``server_name``; see
+        :meth:`PacsFlow.send`. ``pacs_flow.sent`` follows."""
+        return self.pacs_flow.send(server_name, layer)
 
     def select_image(self, *layer_names: str) -> None:
         """Use these layers (by name) as the model's channels, in order."""
@@ -187,6 +217,7 @@ class TilewiseWidget(QWidget):
         saving = self.run.state is State.SAVING
         self.review.show_save_state(enabled=self.result_layer is not None and self.run.state is State.IDLE,
                                     saving=saving)
+        self.pacs_flow.update_send_button(self.result_layer, idle=self.run.state is State.IDLE)
 
     def _on_model_changed(self, info: ModelInfo | None) -> None:
         self.settings_panel.set_available_folds(info.folds if info else [])
@@ -234,6 +265,8 @@ class TilewiseWidget(QWidget):
     def shutdown(self) -> None:
         """Cancel a run and wait for the threads (the window is closing)."""
         self.files.shutdown()
+        self.pacs.shutdown()
+        self.pacs_flow.shutdown()
         self.run.shutdown()
         self.estimates.shutdown()
         self.fit.shutdown()

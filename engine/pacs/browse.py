@@ -2,9 +2,9 @@
 and a study's series (modality, description, number of images), by QIDO-RS or C-FIND; and whether a server answers.
 
 A search takes a patient's name or ID (one text: both are asked, the studies of either are listed), a date range
-and a modality. Names match from their start and case-insensitively as the server does it ('smith' finds
-'SMITH^JOHN'); IDs match anywhere in them. The answers hold patient names for the screen only: nothing here logs
-them.
+and a modality. Names and IDs match anywhere in them, the words of a name in their order ('smith' finds
+'SMITH^JOHN' and 'DOE^JANE SMITH'), case-insensitively where the server does so (Orthanc does).
+The answers hold patient names for the screen only: nothing here logs them.
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ class StudySearch:
         patient = self.patient.strip().replace("*", "")
         if not patient:
             return [common]
-        name = "^".join(part for part in patient.replace(",", " ").split()) + "*"
+        name = "*" + "*".join(patient.replace(",", " ").replace("^", " ").split()) + "*"
         return [{**common, "PatientName": name}, {**common, "PatientID": f"*{patient}*"}]
 
 

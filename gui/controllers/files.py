@@ -115,11 +115,21 @@ class FilesController(QObject):
         self._open_path = Path()
         self._target = Path()
         self._target_input: Path | None = None
+        self._private: list[Path] = []
         viewer.layers.selection.events.active.connect(self._on_active_layer)
 
     def _on_active_layer(self, event: Any) -> None:
         """napari's File > Save Selected Layers offers Tilewise's writer first for labels Tilewise made."""
         prefer_tilewise_writer(made_by_tilewise(event.value))
+
+    def keep_private(self, folder: Path) -> None:
+        """Images opened from under ``folder`` (the viewer's own copy of PACS series) are never the place Save
+        proposes, nor remembered as the folder to open from."""
+        if folder not in self._private:
+            self._private.append(folder)
+
+    def _is_private(self, path: Path) -> bool:
+        return any(path.is_relative_to(folder) for folder in self._private)
 
     # ---- opening ------------------------------------------------------------------------------------
     def open_folder(self) -> str:
@@ -152,7 +162,8 @@ class FilesController(QObject):
     def _on_read(self, layer_data: list) -> None:
         self._finish_reading()
         added = [self.viewer.add_image(data, **kwargs) for data, kwargs, _ in layer_data]
-        self.settings.setValue(SETTINGS_OPEN_FOLDER, str(self._open_path.parent))
+        if not self._is_private(self._open_path):
+            self.settings.setValue(SETTINGS_OPEN_FOLDER, str(self._open_path.parent))
         self.opened.emit(added)
 
     def _on_read_failed(self, message: str) -> None:
@@ -172,8 +183,10 @@ class FilesController(QObject):
             return (last or documents_folder()) / name
         if last is not None and saved_for == str(source.parent):
             folder = last
-        else:
-            folder = source.parent if _is_users_folder(source.parent) else documents_folder()
+        elif _is_users_folder(source.parent) and not self._is_private(source):
+            folder = source.parent
+        else:  # Tilewise's own folders (the sample's, the copies of PACS series) are never proposed
+            folder = documents_folder()
         return folder / segmentation_name(source)
 
     def save(self, layer: Any, path: str | Path, seg_type: str | None = None) -> Path | None:
@@ -191,7 +204,7 @@ class FilesController(QObject):
             target = target.with_name(target.name + ".nii.gz")
         refuse_overwriting_inputs([target], self._open_sources(layer))
         seg_type = seg_type or str(getattr(path, "seg_type", "") or "binary")
-        writing = (write_output, *_output_arguments(layer, target), seg_type)
+        writing = (write_output, *output_arguments(layer, target), seg_type)
         if not self.run.enter(State.SAVING):
             return None
         writer = BackgroundTask(*writing)
@@ -260,7 +273,7 @@ def _input_of(run_layers: list[Any], result: Any) -> Path | None:
     return None
 
 
-def _output_arguments(layer: Any, target: Path) -> tuple[Any, ...]:
+def output_arguments(layer: Any, target: Path) -> tuple[Any, ...]:
     """What :func:`write_output` needs to write result ``layer`` at ``target``; raises :class:`InputError` (nothing
     started) for a DICOM SEG of labels not made from a DICOM series, or without the ``dicom`` extra."""
     files = tuple(Path(p) for p in layer.metadata.get(META_DICOM_FILES) or [])

@@ -7,6 +7,7 @@ from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QWidget
 
 from ..controllers.files import FilesController, describe_input
+from ..controllers.run import State
 from ..panels.dialogs import ask_image_path
 from ..panels.dock import DockPanels
 from .report import Reporter
@@ -31,6 +32,10 @@ class OpenFlow(QObject):
         path = ask_image_path(self._parent, self._files.open_folder())
         if path:
             self.open(path)
+
+    def can_open(self) -> bool:
+        """True when an image could be opened now (no run, no file being read or written)."""
+        return self._files.run.state is State.IDLE
 
     def open(self, path: str | Path | list[str | Path]) -> bool:
         """Start reading an image (one file per channel when a list) on its own thread; False if busy."""

@@ -1,4 +1,5 @@
-"""Choosing the image: one image layer per input channel of the model, CT windows for a CT, and Open image…"""
+"""Choosing the image: one image layer per input channel of the model, CT windows for a CT, Open image… and Open
+from PACS…"""
 from __future__ import annotations
 
 from typing import Any
@@ -7,6 +8,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
+    QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
@@ -22,7 +24,8 @@ from .ct_window import CtWindowButtons, looks_like_ct
 
 
 class ImagePanel(QWidget):
-    """A list of the viewer's image layers per model channel, the CT windows, and Open image… with a busy bar.
+    """A list of the viewer's image layers per model channel, the CT windows, and Open image… and Open from PACS…
+    with a busy bar.
 
     The lists follow the viewer's layers as they are added, renamed and removed.
     """
@@ -50,6 +53,8 @@ class ImagePanel(QWidget):
         self.open_button = QPushButton(qtawesome.icon("fa5s.file-import", color=icon_colour), "Open image…")
         self.open_button.setToolTip("Open a NIfTI, NRRD or MetaImage file, or a DICOM series: pick any file of the "
                                     "series, or its folder with Open folder")
+        self.pacs_button = QPushButton(qtawesome.icon("fa5s.network-wired", color=icon_colour), "Open from PACS…")
+        self.pacs_button.setToolTip("Find a study on a PACS server, and open one of its series")
         self.open_busy = QProgressBar()
         self.open_busy.setRange(0, 0)
         self.open_busy.setTextVisible(False)
@@ -67,7 +72,10 @@ class ImagePanel(QWidget):
         layout.addLayout(self.channel_form)
         layout.addLayout(view_row)
         layout.addWidget(self.ct_row)
-        layout.addWidget(self.open_button)
+        open_row = QHBoxLayout()
+        open_row.addWidget(self.open_button)
+        open_row.addWidget(self.pacs_button)
+        layout.addLayout(open_row)
         layout.addWidget(self.open_busy)
         layout.addWidget(self.open_status)
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
@@ -131,9 +139,11 @@ class ImagePanel(QWidget):
             combo.setCurrentIndex(index)
 
     def show_state(self, state: State) -> None:
-        """Open image… only when the dock is idle; the lists are fixed during a run; a busy bar while opening."""
+        """Open image… and Open from PACS… only when the dock is idle; the lists are fixed during a run; a busy bar
+        while opening."""
         self._combos_enabled = state in (State.IDLE, State.SAVING)
         self.open_button.setEnabled(state is State.IDLE)
+        self.pacs_button.setEnabled(state is State.IDLE)
         for combo in self.channel_combos:
             combo.setEnabled(self._combos_enabled)
         self.open_busy.setVisible(state is State.OPENING)
