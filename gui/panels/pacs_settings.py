@@ -60,7 +60,9 @@ class PacsSettingsDialog(QDialog):
         self.user = QLineEdit()
         self.password = QLineEdit()
         self.password.setEchoMode(QLineEdit.Password)
+        self.password.setPlaceholderText("Leave empty to keep the saved password")
         self.verify_tls = QCheckBox("Verify the server's TLS certificate (https)")
+        self.verify_tls.setChecked(True)
         self.verify_tls.setToolTip("Leave this on: off, anyone between this computer and the server could read the "
                                    "images and the password")
         self.test_button = QPushButton("Test connection")
