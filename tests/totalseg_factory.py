@@ -21,6 +21,11 @@ real weights.
   rare, so that cropping to it (``--roi_subset liver``, the ``liver_vessels`` task) crops to a part of the image.
 
 :func:`make_ct` writes the CT-like test image (and :func:`make_mr` an MR-like one) the tests run both tools on.
+
+For benchmarks, ``full_size=True`` (:func:`full_size_standins`) plans the same models with nnU-Net's default network
+(features 32 -> 320) and memory target on planning cases of CT size (about 350 x 250 x 250 voxels at 1.5 mm): the
+forward passes then cost what a real TotalSegmentator model's do (the weights stay random: time only). The patch
+sizes are nnU-Net's planner's choice for such data, not necessarily those of TotalSegmentator's released plans.
 """
 from __future__ import annotations
 
@@ -100,10 +105,18 @@ PERMUTED = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 reorientation to RAS then permutes axes, not only flips them."""
 
 
-def _plan(root: Path, key: str) -> Path:
-    """nnU-Net's fingerprint and plans for one planning group (cached under ``root``)."""
+FULL_SIZE_SCALE = 11.0
+"""Planning cases of full-size stand-ins are the tiny ones' shapes times this (32 x 28 x 28 -> 352 x 308 x 308 at
+1.5 mm: a chest-abdomen-pelvis CT)."""
+
+
+def _plan(root: Path, key: str, full_size: bool = False) -> Path:
+    """nnU-Net's fingerprint and plans for one planning group (cached under ``root``): tiny networks, or with
+    ``full_size`` nnU-Net's default network and memory target on CT-sized planning cases."""
     family, channel, spacing, shape = _GROUPS[key]
-    final = root / f"_planned_v{_VERSION}" / key
+    if full_size:
+        shape = tuple(round(n * FULL_SIZE_SCALE) for n in shape)
+    final = root / f"_planned_v{_VERSION}" / (f"{key}-full" if full_size else key)
     name = f"Dataset{950 + list(_GROUPS).index(key)}_Standin{key.replace('.', '').replace('_', '')}"
 
     def build(tmp: Path) -> None:
@@ -128,7 +141,7 @@ def _plan(root: Path, key: str) -> Path:
             extractor.num_foreground_voxels_for_intensitystats = 1e5
             extractor.run(overwrite_existing=True)
             planner = ExperimentPlanner(name)
-            for attr, value in mf._PLANNERS["default"]["attrs"].items():
+            for attr, value in ({} if full_size else mf._PLANNERS["default"]["attrs"]).items():
                 setattr(planner, attr, value)
             planner.plan_experiment()
         shutil.copytree(pre / name, tmp / "planned")
@@ -192,9 +205,9 @@ def _heads_for(plans: dict, dataset_json: dict, planned: Path, seed: int, organ:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
-def _make_model(weights: Path, root: Path, task_id: int) -> Path:
+def _make_model(weights: Path, root: Path, task_id: int, full_size: bool = False) -> Path:
     group, label_source, trainer = _MODELS[task_id]
-    planned = _plan(root, group)
+    planned = _plan(root, group, full_size)
     dataset_name = _folder_name(task_id)
     folder = weights / dataset_name / f"{trainer}__nnUNetPlans__3d_fullres"
     if folder.is_dir():
@@ -227,12 +240,12 @@ def _make_model(weights: Path, root: Path, task_id: int) -> Path:
     return folder
 
 
-def make_weights(weights: Path, root: Path, task_ids: tuple[int, ...] | None = None) -> Path:
+def make_weights(weights: Path, root: Path, task_ids: tuple[int, ...] | None = None, full_size: bool = False) -> Path:
     """The stand-in folders of ``task_ids`` (default: all of them) under ``weights``; plannings are
     cached under ``root``. Returns ``weights`` (what ``TOTALSEG_WEIGHTS_PATH`` should name)."""
     weights.mkdir(parents=True, exist_ok=True)
     for task_id in task_ids or tuple(_MODELS):
-        _make_model(weights, root, task_id)
+        _make_model(weights, root, task_id, full_size)
     return weights
 
 
@@ -269,5 +282,12 @@ def standins(root: Path) -> SimpleNamespace:
                                                                                 direction=PERMUTED))
 
 
-__all__ = ["PERMUTED", "RARE_IN_CROP_MODEL", "TEST_SHAPE", "TEST_SPACING", "make_ct", "make_mr", "make_weights", "settings_home",
-           "standins"]
+def full_size_standins(root: Path, task_ids: tuple[int, ...] = (291, 292, 293, 294, 295, 297)) -> SimpleNamespace:
+    """Full-size stand-ins (see the module's docstring) of ``task_ids`` (default: ``total`` and ``total --fast``) under
+    ``root / "weights"``, with a settings home: ``weights`` and ``home`` as :func:`standins` gives them."""
+    return SimpleNamespace(weights=make_weights(root / "weights", root / "plans", task_ids, full_size=True),
+                           home=settings_home(root / "home"))
+
+
+__all__ = ["FULL_SIZE_SCALE", "PERMUTED", "RARE_IN_CROP_MODEL", "TEST_SHAPE", "TEST_SPACING", "full_size_standins",
+           "make_ct", "make_mr", "make_weights", "settings_home", "standins"]
