@@ -56,7 +56,7 @@ class TaskStatistics:
 
     def header(self) -> str:
         """The mean intensity column's title (its cells are plain numbers: the dock is narrow)."""
-        return "Mean" if self.is_mr else "Mean HU"
+        return "Mean" if self.is_mr else "Mean<br>HU"  # two short lines: the names keep the width
 
     def mean(self, name: str) -> Cell:
         """Structure ``name``'s mean intensity cell."""

@@ -34,7 +34,7 @@ from tilewise.gui._preload import preload_native_libraries  # noqa: E402
 preload_native_libraries()
 
 import napari  # noqa: E402
-from qtpy.QtCore import QSettings, QTimer  # noqa: E402
+from qtpy.QtCore import QPoint, QSettings, QTimer  # noqa: E402
 from qtpy.QtWidgets import QApplication  # noqa: E402
 
 from tilewise.gui.app import TITLE  # noqa: E402
@@ -168,7 +168,8 @@ def show_task(widget: TilewiseWidget, save: Callable[[str], None], app: QApplica
         QTimer.singleShot(800, lambda: (save("viewer_totalseg_model"), widget.start_run()))
 
     def review() -> None:
-        widget.findChild(StepColumn).ensureWidgetVisible(widget.review.table, 0, 0)  # the table's top, its header
+        column = widget.findChild(StepColumn)  # the table's top (its header) at the top of the dock
+        column.verticalScrollBar().setValue(widget.review.table.mapTo(column.widget(), QPoint(0, 0)).y() - 40)
         QTimer.singleShot(300, lambda: (save("viewer_totalseg_review"), app.exit(0)))
 
     def finished(outcome: str) -> None:

@@ -27,7 +27,8 @@ from ..task_models import (
     runnable_tasks,
     task_model,
 )
-from .common import ElidingComboBox, breakable
+from .common import breakable
+from .elided import ModelComboBox
 from .dialogs import show_error
 
 SETTINGS_EXTRA = "models/extra_folders"
@@ -93,7 +94,7 @@ class ModelPanel(QWidget):
         self._tasks: list[TaskInfo] = []
         self._task_models: dict[tuple[str, bool], TaskModelInfo | None] = {}
 
-        self.combo = ElidingComboBox()
+        self.combo = ModelComboBox()
         self.browse = QPushButton(_icon("fa5s.folder-open"), "Browse…")
         self.browse.setToolTip("Add a trained nnU-Net model folder (the one that holds plans.json and fold_0)")
         row = QHBoxLayout()
@@ -273,15 +274,16 @@ class ModelPanel(QWidget):
 
     def _describe_task(self, info: TaskModelInfo) -> None:
         """A task's rows: what it runs, at which spacing, its folds, and its structures (all in the tooltip)."""
-        models = "model" if info.parts == 1 else "models"
-        self.dataset.setText(breakable(html.escape(f"{info.name}: TotalSegmentator's {task_name(info.name.split()[0])}"
-                                                   f" task, {info.parts} nnU-Net {models} run as one")))
+        task = f"TotalSegmentator's {task_name(info.name.split()[0])} task"
+        runs = f"{info.parts} nnU-Net models run as one" if info.parts > 1 else \
+            ("its fast model" if info.fast else "one nnU-Net model")
+        self.dataset.setText(breakable(html.escape(f"{task}: {runs}", quote=False)))
         spacing = f", the image resampled to {info.spacing_mm:g} mm" if info.spacing_mm else ""
         self.configuration.setText(f"{info.configuration}{spacing}")
         self.folds.setText(", ".join(info.spec.main.folds) + " (the task's own)")
         names = [display_name(name) for value, name in sorted(label_names(info).items())]
         shown = ", ".join(names[:TASK_LABELS_SHOWN]) + (", …" if len(names) > TASK_LABELS_SHOWN else "")
-        self.labels.setText(html.escape(f"{len(names)} structures: {shown}"))
+        self.labels.setText(html.escape(f"{len(names)} structures: {shown}", quote=False))
         self.labels.setToolTip(f"<p>{html.escape(', '.join(names))}</p>")  # rich text: Qt wraps it
 
     def summary(self) -> str:

@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QSlider,
     QVBoxLayout,
     QWidget,
@@ -33,11 +34,9 @@ from ..layers import META_COUNTS, META_FIT, META_GEOMETRY, META_NAMES, META_VOXE
 from ..task_statistics import TaskStatistics
 from ..volumes import format_ml
 from .common import breakable
+from .elided import ElidingCheckBox
 
 DEFAULT_OPACITY = 0.6
-NAME_WIDTH_WITH_MEANS_PX = 150
-"""How wide a name may be in a table with a mean-intensity column (a task's result), so the three columns fit the
-narrow dock; a longer name ('common carotid artery right') is shortened in the middle, whole in its tooltip."""
 RUN_HINT = "Run a segmentation: each label's volume appears here, with a box to show or hide it."
 NO_SELECTION_HINT = ("No result selected: select a segmentation (or its image) in the layer list to see its volumes "
                      "and save it.")
@@ -302,17 +301,16 @@ class ReviewPanel(QWidget):
         self.table.setVisible(bool(names))
         if not names:
             return
+        self.grid.setHorizontalSpacing(8 if mean_header else 12)  # three columns in the narrow dock
         headers = ["<b>Show label</b>", "<b>Volume</b>"] + ([f"<b>{mean_header}</b>"] if mean_header else [])
         for column, text in enumerate(headers):
             header = QLabel(text)
             if column:
                 header.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
-            self.grid.addWidget(header, 0, column)
+                header.setSizePolicy(QSizePolicy.Fixed, QSizePolicy.Preferred)  # the names take what is left
+            self.grid.addWidget(header, 0, column, Qt.AlignRight if column else Qt.Alignment())
         for row, (value, name) in enumerate(sorted(names.items()), start=1):
-            text = display_name(name)
-            if mean_header:
-                text = self.fontMetrics().elidedText(text, Qt.ElideMiddle, NAME_WIDTH_WITH_MEANS_PX)
-            check = QCheckBox(text)
+            check = ElidingCheckBox(display_name(name))  # a long name never widens the dock
             check.setIcon(_swatch(label_color(value)))
             check.setChecked(value not in self._hidden)
             check.setToolTip(f"{html.escape(name)}: label value {value}. Untick to hide it in the image.")
@@ -327,8 +325,9 @@ class ReviewPanel(QWidget):
         """A right-aligned, selectable number in the table."""
         cell = QLabel("…")
         cell.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
+        cell.setSizePolicy(QSizePolicy.Fixed, QSizePolicy.Preferred)  # as wide as its number: the names take the rest
         cell.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.grid.addWidget(cell, row, column)
+        self.grid.addWidget(cell, row, column, Qt.AlignRight)
         return cell
 
     def _on_toggled(self, value: int, visible: bool) -> None:
