@@ -56,7 +56,7 @@ def _table(columns: tuple[str, ...], stretch: int) -> QTableWidget:
     table.setSelectionMode(QAbstractItemView.SingleSelection)
     table.setEditTriggers(QAbstractItemView.NoEditTriggers)
     table.verticalHeader().setVisible(False)
-    table.setAlternatingRowColors(True)
+    table.setShowGrid(True)  # no alternating rows: napari's theme makes them white, with white text
     table.setWordWrap(False)
     header = table.horizontalHeader()
     header.setSectionResizeMode(QHeaderView.ResizeToContents)
