@@ -48,6 +48,20 @@ from .model.catalog import ModelInfo, default_search_roots, describe_model, find
 from .model.totalseg import TaskSpec, resolve_task, task_name, totalsegmentator_installed
 from .model.totalseg_catalog import TaskInfo, installed_tasks, task_model_folders
 from .task_predictor import TaskPredictor, TaskResult
+from .pacs import (
+    PacsAccessError,
+    PacsError,
+    PacsServer,
+    SeriesInfo,
+    StudyInfo,
+    StudySearch,
+    check_connection,
+    fetch_series,
+    list_series,
+    list_studies,
+    open_server,
+    server_address,
+)
 from .preprocess.reuse import PreprocessCache
 from .runtime.memory import is_out_of_memory
 from .runtime.quiet import silenced_fd2
@@ -67,4 +81,7 @@ __all__ = [
     # TotalSegmentator's tasks as one model each (-m totalseg:total)
     "TaskInfo", "TaskPredictor", "TaskResult", "TaskSpec", "installed_tasks", "resolve_task", "task_model_folders",
     "task_name", "totalsegmentator_installed", "totalsegmentator_root",
+    # the PACS in the viewer: configured servers, study and series lists, a series pulled whole, Send to PACS
+    "PacsAccessError", "PacsError", "PacsServer", "SeriesInfo", "StudyInfo", "StudySearch", "check_connection",
+    "fetch_series", "list_series", "list_studies", "open_server", "server_address",
 ]
