@@ -28,8 +28,8 @@ from ..task_models import (
     task_model,
 )
 from .common import breakable
-from .elided import ModelComboBox
 from .dialogs import show_error
+from .elided import ModelComboBox
 
 SETTINGS_EXTRA = "models/extra_folders"
 SETTINGS_LAST = "models/last"

@@ -37,6 +37,7 @@ from .common import breakable
 from .elided import ElidingCheckBox
 
 DEFAULT_OPACITY = 0.6
+MEASURED_AT_END = "Measured when the run has ended"
 RUN_HINT = "Run a segmentation: each label's volume appears here, with a box to show or hide it."
 NO_SELECTION_HINT = ("No result selected: select a segmentation (or its image) in the layer list to see its volumes "
                      "and save it.")
@@ -206,7 +207,7 @@ class ReviewPanel(QWidget):
         for value, label in self.volumes.items():
             if counts is None:
                 label.setText("…")
-                label.setToolTip("Measured when the run has ended")
+                label.setToolTip(MEASURED_AT_END)
                 continue
             voxels = int(counts.get(value, 0))
             from_statistics = statistics.volume(names[value], voxels) if statistics is not None else None
@@ -220,8 +221,7 @@ class ReviewPanel(QWidget):
                 label.setText(format_ml(voxels * voxel_ml))
                 label.setToolTip(f"{voxels:,} voxels × {voxel_ml * 1000:.3g} mm³")
         for value, label in self.means.items():
-            text, tip = statistics.mean(names[value]) if statistics is not None else ("…", "Measured when the run "
-                                                                                       "has ended")
+            text, tip = statistics.mean(names[value]) if statistics is not None else ("…", MEASURED_AT_END)
             label.setText(text)
             label.setToolTip(tip)
         geometry = layer.metadata.get(META_GEOMETRY) if layer is not None else None
