@@ -19,20 +19,26 @@ from .model.bundle import ModelBundle
 from .model.cascade import check_pair, previous_stage_dir
 from .model.suitability import apply_policy, check_image
 from .nnunet_exact import export_like_nnunet, run_like_nnunet
-from .postprocess.export import export_with_fallback
+from .postprocess.export import crop_resampler, export_with_fallback, slab_wise
 from .postprocess.labels import logits_to_labels
+from .postprocess.streaming import PENDING_UPDATES, StreamingExport
 from .prepared_case import PreparedCase
 from .preprocess.cascade_input import check_previous_labels, previous_stage_input
-from .preprocess.grid_shape import forward_activation_bytes, job_size
+from .preprocess.grid_shape import ModelGrid, forward_activation_bytes, job_size, network_grid_shape, nonzero_extent
 from .preprocess.pipeline import Preprocessed, preprocess
 from .preprocess.reuse import PreprocessCache, preprocess_key
 from .presets import Preset
 from .runtime.devices import default_batch_size
 from .runtime.memory import free_device_memory, record_peak
-from .runtime.memory_plan import MemoryBudget, MemoryPlan, check_forward_fits, plan_memory
+from .runtime.memory_plan import JobSize, MemoryBudget, MemoryPlan, Streaming, check_forward_fits, plan_memory
 from .sliding.accumulators import Placement, placements
 from .sliding.empty_tiles import empty_tile_test
-from .sliding.runner import SlidingWindowRunner, background_logits
+from .sliding.runner import SlidingResult, SlidingWindowRunner, background_logits
+from .sliding.window import streaming_rows
+
+STREAM_BY_DEFAULT = False
+"""Whether a predictor streams (``streaming=None``): tiles in nnU-Net's order into a window of slices, export beside
+them; see :meth:`Predictor.plan_case`."""
 
 
 @dataclass
@@ -102,7 +108,10 @@ class Predictor:
         nnunet_exact: bool = False,
         cancel: CancelToken | None = None,
         run_previous_stage: bool = True,
+        streaming: bool | None = None,
     ) -> None:
+        self.streaming = STREAM_BY_DEFAULT if streaming is None else streaming
+        """Whether cases may run streaming (see :meth:`plan_case`); False: always the whole-volume sums."""
         with cancellable(cancel):  # loading and converting stop between folds when ``cancel`` is set
             self._load(model_dir, preset, device, folds, checkpoint_name, trust, nnunet_exact, run_previous_stage)
 
@@ -129,7 +138,8 @@ class Predictor:
         self._previous_cache = PreprocessCache()  # the first stage's input, kept only for callers that pass ``reuse``
         if self.bundle.previous_stage_name is not None and run_previous_stage:
             self.previous = Predictor(previous_stage_dir(self.bundle), requested_preset, device, folds,
-                                      checkpoint_name, trust, nnunet_exact)  # under this one's cancel token
+                                      checkpoint_name, trust, nnunet_exact,  # under this one's cancel token
+                                      streaming=self.streaming)
             check_pair(self.bundle, self.previous.bundle)
         self.reader = reader_name(self.bundle.plans)  # the image reader the model was trained with
         self.networks = [net.to(self.device) for net in self.bundle.build_networks()]
@@ -191,23 +201,34 @@ class Predictor:
         :meth:`prepare`, :meth:`run_tiles` and :meth:`finish` in a row.
         """
         with cancellable(cancel):
-            case = self.prepare(volume, reuse=reuse, previous_labels=previous_labels)
+            case = self.prepare(volume, reuse=reuse, previous_labels=previous_labels,
+                                with_probabilities=with_probabilities, focus=focus is not None)
             self.run_tiles(case, on_event, provisional_labels=provisional_labels, focus=focus)
             return self.finish(case, with_probabilities=with_probabilities)
 
     def prepare(self, volume: Volume, cancel: CancelToken | None = None, reuse: PreprocessCache | None = None,
-                budget: MemoryBudget | None = None, previous_labels: np.ndarray | None = None) -> PreparedCase:
+                budget: MemoryBudget | None = None, previous_labels: np.ndarray | None = None,
+                with_probabilities: bool | None = None, focus: bool = False) -> PreparedCase:
         """``volume`` checked, its memory planned (against ``budget``, default the memory available now) and
         preprocessed (through ``reuse`` when given): :meth:`plan_case` then :meth:`preprocess_case`."""
         with cancellable(cancel):
-            return self.preprocess_case(self.plan_case(volume, budget, previous_labels=previous_labels), reuse=reuse)
+            case = self.plan_case(volume, budget, previous_labels=previous_labels,
+                                  with_probabilities=with_probabilities, focus=focus)
+            return self.preprocess_case(case, reuse=reuse)
 
     def plan_case(self, volume: Volume, budget: MemoryBudget | None = None, assess: bool = True,
-                  previous_labels: np.ndarray | None = None) -> PreparedCase:
+                  previous_labels: np.ndarray | None = None, with_probabilities: bool | None = None,
+                  focus: bool = False) -> PreparedCase:
         """The first half of :meth:`prepare`: raises :class:`InputError` for a volume this model cannot segment (or,
         under a strict :func:`~tilewise.engine.model.suitability.input_policy`, was not trained for: ``assess``) and
         :class:`OutOfMemoryError` (exit 3) for one that cannot fit in ``budget``, before any work. A cascade stage
-        given ``previous_labels`` plans no first stage."""
+        given ``previous_labels`` plans no first stage.
+
+        Streaming (when :attr:`streaming`; tiles in nnU-Net's order, the sums in a window of slices, the export on a
+        second thread beside the tiles) is planned wherever it fits when the caller says whether :meth:`finish` will
+        want probabilities (``with_probabilities`` True or False) and no slice priority will steer the tiles
+        (``focus`` False); otherwise only where the whole volume's sums do not fit (then :meth:`finish` cannot give
+        probabilities unless ``with_probabilities`` said so)."""
         self.check_input(volume, previous_labels)
         source = str(volume.sources[0]) if volume.sources else "input"
         notes = apply_policy(check_image(volume, self.bundle), source) if assess else []
@@ -215,13 +236,20 @@ class Predictor:
         if self.previous is not None and previous_labels is None:  # the full-res image waits while the first runs
             budget = budget or MemoryBudget.available_now(self.device)
             waiting = self.bundle.image_channel_count * 4 * job_size(self.bundle, volume, 1).network_voxels
-            first = self.previous.plan_case(volume, replace(budget, host_bytes=budget.host_bytes - waiting), False)
+            first = self.previous.plan_case(volume, replace(budget, host_bytes=budget.host_bytes - waiting), False,
+                                            with_probabilities=False, focus=focus)  # its labels only
         if self.nnunet_exact:
             return PreparedCase(volume, plan=None, order=[], notes=notes, previous=first, previous_labels=previous_labels)
         order = placements(self.device)
-        plan = self.plan_memory(volume, order, budget)
+        plan = self.plan_memory(volume, order, budget, self._streaming_mode(with_probabilities, focus))
         return PreparedCase(volume, plan, order[plan.placement_index:], notes=notes + plan.notes, previous=first,
-                            previous_labels=previous_labels)
+                            previous_labels=previous_labels, with_probabilities=bool(with_probabilities))
+
+    def _streaming_mode(self, with_probabilities: bool | None, focus: bool) -> str:
+        """How :meth:`plan_case` may plan streaming (see :class:`~tilewise.engine.runtime.memory_plan.Streaming`)."""
+        if not self.streaming:
+            return Streaming.NEVER
+        return Streaming.FALLBACK if with_probabilities is None or focus else Streaming.PREFER
 
     def preprocess_case(self, case: PreparedCase, cancel: CancelToken | None = None,
                         reuse: PreprocessCache | None = None) -> PreparedCase:
@@ -284,6 +312,8 @@ class Predictor:
             s = self.settings
             case.logits, case.tiles, case.forward_passes = run_like_nnunet(
                 self.bundle, self.networks, self.device, s.mirror_axes, s.tile_step, s.precision, prepared, on_event)
+        elif case.plan is not None and case.plan.streaming:
+            self._run_streaming(case, prepared, on_event, provisional_labels)
         else:
             self._run_runner(case, prepared, on_event, provisional_labels, focus)
         case.timings["sliding_window"] = time.perf_counter() - started
@@ -320,21 +350,54 @@ class Predictor:
         check_cancelled()
         case.timings[f"{self.bundle.previous_stage_name}:to_input"] = time.perf_counter() - started
 
-    def _run_runner(self, case: PreparedCase, prepared: Preprocessed, on_event: EventHandler | None,
-                    provisional_labels: bool, focus: FocusToken | None) -> None:
+    def _runner(self, case: PreparedCase) -> SlidingWindowRunner:
         heads = self.bundle.label_manager.num_segmentation_heads
-        runner = SlidingWindowRunner(
+        return SlidingWindowRunner(
             self.backend, self.bundle.patch_size, self.settings.tile_step, self.settings.batch_size, heads,
             lambda logits: logits_to_labels(logits, self.bundle),
             background=background_logits(heads, self.bundle.label_manager.has_regions), skip_tile=case.skip_tile,
             placement_order=case.order,
         )
+
+    def _run_runner(self, case: PreparedCase, prepared: Preprocessed, on_event: EventHandler | None,
+                    provisional_labels: bool, focus: FocusToken | None) -> None:
+        runner = self._runner(case)
         try:
             run = runner.run(prepared.data, prepared.mapper, on_event, focus, provisional_labels)
         finally:
-            if runner.batch_size != self.settings.batch_size:  # the batch that fitted, for the next cases
-                self.settings = replace(self.settings, batch_size=runner.batch_size)
-        case.logits, case.tiles, case.tiles_skipped = run.logits, run.tiles_run, run.tiles_skipped
+            self._keep_batch_size(runner)
+        case.logits = run.logits
+        self._count(case, run)
+
+    def _run_streaming(self, case: PreparedCase, prepared: Preprocessed, on_event: EventHandler | None,
+                       provisional_labels: bool) -> None:
+        """The tiles in nnU-Net's order into a window of slices, each final slab exported on a second thread while
+        the next tiles run (:class:`~tilewise.engine.postprocess.streaming.StreamingExport`, left on the case for
+        :meth:`finish`)."""
+        assert case.plan is not None
+        unpadded = prepared.unpadded
+        resampler = crop_resampler(self.bundle, prepared.properties, tuple(s.stop - s.start for s in unpadded))
+        assert resampler is not None, "streaming is planned only for slab-wise resampling rules"
+        export = StreamingExport(self.bundle, prepared.properties, unpadded, resampler, case.with_probabilities,
+                                 case.plan.slab_bytes)
+        runner = self._runner(case)
+        try:
+            run = runner.run_streaming(prepared.data, prepared.mapper, export.put, on_event, provisional_labels)
+        except BaseException:
+            export.abort()
+            raise
+        finally:
+            self._keep_batch_size(runner)
+        case.export = export
+        self._count(case, run)
+
+    def _keep_batch_size(self, runner: SlidingWindowRunner) -> None:
+        if runner.batch_size != self.settings.batch_size:  # the batch that fitted, for the next cases
+            self.settings = replace(self.settings, batch_size=runner.batch_size)
+
+    @staticmethod
+    def _count(case: PreparedCase, run: SlidingResult) -> None:
+        case.tiles, case.tiles_skipped = run.tiles_run, run.tiles_skipped
         case.forward_passes = run.forward_passes
         case.notes += run.notes
 
@@ -360,6 +423,8 @@ class Predictor:
 
     def _export(self, case: PreparedCase, with_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """The case's labels (and probabilities) on the grid the model's reader returned (host fallback as above)."""
+        if case.export is not None:
+            return self._finish_streaming(case, with_probabilities)
         prepared = case.prepared
         assert prepared is not None and case.logits is not None, "run_tiles first"
         started = time.perf_counter()
@@ -377,15 +442,46 @@ class Predictor:
         record_peak(case.peaks, "export")
         return labels, probabilities
 
+    def _finish_streaming(self, case: PreparedCase, with_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Wait for a streaming case's last slab: the time after the last tile is this one's."""
+        export, case.export = case.export, None
+        assert export is not None
+        started = time.perf_counter()
+        try:
+            if with_probabilities and not case.with_probabilities:
+                raise TilewiseError("--save_probabilities", "this case ran streaming without probabilities; plan it "
+                                                            "with with_probabilities=True")
+            exported = export.close()
+        except BaseException:
+            export.abort()
+            raise
+        case.notes += export.notes
+        free_device_memory(self.device)
+        case.timings["export"] = time.perf_counter() - started
+        record_peak(case.peaks, "export")
+        return exported.labels, exported.probabilities if with_probabilities else None
+
     def plan_memory(self, volume: Volume, order: list[Placement] | None = None,
-                    budget: MemoryBudget | None = None) -> MemoryPlan:
-        """Where this case's logit sums will live (an index into ``order``, default every placement for the device)
-        and how large its export slabs are, from ``budget`` (default the memory available now); raises
-        :class:`OutOfMemoryError` (exit 3) when it cannot fit, before any work."""
-        job = job_size(self.bundle, volume, self.settings.batch_size)
+                    budget: MemoryBudget | None = None, streaming: str = Streaming.NEVER) -> MemoryPlan:
+        """Where this case's logit sums will live (an index into ``order``, default every placement for the device),
+        whether in a streaming window (as ``streaming`` allows, see
+        :class:`~tilewise.engine.runtime.memory_plan.Streaming`), and how large its export slabs are, from
+        ``budget`` (default the memory available now); raises :class:`OutOfMemoryError` (exit 3) when it cannot fit,
+        before any work."""
+        job = self._with_window(volume, job_size(self.bundle, volume, self.settings.batch_size))
         pairs = [(p.device, p.dtype) for p in (order or placements(self.device))]
         budget = budget or MemoryBudget.available_now(self.device)
         if self.bundle.previous_stage_name is not None:  # the network takes the one-hot first stage too
             job = replace(job, channels=self.bundle.num_input_channels)
             budget = replace(budget, host_bytes=budget.host_bytes - job.label_bytes * job.input_voxels)
-        return plan_memory(job, self.device, pairs, budget.host_bytes, budget.device_bytes)
+        return plan_memory(job, self.device, pairs, budget.host_bytes, budget.device_bytes, streaming)
+
+    def _with_window(self, volume: Volume, job: JobSize) -> JobSize:
+        """``job`` with the network voxels a streaming run would hold (none where the export cannot stream)."""
+        if self.nnunet_exact or not slab_wise(self.bundle):
+            return job
+        channels = [volume.array[c] for c in range(volume.num_channels)]
+        grid = network_grid_shape(ModelGrid.of(self.bundle), nonzero_extent(channels), volume.nnunet_spacing)
+        ring, held = streaming_rows(grid, self.bundle.patch_size, self.settings.tile_step,  # type: ignore[arg-type]
+                                    self.settings.batch_size, PENDING_UPDATES)
+        return replace(job, window_voxels=held * grid[1] * grid[2], window_rows=ring)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .data.volume import Volume
+from .postprocess.streaming import StreamingExport
 from .preprocess.pipeline import Preprocessed
 from .runtime.memory_plan import MemoryPlan
 from .sliding.accumulators import Placement
@@ -34,6 +35,11 @@ class PreparedCase:
     prepared: Preprocessed | None = None
     skip_tile: Callable[[Tile], bool] | None = None
     logits: torch.Tensor | None = None
+    """The averaged logits between the sliding window and export (None for a streaming case)."""
+    export: StreamingExport | None = None
+    """A streaming case's export, running beside its tiles and finished by ``finish``."""
+    with_probabilities: bool = False
+    """Whether a streaming case's export writes probabilities too (planned with them)."""
     tiles: int = 0
     forward_passes: int = 0
     tiles_skipped: int = 0

@@ -70,8 +70,8 @@ def test_cancel_during_export_stops_between_slabs(counting, tmp_path: Path, monk
     predictor, calls = counting
     case = model_factory.make_case(tmp_path / "ct_0000.nii.gz", "3d", shape=(40, 48, 56))
     slabs_done: list[int] = []
-    real_slab = export_module._slab
-    monkeypatch.setattr(export_module, "_slab", lambda *a: slabs_done.append(1) or real_slab(*a))
+    real_slab = export_module.slab_of
+    monkeypatch.setattr(export_module, "slab_of", lambda *a: slabs_done.append(1) or real_slab(*a))
     monkeypatch.setattr(export_module, "slab_rows", lambda *a: 1)  # one row per slab
     token = CancelledAfter(10**6)
 

@@ -53,12 +53,19 @@ def _nnunet_resampling_arguments(bundle: ModelBundle) -> tuple[str | None, dict[
     return configuration.get("resampling_fn_probabilities"), kwargs
 
 
+def slab_wise(bundle: ModelBundle) -> bool:
+    """Whether this module computes the model's probability resampling rule slab by slab (else nnunetv2's own
+    function resamples the whole grid at once: another resampler, or cubic orders)."""
+    name, kwargs = _nnunet_resampling_arguments(bundle)
+    return name == _NNUNET_PROBABILITY_RESAMPLER and kwargs["order"] in ORDERS and kwargs["order_z"] in ORDERS
+
+
 def crop_resampler(bundle: ModelBundle, properties: dict[str, Any], network_shape: tuple[int, ...]) -> LogitResampler | None:
     """The slab-wise resampler from the network grid to the cropped input grid, or None when the model's rule is one
-    only nnunetv2's own function computes (another resampler, or cubic orders)."""
-    name, kwargs = _nnunet_resampling_arguments(bundle)
-    if name != _NNUNET_PROBABILITY_RESAMPLER or kwargs["order"] not in ORDERS or kwargs["order_z"] not in ORDERS:
+    only nnunetv2's own function computes (see :func:`slab_wise`)."""
+    if not slab_wise(bundle):
         return None
+    _, kwargs = _nnunet_resampling_arguments(bundle)
     current, original = _network_spacing(bundle, properties)
     target = [int(s) for s in properties["shape_after_cropping_and_before_resampling"]]
     return LogitResampler(network_shape, target, current, original, order=int(kwargs["order"]),
@@ -102,38 +109,57 @@ def export_logits(logits: torch.Tensor, bundle: ModelBundle, properties: dict[st
     voxel); probabilities, when asked for, stream into a temporary file. The current cancel token is checked between
     slabs.
     """
-    plans = bundle.plans_manager
-    dtype = np.uint8 if len(bundle.label_manager.foreground_labels) < 255 else np.uint16
-    crop = tuple(slice(int(lo), int(hi)) for lo, hi in properties["bbox_used_for_cropping"])
-    labels = np.zeros(properties["shape_before_cropping"], dtype=dtype)
-    probabilities = _probability_file(bundle, properties) if with_probabilities else None
+    sink = LabelSink(bundle, properties, with_probabilities)
     resampler = crop_resampler(bundle, properties, tuple(logits.shape[1:]))
     if resampler is None:  # nnunetv2's own function, all rows at once: its values are nnU-Net's
         resampled_all = _nnunet_resample(logits, bundle, properties)
-        slabs: Iterator[_Slab] = iter([_Slab(0, resampled_all.shape[1], resampled_all, 0.0,
+        slabs: Iterator[Slab] = iter([Slab(0, resampled_all.shape[1], resampled_all, 0.0,
                                              lambda index, values=resampled_all: values[(slice(None), *index.T)])])
         del resampled_all
     else:
         rows_per_slab = slab_rows(resampler, int(logits.shape[0]), slab_budget_bytes)
-        slabs = (_slab(resampler, logits, *span) for span in resampler.slabs(rows_per_slab))
+        slabs = (slab_of(resampler, logits, *span) for span in resampler.slabs(rows_per_slab))
     for slab in slabs:
         check_cancelled()
-        start, stop, resampled = slab.start, slab.stop, slab.values
-        window = (slice(crop[0].start + start, crop[0].start + stop), *crop[1:])
-        slab_labels = logits_to_labels(resampled, bundle)
-        settle_ties(slab_labels, resampled, bundle, slab.error, slab.exact)  # nnU-Net's labels where rounding decides
-        labels[window] = slab_labels.cpu().numpy().astype(dtype, copy=False)
+        sink.write(slab)
+        del slab
+    return sink.result()
+
+
+class LabelSink:
+    """The label volume (and the probability file) of one case, written slab by slab on the cropped input grid, then
+    un-cropped and transposed back to the input's axes by :meth:`result`."""
+
+    def __init__(self, bundle: ModelBundle, properties: dict[str, Any], with_probabilities: bool) -> None:
+        self.bundle = bundle
+        self.dtype = np.uint8 if len(bundle.label_manager.foreground_labels) < 255 else np.uint16
+        self.crop = tuple(slice(int(lo), int(hi)) for lo, hi in properties["bbox_used_for_cropping"])
+        self.labels = np.zeros(properties["shape_before_cropping"], dtype=self.dtype)
+        self.probabilities = _probability_file(bundle, properties) if with_probabilities else None
+
+    def write(self, slab: Slab) -> None:
+        """The labels (and probabilities) of one slab of resampled logits, in place."""
+        bundle, crop = self.bundle, self.crop
+        window = (slice(crop[0].start + slab.start, crop[0].start + slab.stop), *crop[1:])
+        slab_labels = logits_to_labels(slab.values, bundle)
+        settle_ties(slab_labels, slab.values, bundle, slab.error, slab.exact)  # nnU-Net's labels where rounding decides
+        self.labels[window] = slab_labels.cpu().numpy().astype(self.dtype, copy=False)
+        if self.probabilities is not None:
+            nonlinear = bundle.label_manager.apply_inference_nonlin(slab.values)
+            self.probabilities[(slice(None), *window)] = nonlinear.cpu().numpy()
+
+    def result(self) -> Exported:
+        """The labels (and probabilities) in the input's axis order."""
+        backward = self.bundle.plans_manager.transpose_backward
+        labels = np.ascontiguousarray(self.labels.transpose(backward))
+        probabilities = self.probabilities
         if probabilities is not None:
-            probabilities[(slice(None), *window)] = bundle.label_manager.apply_inference_nonlin(resampled).cpu().numpy()
-        del resampled, slab
-    labels = np.ascontiguousarray(labels.transpose(plans.transpose_backward))
-    if probabilities is not None:
-        probabilities = probabilities.transpose([0] + [i + 1 for i in plans.transpose_backward])
-    return Exported(labels=labels, probabilities=probabilities)
+            probabilities = probabilities.transpose([0] + [i + 1 for i in backward])
+        return Exported(labels=labels, probabilities=probabilities)
 
 
 @dataclass
-class _Slab:
+class Slab:
     """Output rows [start, stop) of the crop: their resampled logits, how far those may lie from nnU-Net's, and
     nnU-Net's own values at given voxels of the slab (:func:`~.ties.settle_ties`)."""
 
@@ -144,15 +170,17 @@ class _Slab:
     exact: Callable[[torch.Tensor], torch.Tensor]
 
 
-def _slab(resampler: LogitResampler, logits: torch.Tensor, start: int, stop: int) -> _Slab:
+def slab_of(resampler: LogitResampler, logits: torch.Tensor, start: int, stop: int, offset: int = 0) -> Slab:
+    """Output rows [start, stop) resampled from ``logits``, whose rows along axis 0 are input rows ``offset``,
+    ``offset + 1``, ... (at least :meth:`~.resample.LogitResampler.input_rows`)."""
     low, high = resampler.input_rows(start, stop)
-    rows = logits[:, low:high]
+    rows = logits[:, low - offset:high - offset]
     smallest, largest = torch.aminmax(rows)
 
     def exact(index: torch.Tensor) -> torch.Tensor:
         return resampler.points(rows, low, index + torch.tensor([start, 0, 0], device=index.device))
 
-    return _Slab(start, stop, resampler.slab(rows, start, stop, low),
+    return Slab(start, stop, resampler.slab(rows, start, stop, low),
                  resampler.error_bound(max(-float(smallest), float(largest))), exact)
 
 

@@ -90,6 +90,14 @@ class LogitResampler:
         low, high, _ = _axis_taps(self.in_shape[0], self.out_shape[0], start, stop, self.orders[0])
         return int(low.min()), int(high.max()) + 1
 
+    def rows_ready(self, available: int) -> int:
+        """How many leading output rows along axis 0 read only input rows below ``available`` (a streaming export
+        resamples those once the sliding window has finished that many rows)."""
+        if available >= self.in_shape[0]:
+            return self.out_shape[0]
+        _, high, _ = _axis_taps(self.in_shape[0], self.out_shape[0], 0, self.out_shape[0], self.orders[0])
+        return int(np.searchsorted(np.maximum.accumulate(high), available, side="left"))
+
     def slab(self, rows: torch.Tensor, start: int, stop: int, first_row: int) -> torch.Tensor:
         """Output rows [start, stop) (channels, stop - start, ...) from ``rows``: input rows first_row, first_row+1, ...
         along axis 0 (at least :meth:`input_rows`), all of every other axis. Computed in float32 on ``rows``' device.

@@ -10,6 +10,10 @@ network grid, ``V`` = voxels of the input, ``C`` = input channels):
   ``(heads + 1) * N * 2|4``, the forward pass's activations;
 - export: the averaged logits (the sums' memory, reused), one slab, and the labels (1-2 bytes per input voxel, three
   times: on the crop, un-cropped, transposed back), plus the writer's copy.
+
+Streaming (``W`` = network voxels of the window: the ring of rows unfinished tiles touch, the final rows waiting for
+the export thread and its halo) holds ``(heads + 1) * W * 2|4`` for the sums in place of the whole grid's, and the
+export's slab and labels during the sliding window, since the export runs beside it.
 """
 from __future__ import annotations
 
@@ -39,6 +43,20 @@ class JobSize:
     """Bytes per voxel of the label map (1 for up to 254 labels, else 2)."""
     activation_bytes: int
     """The forward pass's working memory for one batch (an estimate from the patch and batch size)."""
+    window_voxels: int = 0
+    """Network voxels a streaming run holds at most (0: the job cannot stream)."""
+    window_rows: int = 0
+    """The streaming ring's network slices (for the refusal's words)."""
+
+
+class Streaming:
+    """How a plan may use a streaming window (:mod:`~tilewise.engine.sliding.window`), per placement of the sums."""
+
+    PREFER = "prefer"
+    """Stream wherever it fits (the default where it is not slower)."""
+    FALLBACK = "fallback"
+    """The whole-volume sums where they fit, streaming only where they do not."""
+    NEVER = "never"
 
 
 @dataclass(frozen=True)
@@ -50,14 +68,23 @@ class MemoryPlan:
     peak_host_bytes: int
     peak_device_bytes: int
     notes: list[str] = field(default_factory=list)
+    streaming: bool = False
+    """The sums live in a streaming window and the export runs beside the sliding window."""
 
 
-def _stage_peaks(job: JobSize, sums_per_voxel: int, on_device: bool, slab: int) -> tuple[int, int]:
-    """(host, device) peaks for one placement of the sums (``sums_per_voxel`` bytes per head and voxel)."""
-    sums = (job.heads + 1) * job.network_voxels * sums_per_voxel
+def _stage_peaks(job: JobSize, sums_per_voxel: int, on_device: bool, slab: int,
+                 streaming: bool = False) -> tuple[int, int]:
+    """(host, device) peaks for one placement of the sums (``sums_per_voxel`` bytes per head and voxel), for the
+    whole grid's sums or a streaming window's."""
     data = job.channels * 4 * job.network_voxels
     preprocessing = job.channels * 4 * (job.input_voxels + 2 * job.network_voxels)
     labels = 4 * job.label_bytes * job.input_voxels
+    if streaming:  # the export's slab and labels live while the tiles run
+        window = (job.heads + 1) * job.window_voxels * sums_per_voxel + slab
+        device_sliding = data + job.activation_bytes + (window if on_device else 0)
+        host_sliding = data + job.label_bytes * job.input_voxels + (0 if on_device else window)
+        return max(preprocessing, host_sliding, labels), device_sliding
+    sums = (job.heads + 1) * job.network_voxels * sums_per_voxel
     device_sliding = data + job.activation_bytes + (sums if on_device else 0)
     device_export = (sums + slab) if on_device else 0
     host_sliding = data + (0 if on_device else sums)
@@ -65,9 +92,18 @@ def _stage_peaks(job: JobSize, sums_per_voxel: int, on_device: bool, slab: int) 
     return max(preprocessing, host_sliding, host_export), max(device_sliding, device_export)
 
 
+def _modes(job: JobSize, streaming: str) -> tuple[bool, ...]:
+    """Whether to try streaming, for each placement, in the order ``streaming`` asks."""
+    if job.window_voxels <= 0 or streaming == Streaming.NEVER:
+        return (False,)
+    return (True, False) if streaming == Streaming.PREFER else (False, True)
+
+
 def plan_memory(job: JobSize, compute_device: torch.device, placements: list[tuple[torch.device, torch.dtype]],
-                host_available: int, device_available: int) -> MemoryPlan:
-    """The first placement (in the order given) whose peaks fit, with the largest slab up to :data:`MAX_SLAB_BYTES`.
+                host_available: int, device_available: int, streaming: str = Streaming.NEVER) -> MemoryPlan:
+    """The first placement (in the order given) whose peaks fit, with the largest slab up to :data:`MAX_SLAB_BYTES`;
+    for each placement, a streaming window first or last as ``streaming`` says (:class:`Streaming`; a job with no
+    ``window_voxels`` never streams).
 
     ``placements`` is the runner's order, e.g. float32 then float16 on the device, then in host memory. On the CPU,
     host and device are the same memory (``device_available`` is ignored). Raises :class:`OutOfMemoryError` with
@@ -79,19 +115,38 @@ def plan_memory(job: JobSize, compute_device: torch.device, placements: list[tup
     for index, (device, dtype) in enumerate(placements):
         per_voxel = torch.empty((), dtype=dtype).element_size()
         on_device = device.type != "cpu"
-        for slab in (MAX_SLAB_BYTES, 128 * 2**20, MIN_SLAB_BYTES):
-            host, dev = _stage_peaks(job, per_voxel, on_device and not on_cpu, slab)
-            if on_cpu:
-                host, dev = max(host, dev), 0
-            if host <= host_budget and dev <= device_budget:
-                notes = [] if index == 0 else [f"logit sums planned in {str(dtype).removeprefix('torch.')} "
-                                               f"{'on the device' if on_device else 'in host memory'} to fit memory"]
-                return MemoryPlan(index, slab, host, dev, notes)
-    host, dev = _stage_peaks(job, 2, False, MIN_SLAB_BYTES)
+        for stream in _modes(job, streaming):
+            for slab in (MAX_SLAB_BYTES, 128 * 2**20, MIN_SLAB_BYTES):
+                host, dev = _stage_peaks(job, per_voxel, on_device and not on_cpu, slab, stream)
+                if on_cpu:
+                    host, dev = max(host, dev), 0
+                if host <= host_budget and dev <= device_budget:
+                    return MemoryPlan(index, slab, host, dev, _notes(index, dtype, on_device, stream, streaming), stream)
+    raise _refusal(job, host_available, on_cpu)
+
+
+def _notes(index: int, dtype: torch.dtype, on_device: bool, stream: bool, streaming: str) -> list[str]:
+    """What a plan says about itself: sums moved to fit, or a stream the caller did not prefer."""
+    where = "on the device" if on_device else "in host memory"
+    notes = [] if index == 0 else [f"logit sums planned in {str(dtype).removeprefix('torch.')} {where} to fit memory"]
+    if stream and streaming != Streaming.PREFER:
+        notes.append("the whole volume's logit sums do not fit: tiles run slab by slab in nnU-Net's order")
+    return notes
+
+
+def _refusal(job: JobSize, host_available: int, on_cpu: bool) -> OutOfMemoryError:
+    """The one line for a job that fits nowhere: its least need (streaming's where it can stream), what there is."""
+    host, _ = _stage_peaks(job, 2, False, MIN_SLAB_BYTES)
     sums = (job.heads + 1) * job.network_voxels * 2
-    raise OutOfMemoryError(
-        "memory plan", f"this job needs about {host / GB:.1f} GB of memory at the least (logit sums for {job.heads} "
-        f"outputs on a {job.network_voxels / 1e6:.0f} M-voxel network grid: {sums / GB:.1f} GB in float16), "
+    needs = (f"logit sums for {job.heads} outputs on a {job.network_voxels / 1e6:.0f} M-voxel network grid: "
+             f"{sums / GB:.1f} GB in float16")
+    if job.window_voxels > 0:
+        host, _ = _stage_peaks(job, 2, False, MIN_SLAB_BYTES, streaming=True)
+        window = (job.heads + 1) * job.window_voxels * 2
+        needs += (f"; streaming, a window of {job.window_rows} network slices: {window / GB:.1f} GB in float16 with "
+                  "the rows waiting for export")
+    return OutOfMemoryError(
+        "memory plan", f"this job needs about {host / GB:.1f} GB of memory at the least ({needs}), "
         f"{host_available / GB:.1f} GB are available; use a coarser model (3d_lowres), a machine with more memory"
         + ("" if on_cpu else ", or --device cpu"))
 

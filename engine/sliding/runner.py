@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
@@ -15,9 +16,13 @@ from ..runtime.memory import free_device_memory, is_out_of_memory
 from .accumulators import Accumulator, Placement, placements
 from .order import TileQueue, centre_out
 from .plan import Tile, plan_tiles
+from .window import SlabWindow, rows_final_after, window_rows
 
 
 LabelConverter = Callable[[torch.Tensor], torch.Tensor]
+Sums = TypeVar("Sums", Accumulator, SlabWindow)
+RowsHandler = Callable[[int, torch.Tensor], None]
+"""Receives final rows of a streaming run: (first grid row, averaged logits (heads, rows, y, x) in the sums' dtype)."""
 
 
 def background_logits(num_heads: int, regions: bool) -> torch.Tensor:
@@ -32,8 +37,9 @@ def background_logits(num_heads: int, regions: bool) -> torch.Tensor:
 class SlidingResult:
     """What one sliding window produced and what it cost."""
 
-    logits: torch.Tensor
-    """The Gaussian-averaged logits (heads, z, y, x) in the sums' dtype."""
+    logits: torch.Tensor | None
+    """The Gaussian-averaged logits (heads, z, y, x) in the sums' dtype (None for a streaming run: its rows went to
+    the handler)."""
     tiles_run: int
     tiles_skipped: int
     forward_passes: int
@@ -106,11 +112,68 @@ class SlidingWindowRunner:
         return SlidingResult(logits, tiles_run, tiles_skipped, tiles_run * self.backend.passes_per_tile,
                              self.batch_size, time.perf_counter() - started, list(self.notes))
 
-    def _allocate(self, spatial: tuple[int, ...]) -> Accumulator:
+    def run_streaming(
+        self,
+        data: torch.Tensor,
+        mapper: GridMapper,
+        on_rows: RowsHandler,
+        on_event: EventHandler | None = None,
+        provisional_labels: bool = False,
+    ) -> SlidingResult:
+        """Predict ``data`` as :meth:`run` does, but in nnU-Net's tile order with the sums in a
+        :class:`~.window.SlabWindow`: after each batch, the rows no remaining tile touches go to ``on_rows``, averaged
+        (bit for bit what :meth:`run` in nnU-Net's order would return for them), first row to last. The result
+        holds no logits. Cancel and out-of-memory behave as in :meth:`run`."""
+        started = time.perf_counter()
+        try:
+            tiles_run, tiles_skipped = self._run_streaming(data, mapper, on_rows, on_event, provisional_labels)
+        except Cancelled:
+            free_device_memory(self.device)
+            raise
+        return SlidingResult(None, tiles_run, tiles_skipped, tiles_run * self.backend.passes_per_tile,
+                             self.batch_size, time.perf_counter() - started, list(self.notes))
+
+    def _run_streaming(self, data: torch.Tensor, mapper: GridMapper, on_rows: RowsHandler,
+                       on_event: EventHandler | None, provisional_labels: bool) -> tuple[int, int]:
+        spatial = tuple(int(s) for s in data.shape[1:])
+        planned = plan_tiles(spatial, self.patch_size, self.tile_step)  # type: ignore[arg-type]
+        tiles = [tile for tile in planned if self.skip_tile is None or not self.skip_tile(tile)]
+        final_rows = rows_final_after(tiles, spatial[0])
+        rows = window_rows(tiles, self.batch_size)
+        window = self._allocate(lambda placement: SlabWindow(self.num_heads, spatial, self.patch_size, placement, rows))
+        background = None
+        if len(tiles) < len(planned):
+            background = self.background if self.background is not None else background_logits(self.num_heads, False)
+        data = data.to(self.device)
+        is_2d = len(self.patch_size) == 2
+        total, done, started = len(tiles), 0, time.perf_counter()
+        with torch.inference_mode():
+            while done < total or window.first < spatial[0]:
+                if cancel_requested():
+                    del window, data  # the sums go now, not when the exception is done with this frame
+                    raise Cancelled()
+                batch = tiles[done:done + self.batch_size]
+                if batch:
+                    inputs = torch.stack([data[(slice(None), *self._network_slice(t.box, is_2d))] for t in batch])
+                    predictions = self._forward(inputs)  # may shrink the batch: it then runs in pieces
+                    for tile, prediction in zip(batch, predictions):
+                        window.add(self._network_slice(tile.box, is_2d), prediction)
+                for tile in batch:
+                    done += 1
+                    if on_event is not None:
+                        elapsed = time.perf_counter() - started
+                        on_event(self._event(tile, window, mapper, done, total, elapsed, provisional_labels))
+                if final_rows[done] > window.first:
+                    first = window.first
+                    on_rows(first, window.release(final_rows[done], background))
+            del data
+        return total, len(planned) - total
+
+    def _allocate(self, make: Callable[[Placement], Sums]) -> Sums:
         candidates = list(self.placements)
         for index, placement in enumerate(candidates):
             try:
-                accumulator = Accumulator(self.num_heads, spatial, self.patch_size, placement)
+                accumulator = make(placement)
             except (RuntimeError, MemoryError) as error:
                 if not is_out_of_memory(error) or index == len(candidates) - 1:
                     raise self._out_of_memory(error, "allocating the logit sums") from None
@@ -160,7 +223,7 @@ class SlidingWindowRunner:
             tiles = [tile for tile in tiles if not self.skip_tile(tile)]
         queue = TileQueue(tiles)
         steering = _Steering(None if self.nnunet_order else focus, mapper)
-        accumulator = self._allocate(spatial)
+        accumulator = self._allocate(lambda p: Accumulator(self.num_heads, spatial, self.patch_size, p))
         data = data.to(self.device)
         is_2d = len(self.patch_size) == 2
         total, done, started = len(tiles), 0, time.perf_counter()
@@ -212,7 +275,7 @@ class SlidingWindowRunner:
     def _event(
         self,
         tile: Tile,
-        accumulator: Accumulator,
+        accumulator: Accumulator | SlabWindow,
         mapper: GridMapper,
         done: int,
         total: int,

@@ -1,0 +1,156 @@
+"""Export overlapped with the sliding window: final network rows become labels on a second thread.
+
+A streaming sliding window (:meth:`~tilewise.engine.sliding.runner.SlidingWindowRunner.run_streaming`) hands out
+its rows as they become final, first to last. :class:`StreamingExport` keeps the few it still needs (the
+resampler's halo: :meth:`~.resample.LogitResampler.input_rows`), resamples every output slab whose input rows have
+all arrived, and writes its labels (and probabilities) through the same :class:`~.export.LabelSink` and
+:func:`~.export.slab_of` as the whole-volume export, while the next tiles run. After the last tile only the last
+slab is left to do.
+"""
+from __future__ import annotations
+
+import contextvars
+import queue
+import threading
+import time
+from typing import Any
+
+import torch
+
+from ..errors import OutOfMemoryError
+from ..events import check_cancelled
+from ..model.bundle import ModelBundle
+from ..runtime.memory import free_device_memory, is_out_of_memory
+from .export import Exported, LabelSink, slab_of
+from .resample import LogitResampler, slab_rows
+
+PENDING_UPDATES = 2
+"""Released row ranges that may wait for the export thread; the sliding window waits beyond that, which bounds the
+memory of rows in flight when the export is slower than the tiles."""
+
+
+class StreamingExport:
+    """Labels on the input grid from a streaming sliding window's final rows, written on a thread of its own.
+
+    ``unpadded``: the network grid's rows and columns without nnU-Net's padding (the resampler's input grid is the
+    unpadded one); ``resampler`` maps it to the cropped input grid; ``slab_bytes`` caps one slab's working memory.
+    :meth:`put` takes rows in order (from the sliding window's thread), :meth:`close` waits for the last slab and
+    returns the :class:`~.export.Exported`; :meth:`abort` stops at once. The export thread runs in the caller's
+    context, so the current cancel token stops it between slabs too.
+    """
+
+    def __init__(self, bundle: ModelBundle, properties: dict[str, Any], unpadded: tuple[slice, ...],
+                 resampler: LogitResampler, with_probabilities: bool, slab_bytes: int) -> None:
+        self.sink = LabelSink(bundle, properties, with_probabilities)
+        self.resampler = resampler
+        self.unpadded = unpadded
+        self.max_rows = slab_rows(resampler, int(bundle.label_manager.num_segmentation_heads), slab_bytes)
+        self.busy_seconds = 0.0
+        """Seconds the export thread spent resampling and writing (overlapped with the tiles)."""
+        self.notes: list[str] = []
+        self._held: torch.Tensor | None = None
+        self._held_first = 0
+        self._next_out = 0
+        self._on_host = False
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._queue: queue.Queue[tuple[int, torch.Tensor] | None] = queue.Queue(maxsize=PENDING_UPDATES)
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._work,), name="tilewise-export", daemon=True)
+        self._thread.start()
+
+    def put(self, first_row: int, rows: torch.Tensor) -> None:
+        """Final rows ``first_row``, ``first_row + 1``, ... of the padded network grid (heads, rows, y, x); waits
+        while :data:`PENDING_UPDATES` are queued. Raises what the export thread raised."""
+        while True:
+            self._raise_error()
+            try:
+                self._queue.put((first_row, rows), timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> Exported:
+        """Wait for the last slab; the labels (and probabilities) in the input's axis order."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise_error()
+        assert self._next_out == self.resampler.out_shape[0], "every row of the grid must have been put"
+        return self.sink.result()
+
+    def abort(self) -> None:
+        """Stop the export thread and drop what it holds (a cancelled or failed run)."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self._thread.join()
+        self._held = None
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _work(self) -> None:
+        try:
+            with torch.inference_mode():
+                while (item := self._queue.get()) is not None:
+                    if not self._stop.is_set():
+                        started = time.perf_counter()
+                        self._take(*item)
+                        self.busy_seconds += time.perf_counter() - started
+                    del item
+        except BaseException as error:  # noqa: BLE001 - handed to the sliding window's thread at its next put or at close
+            self._error = error
+            self._stop.set()
+            while self._queue.get() is not None:  # unblock the producer until it stops
+                continue
+
+    def _take(self, first_row: int, rows: torch.Tensor) -> None:
+        """Keep the unpadded part of ``rows``, then export every output slab whose input rows have all arrived."""
+        top, bottom = self.unpadded[0].start, self.unpadded[0].stop
+        low, high = max(first_row, top), min(first_row + rows.shape[1], bottom)
+        if high <= low:
+            return
+        piece = rows[(slice(None), slice(low - first_row, high - first_row), *self.unpadded[1:])]
+        if self._on_host:
+            piece = piece.cpu()
+        if self._held is None:
+            self._held, self._held_first = piece, low - top
+        else:
+            self._held = torch.cat([self._held, piece], dim=1)
+        self._export_ready()
+
+    def _export_ready(self) -> None:
+        assert self._held is not None
+        ready = self.resampler.rows_ready(self._held_first + self._held.shape[1])
+        while self._next_out < ready:
+            if self._stop.is_set():
+                return
+            stop = min(ready, self._next_out + self.max_rows)
+            self._write(self._next_out, stop)
+            self._next_out = stop
+        if self._next_out < self.resampler.out_shape[0]:  # drop the rows no later slab reads
+            keep = self.resampler.input_rows(self._next_out, self._next_out + 1)[0]
+            self._held, self._held_first = self._held[:, keep - self._held_first:], keep
+
+    def _write(self, start: int, stop: int) -> None:
+        """One slab; when device memory runs out, the held rows move to the host and it runs again there."""
+        check_cancelled()
+        assert self._held is not None
+        try:
+            self.sink.write(slab_of(self.resampler, self._held, start, stop, self._held_first))
+        except (RuntimeError, MemoryError) as error:
+            if not is_out_of_memory(error):
+                raise
+            if self._on_host:
+                raise OutOfMemoryError("export", "out of memory while writing labels on the input grid; close "
+                                                 "other programs or use a machine with more memory") from None
+            device = self._held.device
+            self._held, self._on_host = self._held.cpu(), True
+            free_device_memory(device)
+            self.notes.append("device memory ran out during export: resampled on the host instead")
+            self.sink.write(slab_of(self.resampler, self._held, start, stop, self._held_first))

@@ -1,0 +1,127 @@
+"""A streaming window of logit sums: a ring buffer over the network grid's slowest axis (axis 0).
+
+Tiles run in nnU-Net's order (slowest axis outermost), so once every tile that touches a row has run, that row's
+sums are final. :class:`SlabWindow` holds only the rows that unfinished tiles still touch; :meth:`SlabWindow.release`
+averages the final ones and hands them out. Every voxel gets the same additions in the same order as in a
+whole-volume :class:`~.accumulators.Accumulator` fed the same tiles (a tile is added row range by row range, and
+addition, product and division are element-wise), so the averaged rows are the whole-volume engine's, bit for bit.
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from ..events import Box
+from .accumulators import Placement, nnunet_gaussian
+from .plan import Tile, plan_tiles
+
+
+def window_rows(tiles: list[Tile], batch_size: int) -> int:
+    """The rows a ring must hold to run ``tiles`` (in this order) in batches of ``batch_size`` (or smaller), releasing
+    rows below every remaining tile's start after each batch: the largest span from the lowest row a remaining tile
+    still touches to the highest row of the next batch."""
+    starts = [tile.box[0].start for tile in tiles]
+    lowest_remaining = list(starts)
+    for i in range(len(starts) - 2, -1, -1):
+        lowest_remaining[i] = min(starts[i], lowest_remaining[i + 1])
+    span = 1
+    for first in range(0, len(tiles), max(1, batch_size)):
+        top = max(tile.box[0].stop for tile in tiles[first:first + batch_size])
+        span = max(span, top - lowest_remaining[first])
+    return span
+
+
+def streaming_rows(grid: tuple[int, int, int], patch_size: tuple[int, ...], tile_step: float, batch_size: int,
+                   pending: int) -> tuple[int, int]:
+    """(ring rows, all rows held) of a streaming run over a padded network ``grid``: the ring
+    (:func:`window_rows`), the released rows that may wait for the export (``pending`` releases, each at most one
+    tile step of rows, and the last, at most the ring) and the export's halo (one step and two rows)."""
+    tiles = plan_tiles(grid, patch_size, tile_step)
+    ring = min(window_rows(tiles, batch_size), grid[0])
+    starts = sorted({tile.box[0].start for tile in tiles})
+    step = max([b - a for a, b in itertools.pairwise(starts)] or [tiles[0].box[0].stop - tiles[0].box[0].start])
+    return ring, min(grid[0], 2 * ring + (pending + 1) * step + 2)
+
+
+def rows_final_after(tiles: list[Tile], grid_rows: int) -> list[int]:
+    """For each count ``n`` of tiles run (0..len(tiles)), the rows below which no remaining tile adds anything."""
+    final = [grid_rows] * (len(tiles) + 1)
+    for n in range(len(tiles) - 1, -1, -1):
+        final[n] = min(final[n + 1], tiles[n].box[0].start)
+    return final
+
+
+class SlabWindow:
+    """Gaussian-weighted sums of (heads, *tile) logits over ``rows`` rows of a (z, y, x) network grid, as a ring:
+    grid row ``z`` lives in ring row ``z % rows``. Rows below :attr:`first` have been released.
+
+    Allocating it may raise an out-of-memory error (the runner then tries the next placement).
+    """
+
+    def __init__(self, heads: int, spatial: tuple[int, ...], patch_size: tuple[int, ...], placement: Placement,
+                 rows: int) -> None:
+        self.placement = placement
+        self.grid_rows = int(spatial[0])
+        self.rows = max(1, min(int(rows), self.grid_rows))
+        self.gaussian = nnunet_gaussian(patch_size, placement.dtype, placement.device)
+        plane = tuple(int(s) for s in spatial[1:])
+        self.logits = torch.zeros((heads, self.rows, *plane), dtype=placement.dtype, device=placement.device)
+        self.weights = torch.zeros((self.rows, *plane), dtype=placement.dtype, device=placement.device)
+        self.first = 0
+        """The lowest grid row not yet released."""
+
+    def _pieces(self, start: int, stop: int) -> list[tuple[slice, slice]]:
+        """Grid rows [start, stop) as (ring rows, offsets from ``start``) pieces: one, or two where the ring wraps."""
+        if start < self.first or stop > self.first + self.rows:
+            raise ValueError(f"rows {start}-{stop} lie outside the window {self.first}-{self.first + self.rows}")
+        ring = start % self.rows
+        head = min(stop - start, self.rows - ring)
+        pieces = [(slice(ring, ring + head), slice(0, head))]
+        if head < stop - start:
+            pieces.append((slice(0, stop - start - head), slice(head, stop - start)))
+        return pieces
+
+    def add(self, region: tuple[int | slice, ...], prediction: torch.Tensor) -> None:
+        """Add one tile's float32 logits (heads, *tile) at ``region`` (grid coordinates; a 2d tile's row is an int),
+        exactly as :meth:`~.accumulators.Accumulator.add` does, piece by piece where the ring wraps."""
+        prediction = prediction.to(self.placement.device)
+        rows, plane = region[0], tuple(region[1:])
+        if isinstance(rows, int):
+            ring = rows % self.rows
+            self._pieces(rows, rows + 1)  # checks the row lies in the window
+            self.logits[(slice(None), ring, *plane)] += prediction * self.gaussian
+            self.weights[(ring, *plane)] += self.gaussian
+            return
+        for ring, part in self._pieces(int(rows.start), int(rows.stop)):
+            gaussian = self.gaussian[part]
+            self.logits[(slice(None), ring, *plane)] += prediction[:, part] * gaussian
+            self.weights[(ring, *plane)] += gaussian
+
+    def tile_logits(self, box: Box) -> torch.Tensor:
+        """The running (unnormalised) sums of ``box`` (grid coordinates, inside the window), in float32."""
+        parts = [self.logits[(slice(None), ring, *box[1:])] for ring, _ in self._pieces(box[0].start, box[0].stop)]
+        return torch.cat(parts, dim=1).float()
+
+    def release(self, stop: int, background: torch.Tensor | None) -> torch.Tensor:
+        """Rows [:attr:`first`, ``stop``) averaged as :meth:`~.accumulators.Accumulator.finalise` averages them,
+        returned as a new (heads, rows, y, x) tensor in the sums' dtype; their ring rows are zeroed for reuse.
+        ``background``: logits (weight 1) for voxels no tile covered (when tiles were skipped), as
+        :meth:`~.accumulators.Accumulator.fill_uncovered` gives them. Raises RuntimeError on a non-finite value."""
+        parts = []
+        for ring, _ in self._pieces(self.first, stop):
+            logits, weights = self.logits[:, ring], self.weights[ring]
+            if background is not None:
+                uncovered = weights == 0
+                if bool(uncovered.any()):
+                    for head in range(logits.shape[0]):
+                        logits[head][uncovered] = float(background[head])
+                    weights[uncovered] = 1
+            parts.append(torch.div(logits, weights))
+            logits.zero_()
+            weights.zero_()
+        self.first = stop
+        averaged = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        if not bool(torch.isfinite(averaged).all()):
+            raise RuntimeError("non-finite logits after accumulation")
+        return averaged
