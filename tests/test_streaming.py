@@ -2,6 +2,8 @@
 (export beside the tiles) are the whole-volume run's voxel for voxel, on every model kind and both backends."""
 from __future__ import annotations
 
+import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +11,10 @@ import pytest
 import torch
 
 import model_factory
-from tilewise.engine import Predictor, get_preset, read_volume
+from tilewise.engine import Cancelled, CancelToken, FocusToken, Predictor, TileEvent, get_preset, read_volume
+from tilewise.engine.errors import OutOfMemoryError
 from tilewise.engine.preprocess.grid_mapping import GridMapper
+from tilewise.engine.runtime.memory_plan import JobSize, Streaming, plan_memory
 from tilewise.engine.sliding.accumulators import Placement
 from tilewise.engine.sliding.plan import plan_tiles
 from tilewise.engine.sliding.runner import SlidingWindowRunner
@@ -121,3 +125,113 @@ def test_streamed_labels_equal_the_whole_volume_labels(predictors, tmp_path: Pat
     assert streamed.labels.shape == whole.labels.shape
     assert int((streamed.labels != whole.labels).sum()) == 0, "streaming must not change a voxel"
     assert len(np.unique(whole.labels)) > 1
+
+
+def test_probabilities_stream_too_and_equal_the_whole_volume_ones(ct_model: Path, ct_case: Path) -> None:
+    volume = read_volume(ct_case)
+    preset = get_preset("reference").with_overrides(mirroring=False, backend="torch")
+    whole = Predictor(ct_model, preset, device="cpu", streaming=False).predict(volume, with_probabilities=True)
+    streaming = Predictor(ct_model, preset, device="cpu", streaming=True)
+    streamed = streaming.predict(volume, with_probabilities=True)
+    assert streaming.plan_case(volume, with_probabilities=True).plan.streaming  # type: ignore[union-attr]
+    assert whole.probabilities is not None and streamed.probabilities is not None
+    assert np.array_equal(streamed.labels, whole.labels)
+    assert np.array_equal(np.asarray(streamed.probabilities), np.asarray(whole.probabilities))
+
+
+def _export_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "tilewise-export"]
+
+
+def test_cancel_mid_stream_stops_the_export_thread_and_leaves_nothing(ct_model: Path, tmp_path: Path) -> None:
+    case = model_factory.make_case(tmp_path / "big_0000.nii.gz", "3d", shape=(64, 80, 72), seed=5)
+    volume = read_volume(case)
+    predictor = Predictor(ct_model, get_preset("preview").with_overrides(tile_step=0.5), device="cpu", streaming=True)
+    token = CancelToken()
+    seen: list[TileEvent] = []
+
+    def on_event(event: TileEvent) -> None:
+        seen.append(event)
+        if event.done == 3:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        predictor.predict(volume, on_event=on_event, cancel=token)
+    assert len(seen) == 3 and seen[0].total > 3
+    assert not _export_threads()
+    after = predictor.predict(volume)
+    whole = Predictor(ct_model, get_preset("preview").with_overrides(tile_step=0.5), device="cpu",
+                      streaming=False).predict(volume)
+    assert np.array_equal(after.labels, whole.labels)
+
+
+def test_an_export_failure_reaches_the_caller_and_ends_the_thread(ct_model: Path, ct_case: Path,
+                                                                  monkeypatch) -> None:
+    from tilewise.engine.postprocess import export as export_module
+
+    def broken(self, slab) -> None:
+        raise ValueError("disk on fire")
+
+    monkeypatch.setattr(export_module.LabelSink, "write", broken)
+    predictor = Predictor(ct_model, get_preset("preview"), device="cpu", streaming=True)
+    with pytest.raises(ValueError, match="disk on fire"):
+        predictor.predict(read_volume(ct_case))
+    assert not _export_threads()
+
+
+def test_events_and_provisional_labels_while_streaming(ct_model: Path, tmp_path: Path) -> None:
+    case = model_factory.make_case(tmp_path / "big_0000.nii.gz", "3d", shape=(64, 80, 72), seed=5)
+    events: list[TileEvent] = []
+    result = Predictor(ct_model, get_preset("fast").with_overrides(tile_step=0.5), device="cpu",
+                       streaming=True).predict(read_volume(case), on_event=events.append, provisional_labels=True)
+    assert [e.done for e in events] == list(range(1, result.tiles + 1))
+    assert [e.tile_index for e in events] == sorted(e.tile_index for e in events), "nnU-Net's order"
+    assert all(e.labels is not None for e in events if e.input_box is not None)
+
+
+def test_the_viewers_slice_priority_and_unknown_probabilities_keep_the_whole_volume(ct_model: Path,
+                                                                                    ct_case: Path) -> None:
+    volume = read_volume(ct_case)
+    predictor = Predictor(ct_model, get_preset("preview"), device="cpu", streaming=True)
+    assert predictor.plan_case(volume, with_probabilities=False).plan.streaming  # type: ignore[union-attr]
+    assert not predictor.plan_case(volume, with_probabilities=False, focus=True).plan.streaming  # type: ignore[union-attr]
+    assert not predictor.plan_case(volume).plan.streaming  # type: ignore[union-attr]  # finish may want probabilities
+    focused = predictor.predict(volume, focus=FocusToken())
+    assert np.array_equal(focused.labels, predictor.predict(volume).labels)
+
+
+# ---- the memory plan ---------------------------------------------------------------------------------------------
+
+_FP = [(CPU, torch.float32), (CPU, torch.float16)]
+
+
+def _job(network_voxels: int, window_voxels: int, heads: int = 105) -> JobSize:
+    return JobSize(input_voxels=512 * 512 * 300, channels=1, network_voxels=network_voxels, heads=heads,
+                   label_bytes=1, activation_bytes=400 * 2**20, window_voxels=window_voxels, window_rows=96)
+
+
+def test_the_plan_streams_where_the_whole_volume_does_not_fit_and_where_it_is_preferred() -> None:
+    grid = 300 * 400 * 400
+    job = _job(grid, 160 * 400 * 400)
+    roomy = plan_memory(job, CPU, _FP, 200 * 10**9, 0, Streaming.FALLBACK)
+    assert not roomy.streaming and roomy.placement_index == 0
+    # 106 x 48 M x 4 B = 20 GB of float32 sums do not fit in 85 % of 24 GB: streaming keeps float32
+    tight = plan_memory(job, CPU, _FP, 24 * 10**9, 0, Streaming.FALLBACK)
+    assert tight.streaming and tight.placement_index == 0 and tight.notes
+    assert tight.peak_host_bytes < roomy.peak_host_bytes
+    assert plan_memory(job, CPU, _FP, 24 * 10**9, 0, Streaming.NEVER).placement_index == 1  # float16 sums
+    preferred = plan_memory(job, CPU, _FP, 200 * 10**9, 0, Streaming.PREFER)
+    assert preferred.streaming and not preferred.notes
+    with pytest.raises(OutOfMemoryError):
+        plan_memory(job, CPU, _FP, 10 * 10**9, 0, Streaming.NEVER)
+    unstreamable = replace(job, window_voxels=0)
+    assert not plan_memory(unstreamable, CPU, _FP, 200 * 10**9, 0, Streaming.PREFER).streaming
+
+
+def test_a_refusal_names_the_window_too() -> None:
+    job = _job(900 * 800 * 800, 200 * 800 * 800)
+    with pytest.raises(OutOfMemoryError) as raised:
+        plan_memory(job, CPU, _FP, 24 * 10**9, 0, Streaming.FALLBACK)
+    message = str(raised.value)
+    assert raised.value.exit_code == 3 and "\n" not in message
+    assert "a window of 96 network slices" in message and "24.0 GB are available" in message

@@ -104,10 +104,12 @@ class SlabWindow:
         return torch.cat(parts, dim=1).float()
 
     def release(self, stop: int, background: torch.Tensor | None) -> torch.Tensor:
-        """Rows [:attr:`first`, ``stop``) averaged as :meth:`~.accumulators.Accumulator.finalise` averages them,
-        returned as a new (heads, rows, y, x) tensor in the sums' dtype; their ring rows are zeroed for reuse.
-        ``background``: logits (weight 1) for voxels no tile covered (when tiles were skipped), as
+        """Rows [:attr:`first`, ``stop``) averaged as :meth:`~.accumulators.Accumulator.finalise` averages them, in
+        the sums' dtype (heads, rows, y, x); their ring rows are zeroed for reuse. The last release (``stop`` is the
+        grid's end) divides in place and hands out the ring itself where it does not wrap, so the window is never
+        held twice. ``background``: logits (weight 1) for voxels no tile covered (when tiles were skipped), as
         :meth:`~.accumulators.Accumulator.fill_uncovered` gives them. Raises RuntimeError on a non-finite value."""
+        last = stop >= self.grid_rows
         parts = []
         for ring, _ in self._pieces(self.first, stop):
             logits, weights = self.logits[:, ring], self.weights[ring]
@@ -117,11 +119,17 @@ class SlabWindow:
                     for head in range(logits.shape[0]):
                         logits[head][uncovered] = float(background[head])
                     weights[uncovered] = 1
-            parts.append(torch.div(logits, weights))
-            logits.zero_()
-            weights.zero_()
+            if last:
+                parts.append(torch.div(logits, weights, out=logits))  # in place: nothing allocated
+            else:
+                parts.append(torch.div(logits, weights))
+                logits.zero_()
+                weights.zero_()
         self.first = stop
+        if last:  # the ring is spent: only the rows handed out keep its memory
+            self.logits, self.weights = None, None  # type: ignore[assignment]
         averaged = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        if not bool(torch.isfinite(averaged).all()):
-            raise RuntimeError("non-finite logits after accumulation")
+        for head in averaged:  # per head: the check allocates one head's mask, not the whole window's
+            if not bool(torch.isfinite(head).all()):
+                raise RuntimeError("non-finite logits after accumulation")
         return averaged
