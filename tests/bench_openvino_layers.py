@@ -44,7 +44,7 @@ def main() -> None:
     bundle = ModelBundle.load(str(args.model), folds=["0"])
     network = bundle.build_networks()[0]
     shape = (1, bundle.image_channel_count, *bundle.patch_size)
-    _, candidate = next(candidates(network))
+    _, candidate, _ = next(candidates(network, shape))
     model = convert(candidate, shape)
     flops = _convolution_flops(model)
     config = {"INFERENCE_PRECISION_HINT": _HINTS[args.precision], "PERFORMANCE_HINT": "LATENCY",

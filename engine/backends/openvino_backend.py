@@ -200,16 +200,17 @@ class OpenVINOBackend:
     def _disagreement(self, fold: _CompiledFold, tile: torch.Tensor,
                       reference: Callable[[], torch.Tensor]) -> str | None:
         """Why ``fold`` cannot stand in for torch on the check tile; None when it can."""
-        return agreement_error(torch.from_numpy(fold(tile.numpy())), reference(), self.precision)
+        expected = reference()  # torch's pass first: its activations are freed before OpenVINO allocates its own
+        return agreement_error(torch.from_numpy(fold(tile.numpy())), expected, self.precision)
 
     def _convert_checked(self, index: int, network: nn.Module, key: CacheKey, tile: torch.Tensor,
                          reference: Callable[[], torch.Tensor]) -> tuple[_CompiledFold, bool]:
         """Convert ``network`` (each of its :func:`candidates` in turn until one gives torch's logits on the check
         tile) and compile it; cache the one that agrees. Returns the compiled fold and whether it was cached."""
         problems = []
-        for recipe, candidate in candidates(network):
+        for recipe, candidate, example in candidates(network, self.input_shape):
             check_cancelled()
-            model = self._convert(index, candidate)
+            model = self._convert(index, candidate, example)
             self.conversions += 1
             check_cancelled()  # converting and compiling take seconds each: Cancel lands between the steps
             staged, unsaved = self._stage(key, model)
@@ -254,9 +255,9 @@ class OpenVINOBackend:
         VERIFIED.record(staged.cached.fingerprint, True)  # checked just now: no need to check it again in this run
         return ""
 
-    def _convert(self, index: int, network: nn.Module) -> Any:
+    def _convert(self, index: int, network: nn.Module, example: tuple[int, ...]) -> Any:
         try:  # a conversion takes seconds and cannot be interrupted: a cancel abandons it instead
-            return run_abandonable(lambda: convert(network, self.input_shape))
+            return run_abandonable(lambda: convert(network, self.input_shape, example))
         except Cancelled:
             raise
         except Exception as error:  # noqa: BLE001 - the converter raises many kinds

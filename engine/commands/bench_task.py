@@ -78,7 +78,9 @@ def _theirs_command(args: argparse.Namespace, task: str, image: Path, out: Path,
 
 
 def _failure(timed: Timed) -> str:
-    lines = [line for line in timed.stderr.strip().splitlines() if line.strip()]
+    """The line that says why a command failed: its last unindented stderr line (a warning's indented source line
+    or a traceback's frames are not the reason)."""
+    lines = [line for line in timed.stderr.splitlines() if line.strip() and not line[0].isspace()]
     return lines[-1][:300] if lines else f"exit {timed.returncode}"
 
 
