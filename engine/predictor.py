@@ -3,78 +3,37 @@ a public method (see :mod:`~tilewise.engine.prepared_case`), :meth:`Predictor.pr
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from .backends.select import choose_backend, create_backend
 from .data.model_reader import labels_in_volume_order, read_as_model, reader_name, reads_like_simpleitk
-from .data.volume import Geometry, Volume
+from .data.volume import Volume
 from .errors import InputError, TilewiseError
 from .events import CancelToken, EventHandler, FocusToken, cancellable, check_cancelled, counted_events
 from .model.bundle import ModelBundle
 from .model.cascade import check_pair, previous_stage_dir
 from .model.suitability import apply_policy, check_image
 from .nnunet_exact import export_like_nnunet, run_like_nnunet
-from .postprocess.export import crop_resampler, export_with_fallback, slab_wise
+from .postprocess.export import export_with_fallback
 from .postprocess.labels import logits_to_labels
-from .postprocess.streaming import PENDING_UPDATES, StreamingExport
 from .prepared_case import PreparedCase
 from .preprocess.cascade_input import check_previous_labels, previous_stage_input
-from .preprocess.grid_shape import ModelGrid, forward_activation_bytes, job_size, network_grid_shape, nonzero_extent
+from .preprocess.grid_shape import forward_activation_bytes, job_size
 from .preprocess.pipeline import Preprocessed, preprocess
 from .preprocess.reuse import PreprocessCache, preprocess_key
 from .presets import Preset
+from .result import Result, RunSettings
 from .runtime.devices import default_batch_size
 from .runtime.memory import free_device_memory, record_peak
-from .runtime.memory_plan import JobSize, MemoryBudget, MemoryPlan, Streaming, check_forward_fits, plan_memory
+from .runtime.memory_plan import MemoryBudget, MemoryPlan, Streaming, check_forward_fits, plan_memory
 from .sliding.accumulators import Placement, placements
 from .sliding.empty_tiles import empty_tile_test
 from .sliding.runner import SlidingResult, SlidingWindowRunner, background_logits
-from .sliding.window import streaming_rows
-
-STREAM_BY_DEFAULT = False
-"""Whether a predictor streams (``streaming=None``): tiles in nnU-Net's order into a window of slices, export beside
-them; see :meth:`Predictor.plan_case`."""
-
-
-@dataclass
-class Result:
-    """Labels on the input grid (z, y, x) with the input's geometry, plus what the run cost."""
-
-    labels: np.ndarray
-    geometry: Geometry
-    probabilities: np.ndarray | None
-    properties: dict[str, Any]
-    timings: dict[str, float]
-    """Seconds: load (the model's, once per predictor), convert (of load, converting models for the backend: 0 for
-    torch or when cached), preprocess, sliding_window, export. A cascade adds its first stage's, named after it
-    (``3d_lowres:preprocess``, ``3d_lowres:sliding_window``, ``3d_lowres:export``) and ``3d_lowres:to_input`` (its
-    segmentation resampled and stacked onto the full-res input); the unprefixed ones are the full-res stage's."""
-    tiles: int
-    """Tiles run (both stages' for a cascade)."""
-    forward_passes: int
-    tiles_skipped: int = 0
-    notes: list[str] = field(default_factory=list)
-    peak_rss_mb: dict[str, float] = field(default_factory=dict)
-    """This process's peak resident memory at the end of each stage (cumulative; empty where the OS does not say)."""
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """A preset resolved for one model and device: concrete folds, mirror axes, precision and batch size."""
-
-    folds: list[str]
-    mirror_axes: tuple[int, ...]
-    tile_step: float
-    precision: str
-    batch_size: int
-    device: torch.device
-    skip_empty_tiles: bool = False
-    backend: str = "torch"
+from .streaming_stage import STREAM_BY_DEFAULT, finish_streaming, run_streaming, streaming_mode, with_window
 
 
 class Predictor:
@@ -222,13 +181,7 @@ class Predictor:
         """The first half of :meth:`prepare`: raises :class:`InputError` for a volume this model cannot segment (or,
         under a strict :func:`~tilewise.engine.model.suitability.input_policy`, was not trained for: ``assess``) and
         :class:`OutOfMemoryError` (exit 3) for one that cannot fit in ``budget``, before any work. A cascade stage
-        given ``previous_labels`` plans no first stage.
-
-        Streaming (when :attr:`streaming`; tiles in nnU-Net's order, the sums in a window of slices, the export on a
-        second thread beside the tiles) is planned wherever it fits when the caller says whether :meth:`finish` will
-        want probabilities (``with_probabilities`` True or False) and no slice priority will steer the tiles
-        (``focus`` False); otherwise only where the whole volume's sums do not fit (then :meth:`finish` cannot give
-        probabilities unless ``with_probabilities`` said so)."""
+        given ``previous_labels`` plans no first stage. Streaming: :func:`~.streaming_stage.streaming_mode`."""
         self.check_input(volume, previous_labels)
         source = str(volume.sources[0]) if volume.sources else "input"
         notes = apply_policy(check_image(volume, self.bundle), source) if assess else []
@@ -241,15 +194,9 @@ class Predictor:
         if self.nnunet_exact:
             return PreparedCase(volume, plan=None, order=[], notes=notes, previous=first, previous_labels=previous_labels)
         order = placements(self.device)
-        plan = self.plan_memory(volume, order, budget, self._streaming_mode(with_probabilities, focus))
+        plan = self.plan_memory(volume, order, budget, streaming_mode(self.streaming, with_probabilities, focus))
         return PreparedCase(volume, plan, order[plan.placement_index:], notes=notes + plan.notes, previous=first,
                             previous_labels=previous_labels, with_probabilities=bool(with_probabilities))
-
-    def _streaming_mode(self, with_probabilities: bool | None, focus: bool) -> str:
-        """How :meth:`plan_case` may plan streaming (see :class:`~tilewise.engine.runtime.memory_plan.Streaming`)."""
-        if not self.streaming:
-            return Streaming.NEVER
-        return Streaming.FALLBACK if with_probabilities is None or focus else Streaming.PREFER
 
     def preprocess_case(self, case: PreparedCase, cancel: CancelToken | None = None,
                         reuse: PreprocessCache | None = None) -> PreparedCase:
@@ -371,24 +318,12 @@ class Predictor:
 
     def _run_streaming(self, case: PreparedCase, prepared: Preprocessed, on_event: EventHandler | None,
                        provisional_labels: bool) -> None:
-        """The tiles in nnU-Net's order into a window of slices, each final slab exported on a second thread while
-        the next tiles run (:class:`~tilewise.engine.postprocess.streaming.StreamingExport`, left on the case for
-        :meth:`finish`)."""
-        assert case.plan is not None
-        unpadded = prepared.unpadded
-        resampler = crop_resampler(self.bundle, prepared.properties, tuple(s.stop - s.start for s in unpadded))
-        assert resampler is not None, "streaming is planned only for slab-wise resampling rules"
-        export = StreamingExport(self.bundle, prepared.properties, unpadded, resampler, case.with_probabilities,
-                                 case.plan.slab_bytes)
+        """The tiles into a window of slices, each final slab exported beside them (see :mod:`.streaming_stage`)."""
         runner = self._runner(case)
         try:
-            run = runner.run_streaming(prepared.data, prepared.mapper, export.put, on_event, provisional_labels)
-        except BaseException:
-            export.abort()
-            raise
+            run = run_streaming(self.bundle, case, prepared, runner, on_event, provisional_labels)
         finally:
             self._keep_batch_size(runner)
-        case.export = export
         self._count(case, run)
 
     def _keep_batch_size(self, runner: SlidingWindowRunner) -> None:
@@ -424,7 +359,7 @@ class Predictor:
     def _export(self, case: PreparedCase, with_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """The case's labels (and probabilities) on the grid the model's reader returned (host fallback as above)."""
         if case.export is not None:
-            return self._finish_streaming(case, with_probabilities)
+            return finish_streaming(case, with_probabilities, self.device)
         prepared = case.prepared
         assert prepared is not None and case.logits is not None, "run_tiles first"
         started = time.perf_counter()
@@ -442,25 +377,6 @@ class Predictor:
         record_peak(case.peaks, "export")
         return labels, probabilities
 
-    def _finish_streaming(self, case: PreparedCase, with_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """Wait for a streaming case's last slab: the time after the last tile is this one's."""
-        export, case.export = case.export, None
-        assert export is not None
-        started = time.perf_counter()
-        try:
-            if with_probabilities and not case.with_probabilities:
-                raise TilewiseError("--save_probabilities", "this case ran streaming without probabilities; plan it "
-                                                            "with with_probabilities=True")
-            exported = export.close()
-        except BaseException:
-            export.abort()
-            raise
-        case.notes += export.notes
-        free_device_memory(self.device)
-        case.timings["export"] = time.perf_counter() - started
-        record_peak(case.peaks, "export")
-        return exported.labels, exported.probabilities if with_probabilities else None
-
     def plan_memory(self, volume: Volume, order: list[Placement] | None = None,
                     budget: MemoryBudget | None = None, streaming: str = Streaming.NEVER) -> MemoryPlan:
         """Where this case's logit sums will live (an index into ``order``, default every placement for the device),
@@ -468,20 +384,12 @@ class Predictor:
         :class:`~tilewise.engine.runtime.memory_plan.Streaming`), and how large its export slabs are, from
         ``budget`` (default the memory available now); raises :class:`OutOfMemoryError` (exit 3) when it cannot fit,
         before any work."""
-        job = self._with_window(volume, job_size(self.bundle, volume, self.settings.batch_size))
+        job = job_size(self.bundle, volume, self.settings.batch_size)
+        if not self.nnunet_exact:
+            job = with_window(job, self.bundle, volume, self.settings.tile_step, self.settings.batch_size)
         pairs = [(p.device, p.dtype) for p in (order or placements(self.device))]
         budget = budget or MemoryBudget.available_now(self.device)
         if self.bundle.previous_stage_name is not None:  # the network takes the one-hot first stage too
             job = replace(job, channels=self.bundle.num_input_channels)
             budget = replace(budget, host_bytes=budget.host_bytes - job.label_bytes * job.input_voxels)
         return plan_memory(job, self.device, pairs, budget.host_bytes, budget.device_bytes, streaming)
-
-    def _with_window(self, volume: Volume, job: JobSize) -> JobSize:
-        """``job`` with the network voxels a streaming run would hold (none where the export cannot stream)."""
-        if self.nnunet_exact or not slab_wise(self.bundle):
-            return job
-        channels = [volume.array[c] for c in range(volume.num_channels)]
-        grid = network_grid_shape(ModelGrid.of(self.bundle), nonzero_extent(channels), volume.nnunet_spacing)
-        ring, held = streaming_rows(grid, self.bundle.patch_size, self.settings.tile_step,  # type: ignore[arg-type]
-                                    self.settings.batch_size, PENDING_UPDATES)
-        return replace(job, window_voxels=held * grid[1] * grid[2], window_rows=ring)

@@ -1,0 +1,46 @@
+"""What a prediction returns (:class:`Result`) and the settings it ran with (:class:`RunSettings`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data.volume import Geometry
+
+
+@dataclass
+class Result:
+    """Labels on the input grid (z, y, x) with the input's geometry, plus what the run cost."""
+
+    labels: np.ndarray
+    geometry: Geometry
+    probabilities: np.ndarray | None
+    properties: dict[str, Any]
+    timings: dict[str, float]
+    """Seconds: load (the model's, once per predictor), convert (of load, converting models for the backend: 0 for
+    torch or when cached), preprocess, sliding_window, export. A cascade adds its first stage's, named after it
+    (``3d_lowres:preprocess``, ``3d_lowres:sliding_window``, ``3d_lowres:export``) and ``3d_lowres:to_input`` (its
+    segmentation resampled and stacked onto the full-res input); the unprefixed ones are the full-res stage's."""
+    tiles: int
+    """Tiles run (both stages' for a cascade)."""
+    forward_passes: int
+    tiles_skipped: int = 0
+    notes: list[str] = field(default_factory=list)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    """This process's peak resident memory at the end of each stage (cumulative; empty where the OS does not say)."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """A preset resolved for one model and device: concrete folds, mirror axes, precision and batch size."""
+
+    folds: list[str]
+    mirror_axes: tuple[int, ...]
+    tile_step: float
+    precision: str
+    batch_size: int
+    device: torch.device
+    skip_empty_tiles: bool = False
+    backend: str = "torch"
