@@ -125,9 +125,9 @@ def test_cancel_inside_a_fold_conversion_stores_nothing(tmp_path: Path, monkeypa
     real_convert = openvino_backend.OpenVINOBackend._convert
     steps: list[str] = []
 
-    def convert(self, index, candidate):
+    def convert(self, index, candidate, example):
         steps.append("convert")
-        model = real_convert(self, index, candidate)
+        model = real_convert(self, index, candidate, example)
         token.cancel()  # pressed while the conversion ran
         return model
 
@@ -153,10 +153,10 @@ def test_cancel_during_a_conversion_returns_at_once(tmp_path: Path, monkeypatch)
     real_convert = openvino_backend.convert
     converting = threading.Event()
 
-    def slow_convert(network, shape):
+    def slow_convert(network, shape, example):
         converting.set()
         time.sleep(5)  # a long conversion
-        return real_convert(network, shape)
+        return real_convert(network, shape, example)
 
     monkeypatch.setattr(openvino_backend, "convert", slow_convert)
     token = CancelToken()

@@ -75,7 +75,8 @@ class CaseStages:
             ending = str(self.predictor.bundle.dataset_json.get("file_ending", ".nii.gz"))
             path = previous_stage_file(self.prev_stage_predictions, item.case.name, ending)
             previous = read_previous_stage(path, volume)
-        item.prepared = self.predictor.plan_case(volume, self.budget, previous_labels=previous)
+        item.prepared = self.predictor.plan_case(volume, self.budget, previous_labels=previous,
+                                                 with_probabilities=self.with_probabilities)  # may stream
         item.planned_peaks = item.prepared.planned_peaks
         item.dicom_files = item.prepared.volume.dicom_files
         check_dicom_references(item.case.output, item.dicom_files)  # a case that cannot be written fails first
