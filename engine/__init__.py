@@ -16,7 +16,7 @@ from .model.bundle import ModelBundle, available_folds
 from .model.suitability import Finding, InputPolicy, check_image, set_input_policy
 from .predictor import Predictor, Result, RunSettings
 from .presets import Preset, get_preset, load_presets
-from .events import CancelToken, FocusToken, TileEvent
+from .events import CancelToken, FocusToken, LoadEvent, TileEvent
 from .sliding.plan import Tile
 from .data.volume import Geometry, Volume
 
@@ -70,7 +70,7 @@ __all__ = [
     "Cancelled", "CancelToken", "Finding", "FocusToken", "Geometry", "InputError", "InputPolicy", "ModelBundle",
     "ModelError", "OutOfMemoryError", "Predictor", "Preset", "Result", "RunSettings", "Tile", "TileEvent", "TilewiseError",
     "UntrustedCheckpointError", "Volume", "available_folds", "check_image", "get_preset", "load_presets",
-    "read_volume", "set_input_policy", "write_labels",
+    "LoadEvent", "read_volume", "set_input_policy", "write_labels",
     # for applications (the viewer): DICOM, outputs, files, estimates, the model catalog, memory
     "AlgorithmInfo", "ENHANCED_VOLUME_CLASSES", "Estimate", "FirstFold", "IMAGE_SUFFIXES", "ModelGrid", "ModelInfo",
     "PRIORS", "PreprocessCache", "Span", "StageCosts", "algorithm_of", "cached_folds", "default_search_roots",

@@ -1,5 +1,11 @@
 """What a run reports and how a caller steers it: :class:`TileEvent` after every batch, :class:`CancelToken` to stop
-it, :class:`FocusToken` to run the tiles where the person looks first.
+it, :class:`FocusToken` to run the tiles where the person looks first; :class:`LoadEvent` for each fold while a
+model loads (through a :class:`LoadReporter`).
+
+Loading reads each fold's checkpoint (step 'loading'), then, for OpenVINO, gets each fold ready for its device
+('preparing'): from its cache ('cached') or by converting it ('converting', then 'converted' with the seconds it
+took). Events come on the loading thread, in fold order; a handler must return quickly (the viewer sends them on as
+Qt signals).
 
 One way to cancel: the public entry points (:class:`~tilewise.engine.Predictor`'s methods) take a token and make it
 the current one (:func:`cancellable`); everything below them checks the current token (:func:`check_cancelled`),
@@ -9,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -39,6 +46,56 @@ class TileEvent:
     labels: np.ndarray | None
     elapsed_s: float
     eta_s: float
+
+
+LOADING = "loading"
+"""A fold's checkpoint is being read."""
+PREPARING = "preparing"
+"""OpenVINO gets a fold ready for its device: from the cache when it holds it, else a conversion follows."""
+CACHED = "cached"
+"""The fold came from OpenVINO's cache (checked against torch): it is ready."""
+CONVERTING = "converting"
+"""The fold is being converted for OpenVINO (first use at this precision, or a cached copy that had to be rebuilt)."""
+CONVERTED = "converted"
+"""The fold's conversion is done (checked against torch, cached): ``fold_seconds`` is what it took."""
+
+
+@dataclass(frozen=True)
+class LoadEvent:
+    """One step of loading a model: fold ``fold`` (1-based) of ``folds`` is at ``step``.
+
+    ``seconds_so_far`` counts from the start of loading. ``fold_seconds`` is what a finished step took (the
+    conversion, for 'converted'; else 0). ``reason`` says why a fold converts: '' on first use of the model at this
+    precision, else why its cached copy could not be used. ``device`` is where OpenVINO runs ('CPU', 'GPU', ...;
+    '' for torch), ``precision`` what the model computes in.
+    """
+
+    fold: int
+    folds: int
+    step: str
+    seconds_so_far: float
+    fold_seconds: float = 0.0
+    reason: str = ""
+    device: str = ""
+    precision: str = ""
+
+
+LoadHandler = Callable[[LoadEvent], None]
+
+
+class LoadReporter:
+    """Sends :class:`LoadEvent` s to ``handler`` (None: to nobody), timed from this reporter's creation."""
+
+    def __init__(self, handler: LoadHandler | None = None) -> None:
+        self.handler = handler
+        self.started = time.perf_counter()
+
+    def report(self, fold: int, folds: int, step: str, fold_seconds: float = 0.0, reason: str = "",
+               device: str = "", precision: str = "") -> None:
+        """Tell the handler that fold ``fold`` (1-based) of ``folds`` is at ``step``."""
+        if self.handler is not None:
+            self.handler(LoadEvent(fold, folds, step, time.perf_counter() - self.started, fold_seconds, reason,
+                                   device, precision))
 
 
 class CancelToken:

@@ -13,8 +13,9 @@ from .backends.select import choose_backend, create_backend
 from .data.model_reader import labels_in_volume_order, read_as_model, reader_name, reads_like_simpleitk
 from .data.volume import Volume
 from .errors import InputError, TilewiseError
-from .events import CancelToken, EventHandler, FocusToken, cancellable, check_cancelled, counted_events
-from .model.bundle import ModelBundle
+from .events import (CancelToken, EventHandler, FocusToken, LoadHandler, LoadReporter, cancellable, check_cancelled,
+                     counted_events)
+from .load_progress import load_bundle
 from .model.cascade import check_pair, previous_stage_dir
 from .model.suitability import apply_policy, check_image
 from .nnunet_exact import export_like_nnunet, run_like_nnunet
@@ -41,9 +42,10 @@ class Predictor:
 
     ``folds`` overrides the preset's choice; ``trust`` allows checkpoints that need full unpickling.
     ``cancel`` stops loading (raising :class:`~tilewise.engine.Cancelled`) between folds' checkpoints and
-    conversions. ``nnunet_exact`` reproduces ``nnUNetv2_predict_from_modelfolder``'s output voxel for voxel (see
-    :mod:`~tilewise.engine.nnunet_exact`): PyTorch, batch 1, nnU-Net's precision, tile order, float16 sums,
-    preprocessing and export; the preset's folds, mirroring and tile step still apply.
+    conversions; ``on_load`` hears each fold's loading and OpenVINO conversion (:class:`~.events.LoadEvent`, in
+    fold order, on the loading thread). ``nnunet_exact`` reproduces ``nnUNetv2_predict_from_modelfolder``'s output
+    voxel for voxel (see :mod:`~tilewise.engine.nnunet_exact`): PyTorch, batch 1, nnU-Net's precision, tile order,
+    float16 sums, preprocessing and export; the preset's folds, mirroring and tile step still apply.
 
     :meth:`predict` is the public stages in a row: :meth:`prepare` (:meth:`plan_case`, :meth:`preprocess_case`),
     :meth:`run_tiles` and :meth:`finish`; ``tilewise batch`` runs them on different threads for different cases.
@@ -68,9 +70,11 @@ class Predictor:
         cancel: CancelToken | None = None,
         run_previous_stage: bool = True,
         streaming: bool | None = None,
+        on_load: LoadHandler | None = None,
     ) -> None:
         self.streaming = STREAM_BY_DEFAULT if streaming is None else streaming
         """Whether cases may run streaming (see :meth:`plan_case`); False: always the whole-volume sums."""
+        self._load_reporter = LoadReporter(on_load)
         with cancellable(cancel):  # loading and converting stop between folds when ``cancel`` is set
             self._load(model_dir, preset, device, folds, checkpoint_name, trust, nnunet_exact, run_previous_stage)
 
@@ -90,8 +94,7 @@ class Predictor:
         self.preset = preset
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed tile shapes: let cuDNN pick the fastest kernels once
-        self.bundle = ModelBundle.load(model_dir, folds=folds, checkpoint_name=checkpoint_name, trust=trust,
-                                       fold_count=preset.fold_count)
+        self.bundle = load_bundle(model_dir, folds, checkpoint_name, trust, preset.fold_count, self._load_reporter)
         self.previous: Predictor | None = None
         """A cascade's first stage (the ``3d_lowres`` sibling's predictor), else None."""
         self._previous_cache = PreprocessCache()  # the first stage's input, kept only for callers that pass ``reuse``
@@ -108,7 +111,8 @@ class Predictor:
         check_forward_fits(self.bundle.patch_size, self.bundle.num_input_channels,  # before any tile is allocated
                            forward_activation_bytes(self.bundle, batch_size), batch_size, self.device)
         self.backend = create_backend(choice, self.networks, mirror_axes, preset.precision,
-                                      (batch_size, self.bundle.num_input_channels, *self.bundle.patch_size))
+                                      (batch_size, self.bundle.num_input_channels, *self.bundle.patch_size),
+                                      self._load_reporter)
         self.settings = RunSettings(
             folds=self.bundle.folds,
             mirror_axes=mirror_axes,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import Cancelled, TilewiseError
-from ..events import check_cancelled
+from ..events import CACHED, CONVERTED, CONVERTING, PREPARING, LoadReporter, check_cancelled
 from ..runtime.parallel import run_abandonable
 from .mirrors import average_folds_and_mirrors, mirror_combinations
 from .ov_cache import (
@@ -96,7 +96,8 @@ class OpenVINOBackend:
     fp16, bf16 or reduced and is resolved for ``ov_device`` ('CPU', 'GPU', 'GPU.1', ...). After construction,
     :attr:`cache_events` says per fold whether its model came from the cache, was converted, or was rebuilt, and
     :attr:`convert_seconds` how long converting (and checking and caching) took over all folds: 0 when every fold came
-    from the cache.
+    from the cache. ``on_load`` hears each fold's step ('preparing', then 'cached' or 'converting' and 'converted':
+    :class:`~tilewise.engine.events.LoadEvent`).
     """
 
     name = "openvino"
@@ -110,6 +111,7 @@ class OpenVINOBackend:
         precision: str,
         ov_device: str = "CPU",
         cache: ModelCache | None = None,
+        on_load: LoadReporter | None = None,
     ) -> None:
         import openvino
 
@@ -126,8 +128,11 @@ class OpenVINOBackend:
         self.conversions = 0
         self.convert_seconds = 0.0
         self.folds = []
+        self._reporter = on_load or LoadReporter()
+        self._fold_count = len(networks)
         for index, network in enumerate(networks):
             check_cancelled()  # converting a fold takes seconds: Cancel lands between folds
+            self._report(index, PREPARING)
             self.folds.append(self._prepare_fold(index, network))
 
     @property
@@ -156,18 +161,25 @@ class OpenVINOBackend:
         fold, reason = self._from_cache(key, tile, reference)
         if fold is not None:
             self.cache_events.append("cached")
+            self._report(index, CACHED)
             return fold
         fresh = reason == NOT_CACHED
         self.cache_events.append("converted" if fresh else f"rebuilt: {reason}")
+        self._report(index, CONVERTING, reason="" if fresh else reason)
         started = time.perf_counter()
         fold, cached = self._convert_checked(index, network, key, tile, reference)
         seconds = time.perf_counter() - started
         self.convert_seconds += seconds
+        self._report(index, CONVERTED, fold_seconds=seconds)
         took = f"converted to OpenVINO in {seconds:.1f}s"
         if cached:
             self.notes.append(f"fold {index}: {took} (first run; cached for later runs)" if fresh else
                               f"fold {index}: cached OpenVINO model rebuilt ({reason}); {took}")
         return fold
+
+    def _report(self, index: int, step: str, fold_seconds: float = 0.0, reason: str = "") -> None:
+        """Tell :attr:`_reporter` that fold ``index`` (0-based) is at ``step``."""
+        self._reporter.report(index + 1, self._fold_count, step, fold_seconds, reason, self.ov_device, self.precision)
 
     def _from_cache(self, key: CacheKey, tile: torch.Tensor,
                     reference: Callable[[], torch.Tensor]) -> tuple[_CompiledFold | None, str]:

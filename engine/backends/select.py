@@ -9,6 +9,7 @@ from torch import nn
 
 from ..runtime.devices import resolve_device, resolve_precision
 from ..errors import TilewiseError
+from ..events import LoadReporter
 from . import ForwardBackend
 
 OPENVINO_INSTALL = 'pip install "tilewise[openvino]"'
@@ -88,14 +89,15 @@ def create_backend(
     mirror_axes: tuple[int, ...],
     precision: str,
     input_shape: tuple[int, ...],
+    on_load: LoadReporter | None = None,
 ) -> ForwardBackend:
     """The backend of ``choice`` for these fold networks; ``precision`` may still be 'reduced', ``input_shape`` is
-    (batch, channels, *patch)."""
+    (batch, channels, *patch). ``on_load`` hears OpenVINO's steps for each fold (torch has none to report)."""
     if choice.name == "openvino":
         from .openvino_backend import OpenVINOBackend
 
         assert choice.openvino_device is not None
-        return OpenVINOBackend(networks, mirror_axes, input_shape, precision, choice.openvino_device)
+        return OpenVINOBackend(networks, mirror_axes, input_shape, precision, choice.openvino_device, on_load=on_load)
     from .torch_backend import TorchBackend
 
     return TorchBackend(networks, mirror_axes, choice.device, resolve_precision(precision, choice.device))
