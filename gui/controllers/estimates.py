@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,19 @@ from .worker import PredictorCache, RunChoice, RunRequest, predictor_key
 EXACT_TEXT = ("No time estimate for nnU-Net's own file: it runs nnU-Net's own preprocessing, PyTorch one tile at a "
               "time and nnU-Net's export, which are not timed here. Expect it to take longer than the same preset "
               "without it.")
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What loading the model for a run will do, as the estimates know it before Run: for the loading stage's
+    conversion line and its time left."""
+
+    openvino: bool
+    """The run gets each fold ready for OpenVINO after reading it (a second pass over the folds)."""
+    convert_per_fold_s: float
+    """Seconds one fold's first-use conversion takes: measured on this computer, else the engine's prior."""
+    pending: int | None
+    """Folds OpenVINO has not cached yet at the run's precision; None when the cache was not read yet."""
 
 
 class TimingError(Exception):
@@ -257,6 +270,19 @@ class RunTimeEstimates(QObject):
     def _emit(self, shown: ShownEstimates) -> None:
         self.view = shown
         self.changed.emit(shown)
+
+    def load_plan(self, request: RunRequest) -> LoadPlan:
+        """What loading ``request``'s model will do: OpenVINO or not, a fold's conversion time (the figure the
+        estimate uses) and how many folds still convert."""
+        target = target_key(request.device, request.preset.backend)
+        openvino = not request.nnunet_exact and runs_on(request.device, request.preset.backend) == "openvino"
+        costs = self.book.costs(request.model_dir, target, request.preset.precision) or PRIORS
+        model = self._last[0]
+        folds = tuple(request.folds) if request.folds else (
+            _folds_of(model, request.preset) if model is not None and model.path == request.model_dir else ())
+        known = folds and (str(request.model_dir), target) in self.cached
+        pending = self._pending(request.model_dir, target, request.preset.precision, folds) if known else None
+        return LoadPlan(openvino, costs.convert_per_fold.mid, pending if openvino else 0)
 
     def learn(self, request: RunRequest, result: Result) -> None:
         """Use a finished run's real stage timings for the next estimates, unless the CPU was shared with a timing

@@ -64,6 +64,7 @@ class RunController(QObject):
     state_changed = Signal(str)         # the new State's value
     started = Signal(object)            # the SegmentationWorker, before it starts (connect to its signals)
     stage = Signal(str)                 # what the worker does before the first tile ("Loading the model…")
+    loading = Signal(object)            # a LoadEvent while the model loads (fold k of n, a conversion)
     tile = Signal(object)               # a TileEvent, after the preview has queued its labels
     succeeded = Signal(object, object)  # RunRequest, Result: ``result_layer`` is set; still in a run state
     finished = Signal(str)              # "done", "cancelled" or "failed", once the state is IDLE again
@@ -122,6 +123,7 @@ class RunController(QObject):
         self._resume_gc_once = _gc.pause_full_collections()
         worker.finished.connect(self._resume_gc_once)
         worker.stage.connect(self.stage)
+        worker.loading.connect(self.loading)
         worker.tile.connect(self._on_tile)
         worker.succeeded.connect(self._on_succeeded)
         worker.cancelled.connect(self._on_cancelled)
@@ -161,7 +163,8 @@ class RunController(QObject):
         """Cancel a run and wait for it, at most a second (the window is closing; superqt awaits the rest at quit)."""
         worker = self.worker
         if worker is not None:
-            for signal in (worker.stage, worker.tile, worker.succeeded, worker.cancelled, worker.failed):
+            for signal in (worker.stage, worker.loading, worker.tile, worker.succeeded, worker.cancelled,
+                           worker.failed):
                 try:
                     signal.disconnect()
                 except (RuntimeError, TypeError):

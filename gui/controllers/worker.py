@@ -5,12 +5,14 @@ report into one tile stream, one cancel stops them, and the result carries Total
 
 A :class:`SegmentationWorker` is a superqt :class:`~superqt.utils.WorkerBase` in Qt's global thread pool: superqt
 keeps it referenced while it runs and ``WorkerBase.await_workers`` asks it to quit and waits for it when the
-application quits. Tile events cross to the GUI thread as Qt signals (queued connections); cancelling (superqt's
-``quit()``) sets the engine's :class:`CancelToken`, which the engine checks between batches.
+application quits. Load events (each fold read, converted for OpenVINO or taken from its cache) and tile events
+cross to the GUI thread as Qt signals (queued connections); cancelling (superqt's ``quit()``) sets the engine's
+:class:`CancelToken`, which the engine checks between folds and batches.
 """
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from tilewise.engine import (
     Cancelled,
     CancelToken,
     Geometry,
+    LoadEvent,
     OutOfMemoryError,
     Predictor,
     PreprocessCache,
@@ -112,9 +115,11 @@ class PredictorCache:
         self.prepared = PreprocessCache()
         """One preprocessed input; keyed by the image's voxels, the model and how it preprocesses (engine side)."""
 
-    def get(self, request: RunRequest, cancel: CancelToken | None = None) -> Predictor | TaskPredictor:
+    def get(self, request: RunRequest, cancel: CancelToken | None = None,
+            on_load: Callable[[LoadEvent], None] | None = None) -> Predictor | TaskPredictor:
         """The cached predictor for ``request`` (a :class:`TaskPredictor` for a task), loading it (on the calling
-        thread) when the key changed; ``cancel`` stops a load between folds."""
+        thread) when the key changed; ``cancel`` stops a load between folds, ``on_load`` hears each fold's loading
+        (a single model's; a task's models load without fold events)."""
         with self._lock:
             self.reused = self._key == request.predictor_key and self._predictor is not None
             if self.reused:
@@ -126,7 +131,8 @@ class PredictorCache:
                                           trust=request.trust, nnunet_exact=request.nnunet_exact, cancel=cancel)
             else:
                 predictor = Predictor(request.model_dir, request.preset, device=request.device, folds=folds,
-                                      trust=request.trust, nnunet_exact=request.nnunet_exact, cancel=cancel)
+                                      trust=request.trust, nnunet_exact=request.nnunet_exact, cancel=cancel,
+                                      on_load=on_load)
             self._key, self._predictor = request.predictor_key, predictor
             return predictor
 
@@ -177,6 +183,7 @@ class SegmentationSignals(WorkerBaseSignals):
     """A run's signals, beside superqt's own (``started``, ``finished``, ``errored``...)."""
 
     stage = Signal(str)
+    loading = Signal(object)       # LoadEvent: a fold read, being converted for OpenVINO, converted or cached
     tile = Signal(object)          # TileEvent
     succeeded = Signal(object, object)  # Result, voxels per label value (counted here, off the GUI thread)
     cancelled = Signal()
@@ -233,7 +240,7 @@ class SegmentationWorker(Awaitable, WorkerBase):
         request = self.request
         try:
             self.stage.emit("Loading the model…")
-            predictor = self.cache.get(request, self.token)
+            predictor = self.cache.get(request, self.token, self.loading.emit)
             if self.token.cancelled:
                 raise Cancelled()
             self.stage.emit("Preparing the image…")

@@ -50,6 +50,7 @@ class RunFlow(QObject):
         run.succeeded.connect(self._on_succeeded)
         run.finished.connect(self._on_finished)
         run.failed.connect(self._on_failed)
+        run.loading.connect(panels.run.show_loading)
         viewer.dims.events.current_step.connect(self._on_slice_changed)
 
     def toggle(self) -> None:
@@ -78,6 +79,7 @@ class RunFlow(QObject):
         self._panels.run.set_tile_note(TASK_NOTE if task is not None else SLICE_FIRST_NOTE)
         if not self._run.start(request, layers, slice_on_screen(self._viewer, layers[0])):
             return False
+        self._panels.run.expect_loading(self._estimates.load_plan(request))  # before the worker's first fold arrives
         # The worker starts before the preview layer exists: napari takes a moment to build a layer, the worker
         # meanwhile loads the model and prepares the image. Its signals wait in the GUI thread's queue until this
         # method has returned, so no tile can arrive before the layer is there.

@@ -5,6 +5,9 @@ napari's bar processes events when updated. The dock's bar, its "N of M tiles" t
 same count: the dock shows the count napari's bar shows (which takes a new count at most every
 :data:`~.activity.COUNT_INTERVAL_S`). The time left only counts down (:class:`RemainingTime`).
 
+While the model loads, the bar counts its folds ("Fold k of n": each fold read, then, for OpenVINO, each made ready
+for this computer) and a conversion line (:mod:`.loading`) says why a fold converts and how long it has left.
+
 Run shows Cancel and "Loading the model…" at once: the button and the status line are painted before the click
 handler goes on to build the preview layer (which takes napari a few hundred milliseconds).
 """
@@ -18,7 +21,9 @@ from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from ..controllers.run import RUN_STATES, State
+from ..controllers.estimates import LoadPlan
 from .activity import ActivityProgress
+from .loading import FOLD_FORMAT, LOADING_FOLD_TEXT, READYING_FOLD_TEXT, ConversionLine, format_duration, target_name
 
 PROGRESS_INTERVAL_MS = 100
 COUNT_FORMAT = "%v of %m tiles"
@@ -31,14 +36,6 @@ TASK_NOTE = "TotalSegmentator's labels appear when all its models have run."
 TotalSegmentator task's models run on its own resampled grid, so its labels show at the end."""
 STOPPED_TEXTS = {"cancelled": "Cancelled. No labels were kept.",
                  "failed": "The segmentation did not run (see the message)."}
-
-
-def format_duration(seconds: float) -> str:
-    """'0:07', '2:05', '1:02:05'."""
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 class RemainingTime:
@@ -114,6 +111,9 @@ class RunPanel(QWidget):
         self.status.setWordWrap(True)
         self.timing = QLabel("")
         self.timing.setVisible(False)
+        self.conversion = ConversionLine(self, clock)
+        """While a fold converts for OpenVINO: why, about how long, and its own bar with the time left."""
+        self._load_plan: LoadPlan | None = None
         self.fit_warning = QLabel("")
         """What the model says of the chosen image before Run (see :meth:`show_fit`); hidden when nothing."""
         self.fit_warning.setWordWrap(True)
@@ -125,6 +125,7 @@ class RunPanel(QWidget):
         layout.addWidget(self.run_button)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
+        layout.addWidget(self.conversion)
         layout.addWidget(self.timing)
 
         self._progress_timer = QTimer(self)
@@ -154,12 +155,16 @@ class RunPanel(QWidget):
             self._run_started = self._clock()
             self._remaining = RemainingTime()
             self.progress.setFormat("")
-            self.progress.setRange(0, 0)  # busy until the first tile reports the total
+            self.progress.setRange(0, 0)  # busy until the first fold or the first tile reports a count
             self.status.setText(LOADING_TEXT)
             self._set_timing("")
+            self._load_plan = None
+            self.conversion.reset(None)
             self.collapse_previous.emit()
             self._paint_now()
-        elif state is State.CANCELLING:
+        elif state is not State.LOADING:
+            self.conversion.stop()
+        if state is State.CANCELLING:
             self.status.setText(self.cancelling_text())
             self._schedule_progress()
         elif state is State.FINISHING:
@@ -170,10 +175,37 @@ class RunPanel(QWidget):
             self.close_activity()
 
     def show_stage(self, text: str) -> None:
-        """What the run does before its first tile (a cancelling run keeps saying that it is cancelling)."""
+        """What the run does before its first tile (a cancelling run keeps saying that it is cancelling); the bar is
+        busy until the next fold or the first tile has a count."""
         self._stage_text = text
+        if self._state is State.LOADING and self._latest_tile is None:
+            self.progress.setFormat("")
+            self.progress.setRange(0, 0)
+            self.conversion.stop()
         if self._state is not State.CANCELLING:
             self.status.setText(text)
+
+    def expect_loading(self, plan: LoadPlan) -> None:
+        """What the estimates expect of the load that has just started: OpenVINO or not, a fold's conversion time
+        and how many folds convert (the conversion line's first time left)."""
+        self._load_plan = plan
+        self.conversion.reset(plan)
+
+    def show_loading(self, event: Any) -> None:
+        """A :class:`~tilewise.engine.LoadEvent`: the bar counts the folds (read, then made ready for OpenVINO) and
+        the conversion line follows a fold's conversion. Ignored once the first tile has come or while cancelling."""
+        if self._state is not State.LOADING or self._latest_tile is not None:
+            return
+        readying = event.step != "loading"
+        passes = 2 if readying or (self._load_plan is not None and self._load_plan.openvino) else 1
+        done = event.fold - 1 + (event.folds if readying else 0) + (event.step in ("cached", "converted"))
+        self.progress.setRange(0, passes * event.folds)
+        self.progress.setValue(done)
+        self.progress.setFormat(FOLD_FORMAT.format(fold=event.fold, folds=event.folds))
+        text = (READYING_FOLD_TEXT.format(fold=event.fold, folds=event.folds, target=target_name(event.device))
+                if readying else LOADING_FOLD_TEXT.format(fold=event.fold, folds=event.folds))
+        self.status.setText(text)
+        self.conversion.follow(event)
 
     def cancelling_text(self) -> str:
         """What a cancelling run waits for: the step before the first tile, the tile that runs, or the export."""
@@ -188,6 +220,7 @@ class RunPanel(QWidget):
         """Note the latest tile; the texts and bars follow at most ~10 times a second. A task's count that grows
         after its crop stage has finished is counted again."""
         self._latest_tile = event
+        self.conversion.stop()
         if event.done < event.total and self._all_tiles_done:
             self._all_tiles_done = False
         if event.done >= event.total and not self._all_tiles_done:
