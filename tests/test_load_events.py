@@ -50,3 +50,19 @@ def test_a_one_fold_model_reports_its_fold(ct_model: Path) -> None:
     events: list[LoadEvent] = []
     Predictor(ct_model, get_preset("fast").with_overrides(backend="torch"), device="cpu", on_load=events.append)
     assert _steps(events) == [(1, 1, "loading")]
+
+
+def test_cancel_after_the_first_fold_stops_before_the_second(make_model) -> None:
+    from tilewise.engine import Cancelled, CancelToken
+
+    token = CancelToken()
+    events: list[LoadEvent] = []
+
+    def hear(event: LoadEvent) -> None:
+        events.append(event)
+        token.cancel()  # the person presses Cancel while fold 1 loads
+
+    with pytest.raises(Cancelled):
+        Predictor(make_model("3d", folds=(0, 1)), get_preset("fast").with_overrides(backend="torch"), device="cpu",
+                  folds=["0", "1"], cancel=token, on_load=hear)
+    assert _steps(events) == [(1, 2, "loading")]
