@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .backends import release_working_memory
 from .data.volume import Geometry, Volume
 from .events import CancelToken, EventHandler, TileEvent, cancellable, check_cancelled
 from .model.totalseg import CROP_MARGIN_MM, Stage, TaskSpec
@@ -104,6 +105,8 @@ class TaskPredictor:
                         self.predictors[part.folder] = Predictor(part.folder, stage_preset, device,
                                                                  folds or list(stage.folds), trust=trust,
                                                                  nnunet_exact=nnunet_exact)
+        for predictor in self.predictors.values():  # the parts run one at a time: none keeps buffers meanwhile
+            release_working_memory(predictor.backend)
         self.load_seconds = time.perf_counter() - started
 
     @property
@@ -182,6 +185,7 @@ class TaskPredictor:
             predictor.run_tiles(case, events.for_part())
             events.done += case.tiles
             done = predictor.finish(case)
+            release_working_memory(predictor.backend)  # the next part's model allocates its own
             result.tiles += done.tiles
             result.forward_passes += done.forward_passes
             result.notes += [n for n in done.notes if n not in result.notes]

@@ -477,3 +477,15 @@ def test_a_unet_is_traced_on_a_small_input_and_runs_on_the_whole_tile(ct_model: 
         expected = network(sample)
     got = torch.from_numpy(predictor.backend.folds[0](sample.numpy()))
     assert float((got - expected).abs().max()) <= 1e-3 * float(expected.abs().max())
+
+
+@needs_openvino
+def test_released_buffers_come_back_for_the_next_pass(tmp_path: Path) -> None:
+    """A TotalSegmentator task frees each model's OpenVINO buffers while the others run; its next pass is unchanged."""
+    from tilewise.engine.backends import release_working_memory
+
+    backend = ov_backend(tiny_networks(2), tmp_path)
+    before = backend(inputs(2))
+    release_working_memory(backend)
+    torch.testing.assert_close(backend(inputs(2)), before, atol=0, rtol=0)
+    release_working_memory(TorchBackend(tiny_networks(1), (), torch.device("cpu"), "fp32"))  # nothing to free: no error
