@@ -5,14 +5,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from .events import LOADING, LoadReporter, check_cancelled
-from .model.bundle import ModelBundle, available_folds
+from .model.bundle import ModelBundle, available_folds, check_model_folder
 
 
 def load_bundle(model_dir: Path | str, folds: list[str] | None, checkpoint_name: str | None, trust: bool,
                 fold_count: int | None, reporter: LoadReporter) -> ModelBundle:
     """:meth:`ModelBundle.load` one fold at a time, reporting 'loading' before each fold's checkpoint is read (the
     same checks, the same bundle; Cancel lands between folds). Without a handler it is one plain load."""
-    chosen = [str(f) for f in folds] if folds else available_folds(Path(model_dir), checkpoint_name)[:fold_count]
+    path = check_model_folder(model_dir)  # 'demo' names the bundled model; a missing folder fails here in one line
+    chosen = [str(f) for f in folds] if folds else available_folds(path, checkpoint_name)[:fold_count]
     if reporter.handler is None or len(chosen) < 2:
         if chosen:
             reporter.report(1, len(chosen), LOADING)
