@@ -4,8 +4,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from .events import LOADING, LoadReporter, check_cancelled
+from .events import LOADING, LoadHandler, LoadReporter, check_cancelled
 from .model.bundle import ModelBundle, available_folds, check_model_folder
+
+__all__ = ["LoadHandler", "LoadReporter", "load_bundle"]
+"""What a predictor needs to load a model with progress (the event types live in :mod:`.events`)."""
 
 
 def load_bundle(model_dir: Path | str, folds: list[str] | None, checkpoint_name: str | None, trust: bool,

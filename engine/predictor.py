@@ -13,9 +13,8 @@ from .backends.select import choose_backend, create_backend
 from .data.model_reader import labels_in_volume_order, read_as_model, reader_name, reads_like_simpleitk
 from .data.volume import Volume
 from .errors import InputError, TilewiseError
-from .events import (CancelToken, EventHandler, FocusToken, LoadHandler, LoadReporter, cancellable, check_cancelled,
-                     counted_events)
-from .load_progress import load_bundle
+from .events import CancelToken, EventHandler, FocusToken, cancellable, check_cancelled, counted_events
+from .load_progress import LoadHandler, LoadReporter, load_bundle
 from .model.cascade import check_pair, previous_stage_dir
 from .model.suitability import apply_policy, check_image
 from .nnunet_exact import export_like_nnunet, run_like_nnunet

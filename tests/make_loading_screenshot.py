@@ -20,17 +20,16 @@ os.environ.setdefault("QT_API", "pyside6")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ["TILEWISE_CACHE_DIR"] = tempfile.mkdtemp(prefix="tilewise-cache-")  # a first use: nothing cached
 
-from tilewise.gui._preload import preload_native_libraries  # noqa: E402
+from tilewise.gui._preload import preload_native_libraries
 
 preload_native_libraries()
 
-import napari  # noqa: E402
-from qtpy.QtCore import QSettings, QTimer  # noqa: E402
-from qtpy.QtWidgets import QApplication  # noqa: E402
-
-from tilewise.gui.app import TITLE  # noqa: E402
-from tilewise.gui.widget import TilewiseWidget  # noqa: E402
-from tilewise.resources import sample_path  # noqa: E402
+import napari
+from qtpy.QtCore import QSettings, QTimer
+from qtpy.QtWidgets import QApplication
+from tilewise.gui.app import TITLE
+from tilewise.gui.widget import TilewiseWidget
+from tilewise.resources import sample_path
 
 ESTIMATES_WAIT_MS = 120_000
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import model_factory
-from tilewise.engine.backends.select import openvino_available
+import pytest
 from gui_fixtures import choose, open_image, quick_timing
+from tilewise.engine.backends.select import openvino_available
 
 RUN_TIMEOUT_MS = 300_000
 

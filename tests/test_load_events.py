@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tilewise.engine import LoadEvent, Predictor, get_preset
 from tilewise.engine.backends.select import openvino_available
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..runtime.devices import resolve_device, resolve_precision
 from ..errors import TilewiseError
 from ..events import LoadReporter
+from ..runtime.devices import resolve_device, resolve_precision
 from . import ForwardBackend
 
 OPENVINO_INSTALL = 'pip install "tilewise[openvino]"'

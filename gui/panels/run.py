@@ -20,8 +20,8 @@ from typing import Any
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from ..controllers.run import RUN_STATES, State
 from ..controllers.estimates import LoadPlan
+from ..controllers.run import RUN_STATES, State
 from .activity import ActivityProgress
 from .loading import FOLD_FORMAT, LOADING_FOLD_TEXT, READYING_FOLD_TEXT, ConversionLine, format_duration, target_name
 
