@@ -153,16 +153,8 @@ class SlidingWindowRunner:
                     del window, data  # the sums go now, not when the exception is done with this frame
                     raise Cancelled()
                 batch = tiles[done:done + self.batch_size]
-                if batch:
-                    inputs = torch.stack([data[(slice(None), *self._network_slice(t.box, is_2d))] for t in batch])
-                    predictions = self._forward(inputs)  # may shrink the batch: it then runs in pieces
-                    for tile, prediction in zip(batch, predictions):
-                        window.add(self._network_slice(tile.box, is_2d), prediction)
-                for tile in batch:
-                    done += 1
-                    if on_event is not None:
-                        elapsed = time.perf_counter() - started
-                        on_event(self._event(tile, window, mapper, done, total, elapsed, provisional_labels))
+                done = self._run_batch(batch, data, window, is_2d, mapper, (done, total, started), on_event,
+                                       provisional_labels)
                 if final_rows[done] > window.first:
                     first = window.first
                     on_rows(first, window.release(final_rows[done], background))
@@ -188,6 +180,25 @@ class SlidingWindowRunner:
     def _out_of_memory(self, error: BaseException, stage: str) -> OutOfMemoryError:
         return OutOfMemoryError(str(self.device), f"out of memory while {stage} ({str(error).splitlines()[0][:160]}); "
                                                   "try a faster preset, fewer folds, --batch-size 1 or --device cpu")
+
+    def _run_batch(self, batch: list[Tile], data: torch.Tensor, sums: Accumulator | SlabWindow, is_2d: bool,
+                   mapper: GridMapper, progress: tuple[int, int, float], on_event: EventHandler | None,
+                   provisional_labels: bool) -> int:
+        """One batch of tiles through the network into ``sums`` (the whole-volume accumulator or the streaming
+        window), an event after each tile; ``progress`` is (tiles done before it, tiles in all, start time).
+        Returns the tiles done after it."""
+        done, total, started = progress
+        if batch:
+            inputs = torch.stack([data[(slice(None), *self._network_slice(t.box, is_2d))] for t in batch])
+            predictions = self._forward(inputs)  # may shrink the batch: it then runs in pieces
+            for tile, prediction in zip(batch, predictions):
+                sums.add(self._network_slice(tile.box, is_2d), prediction)
+        for tile in batch:
+            done += 1
+            if on_event is not None:
+                elapsed = time.perf_counter() - started
+                on_event(self._event(tile, sums, mapper, done, total, elapsed, provisional_labels))
+        return done
 
     def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits for a batch; on out-of-memory the batch size halves (kept for later batches) and it runs again."""
@@ -234,15 +245,8 @@ class SlidingWindowRunner:
                     raise Cancelled()
                 steering.apply(queue)
                 batch = queue.take(self.batch_size)
-                inputs = torch.stack([data[(slice(None), *self._network_slice(t.box, is_2d))] for t in batch])
-                predictions = self._forward(inputs)
-                for tile, prediction in zip(batch, predictions):
-                    accumulator.add(self._network_slice(tile.box, is_2d), prediction)
-                for tile in batch:
-                    done += 1
-                    if on_event is not None:
-                        elapsed = time.perf_counter() - started
-                        on_event(self._event(tile, accumulator, mapper, done, total, elapsed, provisional_labels))
+                done = self._run_batch(batch, data, accumulator, is_2d, mapper, (done, total, started), on_event,
+                                       provisional_labels)
             del data
             if planned > total:
                 background = self.background if self.background is not None else background_logits(self.num_heads, False)
