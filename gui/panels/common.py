@@ -75,8 +75,13 @@ class ElidingComboBox(QComboBox):
         self.initStyleOption(option)
         painter.drawComplexControl(QStyle.CC_ComboBox, option)
         field = self.style().subControlRect(QStyle.CC_ComboBox, option, QStyle.SC_ComboBoxEditField, self)
-        option.currentText = self.fontMetrics().elidedText(option.currentText, Qt.ElideMiddle, max(field.width(), 0))
+        option.currentText = self.fontMetrics().elidedText(option.currentText, self.elide_mode(),
+                                                           max(field.width(), 0))
         painter.drawControl(QStyle.CE_ComboBoxLabel, option)
+
+    def elide_mode(self) -> Qt.TextElideMode:
+        """Where the shown item's text is shortened: in the middle."""
+        return Qt.ElideMiddle
 
     def showPopup(self) -> None:  # noqa: N802 - Qt override
         view = self.view()

@@ -5,14 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from qtpy.QtCore import QSize, Qt
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QSizePolicy,
-    QStyle,
-    QStyleOptionButton,
-    QStyleOptionComboBox,
-    QStylePainter,
-)
+from qtpy.QtWidgets import QCheckBox, QSizePolicy, QStyle, QStyleOptionButton, QStylePainter
 
 from .common import ElidingComboBox
 
@@ -48,14 +41,6 @@ class ModelComboBox(ElidingComboBox):
     """The model list: a model folder's name shortened in the middle (both ends stay readable), a TotalSegmentator
     task's entry at its end, so that its name ('totalseg:total') always shows."""
 
-    def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
-        if not str(self.currentData() or "").startswith("totalseg:"):
-            super().paintEvent(event)
-            return
-        painter = QStylePainter(self)
-        option = QStyleOptionComboBox()
-        self.initStyleOption(option)
-        painter.drawComplexControl(QStyle.CC_ComboBox, option)
-        field = self.style().subControlRect(QStyle.CC_ComboBox, option, QStyle.SC_ComboBoxEditField, self)
-        option.currentText = self.fontMetrics().elidedText(option.currentText, Qt.ElideRight, max(field.width(), 0))
-        painter.drawControl(QStyle.CE_ComboBoxLabel, option)
+    def elide_mode(self) -> Qt.TextElideMode:
+        """At the end for a TotalSegmentator task, else in the middle."""
+        return Qt.ElideRight if str(self.currentData() or "").startswith("totalseg:") else Qt.ElideMiddle
