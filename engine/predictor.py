@@ -14,11 +14,11 @@ from .data.model_reader import labels_in_volume_order, read_as_model, reader_nam
 from .data.volume import Volume
 from .errors import InputError, TilewiseError
 from .events import CancelToken, EventHandler, FocusToken, cancellable, check_cancelled, counted_events
+from .export_stage import export_case
 from .load_progress import LoadHandler, LoadReporter, load_bundle
 from .model.cascade import check_pair, previous_stage_dir
 from .model.suitability import apply_policy, check_image
-from .nnunet_exact import export_like_nnunet, run_like_nnunet
-from .postprocess.export import export_with_fallback
+from .nnunet_exact import run_like_nnunet
 from .postprocess.labels import logits_to_labels
 from .prepared_case import PreparedCase
 from .preprocess.cascade_input import check_previous_labels, previous_stage_input
@@ -28,12 +28,12 @@ from .preprocess.reuse import PreprocessCache, preprocess_key
 from .presets import Preset
 from .result import Result, RunSettings
 from .runtime.devices import default_batch_size
-from .runtime.memory import free_device_memory, record_peak
+from .runtime.memory import record_peak
 from .runtime.memory_plan import MemoryBudget, MemoryPlan, Streaming, check_forward_fits, plan_memory
 from .sliding.accumulators import Placement, placements
 from .sliding.empty_tiles import empty_tile_test
 from .sliding.runner import SlidingResult, SlidingWindowRunner, background_logits
-from .streaming_stage import STREAM_BY_DEFAULT, finish_streaming, run_streaming, streaming_mode, with_window
+from .streaming_stage import STREAM_BY_DEFAULT, run_streaming, streaming_mode, with_window
 
 
 class Predictor:
@@ -282,7 +282,7 @@ class Predictor:
         assert self.previous is not None and case.previous is not None and case.prepared is not None
         first = case.previous
         self.previous._run_tiles(first, on_event, provisional_labels, focus)
-        labels, _ = self.previous._export(first, False)
+        labels, _ = export_case(first, self.previous.bundle, self.nnunet_exact, self.device, False)
         case.note_previous(self.previous.bundle.configuration_name)
         self._stack_previous_stage(case, labels, in_volume_order=False)
 
@@ -345,7 +345,8 @@ class Predictor:
         when device memory runs out during export, it is done again on the host."""
         started = time.perf_counter()
         with cancellable(cancel):
-            labels, probabilities = self._export(case, with_probabilities)
+            labels, probabilities = export_case(case, self.bundle, self.nnunet_exact, self.device,
+                                                with_probabilities)
         prepared = case.prepared
         assert prepared is not None
         if not reads_like_simpleitk(self.reader):  # back from the model reader's voxel order to the volume's
@@ -358,27 +359,6 @@ class Predictor:
             timings={"load": self.load_seconds, "convert": self.convert_seconds, **case.timings}, tiles=tiles,
             forward_passes=passes, tiles_skipped=skipped, notes=notes, peak_rss_mb=dict(case.peaks),
         )
-
-    def _export(self, case: PreparedCase, with_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """The case's labels (and probabilities) on the grid the model's reader returned (host fallback as above)."""
-        if case.export is not None:
-            return finish_streaming(case, with_probabilities, self.device)
-        prepared = case.prepared
-        assert prepared is not None and case.logits is not None, "run_tiles first"
-        started = time.perf_counter()
-        logits, case.logits = case.logits[(slice(None), *prepared.unpadded)], None
-        if self.nnunet_exact:
-            check_cancelled()
-            labels, probabilities = export_like_nnunet(self.bundle, logits, prepared.properties, with_probabilities)
-        else:
-            assert case.plan is not None
-            labels, probabilities = export_with_fallback(logits, self.bundle, prepared.properties, with_probabilities,
-                                                         case.plan.slab_bytes, self.device, case.notes)
-        del logits
-        free_device_memory(self.device)
-        case.timings["export"] = time.perf_counter() - started
-        record_peak(case.peaks, "export")
-        return labels, probabilities
 
     def plan_memory(self, volume: Volume, order: list[Placement] | None = None,
                     budget: MemoryBudget | None = None, streaming: str = Streaming.NEVER) -> MemoryPlan:
