@@ -1,21 +1,15 @@
-"""In which order tiles run: centre-out by default, reordered at any time (the viewer puts the slice on screen first).
+"""In which order tiles run: nnU-Net's own by default, reordered at any time (the viewer puts the slice on screen first).
 
-The order never changes the result: every tile's contribution is summed in float32.
+nnU-Net's order is the default because float32 sums of the same terms in another order can differ in their last bit,
+which on a voxel whose two best classes are nearly tied can change its label; in nnU-Net's order a whole-volume run
+and a streaming run add every voxel's terms exactly as nnU-Net does.
 """
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 
-import numpy as np
-
 from .plan import Tile
-
-
-def centre_out(tiles: list[Tile], grid_shape: tuple[int, int, int]) -> list[Tile]:
-    """Tiles sorted by the distance of their centre to the grid's centre (ties keep nnU-Net's order)."""
-    centre = np.array([(s - 1) / 2 for s in grid_shape])
-    return sorted(tiles, key=lambda t: (float(np.linalg.norm(np.array(t.centre) - centre)), t.index))
 
 
 class TileQueue:

@@ -14,7 +14,7 @@ from ..preprocess.grid_mapping import GridMapper
 from ..events import Box, EventHandler, FocusToken, TileEvent, cancel_requested
 from ..runtime.memory import free_device_memory, is_out_of_memory
 from .accumulators import Accumulator, Placement, placements
-from .order import TileQueue, centre_out
+from .order import TileQueue
 from .plan import Tile, plan_tiles
 from .window import SlabWindow, rows_final_after, window_rows
 
@@ -52,11 +52,12 @@ class SlidingResult:
 class SlidingWindowRunner:
     """Runs every tile of one preprocessed case through a forward backend and accumulates logits.
 
-    The backend forwards a batch of tiles through every fold and mirror. The order of tiles (centre-out, or where a
-    :class:`~tilewise.engine.events.FocusToken` asks) does not change the result. ``skip_tile`` (optional) names tiles not to run at all;
+    The backend forwards a batch of tiles through every fold and mirror. Tiles run in nnU-Net's order (the same
+    float32 additions per voxel as nnU-Net), or the slice a :class:`~tilewise.engine.events.FocusToken` names first,
+    which may move the last bit of a sum (see :mod:`.order`). ``skip_tile`` (optional) names tiles not to run at all;
     voxels that no run tile covers get ``background_logits`` (see :func:`background_logits`). ``placement_order``
     lists where the sums may live, most preferred first (default: every placement for the backend's device, see
-    :mod:`.accumulators`); ``nnunet_order`` runs the tiles in nnU-Net's order and ignores the focus.
+    :mod:`.accumulators`); ``nnunet_order`` keeps nnU-Net's order even when a focus asks for a slice.
     """
 
     def __init__(
@@ -227,8 +228,6 @@ class SlidingWindowRunner:
     ) -> tuple[torch.Tensor, int, int]:
         spatial = tuple(int(s) for s in data.shape[1:])
         tiles = plan_tiles(spatial, self.patch_size, self.tile_step)  # type: ignore[arg-type]
-        if not self.nnunet_order:
-            tiles = centre_out(tiles, spatial)  # type: ignore[arg-type]
         planned = len(tiles)
         if self.skip_tile is not None:
             tiles = [tile for tile in tiles if not self.skip_tile(tile)]
