@@ -62,6 +62,7 @@ from .pacs import (
     open_server,
     server_address,
 )
+from .postprocess.uncertainty import UNCERTAIN_THRESHOLD, UncertainRegion, uncertain_regions, uncertain_volume_ml
 from .preprocess.reuse import PreprocessCache
 from .runtime.memory import is_out_of_memory
 from .runtime.quiet import silenced_fd2
@@ -84,4 +85,6 @@ __all__ = [
     # the PACS in the viewer: configured servers, study and series lists, a series pulled whole, Send to PACS
     "PacsAccessError", "PacsError", "PacsServer", "SeriesInfo", "StudyInfo", "StudySearch", "check_connection",
     "fetch_series", "list_series", "list_studies", "open_server", "server_address",
+    # review guided by uncertainty: the map's regions to check and the uncertain volume
+    "UNCERTAIN_THRESHOLD", "UncertainRegion", "uncertain_regions", "uncertain_volume_ml",
 ]

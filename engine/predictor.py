@@ -152,6 +152,7 @@ class Predictor:
         reuse: PreprocessCache | None = None,
         focus: FocusToken | None = None,
         previous_labels: np.ndarray | None = None,
+        with_uncertainty: bool = False,
     ) -> Result:
         """Segment ``volume``. Raises :class:`~tilewise.engine.Cancelled` (and returns nothing) once ``cancel`` is
         set; ``focus`` (set from any thread) runs the tiles where the person looks first. ``previous_labels``: a
@@ -159,32 +160,36 @@ class Predictor:
 
         ``reuse`` keeps the preprocessed input for the next call: a call with the same image and a predictor of the
         same model (any preset; ``nnunet_exact`` ones share only among themselves) skips preprocessing
-        (``timings["preprocess"]`` is then only the lookup); the labels are the same either way. This is
-        :meth:`prepare`, :meth:`run_tiles` and :meth:`finish` in a row.
+        (``timings["preprocess"]`` is then only the lookup); the labels are the same either way.
+        ``with_uncertainty`` adds :attr:`Result.uncertainty`, computed in the export's slab loop (the labels are the
+        same). This is :meth:`prepare`, :meth:`run_tiles` and :meth:`finish` in a row.
         """
         with cancellable(cancel):
-            case = self.prepare(volume, reuse=reuse, previous_labels=previous_labels,
-                                with_probabilities=with_probabilities, focus=focus is not None)
+            case = self.prepare(volume, reuse=reuse, previous_labels=previous_labels, focus=focus is not None,
+                                with_probabilities=with_probabilities, with_uncertainty=with_uncertainty)
             self.run_tiles(case, on_event, provisional_labels=provisional_labels, focus=focus)
-            return self.finish(case, with_probabilities=with_probabilities)
+            return self.finish(case, with_probabilities=with_probabilities, with_uncertainty=with_uncertainty)
 
     def prepare(self, volume: Volume, cancel: CancelToken | None = None, reuse: PreprocessCache | None = None,
                 budget: MemoryBudget | None = None, previous_labels: np.ndarray | None = None,
-                with_probabilities: bool | None = None, focus: bool = False) -> PreparedCase:
+                with_probabilities: bool | None = None, focus: bool = False,
+                with_uncertainty: bool = False) -> PreparedCase:
         """``volume`` checked, its memory planned (against ``budget``, default the memory available now) and
         preprocessed (through ``reuse`` when given): :meth:`plan_case` then :meth:`preprocess_case`."""
         with cancellable(cancel):
-            case = self.plan_case(volume, budget, previous_labels=previous_labels,
-                                  with_probabilities=with_probabilities, focus=focus)
+            case = self.plan_case(volume, budget, previous_labels=previous_labels, focus=focus,
+                                  with_probabilities=with_probabilities, with_uncertainty=with_uncertainty)
             return self.preprocess_case(case, reuse=reuse)
 
     def plan_case(self, volume: Volume, budget: MemoryBudget | None = None, assess: bool = True,
                   previous_labels: np.ndarray | None = None, with_probabilities: bool | None = None,
-                  focus: bool = False) -> PreparedCase:
+                  focus: bool = False, with_uncertainty: bool = False) -> PreparedCase:
         """The first half of :meth:`prepare`: raises :class:`InputError` for a volume this model cannot segment (or,
         under a strict :func:`~tilewise.engine.model.suitability.input_policy`, was not trained for: ``assess``) and
         :class:`OutOfMemoryError` (exit 3) for one that cannot fit in ``budget``, before any work. A cascade stage
-        given ``previous_labels`` plans no first stage. Streaming: :func:`~.streaming_stage.streaming_mode`."""
+        given ``previous_labels`` plans no first stage. Streaming: :func:`~.streaming_stage.streaming_mode`;
+        ``with_uncertainty``: the plan counts the uncertainty map, which ``finish`` then gives (a streaming case's
+        only if planned with it)."""
         self.check_input(volume, previous_labels)
         source = str(volume.sources[0]) if volume.sources else "input"
         notes = apply_policy(check_image(volume, self.bundle), source) if assess else []
@@ -195,11 +200,14 @@ class Predictor:
             first = self.previous.plan_case(volume, replace(budget, host_bytes=budget.host_bytes - waiting), False,
                                             with_probabilities=False, focus=focus)  # its labels only
         if self.nnunet_exact:
-            return PreparedCase(volume, plan=None, order=[], notes=notes, previous=first, previous_labels=previous_labels)
+            return PreparedCase(volume, plan=None, order=[], notes=notes, previous=first, previous_labels=previous_labels,
+                                with_uncertainty=with_uncertainty)
         order = placements(self.device)
-        plan = self.plan_memory(volume, order, budget, streaming_mode(self.streaming, with_probabilities, focus))
+        plan = self.plan_memory(volume, order, budget, streaming_mode(self.streaming, with_probabilities, focus),
+                                with_uncertainty)
         return PreparedCase(volume, plan, order[plan.placement_index:], notes=notes + plan.notes, previous=first,
-                            previous_labels=previous_labels, with_probabilities=bool(with_probabilities))
+                            previous_labels=previous_labels, with_probabilities=bool(with_probabilities),
+                            with_uncertainty=with_uncertainty)
 
     def preprocess_case(self, case: PreparedCase, cancel: CancelToken | None = None,
                         reuse: PreprocessCache | None = None) -> PreparedCase:
@@ -282,7 +290,7 @@ class Predictor:
         assert self.previous is not None and case.previous is not None and case.prepared is not None
         first = case.previous
         self.previous._run_tiles(first, on_event, provisional_labels, focus)
-        labels, _ = export_case(first, self.previous.bundle, self.nnunet_exact, self.device, False)
+        labels = export_case(first, self.previous.bundle, self.nnunet_exact, self.device, False).labels
         case.note_previous(self.previous.bundle.configuration_name)
         self._stack_previous_stage(case, labels, in_volume_order=False)
 
@@ -340,17 +348,20 @@ class Predictor:
         case.notes += run.notes
 
     def finish(self, case: PreparedCase, cancel: CancelToken | None = None,
-               with_probabilities: bool = False) -> Result:
-        """The case's logits as labels in the volume's voxel order (and probabilities), and its :class:`Result`;
-        when device memory runs out during export, it is done again on the host."""
+               with_probabilities: bool = False, with_uncertainty: bool = False) -> Result:
+        """The case's logits as labels in the volume's voxel order (and probabilities, and the uncertainty map), and
+        its :class:`Result`; when device memory runs out during export, it is done again on the host."""
         started = time.perf_counter()
         with cancellable(cancel):
-            labels, probabilities = export_case(case, self.bundle, self.nnunet_exact, self.device,
-                                                with_probabilities)
+            exported = export_case(case, self.bundle, self.nnunet_exact, self.device, with_probabilities,
+                                   with_uncertainty)
+        labels, probabilities, uncertainty = exported.labels, exported.probabilities, exported.uncertainty
         prepared = case.prepared
         assert prepared is not None
         if not reads_like_simpleitk(self.reader):  # back from the model reader's voxel order to the volume's
             labels = labels_in_volume_order(labels, prepared.properties, self.reader, case.volume.shape)
+            if uncertainty is not None:
+                uncertainty = labels_in_volume_order(uncertainty, prepared.properties, self.reader, case.volume.shape)
         case.timings["export"] = time.perf_counter() - started
         record_peak(case.peaks, "export")
         tiles, passes, skipped, notes = case.counts(self.previous.bundle.configuration_name if self.previous else "")
@@ -358,16 +369,18 @@ class Predictor:
             labels=labels, geometry=case.volume.geometry, probabilities=probabilities, properties=prepared.properties,
             timings={"load": self.load_seconds, "convert": self.convert_seconds, **case.timings}, tiles=tiles,
             forward_passes=passes, tiles_skipped=skipped, notes=notes, peak_rss_mb=dict(case.peaks),
+            uncertainty=uncertainty,
         )
 
     def plan_memory(self, volume: Volume, order: list[Placement] | None = None,
-                    budget: MemoryBudget | None = None, streaming: str = Streaming.NEVER) -> MemoryPlan:
+                    budget: MemoryBudget | None = None, streaming: str = Streaming.NEVER,
+                    with_uncertainty: bool = False) -> MemoryPlan:
         """Where this case's logit sums will live (an index into ``order``, default every placement for the device),
         whether in a streaming window (as ``streaming`` allows, see
         :class:`~tilewise.engine.runtime.memory_plan.Streaming`), and how large its export slabs are, from
-        ``budget`` (default the memory available now); raises :class:`OutOfMemoryError` (exit 3) when it cannot fit,
-        before any work."""
-        job = job_size(self.bundle, volume, self.settings.batch_size)
+        ``budget`` (default the memory available now), the uncertainty map's volume counted when ``with_uncertainty``;
+        raises :class:`OutOfMemoryError` (exit 3) when it cannot fit, before any work."""
+        job = replace(job_size(self.bundle, volume, self.settings.batch_size), uncertainty=with_uncertainty)
         if not self.nnunet_exact:
             job = with_window(job, self.bundle, volume, self.settings.tile_step, self.settings.batch_size)
         pairs = [(p.device, p.dtype) for p in (order or placements(self.device))]

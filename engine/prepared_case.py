@@ -40,6 +40,8 @@ class PreparedCase:
     """A streaming case's export, running beside its tiles and finished by ``finish``."""
     with_probabilities: bool = False
     """Whether a streaming case's export writes probabilities too (planned with them)."""
+    with_uncertainty: bool = False
+    """Whether the case was planned with the uncertainty map (a streaming case's export computes it only then)."""
     tiles: int = 0
     forward_passes: int = 0
     tiles_skipped: int = 0

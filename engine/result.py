@@ -30,6 +30,10 @@ class Result:
     notes: list[str] = field(default_factory=list)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     """This process's peak resident memory at the end of each stage (cumulative; empty where the OS does not say)."""
+    uncertainty: np.ndarray | None = None
+    """When asked for (``with_uncertainty``): how unsure the model is at each voxel, uint8 percent on the input grid
+    (z, y, x, like :attr:`labels`): 0 = certain, 100 = the two most likely classes tie (see
+    :mod:`~tilewise.engine.postprocess.uncertainty`); 0 outside nnU-Net's crop."""
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,13 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-import numpy as np
 import torch
 
 from .data.volume import Volume
 from .errors import TilewiseError
 from .events import EventHandler
 from .model.bundle import ModelBundle
-from .postprocess.export import crop_resampler, slab_wise
+from .postprocess.export import Exported, crop_resampler, slab_wise
 from .postprocess.streaming import PENDING_UPDATES, StreamingExport
 from .prepared_case import PreparedCase
 from .preprocess.grid_shape import ModelGrid, network_grid_shape, nonzero_extent
@@ -48,7 +47,7 @@ def run_streaming(bundle: ModelBundle, case: PreparedCase, prepared: Preprocesse
     resampler = crop_resampler(bundle, prepared.properties, tuple(s.stop - s.start for s in unpadded))
     assert resampler is not None, "streaming is planned only for slab-wise resampling rules"
     export = StreamingExport(bundle, prepared.properties, unpadded, resampler, case.with_probabilities,
-                             case.plan.slab_bytes)
+                             case.plan.slab_bytes, case.with_uncertainty)
     try:
         run = runner.run_streaming(prepared.data, prepared.mapper, export.put, on_event, provisional_labels)
     except BaseException:
@@ -58,10 +57,11 @@ def run_streaming(bundle: ModelBundle, case: PreparedCase, prepared: Preprocesse
     return run
 
 
-def finish_streaming(case: PreparedCase, with_probabilities: bool,
-                     device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
+def finish_streaming(case: PreparedCase, with_probabilities: bool, device: torch.device,
+                     with_uncertainty: bool = False) -> Exported:
     """Wait for a streaming case's last slab (the time after the last tile is this one's): its labels (and
-    probabilities) on the grid the model's reader returned."""
+    probabilities, and the uncertainty map) on the grid the model's reader returned; the last two only if the case
+    was planned with them."""
     export, case.export = case.export, None
     assert export is not None
     started = time.perf_counter()
@@ -69,6 +69,9 @@ def finish_streaming(case: PreparedCase, with_probabilities: bool,
         if with_probabilities and not case.with_probabilities:
             raise TilewiseError("--save_probabilities", "this case ran streaming without probabilities; plan it "
                                                         "with with_probabilities=True")
+        if with_uncertainty and not case.with_uncertainty:
+            raise TilewiseError("--save_uncertainty", "this case ran streaming without the uncertainty map; plan it "
+                                                      "with with_uncertainty=True")
         exported = export.close()
     except BaseException:
         export.abort()
@@ -77,7 +80,8 @@ def finish_streaming(case: PreparedCase, with_probabilities: bool,
     free_device_memory(device)
     case.timings["export"] = time.perf_counter() - started
     record_peak(case.peaks, "export")
-    return exported.labels, exported.probabilities if with_probabilities else None
+    return Exported(exported.labels, exported.probabilities if with_probabilities else None,
+                    exported.uncertainty if with_uncertainty else None)
 
 
 def with_window(job: JobSize, bundle: ModelBundle, volume: Volume, tile_step: float, batch_size: int) -> JobSize:

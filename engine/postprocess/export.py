@@ -1,4 +1,5 @@
-"""Network-grid logits to labels (and probabilities) on the input grid, slab by slab, in torch on the compute device."""
+"""Network-grid logits to labels (and probabilities, and the uncertainty map) on the input grid, slab by slab, in
+torch on the compute device."""
 from __future__ import annotations
 
 import math
@@ -18,6 +19,7 @@ from ..runtime.memory import free_device_memory, is_out_of_memory
 from .labels import logits_to_labels
 from .resample import ORDERS, LogitResampler, slab_rows
 from .ties import settle_ties
+from .uncertainty import slab_budget, slab_uncertainty
 
 DEFAULT_SLAB_BYTES = 512 * 2**20
 """Working memory of one export slab unless the memory plan gives another figure."""
@@ -27,11 +29,13 @@ _NNUNET_PROBABILITY_RESAMPLER = "resample_data_or_seg_to_shape"
 
 @dataclass
 class Exported:
-    """Labels (z, y, x) on the input grid, and class probabilities (classes, z, y, x) if asked for."""
+    """Labels (z, y, x) on the input grid, and class probabilities (classes, z, y, x) and the uncertainty map (uint8
+percent, z, y, x: :mod:`.uncertainty`) if asked for."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None
     """A view of a temporary file (numpy memmap) when present: it streams, it is not held in memory."""
+    uncertainty: np.ndarray | None = None
 
 
 def _network_spacing(bundle: ModelBundle, properties: dict[str, Any]) -> tuple[list[float], list[float]]:
@@ -102,14 +106,15 @@ def _probability_file(bundle: ModelBundle, properties: dict[str, Any]) -> np.mem
 
 
 def export_logits(logits: torch.Tensor, bundle: ModelBundle, properties: dict[str, Any],
-                  with_probabilities: bool = False, slab_budget_bytes: int = DEFAULT_SLAB_BYTES) -> Exported:
+                  with_probabilities: bool = False, slab_budget_bytes: int = DEFAULT_SLAB_BYTES,
+                  with_uncertainty: bool = False) -> Exported:
     """Undo preprocessing slab by slab: resample, convert to labels, un-crop, transpose back to the input's axes.
 
     Peak memory is ``logits`` plus one slab of about ``slab_budget_bytes``, plus the labels (1-2 bytes per input
-    voxel); probabilities, when asked for, stream into a temporary file. The current cancel token is checked between
-    slabs.
+    voxel) and the uncertainty map (1 byte) when asked for; probabilities, when asked for, stream into a temporary
+    file. The current cancel token is checked between slabs.
     """
-    sink = LabelSink(bundle, properties, with_probabilities)
+    sink = LabelSink(bundle, properties, with_probabilities, with_uncertainty)
     resampler = crop_resampler(bundle, properties, tuple(logits.shape[1:]))
     if resampler is None:  # nnunetv2's own function, all rows at once: its values are nnU-Net's
         resampled_all = _nnunet_resample(logits, bundle, properties)
@@ -117,7 +122,7 @@ def export_logits(logits: torch.Tensor, bundle: ModelBundle, properties: dict[st
                                              lambda index, values=resampled_all: values[(slice(None), *index.T)])])
         del resampled_all
     else:
-        rows_per_slab = slab_rows(resampler, int(logits.shape[0]), slab_budget_bytes)
+        rows_per_slab = export_slab_rows(resampler, int(logits.shape[0]), slab_budget_bytes, with_uncertainty)
         slabs = (slab_of(resampler, logits, *span) for span in resampler.slabs(rows_per_slab))
     for slab in slabs:
         check_cancelled()
@@ -126,36 +131,51 @@ def export_logits(logits: torch.Tensor, bundle: ModelBundle, properties: dict[st
     return sink.result()
 
 
-class LabelSink:
-    """The label volume (and the probability file) of one case, written slab by slab on the cropped input grid, then
-    un-cropped and transposed back to the input's axes by :meth:`result`."""
+def export_slab_rows(resampler: LogitResampler, heads: int, budget_bytes: int, with_uncertainty: bool) -> int:
+    """Output rows per export slab within ``budget_bytes``, the uncertainty map's work included when asked for."""
+    if with_uncertainty:
+        budget_bytes = slab_budget(budget_bytes, heads, resampler.input_rows_per_output_row())
+    return slab_rows(resampler, heads, budget_bytes)
 
-    def __init__(self, bundle: ModelBundle, properties: dict[str, Any], with_probabilities: bool) -> None:
+
+class LabelSink:
+    """The label volume (and the probability file, and the uncertainty map) of one case, written slab by slab on the
+    cropped input grid, then un-cropped and transposed back to the input's axes by :meth:`result`."""
+
+    def __init__(self, bundle: ModelBundle, properties: dict[str, Any], with_probabilities: bool,
+                 with_uncertainty: bool = False) -> None:
         self.bundle = bundle
         self.dtype = np.uint8 if len(bundle.label_manager.foreground_labels) < 255 else np.uint16
         self.crop = tuple(slice(int(lo), int(hi)) for lo, hi in properties["bbox_used_for_cropping"])
         self.labels = np.zeros(properties["shape_before_cropping"], dtype=self.dtype)
         self.probabilities = _probability_file(bundle, properties) if with_probabilities else None
+        self.uncertainty = np.zeros(self.labels.shape, dtype=np.uint8) if with_uncertainty else None
+        """0 outside the crop: nnU-Net's background there is certain."""
 
     def write(self, slab: Slab) -> None:
-        """The labels (and probabilities) of one slab of resampled logits, in place."""
+        """The labels (and probabilities, and the uncertainty map) of one slab of resampled logits, in place."""
         bundle, crop = self.bundle, self.crop
         window = (slice(crop[0].start + slab.start, crop[0].start + slab.stop), *crop[1:])
         slab_labels = logits_to_labels(slab.values, bundle)
         settle_ties(slab_labels, slab.values, bundle, slab.error, slab.exact)  # nnU-Net's labels where rounding decides
         self.labels[window] = slab_labels.cpu().numpy().astype(self.dtype, copy=False)
+        if self.probabilities is None and self.uncertainty is None:
+            return
+        nonlinear = bundle.label_manager.apply_inference_nonlin(slab.values)
         if self.probabilities is not None:
-            nonlinear = bundle.label_manager.apply_inference_nonlin(slab.values)
             self.probabilities[(slice(None), *window)] = nonlinear.cpu().numpy()
+        if self.uncertainty is not None:  # from the same probabilities: no second pass over the sums
+            self.uncertainty[window] = slab_uncertainty(nonlinear, bundle.label_manager.has_regions).cpu().numpy()
 
     def result(self) -> Exported:
-        """The labels (and probabilities) in the input's axis order."""
+        """The labels (and probabilities, and the uncertainty map) in the input's axis order."""
         backward = self.bundle.plans_manager.transpose_backward
         labels = np.ascontiguousarray(self.labels.transpose(backward))
         probabilities = self.probabilities
         if probabilities is not None:
             probabilities = probabilities.transpose([0] + [i + 1 for i in backward])
-        return Exported(labels=labels, probabilities=probabilities)
+        uncertainty = None if self.uncertainty is None else np.ascontiguousarray(self.uncertainty.transpose(backward))
+        return Exported(labels=labels, probabilities=probabilities, uncertainty=uncertainty)
 
 
 @dataclass
@@ -186,11 +206,11 @@ def slab_of(resampler: LogitResampler, logits: torch.Tensor, start: int, stop: i
 
 def export_with_fallback(logits: torch.Tensor, bundle: ModelBundle, properties: dict[str, Any],
                          with_probabilities: bool, slab_bytes: int, device: torch.device,
-                         notes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Labels (and probabilities) of ``logits`` on the input grid, slab by slab; when device memory runs out,
-    again on the host (with a note). Raises :class:`OutOfMemoryError` when host memory runs out."""
+                         notes: list[str], with_uncertainty: bool = False) -> Exported:
+    """Labels (and probabilities, and the uncertainty map) of ``logits`` on the input grid, slab by slab; when device
+    memory runs out, again on the host (with a note). Raises :class:`OutOfMemoryError` when host memory runs out."""
     try:
-        exported = export_logits(logits, bundle, properties, with_probabilities, slab_bytes)
+        exported = export_logits(logits, bundle, properties, with_probabilities, slab_bytes, with_uncertainty)
     except (RuntimeError, MemoryError) as error:
         if not is_out_of_memory(error):
             raise
@@ -199,5 +219,5 @@ def export_with_fallback(logits: torch.Tensor, bundle: ModelBundle, properties: 
             raise OutOfMemoryError("export", "out of memory while writing labels on the input grid; close other "
                                              "programs or use a machine with more memory") from None
         notes.append("device memory ran out during export: resampled on the host instead")
-        exported = export_logits(logits.cpu(), bundle, properties, with_probabilities, slab_bytes)
-    return exported.labels, exported.probabilities
+        exported = export_logits(logits.cpu(), bundle, properties, with_probabilities, slab_bytes, with_uncertainty)
+    return exported

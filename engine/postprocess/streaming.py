@@ -3,9 +3,9 @@
 A streaming sliding window (:meth:`~tilewise.engine.sliding.runner.SlidingWindowRunner.run_streaming`) hands out
 its rows as they become final, first to last. :class:`StreamingExport` keeps the few it still needs (the
 resampler's halo: :meth:`~.resample.LogitResampler.input_rows`), resamples every output slab whose input rows have
-all arrived, and writes its labels (and probabilities) through the same :class:`~.export.LabelSink` and
-:func:`~.export.slab_of` as the whole-volume export, while the next tiles run. After the last tile only the last
-slab is left to do.
+all arrived, and writes its labels (and probabilities, and the uncertainty map) through the same
+:class:`~.export.LabelSink` and :func:`~.export.slab_of` as the whole-volume export, while the next tiles run. After
+the last tile only the last slab is left to do.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from ..errors import OutOfMemoryError
 from ..events import check_cancelled
 from ..model.bundle import ModelBundle
 from ..runtime.memory import free_device_memory, is_out_of_memory
-from .export import Exported, LabelSink, slab_of
-from .resample import LogitResampler, slab_rows
+from .export import Exported, LabelSink, export_slab_rows, slab_of
+from .resample import LogitResampler
 
 PENDING_UPDATES = 2
 """Released row ranges that may wait for the export thread; the sliding window waits beyond that, which bounds the
@@ -33,18 +33,21 @@ class StreamingExport:
     """Labels on the input grid from a streaming sliding window's final rows, written on a thread of its own.
 
     ``unpadded``: the network grid's rows and columns without nnU-Net's padding (the resampler's input grid is the
-    unpadded one); ``resampler`` maps it to the cropped input grid; ``slab_bytes`` caps one slab's working memory.
+    unpadded one); ``resampler`` maps it to the cropped input grid; ``slab_bytes`` caps one slab's working memory
+    (the uncertainty map's work included when ``with_uncertainty``).
     :meth:`put` takes rows in order (from the sliding window's thread), :meth:`close` waits for the last slab and
     returns the :class:`~.export.Exported`; :meth:`abort` stops at once. The export thread runs in the caller's
     context, so the current cancel token stops it between slabs too.
     """
 
     def __init__(self, bundle: ModelBundle, properties: dict[str, Any], unpadded: tuple[slice, ...],
-                 resampler: LogitResampler, with_probabilities: bool, slab_bytes: int) -> None:
-        self.sink = LabelSink(bundle, properties, with_probabilities)
+                 resampler: LogitResampler, with_probabilities: bool, slab_bytes: int,
+                 with_uncertainty: bool = False) -> None:
+        self.sink = LabelSink(bundle, properties, with_probabilities, with_uncertainty)
         self.resampler = resampler
         self.unpadded = unpadded
-        self.max_rows = slab_rows(resampler, int(bundle.label_manager.num_segmentation_heads), slab_bytes)
+        heads = int(bundle.label_manager.num_segmentation_heads)
+        self.max_rows = export_slab_rows(resampler, heads, slab_bytes, with_uncertainty)
         self.busy_seconds = 0.0
         """Seconds the export thread spent resampling and writing (overlapped with the tiles)."""
         self.notes: list[str] = []
@@ -71,7 +74,7 @@ class StreamingExport:
                 continue
 
     def close(self) -> Exported:
-        """Wait for the last slab; the labels (and probabilities) in the input's axis order."""
+        """Wait for the last slab; the labels (and probabilities, and the uncertainty map) in the input's axis order."""
         self._queue.put(None)
         self._thread.join()
         self._raise_error()

@@ -9,7 +9,8 @@ network grid, ``V`` = voxels of the input, ``C`` = input channels):
 - sliding window: the network-grid data ``C * 4 * N`` (on the compute device), the logit and weight sums
   ``(heads + 1) * N * 2|4``, the forward pass's activations;
 - export: the averaged logits (the sums' memory, reused), one slab, and the labels (1-2 bytes per input voxel, three
-  times: on the crop, un-cropped, transposed back), plus the writer's copy.
+  times: on the crop, un-cropped, transposed back), plus the writer's copy; with the uncertainty map, its byte per
+  input voxel the same four times (its slab work stays within the slab: :func:`~..postprocess.uncertainty.slab_budget`).
 
 Streaming (``W`` = network voxels of the window: the ring of rows unfinished tiles touch, the final rows waiting for
 the export thread and its halo) holds ``(heads + 1) * W * 2|4`` for the sums in place of the whole grid's, and the
@@ -47,6 +48,13 @@ class JobSize:
     """Network voxels a streaming run holds at most (0: the job cannot stream)."""
     window_rows: int = 0
     """The streaming ring's network slices (for the refusal's words)."""
+    uncertainty: bool = False
+    """Whether the export computes the uncertainty map too (a uint8 volume on the input grid)."""
+
+    @property
+    def output_bytes(self) -> int:
+        """Bytes per input voxel of the export's outputs: the label map's, plus the uncertainty map's byte."""
+        return self.label_bytes + (1 if self.uncertainty else 0)
 
 
 class Streaming:
@@ -78,11 +86,11 @@ def _stage_peaks(job: JobSize, sums_per_voxel: int, on_device: bool, slab: int,
     whole grid's sums or a streaming window's."""
     data = job.channels * 4 * job.network_voxels
     preprocessing = job.channels * 4 * (job.input_voxels + 2 * job.network_voxels)
-    labels = 4 * job.label_bytes * job.input_voxels
+    labels = 4 * job.output_bytes * job.input_voxels
     if streaming:  # the export's slab and labels live while the tiles run
         window = (job.heads + 1) * job.window_voxels * sums_per_voxel + slab
         device_sliding = data + job.activation_bytes + (window if on_device else 0)
-        host_sliding = data + job.label_bytes * job.input_voxels + (0 if on_device else window)
+        host_sliding = data + job.output_bytes * job.input_voxels + (0 if on_device else window)
         return max(preprocessing, host_sliding, labels), device_sliding
     sums = (job.heads + 1) * job.network_voxels * sums_per_voxel
     device_sliding = data + job.activation_bytes + (sums if on_device else 0)

@@ -1,0 +1,116 @@
+"""How sure the model is at each voxel, and where it is not: the uncertainty map and its regions to check.
+
+The map is computed in the export's slab loop (:meth:`~.export.LabelSink.write`) from the same resampled logits
+the labels come from, after nnU-Net's inference nonlinearity, so it costs no second pass over the logit sums and no
+second network-grid array; only a uint8 volume on the input grid. Per voxel, in percent (0 = certain):
+
+- softmax models: ``100 * (1 - (p1 - p2))``, with ``p1`` and ``p2`` the two largest class probabilities: 100 where
+  the two most likely classes tie;
+- region-based (sigmoid) models: ``100 * (1 - min_r |2 p_r - 1|)``: 100 where any region's probability is 0.5.
+
+Rounded to the nearest integer. Voxels outside nnU-Net's crop (the part of the image it did not segment) are 0.
+With several folds or mirrors the logits are already averaged, so the map reflects their combined vote.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ..data.volume import Geometry
+
+UNCERTAIN_THRESHOLD = 50
+"""The map value from which a voxel counts as uncertain (``tilewise batch``'s ``uncertain_volume_ml``): the most
+likely class is at most 50 percentage points ahead of the next (a region's probability within 0.25 of 0.5)."""
+
+SOFTMAX_COPY_BYTES = 4
+"""Slab working memory the map adds per resampled value: the float32 probabilities."""
+TOP_TWO_BYTES = 24
+"""And per voxel: the two largest probabilities (float32) and their indices (int64)."""
+
+
+def slab_uncertainty(probabilities: torch.Tensor, has_regions: bool) -> torch.Tensor:
+    """The uncertainty map (uint8, 0-100) of one slab from its probabilities (heads, ...): the top-two margin for
+    softmax models, the region closest to 0.5 for region-based ones (see the module's docstring)."""
+    if has_regions:
+        confidence = (2 * probabilities - 1).abs_().amin(0)
+    elif probabilities.shape[0] < 2:
+        confidence = torch.ones(probabilities.shape[1:], dtype=probabilities.dtype, device=probabilities.device)
+    else:
+        top = probabilities.topk(2, dim=0, sorted=True).values
+        confidence = top[0] - top[1]
+    return confidence.neg_().add_(1).mul_(100).round_().clamp_(0, 100).to(torch.uint8)
+
+
+def slab_budget(budget_bytes: int, heads: int, input_rows_per_output_row: int) -> int:
+    """The part of an export slab's ``budget_bytes`` left for resampling when the slab's map is computed too, so the
+    slab with its map stays within the budget (resampling's bytes per value as in
+    :func:`~.resample.slab_rows`)."""
+    resampling = 4 * (3 + 2 * input_rows_per_output_row) + 1
+    extra = SOFTMAX_COPY_BYTES + TOP_TWO_BYTES / max(heads, 1)
+    return int(budget_bytes * resampling / (resampling + extra))
+
+
+def voxel_ml(geometry: Geometry) -> float:
+    """One voxel's volume in millilitres (a 2D image's voxels count as 1 mm thick)."""
+    return math.prod(geometry.spacing) / 1000.0
+
+
+def uncertain_volume_ml(uncertainty: np.ndarray, geometry: Geometry, threshold: int = UNCERTAIN_THRESHOLD) -> float:
+    """The volume in millilitres of the voxels whose uncertainty is at least ``threshold`` (percent)."""
+    return int(np.count_nonzero(uncertainty >= threshold)) * voxel_ml(geometry)
+
+
+@dataclass(frozen=True)
+class UncertainRegion:
+    """One connected region of uncertain voxels (z, y, x voxel positions on the input grid)."""
+
+    centre: tuple[int, int, int]
+    """The region's voxel nearest its centroid (so it lies inside the region): where to look."""
+    bbox: tuple[slice, slice, slice]
+    voxels: int
+    volume_ml: float
+    mean_uncertainty: float
+    labels: tuple[int, ...] = ()
+    """The label values present in the region (0 = background), most frequent first; empty without labels."""
+
+
+def uncertain_regions(uncertainty: np.ndarray, geometry: Geometry, labels: np.ndarray | None = None,
+                      threshold: int = UNCERTAIN_THRESHOLD, min_volume_ml: float = 0.05,
+                      limit: int = 50) -> list[UncertainRegion]:
+    """The connected regions (26-connected) of voxels with ``uncertainty >= threshold`` of at least
+    ``min_volume_ml``, largest first, at most ``limit``; each with the labels present in it when ``labels`` (same
+    shape) is given."""
+    mask = uncertainty >= threshold
+    structure = np.ones((3,) * uncertainty.ndim, dtype=bool)
+    components, count = ndimage.label(mask, structure=structure)
+    del mask
+    if count == 0:
+        return []
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    each_ml = voxel_ml(geometry)
+    smallest = max(1, math.ceil(min_volume_ml / each_ml - 1e-9))
+    kept = [int(i) for i in np.argsort(-sizes, kind="stable")[:limit] if sizes[i] >= smallest]
+    boxes = ndimage.find_objects(components)
+    return [_region(components, uncertainty, labels, boxes[i - 1], i, int(sizes[i]), each_ml) for i in kept]
+
+
+def _region(components: np.ndarray, uncertainty: np.ndarray, labels: np.ndarray | None, bbox: tuple[slice, ...],
+            index: int, voxels: int, each_ml: float) -> UncertainRegion:
+    """One region's summary from its bounding box."""
+    inside = components[bbox] == index
+    points = np.argwhere(inside)
+    centroid = points.mean(axis=0)
+    nearest = points[int(np.argmin(((points - centroid) ** 2).sum(axis=1)))]
+    centre = tuple(int(p + s.start) for p, s in zip(nearest, bbox))
+    present: tuple[int, ...] = ()
+    if labels is not None:
+        counts = np.bincount(labels[bbox][inside].astype(np.int64))
+        present = tuple(int(v) for v in np.argsort(-counts, kind="stable") if counts[v] > 0)
+    return UncertainRegion(centre=centre, bbox=tuple(bbox), voxels=voxels,  # type: ignore[arg-type]
+                           volume_ml=voxels * each_ml, mean_uncertainty=float(uncertainty[bbox][inside].mean()),
+                           labels=present)
