@@ -11,6 +11,7 @@ from pathlib import Path
 from ..data.cases import Case, ChannelGroup, group_channel_files, image_files
 from ..data.dicom.zips import is_zip
 from ..data.readers import image_suffix, is_dicom_folder
+from ..data.uncertainty_file import uncertainty_paths
 from ..errors import InputError
 
 
@@ -27,12 +28,13 @@ class BatchCase:
         return self.case.name
 
 
-def case_outputs(case: Case, with_probabilities: bool) -> list[Path]:
-    """Every file a case's run writes: the labels, and nnU-Net's .npz and .pkl when probabilities are saved."""
+def case_outputs(case: Case, with_probabilities: bool, with_uncertainty: bool = False) -> list[Path]:
+    """Every file a case's run writes: the labels, nnU-Net's .npz and .pkl when probabilities are saved, and the
+    uncertainty map when it is."""
     outputs = [case.output]
     if with_probabilities:
         outputs += [case.output_truncated.with_name(case.name + ext) for ext in (".npz", ".pkl")]
-    return outputs
+    return outputs + uncertainty_paths([case], with_uncertainty)
 
 
 def _file_case(group: ChannelGroup, num_channels: int, output_dir: Path) -> BatchCase:

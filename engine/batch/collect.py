@@ -52,7 +52,8 @@ def collect(settings: BatchSettings, todo: list[BatchCase], summary: BatchSummar
         progress.close()
     for case in todo:
         if case.name not in seen:
-            record = CaseRecord.for_case(case, INTERRUPTED, settings.save_probabilities, "the batch was interrupted")
+            record = CaseRecord.for_case(case, INTERRUPTED, settings.save_probabilities, "the batch was interrupted",
+                                         settings.save_uncertainty)
             settle(claims, record)
             summary.add(record)
     return stopped

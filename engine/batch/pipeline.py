@@ -139,7 +139,8 @@ class BatchPipeline:
         try:
             while (case := self._next_case()) is not None:
                 if case.problem is not None:
-                    self._records.put(problem_record(case, self.stages.with_probabilities, self.worker))
+                    self._records.put(problem_record(case, self.stages.with_probabilities, self.worker,
+                                                     self.stages.with_uncertainty))
                     continue
                 elsewhere = self.claim(case) if self.claim is not None else None
                 if elsewhere is not None:

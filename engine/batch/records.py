@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import Cancelled, TilewiseError
 from ..events import CancelToken
+from ..postprocess.uncertainty import uncertain_volume_ml
 from ..runtime.memory import free_device_memory, is_out_of_memory
 from .cases import BatchCase, case_outputs
 from .integrity import fingerprints
@@ -57,18 +58,24 @@ class CaseRecord:
     """With ``--ray``: each earlier attempt that ended with its actor dying (when, which actor, why)."""
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Each output's ``{"size": bytes, "sha256": hex}`` as written, which a resume re-checks (done, skipped)."""
+    uncertain_volume_ml: float | None = None
+    """With ``--save_uncertainty``: the volume (mL) of the voxels whose uncertainty is at least
+    :data:`~tilewise.engine.postprocess.uncertainty.UNCERTAIN_THRESHOLD` (50); left out of the JSON otherwise."""
 
     @classmethod
-    def for_case(cls, case: BatchCase, status: str, with_probabilities: bool, reason: str | None = None) -> CaseRecord:
+    def for_case(cls, case: BatchCase, status: str, with_probabilities: bool, reason: str | None = None,
+                 with_uncertainty: bool = False) -> CaseRecord:
         """A record of ``case`` with no run behind it (skipped, or failed before any stage)."""
-        return cls(case=case.name, inputs=[str(p) for p in case.case.inputs],
-                   outputs=[str(p) for p in case_outputs(case.case, with_probabilities)], status=status,
-                   reason=reason)
+        outputs = case_outputs(case.case, with_probabilities, with_uncertainty)
+        return cls(case=case.name, inputs=[str(p) for p in case.case.inputs], outputs=[str(p) for p in outputs],
+                   status=status, reason=reason)
 
     def to_json(self) -> dict[str, Any]:
         """The record as plain JSON values, timings rounded to milliseconds."""
         payload = asdict(self)
         payload["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
+        if self.uncertain_volume_ml is None:
+            del payload["uncertain_volume_ml"]
         return payload
 
 
@@ -90,7 +97,8 @@ class CaseRun:
     def __init__(self, stages: CaseStages, case: BatchCase, worker: str) -> None:
         self.stages = stages
         self.item = InFlight(case.case)
-        self.record = CaseRecord.for_case(case, DONE, stages.with_probabilities)
+        self.record = CaseRecord.for_case(case, DONE, stages.with_probabilities,
+                                          with_uncertainty=stages.with_uncertainty)
         self.record.device = str(stages.predictor.device)
         self.record.worker = worker
         self.record.started = now_iso()
@@ -124,6 +132,8 @@ class CaseRun:
         if self.record.status == DONE and result is not None:
             self.record.tiles, self.record.forward_passes = result.tiles, result.forward_passes
             self.record.notes = list(result.notes)
+            if result.uncertainty is not None:
+                self.record.uncertain_volume_ml = round(uncertain_volume_ml(result.uncertainty, result.geometry), 3)
             self._fingerprint()
         if not self.ended:
             self._end(self.record.status, self.record.stage, self.record.reason)
@@ -143,9 +153,10 @@ class CaseRun:
         self.record.finished = now_iso()
 
 
-def problem_record(case: BatchCase, with_probabilities: bool, worker: str) -> CaseRecord:
+def problem_record(case: BatchCase, with_probabilities: bool, worker: str, with_uncertainty: bool = False) -> CaseRecord:
     """The failed record of a case found unfit before reading (a missing channel file, ...)."""
-    record = CaseRecord.for_case(case, FAILED, with_probabilities, f"{case.case.inputs[0]}: {case.problem}")
+    record = CaseRecord.for_case(case, FAILED, with_probabilities, f"{case.case.inputs[0]}: {case.problem}",
+                                 with_uncertainty)
     record.stage, record.worker, record.finished = "read", worker, now_iso()
     return record
 
@@ -158,7 +169,7 @@ def run_case(stages: CaseStages, case: BatchCase, cancel: CancelToken | None = N
     cancelled one an interrupted record (nothing of it is written: every output is written atomically).
     """
     if case.problem is not None:
-        return problem_record(case, stages.with_probabilities, worker or this_worker())
+        return problem_record(case, stages.with_probabilities, worker or this_worker(), stages.with_uncertainty)
     run = CaseRun(stages, case, worker or this_worker())
     for name in STAGES:
         if not run.stage(name, cancel):

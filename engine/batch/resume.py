@@ -22,11 +22,11 @@ class ResumePlan:
     """Case -> why its existing outputs cannot be kept (truncated, changed, no record of them)."""
 
 
-def finished_files(case: BatchCase, with_probabilities: bool, claims: Claims,
-                   earlier: dict[str, Any] | None) -> tuple[dict[str, Any] | None, str | None]:
-    """The recorded outputs of ``case`` when they all check whole and unchanged, else None and why not (None when
-    no output exists: nothing to explain)."""
-    outputs = case_outputs(case.case, with_probabilities)
+def finished_files(case: BatchCase, with_probabilities: bool, claims: Claims, earlier: dict[str, Any] | None,
+                   with_uncertainty: bool = False) -> tuple[dict[str, Any] | None, str | None]:
+    """The recorded outputs of ``case`` (the uncertainty map too when asked for) when they all check whole and
+    unchanged, else None and why not (None when no output exists: nothing to explain)."""
+    outputs = case_outputs(case.case, with_probabilities, with_uncertainty)
     why = None
     for files in (claims.done_files(case.name), recorded_files(earlier)):
         why = check_outputs(outputs, files)
@@ -38,16 +38,17 @@ def finished_files(case: BatchCase, with_probabilities: bool, claims: Claims,
 
 
 def plan_resume(cases: list[BatchCase], with_probabilities: bool, overwrite: bool, claims: Claims,
-                earlier: dict[str, dict[str, Any]]) -> ResumePlan:
+                earlier: dict[str, dict[str, Any]], with_uncertainty: bool = False) -> ResumePlan:
     """Split ``cases`` into those to run and those finished earlier (every case is run with ``overwrite``)."""
     plan = ResumePlan()
     for case in cases:
         if overwrite:
             plan.todo.append(case)
             continue
-        files, why = finished_files(case, with_probabilities, claims, earlier.get(case.name))
+        files, why = finished_files(case, with_probabilities, claims, earlier.get(case.name), with_uncertainty)
         if files is not None:
-            plan.skipped.append(skipped_record(case, with_probabilities, earlier.get(case.name), files))
+            plan.skipped.append(skipped_record(case, with_probabilities, earlier.get(case.name), files,
+                                               with_uncertainty))
             continue
         plan.todo.append(case)
         if why is not None:

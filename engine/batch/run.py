@@ -18,6 +18,7 @@ from ..errors import InputError
 from ..events import CancelToken
 from ..model.bundle import dataset_channel_count
 from ..model.totalseg import resolve_task, task_name
+from ..postprocess.uncertainty import UNCERTAIN_THRESHOLD
 from ..predictor import Predictor
 from ..runtime.memory import peak_rss_bytes
 from ..runtime.memory_plan import MemoryBudget
@@ -29,7 +30,7 @@ from .collect import collect
 from .pipeline import BatchPipeline
 from .records import DONE, ELSEWHERE, FAILED, CaseRecord, now_iso, this_worker
 from .resume import plan_resume
-from .settings import BatchSettings
+from .settings import BatchSettings, refuse_unsupported_uncertainty
 from .sharing import claimer, summary_for_this_process
 from .stages import CaseStages
 from .summary import BatchSummary, earlier_records, predictor_header, summary_path
@@ -57,6 +58,7 @@ def run_batch(settings: BatchSettings, remote: RemoteRunner | None = None) -> in
     Ctrl-C (the file being written is finished, the summary updated), with exit status 143."""
     if settings.workers < 1:
         raise InputError("--workers", f"must be 1 or more (got {settings.workers})")
+    refuse_unsupported_uncertainty(settings)
     with sigterm_as_interrupt():
         try:
             return _run(settings, remote)
@@ -72,7 +74,8 @@ def _run(settings: BatchSettings, remote: RemoteRunner | None) -> int:
     claims = Claims(settings.output)
     try:
         path = summary_for_this_process(claims, base)
-        plan = plan_resume(cases, settings.save_probabilities, settings.overwrite, claims, earlier_records(base))
+        plan = plan_resume(cases, settings.save_probabilities, settings.overwrite, claims, earlier_records(base),
+                           settings.save_uncertainty)
         if not settings.quiet:
             for name, why in plan.redone.items():
                 print(f"tilewise: {name}: redone, its earlier output cannot be kept ({why})", file=sys.stderr)
@@ -128,7 +131,8 @@ def plan_cases(settings: BatchSettings) -> tuple[list[BatchCase], Path]:
     cases = [replace(case, case=output) for case, output in zip(cases, typed)]
     cases = shard(cases, settings.num_parts, settings.part_id)
     summary = summary_path(settings.output, settings.num_parts, settings.part_id)
-    outputs = [path for case in cases for path in case_outputs(case.case, settings.save_probabilities)]
+    outputs = [path for case in cases
+               for path in case_outputs(case.case, settings.save_probabilities, settings.save_uncertainty)]
     refuse_overwriting_inputs([*outputs, summary], [path for case in cases for path in case.case.inputs])
     return cases, summary
 
@@ -142,6 +146,8 @@ def _header(settings: BatchSettings, predictor: Predictor | TaskPredictor | None
         header.update(task_header(predictor))
     elif predictor is not None:
         header.update(predictor_header(predictor))
+    if settings.save_uncertainty:  # what each case's uncertain_volume_ml counts
+        header["uncertainty_threshold"] = UNCERTAIN_THRESHOLD
     return header
 
 
@@ -154,10 +160,11 @@ def _run_here(settings: BatchSettings, predictor: Predictor | TaskPredictor, tod
         stages = TaskCaseStages(predictor, budget, settings.series_uid, seg_type=settings.seg_type)
     else:
         stages = CaseStages(predictor, budget, settings.save_probabilities, settings.series_uid,
-                            seg_type=settings.seg_type, prev_stage_predictions=settings.prev_stage_predictions)
+                            seg_type=settings.seg_type, prev_stage_predictions=settings.prev_stage_predictions,
+                            with_uncertainty=settings.save_uncertainty)
     cancel = CancelToken()
     pipeline = BatchPipeline(stages, settings.workers, cancel, this_worker(),
-                             claimer(claims, settings.save_probabilities))
+                             claimer(claims, settings.save_probabilities, settings.save_uncertainty))
 
     def stop() -> list[CaseRecord]:
         cancel.cancel()
@@ -169,7 +176,7 @@ def _run_here(settings: BatchSettings, predictor: Predictor | TaskPredictor, tod
 def _run_remote(settings: BatchSettings, remote: RemoteRunner, todo: list[BatchCase], summary: BatchSummary,
                 claims: Claims, total: int) -> KeyboardInterrupt | None:
     """Claim ``todo`` at once (one driver feeds every remote worker), then run what this process holds remotely."""
-    claim = claimer(claims, settings.save_probabilities)
+    claim = claimer(claims, settings.save_probabilities, settings.save_uncertainty)
     mine = []
     for case in todo:
         record = claim(case)

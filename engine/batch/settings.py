@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import TilewiseError
+from ..model.totalseg import task_name
 from ..presets import Preset
+
+UNCERTAINTY_FOR_TASKS = ("is not available for TotalSegmentator tasks (each part's map lies on its own grid); run one "
+                         "of the task's nnU-Net model folders with -m FOLDER instead")
 
 
 @dataclass
@@ -41,6 +46,9 @@ class BatchSettings:
     seg_type: str = "binary"
     """The DICOM SEG type of a ``dicom-seg`` output (``--seg-type``): binary or labelmap."""
     save_probabilities: bool = False
+    save_uncertainty: bool = False
+    """Also write each case's uncertainty map (``<case>_uncertainty<ext>``) and its ``uncertain_volume_ml`` in the
+    summary (``--save_uncertainty``)."""
     prev_stage_predictions: Path | None = None
     """For a cascade stage: the folder of the previous stage's segmentations (``-prev_stage_predictions``), one per
     case, used instead of running that stage."""
@@ -56,3 +64,14 @@ class BatchSettings:
     verbose: bool = False
     progress_bar: bool = True
     """A progress bar when stderr is a terminal (``--disable_progress_bar`` turns it off)."""
+
+
+def refuse_unsupported_uncertainty(settings: BatchSettings) -> None:
+    """Before any work: one line (exit 2) for ``--save_uncertainty`` with a TotalSegmentator task or ``--ray``."""
+    if not settings.save_uncertainty:
+        return
+    if task_name(settings.model) is not None:
+        raise TilewiseError("--save_uncertainty", UNCERTAINTY_FOR_TASKS)
+    if settings.ray is not None:
+        raise TilewiseError("--save_uncertainty", "is not available with --ray yet (the Ray actors write labels "
+                                                  "only); run the batch without --ray")

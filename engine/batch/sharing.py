@@ -13,33 +13,35 @@ from .claims import DONE, HOST, Claims, owner_of
 from .records import ELSEWHERE, FAILED, CaseRecord, now_iso, this_worker
 
 
-def elsewhere_record(case: BatchCase, with_probabilities: bool, claim: dict[str, Any]) -> CaseRecord:
+def elsewhere_record(case: BatchCase, with_probabilities: bool, claim: dict[str, Any],
+                     with_uncertainty: bool = False) -> CaseRecord:
     """The record of a case that another batch process (``claim``'s owner) runs, or finished during this run."""
     owner = owner_of(claim)
     if claim.get("state") == DONE:
         reason = f"done by another batch process ({owner})"
     else:
         reason = f"being run by another batch process ({owner}, since {claim.get('claimed', '?')})"
-    record = CaseRecord.for_case(case, ELSEWHERE, with_probabilities, reason)
+    record = CaseRecord.for_case(case, ELSEWHERE, with_probabilities, reason, with_uncertainty)
     record.worker, record.finished = owner, now_iso()
     record.files = dict(claim.get("files") or {})
     return record
 
 
-def claimer(claims: Claims, with_probabilities: bool) -> Callable[[BatchCase], CaseRecord | None]:
+def claimer(claims: Claims, with_probabilities: bool,
+            with_uncertainty: bool = False) -> Callable[[BatchCase], CaseRecord | None]:
     """The pipeline's ``claim`` hook: None when this process now holds the case, else the record to yield instead
     (run elsewhere, or failed when the claim cannot be written: a full disk, a read-only folder)."""
 
     def claim(case: BatchCase) -> CaseRecord | None:
         try:
-            other = claims.claim(case.name, case_outputs(case.case, with_probabilities))
+            other = claims.claim(case.name, case_outputs(case.case, with_probabilities, with_uncertainty))
         except TilewiseError as error:
-            record = CaseRecord.for_case(case, FAILED, with_probabilities, str(error))
+            record = CaseRecord.for_case(case, FAILED, with_probabilities, str(error), with_uncertainty)
             record.stage, record.worker, record.finished = "claim", this_worker(), now_iso()
             return record
         if other is None:
             return None
-        return elsewhere_record(case, with_probabilities, other)
+        return elsewhere_record(case, with_probabilities, other, with_uncertainty)
 
     return claim
 

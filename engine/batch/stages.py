@@ -21,6 +21,7 @@ from ..data.dicom.seg import AlgorithmInfo
 from ..data.outputs import check_dicom_references, write_output
 from ..data.previous_stage import previous_stage_file, read_previous_stage
 from ..data.readers import read_volume
+from ..data.uncertainty_file import uncertainty_path, write_uncertainty
 from ..data.writers import write_probabilities
 from ..events import CancelToken, EventHandler
 from ..predictor import Predictor, Result
@@ -50,14 +51,16 @@ class CaseStages:
     DICOM series of each DICOM case (see :func:`~..data.readers.read_volume`); ``on_event`` gets the sliding
     window's tile events; ``seg_type`` is the type of a DICOM SEG output ('binary' or 'labelmap');
     ``prev_stage_predictions``, for a cascade stage, the folder of each case's previous-stage segmentation
-    (:mod:`~..data.previous_stage`: named as nnU-Net names it), read with the case.
+    (:mod:`~..data.previous_stage`: named as nnU-Net names it), read with the case; ``with_uncertainty`` also writes
+    the uncertainty map (:mod:`~..data.uncertainty_file`).
     The sliding-window stage uses the predictor's device and backend: call it from one thread at a time. The other
     stages may run on other threads at the same time, for other cases.
     """
 
     def __init__(self, predictor: Predictor, budget: MemoryBudget | None, with_probabilities: bool = False,
                  series_uid: Sequence[str] | None = None, on_event: EventHandler | None = None,
-                 seg_type: str = "binary", prev_stage_predictions: Path | None = None) -> None:
+                 seg_type: str = "binary", prev_stage_predictions: Path | None = None,
+                 with_uncertainty: bool = False) -> None:
         self.predictor = predictor
         self.budget = budget
         self.with_probabilities = with_probabilities
@@ -65,6 +68,7 @@ class CaseStages:
         self.on_event = on_event
         self.seg_type = seg_type
         self.prev_stage_predictions = prev_stage_predictions
+        self.with_uncertainty = with_uncertainty
 
     def read(self, item: InFlight) -> None:
         """Read the case's files, check them against the model and plan its memory (raises for a bad case)."""
@@ -76,7 +80,8 @@ class CaseStages:
             path = previous_stage_file(self.prev_stage_predictions, item.case.name, ending)
             previous = read_previous_stage(path, volume)
         item.prepared = self.predictor.plan_case(volume, self.budget, previous_labels=previous,
-                                                 with_probabilities=self.with_probabilities)  # may stream
+                                                 with_probabilities=self.with_probabilities,  # may stream
+                                                 with_uncertainty=self.with_uncertainty)
         item.planned_peaks = item.prepared.planned_peaks
         item.dicom_files = item.prepared.volume.dicom_files
         check_dicom_references(item.case.output, item.dicom_files)  # a case that cannot be written fails first
@@ -93,20 +98,24 @@ class CaseStages:
         item.timings.update(prepared.timings)
 
     def export(self, item: InFlight, cancel: CancelToken | None) -> None:
-        """The logits as labels (and probabilities) on the input grid, slab by slab, into ``item.result``."""
+        """The logits as labels (and probabilities, and the uncertainty map) on the input grid, slab by slab, into
+        ``item.result``."""
         prepared = self._prepared(item)
-        item.result = self.predictor.finish(prepared, cancel, self.with_probabilities)
+        item.result = self.predictor.finish(prepared, cancel, self.with_probabilities, self.with_uncertainty)
         item.timings.update(prepared.timings)
         item.prepared = None  # the volume and the logits are done
 
     def write(self, item: InFlight) -> None:
-        """Write the labels (and nnU-Net's probability files) as ``tilewise predict`` does, each file atomically."""
+        """Write the labels (and nnU-Net's probability files, and the uncertainty map) as ``tilewise predict`` does,
+        each file atomically."""
         assert item.result is not None
         started = time.perf_counter()
         write_output(item.result.labels, item.result.geometry, item.dicom_files, self.predictor.bundle.label_names,
                      algorithm_of(self.predictor), item.case.output, self.seg_type)
         if self.with_probabilities and item.result.probabilities is not None:
             write_probabilities(item.result.probabilities, item.result.properties, item.case.output_truncated)
+        if self.with_uncertainty and item.result.uncertainty is not None:
+            write_uncertainty(item.result.uncertainty, item.result.geometry, uncertainty_path(item.case))
         item.timings["write"] = time.perf_counter() - started
 
     def run_stage(self, stage: str, item: InFlight, cancel: CancelToken | None) -> None:

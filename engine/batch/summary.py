@@ -46,13 +46,18 @@ def recorded_files(earlier: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def skipped_record(case: BatchCase, with_probabilities: bool, earlier: dict[str, Any] | None,
-                   files: dict[str, Any]) -> CaseRecord:
+                   files: dict[str, Any], with_uncertainty: bool = False) -> CaseRecord:
     """The record of a case whose outputs were checked whole and unchanged (``files``: their sizes and checksums),
-    keeping the earlier run's record of it (timings, device, worker) when there is one."""
-    record = CaseRecord.for_case(case, SKIPPED, with_probabilities, "finished earlier (--overwrite redoes it)")
+    keeping the earlier run's record of it (timings, device, worker) when there is one, and its uncertain volume
+    when asked for (a worklist sorts skipped cases with the others)."""
+    record = CaseRecord.for_case(case, SKIPPED, with_probabilities, "finished earlier (--overwrite redoes it)",
+                                 with_uncertainty)
     record.files = dict(files)
     if earlier is not None:
         record.earlier = earlier.get("earlier") or earlier  # the run that made the outputs, not a later skip
+        volume = record.earlier.get("uncertain_volume_ml")
+        if with_uncertainty and isinstance(volume, (int, float)):
+            record.uncertain_volume_ml = float(volume)
     return record
 
 

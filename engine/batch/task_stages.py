@@ -26,6 +26,7 @@ class TaskCaseStages:
     """:class:`~.stages.CaseStages` for a task: ``predictor`` holds every model of the task."""
 
     with_probabilities = False
+    with_uncertainty = False
 
     def __init__(self, predictor: TaskPredictor, budget: MemoryBudget | None,
                  series_uid: Sequence[str] | None = None, on_event: EventHandler | None = None,

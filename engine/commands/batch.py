@@ -24,6 +24,7 @@ def settings_from_args(args: argparse.Namespace) -> BatchSettings:
         trust=args.trust_model, nnunet_exact=args.nnunet_exact, workers=args.workers, num_parts=args.num_parts,
         part_id=args.part_id, output_type=args.output_type, seg_type=args.seg_type,
         prev_stage_predictions=args.prev_stage_predictions, save_probabilities=args.save_probabilities,
+        save_uncertainty=args.save_uncertainty,
         series_uid=args.series_uid, overwrite=args.overwrite, ray=args.ray, ray_actors=args.ray_actors,
         strict_input=args.strict_input, quiet=args.quiet, verbose=args.verbose, progress_bar=not args.disable_progress_bar)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_output_type_option, add_prev_stage_option, add_run_options
+from .options import add_output_type_option, add_prev_stage_option, add_run_options, add_uncertainty_option
 
 
 def add_batch_parser(commands: argparse._SubParsersAction) -> None:
@@ -24,6 +24,7 @@ def add_batch_parser(commands: argparse._SubParsersAction) -> None:
     add_output_type_option(batch)
     add_prev_stage_option(batch)
     batch.add_argument("--save_probabilities", action="store_true", help="also write <case>.npz/.pkl as nnU-Net does")
+    add_uncertainty_option(batch)
     batch.add_argument("--overwrite", action="store_true", help="redo cases whose outputs already exist (default: skip those that check whole and unchanged)")
     batch.add_argument("-num_parts", dest="num_parts", type=int, default=1, help="split the sorted cases into this many parts, as nnU-Net does (one part per machine or GPU)")
     batch.add_argument("-part_id", dest="part_id", type=int, default=0, help="which part this run does, 0 to num_parts - 1 (cases part_id, part_id + num_parts, ...)")

@@ -13,7 +13,13 @@ from ..model.suitability import InputPolicy, set_input_policy
 from ..model.totalseg import check_task_flags, task_name
 from ..runtime.allocator import keep_freed_host_memory
 from ..runtime.memory import is_out_of_memory
-from .options import add_input_check_option, add_output_type_option, add_prev_stage_option, add_run_options
+from .options import (
+    add_input_check_option,
+    add_output_type_option,
+    add_prev_stage_option,
+    add_run_options,
+    add_uncertainty_option,
+)
 from .pacs_io import add_pacs_options
 
 EXIT_USAGE = 2
@@ -42,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_input_check_option(predict)
     add_prev_stage_option(predict)
     predict.add_argument("--save_probabilities", action="store_true", help="also write <case>.npz/.pkl as nnU-Net does")
+    add_uncertainty_option(predict)
     predict.add_argument("--continue_prediction", action="store_true", help="skip cases whose output already exists")
     predict.add_argument("--report", type=Path, default=None, help="write a JSON report (settings, per-stage timings) to this file")
     predict.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")

@@ -30,6 +30,16 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--statistics", action="store_true", help="with -m totalseg:TASK: also write TotalSegmentator's volume and mean intensity per structure (<case>_statistics.json)")
 
 
+def add_uncertainty_option(parser: argparse.ArgumentParser) -> None:
+    """``--save_uncertainty``, shared by ``predict`` and ``batch``: the per-voxel uncertainty map and each case's
+    uncertain volume (:mod:`~tilewise.engine.postprocess.uncertainty`)."""
+    parser.add_argument(
+        "--save_uncertainty", "--save-uncertainty", dest="save_uncertainty", action="store_true",
+        help="also write <case>_uncertainty<ext> beside the labels (uint8 percent: 0 = certain, 100 = the two most "
+             "likely classes tie; NIfTI beside a DICOM output) and each case's uncertain volume (mL of voxels at 50 "
+             "or more: in batch_summary.json, and printed by predict); not for TotalSegmentator tasks or --ray")
+
+
 def add_input_check_option(parser: argparse.ArgumentParser) -> None:
     """``--strict-input``, shared by ``predict`` and ``batch``: refuse images unlike the model's training data."""
     parser.add_argument(

@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from ..batch.stages import CaseStages, InFlight
-from ..data.cases import collect_cases, planned_outputs
+from ..data.cases import Case, collect_cases, planned_outputs
 from ..data.outputs import with_output_type, write_json
 from ..data.safe_output import refuse_overwriting_inputs
+from ..data.uncertainty_file import uncertainty_path, uncertainty_paths
 from ..events import TileEvent
 from ..model.bundle import dataset_channel_count
 from ..model.totalseg import task_name
-from ..predictor import Predictor
+from ..postprocess.uncertainty import UNCERTAIN_THRESHOLD, uncertain_volume_ml
+from ..predictor import Predictor, Result
 from ..runtime.devices import describe_device
 from ..runtime.memory import peak_rss_bytes
 from ..runtime.signals import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
@@ -45,6 +47,17 @@ class _Progress:
             self._bar = None
 
 
+def _uncertainty_report(case: Case, result: Result, quiet: bool) -> dict[str, Any]:
+    """With ``--save_uncertainty``: the case's uncertain volume, printed (unless ``quiet``) and for the report."""
+    if result.uncertainty is None:
+        return {}
+    volume = uncertain_volume_ml(result.uncertainty, result.geometry)
+    if not quiet:
+        print(f"tilewise: {case.name}: uncertain volume {volume:.2f} mL (uncertainty {UNCERTAIN_THRESHOLD} or more)",
+              file=sys.stderr)
+    return {"uncertainty_output": str(uncertainty_path(case)), "uncertain_volume_ml": round(volume, 3)}
+
+
 def run_predict(args: argparse.Namespace) -> int:
     """Run the predict command; returns the exit status. SIGTERM stops it as Ctrl-C does (the file being written is
     dropped, nothing half-written is kept) with exit status 143."""
@@ -68,7 +81,8 @@ def _predict(args: argparse.Namespace) -> int:
     # Cases and their outputs first: a job that would write over one of its inputs is refused before any work.
     cases = collect_cases(Path(args.input), output_dir, dataset_channel_count(args.model), args.channels)
     cases = with_output_type(cases, args.output_type)
-    refuse_overwriting_inputs(planned_outputs(cases, args.save_probabilities, args.report),
+    refuse_overwriting_inputs(planned_outputs(cases, args.save_probabilities, args.report)
+                              + uncertainty_paths(cases, args.save_uncertainty),
                               [path for case in cases for path in case.inputs])
     predictor = Predictor(args.model, preset, device=args.device, folds=args.folds,
                           checkpoint_name=args.checkpoint, trust=args.trust_model, nnunet_exact=args.nnunet_exact,
@@ -85,7 +99,8 @@ def _predict(args: argparse.Namespace) -> int:
               f"batch {settings.batch_size}, device {settings.device}, backend {backend}", file=sys.stderr)
     progress = _Progress(show_bar)
     stages = CaseStages(predictor, None, args.save_probabilities, args.series_uid, on_event=progress,
-                        seg_type=args.seg_type, prev_stage_predictions=args.prev_stage_predictions)
+                        seg_type=args.seg_type, prev_stage_predictions=args.prev_stage_predictions,
+                        with_uncertainty=args.save_uncertainty)
     report_cases = []
     for number, case in enumerate(cases, 1):
         item = InFlight(case)
@@ -111,7 +126,8 @@ def _predict(args: argparse.Namespace) -> int:
         peaks = {**result.peak_rss_mb, **({"write": round(written / 2**20, 1)} if written is not None else {})}
         report_cases.append({"case": case.name, "output": str(case.output), "tiles": result.tiles,
                              "tiles_skipped": result.tiles_skipped, "forward_passes": result.forward_passes,
-                             "timings": timings, "notes": result.notes, "peak_rss_mb": peaks})
+                             "timings": timings, "notes": result.notes, "peak_rss_mb": peaks,
+                             **_uncertainty_report(case, result, quiet)})
     total = time.perf_counter() - started
     backend_notes = list(getattr(predictor.backend, "notes", []))  # e.g. a first run that converted the model
     if not quiet:

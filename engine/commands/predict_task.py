@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..batch.settings import UNCERTAINTY_FOR_TASKS
 from ..data.cases import Case, collect_cases, planned_outputs
 from ..data.dicom.seg import AlgorithmInfo
 from ..data.outputs import check_dicom_references, with_output_type, write_json, write_output
@@ -33,6 +34,8 @@ def task_spec(args: argparse.Namespace) -> TaskSpec:
     if getattr(args, "save_probabilities", False):
         raise TilewiseError("--save_probabilities", "is not available for TotalSegmentator tasks (their models' "
                                                     "probabilities are not one map)")
+    if getattr(args, "save_uncertainty", False):
+        raise TilewiseError("--save_uncertainty", UNCERTAINTY_FOR_TASKS)
     if getattr(args, "prev_stage_predictions", None) is not None:
         raise TilewiseError("-prev_stage_predictions", "is for a 3d_cascade_fullres model, not a TotalSegmentator task")
     return resolve_task(name, bool(getattr(args, "fast", False)), getattr(args, "roi_subset", None))

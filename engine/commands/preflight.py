@@ -31,6 +31,7 @@ from ..data.outputs import with_output_type
 from ..data.previous_stage import check_previous_stage_file, previous_stage_file
 from ..data.readers import ImageHeader, image_suffix, read_header
 from ..data.safe_output import refuse_overwriting_inputs
+from ..data.uncertainty_file import uncertainty_path, uncertainty_paths
 from ..errors import DiskSpaceError, InputError, ModelError, output_error
 from ..model.bundle import available_folds, check_model_folder, read_json
 from ..model.checkpoint import check_plans
@@ -137,16 +138,18 @@ def check_outputs(outputs: list[Path], inputs: list[Path]) -> None:
 
 
 def expected_output_bytes(cases: list[Case], headers: dict[Path, ImageHeader | None], heads: int,
-                          with_probabilities: bool) -> int:
+                          with_probabilities: bool, with_uncertainty: bool = False) -> int:
     """A lower bound on what the run writes: each case's label map (1 byte a voxel, gzip-compressed ones by
-    :data:`COMPRESSION`), nnU-Net's probabilities when asked (float16 per output, compressed about 2x), a margin."""
+    :data:`COMPRESSION`), nnU-Net's probabilities when asked (float16 per output, compressed about 2x), the
+    uncertainty map when asked (as a label map: 0 almost everywhere), a margin."""
     total = MARGIN_BYTES
     for case in cases:
         header = headers.get(case.inputs[0])
         if header is None or header.voxels == 0:
             continue
-        labels = header.voxels // (COMPRESSION if case.output.name.endswith(COMPRESSED_SUFFIXES) else 1)
-        total += labels + (header.voxels * heads if with_probabilities else 0)
+        maps = [case.output] + ([uncertainty_path(case)] if with_uncertainty else [])
+        total += sum(header.voxels // (COMPRESSION if path.name.endswith(COMPRESSED_SUFFIXES) else 1) for path in maps)
+        total += header.voxels * heads if with_probabilities else 0
     return total
 
 
@@ -187,8 +190,8 @@ def preflight_predict(args: argparse.Namespace) -> None:
     output_dir, source = Path(args.output), Path(args.input)
     writable = check_output_folder(output_dir, [Path(p) for p in args.channels] if args.channels else [source])
     cases = with_output_type(collect_cases(source, output_dir, len(names), args.channels), args.output_type)
-    check_outputs(planned_outputs(cases, args.save_probabilities, args.report),
-                  [path for case in cases for path in case.inputs])
+    check_outputs(planned_outputs(cases, args.save_probabilities, args.report)
+                  + uncertainty_paths(cases, args.save_uncertainty), [path for case in cases for path in case.inputs])
     configuration = model_configuration(folder, plans, args.folds, args.checkpoint)
     settings = (plans.get("configurations") or {}).get(configuration) if configuration else None
     patch = settings.get("patch_size") if isinstance(settings, dict) else None
@@ -196,7 +199,7 @@ def preflight_predict(args: argparse.Namespace) -> None:
     check_model(args, folder, dataset, plans)
     check_previous_stage(args, folder, dataset, plans, cases)
     check_free_space(writable, output_dir, expected_output_bytes(cases, headers, output_channels(dataset),
-                                                                 args.save_probabilities))
+                                                                 args.save_probabilities, args.save_uncertainty))
 
 
 def check_previous_stage(args: argparse.Namespace, folder: Path, dataset: dict[str, Any], plans: dict[str, Any],
@@ -234,7 +237,7 @@ def preflight_batch(args: argparse.Namespace) -> None:
     cases = with_output_type(cases, args.output_type)
     check_previous_stage(args, folder, dataset, plans, cases)
     check_free_space(writable, output_dir, expected_output_bytes(cases, _file_headers(cases), output_channels(dataset),
-                                                                 args.save_probabilities))
+                                                                 args.save_probabilities, args.save_uncertainty))
 
 
 def _file_headers(cases: list[Case]) -> dict[Path, ImageHeader | None]:
