@@ -60,6 +60,26 @@ def canvas_overlays(viewer: Any) -> Any:
     return overlays
 
 
+def napari_object(obj: Any) -> Any:
+    """The napari object behind a plugin's ``PublicOnlyProxy`` (``obj`` itself otherwise): the extra canvases of
+    :mod:`.views` connect to its layers, dims and mouse callbacks as napari's own canvas does."""
+    return getattr(obj, "__wrapped__", obj)
+
+
+def main_canvas(viewer: Any) -> Any:
+    """The ``QtViewer`` (canvas and sliders) in the window of ``viewer``; None without a window."""
+    window = getattr(napari_object(viewer), "window", None)
+    return getattr(window, "_qt_viewer", None)
+
+
+def scene_node(qt_viewer: Any) -> Any:
+    """The vispy node of ``qt_viewer``'s canvas whose coordinates are world coordinates of the two axes on screen
+    (x: the horizontal one, y: the vertical one), where napari puts its layers' visuals; None if this napari has
+    none."""
+    view = getattr(getattr(qt_viewer, "canvas", None), "view", None)
+    return getattr(view, "scene", None)
+
+
 def history_changes(entry: Any) -> list[tuple[Any, Any]] | None:
     """What one entry of a Labels layer's undo history changed: per part, (values before, value or values after) of
     just the voxels it changed. None when this napari's history has a form not known here (count afresh then).

@@ -34,6 +34,7 @@ def build_viewer(args: argparse.Namespace, viewer: Any = None, show: bool = True
     viewer.title = TITLE
     widget = TilewiseWidget(viewer)
     viewer.window.add_dock_widget(widget, name=TITLE, area="right")
+    widget.planes.set_shown(True)  # axial, coronal and sagittal side by side; napari as a plugin keeps one canvas
     if show:
         _compat.show_maximized(viewer)
     if args.model:  # 'demo' means the bundled model here too, as in every sub-command

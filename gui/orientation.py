@@ -330,6 +330,11 @@ class OrientationButtons(QWidget):
         orientation.view_changed.connect(self._show)
         self._show()
 
+    def add(self, widget: QWidget) -> None:
+        """Put ``widget`` (the "Three planes" button) after the three view buttons."""
+        row = self.layout()
+        row.insertWidget(row.count() - 1, widget)  # before the stretch
+
     def _on_clicked(self, view: str, *_: object) -> None:
         self.orientation.show(view)
         self._show()

@@ -41,6 +41,7 @@ from .panels.pacs_send import PacsSendPanel
 from .panels.review import ReviewPanel
 from .panels.run import RunPanel
 from .panels.speed import SpeedPanel
+from .views import ThreePlanes
 
 # Widgets whose dock panel was closed while they still had a thread running: kept alive until it has ended.
 _CLOSING: set[TilewiseWidget] = set()
@@ -92,6 +93,8 @@ class TilewiseWidget(QWidget):
         self.run_panel = RunPanel(self.viewer)
         self.review = ReviewPanel(save_icon_colour=colour)
         self.send_panel = PacsSendPanel(colour)
+        self.planes = ThreePlanes(self.viewer)  # axial, coronal and sagittal side by side, once shown
+        self.image_panel.view_buttons.add(self.planes.button())
         panels = DockPanels(self.model_panel, self.image_panel, self.settings_panel, self.run_panel, self.review)
         # flows: what a click does
         self.reporter = Reporter(self)
@@ -253,6 +256,7 @@ class TilewiseWidget(QWidget):
 
     def _on_panel_closed(self) -> None:
         """napari took the widget out of its closed dock: cancel the run and let the threads end on their own."""
+        self.planes.close()
         if self.run.state is not State.IDLE:
             _CLOSING.add(self)  # nothing else may hold this widget: keep it (and its threads) until they end
         if self.running:
@@ -272,4 +276,5 @@ class TilewiseWidget(QWidget):
         self.fit.shutdown()
         self.results.shutdown()
         self.run_panel.shutdown()
+        self.planes.close()
         _CLOSING.discard(self)
