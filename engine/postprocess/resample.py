@@ -73,6 +73,9 @@ class LogitResampler:
         interpolated = coarse is not None and order_z == 1 and self.in_shape[coarse] != self.out_shape[coarse]
         self._coarse = coarse if interpolated else None
         """The axis nnunetv2 interpolates on its own after the others (else None: all axes in one pass)."""
+        self._kept: dict[int, torch.Tensor] = {}
+        """The input rows the last slab's last output row read, resampled in-plane, for the next slab (its first output
+        row reads no row before those: see :meth:`_planes`)."""
 
     @property
     def _fused(self) -> bool:
@@ -103,8 +106,38 @@ class LogitResampler:
         along axis 0 (at least :meth:`input_rows`), all of every other axis. Computed in float32 on ``rows``' device.
 
         The result is a channels-innermost view (``stride(0) == 1``): the label rule's argmax over channels then
-        reads contiguous memory, which is what makes many-label exports fast.
+        reads contiguous memory, which is what makes many-label exports fast. One resampler serves one case: an
+        input row's in-plane result is kept for the next slab that reads it, so calls must pass the same values for
+        the same input row (as the export's slabs do, first to last).
         """
+        if self.in_shape[0] == self.out_shape[0]:
+            return self._in_plane(rows[:, start - first_row:stop - first_row]).permute(3, 0, 1, 2)
+        low, high, weight = _axis_taps(self.in_shape[0], self.out_shape[0], start, stop, self.orders[0])
+        planes = self._planes(rows, first_row, sorted({*low.tolist(), *high.tolist()}))
+        out = torch.empty((stop - start, *self.out_shape[1:], rows.shape[0]), dtype=torch.float32, device=rows.device)
+        for row, (below, above, fraction) in enumerate(zip(low.tolist(), high.tolist(), weight.tolist())):
+            # Row by row on views of the kept planes: no gathered copies of whole planes (torch's lerp with a
+            # float32 weight, the same arithmetic as one lerp over all rows with a weight per row).
+            if self.orders[0] == 0 or below == above:
+                out[row].copy_(planes[below])
+            else:
+                torch.lerp(planes[below], planes[above], fraction, out=out[row])
+        self._kept = {index: plane for index, plane in planes.items() if index >= low[-1]}  # the next slab's taps
+        return out.permute(3, 0, 1, 2)
+
+    def _planes(self, rows: torch.Tensor, first_row: int, needed: list[int]) -> dict[int, torch.Tensor]:
+        """Input rows ``needed`` resampled in-plane ((y, x, channels) each), reusing the ones the last slab kept
+        (upsampling along axis 0 reads each input row from two or more slabs: its in-plane work is done once)."""
+        planes = {}
+        for index in needed:
+            kept = self._kept.get(index)
+            if kept is None:
+                kept = self._in_plane(rows[:, index - first_row:index + 1 - first_row])[0]
+            planes[index] = kept
+        return planes
+
+    def _in_plane(self, rows: torch.Tensor) -> torch.Tensor:
+        """``rows`` (channels, rows, y, x) resampled along the two in-plane axes: (rows, y, x, channels), contiguous."""
         x = rows.float()
         if self._fused:
             # Both in-plane axes linear (nnU-Net transposes the coarse axis to the front): one fused 2-D kernel over
@@ -112,15 +145,11 @@ class LogitResampler:
             planes = x.permute(1, 0, 2, 3).contiguous(memory_format=torch.channels_last)
             if tuple(planes.shape[2:]) != self.out_shape[1:]:
                 planes = F.interpolate(planes, size=self.out_shape[1:], mode="bilinear", align_corners=False)
-            heads_last = planes.permute(0, 2, 3, 1)  # (rows, y, x, channels), contiguous
-        else:
-            for axis in (2, 1):  # one axis at a time where their orders differ (or nearest: an exact selection)
-                x = _resample_axis(x, axis + 1, self.in_shape[axis], self.out_shape[axis], 0, self.out_shape[axis],
-                                   self.orders[axis])
-            heads_last = x.permute(1, 2, 3, 0).contiguous()
-        out = _resample_axis(heads_last, 0, self.in_shape[0], self.out_shape[0], start, stop, self.orders[0],
-                             first_row)
-        return out.permute(3, 0, 1, 2)
+            return planes.permute(0, 2, 3, 1)  # (rows, y, x, channels), contiguous
+        for axis in (2, 1):  # one axis at a time where their orders differ (or nearest: an exact selection)
+            x = _resample_axis(x, axis + 1, self.in_shape[axis], self.out_shape[axis], 0, self.out_shape[axis],
+                               self.orders[axis])
+        return x.permute(1, 2, 3, 0).contiguous()
 
     def error_bound(self, magnitude: float) -> float:
         """A bound on how far a value of :meth:`slab` lies from nnunetv2's value (computed in float64 and rounded
