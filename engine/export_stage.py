@@ -11,7 +11,7 @@ from .events import check_cancelled
 from .model.bundle import ModelBundle
 from .nnunet_exact import export_like_nnunet
 from .postprocess.export import Exported, export_with_fallback
-from .postprocess.uncertainty import slab_uncertainty
+from .postprocess.uncertainty import probabilities_uncertainty
 from .prepared_case import PreparedCase
 from .runtime.memory import free_device_memory, record_peak
 from .streaming_stage import finish_streaming
@@ -56,5 +56,5 @@ def map_of_probabilities(probabilities: np.ndarray, has_regions: bool) -> np.nda
     uncertainty = np.zeros(probabilities.shape[1:], dtype=np.uint8)
     for start in range(0, probabilities.shape[1], _MAP_ROWS):
         rows = torch.from_numpy(np.ascontiguousarray(probabilities[:, start:start + _MAP_ROWS], dtype=np.float32))
-        uncertainty[start:start + _MAP_ROWS] = slab_uncertainty(rows, has_regions).numpy()
+        uncertainty[start:start + _MAP_ROWS] = probabilities_uncertainty(rows, has_regions).numpy()
     return uncertainty

@@ -23,6 +23,7 @@ from tilewise.engine import (
 )
 from tilewise.engine.errors import TilewiseError
 from tilewise.engine.postprocess.export import crop_resampler, export_slab_rows
+from tilewise.engine.postprocess.uncertainty import probabilities_uncertainty, slab_uncertainty
 from tilewise.engine.runtime.memory_plan import JobSize, plan_memory
 
 SMALL = (24, 28, 32)
@@ -78,6 +79,35 @@ def test_the_map_is_the_definition_on_the_probabilities_and_the_labels_do_not_ch
     assert not both.uncertainty[..., :PAD].any() and not both.uncertainty[..., -PAD:].any(), "outside the crop: 0"
     inside = both.uncertainty[..., PAD:-PAD]
     assert inside.max() >= 50 and (inside == 0).any(), "the test case has certain and uncertain voxels"
+
+
+@pytest.mark.parametrize("heads", [2, 4, 105])
+@pytest.mark.parametrize("regions", [False, True])
+def test_the_chunked_map_from_logits_is_the_map_of_their_probabilities(heads: int, regions: bool) -> None:
+    generator = torch.Generator().manual_seed(heads)
+    logits = 4 * torch.randn(3, 37, 41, heads, generator=generator)  # voxels across several chunks for 105 heads
+    logits[0, 0, :5, :2] = 40.0  # exact ties between the two largest
+    logits[0, 1, :5, 1] = logits[0, 1, :5, 0] = logits[0, 1, :5].amax(-1) + 1
+    logits[0, 2, :5, 0] = 0.0  # a region at exactly 0.5
+    if regions:  # every region far from 0.5: certain
+        logits[2] = 12 * torch.sign(logits[2])
+    else:  # one class far ahead: certain
+        logits[2, ..., 0] += 30
+    values = logits.permute(3, 0, 1, 2)  # heads first, stored innermost: as the export's slabs
+    probabilities = torch.sigmoid(values) if regions else torch.softmax(values, 0)
+
+    from_logits = slab_uncertainty(values, regions)
+
+    expected = torch.as_tensor(_expected_map(probabilities.numpy(), regions))
+    assert from_logits.dtype == torch.uint8 and from_logits.shape == values.shape[1:]
+    assert int((from_logits.double() - expected).abs().max()) <= 1
+    from_probabilities = probabilities_uncertainty(probabilities, regions)
+    assert int((from_logits.int() - from_probabilities.int()).abs().max()) <= 1
+    if regions:
+        assert (from_logits[0, 2, :5] == 100).all(), "a region at 0.5 is 100"
+    else:
+        assert (from_logits[0, :2, :5] == 100).all(), "a tie between the two most likely classes is 100"
+    assert (from_logits[2] == 0).all() and (from_logits[:2] >= 50).any()
 
 
 @pytest.mark.parametrize("kind", ["3d", "regions"])

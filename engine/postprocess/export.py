@@ -159,13 +159,11 @@ class LabelSink:
         slab_labels = logits_to_labels(slab.values, bundle)
         settle_ties(slab_labels, slab.values, bundle, slab.error, slab.exact)  # nnU-Net's labels where rounding decides
         self.labels[window] = slab_labels.cpu().numpy().astype(self.dtype, copy=False)
-        if self.probabilities is None and self.uncertainty is None:
-            return
-        nonlinear = bundle.label_manager.apply_inference_nonlin(slab.values)
         if self.probabilities is not None:
+            nonlinear = bundle.label_manager.apply_inference_nonlin(slab.values)
             self.probabilities[(slice(None), *window)] = nonlinear.cpu().numpy()
-        if self.uncertainty is not None:  # from the same probabilities: no second pass over the sums
-            self.uncertainty[window] = slab_uncertainty(nonlinear, bundle.label_manager.has_regions).cpu().numpy()
+        if self.uncertainty is not None:  # from the same resampled values: no second pass over the sums
+            self.uncertainty[window] = slab_uncertainty(slab.values, bundle.label_manager.has_regions).cpu().numpy()
 
     def result(self) -> Exported:
         """The labels (and probabilities, and the uncertainty map) in the input's axis order."""
