@@ -17,6 +17,7 @@ from napari.layers import Image, Labels
 from qtpy.QtCore import QObject, QTimer
 
 from .contributions import META_FIRST_SLICE
+from .layers import META_OVERLAY
 
 _INSTALLED: weakref.WeakValueDictionary[int, Framing] = weakref.WeakValueDictionary()
 
@@ -105,7 +106,7 @@ class Framing(QObject):
 
     # ---- events -------------------------------------------------------------------------------------
     def _on_inserted(self, event: Any) -> None:
-        if isinstance(event.value, Image) and _is_volume(event.value):
+        if isinstance(event.value, Image) and _is_volume(event.value) and not event.value.metadata.get(META_OVERLAY):
             self._pending = event.value
             QTimer.singleShot(0, self._frame_pending)  # in case napari does not make it the active layer
 

@@ -30,6 +30,7 @@ META_PRESET = "tilewise_preset"          # the name of the preset the result was
 META_DICOM_FILES = "tilewise_dicom_files"  # [file, ...] of the DICOM series the labels were made from (z order)
 META_ALGORITHM = "tilewise_algorithm"    # the model, folds and preset as a DICOM SEG records them (AlgorithmInfo)
 META_FIT = "tilewise_fit"                # [sentence, ...]: how the image differed from the model's training data
+META_OVERLAY = "tilewise_overlay"        # True on an image layer drawn over a result (its uncertainty): no opened image
 
 UPDATE_INTERVAL_MS = 100
 INTERVAL_3D_MS = 1000

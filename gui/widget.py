@@ -27,6 +27,7 @@ from .controllers.results import ResultsController
 from .controllers.run import RUN_STATES, RunController, State
 from .controllers.suitability import SuitabilityCheck
 from .controllers.trust import TrustStore
+from .controllers.uncertainty import UncertaintyController
 from .flows.open import OpenFlow
 from .flows.pacs import PacsFlow
 from .flows.report import Reporter
@@ -38,6 +39,7 @@ from .panels.dock import DockPanels
 from .panels.image import ImagePanel
 from .panels.model import ModelPanel
 from .panels.pacs_send import PacsSendPanel
+from .panels.regions import RegionsPanel
 from .panels.review import ReviewPanel
 from .panels.run import RunPanel
 from .panels.speed import SpeedPanel
@@ -85,6 +87,7 @@ class TilewiseWidget(QWidget):
         self.fit = SuitabilityCheck(self)  # is the chosen image right for the chosen model? said before Run
         self.pacs_servers = ServerBook(self.qsettings, parent=self)
         self.pacs = PacsController(self.pacs_servers, self)
+        self.uncertainty = UncertaintyController(self.viewer, self.run, self.results, self)  # where it was unsure
         # panels: the five steps of the dock
         self.model_panel = ModelPanel(self.qsettings, demo_model if demo_model is not None else demo_model_dir())
         self.image_panel = ImagePanel(self.viewer, colour)
@@ -92,6 +95,8 @@ class TilewiseWidget(QWidget):
         self.estimates = RunTimeEstimates(self.qsettings, self.settings_panel.presets, self.run.cache, self)
         self.run_panel = RunPanel(self.viewer)
         self.review = ReviewPanel(save_icon_colour=colour)
+        self.regions = RegionsPanel()
+        self.review.add_section(self.regions)
         self.send_panel = PacsSendPanel(colour)
         self.planes = ThreePlanes(self.viewer)  # axial, coronal and sagittal side by side, once shown
         self.image_panel.view_buttons.add(self.planes.button())
@@ -130,6 +135,7 @@ class TilewiseWidget(QWidget):
         self.opener.opened.connect(self.image_opened)
         self.saver.saved.connect(self.saved)
         self.review.follow(self.results)  # the review shows the result selected in napari, with its edits
+        self.regions.follow(self.results, self.uncertainty)  # and where the model was unsure about it
         self.results.changed.connect(self._update_save_button)
         self.results.run_image_removed.connect(self.runner.cancel)
         self.trust.trusted.connect(self.run.clear_cache)  # the next run loads the model afresh, trusted

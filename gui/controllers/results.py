@@ -38,6 +38,7 @@ class ResultsController(QObject):
         self.edits.counts_changed.connect(self.counts_changed)
         self.edits.edits_changed.connect(self.edits_changed)
         self._quiet: set[Any] = set()        # layers this controller removes or puts back itself
+        self._attached: dict[Any, Any] = {}  # a layer showing something of a result (its uncertainty) -> the result
         self._run: tuple[Any, Any] | None = None  # (image, preview layer) of the run going on
         self._hidden_for_run: Any = None
         self._napari: dict[tuple[Any, str], Callable[..., Any]] = {}  # (emitter, method name) -> what napari calls
@@ -69,6 +70,7 @@ class ResultsController(QObject):
             active = next(iter(selection))
         if active is None:
             return None
+        active = self._attached.get(active, active)
         if META_PREVIEW in getattr(active, "metadata", {}):
             return active
         if self._run is not None and active is self._run[0]:
@@ -147,6 +149,11 @@ class ResultsController(QObject):
         self.edits.discard_edits(results)
 
     # ---- the layer list -------------------------------------------------------------------------
+    def attach(self, layer: Any, result: Any) -> None:
+        """``layer``, about to be added, shows something of ``result`` (its uncertainty): it stays where it is put
+        (an opened image goes below the results), and selecting it reviews ``result``, until it is removed."""
+        self._attached[layer] = result
+
     def put_back(self, layer: Any, index: int) -> None:
         """Insert ``layer`` again where it was (the person cancelled its removal)."""
         self._quiet.add(layer)
@@ -167,6 +174,9 @@ class ResultsController(QObject):
     def _on_removed(self, event: Any) -> None:
         layer = event.value
         if layer in self._quiet:
+            return
+        if self._attached.pop(layer, None) is not None:
+            self.changed.emit()
             return
         if layer in self._image_of:
             if self.has_unsaved_edits(layer):
@@ -209,7 +219,7 @@ class ResultsController(QObject):
     def _on_inserted(self, event: Any) -> None:
         from napari.layers import Image
 
-        if isinstance(event.value, Image) and event.value not in self._quiet:
+        if isinstance(event.value, Image) and event.value not in self._quiet and event.value not in self._attached:
             call_soon(self._keep_results_on_top, event.value)
 
     def _keep_results_on_top(self, image: Any) -> None:

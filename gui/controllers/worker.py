@@ -44,6 +44,7 @@ from tilewise.engine import (
 from ..geometry import geometry_from_layer
 from ..volumes import count_labels
 from .tasks import Awaitable, start_worker
+from .uncertainty import summarise
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,7 @@ class SegmentationSignals(WorkerBaseSignals):
     stage = Signal(str)
     loading = Signal(object)       # LoadEvent: a fold read, being converted for OpenVINO, converted or cached
     tile = Signal(object)          # TileEvent
+    uncertainty = Signal(object)   # UncertaintyReview or None: where the model was unsure, just before ``succeeded``
     succeeded = Signal(object, object)  # Result, voxels per label value (counted here, off the GUI thread)
     cancelled = Signal()
     failed = Signal(str, str)      # RunFailure kind, plain message
@@ -250,10 +252,13 @@ class SegmentationWorker(Awaitable, WorkerBase):
                 result = predictor.predict(volume, on_event=self.tile.emit, cancel=self.token, statistics=True)
             else:
                 result = predictor.predict(volume, on_event=self.tile.emit, cancel=self.token,
-                                           provisional_labels=True, reuse=self.cache.prepared, focus=self.focus)
+                                           provisional_labels=True, reuse=self.cache.prepared, focus=self.focus,
+                                           with_uncertainty=True)
             if self.token.cancelled:
                 raise Cancelled()
             counts = count_labels(result.labels)
+            # the regions to check: every voxel is looked at, so here, off the GUI thread (a task computes no map)
+            review = None if isinstance(predictor, TaskPredictor) else summarise(result)
             self.algorithm = task_algorithm(predictor) if isinstance(predictor, TaskPredictor) else \
                 algorithm_of(predictor)
         except Cancelled:
@@ -263,6 +268,7 @@ class SegmentationWorker(Awaitable, WorkerBase):
         except Exception as error:  # noqa: BLE001 - every failure becomes a dialog, never a traceback
             self.failed.emit(RunFailure.ERROR, plain_message(error))
         else:
+            self.uncertainty.emit(review)
             self.succeeded.emit(result, counts)
 
 

@@ -18,6 +18,7 @@ from qtpy.QtWidgets import (
 
 from ..controllers.run import State
 from ..framing import install_framing
+from ..layers import META_OVERLAY
 from ..orientation import OrientationButtons, install_orientation
 from .common import ElidingComboBox, breakable, shrinkable
 from .ct_window import CtWindowButtons, looks_like_ct
@@ -82,11 +83,11 @@ class ImagePanel(QWidget):
         self.viewer.layers.events.removed.connect(self._on_layers_changed)
 
     def image_layers(self) -> list[Any]:
-        """Image layers the model can run on: 3D, grey-scale."""
+        """Image layers the model can run on: 3D, grey-scale, not drawn over a result (its uncertainty)."""
         from napari.layers import Image
 
-        return [layer for layer in self.viewer.layers
-                if isinstance(layer, Image) and layer.ndim == 3 and not layer.rgb]
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image) and layer.ndim == 3
+                and not layer.rgb and not layer.metadata.get(META_OVERLAY)]
 
     def set_channels(self, channels: list[str]) -> None:
         """One list of the image layers per model channel (``channels``: their names); earlier choices are kept."""

@@ -125,6 +125,10 @@ class ReviewPanel(QWidget):
         self.show_notice("")
         self.show_layer(None)
 
+    def add_section(self, section: QWidget) -> None:
+        """Show ``section`` (where the model was unsure) under the volumes, above the opacity and Save."""
+        self.layout().insertWidget(self.layout().indexOf(self.edited), section)
+
     def show_save_state(self, enabled: bool, saving: bool) -> None:
         """Save is offered only with a result to save and nothing else going on; it says so while writing."""
         self.save_button.setEnabled(enabled)
