@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from napari.components.overlays import TextOverlay
 from napari.layers import Image, Labels
-from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QHBoxLayout, QPushButton, QWidget
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from . import _compat
 from .geometry import ANTERIOR_POSTERIOR, LEFT_RIGHT, SUPERIOR_INFERIOR, patient_axes
@@ -316,8 +316,10 @@ class OrientationButtons(QWidget):
         super().__init__(parent)
         self.orientation = orientation
         self.buttons: dict[str, QPushButton] = {}
-        row = QHBoxLayout(self)
-        row.setContentsMargins(0, 0, 0, 0)
+        column = QVBoxLayout(self)
+        column.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        column.addLayout(row)
         for view in VIEWS:
             button = QPushButton(self)
             button.setText(view.capitalize())
@@ -331,9 +333,9 @@ class OrientationButtons(QWidget):
         self._show()
 
     def add(self, widget: QWidget) -> None:
-        """Put ``widget`` (the "Three planes" button) after the three view buttons."""
-        row = self.layout()
-        row.insertWidget(row.count() - 1, widget)  # before the stretch
+        """Put ``widget`` (the "Three planes" button) under the three view buttons (a narrow dock has no room
+        beside them)."""
+        self.layout().addWidget(widget, 0, Qt.AlignLeft)
 
     def _on_clicked(self, view: str, *_: object) -> None:
         self.orientation.show(view)

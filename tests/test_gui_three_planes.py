@@ -114,6 +114,7 @@ def test_the_plugin_keeps_one_canvas_until_three_planes_is_clicked(make_napari_v
     canvases = [weakref.ref(canvas) for canvas in extra_canvases(widget)]
     button.click()
     assert not widget.planes.shown and widget.planes.views() == {}
+    settle()
     gc.collect()
     assert all(ref() is None for ref in models + canvases), "no extra viewer is left alive"
     button.click()
@@ -227,6 +228,7 @@ def test_closing_the_window_or_the_panel_leaves_no_extra_viewer(make_napari_view
     dock = viewer.window._wrapped_dock_widgets["Tilewise"]
     dock.title.close_button.click()  # the panel's x: back to napari's one canvas
     assert not widget.planes.shown
+    settle()  # a framing the event loop had queued lets go of its canvas
     gc.collect()
     assert all(ref() is None for ref in refs)
 
@@ -235,5 +237,6 @@ def test_closing_the_window_or_the_panel_leaves_no_extra_viewer(make_napari_view
     refs = [weakref.ref(plane.model) for plane in widget.planes.planes]
     viewer.close()  # the window, with the planes on screen
     assert not widget.planes.shown
+    settle()
     gc.collect()
     assert all(ref() is None for ref in refs)

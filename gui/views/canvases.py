@@ -70,7 +70,8 @@ class MirrorViewer(QObject):
         self._connections = ((main.layers.events.inserted, self._on_inserted),
                              (main.layers.events.removed, self._on_removed),
                              (main.layers.events.moved, self._match_order),
-                             (main.layers.selection.events.active, self._on_active))
+                             (main.layers.selection.events.active, self._on_active),
+                             (self.model.events.status, self._on_status))
         for index, layer in enumerate(main.layers):
             self._add(index, layer)
         for emitter, callback in self._connections:
@@ -120,6 +121,10 @@ class MirrorViewer(QObject):
 
     def _on_active(self, *_: object) -> None:
         self.model.layers.selection.active = self._mirrors.get(self.main.layers.selection.active)
+
+    def _on_status(self, event: Any) -> None:
+        """What is under the mouse in this canvas (the value of each layer there) shows in napari's status bar."""
+        self.main.status = event.value
 
     # ---- settings and data ---------------------------------------------------------------------------
     def _on_property(self, event: Any) -> None:
