@@ -22,6 +22,7 @@ from tilewise.engine import (
     uncertain_volume_ml,
 )
 from tilewise.engine.errors import TilewiseError
+from tilewise.engine.postprocess import uncertainty as uncertainty_module
 from tilewise.engine.postprocess.export import crop_resampler, export_slab_rows
 from tilewise.engine.postprocess.uncertainty import probabilities_uncertainty, slab_uncertainty
 from tilewise.engine.runtime.memory_plan import JobSize, plan_memory
@@ -83,7 +84,7 @@ def test_the_map_is_the_definition_on_the_probabilities_and_the_labels_do_not_ch
 
 @pytest.mark.parametrize("heads", [2, 4, 105])
 @pytest.mark.parametrize("regions", [False, True])
-def test_the_chunked_map_from_logits_is_the_map_of_their_probabilities(heads: int, regions: bool) -> None:
+def test_the_map_from_logits_is_the_map_of_their_probabilities_on_cpu_and_gpu_paths(heads: int, regions: bool) -> None:
     generator = torch.Generator().manual_seed(heads)
     logits = 4 * torch.randn(3, 37, 41, heads, generator=generator)  # voxels across several chunks for 105 heads
     logits[0, 0, :5, :2] = 40.0  # exact ties between the two largest
@@ -103,6 +104,8 @@ def test_the_chunked_map_from_logits_is_the_map_of_their_probabilities(heads: in
     assert int((from_logits.double() - expected).abs().max()) <= 1
     from_probabilities = probabilities_uncertainty(probabilities, regions)
     assert int((from_logits.int() - from_probabilities.int()).abs().max()) <= 1
+    whole_slab = uncertainty_module._percent(uncertainty_module._confidence(values, regions))  # a GPU's kernels
+    assert int((from_logits.int() - whole_slab.int()).abs().max()) <= 1
     if regions:
         assert (from_logits[0, 2, :5] == 100).all(), "a region at 0.5 is 100"
     else:

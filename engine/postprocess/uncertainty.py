@@ -27,37 +27,54 @@ UNCERTAIN_THRESHOLD = 50
 """The map value from which a voxel counts as uncertain (``tilewise batch``'s ``uncertain_volume_ml``): the most
 likely class is at most 50 percentage points ahead of the next (a region's probability within 0.25 of 0.5)."""
 
-MAP_CHUNK_VALUES = 2**21
-"""Resampled values (voxels x heads) turned into the map at a time: each temporary is 8 MB of float32, which stays
-in the CPU's caches. Why: the whole slab at once (softmax, then the top two) took 15x longer on a 105-label model,
-every step a fresh slab-sized array (2.2 s against 0.14 s for 0.5 M voxels, 2 shared EPYC cores)."""
-MAP_WORK_BYTES = 6 * 4 * MAP_CHUNK_VALUES
-"""Working memory of one chunk: a float copy, the shifted exponentials, the mask and the per-voxel results."""
+MAP_CHUNK_VALUES = 2**19
+"""Resampled values (voxels x heads) a CPU turns into the map at a time, in numpy: 2 MB of float32 per temporary,
+which stays in the core's cache. Why: torch's multi-threaded kernels on a whole slab (a softmax, then the top two)
+took 2.2 s for 0.5 M voxels of a 105-label model, and torch on small chunks waits at a thread barrier per kernel,
+which under load cost up to 7 s; numpy's single-threaded chunks take about 0.2 s (2 shared EPYC cores)."""
 
 
 def slab_uncertainty(values: torch.Tensor, has_regions: bool) -> torch.Tensor:
-    """The uncertainty map (uint8, 0-100) of one slab from its resampled logits (heads, ...), a chunk of voxels at a
-    time: the top-two margin of their softmax, or the region whose sigmoid is nearest 0.5 (see the module's
-    docstring). The softmax is not formed: ``p1 - p2 = (1 - exp(l2 - l1)) / sum_j exp(lj - l1)``, and for a region
-    ``|2 sigmoid(l) - 1| = tanh(|l| / 2)``."""
+    """The uncertainty map (uint8, 0-100) of one slab from its resampled logits (heads, ...): the top-two margin of
+    their softmax, or the region whose sigmoid is nearest 0.5 (see the module's docstring). The softmax is not
+    formed: ``p1 - p2 = (1 - exp(l2 - l1)) / sum_j exp(lj - l1)``, and for a region ``|2 sigmoid(l) - 1| =
+    tanh(|l| / 2)``. On a CPU a chunk of voxels at a time (:data:`MAP_CHUNK_VALUES`), elsewhere whole-slab kernels."""
     heads = int(values.shape[0])
-    flat = values.reshape(heads, -1)  # a view for the export's slabs: their spatial axes are contiguous together
-    confidence = torch.empty(flat.shape[1], dtype=torch.float32, device=values.device)
+    if values.device.type != "cpu":
+        return _percent(_confidence(values.float(), has_regions))
+    # (voxels, heads) view: each voxel's heads side by side for the export's channels-innermost slabs
+    voxels = values.float().reshape(heads, -1).numpy().T
+    confidence = np.empty(len(voxels), dtype=np.float32)
     step = max(1, MAP_CHUNK_VALUES // heads)
-    for start in range(0, flat.shape[1], step):
-        confidence[start:start + step] = _confidence(flat[:, start:start + step].float(), has_regions)
-    return _percent(confidence).reshape(values.shape[1:])
+    for start in range(0, len(voxels), step):
+        confidence[start:start + step] = _chunk_confidence(voxels[start:start + step], has_regions)
+    return _percent(torch.from_numpy(confidence)).reshape(values.shape[1:])
+
+
+def _chunk_confidence(logits: np.ndarray, has_regions: bool) -> np.ndarray:
+    """``p1 - p2`` (softmax) or ``min_r |2 p_r - 1|`` (regions) per voxel of ``logits`` (voxels, heads), in numpy."""
+    if has_regions:
+        return np.tanh(np.abs(logits).min(axis=-1) / 2)
+    if logits.shape[-1] < 2:
+        return np.ones(len(logits), dtype=np.float32)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    np.exp(shifted, out=shifted)  # the largest is exp(0) = 1
+    total = shifted.sum(axis=-1)
+    top = shifted == 1  # the largest, and any other it rounds to (a tie: margin 0)
+    tie = np.count_nonzero(top, axis=-1) > 1
+    np.copyto(shifted, 0, where=top)
+    return (1 - np.where(tie, 1, shifted.max(axis=-1))) / total
 
 
 def _confidence(logits: torch.Tensor, has_regions: bool) -> torch.Tensor:
-    """``p1 - p2`` (softmax) or ``min_r |2 p_r - 1|`` (regions) per voxel of ``logits`` (heads, voxels)."""
+    """:func:`_chunk_confidence` in torch, over axis 0 of ``logits`` (heads, ...): for GPUs, whole slabs at once."""
     if has_regions:
         return torch.tanh(logits.abs().amin(0) / 2)
     if logits.shape[0] < 2:
         return torch.ones(logits.shape[1:], dtype=torch.float32, device=logits.device)
-    shifted = (logits - logits.amax(0)).exp_()  # the largest is exp(0) = 1
+    shifted = (logits - logits.amax(0)).exp_()
     total = shifted.sum(0)
-    top = shifted == 1  # the largest, and any other it rounds to (a tie: margin 0)
+    top = shifted == 1
     second = torch.where(top.sum(0, dtype=torch.int16) > 1, 1.0, shifted.masked_fill_(top, 0.0).amax(0))
     return (1 - second) / total
 
@@ -82,11 +99,11 @@ def _percent(confidence: torch.Tensor) -> torch.Tensor:
 
 def slab_budget(budget_bytes: int, heads: int, input_rows_per_output_row: int) -> int:
     """The part of an export slab's ``budget_bytes`` left for resampling when the slab's map is computed too, so the
-    slab with its map stays within the budget: one chunk's work (:data:`MAP_WORK_BYTES`) and 5 bytes per voxel
-    (the float confidence and the uint8 map), against resampling's bytes per value (:func:`~.resample.slab_rows`)."""
+    slab with its map stays within the budget: 5 bytes per value (a GPU's whole-slab exponentials and mask; a CPU's
+    chunks need less) and 5 per voxel (the float confidence and the uint8 map), against resampling's bytes per value
+    (:func:`~.resample.slab_rows`)."""
     resampling = 4 * (3 + 2 * input_rows_per_output_row) + 1
-    left = max(budget_bytes - MAP_WORK_BYTES, budget_bytes // 2)
-    return int(left * resampling / (resampling + 5 / max(heads, 1)))
+    return int(budget_bytes * resampling / (resampling + 5 + 5 / max(heads, 1)))
 
 
 def voxel_ml(geometry: Geometry) -> float:
