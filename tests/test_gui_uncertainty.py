@@ -96,7 +96,9 @@ def test_the_regions_to_check_are_the_engines_largest_first_and_a_click_goes_the
     viewer.layers.selection.active = image
     for row in (1, 0):
         region = expected[row]
-        panel.list.itemClicked.emit(panel.list.item(row))  # what a click on the row sends
+        panel.list.setCurrentRow(row)  # a click on the row: it becomes the current one, then the list says so
+        panel.list.itemClicked.emit(panel.list.item(row))
+        assert panel.list.currentRow() == row, "the row gone to stays marked"
         world = np.asarray(image.data_to_world(region.centre), dtype=float)
         np.testing.assert_allclose(np.asarray(viewer.dims.point)[-3:], world, atol=1e-6)
         assert viewer.layers.selection.active is layer, "the result is selected, to edit it there"
@@ -105,7 +107,7 @@ def test_the_regions_to_check_are_the_engines_largest_first_and_a_click_goes_the
 
 def test_the_overlay_is_the_runs_map_on_the_labels_grid_and_never_saved(sample_open, qtbot, tmp_path: Path,
                                                                         dialogs) -> None:
-    viewer, widget, image = sample_open
+    viewer, widget, _image = sample_open
     result = _run(qtbot, widget)
     layer = widget.result_layer
     panel = widget.regions

@@ -47,6 +47,7 @@ class RegionsPanel(QWidget):
         super().__init__(parent)
         self.layer: Any = None
         self.review: UncertaintyReview | None = None
+        """What the list shows: the reviewed result's uncertainty, or the last one shown while none is reviewed."""
         self._results: ResultsController | None = None
         self._uncertainty: UncertaintyController | None = None
 
@@ -61,11 +62,14 @@ class RegionsPanel(QWidget):
         self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.list.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)  # never wider than the dock
         self.list.setUniformItemSizes(True)
+        # the row gone to stays marked once the list has lost the focus
+        self.list.setStyleSheet("QListWidget::item:selected { background: palette(highlight); "
+                                "color: palette(highlighted-text); }")
         self.empty = QLabel("No uncertain regions")
         self.empty.setToolTip(UNSURE)
 
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 2, 0, 0)
+        layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
         for widget in (self.overlay_box, self.summary, self.list, self.empty):
             layout.addWidget(widget)
@@ -87,18 +91,19 @@ class RegionsPanel(QWidget):
             return
         layer = self._results.reviewed()
         review = self._uncertainty.review_of(layer)
-        if layer is not self.layer or review is not self.review:
-            self.layer, self.review = layer, review
-            self._show(review, dict(layer.metadata.get(META_NAMES) or {}) if review is not None else {})
+        self.layer = layer
+        self.setVisible(review is not None)
+        if review is not None and review is not self.review:  # another result: its own list
+            self.review = review
+            self._fill(review, dict(layer.metadata.get(META_NAMES) or {}))
         self.overlay_box.blockSignals(True)
         self.overlay_box.setChecked(self._uncertainty.overlay_shown(layer))
         self.overlay_box.blockSignals(False)
 
-    def _show(self, review: UncertaintyReview | None, names: dict[int, str]) -> None:
-        self.setVisible(review is not None)
+    def _fill(self, review: UncertaintyReview, names: dict[int, str]) -> None:
+        """The sentence and the rows of ``review``. Kept while nothing is reviewed for a moment (napari clears its
+        selection before it selects another layer), so the row gone to stays chosen."""
         self.list.clear()
-        if review is None:
-            return
         unsure = f"The model was unsure about {format_ml(review.unsure_ml)}." if review.unsure_ml > 0 else \
             "The model was sure of every voxel."
         self.summary.setText(f"{unsure} Regions to check, largest first:" if review.regions else unsure)
@@ -119,6 +124,7 @@ class RegionsPanel(QWidget):
             self._uncertainty.show_overlay(self.layer, shown)
 
     def _on_item_chosen(self, item: QListWidgetItem) -> None:
-        if self._uncertainty is None or self.review is None or self.layer is None:
+        uncertainty = self._uncertainty
+        if uncertainty is None or self.review is None or uncertainty.review_of(self.layer) is not self.review:
             return
-        self._uncertainty.go_to(self.layer, self.review.regions[self.list.row(item)])
+        uncertainty.go_to(self.layer, self.review.regions[self.list.row(item)])
