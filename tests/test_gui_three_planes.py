@@ -71,7 +71,8 @@ def crosshair_pixels(pixels: np.ndarray) -> np.ndarray:
 
 def test_standalone_shows_three_radiological_planes(standalone, qtbot, tmp_path: Path) -> None:
     viewer, widget = standalone
-    assert widget.planes.shown and widget.planes.button().isChecked()
+    [button] = [b for b in widget.image_panel.view_buttons.findChildren(QPushButton) if b.text() == "Three planes"]
+    assert widget.planes.shown and button.isChecked()
     path = tmp_path / "sagittal.nrrd"  # a sagittal acquisition: rows posterior, columns inferior, slices rightwards
     write_case(path, DIRECTIONS["sagittal_swapped"])
     [image] = open_image(qtbot, widget, path)

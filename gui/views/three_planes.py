@@ -24,7 +24,8 @@ from .canvases import MirrorViewer
 from .crosshair import Crosshair
 from .linking import PointLink, click_sets_point
 
-MAIN_STRETCH, SIDE_STRETCH = 3, 2  # napari's canvas takes 3/5 of the width, the two stacked planes 2/5
+MAIN_STRETCH, SIDE_STRETCH = 3, 2  # napari's canvas 3/5 of the width, the two stacked planes 2/5, where the canvases'
+# minimum sizes leave room (1920 x 1080: 725 and 483 px; 1366 x 768: 347 and 307 px)
 TIP = ("Show axial, coronal and sagittal side by side with a crosshair: a click in one view moves the other two "
        "to that point")
 
