@@ -7,10 +7,10 @@ along every boundary between two structures), zooms the main view in (``--zoom``
 ``viewer_uncertainty<suffix>.png``: the heat overlay in all three views at that region, the unsure volume and the
 list in Review.
 
-``--warning`` shows the suitability warning instead, as ``tests/make_screenshots.py --warning`` does (its
-``show_warning``: a CT with a long file name for the demo brain MR model, Advanced settings open), but in the viewer
-as ``tilewise`` opens it: ``viewer_warning<suffix>.png`` before the run, ``viewer_warning_done<suffix>.png`` with
-its result, whose Review keeps the warning.
+``--warning`` shows the suitability warning instead, as ``tests/make_screenshots.py --warning`` does, but in the
+viewer as ``tilewise`` opens it and on a CT that looks like one (a body with organs, from ``model_factory``, under
+a long file name) for the demo brain MR model: ``viewer_warning<suffix>.png`` before the run,
+``viewer_warning_done<suffix>.png`` with its result (``preview``), whose Review keeps the warning.
 
 openbox gives the window the screen's size (``tilewise`` shows it maximised); without a window manager, ``--size
 WIDTHxHEIGHT`` sizes it.
@@ -40,7 +40,7 @@ from tilewise.gui import contributions
 from tilewise.gui import widget as dock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_screenshots import show_warning
+import model_factory
 
 ESTIMATES_WAIT_MS = 60_000  # at most this long for the first fold to be timed before Run
 SETTLE_MS = 1500  # after the jump: the three views redraw the overlay at the region
@@ -79,7 +79,7 @@ def main() -> int:
         print(f"wrote {path} ({window.width()} x {window.height()})", flush=True)
 
     if args.warning:
-        show_warning(widget, save, application)
+        show_warning(widget, save, application, settings_file.parent)
     else:
         show_uncertainty(widget, save, application, args.preset, args.region, args.zoom)
     code = application.exec_()
@@ -132,6 +132,30 @@ def show_uncertainty(widget: dock.TilewiseWidget, save: Callable[[str], None], a
 
     widget.image_opened.connect(on_opened)
     widget.run_finished.connect(on_finished)
+
+
+def show_warning(widget: dock.TilewiseWidget, save: Callable[[str], None], application: QApplication,
+                 folder: Path) -> None:
+    """Open a CT with a long file name (written to ``folder``) for the demo brain MR model; save the warning, then the
+    result of a ``preview`` run."""
+    name = "patient_0001_CT_abdomen_portal_venous_phase_3mm_soft_tissue_kernel_B30f_series_0004.nii.gz"
+    case = model_factory.make_case(folder / name, "3d", shape=(64, 160, 192), spacing=(1.5, 1.5, 3.0), seed=3)
+    widget.settings_panel.select_preset("preview")
+
+    def warned(sentences: list) -> None:
+        if sentences:
+            QTimer.singleShot(500, lambda: (save("viewer_warning"), widget.start_run()))
+
+    def finished(outcome: str) -> None:
+        if outcome != "done":
+            print(f"the run ended: {outcome} ({widget.last_error})", file=sys.stderr)
+            application.exit(1)
+            return
+        QTimer.singleShot(800, lambda: (save("viewer_warning_done"), application.exit(0)))
+
+    widget.fit.found.connect(warned)
+    widget.run_finished.connect(finished)
+    widget.open_image(case)
 
 
 if __name__ == "__main__":
