@@ -82,7 +82,7 @@ def test_the_map_is_the_definition_on_the_probabilities_and_the_labels_do_not_ch
     assert inside.max() >= 50 and (inside == 0).any(), "the test case has certain and uncertain voxels"
 
 
-@pytest.mark.parametrize("heads", [2, 4, 105])
+@pytest.mark.parametrize("heads", [2, 4, 40, 105])
 @pytest.mark.parametrize("regions", [False, True])
 def test_the_map_from_logits_is_the_map_of_their_probabilities_on_cpu_and_gpu_paths(heads: int, regions: bool) -> None:
     generator = torch.Generator().manual_seed(heads)
