@@ -40,7 +40,18 @@ class ServerSettings:
 
 
 def usable_keyring() -> Any:
-    """The system keyring backend, or None when the ``keyring`` package or a usable backend is missing."""
+    """The system keyring backend, or None when the ``keyring`` package or a usable backend is missing.
+
+    The keyring package keeps exceptions from its first look at the backends, and with them the frames of whoever
+    asked; asking from a short thread of our own keeps those frames (and the panel in them) out of its memory."""
+    found: list[Any] = []
+    probe = threading.Thread(target=lambda: found.append(_system_keyring()), name="tilewise-keyring-probe")
+    probe.start()
+    probe.join()
+    return found[0] if found else None
+
+
+def _system_keyring() -> Any:
     try:
         import keyring
         from keyring.backends import fail
