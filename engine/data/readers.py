@@ -153,16 +153,17 @@ def _geometry_of(image: sitk.Image) -> Geometry:
 
 
 def _channels_of(image: sitk.Image, path: Path) -> np.ndarray:
+    """The image's voxels as (channels, z, y, x): a view of ITK's buffer, valid while ``image`` lives."""
     if image.GetDimension() not in (2, 3):
         raise InputError(path, f"{image.GetDimension()}D images are not supported; give one 2D or 3D file per channel")
-    array = sitk.GetArrayFromImage(image)
+    array = sitk.GetArrayViewFromImage(image)  # a view: a copy would hold the image twice until the float32 copy
     if image.GetNumberOfComponentsPerPixel() > 1:
         array = np.moveaxis(array, -1, 0)
     else:
         array = array[None]
     if image.GetDimension() == 2:
         array = array[:, None]
-    return array.astype(np.float32, copy=False)
+    return array
 
 
 def read_volume(paths: Path | str | Sequence[Path | str], series_uid: SeriesUid = None) -> Volume:
@@ -177,7 +178,7 @@ def read_volume(paths: Path | str | Sequence[Path | str], series_uid: SeriesUid 
         raise InputError(None, "no input image given")
     if series_uid is not None and not any(is_dicom_input(p) for p in path_list):
         raise InputError(path_list[0], "a DICOM series UID was given, but this is no DICOM input")
-    channels: list[np.ndarray] = []
+    array: np.ndarray | None = None
     geometry: Geometry | None = None
     dicom_files: tuple[Path, ...] = ()
     unpacked: list[Path] = []
@@ -194,13 +195,16 @@ def read_volume(paths: Path | str | Sequence[Path | str], series_uid: SeriesUid 
             elif not np.allclose(this_geometry.spacing, geometry.spacing, rtol=1e-4):
                 raise InputError(path, f"spacing {this_geometry.spacing} differs from the first channel's "
                                        f"{geometry.spacing}")
-            channels.append(_channels_of(image, path))
+            view = _channels_of(image, path)
+            # filled channel by channel and each ITK image dropped at once: one float32 volume plus one input image
+            array = view.astype(np.float32) if array is None else np.concatenate([array, view], axis=0, dtype=np.float32)
+            del image, view
     except BaseException:
         for folder in unpacked:
             shutil.rmtree(folder, ignore_errors=True)
         raise
-    assert geometry is not None
-    volume = Volume(array=np.concatenate(channels, axis=0), geometry=geometry, sources=tuple(path_list),
+    assert geometry is not None and array is not None
+    volume = Volume(array=array, geometry=geometry, sources=tuple(path_list),
                     dicom_files=dicom_files)
     for folder in unpacked:  # dicom_files stay readable (for DICOM SEG references) while the Volume lives
         weakref.finalize(volume, shutil.rmtree, folder, ignore_errors=True)
