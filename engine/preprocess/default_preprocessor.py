@@ -27,7 +27,8 @@ import numpy as np
 from ..errors import InputError
 from ..model.bundle import ModelBundle
 from ..runtime.parallel import run_all, slabs
-from .spline_resize import resize_like_skimage
+from .normalised_crop import NormalisedCrop, cropped_nonzero, elementwise_normalisers, nonzero_box, nonzero_of
+from .spline_resize import resize_source, value_range
 
 _DATA_RESAMPLING = "resample_data_or_seg_to_shape"
 _MASK_FREE_NORMALISATIONS = {"ZScoreNormalization", "CTNormalization", "NoNormalization",
@@ -114,25 +115,64 @@ def _resample_separate_z(image: np.ndarray, new_shape: np.ndarray, axis: int, se
     return resized
 
 
-def _resample_data(data: np.ndarray, new_shape: np.ndarray, original_spacing: list[float],
+def _resample_data(image: NormalisedCrop, new_shape: np.ndarray, original_spacing: list[float],
                    target_spacing: list[float], settings: _DataResampling, threads: int) -> np.ndarray | None:
     """nnU-Net's ``resample_data_or_seg_to_shape`` of image data, or None where only nnU-Net's own call is exact."""
     from nnunetv2.preprocessing.resampling.default_resampling import determine_do_sep_z_and_axis
 
-    if tuple(data.shape[1:]) == tuple(int(s) for s in new_shape):
-        return data
+    shape = image.shape[1:]
+    if tuple(shape) == tuple(int(s) for s in new_shape):
+        return image.whole()
     separate_z, axis = determine_do_sep_z_and_axis(settings.force_separate_z, original_spacing, target_spacing,
                                                    settings.anisotropy_threshold)
     if not separate_z and settings.order == 0:
         return None
-    resampled = np.zeros((data.shape[0], *(int(s) for s in new_shape)), dtype=data.dtype)
-    for channel in range(data.shape[0]):
+    resampled = np.zeros((image.shape[0], *(int(s) for s in new_shape)), dtype=np.float32)
+    for channel in range(image.shape[0]):
         if separate_z:
-            image = data[channel].astype(float, copy=False)
-            resampled[channel] = _resample_separate_z(image, new_shape, int(axis), settings, threads)
-        else:  # converts to float64 as it pads
-            resampled[channel] = resize_like_skimage(data[channel], new_shape, settings.order, threads)
+            whole = image.channel(channel).astype(float, copy=False)
+            resampled[channel] = _resample_separate_z(whole, new_shape, int(axis), settings, threads)
+        else:  # converts to float64 as it pads, window by window
+            source = image.source(channel)
+            resampled[channel] = resize_source(source, shape, new_shape, settings.order, threads,
+                                               value_range(source, shape))  # type: ignore[arg-type]
     return resampled
+
+
+def _crop(image: np.ndarray, transpose: list[int], bundle: ModelBundle, with_mask: bool,
+          properties: dict[str, Any]) -> tuple[NormalisedCrop, np.ndarray | None]:
+    """nnU-Net's transpose, crop to the nonzero box and normalisation of ``image``, and its mask (int8, 0 inside,
+    -1 outside, holes filled; None unless ``with_mask`` or the normalisation reads it). A voxel-by-voxel
+    normalisation is applied as the resampler reads (no full-size copy); any other one as nnU-Net does."""
+    from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice, get_bbox_from_mask
+    from scipy.ndimage import binary_fill_holes
+
+    plans, manager = bundle.plans_manager, bundle.configuration_manager
+    intensities = plans.foreground_intensity_properties_per_channel
+    axes = [0, *[a + 1 for a in transpose]]
+    normalisers = elementwise_normalisers(manager, intensities)
+    needs_mask = with_mask or _needs_mask_for_normalisation(bundle)
+    if normalisers is not None:
+        view = image.transpose(axes)
+        bbox = nonzero_box(view)
+        cropped = view[(slice(None), *bounding_box_to_slice(bbox))]
+        nonzero = cropped_nonzero(cropped) if needs_mask else None
+    else:
+        data = image.astype(np.float32).transpose(axes)
+        full_mask = nonzero_of(data)
+        bbox = get_bbox_from_mask(full_mask)
+        crop = bounding_box_to_slice(bbox)
+        cropped, nonzero = data[(slice(None), *crop)], full_mask[crop] if needs_mask else None
+        del full_mask
+    properties["shape_before_cropping"] = tuple(int(image.shape[a]) for a in axes[1:])
+    properties["bbox_used_for_cropping"] = bbox
+    properties["shape_after_cropping_and_before_resampling"] = cropped.shape[1:]
+    seg = None if nonzero is None else np.where(binary_fill_holes(nonzero), np.int8(0), np.int8(-1))[None]
+    if normalisers is not None:
+        return NormalisedCrop(cropped, normalisers), seg
+    norm_mask = seg if seg is not None else np.broadcast_to(np.int8(0), (1, *cropped.shape[1:]))
+    normalised = manager.preprocessor_class(verbose=False)._normalize(cropped, norm_mask, manager, intensities)
+    return NormalisedCrop(normalised, None), seg
 
 
 def run_default_preprocessing(image: np.ndarray, properties: dict[str, Any], bundle: ModelBundle,
@@ -145,49 +185,28 @@ def run_default_preprocessing(image: np.ndarray, properties: dict[str, Any], bun
     :class:`~tilewise.engine.errors.InputError` naming ``source`` if the image's nonzero region is smaller than one
     voxel at the model's spacing (nnU-Net fails there with a numpy error).
     """
-    from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice, get_bbox_from_mask
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
-    from scipy.ndimage import binary_fill_holes
 
-    plans, manager = bundle.plans_manager, bundle.configuration_manager
+    manager = bundle.configuration_manager
     settings = _data_resampling(bundle)
     if settings is None:
         raise ValueError(f"{bundle.path}: its plans need nnU-Net's own preprocessor")
-    transpose = [int(a) for a in plans.transpose_forward]
-    data = image.astype(np.float32).transpose([0, *[a + 1 for a in transpose]])
+    transpose = [int(a) for a in bundle.plans_manager.transpose_forward]
     original_spacing = [properties["spacing"][a] for a in transpose]
-    properties["shape_before_cropping"] = data.shape[1:]
-
-    nonzero = data[0] != 0
-    for channel in range(1, data.shape[0]):
-        nonzero |= data[channel] != 0
-    bbox = get_bbox_from_mask(nonzero)
-    crop = bounding_box_to_slice(bbox)
-    data = data[(slice(None), *crop)]
-    properties["bbox_used_for_cropping"] = bbox
-    properties["shape_after_cropping_and_before_resampling"] = data.shape[1:]
-
-    seg = None
-    if with_mask or _needs_mask_for_normalisation(bundle):
-        filled = binary_fill_holes(nonzero[crop])
-        seg = np.where(filled, np.int8(0), np.int8(-1))[None]
-    del nonzero
+    data, seg = _crop(image, transpose, bundle, with_mask, properties)
+    shape = data.shape[1:]
 
     target_spacing = list(manager.spacing)
-    if len(target_spacing) < len(data.shape[1:]):
+    if len(target_spacing) < len(shape):
         target_spacing = [original_spacing[0], *target_spacing]
-    new_shape = compute_new_shape(data.shape[1:], original_spacing, target_spacing)
+    new_shape = compute_new_shape(shape, original_spacing, target_spacing)
     if min(int(s) for s in new_shape) < 1:
-        shape = " x ".join(str(int(s)) for s in data.shape[1:])
-        raise InputError(source, f"its nonzero region ({shape} voxels) is less than one voxel wide at the model's "
-                                 f"spacing {' x '.join(f'{t:g}' for t in target_spacing)} mm")
-    norm_mask = seg if seg is not None else np.broadcast_to(np.int8(0), (1, *data.shape[1:]))
-    data = manager.preprocessor_class(verbose=False)._normalize(
-        data, norm_mask, manager, plans.foreground_intensity_properties_per_channel)
-
+        shape_text = " x ".join(str(int(s)) for s in shape)
+        raise InputError(source, f"its nonzero region ({shape_text} voxels) is less than one voxel wide at the "
+                                 f"model's spacing {' x '.join(f'{t:g}' for t in target_spacing)} mm")
     resampled = _resample_data(data, new_shape, original_spacing, target_spacing, settings, threads)
     if resampled is None:
-        resampled = manager.resampling_fn_data(data, new_shape, original_spacing, target_spacing)
+        resampled = manager.resampling_fn_data(data.whole(), new_shape, original_spacing, target_spacing)
     if seg is not None and with_mask:
         seg = manager.resampling_fn_seg(seg, new_shape, original_spacing, target_spacing).astype(np.int8)
     return resampled, seg if with_mask else None, properties

@@ -9,6 +9,12 @@ does the same arithmetic in slabs on a thread pool (scipy's ndimage releases the
    matrix, the same C routine ``zoom`` uses);
 4. clip to the input's range, as ``resize`` does.
 
+Holding the padded float64 coefficients of a whole CT would take twice the float32 image (3.3 GB for 512 x 512 x
+1,500 voxels), so they live in memory that takes pages only once written, and are made window by window of output
+rows: each window's rows of the z-prefilter are computed from whole z-lines, block by block of y (the z-prefilter is
+recomputed once per window: same inputs, same numbers), then filtered along y and x and interpolated, and the rows
+no later window needs are handed back to the system. Every coefficient and output voxel is computed as before.
+
 Each line of coefficients and each output voxel is computed by the same scipy routines with the same inputs as in
 a single ``zoom`` call; only the sample coordinates are formed as ``o * scale + offset`` instead of
 ``(o + 0.5) * scale - 0.5``, which moves results by about 1e-15. After the cast to float32 that nnU-Net applies,
@@ -16,7 +22,8 @@ a few voxels can differ by one rounding step (seen with order 1; at most 1.2e-7 
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import mmap
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -26,38 +33,150 @@ from ..runtime.parallel import SLABS_PER_THREAD, run_all, slabs
 
 _PAD = 12
 """Edge padding before the spline prefilter; scipy's ``_prepad_for_spline_filter`` uses 12 for 'nearest'."""
+WINDOW_BYTES = 256 * 2**20
+"""Float64 coefficient rows made at a time (at least one slab of output rows' worth)."""
+_BLOCK_BYTES = 32 * 2**20
+"""One job's block of whole padded z-lines while the z-prefilter runs."""
+
+Source = Callable[[tuple[slice, slice, slice]], np.ndarray]
+"""``source(box)``: the image's voxels in ``box`` (any float type), e.g. ``image.__getitem__``."""
 
 
-def _edge_padded(image: np.ndarray, pool: ThreadPoolExecutor, parts: int) -> np.ndarray:
-    """``np.pad(image, 12, mode='edge')`` as float64, filled slab by slab."""
-    padded = np.empty(tuple(s + 2 * _PAD for s in image.shape), dtype=np.float64)
-    p = _PAD
+class _LazyRows:
+    """A float64 array whose pages take memory only once written; :meth:`release` hands leading rows back."""
 
-    def fill(start: int, stop: int) -> None:
-        rows = padded[p + start:p + stop]
-        rows[:, p:-p, p:-p] = image[start:stop]
-        rows[:, :p, p:-p] = image[start:stop, :1, :]
-        rows[:, -p:, p:-p] = image[start:stop, -1:, :]
-        rows[:, :, :p] = rows[:, :, p:p + 1]
-        rows[:, :, -p:] = rows[:, :, -p - 1:-p]
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        nbytes = max(1, int(np.prod(shape)) * 8)
+        private = getattr(mmap, "MAP_PRIVATE", None)
+        if private is None or not hasattr(mmap, "MADV_DONTNEED"):  # Windows: a plain array, nothing handed back
+            self._buffer: mmap.mmap | None = None
+            self.array = np.empty(shape, dtype=np.float64)
+            return
+        self._buffer = mmap.mmap(-1, nbytes, flags=private | mmap.MAP_ANONYMOUS)
+        self.array = np.frombuffer(self._buffer, dtype=np.float64, count=int(np.prod(shape))).reshape(shape)
 
-    run_all(pool, [lambda a=a, b=b: fill(a, b) for a, b in slabs(image.shape[0], parts)])
-    padded[:p] = padded[p:p + 1]
-    padded[-p:] = padded[-p - 1:-p]
-    return padded
+    def release(self, rows: int) -> None:
+        """Give the memory of rows ``:rows`` back (they read as zeros afterwards)."""
+        if self._buffer is None or rows <= 0:
+            return
+        length = rows * self.array[0].nbytes // mmap.PAGESIZE * mmap.PAGESIZE
+        if length:
+            self._buffer.madvise(mmap.MADV_DONTNEED, 0, length)
 
 
-def _prefilter(padded: np.ndarray, order: int, pool: ThreadPoolExecutor, parts: int) -> None:
-    """scipy's ``spline_filter(mode='nearest')`` in place: per axis, slabs of lines along another axis in parallel."""
-    for axis in range(padded.ndim):
-        across = 1 if axis == 0 else 0
-        jobs = []
-        for start, stop in slabs(padded.shape[across], parts):
-            index: list[slice] = [slice(None)] * padded.ndim
-            index[across] = slice(start, stop)
-            view = padded[tuple(index)]
-            jobs.append(lambda v=view, a=axis: ndimage.spline_filter1d(v, order, axis=a, output=v, mode="nearest"))
+def _axis_index(length: int, start: int, stop: int, pad: int) -> np.ndarray:
+    """Indices into an axis of ``length`` voxels that give padded positions ``start:stop`` with edge padding."""
+    return np.clip(np.arange(start, stop) - pad, 0, length - 1)
+
+
+def _padded_z_block(source: Source, shape: tuple[int, int, int], y_start: int, y_stop: int) -> np.ndarray:
+    """``np.pad(image, 12, mode='edge')[:, y_start:y_stop]`` as float64 (padded y indices)."""
+    y = _axis_index(shape[1], y_start, y_stop, _PAD)
+    block = np.asarray(source((slice(None), slice(int(y[0]), int(y[-1]) + 1), slice(None))))
+    block = block[:, y - y[0]]
+    return np.pad(block.astype(np.float64), ((_PAD, _PAD), (0, 0), (_PAD, _PAD)), mode="edge")
+
+
+def _needed_rows(start: int, stop: int, scale: float, offset: float, order: int, length: int) -> tuple[int, int]:
+    """Coefficient rows that output rows ``start:stop`` read (with a margin), for the given z scale and offset."""
+    low = offset + start * scale
+    high = offset + (stop - 1) * scale
+    return max(int(np.floor(low)) - order - 1, 0), min(int(np.floor(high)) + order + 2, length)
+
+
+def _windows(row_slabs: list[tuple[int, int]], need: Callable[[int, int], tuple[int, int]],
+             row_bytes: int) -> list[tuple[list[tuple[int, int]], int, int]]:
+    """Consecutive output slabs grouped so that each group's coefficient rows fit :data:`WINDOW_BYTES` (or hold
+    one slab): (slabs, first row, stop row)."""
+    groups: list[tuple[list[tuple[int, int]], int, int]] = []
+    for slab in row_slabs:
+        low, high = need(*slab)
+        if groups and (high - groups[-1][1]) * row_bytes <= WINDOW_BYTES:
+            members, first, _ = groups[-1]
+            groups[-1] = ([*members, slab], first, high)
+        else:
+            groups.append(([slab], low, high))
+    return groups
+
+
+def value_range(source: Source, shape: tuple[int, int, int]) -> tuple[np.floating, np.floating]:
+    """``(image.min(), image.max())``, or the nan-ignoring pair where the image holds NaN, read slab by slab."""
+    parts = -(-int(np.prod(shape)) * 8 // _BLOCK_BYTES)
+    row_slabs = slabs(shape[0], parts)
+
+    def blocks() -> Iterator[np.ndarray]:
+        return (np.asarray(source((slice(a, b), slice(None), slice(None)))) for a, b in row_slabs)
+
+    lows, highs = zip(*((block.min(), block.max()) for block in blocks()))
+    if np.isnan(np.min(lows)):
+        lows, highs = zip(*((np.nanmin(block), np.nanmax(block)) for block in blocks()))
+        return np.nanmin(lows), np.nanmax(highs)
+    return np.min(lows), np.max(highs)
+
+
+def _coefficient_rows(coefficients: np.ndarray, source: Source, shape: tuple[int, int, int], order: int,
+                      rows: tuple[int, int], pool: ThreadPoolExecutor, parts: int) -> None:
+    """Make rows ``rows`` of the spline coefficients of the edge-padded image (``order`` > 1): scipy's
+    ``spline_filter(mode='nearest')``, the z-pass on whole z-lines block by block of y, then y and x on the rows."""
+    first, stop = rows
+    padded_y = coefficients.shape[1]
+    y_parts = max(parts, -(-coefficients.shape[0] * padded_y * coefficients.shape[2] * 8 // _BLOCK_BYTES))
+
+    def z_pass(y_start: int, y_stop: int) -> None:
+        block = _padded_z_block(source, shape, y_start, y_stop)
+        ndimage.spline_filter1d(block, order, axis=0, output=block, mode="nearest")
+        coefficients[first:stop, y_start:y_stop] = block[first:stop]
+
+    run_all(pool, [lambda a=a, b=b: z_pass(a, b) for a, b in slabs(padded_y, y_parts)])
+    window = coefficients[first:stop]
+    for axis in (1, 2):
+        jobs = [lambda v=window[a:b], ax=axis: ndimage.spline_filter1d(v, order, axis=ax, output=v, mode="nearest")
+                for a, b in slabs(window.shape[0], parts)]
         run_all(pool, jobs)
+
+
+def _plain_rows(coefficients: np.ndarray, source: Source, rows: tuple[int, int]) -> None:
+    """Rows ``rows`` of the image as float64 (order 1 interpolates the image itself)."""
+    coefficients[rows[0]:rows[1]] = source((slice(*rows), slice(None), slice(None)))
+
+
+def resize_source(source: Source, shape: Sequence[int], new_shape: Sequence[int], order: int, threads: int,
+                  clip_range: tuple[np.floating, np.floating]) -> np.ndarray:
+    """:func:`resize_like_skimage` of the image of ``shape`` that ``source`` gives, clipped to ``clip_range`` (the
+    image's range), holding about :data:`WINDOW_BYTES` of coefficients at a time."""
+    shape3 = tuple(int(s) for s in shape)
+    new_shape = tuple(int(s) for s in new_shape)
+    scale = np.array([i / o for i, o in zip(shape3, new_shape)], dtype=np.float64)
+    pad = _PAD if order > 1 else 0
+    store = _LazyRows(tuple(s + 2 * pad for s in shape3))
+    coefficients = store.array
+    parts = max(1, threads) * SLABS_PER_THREAD
+    resized = np.empty(new_shape, dtype=np.float64)
+    base = 0.5 * scale - 0.5 + pad
+
+    def interpolate(start: int, stop: int) -> None:
+        offset = base.copy()
+        offset[0] += start * scale[0]
+        ndimage.affine_transform(coefficients, scale, offset=offset, output_shape=(stop - start, *new_shape[1:]),
+                                 output=resized[start:stop], order=order, mode="nearest", prefilter=False)
+
+    def need(start: int, stop: int) -> tuple[int, int]:
+        return _needed_rows(start, stop, float(scale[0]), float(base[0]), order, coefficients.shape[0])
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for members, first, stop in _windows(slabs(new_shape[0], parts), need, coefficients[0].nbytes):
+            store.release(first)  # no later window reads rows before this one's first
+            rows = (max(first, done), stop)
+            if rows[1] > rows[0]:
+                if order > 1:
+                    _coefficient_rows(coefficients, source, shape3, order, rows, pool, parts)
+                else:
+                    _plain_rows(coefficients, source, rows)
+                done = rows[1]
+            run_all(pool, [lambda a=a, b=b: interpolate(a, b) for a, b in members])
+    np.clip(resized, *clip_range, out=resized)
+    return resized
 
 
 def resize_like_skimage(image: np.ndarray, new_shape: Sequence[int], order: int, threads: int) -> np.ndarray:
@@ -71,27 +190,7 @@ def resize_like_skimage(image: np.ndarray, new_shape: Sequence[int], order: int,
         raise ValueError(f"expected a 3-D image, got shape {image.shape}")
     if not 1 <= order <= 5:
         raise ValueError(f"spline order must be 1 to 5, got {order}")
-    new_shape = tuple(int(s) for s in new_shape)
-    scale = np.array([i / o for i, o in zip(image.shape, new_shape)], dtype=np.float64)
-    parts = max(1, threads) * SLABS_PER_THREAD
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        if order > 1:
-            coefficients = _edge_padded(image, pool, parts)
-            _prefilter(coefficients, order, pool, parts)
-            pad = _PAD
-        else:
-            coefficients, pad = np.asarray(image, dtype=np.float64), 0
-        resized = np.empty(new_shape, dtype=np.float64)
-
-        def interpolate(start: int, stop: int) -> None:
-            offset = 0.5 * scale - 0.5 + pad
-            offset[0] += start * scale[0]
-            ndimage.affine_transform(coefficients, scale, offset=offset, output_shape=(stop - start, *new_shape[1:]),
-                                     output=resized[start:stop], order=order, mode="nearest", prefilter=False)
-
-        run_all(pool, [lambda a=a, b=b: interpolate(a, b) for a, b in slabs(new_shape[0], parts)])
     low, high = image.min(), image.max()
     if np.isnan(low):
         low, high = np.nanmin(image), np.nanmax(image)
-    np.clip(resized, low, high, out=resized)
-    return resized
+    return resize_source(image.__getitem__, image.shape, new_shape, order, threads, (low, high))
