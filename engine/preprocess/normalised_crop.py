@@ -17,7 +17,7 @@ from .spline_resize import Source
 
 ELEMENTWISE_SCHEMES = frozenset({"CTNormalization", "NoNormalization"})
 """nnU-Net normalisations that map each voxel on its own with numbers fixed by the plans."""
-_SLAB_BYTES = 64 * 2**20
+_SLAB_BYTES = 16 * 2**20
 """Float32 bytes of input read at a time while looking for the nonzero box, the mask or a normalised copy."""
 
 

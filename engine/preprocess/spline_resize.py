@@ -33,9 +33,9 @@ from ..runtime.parallel import SLABS_PER_THREAD, run_all, slabs
 
 _PAD = 12
 """Edge padding before the spline prefilter; scipy's ``_prepad_for_spline_filter`` uses 12 for 'nearest'."""
-WINDOW_BYTES = 256 * 2**20
+WINDOW_BYTES = 128 * 2**20
 """Float64 coefficient rows made at a time (at least one slab of output rows' worth)."""
-_BLOCK_BYTES = 32 * 2**20
+_BLOCK_BYTES = 8 * 2**20
 """One job's block of whole padded z-lines while the z-prefilter runs."""
 
 Source = Callable[[tuple[slice, slice, slice]], np.ndarray]
@@ -71,10 +71,16 @@ def _axis_index(length: int, start: int, stop: int, pad: int) -> np.ndarray:
 
 def _padded_z_block(source: Source, shape: tuple[int, int, int], y_start: int, y_stop: int) -> np.ndarray:
     """``np.pad(image, 12, mode='edge')[:, y_start:y_stop]`` as float64 (padded y indices)."""
-    y = _axis_index(shape[1], y_start, y_stop, _PAD)
+    p = _PAD
+    y = _axis_index(shape[1], y_start, y_stop, p)
     block = np.asarray(source((slice(None), slice(int(y[0]), int(y[-1]) + 1), slice(None))))
-    block = block[:, y - y[0]]
-    return np.pad(block.astype(np.float64), ((_PAD, _PAD), (0, 0), (_PAD, _PAD)), mode="edge")
+    padded = np.empty((shape[0] + 2 * p, y.size, shape[2] + 2 * p), dtype=np.float64)
+    padded[p:-p, :, p:-p] = block[:, y - y[0]]
+    padded[:p] = padded[p:p + 1]
+    padded[-p:] = padded[-p - 1:-p]
+    padded[:, :, :p] = padded[:, :, p:p + 1]
+    padded[:, :, -p:] = padded[:, :, -p - 1:-p]
+    return padded
 
 
 def _needed_rows(start: int, stop: int, scale: float, offset: float, order: int, length: int) -> tuple[int, int]:
