@@ -130,7 +130,7 @@ def _resample_data(image: NormalisedCrop, new_shape: np.ndarray, original_spacin
     resampled = np.zeros((image.shape[0], *(int(s) for s in new_shape)), dtype=np.float32)
     for channel in range(image.shape[0]):
         if separate_z:
-            whole = image.channel(channel).astype(float, copy=False)
+            whole = image.channel(channel, np.float64)
             resampled[channel] = _resample_separate_z(whole, new_shape, int(axis), settings, threads)
         else:  # converts to float64 as it pads, window by window
             source = image.source(channel)

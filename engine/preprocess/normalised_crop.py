@@ -100,16 +100,18 @@ class NormalisedCrop:
         """``channel``'s normalised voxels as a :data:`~.spline_resize.Source`."""
         return lambda box: self.block(channel, box)
 
-    def channel(self, channel: int) -> np.ndarray:
-        """All of ``channel``, normalised (float32)."""
-        return self.whole()[channel] if self.normalisers is None else self._filled([channel])[0]
+    def channel(self, channel: int, dtype: type = np.float32) -> np.ndarray:
+        """All of ``channel``, normalised, as ``dtype`` (float64 filled block by block: no float32 copy first)."""
+        if self.normalisers is None:
+            return self.cropped[channel].astype(dtype, copy=False)
+        return self._filled([channel], dtype)[0]
 
     def whole(self) -> np.ndarray:
         """All channels, normalised (float32)."""
-        return self.cropped if self.normalisers is None else self._filled(list(range(self.shape[0])))
+        return self.cropped if self.normalisers is None else self._filled(list(range(self.shape[0])), np.float32)
 
-    def _filled(self, channels: list[int]) -> np.ndarray:
-        out = np.empty((len(channels), *self.shape[1:]), dtype=np.float32)
+    def _filled(self, channels: list[int], dtype: type) -> np.ndarray:
+        out = np.empty((len(channels), *self.shape[1:]), dtype=dtype)
         for index, channel in enumerate(channels):
             for start, stop in _row_slabs(self.shape):
                 out[index, start:stop] = self.block(channel, (slice(start, stop), slice(None), slice(None)))
