@@ -169,7 +169,7 @@ def test_regions_largest_first_with_centres_inside_and_volumes_from_the_spacing(
     geometry = Geometry((40, 30, 20), (0.5, 2.0, 1.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     voxel_ml = 0.5 * 2.0 * 1.5 / 1000
 
-    regions = uncertain_regions(uncertainty, geometry, labels, min_volume_ml=0.0)
+    regions = uncertain_regions(uncertainty, geometry, labels, min_volume_ml=0.0, min_thickness=1)
 
     assert [r.voxels for r in regions] == [400, 64, 20, 2]
     assert [r.volume_ml for r in regions] == pytest.approx([n * voxel_ml for n in (400, 64, 20, 2)])
@@ -180,12 +180,33 @@ def test_regions_largest_first_with_centres_inside_and_volumes_from_the_spacing(
     assert regions[0].labels == (3, 0, 1)  # 200, 100 and 100 voxels: most frequent first, ties by value
     assert regions[0].mean_uncertainty == pytest.approx(80.0)
     assert regions[2].mean_uncertainty == pytest.approx(90.0)
-    assert [r.voxels for r in uncertain_regions(uncertainty, geometry, min_volume_ml=3 * voxel_ml)] == [400, 64, 20]
-    assert [r.voxels for r in uncertain_regions(uncertainty, geometry, limit=2)] == [400, 64]
-    assert uncertain_regions(uncertainty, geometry, threshold=95) == []
-    assert uncertain_regions(uncertainty, geometry)[0].labels == ()
+    thin_kept = {"min_thickness": 1}
+    assert [r.voxels for r in uncertain_regions(uncertainty, geometry, min_volume_ml=3 * voxel_ml, **thin_kept)] == [400, 64, 20]
+    assert [r.voxels for r in uncertain_regions(uncertainty, geometry, limit=2, **thin_kept)] == [400, 64]
+    assert uncertain_regions(uncertainty, geometry, threshold=95, **thin_kept) == []
+    assert uncertain_regions(uncertainty, geometry, **thin_kept)[0].labels == ()
     assert uncertain_volume_ml(uncertainty, geometry) == pytest.approx(486 * voxel_ml)
     assert uncertain_volume_ml(uncertainty, geometry, threshold=49) == pytest.approx(487 * voxel_ml)
+
+
+def test_regions_leave_out_thin_seams_along_boundaries_but_keep_blobs() -> None:
+    """A seam one or two voxels thick (the boundary between two structures) touching a blob: by default only the
+    blob is a region to check (the seam would join everything along the boundary into one region); the uncertain
+    volume still counts the seam."""
+    uncertainty = np.zeros((30, 40, 40), np.uint8)
+    uncertainty[:, 20, :] = 70  # a one-voxel seam across the whole image
+    uncertainty[:, 10:12, :] = 60  # a two-voxel one
+    blob = (slice(5, 11), slice(21, 27), slice(5, 11))
+    uncertainty[blob] = 90  # 6 x 6 x 6, touching the first seam
+    geometry = Geometry((40, 40, 30), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+    everything = uncertain_regions(uncertainty, geometry, min_volume_ml=0.0, min_thickness=1)
+    assert [r.voxels for r in everything] == [30 * 40 * 2, 30 * 40 + 6 * 6 * 6]  # the first seam holds the blob
+
+    (region,) = uncertain_regions(uncertainty, geometry, min_volume_ml=0.0)
+    assert all(s.start >= b.start - 1 and s.stop <= b.stop + 1 for s, b in zip(region.bbox, blob))
+    assert 4 * 4 * 4 < region.voxels <= 6 * 6 * 6 and uncertainty[region.centre] == 90
+    assert uncertain_volume_ml(uncertainty, geometry) == pytest.approx((30 * 40 * 3 + 6 * 6 * 6) / 1000)
 
 
 def test_predict_writes_the_map_with_the_inputs_geometry(ct_model: Path, tmp_path: Path, run_cli) -> None:

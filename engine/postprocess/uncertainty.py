@@ -158,11 +158,20 @@ class UncertainRegion:
 
 def uncertain_regions(uncertainty: np.ndarray, geometry: Geometry, labels: np.ndarray | None = None,
                       threshold: int = UNCERTAIN_THRESHOLD, min_volume_ml: float = 0.05,
-                      limit: int = 50) -> list[UncertainRegion]:
+                      limit: int = 50, min_thickness: int = 3) -> list[UncertainRegion]:
     """The connected regions (26-connected) of voxels with ``uncertainty >= threshold`` of at least
     ``min_volume_ml``, largest first, at most ``limit``; each with the labels present in it when ``labels`` (same
-    shape) is given."""
+    shape) is given.
+
+    With ``min_thickness`` 3 (the default) the voxels are first opened with the 6-neighbour cross, which drops bands
+    one or two voxels thick: the thin seam along every boundary between two structures, where a model is unsure by
+    nature and which joins into one region as large as the boundary (133 mL on the demo brain); what stays are the
+    blobs worth a look. 1 keeps every voxel. The uncertain volume (:func:`uncertain_volume_ml`) counts every voxel.
+    """
     mask = uncertainty >= threshold
+    if min_thickness >= 3:
+        cross = ndimage.generate_binary_structure(uncertainty.ndim, 1)
+        mask = ndimage.binary_opening(mask, structure=cross, iterations=(min_thickness - 1) // 2)
     structure = np.ones((3,) * uncertainty.ndim, dtype=bool)
     components, count = ndimage.label(mask, structure=structure)
     del mask
