@@ -33,7 +33,7 @@ from .runtime.memory_plan import MemoryBudget, MemoryPlan, Streaming, check_forw
 from .sliding.accumulators import Placement, placements
 from .sliding.empty_tiles import empty_tile_test
 from .sliding.runner import SlidingResult, SlidingWindowRunner, background_logits
-from .streaming_stage import STREAM_BY_DEFAULT, run_streaming, streaming_mode, with_window
+from .streaming_stage import run_streaming, streaming_mode, with_window
 
 
 class Predictor:
@@ -71,8 +71,9 @@ class Predictor:
         streaming: bool | None = None,
         on_load: LoadHandler | None = None,
     ) -> None:
-        self.streaming = STREAM_BY_DEFAULT if streaming is None else streaming
-        """Whether cases may run streaming (see :meth:`plan_case`); False: always the whole-volume sums."""
+        self.streaming = streaming
+        """Whether cases may run streaming (see :meth:`plan_case`): None, where the whole volume's sums do not fit;
+        True, wherever a window fits; False, always the whole-volume sums."""
         self._load_reporter = LoadReporter(on_load)
         with cancellable(cancel):  # loading and converting stop between folds when ``cancel`` is set
             self._load(model_dir, preset, device, folds, checkpoint_name, trust, nnunet_exact, run_previous_stage)

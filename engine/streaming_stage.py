@@ -22,19 +22,21 @@ from .runtime.memory_plan import JobSize, Streaming
 from .sliding.runner import SlidingResult, SlidingWindowRunner
 from .sliding.window import streaming_rows
 
-STREAM_BY_DEFAULT = False
-"""Whether a predictor streams (``Predictor(streaming=None)``): not yet, see :func:`streaming_mode`."""
-
-
-def streaming_mode(enabled: bool, with_probabilities: bool | None, focus: bool) -> str:
+def streaming_mode(enabled: bool | None, with_probabilities: bool | None, focus: bool) -> str:
     """How ``plan_case`` may plan streaming (tiles in nnU-Net's order, the sums in a window of slices, the export on
-    a second thread beside the tiles; :class:`~tilewise.engine.runtime.memory_plan.Streaming`): wherever it fits
-    when the caller says whether ``finish`` will want probabilities (``with_probabilities`` True or False) and no
-    slice priority will steer the tiles (``focus`` False); otherwise only where the whole volume's sums do not fit
-    (then ``finish`` gives probabilities only if ``with_probabilities`` said so). Never unless ``enabled``."""
-    if not enabled:
+    a second thread beside the tiles; :class:`~tilewise.engine.runtime.memory_plan.Streaming`).
+
+    ``enabled`` None (a predictor's default): only where the whole volume's float32 sums do not fit, rather than
+    summing in float16 or refusing; the labels are the same either way (both add every voxel's terms in nnU-Net's
+    order), and on a 2-core CPU the export thread beside the tiles is not faster (see the README). True: wherever
+    it fits when the caller says whether ``finish`` will want probabilities (``with_probabilities`` True or False)
+    and no slice priority will steer the tiles (``focus`` False), otherwise as for None (then ``finish`` gives
+    probabilities only if ``with_probabilities`` said so). False: never."""
+    if enabled is False:
         return Streaming.NEVER
-    return Streaming.FALLBACK if with_probabilities is None or focus else Streaming.PREFER
+    if enabled is None or with_probabilities is None or focus:
+        return Streaming.FALLBACK
+    return Streaming.PREFER
 
 
 def run_streaming(bundle: ModelBundle, case: PreparedCase, prepared: Preprocessed, runner: SlidingWindowRunner,

@@ -19,6 +19,7 @@ from tilewise.engine.sliding.accumulators import Placement
 from tilewise.engine.sliding.plan import plan_tiles
 from tilewise.engine.sliding.runner import SlidingWindowRunner
 from tilewise.engine.sliding.window import SlabWindow, window_rows
+from tilewise.engine.streaming_stage import streaming_mode
 
 CPU = torch.device("cpu")
 
@@ -226,6 +227,17 @@ def test_the_plan_streams_where_the_whole_volume_does_not_fit_and_where_it_is_pr
         plan_memory(job, CPU, _FP, 10 * 10**9, 0, Streaming.NEVER)
     unstreamable = replace(job, window_voxels=0)
     assert not plan_memory(unstreamable, CPU, _FP, 200 * 10**9, 0, Streaming.PREFER).streaming
+
+
+def test_a_predictor_streams_by_default_only_where_the_whole_volume_does_not_fit() -> None:
+    """Predictor(streaming=None), the default: the whole-volume sums where they fit, a window where they do not
+    (rather than float16 sums or a refusal: the plan above); True prefers the window whenever the run allows it."""
+    assert streaming_mode(None, False, focus=False) == Streaming.FALLBACK
+    assert streaming_mode(None, True, focus=False) == Streaming.FALLBACK
+    assert streaming_mode(True, False, focus=False) == Streaming.PREFER
+    assert streaming_mode(True, None, focus=False) == Streaming.FALLBACK  # probabilities not known yet
+    assert streaming_mode(True, False, focus=True) == Streaming.FALLBACK  # the viewer's slice-first order
+    assert streaming_mode(False, False, focus=False) == Streaming.NEVER
 
 
 def test_a_refusal_names_the_window_too() -> None:
