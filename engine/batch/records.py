@@ -132,7 +132,7 @@ class CaseRun:
         if self.record.status == DONE and result is not None:
             self.record.tiles, self.record.forward_passes = result.tiles, result.forward_passes
             self.record.notes = list(result.notes)
-            if result.uncertainty is not None:
+            if self.stages.with_uncertainty and result.uncertainty is not None:  # a task's result has none
                 self.record.uncertain_volume_ml = round(uncertain_volume_ml(result.uncertainty, result.geometry), 3)
             self._fingerprint()
         if not self.ended:
