@@ -2,8 +2,7 @@
 
 ``xvfb-run -s "-screen 0 1366x768x24" sh -c "openbox & python tests/make_review_screenshots.py --uncertainty --suffix
 _1366x768"`` runs the demo model on the sample (``--preset``, default ``balanced``), ticks "Show where the model is
-unsure", clicks one of the regions to check (``--region``, default the second: the first is often the thin band
-along every boundary between two structures), zooms the main view in (``--zoom``) and saves
+unsure", clicks one of the regions to check (``--region``, default the first: the largest blob), zooms the main view in (``--zoom``) and saves
 ``viewer_uncertainty<suffix>.png``: the heat overlay in all three views at that region, the unsure volume and the
 list in Review.
 
@@ -53,7 +52,7 @@ def main() -> int:
     mode.add_argument("--uncertainty", action="store_true", help="the uncertainty overlay and the regions to check")
     mode.add_argument("--warning", action="store_true", help="the suitability warning on a CT")
     parser.add_argument("--preset", default="balanced", help="with --uncertainty: the preset of the run")
-    parser.add_argument("--region", type=int, default=2, help="with --uncertainty: the region to click (1: largest)")
+    parser.add_argument("--region", type=int, default=1, help="with --uncertainty: the region to click (1: largest)")
     parser.add_argument("--zoom", type=float, default=2.0, help="with --uncertainty: zoom the main view in")
     parser.add_argument("--size", help="window size WIDTHxHEIGHT instead of maximised (no window manager)")
     parser.add_argument("--suffix", default="", help="added to each file name, e.g. _1366x768")
