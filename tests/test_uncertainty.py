@@ -233,6 +233,12 @@ def test_predict_writes_the_map_with_the_inputs_geometry(ct_model: Path, tmp_pat
     report = json.loads((out / "report.json").read_text())["cases"][0]
     assert report["uncertain_volume_ml"] == pytest.approx(volume, abs=1e-3)
 
+    (out / "obl_uncertainty.nrrd").unlink()  # --continue_prediction redoes a case whose map is missing
+    code, _, err = run_cli(["predict", "-i", source, "-o", out, "-m", ct_model, *FAST, "--save_uncertainty",
+                            "--continue_prediction"])
+    assert code == 0, err
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "obl_uncertainty.nrrd"))), array)
+
 
 def test_batch_summary_gives_each_cases_uncertain_volume_and_resume_redoes_a_damaged_map(
         ct_model: Path, tmp_path: Path, run_cli) -> None:

@@ -87,8 +87,9 @@ def _predict(args: argparse.Namespace) -> int:
     predictor = Predictor(args.model, preset, device=args.device, folds=args.folds,
                           checkpoint_name=args.checkpoint, trust=args.trust_model, nnunet_exact=args.nnunet_exact,
                           run_previous_stage=args.prev_stage_predictions is None)
-    if args.continue_prediction:
-        cases = [c for c in cases if not c.output.exists()]
+    if args.continue_prediction:  # a case is done when its labels (and its uncertainty map, when asked) are there
+        cases = [c for c in cases if not all(path.exists() for path in [c.output, *uncertainty_paths([c],
+                                                                                              args.save_uncertainty)])]
     quiet = args.quiet
     show_bar = not quiet and not args.disable_progress_bar and sys.stderr.isatty()
     settings = predictor.settings
