@@ -176,6 +176,33 @@ def test_a_failing_case_is_recorded_and_the_others_run(tmp_path: Path, ct_model:
     assert leftovers(out) == []
 
 
+@pytest.mark.timeout(600)
+def test_a_case_whose_record_cannot_be_made_fails_alone_and_the_batch_ends(tmp_path: Path, ct_model: Path, run_cli,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected error while a finished case's record is made (on a writer thread) fails that case; before, the
+    writer thread died with it and the batch waited for ever."""
+    from tilewise.engine.batch import records
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    for seed, name in enumerate(("first", "second", "third")):
+        model_factory.make_case(folder / f"{name}_0000.nii.gz", "3d", shape=SMALL, seed=30 + seed)
+    real_fingerprints = records.fingerprints
+
+    def fingerprints(paths):
+        paths = list(paths)
+        if any(path.name.startswith("second") for path in paths):
+            raise ValueError("a record that cannot be made")
+        return real_fingerprints(paths)
+
+    monkeypatch.setattr(records, "fingerprints", fingerprints)
+    code, _, err = run_cli(["batch", "-i", folder, "-o", out, "-m", ct_model, *FAST, "--workers", "1"])
+
+    assert code != 0, err
+    found = {r["case"]: r for r in summary_of(out)["cases"]}
+    assert {case: r["status"] for case, r in found.items()} == {"first": "done", "second": "failed", "third": "done"}
+    assert "a record that cannot be made" in found["second"]["reason"] and "Traceback" not in err
+
+
 @pytest.mark.parametrize("num_parts", [1, 2, 3, 5])
 def test_sharding_is_nnunets_split(tmp_path: Path, num_parts: int) -> None:
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor

@@ -130,15 +130,22 @@ class CaseRun:
         """The record once every stage ran (status done, tiles, passes, notes)."""
         result = self.item.result
         if self.record.status == DONE and result is not None:
-            self.record.tiles, self.record.forward_passes = result.tiles, result.forward_passes
-            self.record.notes = list(result.notes)
-            if self.stages.with_uncertainty and result.uncertainty is not None:  # a task's result has none
-                self.record.uncertain_volume_ml = round(uncertain_volume_ml(result.uncertainty, result.geometry), 3)
-            self._fingerprint()
+            try:
+                self._summarise(result)
+            except Exception as error:  # noqa: BLE001 - a record that cannot be made fails its case, not the batch
+                self._end(FAILED, "write", failure_reason(error))  # (a writer thread that died would hang it)
         if not self.ended:
             self._end(self.record.status, self.record.stage, self.record.reason)
         self.item = InFlight(self.item.case)  # drop the volume, logits and labels
         return self.record
+
+    def _summarise(self, result: Any) -> None:
+        """Tiles, passes, notes, the uncertain volume and the outputs' fingerprints of a case that ran."""
+        self.record.tiles, self.record.forward_passes = result.tiles, result.forward_passes
+        self.record.notes = list(result.notes)
+        if self.stages.with_uncertainty and result.uncertainty is not None:  # a task's result has none
+            self.record.uncertain_volume_ml = round(uncertain_volume_ml(result.uncertainty, result.geometry), 3)
+        self._fingerprint()
 
     def _fingerprint(self) -> None:
         """Record each output's size and checksum, read back from the disk (a file that cannot be read fails)."""
