@@ -37,14 +37,19 @@ def no_first_fold_timing(monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo model's first-fold timing answers at once: a teardown would wait seconds for its thread."""
     quick_timing(monkeypatch)
 
-def test_long_names_plain_words_and_advanced_on_a_small_screen(gui, qtbot, tmp_path: Path) -> None:
-    viewer, widget = gui
+def on_a_small_screen_with_the_narrowest_dock(viewer, widget) -> None:
+    """The window as maximised on a 1366 x 768 screen, the Tilewise dock as narrow as it gets."""
     window = viewer.window._qt_window
     window.resize(*SMALL_SCREEN_WINDOW)
     dock = widget.parentWidget()
     while not isinstance(dock, QDockWidget):
         dock = dock.parentWidget()
-    window.resizeDocks([dock], [widget.minimumWidth()], Qt.Horizontal)  # as narrow as the dock gets
+    window.resizeDocks([dock], [widget.minimumWidth()], Qt.Horizontal)
+
+
+def test_long_names_plain_words_and_advanced_on_a_small_screen(gui, qtbot, tmp_path: Path) -> None:
+    viewer, widget = gui
+    on_a_small_screen_with_the_narrowest_dock(viewer, widget)
     [column] = widget.findChildren(StepColumn)
     widget.settings_panel.advanced.expand(animate=False)
     qtbot.wait(50)

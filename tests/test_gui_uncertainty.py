@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from gui_fixtures import docked_widget, open_image, quick_timing
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QDockWidget
-from test_gui_layout import SMALL_SCREEN_WINDOW, outside
+from test_gui_layout import on_a_small_screen_with_the_narrowest_dock, outside
 from tilewise.engine import UNCERTAIN_THRESHOLD, uncertain_regions, uncertain_volume_ml
 from tilewise.gui.controllers.uncertainty import OVERLAY_NAME, REGIONS_KEPT
 from tilewise.gui.panels.common import StepColumn
@@ -56,12 +54,7 @@ def _overlays(viewer: Any) -> list[Any]:
 
 def test_the_regions_to_check_are_the_engines_largest_first_and_a_click_goes_there(sample_open, qtbot) -> None:
     viewer, widget, image = sample_open
-    window = viewer.window._qt_window
-    window.resize(*SMALL_SCREEN_WINDOW)
-    dock = widget.parentWidget()
-    while not isinstance(dock, QDockWidget):
-        dock = dock.parentWidget()
-    window.resizeDocks([dock], [widget.minimumWidth()], Qt.Horizontal)  # as narrow as the dock gets
+    on_a_small_screen_with_the_narrowest_dock(viewer, widget)
     qtbot.wait(50)
     width = widget.width()
     panel = widget.regions
