@@ -40,8 +40,8 @@ from tilewise.gui import widget as dock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import model_factory
+from make_three_plane_screenshots import run_once_estimated
 
-ESTIMATES_WAIT_MS = 60_000  # at most this long for the first fold to be timed before Run
 SETTLE_MS = 1500  # after the jump: the three views redraw the overlay at the region
 
 
@@ -93,19 +93,6 @@ def show_uncertainty(widget: dock.TilewiseWidget, save: Callable[[str], None], a
     the main view in ``zoom`` times."""
     from tilewise.gui.panels.common import StepColumn
 
-    waited: list[int] = []
-
-    def when_estimated() -> None:
-        waited.append(200)
-        if widget.estimates.timer is None or sum(waited) >= ESTIMATES_WAIT_MS:
-            QTimer.singleShot(500, widget.start_run)
-        else:
-            QTimer.singleShot(200, when_estimated)
-
-    def on_opened(_layers: list) -> None:
-        widget.settings_panel.select_preset(preset)
-        QTimer.singleShot(200, when_estimated)
-
     def on_finished(outcome: str) -> None:
         if outcome != "done":
             print(f"the run ended: {outcome} ({widget.last_error})", file=sys.stderr)
@@ -129,7 +116,7 @@ def show_uncertainty(widget: dock.TilewiseWidget, save: Callable[[str], None], a
         camera.zoom = camera.zoom * zoom  # as the person looks closer: the unsure voxels are a few pixels wide
         QTimer.singleShot(SETTLE_MS, lambda: (save("viewer_uncertainty"), application.exit(0)))
 
-    widget.image_opened.connect(on_opened)
+    run_once_estimated(widget, preset)
     widget.run_finished.connect(on_finished)
 
 

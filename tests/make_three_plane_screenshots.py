@@ -31,6 +31,25 @@ from tilewise.gui import widget as dock
 ESTIMATES_WAIT_MS = 60_000  # at most this long for the first fold to be timed before Run
 
 
+def run_once_estimated(widget: dock.TilewiseWidget, preset: str) -> None:
+    """When the image has opened: choose ``preset``, wait for the first fold's timing (the estimates refined, at
+    most :data:`ESTIMATES_WAIT_MS`), then press Run."""
+    waited: list[int] = []
+
+    def when_estimated() -> None:
+        waited.append(200)
+        if widget.estimates.timer is None or sum(waited) >= ESTIMATES_WAIT_MS:
+            QTimer.singleShot(500, widget.start_run)
+        else:
+            QTimer.singleShot(200, when_estimated)
+
+    def on_opened(_layers: list) -> None:
+        widget.settings_panel.select_preset(preset)
+        QTimer.singleShot(200, when_estimated)
+
+    widget.image_opened.connect(on_opened)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "resources" / "screenshots")
@@ -73,20 +92,7 @@ def main() -> int:
             return
         application.exit(0)
 
-    waited: list[int] = []
-
-    def when_estimated() -> None:
-        waited.append(200)
-        if widget.estimates.timer is None or sum(waited) >= ESTIMATES_WAIT_MS:
-            QTimer.singleShot(500, widget.start_run)
-        else:
-            QTimer.singleShot(200, when_estimated)
-
-    def on_opened(layers: list) -> None:
-        widget.settings_panel.select_preset(args.preset)
-        QTimer.singleShot(200, when_estimated)
-
-    widget.image_opened.connect(on_opened)
+    run_once_estimated(widget, args.preset)
     widget.run_started.connect(lambda worker: worker.tile.connect(on_tile))
     widget.run_finished.connect(on_finished)
     code = application.exec_()
