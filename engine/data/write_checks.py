@@ -42,19 +42,19 @@ def voxel_bytes(image: sitk.Image) -> int:
     return image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel() * item
 
 
-def _check_header(path: Path, image: sitk.Image) -> None:
-    """Read ``path``'s header back and compare size, spacing and pixel type with ``image``."""
+def _check_header(path: Path, size: tuple[int, ...], spacing: tuple[float, ...], pixel_id: int) -> None:
+    """Read ``path``'s header back and compare its size, spacing and pixel type with those meant."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError:
         raise IncompleteFile("its header cannot be read back") from None
-    if tuple(reader.GetSize()) != tuple(image.GetSize()):
-        raise IncompleteFile(f"its header says size {reader.GetSize()}, not {image.GetSize()}")
-    if not np.allclose(reader.GetSpacing(), image.GetSpacing(), rtol=1e-5):
-        raise IncompleteFile(f"its header says spacing {reader.GetSpacing()}, not {image.GetSpacing()}")
-    if reader.GetPixelID() != image.GetPixelID():
+    if tuple(reader.GetSize()) != tuple(size):
+        raise IncompleteFile(f"its header says size {reader.GetSize()}, not {tuple(size)}")
+    if not np.allclose(reader.GetSpacing(), spacing, rtol=1e-5):
+        raise IncompleteFile(f"its header says spacing {reader.GetSpacing()}, not {tuple(spacing)}")
+    if reader.GetPixelID() != pixel_id:
         raise IncompleteFile("its header gives another pixel type")
 
 
@@ -184,9 +184,16 @@ def _check_metaimage(path: Path, data_bytes: int) -> None:
 def check_image_file(path: Path, image: sitk.Image) -> None:
     """Raise :class:`IncompleteFile` unless ``path`` holds all of ``image`` (header read back, data length and
     compressed streams checked: see the module's docstring)."""
-    _check_header(path, image)
+    check_image_file_meant(path, image.GetSize(), image.GetSpacing(), image.GetPixelID(), voxel_bytes(image))
+
+
+def check_image_file_meant(path: Path, size: tuple[int, ...], spacing: tuple[float, ...], pixel_id: int,
+                           data_bytes: int) -> None:
+    """:func:`check_image_file` without the image in memory (a file written slab by slab): raise
+    :class:`IncompleteFile` unless ``path``'s header gives ``size``, ``spacing`` and the SimpleITK ``pixel_id`` and
+    its data holds ``data_bytes`` bytes."""
+    _check_header(path, size, spacing, pixel_id)
     name = path.name.lower()
-    data_bytes = voxel_bytes(image)
     if name.endswith((".nii", ".nii.gz")):
         _check_nifti(path, data_bytes)
     elif name.endswith(".nrrd"):
