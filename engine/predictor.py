@@ -228,6 +228,8 @@ class Predictor:
         check_cancelled()
         if self.settings.skip_empty_tiles:
             case.skip_tile = empty_tile_test(case.prepared)
+        if self.bundle.previous_stage_name is None:  # no previous stage's labels to stack onto the image later
+            case.release_image()
         case.timings["preprocess"] = time.perf_counter() - started
         record_peak(case.peaks, "preprocess")
 

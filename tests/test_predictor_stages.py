@@ -87,3 +87,16 @@ def test_exact_mode_cases_are_unplanned_and_their_stages_still_run_in_order(ct_m
         predictor.finish(case)
     predictor.run_tiles(case)
     assert np.array_equal(predictor.finish(case).labels, predictor.predict(volumes[0]).labels)
+
+
+def test_prepare_lets_go_of_the_image_voxels_and_leaves_the_callers_volume_alone(
+        ct_model: Path, volumes: list[Volume]) -> None:
+    predictor = _predictor(ct_model)
+    original = volumes[0].array.copy()
+    case = predictor.prepare(volumes[0], budget=PLENTY)
+    held = case.volume.array
+    assert held.shape == original.shape and held.strides == (0,) * held.ndim, "no voxels held once preprocessed"
+    assert case.volume.geometry == volumes[0].geometry and case.volume.sources == volumes[0].sources
+    assert np.array_equal(volumes[0].array, original), "the caller's volume keeps its voxels"
+    predictor.run_tiles(case)
+    _assert_same(predictor.finish(case), predictor.predict(volumes[0]))
