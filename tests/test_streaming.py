@@ -223,6 +223,7 @@ def test_the_plan_streams_where_the_whole_volume_does_not_fit_and_where_it_is_pr
     assert plan_memory(job, CPU, _FP, 24 * 10**9, 0, Streaming.NEVER).placement_index == 1  # float16 sums
     preferred = plan_memory(job, CPU, _FP, 200 * 10**9, 0, Streaming.PREFER)
     assert preferred.streaming and not preferred.notes
+    assert preferred.slab_bytes <= 128 * 2**20 < roomy.slab_bytes, "a streaming export's slab is kept small"
     with pytest.raises(OutOfMemoryError):
         plan_memory(job, CPU, _FP, 10 * 10**9, 0, Streaming.NEVER)
     unstreamable = replace(job, window_voxels=0)

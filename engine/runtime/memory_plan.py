@@ -124,13 +124,20 @@ def plan_memory(job: JobSize, compute_device: torch.device, placements: list[tup
         per_voxel = torch.empty((), dtype=dtype).element_size()
         on_device = device.type != "cpu"
         for stream in _modes(job, streaming):
-            for slab in (MAX_SLAB_BYTES, 128 * 2**20, MIN_SLAB_BYTES):
+            for slab in _slab_sizes(stream):
                 host, dev = _stage_peaks(job, per_voxel, on_device and not on_cpu, slab, stream)
                 if on_cpu:
                     host, dev = max(host, dev), 0
                 if host <= host_budget and dev <= device_budget:
                     return MemoryPlan(index, slab, host, dev, _notes(index, dtype, on_device, stream, streaming), stream)
     raise _refusal(job, host_available, on_cpu)
+
+
+def _slab_sizes(stream: bool) -> tuple[int, ...]:
+    """Export slab sizes to try, largest first. A streaming run, planned to bound memory, starts at 128 MB: its slab
+    lives beside the tiles, and the export is as fast with 64 MB as with 512 MB slabs (measured on a 60-slice crop
+    of the 105-output model's CT: 9.5-10.8 s for each)."""
+    return (128 * 2**20, MIN_SLAB_BYTES) if stream else (MAX_SLAB_BYTES, 128 * 2**20, MIN_SLAB_BYTES)
 
 
 def _notes(index: int, dtype: torch.dtype, on_device: bool, stream: bool, streaming: str) -> list[str]:
