@@ -4,8 +4,9 @@ A streaming sliding window (:meth:`~tilewise.engine.sliding.runner.SlidingWindow
 its rows as they become final, first to last. :class:`StreamingExport` keeps the few it still needs (the
 resampler's halo: :meth:`~.resample.LogitResampler.input_rows`), resamples every output slab whose input rows have
 all arrived, and writes its labels (and probabilities, and the uncertainty map) through the same
-:class:`~.export.LabelSink` and :func:`~.export.slab_of` as the whole-volume export, while the next tiles run. After
-the last tile only the last slab is left to do.
+:class:`~.export.LabelSink` and :func:`~.export.slab_of` as the whole-volume export, while the next tiles run (on a
+CUDA device on a stream of its own: :mod:`~tilewise.engine.runtime.side_stream`). After the last tile only the last
+slab is left to do.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ..errors import OutOfMemoryError
 from ..events import check_cancelled
 from ..model.bundle import ModelBundle
 from ..runtime.memory import free_device_memory, is_out_of_memory
+from ..runtime.side_stream import Handoff, side_stream
 from .export import Exported, LabelSink, export_slab_rows, slab_of
 from .resample import LogitResampler
 
@@ -51,13 +53,14 @@ class StreamingExport:
         self.busy_seconds = 0.0
         """Seconds the export thread spent resampling and writing (overlapped with the tiles)."""
         self.notes: list[str] = []
-        self._held: torch.Tensor | None = None
-        self._held_first = 0
+        self._held: list[tuple[int, torch.Tensor]] = []
+        """Rows received and still needed, as (first unpadded row, rows) pieces in order: kept as received rather than
+        joined, since joining would copy them all at every release (the last release is the whole ring)."""
         self._next_out = 0
         self._on_host = False
         self._error: BaseException | None = None
         self._stop = threading.Event()
-        self._queue: queue.Queue[tuple[int, torch.Tensor] | None] = queue.Queue(maxsize=PENDING_UPDATES)
+        self._queue: queue.Queue[tuple[int, Handoff] | None] = queue.Queue(maxsize=PENDING_UPDATES)
         context = contextvars.copy_context()
         self._thread = threading.Thread(target=context.run, args=(self._work,), name="tilewise-export", daemon=True)
         self._thread.start()
@@ -65,10 +68,11 @@ class StreamingExport:
     def put(self, first_row: int, rows: torch.Tensor) -> None:
         """Final rows ``first_row``, ``first_row + 1``, ... of the padded network grid (heads, rows, y, x); waits
         while :data:`PENDING_UPDATES` are queued. Raises what the export thread raised."""
+        handoff = Handoff.of(rows)
         while True:
             self._raise_error()
             try:
-                self._queue.put((first_row, rows), timeout=0.1)
+                self._queue.put((first_row, handoff), timeout=0.1)
                 return
             except queue.Full:
                 continue
@@ -91,7 +95,7 @@ class StreamingExport:
             except queue.Full:
                 continue
         self._thread.join()
-        self._held = None
+        self._held = []
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -99,13 +103,16 @@ class StreamingExport:
 
     def _work(self) -> None:
         try:
-            with torch.inference_mode():
-                while (item := self._queue.get()) is not None:
+            item = self._queue.get()
+            device = item[1].tensor.device if item is not None else torch.device("cpu")
+            with torch.inference_mode(), side_stream(device):  # on CUDA, beside the tiles' stream
+                while item is not None:
                     if not self._stop.is_set():
                         started = time.perf_counter()
-                        self._take(*item)
+                        self._take(item[0], item[1].receive())
                         self.busy_seconds += time.perf_counter() - started
                     del item
+                    item = self._queue.get()
         except BaseException as error:  # noqa: BLE001 - handed to the sliding window's thread at its next put or at close
             self._error = error
             self._stop.set()
@@ -121,39 +128,48 @@ class StreamingExport:
         piece = rows[(slice(None), slice(low - first_row, high - first_row), *self.unpadded[1:])]
         if self._on_host:
             piece = piece.cpu()
-        if self._held is None:
-            self._held, self._held_first = piece, low - top
-        else:
-            self._held = torch.cat([self._held, piece], dim=1)
+        self._held.append((low - top, piece))
         self._export_ready()
 
+    def _held_end(self) -> int:
+        first, rows = self._held[-1]
+        return first + rows.shape[1]
+
+    def _rows(self, low: int, high: int) -> torch.Tensor:
+        """Held rows [low, high): a view where one piece holds them all, else a copy of just those rows."""
+        parts = []
+        for first, rows in self._held:
+            start, stop = max(low, first), min(high, first + rows.shape[1])
+            if start < stop:
+                parts.append(rows[:, start - first:stop - first])
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
     def _export_ready(self) -> None:
-        assert self._held is not None
-        ready = self.resampler.rows_ready(self._held_first + self._held.shape[1])
+        ready = self.resampler.rows_ready(self._held_end())
         while self._next_out < ready:
             if self._stop.is_set():
                 return
             stop = min(ready, self._next_out + self.max_rows)
             self._write(self._next_out, stop)
             self._next_out = stop
-        if self._next_out < self.resampler.out_shape[0]:  # drop the rows no later slab reads
+        if self._next_out < self.resampler.out_shape[0]:  # drop the pieces no later slab reads
             keep = self.resampler.input_rows(self._next_out, self._next_out + 1)[0]
-            self._held, self._held_first = self._held[:, keep - self._held_first:], keep
+            self._held = [(first, rows) for first, rows in self._held if first + rows.shape[1] > keep]
 
     def _write(self, start: int, stop: int) -> None:
         """One slab; when device memory runs out, the held rows move to the host and it runs again there."""
         check_cancelled()
-        assert self._held is not None
+        low, high = self.resampler.input_rows(start, stop)
         try:
-            self.sink.write(slab_of(self.resampler, self._held, start, stop, self._held_first))
+            self.sink.write(slab_of(self.resampler, self._rows(low, high), start, stop, low))
         except (RuntimeError, MemoryError) as error:
             if not is_out_of_memory(error):
                 raise
             if self._on_host:
                 raise OutOfMemoryError("export", "out of memory while writing labels on the input grid; close "
                                                  "other programs or use a machine with more memory") from None
-            device = self._held.device
-            self._held, self._on_host = self._held.cpu(), True
+            device = self._held[0][1].device
+            self._held, self._on_host = [(first, rows.cpu()) for first, rows in self._held], True
             free_device_memory(device)
             self.notes.append("device memory ran out during export: resampled on the host instead")
-            self.sink.write(slab_of(self.resampler, self._held, start, stop, self._held_first))
+            self.sink.write(slab_of(self.resampler, self._rows(low, high), start, stop, low))
