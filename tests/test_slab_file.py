@@ -169,6 +169,15 @@ def test_a_uint8_slab_goes_into_a_uint16_file(tmp_path: Path) -> None:
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "seg.mha"))), labels)
 
 
+def test_an_empty_slab_adds_nothing(tmp_path: Path) -> None:
+    labels = organ_labels()
+    with SlabLabelFile(tmp_path / "seg.nii.gz", GEOMETRY, np.uint8, SHAPE) as out:
+        out.write(labels[:0])  # e.g. no rows above nnU-Net's crop
+        out.write(labels)
+        out.write(labels[SHAPE[0]:])
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "seg.nii.gz"))), labels)
+
+
 @pytest.mark.parametrize("suffix", FORMATS)
 def test_abort_and_an_exception_in_the_block_leave_nothing(tmp_path: Path, suffix: str) -> None:
     labels = organ_labels()

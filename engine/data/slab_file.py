@@ -219,6 +219,8 @@ class SlabLabelFile(AbstractContextManager):
         if not np.can_cast(slab.dtype, self.dtype, "safe"):
             self.abort()
             raise ValueError(f"a {slab.dtype} slab does not fit a {self.dtype} label file")
+        if slab.shape[0] == 0:  # e.g. no rows above nnU-Net's crop: nothing to add
+            return
         try:
             self._emit(memoryview(np.ascontiguousarray(slab, self.dtype)).cast("B"))
         except OSError as error:
