@@ -362,6 +362,7 @@ class Predictor:
         prepared = case.prepared
         assert prepared is not None
         if not reads_like_simpleitk(self.reader):  # back from the model reader's voxel order to the volume's
+            assert labels is not None, "label files are written slab by slab only for SimpleITK's voxel order"
             labels = labels_in_volume_order(labels, prepared.properties, self.reader, case.volume.shape)
             if uncertainty is not None:
                 uncertainty = labels_in_volume_order(uncertainty, prepared.properties, self.reader, case.volume.shape)
@@ -372,7 +373,7 @@ class Predictor:
             labels=labels, geometry=case.volume.geometry, probabilities=probabilities, properties=prepared.properties,
             timings={"load": self.load_seconds, "convert": self.convert_seconds, **case.timings}, tiles=tiles,
             forward_passes=passes, tiles_skipped=skipped, notes=notes, peak_rss_mb=dict(case.peaks),
-            uncertainty=uncertainty,
+            uncertainty=uncertainty, labels_file=exported.labels_file,
         )
 
     def plan_memory(self, volume: Volume, order: list[Placement] | None = None,

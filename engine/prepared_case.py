@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,6 +43,10 @@ class PreparedCase:
     """Whether a streaming case's export writes probabilities too (planned with them)."""
     with_uncertainty: bool = False
     """Whether the case was planned with the uncertainty map (a streaming case's export computes it only then)."""
+    labels_path: Path | None = None
+    """A streaming case's label file: its export writes the labels there slab by slab and publishes the file whole,
+    instead of holding them (the result's ``labels`` is then None); set by ``tilewise predict`` and ``batch`` where
+    :func:`~.streaming_stage.writes_labels_slab_wise` allows."""
     tiles: int = 0
     forward_passes: int = 0
     tiles_skipped: int = 0

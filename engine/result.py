@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,8 @@ from .data.volume import Geometry
 class Result:
     """Labels on the input grid (z, y, x) with the input's geometry, plus what the run cost."""
 
-    labels: np.ndarray
+    labels: np.ndarray | None
+    """None when the labels went straight to a file slab by slab (:attr:`labels_file`)."""
     geometry: Geometry
     probabilities: np.ndarray | None
     properties: dict[str, Any]
@@ -34,6 +36,9 @@ class Result:
     """When asked for (``with_uncertainty``): how unsure the model is at each voxel, uint8 percent on the input grid
     (z, y, x, like :attr:`labels`): 0 = certain, 100 = the two most likely classes tie (see
     :mod:`~tilewise.engine.postprocess.uncertainty`); 0 outside nnU-Net's crop."""
+    labels_file: Path | None = None
+    """The label file a streaming case's export wrote slab by slab and published whole (``PreparedCase.labels_path``,
+    set by ``tilewise predict`` and ``batch``); :attr:`labels` is then None."""
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
+from .data.slab_file import writes_slab_wise
 from .data.volume import Volume
 from .errors import TilewiseError
 from .events import EventHandler
@@ -48,8 +50,9 @@ def run_streaming(bundle: ModelBundle, case: PreparedCase, prepared: Preprocesse
     unpadded = prepared.unpadded
     resampler = crop_resampler(bundle, prepared.properties, tuple(s.stop - s.start for s in unpadded))
     assert resampler is not None, "streaming is planned only for slab-wise resampling rules"
+    labels_file = None if case.labels_path is None else (case.labels_path, case.volume.geometry)
     export = StreamingExport(bundle, prepared.properties, unpadded, resampler, case.with_probabilities,
-                             case.plan.slab_bytes, case.with_uncertainty)
+                             case.plan.slab_bytes, case.with_uncertainty, labels_file)
     try:
         run = runner.run_streaming(prepared.data, prepared.mapper, export.put, on_event, provisional_labels)
     except BaseException:
@@ -83,7 +86,17 @@ def finish_streaming(case: PreparedCase, with_probabilities: bool, device: torch
     case.timings["export"] = time.perf_counter() - started
     record_peak(case.peaks, "export")
     return Exported(exported.labels, exported.probabilities if with_probabilities else None,
-                    exported.uncertainty if with_uncertainty else None)
+                    exported.uncertainty if with_uncertainty else None, exported.labels_file)
+
+
+def writes_labels_slab_wise(bundle: ModelBundle, reader_like_simpleitk: bool, case: PreparedCase, path: Path) -> bool:
+    """Whether ``case``'s labels can go to ``path`` slab by slab as its export makes them (``case.labels_path``): a
+    streaming case, a file format :class:`~.data.slab_file.SlabLabelFile` writes, and a model whose export rows are
+    the file's slices (no transpose, read as SimpleITK reads)."""
+    identity = list(range(len(bundle.plans_manager.transpose_forward)))
+    return (case.plan is not None and case.plan.streaming and reader_like_simpleitk
+            and list(bundle.plans_manager.transpose_forward) == identity
+            and writes_slab_wise(path, case.volume.geometry))
 
 
 def with_window(job: JobSize, bundle: ModelBundle, volume: Volume, tile_step: float, batch_size: int) -> JobSize:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..data.cases import Case
 from ..data.dicom.seg import AlgorithmInfo
+from ..data.model_reader import reads_like_simpleitk
 from ..data.outputs import check_dicom_references, write_output
 from ..data.previous_stage import previous_stage_file, read_previous_stage
 from ..data.readers import read_volume
@@ -26,6 +27,7 @@ from ..data.writers import write_probabilities
 from ..events import CancelToken, EventHandler
 from ..predictor import Predictor, Result
 from ..prepared_case import PreparedCase
+from ..streaming_stage import writes_labels_slab_wise
 from ..runtime.memory_plan import MemoryBudget
 
 
@@ -83,6 +85,9 @@ class CaseStages:
                                                  with_probabilities=self.with_probabilities,  # may stream
                                                  with_uncertainty=self.with_uncertainty)
         item.planned_peaks = item.prepared.planned_peaks
+        if writes_labels_slab_wise(self.predictor.bundle, reads_like_simpleitk(self.predictor.reader), item.prepared,
+                                   item.case.output):  # the labels go to their file as the export makes them
+            item.prepared.labels_path = item.case.output
         item.dicom_files = item.prepared.volume.dicom_files
         check_dicom_references(item.case.output, item.dicom_files)  # a case that cannot be written fails first
         item.timings["read"] = time.perf_counter() - started
@@ -110,8 +115,9 @@ class CaseStages:
         each file atomically."""
         assert item.result is not None
         started = time.perf_counter()
-        write_output(item.result.labels, item.result.geometry, item.dicom_files, self.predictor.bundle.label_names,
-                     algorithm_of(self.predictor), item.case.output, self.seg_type)
+        if item.result.labels is not None:  # else the export wrote and published the label file slab by slab
+            write_output(item.result.labels, item.result.geometry, item.dicom_files, self.predictor.bundle.label_names,
+                         algorithm_of(self.predictor), item.case.output, self.seg_type)
         if self.with_probabilities and item.result.probabilities is not None:
             write_probabilities(item.result.probabilities, item.result.properties, item.case.output_truncated)
         if self.with_uncertainty and item.result.uncertainty is not None:

@@ -7,11 +7,14 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..data.slab_file import SlabLabelFile
+from ..data.volume import Geometry
 from ..errors import DiskSpaceError, OutOfMemoryError
 from ..events import check_cancelled
 from ..model.bundle import ModelBundle
@@ -32,10 +35,13 @@ class Exported:
     """Labels (z, y, x) on the input grid, and class probabilities (classes, z, y, x) and the uncertainty map (uint8
 percent, z, y, x: :mod:`.uncertainty`) if asked for."""
 
-    labels: np.ndarray
+    labels: np.ndarray | None
+    """None when the labels went to a file slab by slab (:attr:`labels_file`)."""
     probabilities: np.ndarray | None
     """A view of a temporary file (numpy memmap) when present: it streams, it is not held in memory."""
     uncertainty: np.ndarray | None = None
+    labels_file: Path | None = None
+    """The label file written slab by slab and published whole (:class:`~..data.slab_file.SlabLabelFile`)."""
 
 
 def _network_spacing(bundle: ModelBundle, properties: dict[str, Any]) -> tuple[list[float], list[float]]:
@@ -140,16 +146,28 @@ def export_slab_rows(resampler: LogitResampler, heads: int, budget_bytes: int, w
 
 class LabelSink:
     """The label volume (and the probability file, and the uncertainty map) of one case, written slab by slab on the
-    cropped input grid, then un-cropped and transposed back to the input's axes by :meth:`result`."""
+    cropped input grid, then un-cropped and transposed back to the input's axes by :meth:`result`.
+
+    ``labels_file`` (a path and the input's geometry; only for models without a transpose): the labels go to that
+    file as the slabs come (:class:`~..data.slab_file.SlabLabelFile`), published whole by :meth:`result`, instead of
+    being held; :meth:`abort` removes it."""
 
     def __init__(self, bundle: ModelBundle, properties: dict[str, Any], with_probabilities: bool,
-                 with_uncertainty: bool = False) -> None:
+                 with_uncertainty: bool = False, labels_file: tuple[Path, Geometry] | None = None) -> None:
         self.bundle = bundle
         self.dtype = np.uint8 if len(bundle.label_manager.foreground_labels) < 255 else np.uint16
         self.crop = tuple(slice(int(lo), int(hi)) for lo, hi in properties["bbox_used_for_cropping"])
-        self.labels = np.zeros(properties["shape_before_cropping"], dtype=self.dtype)
+        self.shape = tuple(int(s) for s in properties["shape_before_cropping"])
+        self.file: SlabLabelFile | None = None
+        self.labels: np.ndarray | None = None
+        if labels_file is None:
+            self.labels = np.zeros(self.shape, dtype=self.dtype)
+        else:
+            assert list(bundle.plans_manager.transpose_backward) == list(range(len(self.shape))), "no transpose"
+            self.file = SlabLabelFile(labels_file[0], labels_file[1], self.dtype, self.shape)  # type: ignore[arg-type]
+            self.file.write(np.zeros((self.crop[0].start, *self.shape[1:]), dtype=self.dtype))  # rows above the crop
         self.probabilities = _probability_file(bundle, properties) if with_probabilities else None
-        self.uncertainty = np.zeros(self.labels.shape, dtype=np.uint8) if with_uncertainty else None
+        self.uncertainty = np.zeros(self.shape, dtype=np.uint8) if with_uncertainty else None
         """0 outside the crop: nnU-Net's background there is certain."""
 
     def write(self, slab: Slab) -> None:
@@ -158,22 +176,42 @@ class LabelSink:
         window = (slice(crop[0].start + slab.start, crop[0].start + slab.stop), *crop[1:])
         slab_labels = logits_to_labels(slab.values, bundle)
         settle_ties(slab_labels, slab.values, bundle, slab.error, slab.exact)  # nnU-Net's labels where rounding decides
-        self.labels[window] = slab_labels.cpu().numpy().astype(self.dtype, copy=False)
+        self._put_labels(window, slab_labels.cpu().numpy().astype(self.dtype, copy=False))
         if self.probabilities is not None:
             nonlinear = bundle.label_manager.apply_inference_nonlin(slab.values)
             self.probabilities[(slice(None), *window)] = nonlinear.cpu().numpy()
         if self.uncertainty is not None:  # from the same resampled values: no second pass over the sums
             self.uncertainty[window] = slab_uncertainty(slab.values, bundle.label_manager.has_regions).cpu().numpy()
 
+    def _put_labels(self, window: tuple[slice, ...], labels: np.ndarray) -> None:
+        if self.file is None:
+            assert self.labels is not None
+            self.labels[window] = labels
+            return
+        rows = np.zeros((labels.shape[0], *self.shape[1:]), dtype=self.dtype)  # whole file rows: zero outside the crop
+        rows[(slice(None), *window[1:])] = labels
+        self.file.write(rows)
+
+    def abort(self) -> None:
+        """Drop the label file being written, if any (a failed or cancelled export): nothing is left of it."""
+        if self.file is not None:
+            self.file.abort()
+
     def result(self) -> Exported:
-        """The labels (and probabilities, and the uncertainty map) in the input's axis order."""
+        """The labels (and probabilities, and the uncertainty map) in the input's axis order; a label file gets its
+        last rows and is published whole."""
         backward = self.bundle.plans_manager.transpose_backward
-        labels = np.ascontiguousarray(self.labels.transpose(backward))
+        labels = None if self.labels is None else np.ascontiguousarray(self.labels.transpose(backward))
+        labels_file = None
+        if self.file is not None:
+            self.file.write(np.zeros((self.shape[0] - self.crop[0].stop, *self.shape[1:]), dtype=self.dtype))
+            self.file.commit()
+            labels_file = self.file.path
         probabilities = self.probabilities
         if probabilities is not None:
             probabilities = probabilities.transpose([0] + [i + 1 for i in backward])
         uncertainty = None if self.uncertainty is None else np.ascontiguousarray(self.uncertainty.transpose(backward))
-        return Exported(labels=labels, probabilities=probabilities, uncertainty=uncertainty)
+        return Exported(labels=labels, probabilities=probabilities, uncertainty=uncertainty, labels_file=labels_file)
 
 
 @dataclass

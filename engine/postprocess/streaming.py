@@ -14,10 +14,12 @@ import contextvars
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..data.volume import Geometry
 from ..errors import OutOfMemoryError
 from ..events import check_cancelled
 from ..model.bundle import ModelBundle
@@ -36,7 +38,8 @@ class StreamingExport:
 
     ``unpadded``: the network grid's rows and columns without nnU-Net's padding (the resampler's input grid is the
     unpadded one); ``resampler`` maps it to the cropped input grid; ``slab_bytes`` caps one slab's working memory
-    (the uncertainty map's work included when ``with_uncertainty``).
+    (the uncertainty map's work included when ``with_uncertainty``); ``labels_file``: the labels go to that file slab
+    by slab (see :class:`~.export.LabelSink`), published by :meth:`close` and removed by :meth:`abort`.
     :meth:`put` takes rows in order (from the sliding window's thread), :meth:`close` waits for the last slab and
     returns the :class:`~.export.Exported`; :meth:`abort` stops at once. The export thread runs in the caller's
     context, so the current cancel token stops it between slabs too.
@@ -44,8 +47,8 @@ class StreamingExport:
 
     def __init__(self, bundle: ModelBundle, properties: dict[str, Any], unpadded: tuple[slice, ...],
                  resampler: LogitResampler, with_probabilities: bool, slab_bytes: int,
-                 with_uncertainty: bool = False) -> None:
-        self.sink = LabelSink(bundle, properties, with_probabilities, with_uncertainty)
+                 with_uncertainty: bool = False, labels_file: tuple[Path, Geometry] | None = None) -> None:
+        self.sink = LabelSink(bundle, properties, with_probabilities, with_uncertainty, labels_file)
         self.resampler = resampler
         self.unpadded = unpadded
         heads = int(bundle.label_manager.num_segmentation_heads)
@@ -96,6 +99,7 @@ class StreamingExport:
                 continue
         self._thread.join()
         self._held = []
+        self.sink.abort()
 
     def _raise_error(self) -> None:
         if self._error is not None:
