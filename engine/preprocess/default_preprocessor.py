@@ -8,7 +8,9 @@ nnU-Net's to within one float32 rounding step, see :mod:`~tilewise.engine.spline
 
 - the nonzero mask's holes are filled only when something reads the mask (a normalisation that uses it, or tile
   skipping), and only inside the crop box; the crop box of a mask equals that of its filled version, and a hole
-  is a hole inside the box exactly when it is one in the whole image;
+  is a hole inside the box exactly when it is one in the whole image; the mask is resampled window by window by
+  :func:`~tilewise.engine.preprocess.nonzero_mask.resample_mask` (the same int8 mask without nnU-Net's float64
+  copies of it);
 - the image is resampled by :func:`~tilewise.engine.spline_resize.resize_like_skimage` (3-D), or slice by slice
   on a thread pool with skimage itself followed by nnU-Net's ``map_coordinates`` step in slabs (separate z).
 
@@ -27,6 +29,7 @@ import numpy as np
 from ..errors import InputError
 from ..model.bundle import ModelBundle
 from ..runtime.parallel import run_all, slabs
+from .nonzero_mask import as_labels, fill_holes, resample_mask
 from .normalised_crop import NormalisedCrop, cropped_nonzero, elementwise_normalisers, nonzero_box, nonzero_of
 from .spline_resize import resize_source, value_range
 
@@ -141,11 +144,10 @@ def _resample_data(image: NormalisedCrop, new_shape: np.ndarray, original_spacin
 
 def _crop(image: np.ndarray, transpose: list[int], bundle: ModelBundle, with_mask: bool,
           properties: dict[str, Any]) -> tuple[NormalisedCrop, np.ndarray | None]:
-    """nnU-Net's transpose, crop to the nonzero box and normalisation of ``image``, and its mask (int8, 0 inside,
-    -1 outside, holes filled; None unless ``with_mask`` or the normalisation reads it). A voxel-by-voxel
-    normalisation is applied as the resampler reads (no full-size copy); any other one as nnU-Net does."""
+    """nnU-Net's transpose, crop to the nonzero box and normalisation of ``image``, and its nonzero mask with holes
+    filled (bool; None unless ``with_mask`` or the normalisation reads it). A voxel-by-voxel normalisation is applied
+    as the resampler reads (no full-size copy); any other one as nnU-Net does."""
     from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice, get_bbox_from_mask
-    from scipy.ndimage import binary_fill_holes
 
     plans, manager = bundle.plans_manager, bundle.configuration_manager
     intensities = plans.foreground_intensity_properties_per_channel
@@ -167,12 +169,12 @@ def _crop(image: np.ndarray, transpose: list[int], bundle: ModelBundle, with_mas
     properties["shape_before_cropping"] = tuple(int(image.shape[a]) for a in axes[1:])
     properties["bbox_used_for_cropping"] = bbox
     properties["shape_after_cropping_and_before_resampling"] = cropped.shape[1:]
-    seg = None if nonzero is None else np.where(binary_fill_holes(nonzero), np.int8(0), np.int8(-1))[None]
+    filled = None if nonzero is None else fill_holes(nonzero)
     if normalisers is not None:
-        return NormalisedCrop(cropped, normalisers), seg
-    norm_mask = seg if seg is not None else np.broadcast_to(np.int8(0), (1, *cropped.shape[1:]))
+        return NormalisedCrop(cropped, normalisers), filled
+    norm_mask = as_labels(filled)[None] if filled is not None else np.broadcast_to(np.int8(0), (1, *cropped.shape[1:]))
     normalised = manager.preprocessor_class(verbose=False)._normalize(cropped, norm_mask, manager, intensities)
-    return NormalisedCrop(normalised, None), seg
+    return NormalisedCrop(normalised, None), filled
 
 
 def run_default_preprocessing(image: np.ndarray, properties: dict[str, Any], bundle: ModelBundle,
@@ -193,7 +195,7 @@ def run_default_preprocessing(image: np.ndarray, properties: dict[str, Any], bun
         raise ValueError(f"{bundle.path}: its plans need nnU-Net's own preprocessor")
     transpose = [int(a) for a in bundle.plans_manager.transpose_forward]
     original_spacing = [properties["spacing"][a] for a in transpose]
-    data, seg = _crop(image, transpose, bundle, with_mask, properties)
+    data, filled = _crop(image, transpose, bundle, with_mask, properties)
     shape = data.shape[1:]
 
     target_spacing = list(manager.spacing)
@@ -204,9 +206,11 @@ def run_default_preprocessing(image: np.ndarray, properties: dict[str, Any], bun
         shape_text = " x ".join(str(int(s)) for s in shape)
         raise InputError(source, f"its nonzero region ({shape_text} voxels) is less than one voxel wide at the "
                                  f"model's spacing {' x '.join(f'{t:g}' for t in target_spacing)} mm")
+    seg = None  # the mask first, so that its full-resolution copy is gone before the image is resampled
+    if filled is not None and with_mask:
+        seg = resample_mask(filled, new_shape, original_spacing, target_spacing, manager, threads)
+    del filled
     resampled = _resample_data(data, new_shape, original_spacing, target_spacing, settings, threads)
     if resampled is None:
         resampled = manager.resampling_fn_data(data.whole(), new_shape, original_spacing, target_spacing)
-    if seg is not None and with_mask:
-        seg = manager.resampling_fn_seg(seg, new_shape, original_spacing, target_spacing).astype(np.int8)
-    return resampled, seg if with_mask else None, properties
+    return resampled, seg, properties
