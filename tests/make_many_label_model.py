@@ -6,8 +6,11 @@ A TotalSegmentator-class model and CT, made from nnU-Net's own plans (not used b
   (``make_bench_model.py``: PlainConvUNet, features 32 -> 320, five stages) with 104 labels plus background,
   re-planned at 3 mm isotropic with a 64^3 patch; seeded random weights, fold_0;
 * ``OUT_DIR/hopeless/...__3d_fullres``: the same model re-planned at 0.5 mm (hundreds of GB of logit sums on the CT);
+* ``OUT_DIR/replanned_1_5mm/...__3d_fullres``: the same model re-planned at 1.5 mm (about 45 GB of float32 sums on
+  the long CT: a job only a streaming window fits);
 * ``OUT_DIR/ct/ct_0000.nii.gz``: a CT-like case of 512 x 512 x 300 voxels at 0.78 x 0.78 x 1.5 mm (int16);
-* ``OUT_DIR/ct80/ct80_0000.nii.gz``: its central 80 slices (a case nnU-Net's own CLI finishes on 24 GB).
+* ``OUT_DIR/ct80/ct80_0000.nii.gz``: its central 80 slices (a case nnU-Net's own CLI finishes on 24 GB);
+* ``OUT_DIR/ct1500/ct1500_0000.nii.gz``: the CT five times along z, 512 x 512 x 1,500 (a whole-body-length case).
 
 Benchmark (README, "Large, many-label models")::
 
@@ -15,6 +18,8 @@ Benchmark (README, "Large, many-label models")::
         --precision fp32 --backend torch -device cpu --against nnunet
     tilewise bench -m OUT_DIR/many_label/M -i OUT_DIR/ct/ct_0000.nii.gz -f 0 --disable_tta -step_size 0.5 -device cpu
     tilewise predict -m OUT_DIR/hopeless/M -i OUT_DIR/ct/ct_0000.nii.gz -o /tmp/out -f 0 --disable_tta -device cpu
+    tilewise predict -m OUT_DIR/many_label/M -i OUT_DIR/ct1500/ct1500_0000.nii.gz -o /tmp/out --preset balanced
+    tilewise predict -m OUT_DIR/replanned_1_5mm/M -i OUT_DIR/ct1500/ct1500_0000.nii.gz -o /tmp/out --preset balanced
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ LABELS = 104
 CT_SHAPE = (300, 512, 512)  # numpy (z, y, x)
 CT_SPACING = (0.78, 0.78, 1.5)  # SimpleITK (x, y, z), mm
 CROP_SLICES = 80
+LONG_REPEATS = 5
 
 
 def replanned(plans: dict, spacing: float, patch: int) -> dict:
@@ -80,9 +86,10 @@ def write_model(folder: Path, plans: dict, dataset_json: dict, fingerprint: dict
     return target
 
 
-def write_cases(out: Path) -> tuple[Path, Path]:
+def write_cases(out: Path) -> tuple[Path, Path, Path]:
     full = out / "ct" / "ct_0000.nii.gz"
     crop = out / "ct80" / "ct80_0000.nii.gz"
+    long = out / "ct1500" / "ct1500_0000.nii.gz"
     if not full.is_file():
         full.parent.mkdir(parents=True, exist_ok=True)
         mf.make_case(full, "bench", shape=CT_SHAPE, spacing=CT_SPACING, seed=7)
@@ -91,7 +98,15 @@ def write_cases(out: Path) -> tuple[Path, Path]:
         image = sitk.ReadImage(str(full))
         start = (CT_SHAPE[0] - CROP_SLICES) // 2
         sitk.WriteImage(image[:, :, start:start + CROP_SLICES], str(crop), True)
-    return full, crop
+    if not long.is_file():
+        long.parent.mkdir(parents=True, exist_ok=True)
+        image = sitk.ReadImage(str(full))
+        repeated = sitk.GetImageFromArray(np.concatenate([sitk.GetArrayFromImage(image)] * LONG_REPEATS))
+        repeated.SetSpacing(image.GetSpacing())
+        repeated.SetOrigin(image.GetOrigin())
+        repeated.SetDirection(image.GetDirection())
+        sitk.WriteImage(repeated, str(long), True)
+    return full, crop, long
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     weights = decisive_weights(coarse, dataset_json, args.seed)
     model = write_model(out / "many_label", coarse, dataset_json, fingerprint, weights)
     hopeless = write_model(out / "hopeless", replanned(plans, 0.5, 64), dataset_json, fingerprint, weights)
-    full, crop = write_cases(out)
-    print(f"model     {model}\nhopeless  {hopeless}\nct        {full}\nct80      {crop}\n"
-          f"built in {time.perf_counter() - started:.0f} s")
+    mid = write_model(out / "replanned_1_5mm", replanned(plans, 1.5, 64), dataset_json, fingerprint, weights)
+    full, crop, long = write_cases(out)
+    print(f"model     {model}\nhopeless  {hopeless}\n1.5 mm    {mid}\nct        {full}\nct80      {crop}\n"
+          f"ct1500    {long}\nbuilt in {time.perf_counter() - started:.0f} s")
     return 0
 
 
