@@ -193,6 +193,7 @@ def resample_mask(filled: np.ndarray, new_shape: Any, current_spacing: list[floa
         return as_labels(filled)[None]
     settings = seg_resampling(manager.configuration)
     rule = _argmax_rule()
+    labels = _present_labels(filled)
     job: Callable[[tuple[int, int]], np.ndarray] | None = None
     axis = 0
     if settings is not None:
@@ -202,10 +203,12 @@ def resample_mask(filled: np.ndarray, new_shape: Any, current_spacing: list[floa
             axis = int(lowres_axis)
             job = partial(_separate_window, filled, new_shape, axis, settings)
         elif not separate and (settings.order == 0 or (settings.order == 1 and rule is not None)):
-            job = partial(_whole_window, filled, new_shape, settings.order, _present_labels(filled), rule)
+            job = partial(_whole_window, filled, new_shape, settings.order, labels, rule)
     if job is None:
         return manager.resampling_fn_seg(as_labels(filled)[None], new_shape, current_spacing,
                                          new_spacing).astype(np.int8)
+    if labels.size == 1:  # (the usual CT: no zeros outside the body) each of these paths keeps the one label
+        return np.full((1, *new_shape), labels[0], dtype=np.int8)
     resampled = np.empty((1, *new_shape), dtype=np.int8)
     per_row = int(np.prod(new_shape)) // new_shape[axis]
     windows = slabs(new_shape[axis], -(-new_shape[axis] * per_row // WINDOW_VOXELS))
