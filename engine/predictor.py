@@ -68,12 +68,12 @@ class Predictor:
         nnunet_exact: bool = False,
         cancel: CancelToken | None = None,
         run_previous_stage: bool = True,
-        streaming: bool | None = None,
+        streaming: bool = True,
         on_load: LoadHandler | None = None,
     ) -> None:
         self.streaming = streaming
-        """Whether cases may run streaming (see :meth:`plan_case`): None, where the whole volume's sums do not fit;
-        True, wherever a window fits; False, always the whole-volume sums."""
+        """Whether cases may run streaming (see :meth:`plan_case`): True, wherever a window fits and the run allows it
+        (:func:`~.streaming_stage.streaming_mode`); False, always the whole-volume sums."""
         self._load_reporter = LoadReporter(on_load)
         with cancellable(cancel):  # loading and converting stop between folds when ``cancel`` is set
             self._load(model_dir, preset, device, folds, checkpoint_name, trust, nnunet_exact, run_previous_stage)

@@ -24,19 +24,19 @@ from .runtime.memory_plan import JobSize, Streaming
 from .sliding.runner import SlidingResult, SlidingWindowRunner
 from .sliding.window import streaming_rows
 
-def streaming_mode(enabled: bool | None, with_probabilities: bool | None, focus: bool) -> str:
+def streaming_mode(enabled: bool, with_probabilities: bool | None, focus: bool) -> str:
     """How ``plan_case`` may plan streaming (tiles in nnU-Net's order, the sums in a window of slices, the export on
     a second thread beside the tiles; :class:`~tilewise.engine.runtime.memory_plan.Streaming`).
 
-    ``enabled`` None (a predictor's default): only where the whole volume's float32 sums do not fit, rather than
-    summing in float16 or refusing; the labels are the same either way (both add every voxel's terms in nnU-Net's
-    order), and on a 2-core CPU the export thread beside the tiles is not faster (see the README). True: wherever
-    it fits when the caller says whether ``finish`` will want probabilities (``with_probabilities`` True or False)
-    and no slice priority will steer the tiles (``focus`` False), otherwise as for None (then ``finish`` gives
-    probabilities only if ``with_probabilities`` said so). False: never."""
-    if enabled is False:
+    ``enabled`` True (a predictor's default): wherever a window fits, when the caller says whether ``finish`` will
+    want probabilities (``with_probabilities`` True or False) and no slice priority will steer the tiles (``focus``
+    False); otherwise only where the whole volume's float32 sums do not fit, rather than summing in float16 or
+    refusing (then ``finish`` gives probabilities only if ``with_probabilities`` said so). The labels are the same
+    either way (both add every voxel's terms in nnU-Net's order); streaming holds a window instead of the whole
+    grid's sums and, on these 2 cores, takes about the same time (see the README). False: never."""
+    if not enabled:
         return Streaming.NEVER
-    if enabled is None or with_probabilities is None or focus:
+    if with_probabilities is None or focus:
         return Streaming.FALLBACK
     return Streaming.PREFER
 

@@ -230,12 +230,12 @@ def test_the_plan_streams_where_the_whole_volume_does_not_fit_and_where_it_is_pr
     assert not plan_memory(unstreamable, CPU, _FP, 200 * 10**9, 0, Streaming.PREFER).streaming
 
 
-def test_a_predictor_streams_by_default_only_where_the_whole_volume_does_not_fit() -> None:
-    """Predictor(streaming=None), the default: the whole-volume sums where they fit, a window where they do not
-    (rather than float16 sums or a refusal: the plan above); True prefers the window whenever the run allows it."""
-    assert streaming_mode(None, False, focus=False) == Streaming.FALLBACK
-    assert streaming_mode(None, True, focus=False) == Streaming.FALLBACK
+def test_a_predictor_streams_by_default_wherever_the_run_allows_it() -> None:
+    """Predictor(streaming=True), the default, prefers the window where the caller says whether probabilities will
+    be wanted and no slice priority steers the tiles; otherwise a window only where the whole-volume sums do not fit
+    (rather than float16 sums or a refusal: the plan above). False never streams."""
     assert streaming_mode(True, False, focus=False) == Streaming.PREFER
+    assert streaming_mode(True, True, focus=False) == Streaming.PREFER
     assert streaming_mode(True, None, focus=False) == Streaming.FALLBACK  # probabilities not known yet
     assert streaming_mode(True, False, focus=True) == Streaming.FALLBACK  # the viewer's slice-first order
     assert streaming_mode(False, False, focus=False) == Streaming.NEVER
