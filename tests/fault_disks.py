@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
-from tilewise.engine.data import safe_output, write_checks
+from tilewise.engine.data import safe_output, slab_file, write_checks
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 NEEDS_ROOT = "mounting a tmpfs (a real full disk or read-only folder) needs root; CI runs the suite as root"
@@ -66,6 +66,7 @@ def inject_full_disk(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
     monkeypatch.setattr(sitk, "WriteImage", short_write)
     monkeypatch.setattr(safe_output, "open", full_open, raising=False)
     monkeypatch.setattr(write_checks, "open", full_open, raising=False)
+    monkeypatch.setattr(slab_file, "open", full_open, raising=False)
 
 
 def error_lines(err: str) -> list[str]:

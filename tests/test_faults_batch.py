@@ -45,7 +45,7 @@ def assert_whole(folder: Path, shape: tuple[int, int, int]) -> list[str]:
     """Every labels file under a final name in ``folder`` reads whole (an uncompressed .nii also has every byte);
     their names."""
     names = []
-    for path in sorted(folder.glob("*.nii*")):
+    for path in sorted(p for p in folder.glob("*.nii*") if not p.name.startswith(".")):  # not a staging folder
         if path.suffix == ".nii":
             assert path.stat().st_size == NII_HEADER + shape[0] * shape[1] * shape[2], f"{path.name} is truncated"
         assert sitk.ReadImage(str(path)).GetSize() == shape

@@ -14,9 +14,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import SimpleITK as sitk
@@ -32,22 +33,30 @@ from fault_disks import (
     small_tmpfs,
 )
 from tilewise.engine.data import outputs
+from tilewise.engine.data.slab_file import SlabLabelFile
 from tilewise.engine.data.write_checks import check_image_file
 from tilewise.resources import sample_path as demo_sample
 
 # Run the command line in a fresh interpreter: what a user, a scheduler or a kill sees.
 CLI = [sys.executable, "-c", "import sys; from tilewise.engine.commands.cli import main; sys.exit(main(sys.argv[1:]))"]
-# The same, but the output folder's permissions are taken away while the model runs (after the pre-flight).
+# The same, but the output folder's permissions are taken away while the model runs (after the pre-flight), just
+# before the labels are written (whole, or opened to be written slab by slab).
 CHMOD_DURING_RUN = [sys.executable, "-c", """
 import os, sys
 from pathlib import Path
 from tilewise.engine.data import outputs
+from tilewise.engine.data.slab_file import SlabLabelFile
+from tilewise.engine.data.slab_file import SlabLabelFile
 from tilewise.engine.commands.cli import main
-folder, real = Path(sys.argv[1]), outputs.write_labels
+folder, real, real_open = Path(sys.argv[1]), outputs.write_labels, SlabLabelFile.__init__
 def chmod_then_write(*args, **kwargs):
     os.chmod(folder, 0o555)
     return real(*args, **kwargs)
+def chmod_then_open(self, *args, **kwargs):
+    os.chmod(folder, 0o555)
+    real_open(self, *args, **kwargs)
 outputs.write_labels = chmod_then_write
+SlabLabelFile.__init__ = chmod_then_open
 sys.exit(main(sys.argv[2:]))
 """]
 # A root process without the capabilities that let root ignore permissions: denied as any user would be.
@@ -64,6 +73,23 @@ def small_t1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def before_labels_are_written(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
+    """Run ``action`` just before the labels are written: before the whole-volume writer, or before a streaming
+    case opens the label file it writes slab by slab as the export makes it."""
+    real_write, real_open = outputs.write_labels, SlabLabelFile.__init__
+
+    def act_then_write(*args: object, **kwargs: object) -> object:
+        action()
+        return real_write(*args, **kwargs)
+
+    def act_then_open(self: SlabLabelFile, *args: Any, **kwargs: Any) -> None:
+        action()
+        real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(outputs, "write_labels", act_then_write)
+    monkeypatch.setattr(SlabLabelFile, "__init__", act_then_open)
+
+
 def predict(source: Path, out: Path, *extra: str) -> list[str]:
     return ["predict", "-i", str(source), "-o", str(out), "-m", "demo", "--preset", "preview", "-device", "cpu",
             *extra]
@@ -78,15 +104,12 @@ def disk_fills_during_run(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
         inject_full_disk(monkeypatch, folder)
         yield
         return
-    real = outputs.write_labels
-
-    def fill_then_write(*args: object, **kwargs: object) -> object:
+    def fill_once() -> None:
         if not (folder / "filler.bin").exists():
             fill(folder)
-        return real(*args, **kwargs)
 
     with small_tmpfs(folder, "4m"):
-        monkeypatch.setattr(outputs, "write_labels", fill_then_write)
+        before_labels_are_written(monkeypatch, fill_once)
         yield
 
 
@@ -120,14 +143,8 @@ def test_read_only_folder(tmp_path: Path, small_t1: Path, monkeypatch: pytest.Mo
         assert_one_line(err, "tilewise: error: ", "read-only")
         assert time.perf_counter() - started < 30
         assert list(out.iterdir()) == []
-    real = outputs.write_labels
-
-    def read_only_then_write(*args: object, **kwargs: object) -> object:
-        remount_read_only(out)  # the disk turns read-only while the model runs (ext4's errors=remount-ro)
-        return real(*args, **kwargs)
-
-    with small_tmpfs(out, "4m"):
-        monkeypatch.setattr(outputs, "write_labels", read_only_then_write)
+    with small_tmpfs(out, "4m"):  # the disk turns read-only while the model runs (ext4's errors=remount-ro)
+        before_labels_are_written(monkeypatch, lambda: remount_read_only(out))
         code, _, err = run_cli(predict(small_t1, out))
         assert code == 3, err
         line = assert_one_line(err, "tilewise: error: ")
