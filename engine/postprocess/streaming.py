@@ -156,9 +156,9 @@ class StreamingExport:
             stop = min(ready, self._next_out + self.max_rows)
             self._write(self._next_out, stop)
             self._next_out = stop
-        if self._next_out < self.resampler.out_shape[0]:  # drop the pieces no later slab reads
+        if self._next_out < self.resampler.out_shape[0]:  # drop the rows no later slab reads
             keep = self.resampler.input_rows(self._next_out, self._next_out + 1)[0]
-            self._held = [(first, rows) for first, rows in self._held if first + rows.shape[1] > keep]
+            self._held = [_rows_from(first, rows, keep) for first, rows in self._held if first + rows.shape[1] > keep]
 
     def _write(self, start: int, stop: int) -> None:
         """One slab; when device memory runs out, the held rows move to the host and it runs again there."""
@@ -177,3 +177,12 @@ class StreamingExport:
             free_device_memory(device)
             self.notes.append("device memory ran out during export: resampled on the host instead")
             self.sink.write(slab_of(self.resampler, self._rows(low, high), start, stop, low))
+
+
+def _rows_from(first: int, rows: torch.Tensor, keep: int) -> tuple[int, torch.Tensor]:
+    """A held piece (rows ``first``, ``first + 1``, ...) from row ``keep`` on: a copy of those rows when it starts
+    earlier, so that a released slab's memory goes once only its last rows (the resampler's halo) are still needed."""
+    if keep <= first:
+        return first, rows
+    return keep, rows[:, keep - first:].clone()
+
