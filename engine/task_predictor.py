@@ -175,7 +175,8 @@ class TaskPredictor:
         for index, part in enumerate(parts):
             started = time.perf_counter()
             predictor = self.predictors[part.folder]
-            case = predictor.preprocess_case(predictor.plan_case(volume, assess=index == 0), reuse=shared)
+            case = predictor.preprocess_case(predictor.plan_case(volume, assess=index == 0, with_probabilities=False),
+                                             reuse=shared)  # labels only: each part may stream (a window of sums)
             events.total += case.tiles_to_run(predictor.bundle.patch_size, predictor.settings.tile_step)
             result.timings[f"{self._name(stage)}:{part.folder.parent.name}"] = time.perf_counter() - started
             cases.append((part, predictor, case))
