@@ -45,6 +45,24 @@ def test_the_label_file_is_written_slab_by_slab_and_equals_the_whole_volume_run(
     assert [p.name for p in output.parent.iterdir()] == [output.name], "no staging left"
 
 
+def test_rows_outside_nnunets_crop_are_written_as_background(ct_model: Path, long_case: Path, tmp_path: Path) -> None:
+    image = sitk.ReadImage(str(long_case))
+    voxels = sitk.GetArrayFromImage(image)
+    voxels[:10] = 0  # empty slices above and below: nnU-Net crops them away
+    voxels[-7:] = 0
+    cropped = sitk.GetImageFromArray(voxels)
+    cropped.CopyInformation(image)
+    source = tmp_path / "edges_0000.nii.gz"
+    sitk.WriteImage(cropped, str(source))
+    output = tmp_path / "edges.nii.gz"
+    predictor = _predictor(ct_model, streaming=True)
+    item = run_in_row(CaseStages(predictor, None), Case("edges", (source,), output))
+    assert item.result is not None and item.result.labels_file == output
+    assert item.result.properties["bbox_used_for_cropping"][0] == [10, voxels.shape[0] - 7]
+    whole = _predictor(ct_model, streaming=False).predict(read_volume(source))
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(output))), whole.labels)
+
+
 def test_outputs_it_cannot_write_slab_by_slab_are_written_whole(ct_model: Path, long_case: Path,
                                                                 tmp_path: Path) -> None:
     output = tmp_path / "long.mhd"  # a split header: the whole-volume writer's job

@@ -28,6 +28,8 @@ DEFAULT_SLAB_BYTES = 512 * 2**20
 """Working memory of one export slab unless the memory plan gives another figure."""
 
 _NNUNET_PROBABILITY_RESAMPLER = "resample_data_or_seg_to_shape"
+_ZERO_ROWS = 16
+"""Rows of background written at a time outside nnU-Net's crop (a label file's memory stays one slab's)."""
 
 
 @dataclass
@@ -165,7 +167,7 @@ class LabelSink:
         else:
             assert list(bundle.plans_manager.transpose_backward) == list(range(len(self.shape))), "no transpose"
             self.file = SlabLabelFile(labels_file[0], labels_file[1], self.dtype, self.shape)  # type: ignore[arg-type]
-            self.file.write(np.zeros((self.crop[0].start, *self.shape[1:]), dtype=self.dtype))  # rows above the crop
+            self._write_zero_rows(self.crop[0].start)  # the rows above nnU-Net's crop
         self.probabilities = _probability_file(bundle, properties) if with_probabilities else None
         self.uncertainty = np.zeros(self.shape, dtype=np.uint8) if with_uncertainty else None
         """0 outside the crop: nnU-Net's background there is certain."""
@@ -192,6 +194,12 @@ class LabelSink:
         rows[(slice(None), *window[1:])] = labels
         self.file.write(rows)
 
+    def _write_zero_rows(self, count: int) -> None:
+        assert self.file is not None
+        zeros = np.zeros((min(count, _ZERO_ROWS), *self.shape[1:]), dtype=self.dtype)
+        for start in range(0, count, _ZERO_ROWS):
+            self.file.write(zeros[:min(_ZERO_ROWS, count - start)])
+
     def abort(self) -> None:
         """Drop the label file being written, if any (a failed or cancelled export): nothing is left of it."""
         if self.file is not None:
@@ -204,7 +212,7 @@ class LabelSink:
         labels = None if self.labels is None else np.ascontiguousarray(self.labels.transpose(backward))
         labels_file = None
         if self.file is not None:
-            self.file.write(np.zeros((self.shape[0] - self.crop[0].stop, *self.shape[1:]), dtype=self.dtype))
+            self._write_zero_rows(self.shape[0] - self.crop[0].stop)  # the rows below it
             self.file.commit()
             labels_file = self.file.path
         probabilities = self.probabilities
