@@ -33,8 +33,9 @@ from scipy import ndimage
 from ..runtime.parallel import run_all, slabs
 
 WINDOW_VOXELS = 2**20
-"""Output voxels per window: 24 bytes each of coordinates and about 20 of scores, plus the input rows read (3 bytes
-per voxel: labels, indicator and the window's copy), about 130 MB per thread on a 512 x 512 CT at 3 mm."""
+"""Output voxels per window. A window holds about 60 bytes per output voxel (24 of coordinates, the rest scores and
+labels) and 2 per input voxel it reads (its labels and one indicator): about 120 MB per thread for a 512 x 512 CT
+resampled to 3 mm."""
 _SEG_RESAMPLING = "resample_data_or_seg_to_shape"
 
 
