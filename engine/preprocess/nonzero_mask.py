@@ -2,9 +2,10 @@
 
 nnU-Net fills the holes of the nonzero mask, stores it as int8 (0 inside, -1 outside) and resamples it with its
 segmentation resampling (``resample_data_or_seg_to_shape(is_seg=True)``). That call converts the whole mask to
-float64 and, per label, resizes a float64 indicator image and a float64 nearest-neighbour image with skimage: about
-30 bytes per voxel at full resolution (10 GB for a 512 x 512 x 1,500 CT). Here the same int8 mask comes from the
-boolean one window by window of output rows:
+float64, sorts a float64 copy to find its labels and, per label, resizes a float64 indicator image and a float64
+nearest-neighbour image with skimage: 16 bytes or more per voxel at full resolution at once (6.4 GB more for a
+512 x 512 x 1,500 CT's ``prepare``). Here the same int8 mask comes from the boolean one window by window of output
+rows:
 
 - one resize of the whole volume (no separate z): each window is interpolated by scipy's ``map_coordinates`` from
   the input rows it reads, at the coordinates skimage's ``resize`` gives scipy's ``zoom``
