@@ -216,7 +216,8 @@ def test_out_of_memory_in_export_fails_clearly_without_rerunning_the_tiles(ct_mo
     from tilewise.engine.errors import OutOfMemoryError
 
     volume = read_volume(ct_case)
-    predictor = Predictor(ct_model, get_preset("preview").with_overrides(batch_size=1), device="cpu")
+    predictor = Predictor(ct_model, get_preset("preview").with_overrides(batch_size=1), device="cpu",
+                          streaming=False)  # the whole-volume export, after every tile (a streaming run's is beside)
     tiles_of_a_full_run = predictor.predict(volume).tiles
     batches: list[int] = []
     real_backend = predictor.backend
