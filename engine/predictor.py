@@ -27,6 +27,7 @@ from .preprocess.pipeline import Preprocessed, preprocess
 from .preprocess.reuse import PreprocessCache, preprocess_key
 from .presets import Preset
 from .result import Result, RunSettings
+from .runtime.allocator import return_freed_host_memory
 from .runtime.devices import default_batch_size
 from .runtime.memory import record_peak
 from .runtime.memory_plan import MemoryBudget, MemoryPlan, Streaming, check_forward_fits, plan_memory
@@ -230,6 +231,7 @@ class Predictor:
             case.skip_tile = empty_tile_test(case.prepared)
         if self.bundle.previous_stage_name is None:  # no previous stage's labels to stack onto the image later
             case.release_image()
+        return_freed_host_memory()  # the image and the preprocessing's buffers, where the command line keeps them
         case.timings["preprocess"] = time.perf_counter() - started
         record_peak(case.peaks, "preprocess")
 

@@ -25,3 +25,28 @@ def test_only_the_command_line_tunes_the_allocator() -> None:
             "main(['predict', '-i', '/nonexistent.nii.gz', '-o', '/tmp/x', '-m', 'demo']); print(a._applied)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True"]
+
+
+TRIM_CODE = """
+import numpy as np
+from tilewise.engine.runtime.allocator import keep_freed_host_memory, return_freed_host_memory
+
+def resident_mb():
+    with open('/proc/self/status') as status:
+        return next(int(line.split()[1]) for line in status if line.startswith('VmRSS')) // 1024
+
+keep_freed_host_memory()
+image = np.ones(400 * 2**20, dtype=np.uint8)  # a case's image, let go after preprocessing
+held = resident_mb()
+del image
+kept = resident_mb()
+return_freed_host_memory()
+print(held, kept, resident_mb())
+"""
+
+
+def test_freed_memory_kept_by_the_tuning_is_handed_back_between_stages() -> None:
+    held, kept, returned = map(int, subprocess.run([sys.executable, "-c", TRIM_CODE], capture_output=True, text=True,
+                                                    check=True).stdout.split())
+    assert kept > held - 50, "the tuning keeps freed memory"
+    assert returned < kept - 350, "malloc_trim hands the image's pages back"

@@ -22,6 +22,8 @@ _KEEP_BYTES = 2**31 - 1
 _DISABLE_VARIABLE = "TILEWISE_KEEP_HOST_MEMORY"
 
 _applied = False
+_libc: list[ctypes.CDLL] = []
+"""The C library whose allocator was tuned (empty until it is)."""
 
 
 def keep_freed_host_memory() -> bool:
@@ -44,4 +46,15 @@ def keep_freed_host_memory() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
+    if _applied:
+        _libc.append(libc)
     return _applied
+
+
+def return_freed_host_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``) where :func:`keep_freed_host_memory`
+    keeps them: called between stages, once a case's image and preprocessing buffers are let go, so that the tiles
+    do not start from the preprocessing's high-water mark (1.57 GB of float32 input on a 512 x 512 x 1,500 CT).
+    Does nothing otherwise."""
+    if _libc:
+        _libc[0].malloc_trim(0)
