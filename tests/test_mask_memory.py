@@ -10,15 +10,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
-import json
-import subprocess
-import sys
 from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pytest
 from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+from preprocess_child import run_child
 from scipy.ndimage import binary_fill_holes, gaussian_filter
 from tilewise.engine.model.bundle import ModelBundle
 from tilewise.engine.preprocess import nonzero_mask
@@ -156,30 +154,6 @@ def test_holes_are_filled_as_scipy_fills_them(pattern: str) -> None:
 
 
 _CHILD = r'''
-import copy, dataclasses, json, sys
-import numpy as np
-from tilewise.engine.model.bundle import ModelBundle
-from tilewise.engine.preprocess import spline_resize
-from tilewise.engine.preprocess.default_preprocessor import run_default_preprocessing
-
-spline_resize.WINDOW_BYTES = 64 * 2**20  # smaller than this image's coefficients, as the default is on a long CT
-
-def kib(key):
-    with open("/proc/self/status") as handle:
-        return next(int(line.split()[1]) for line in handle if line.startswith(key + ":")) * 1024
-
-bundle = ModelBundle.load(sys.argv[1])
-plans = copy.deepcopy(bundle.plans)
-plans["configurations"][bundle.configuration_name].update(
-    normalization_schemes=["CTNormalization"], use_mask_for_norm=[False], spacing=[3.0, 3.0, 3.0],
-    resampling_fn_data_kwargs={"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-    resampling_fn_seg_kwargs={"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None})
-plans["transpose_forward"], plans["transpose_backward"] = [0, 1, 2], [0, 1, 2]
-plans["foreground_intensity_properties_per_channel"] = {"0": {"mean": 50.0, "std": 120.0, "percentile_00_5": -900.0,
-                                                               "percentile_99_5": 1200.0}}
-bundle = dataclasses.replace(bundle, plans=plans)
-spacing = [1.5, 0.78, 0.78]
-rng = np.random.default_rng(0)
 small = rng.normal(0, 100, (1, 20, 64, 64)).astype(np.float32)
 small[:, :, :8] = 0
 run_default_preprocessing(small, {"spacing": spacing}, bundle, with_mask=True, threads=2)  # loads what it imports
@@ -190,22 +164,17 @@ body = (y - 256) ** 2 / 200 ** 2 + (x - 256) ** 2 / 230 ** 2 < 1
 image[0][:, body] = rng.integers(-100, 300, (200, int(body.sum())), dtype=np.int16)
 image[0, :, 200:260, 200:300] = -1000
 image[0, 60:64, 240:250, 240:250] = 0
-before = kib("VmRSS")
-with open("/proc/self/clear_refs", "w") as handle:
-    handle.write("5")  # resets the high-water mark to the resident size now
-data, seg, props = run_default_preprocessing(image, {"spacing": spacing}, bundle, with_mask=True, threads=2)
+(data, seg, props), extra = measured(lambda: run_default_preprocessing(image, {"spacing": spacing}, bundle,
+                                                                       with_mask=True, threads=2))
 cropped = int(np.prod(props["shape_after_cropping_and_before_resampling"]))
-print(json.dumps({"input": image.nbytes, "extra": kib("VmHWM") - before, "mask_float64": 8 * cropped,
+print(json.dumps({"input": image.nbytes, "extra": extra, "mask_float64": 8 * cropped,
                   "shape": list(data.shape), "labels": sorted(int(v) for v in np.unique(seg))}))
 '''
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable high-water mark")
 def test_preprocessing_with_the_mask_holds_no_float64_copy_of_it(ct_model: Path) -> None:
-    run = subprocess.run([sys.executable, "-c", _CHILD, str(ct_model)], capture_output=True, text=True,
-                         timeout=600, check=False)
-    assert run.returncode == 0, run.stderr[-2000:]
-    measured = json.loads(run.stdout.strip().splitlines()[-1])
+    measured = run_child(_CHILD, ct_model, timeout=600)
     assert measured["shape"][:2] == [1, 100]
     assert measured["labels"] == [-1, 0]  # both labels: the resampling decides between them (not a constant)
     # nnU-Net's mask resampling alone holds float64 copies of the mask (8 bytes a voxel, twice the float32 input);
