@@ -27,7 +27,7 @@ from .preprocess.pipeline import Preprocessed, preprocess
 from .preprocess.reuse import PreprocessCache, preprocess_key
 from .presets import Preset
 from .result import Result, RunSettings
-from .runtime.allocator import return_freed_host_memory
+from .runtime.allocator import return_freed_host_memory, returning_large_blocks
 from .runtime.devices import default_batch_size
 from .runtime.memory import record_peak
 from .runtime.memory_plan import MemoryBudget, MemoryPlan, Streaming, check_forward_fits, plan_memory
@@ -76,7 +76,7 @@ class Predictor:
         """Whether cases may run streaming (see :meth:`plan_case`): True, wherever a window fits and the run allows it
         (:func:`~.streaming_stage.streaming_mode`); False, always the whole-volume sums."""
         self._load_reporter = LoadReporter(on_load)
-        with cancellable(cancel):  # loading and converting stop between folds when ``cancel`` is set
+        with cancellable(cancel), returning_large_blocks():  # stops between folds; its copies made once
             self._load(model_dir, preset, device, folds, checkpoint_name, trust, nnunet_exact, run_previous_stage)
 
     def _load(self, model_dir: Path | str, preset: Preset, device: str | torch.device, folds: list[str] | None,
@@ -215,7 +215,7 @@ class Predictor:
                         reuse: PreprocessCache | None = None) -> PreparedCase:
         """The second half of :meth:`prepare`: the case's volume on the network grid (from ``reuse`` when it holds
         it), and the body mask when empty tiles are skipped; stops between slabs when ``cancel`` is set."""
-        with cancellable(cancel):
+        with cancellable(cancel), returning_large_blocks():  # its large copies are made once
             self._preprocess_case(case, reuse)
         return case
 

@@ -50,3 +50,30 @@ def test_freed_memory_kept_by_the_tuning_is_handed_back_between_stages() -> None
                                                     check=True).stdout.split())
     assert kept > held - 50, "the tuning keeps freed memory"
     assert returned < kept - 350, "malloc_trim hands the image's pages back"
+
+
+RETURNING_CODE = """
+import numpy as np
+from tilewise.engine.runtime.allocator import keep_freed_host_memory, returning_large_blocks
+
+def resident_mb():
+    with open('/proc/self/status') as status:
+        return next(int(line.split()[1]) for line in status if line.startswith('VmRSS')) // 1024
+
+keep_freed_host_memory()
+with returning_large_blocks():  # reading and preprocessing: their copies go back to the system when freed
+    image = np.ones(400 * 2**20, dtype=np.uint8)
+    held = resident_mb()
+    del image
+    inside = resident_mb()
+tile = np.ones(400 * 2**20, dtype=np.uint8)  # the tiles: kept for the next pass
+del tile
+print(held, inside, resident_mb())
+"""
+
+
+def test_large_blocks_of_loading_reading_and_preprocessing_go_back_at_once() -> None:
+    held, inside, after = map(int, subprocess.run([sys.executable, "-c", RETURNING_CODE], capture_output=True,
+                                                  text=True, check=True).stdout.split())
+    assert inside < held - 350, "inside the block a freed large array is returned at once"
+    assert after > inside + 350, "outside it the tuning keeps freed memory again"

@@ -27,6 +27,7 @@ from ..data.writers import write_probabilities
 from ..events import CancelToken, EventHandler
 from ..predictor import Predictor, Result
 from ..prepared_case import PreparedCase
+from ..runtime.allocator import returning_large_blocks
 from ..streaming_stage import writes_labels_slab_wise
 from ..runtime.memory_plan import MemoryBudget
 
@@ -75,7 +76,8 @@ class CaseStages:
     def read(self, item: InFlight) -> None:
         """Read the case's files, check them against the model and plan its memory (raises for a bad case)."""
         started = time.perf_counter()
-        volume = read_volume(list(item.case.inputs), series_uid=self.series_uid)
+        with returning_large_blocks():  # the file's voxels and their float32 copy are made once
+            volume = read_volume(list(item.case.inputs), series_uid=self.series_uid)
         previous = None
         if self.prev_stage_predictions is not None:
             ending = str(self.predictor.bundle.dataset_json.get("file_ending", ".nii.gz"))
