@@ -28,9 +28,10 @@ from ..runtime.side_stream import Handoff, side_stream
 from .export import Exported, LabelSink, export_slab_rows, slab_of
 from .resample import LogitResampler
 
-PENDING_UPDATES = 2
+PENDING_UPDATES = 1
 """Released row ranges that may wait for the export thread; the sliding window waits beyond that, which bounds the
-memory of rows in flight when the export is slower than the tiles."""
+memory of rows in flight when the export is slower than the tiles (one: on a 2-core CPU the export and the tiles
+share the cores, so a longer queue holds memory without finishing sooner)."""
 
 
 class StreamingExport:
