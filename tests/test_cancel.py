@@ -68,6 +68,7 @@ def test_cancel_during_export_stops_between_slabs(counting, tmp_path: Path, monk
     from tilewise.engine.postprocess import export as export_module
 
     predictor, calls = counting
+    predictor.streaming = False  # the whole-volume export after the tiles (a streaming run's: tests/test_streaming.py)
     case = model_factory.make_case(tmp_path / "ct_0000.nii.gz", "3d", shape=(40, 48, 56))
     slabs_done: list[int] = []
     real_slab = export_module.slab_of
