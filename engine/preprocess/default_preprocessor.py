@@ -20,7 +20,6 @@ nnU-Net's preprocessor class. ``tests/test_default_preprocessing.py`` compares b
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,41 +30,17 @@ from ..model.bundle import ModelBundle
 from ..runtime.parallel import run_all, slabs
 from .nonzero_mask import as_labels, fill_holes, resample_mask
 from .normalised_crop import NormalisedCrop, cropped_nonzero, elementwise_normalisers, nonzero_box, nonzero_of
+from .resampling_settings import Resampling, resampling_settings
 from .spline_resize import resize_source, value_range
 
-_DATA_RESAMPLING = "resample_data_or_seg_to_shape"
 _MASK_FREE_NORMALISATIONS = {"ZScoreNormalization", "CTNormalization", "NoNormalization",
                              "RescaleTo01Normalization", "RGBTo01Normalization"}
 """nnU-Net's own schemes, which read the nonzero mask only when ``use_mask_for_norm`` is set."""
 
 
-@dataclass(frozen=True)
-class _DataResampling:
-    """The keyword arguments of the plans' ``resample_data_or_seg_to_shape`` for image data."""
-
-    order: int
-    order_z: int
-    force_separate_z: bool | None
-    anisotropy_threshold: float
-
-
-def _data_resampling(bundle: ModelBundle) -> _DataResampling | None:
+def _data_resampling(bundle: ModelBundle) -> Resampling | None:
     """The plans' data resampling settings, or None if they name another function or options we do not know."""
-    from nnunetv2.configuration import ANISO_THRESHOLD
-
-    configuration = bundle.configuration_manager.configuration
-    if configuration.get("resampling_fn_data") != _DATA_RESAMPLING:
-        return None
-    kwargs = dict(configuration.get("resampling_fn_data_kwargs", {}))
-    if kwargs.pop("is_seg", False):
-        return None
-    settings = _DataResampling(
-        order=int(kwargs.pop("order", 3)),
-        order_z=int(kwargs.pop("order_z", 0)),
-        force_separate_z=kwargs.pop("force_separate_z", False),
-        anisotropy_threshold=float(kwargs.pop("separate_z_anisotropy_threshold", ANISO_THRESHOLD)),
-    )
-    return None if kwargs else settings
+    return resampling_settings(bundle.configuration_manager.configuration, is_seg=False)
 
 
 def supports(bundle: ModelBundle) -> bool:
@@ -80,7 +55,7 @@ def _needs_mask_for_normalisation(bundle: ModelBundle) -> bool:
     return any(manager.use_mask_for_norm) or any(s not in _MASK_FREE_NORMALISATIONS for s in manager.normalization_schemes)
 
 
-def _resample_separate_z(image: np.ndarray, new_shape: np.ndarray, axis: int, settings: _DataResampling,
+def _resample_separate_z(image: np.ndarray, new_shape: np.ndarray, axis: int, settings: Resampling,
                          threads: int) -> np.ndarray:
     """nnU-Net's separate-z resampling of one float64 channel: in-plane skimage per slice, then ``order_z`` along
     ``axis`` with ``map_coordinates`` (both as nnU-Net calls them, split over ``threads`` threads)."""
@@ -119,7 +94,7 @@ def _resample_separate_z(image: np.ndarray, new_shape: np.ndarray, axis: int, se
 
 
 def _resample_data(image: NormalisedCrop, new_shape: np.ndarray, original_spacing: list[float],
-                   target_spacing: list[float], settings: _DataResampling, threads: int) -> np.ndarray | None:
+                   target_spacing: list[float], settings: Resampling, threads: int) -> np.ndarray | None:
     """nnU-Net's ``resample_data_or_seg_to_shape`` of image data, or None where only nnU-Net's own call is exact."""
     from nnunetv2.preprocessing.resampling.default_resampling import determine_do_sep_z_and_axis
 

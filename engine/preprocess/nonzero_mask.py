@@ -24,7 +24,6 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -32,40 +31,17 @@ import numpy as np
 from scipy import ndimage
 
 from ..runtime.parallel import run_all, slabs
+from .resampling_settings import Resampling, resampling_settings
 
 WINDOW_VOXELS = 2**20
 """Output voxels per window. A window holds about 60 bytes per output voxel (24 of coordinates, the rest scores and
 labels) and 2 per input voxel it reads (its labels and one indicator): about 120 MB per thread for a 512 x 512 CT
 resampled to 3 mm."""
-_SEG_RESAMPLING = "resample_data_or_seg_to_shape"
 
 
-@dataclass(frozen=True)
-class SegResampling:
-    """The keyword arguments of the plans' ``resample_data_or_seg_to_shape`` for segmentations."""
-
-    order: int
-    order_z: int
-    force_separate_z: bool | None
-    anisotropy_threshold: float
-
-
-def seg_resampling(configuration: dict[str, Any]) -> SegResampling | None:
+def seg_resampling(configuration: dict[str, Any]) -> Resampling | None:
     """The plans' segmentation resampling settings, or None if they name another function or other options."""
-    from nnunetv2.configuration import ANISO_THRESHOLD
-
-    if configuration.get("resampling_fn_seg") != _SEG_RESAMPLING:
-        return None
-    kwargs = dict(configuration.get("resampling_fn_seg_kwargs", {}))
-    if not kwargs.pop("is_seg", False):
-        return None
-    settings = SegResampling(
-        order=int(kwargs.pop("order", 3)),
-        order_z=int(kwargs.pop("order_z", 0)),
-        force_separate_z=kwargs.pop("force_separate_z", False),
-        anisotropy_threshold=float(kwargs.pop("separate_z_anisotropy_threshold", ANISO_THRESHOLD)),
-    )
-    return None if kwargs else settings
+    return resampling_settings(configuration, is_seg=True)
 
 
 def fill_holes(nonzero: np.ndarray) -> np.ndarray:
@@ -146,7 +122,7 @@ def _whole_window(filled: np.ndarray, new_shape: tuple[int, ...], order: int, la
                   tiebreak)
 
 
-def _separate_window(filled: np.ndarray, new_shape: tuple[int, ...], axis: int, settings: SegResampling,
+def _separate_window(filled: np.ndarray, new_shape: tuple[int, ...], axis: int, settings: Resampling,
                      span: tuple[int, int]) -> np.ndarray:
     """Output slices ``span`` along ``axis`` of nnU-Net's separate-z resampling of the float64 mask."""
     from batchgenerators.augmentations.utils import resize_segmentation
