@@ -69,7 +69,8 @@ class StageCosts:
     seconds_per_pass: float
     """One forward pass of one tile, with the runner's work around it once a run measured it."""
     load_per_fold: Span
-    """Loading one fold whose compiled model is cached: checkpoint, network, compile, check against torch."""
+    """Loading one fold whose compiled model is cached: checkpoint, network, compile (and the check against torch
+    the first time the model runs on this machine)."""
     convert_per_fold: Span
     """What a fold's first-use OpenVINO conversion adds to its load (convert, check, cache)."""
     preprocess_per_mvoxel: Span

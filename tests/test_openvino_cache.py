@@ -1,5 +1,6 @@
 """The OpenVINO model cache cannot poison results: models are cached only after agreeing with torch, each entry is
-checked against torch again the first time a process uses it, and cache folders others may write are refused."""
+checked against torch again the first time it is used on a machine (the entry records the machines, bound to the
+hashes of its files, so changed files are checked again), and cache folders others may write are refused."""
 from __future__ import annotations
 
 import hashlib
@@ -110,10 +111,19 @@ def test_a_poisoned_entry_with_a_valid_manifest_is_rebuilt(ct_model: Path, ct_ca
 
     openvino_backend.VERIFIED.clear()
     again = Predictor(ct_model, preset, device="cpu")
-    assert again.backend.cache_events == ["cached"] and again.backend.conversions == 0 and len(checks) == 4
+    assert again.backend.cache_events == ["cached"] and again.backend.conversions == 0
+    assert len(checks) == 3, "the rebuilt model agreed with torch on this machine when it was stored"
 
 
-def test_each_entry_is_checked_once_per_process(tmp_path: Path, checks: list[str]) -> None:
+def another_machine(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make the backend see another machine (another CPU or OpenVINO version)."""
+    from tilewise.engine.backends import openvino_backend
+
+    monkeypatch.setattr(openvino_backend, "machine_identity", lambda core, device: name)
+
+
+def test_each_entry_is_checked_once_per_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                checks: list[str]) -> None:
     from tilewise.engine.backends import openvino_backend
 
     networks = tiny_networks(2)
@@ -122,12 +132,20 @@ def test_each_entry_is_checked_once_per_process(tmp_path: Path, checks: list[str
     second = ov_backend(networks, tmp_path)
     assert second.cache_events == ["cached", "cached"] and len(checks) == 2, "checked when converted: not again"
 
-    openvino_backend.VERIFIED.clear()  # a new process
+    openvino_backend.VERIFIED.clear()  # a new process on the same machine: the entries' records say they agreed
     third = ov_backend(networks, tmp_path)
-    assert third.cache_events == ["cached", "cached"] and not third.notes and len(checks) == 4
+    assert third.cache_events == ["cached", "cached"] and not third.notes and len(checks) == 2
+
+    another_machine(monkeypatch, "machine-b")
+    openvino_backend.VERIFIED.clear()  # a new process on another machine sharing the cache folder
+    fourth = ov_backend(networks, tmp_path)
+    assert fourth.cache_events == ["cached", "cached"] and not fourth.notes and len(checks) == 4
     ov_backend(networks, tmp_path)
     assert len(checks) == 4
+    records = [json.loads((entry / "verified.json").read_text()) for entry in entries(tmp_path)]
+    assert [len(record["machines"]) for record in records] == [2, 2], "both machines are kept"
 
+    another_machine(monkeypatch, "machine-c")
     openvino_backend.VERIFIED.clear()
     backends, errors = [], []
 
@@ -148,15 +166,48 @@ def test_each_entry_is_checked_once_per_process(tmp_path: Path, checks: list[str
     torch.testing.assert_close(backends[0](torch.ones((2, 1, *PATCH))), first(torch.ones((2, 1, *PATCH))))
 
 
-def test_an_entry_changed_after_its_check_is_checked_again(tmp_path: Path, checks: list[str]) -> None:
+@pytest.mark.parametrize("record", ["not json {", '{"fingerprint": "0:0:0", "machines": ["MACHINE"]}',
+                                    '{"fingerprint": "FINGERPRINT", "machines": "MACHINE"}', "[]"],
+                         ids=["unreadable", "other files", "malformed", "not a record"])
+def test_a_record_that_does_not_vouch_for_the_files_means_a_new_check(tmp_path: Path, record: str,
+                                                                      checks: list[str]) -> None:
+    from tilewise.engine.backends import openvino_backend
+
+    networks = tiny_networks(1)
+    first = ov_backend(networks, tmp_path)
+    (entry,) = entries(tmp_path)
+    kept = json.loads((entry / "verified.json").read_text())
+    assert kept["machines"] == [first.machine] and len(checks) == 1
+    (entry / "verified.json").write_text(record.replace("MACHINE", first.machine)
+                                         .replace("FINGERPRINT", kept["fingerprint"]))
+    openvino_backend.VERIFIED.clear()
+    again = ov_backend(networks, tmp_path)
+    assert again.cache_events == ["cached"] and len(checks) == 2, "checked against torch again"
+    assert json.loads((entry / "verified.json").read_text()) == kept, "and recorded again"
+
+
+def test_an_entry_whose_record_cannot_be_written_is_still_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              checks: list[str]) -> None:
+    from tilewise.engine.backends import openvino_backend, ov_cache
+
     networks = tiny_networks(1)
     ov_backend(networks, tmp_path)
-    poison(entries(tmp_path)[0])  # rewritten by someone else while this process runs
-    rebuilt = ov_backend(networks, tmp_path)
-    assert rebuilt.cache_events[0].startswith("rebuilt: it disagrees with torch") and len(checks) == 3
-    with torch.no_grad():
-        torch.testing.assert_close(rebuilt(torch.ones((2, 1, *PATCH))), networks[0](torch.ones((2, 1, *PATCH))),
-                                   atol=1e-5, rtol=1e-4)
+    (entry,) = entries(tmp_path)
+    (entry / "verified.json").unlink()
+    real_replace = os.replace
+
+    def refused(source: str | Path, target: str | Path) -> None:  # a disk that fills as the record is written
+        if Path(target).name == "verified.json":
+            raise OSError(28, "No space left on device")
+        real_replace(source, target)
+
+    monkeypatch.setattr(ov_cache.os, "replace", refused)
+    for expected_checks in (2, 3):  # each new process checks it again, and runs it
+        openvino_backend.VERIFIED.clear()
+        again = ov_backend(networks, tmp_path)
+        assert again.cache_events == ["cached"] and len(checks) == expected_checks
+    assert not (entry / "verified.json").exists()
+    assert not [p for p in entry.iterdir() if p.name.startswith(".")], "no staging file is left behind"
 
 
 # ---- storing only what agreed with torch ---------------------------------------------------------------------

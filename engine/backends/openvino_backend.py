@@ -2,13 +2,16 @@
 
 Each fold network is converted (:mod:`.ov_convert`) for a static (batch, channels, *patch) input, checked against
 torch on one tile, only then cached on disk (:mod:`.ov_cache`), and compiled for the chosen precision. A cached
-model is checked against torch the same way the first time this process uses it; one that disagrees is discarded
-and rebuilt. Mirroring and fold averaging happen around the compiled models exactly as
+model is checked against torch the same way the first time it is used on this machine (:func:`machine_identity`;
+the entry records it); one that disagrees is discarded and rebuilt. Mirroring and fold averaging happen around the compiled models exactly as
 :class:`~tilewise.engine.backends.torch_backend.TorchBackend` does them.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import platform
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -42,6 +45,19 @@ VERIFIED = VerifiedEntries()
 def _torch_logits(network: nn.Module, tile: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return network(tile).float()
+
+
+def machine_identity(core: Any, ov_device: str) -> str:
+    """What a compiled model's numbers depend on besides its files and precision: the OpenVINO version, the device
+    and the instructions its kernels may use. A cache entry checked against torch under one identity is trusted
+    under the same one without a new check."""
+    import openvino
+
+    facts = [openvino.__version__, platform.machine(), ov_device.upper(),
+             str(core.get_property(ov_device, "FULL_DEVICE_NAME")),
+             sorted(str(c) for c in core.get_property(ov_device, "OPTIMIZATION_CAPABILITIES")),
+             torch.backends.cpu.get_cpu_capability()]  # AVX2 or AVX-512 where a virtual CPU hides it from the name
+    return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:32]
 
 
 def _first_line(error: BaseException) -> str:
@@ -122,6 +138,7 @@ class OpenVINOBackend:
         self.input_shape = tuple(int(s) for s in input_shape)
         capabilities = self.core.get_property(ov_device, "OPTIMIZATION_CAPABILITIES")
         self.precision, note = resolve_openvino_precision(precision, capabilities, ov_device)
+        self.machine = machine_identity(self.core, ov_device)
         self.notes: list[str] = [note] if note else []
         self.cache = cache if cache is not None else ModelCache()
         self.cache_events: list[str] = []
@@ -183,9 +200,9 @@ class OpenVINOBackend:
 
     def _from_cache(self, key: CacheKey, tile: torch.Tensor,
                     reference: Callable[[], torch.Tensor]) -> tuple[_CompiledFold | None, str]:
-        """The compiled cached model, or None and why there is none that can be trusted. The first time an entry is
-        used in this process it is checked against torch on the check tile, as a conversion is; one that disagrees
-        is discarded."""
+        """The compiled cached model, or None and why there is none that can be trusted. An entry that has not agreed
+        with torch on this machine (in this process, or as its record says) is checked on the check tile, as a
+        conversion is; one that disagrees is discarded."""
         try:
             cached = self.cache.load(key, self.core)
             fold = self._compile(self._checked(cached.model))
@@ -197,6 +214,9 @@ class OpenVINOBackend:
             return None, f"OpenVINO could not compile it ({_first_line(error)})"
         with VERIFIED.lock(cached.fingerprint):  # two threads loading one entry check it once
             agreed = VERIFIED.result(cached.fingerprint)
+            if agreed is None and self.cache.verified_on(key, cached.fingerprint, self.machine):
+                agreed = True  # these very files agreed with torch on this machine before: no torch pass needed
+                VERIFIED.record(cached.fingerprint, True)
             if agreed is None:
                 try:
                     problem = self._disagreement(fold, tile, reference)
@@ -204,6 +224,8 @@ class OpenVINOBackend:
                     problem = f"it fails to run ({_first_line(error)})"
                 agreed = problem is None
                 VERIFIED.record(cached.fingerprint, agreed)
+                if agreed:
+                    self.cache.record_verified(key, cached.fingerprint, self.machine)
                 if not agreed:
                     self.cache.discard(key)
                     return None, f"it disagrees with torch on the check tile ({problem})"
@@ -265,6 +287,7 @@ class OpenVINOBackend:
         except OSError as error:
             return str(error)
         VERIFIED.record(staged.cached.fingerprint, True)  # checked just now: no need to check it again in this run
+        self.cache.record_verified(staged.key, staged.cached.fingerprint, self.machine)
         return ""
 
     def _convert(self, index: int, network: nn.Module, example: tuple[int, ...]) -> Any:

@@ -10,8 +10,11 @@ caller has checked it against torch (:meth:`ModelCache.commit`). Hashes only cat
 write an entry can rewrite its manifest too, so the cache folders must be private: on POSIX the folders Tilewise
 creates get mode 0o700, and a cache root or entry folder that another user owns or that group or world may write
 is refused (:func:`check_private`). On Windows the per-user ``%LOCALAPPDATA%`` is private already and is not
-checked. :class:`VerifiedEntries` remembers which entries agreed with torch in this process, so the backend checks
-each entry against torch once per process.
+checked. :class:`VerifiedEntries` remembers which entries agreed with torch in this process, and each entry's
+``verified.json`` the machines (:func:`~tilewise.engine.backends.openvino_backend.machine_identity`) on which
+exactly its files agreed with torch, so the backend checks an entry against torch once per machine: the check
+costs a whole-tile torch pass (tens of seconds and gigabytes for a large network on a CPU), and a record bound to
+the files' hashes is as trustworthy as the private folder that holds the model itself.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ CACHE_DIR_VARIABLE = "TILEWISE_CACHE_DIR"
 FORMAT_VERSION = 2  # bump whenever conversion changes what a cached model computes (2: pooled instance norms)
 _FILES = ("model.xml", "model.bin")
 _MANIFEST = "manifest.json"
+_VERIFIED = "verified.json"
 PRIVATE_MODE = 0o700
 NOT_CACHED = "not cached yet"
 """Why :meth:`ModelCache.load` fails for a key that was never stored."""
@@ -239,6 +243,40 @@ class ModelCache:
                 raise StaleEntry(f"{name} does not match its recorded hash")
         return _read(key, contents, hashes, core)
 
+    def verified_on(self, key: CacheKey, fingerprint: str, machine: str) -> bool:
+        """True when ``key``'s entry records that exactly the files of ``fingerprint`` agreed with torch on
+        ``machine``; False when it does not or the record cannot be read."""
+        return machine in self._verified_machines(key, fingerprint)
+
+    def record_verified(self, key: CacheKey, fingerprint: str, machine: str) -> None:
+        """Record in ``key``'s entry that the files of ``fingerprint`` agreed with torch on ``machine``. Best effort:
+        a record that cannot be written only means the entry is checked again next time. The record is replaced
+        whole, so a reader never sees half of one."""
+        folder = self.entry(key)
+        machines = sorted({*self._verified_machines(key, fingerprint), machine})
+        try:
+            check_private(folder)
+            handle, staging = tempfile.mkstemp(prefix=f".{_VERIFIED}.", dir=folder)
+        except (OSError, TilewiseError):
+            return
+        try:
+            with os.fdopen(handle, "w") as file:
+                json.dump({"fingerprint": fingerprint, "machines": machines}, file, indent=2)
+            os.replace(staging, folder / _VERIFIED)
+        except OSError:
+            Path(staging).unlink(missing_ok=True)
+
+    def _verified_machines(self, key: CacheKey, fingerprint: str) -> list[str]:
+        """The machines ``key``'s entry records for the files of ``fingerprint`` (none for other files)."""
+        try:
+            record = json.loads((self.entry(key) / _VERIFIED).read_text())
+        except (OSError, ValueError):
+            return []
+        if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
+            return []
+        machines = record.get("machines")
+        return [m for m in machines if isinstance(m, str)] if isinstance(machines, list) else []
+
     def has(self, key: CacheKey) -> bool:
         """True when ``key`` has a finished entry (its manifest names this key); read-only and cheap, for the time
         estimates: the files are not hashed or parsed, so :meth:`load` may still find the entry stale."""
@@ -275,6 +313,7 @@ class ModelCache:
         _private_mkdir(folder)
         check_private(folder)
         (folder / _MANIFEST).unlink(missing_ok=True)  # from here until the new manifest lands the entry is invalid
+        (folder / _VERIFIED).unlink(missing_ok=True)  # the old files' record: the new ones are recorded by the caller
         for name in _FILES:
             os.replace(staged.folder / name, folder / name)
         manifest = {"key": staged.key.as_dict(), "files": staged.hashes}
