@@ -38,7 +38,8 @@ class ForwardBackend(Protocol):
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits (batch, heads, *patch) in float32, averaged over folds and mirrors, for inputs (batch, channels,
-        *patch) on :attr:`device`."""
+        *patch) on :attr:`device`. They may be the backend's own output buffer (OpenVINO without mirroring), which
+        the next call overwrites: add or copy them before calling again; the caller may change them in place."""
         ...
 
     def describe(self) -> str:

@@ -69,9 +69,10 @@ class Accumulator:
 
     def add(self, region: tuple[int | slice, ...], prediction: torch.Tensor) -> None:
         """Add one tile's float32 logits (heads, *tile) at ``region``: as nnU-Net, the product with the Gaussian is
-        taken in float32 and rounded into the sums' dtype."""
+        taken in float32, in place in ``prediction`` (no second tile of logits in memory), and rounded into the
+        sums' dtype."""
         prediction = prediction.to(self.placement.device)
-        self.logits[(slice(None), *region)] += prediction * self.gaussian
+        self.logits[(slice(None), *region)] += prediction.mul_(self.gaussian)
         self.weights[region] += self.gaussian
 
     def tile_logits(self, box: Box) -> torch.Tensor:

@@ -207,8 +207,7 @@ class SlidingWindowRunner:
             try:
                 if inputs.shape[0] <= self.batch_size:  # the usual case: no copy of the batch's logits
                     return self.backend(inputs)
-                return torch.cat([self.backend(inputs[i:i + self.batch_size])
-                                  for i in range(0, inputs.shape[0], self.batch_size)])
+                return self._forward_in_pieces(inputs)
             except (RuntimeError, MemoryError) as error:
                 if not is_out_of_memory(error):
                     raise
@@ -217,6 +216,18 @@ class SlidingWindowRunner:
                     raise self._out_of_memory(error, "running the network") from None
                 self.batch_size //= 2
                 self.notes.append(f"memory ran out: batch size reduced to {self.batch_size}")
+
+    def _forward_in_pieces(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch larger than :attr:`batch_size`, run in pieces; each piece is copied out before the next
+        runs, since a backend may hand out its own buffer."""
+        logits: torch.Tensor | None = None
+        for start in range(0, inputs.shape[0], self.batch_size):
+            piece = self.backend(inputs[start:start + self.batch_size])
+            if logits is None:
+                logits = piece.new_empty((inputs.shape[0], *piece.shape[1:]))
+            logits[start:start + piece.shape[0]] = piece
+        assert logits is not None
+        return logits
 
     def _run(
         self,

@@ -84,18 +84,19 @@ class SlabWindow:
 
     def add(self, region: tuple[int | slice, ...], prediction: torch.Tensor) -> None:
         """Add one tile's float32 logits (heads, *tile) at ``region`` (grid coordinates; a 2d tile's row is an int),
-        exactly as :meth:`~.accumulators.Accumulator.add` does, piece by piece where the ring wraps."""
+        exactly as :meth:`~.accumulators.Accumulator.add` does (``prediction`` is weighted in place), piece by piece
+        where the ring wraps."""
         prediction = prediction.to(self.placement.device)
         rows, plane = region[0], tuple(region[1:])
         if isinstance(rows, int):
             ring = rows % self.rows
             self._pieces(rows, rows + 1)  # checks the row lies in the window
-            self.logits[(slice(None), ring, *plane)] += prediction * self.gaussian
+            self.logits[(slice(None), ring, *plane)] += prediction.mul_(self.gaussian)
             self.weights[(ring, *plane)] += self.gaussian
             return
         for ring, part in self._pieces(int(rows.start), int(rows.stop)):
             gaussian = self.gaussian[part]
-            self.logits[(slice(None), ring, *plane)] += prediction[:, part] * gaussian
+            self.logits[(slice(None), ring, *plane)] += prediction[:, part].mul_(gaussian)
             self.weights[(ring, *plane)] += gaussian
 
     def tile_logits(self, box: Box) -> torch.Tensor:
