@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import threading
 from dataclasses import asdict, dataclass
@@ -33,8 +32,8 @@ import torch
 from torch import nn
 
 from ..errors import TilewiseError
+from ..runtime.cache_dir import CACHE_DIR_VARIABLE, user_cache_dir
 
-CACHE_DIR_VARIABLE = "TILEWISE_CACHE_DIR"
 FORMAT_VERSION = 2  # bump whenever conversion changes what a cached model computes (2: pooled instance norms)
 _FILES = ("model.xml", "model.bin")
 _MANIFEST = "manifest.json"
@@ -42,19 +41,6 @@ _VERIFIED = "verified.json"
 PRIVATE_MODE = 0o700
 NOT_CACHED = "not cached yet"
 """Why :meth:`ModelCache.load` fails for a key that was never stored."""
-
-
-def user_cache_dir() -> Path:
-    """Tilewise's cache folder: ``$TILEWISE_CACHE_DIR``, else the platform's per-user cache location."""
-    override = os.environ.get(CACHE_DIR_VARIABLE)
-    if override:
-        return Path(override).expanduser()
-    if sys.platform.startswith("win"):
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-        return Path(base) / "Tilewise" / "cache"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "Tilewise"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tilewise"
 
 
 def openvino_cache_dir() -> Path:

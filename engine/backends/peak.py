@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..runtime.cache_dir import user_cache_dir
 from ..runtime.devices import PRECISIONS
-from .ov_cache import user_cache_dir
 
 CACHE_FILE = "convolution_peak.json"
 REPEATS = 3
