@@ -24,6 +24,7 @@ from .checkpoint import (
 )
 from .labels import label_names
 from .schema import check_checkpoint_outputs, validate_model_json
+from .trainer_builders import builds_like_stock, remember
 
 CHECKPOINT_NAMES: tuple[str, ...] = ("checkpoint_final.pth", "checkpoint_best.pth")
 _FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
@@ -301,8 +302,8 @@ class ModelBundle:
 
     def _build_one(self, num_outputs: int) -> nn.Module:
         manager = self.configuration_manager
-        if self.trainer_name == STOCK_TRAINER:
-            # nnUNetTrainer.build_network_architecture is exactly this call; importing the trainer module costs ~2 s.
+        if self.trainer_name == STOCK_TRAINER or builds_like_stock(self.trainer_name):
+            # nnUNetTrainer.build_network_architecture is exactly this call; finding the trainer costs 3-4 s.
             from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
             return get_network_from_plans(
@@ -313,6 +314,7 @@ class ModelBundle:
         trainer_class = find_trainer_class(self.trainer_name, self.path)
         if trainer_class is None:
             raise ModelError(self.path, f"trainer class '{self.trainer_name}' not found in nnunetv2 or its plugins")
+        remember(self.trainer_name, trainer_class)
         parameters = inspect.signature(trainer_class.build_network_architecture).parameters
         if "plans_manager" in parameters:
             return trainer_class.build_network_architecture(
