@@ -35,6 +35,7 @@ from .prepared_case import PreparedCase
 from .preprocess.reuse import PreprocessCache
 from .preprocess.totalseg_grid import TaskGrid, from_task_grid, model_input, nifti_of, to_task_grid
 from .presets import Preset
+from .runtime.allocator import return_freed_host_memory
 
 
 @dataclass
@@ -187,6 +188,7 @@ class TaskPredictor:
             events.done += case.tiles
             done = predictor.finish(case)
             release_working_memory(predictor.backend)  # the next part's model allocates its own
+            return_freed_host_memory()  # and the heap gives those pages back, not only keeps them for reuse
             result.tiles += done.tiles
             result.forward_passes += done.forward_passes
             result.notes += [n for n in done.notes if n not in result.notes]

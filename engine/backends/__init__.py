@@ -52,8 +52,8 @@ def release_working_memory(backend: ForwardBackend) -> None:
 
     Only OpenVINO keeps them (``CompiledModel.release_memory`` freed 1.1 GB of one full-size TotalSegmentator
     stand-in's 1.7 GB after a pass; PyTorch frees activations after each pass). Why: a TotalSegmentator task loads
-    five such models and checks each on a tile, and with every model holding its buffers ``total`` on a 512 x 512 x
-    300 CT was killed for memory on a 24 GB machine.
+    five such models, and with every model holding its buffers ``total`` on a 512 x 512 x 300 CT was killed for
+    memory on a 24 GB machine.
     """
     for fold in getattr(backend, "folds", ()):
         release = getattr(getattr(fold, "compiled", None), "release_memory", None)

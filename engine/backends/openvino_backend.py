@@ -3,8 +3,8 @@
 Each fold network is converted (:mod:`.ov_convert`) for a static (batch, channels, *patch) input, checked against
 torch on one tile, only then cached on disk (:mod:`.ov_cache`), and compiled for the chosen precision. A cached
 model is checked against torch the same way the first time it is used on this machine (:func:`machine_identity`;
-the entry records it); one that disagrees is discarded and rebuilt. Mirroring and fold averaging happen around the compiled models exactly as
-:class:`~tilewise.engine.backends.torch_backend.TorchBackend` does them.
+the entry records it); one that disagrees is discarded and rebuilt. Mirroring and fold averaging happen around the
+compiled models exactly as :class:`~tilewise.engine.backends.torch_backend.TorchBackend` does them.
 """
 from __future__ import annotations
 
