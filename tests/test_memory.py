@@ -180,7 +180,7 @@ def test_float16_sums_equal_nnunets_own_float16_accumulation() -> None:
     for start in (0, 4):
         prediction = torch.randn((2, *patch), generator=generator) * 5
         region = (slice(start, start + 8), slice(0, 8), slice(0, 8))
-        accumulator.add(region, prediction)
+        accumulator.add(region, prediction.clone())  # add weights the tile's logits in place, as nnU-Net does
         prediction = prediction * gaussian16
         logits16[(slice(None), *region)] += prediction
         weights16[region] += gaussian16
