@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..runtime.cache_dir import user_cache_dir
+from ..runtime.cache_dir import user_cache_dir, write_record
 from ..runtime.devices import PRECISIONS
 
 CACHE_FILE = "convolution_peak.json"
@@ -125,11 +124,5 @@ def peak_flops(key: PeakKey, cache_dir: Path | None = None) -> float:
         cached = {}
     best = max(measure_peak(key), float(cached.get(key.text(), 0.0)))
     cached[key.text()] = best
-    staging = path.with_name(f".{path.name}.{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging.write_text(json.dumps(cached, indent=1), encoding="utf-8")
-        staging.replace(path)  # atomic: another bench reading the cache sees the old file or the new one
-    except OSError:  # a full or read-only cache folder: the bench still reports the rate measured now
-        staging.unlink(missing_ok=True)
+    write_record(path, cached)  # a full or read-only cache folder: the bench still reports the rate measured now
     return best

@@ -11,7 +11,6 @@ changed or missing file, an unreadable record) takes nnU-Net's search.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import os
@@ -19,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from ..runtime.cache_dir import user_cache_dir
+from ..runtime.cache_dir import user_cache_dir, write_record
 
 RECORD_FILE = "trainer_builders.json"
 
@@ -89,11 +88,4 @@ def remember(name: str, trainer_class: type, cache_dir: Path | None = None) -> N
     path = (cache_dir or user_cache_dir()) / RECORD_FILE
     record = _read(path)
     record[_key(name)] = stamps
-    staging = path.with_name(f".{path.name}.{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging.write_text(json.dumps(record, indent=1), encoding="utf-8")
-        staging.replace(path)  # atomic: another process reading the record sees the old file or the new one
-    except OSError:
-        with contextlib.suppress(OSError):  # the cache path may not even be a folder
-            staging.unlink(missing_ok=True)
+    write_record(path, record)

@@ -1,9 +1,12 @@
-"""Tilewise's per-user cache folder (converted models, measured rates, trainer lookups)."""
+"""Tilewise's per-user cache folder (converted models, measured rates, trainer lookups) and its small JSON records."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 CACHE_DIR_VARIABLE = "TILEWISE_CACHE_DIR"
 
@@ -19,3 +22,17 @@ def user_cache_dir() -> Path:
     if sys.platform == "darwin":
         return Path.home() / "Library" / "Caches" / "Tilewise"
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tilewise"
+
+
+def write_record(path: Path, record: Any) -> None:
+    """Write ``record`` as JSON to ``path`` through a staging file, so a reader in another process sees the old file
+    or the new one, never half of one. Best effort: a full, read-only or missing cache folder leaves ``path`` as it
+    was (the records are only shortcuts)."""
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging.write_text(json.dumps(record, indent=1), encoding="utf-8")
+        staging.replace(path)
+    except OSError:
+        with contextlib.suppress(OSError):  # the cache path may not even be a folder
+            staging.unlink(missing_ok=True)
