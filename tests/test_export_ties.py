@@ -12,6 +12,7 @@ import pytest
 import torch
 from tilewise.engine import read_volume
 from tilewise.engine.model.bundle import ModelBundle
+from tilewise.engine.postprocess import agreement as agreement_module
 from tilewise.engine.postprocess import export as export_module
 from tilewise.engine.postprocess.export import export_logits
 from tilewise.engine.postprocess.resample import LogitResampler
@@ -44,7 +45,9 @@ def test_export_labels_are_nnunets_voxel_for_voxel(make_model, tmp_path: Path, k
     ours = export_logits(logits, bundle, prepared.properties, slab_budget_bytes=1).labels  # one row per slab
     assert np.array_equal(ours, expected), f"{int((ours != expected).sum())} of {ours.size} voxels differ"
 
-    monkeypatch.setattr(export_module, "settle_ties", lambda *args: 0)  # the test can fail: float32 alone differs
+    # The test can fail: float32 alone differs (on this noise the labels-only shortcut resamples nearly every voxel).
+    monkeypatch.setattr(export_module, "settle_ties", lambda *args, **kwargs: 0)
+    monkeypatch.setattr(agreement_module, "settle_ties", lambda *args, **kwargs: 0)
     assert not np.array_equal(export_logits(logits, bundle, prepared.properties).labels, expected)
 
 
@@ -71,3 +74,29 @@ def test_points_are_nnunets_values_and_the_slab_is_within_its_bound(in_shape, ou
     assert torch.equal(points, expected[:, chosen[:, 0], chosen[:, 1], chosen[:, 2]])
     error = (resampler.slab(rows, 0, out_shape[0], 0) - expected).abs().max().item()
     assert 0 < error <= resampler.error_bound(float(np.abs(logits).max()))
+
+
+def test_a_labels_only_export_breaks_softmax_ties_as_nnunet_does(make_model, tmp_path: Path, monkeypatch) -> None:
+    """Without probabilities nnunetv2 takes the argmax of the logits themselves; two logits a float32 step apart can
+    have equal softmax probabilities, so the softmax rule would pick the first head where nnU-Net picks the larger."""
+    from scipy.ndimage import gaussian_filter
+    from tilewise.engine.postprocess import ties
+
+    bundle = ModelBundle.load(make_model("3d"))
+    spacing = tuple(s * f for s, f in zip(model_factory.default_spacing("3d"), (0.83, 1.13, 0.91)))
+    volume = read_volume(model_factory.case_files(tmp_path, "case", "3d", shape=(48, 56, 60), spacing=spacing))
+    prepared = preprocess(volume, bundle, with_nonzero_mask=False)
+    grid = tuple(prepared.data[(0, *prepared.unpadded)].shape)
+    rng = np.random.default_rng(3)
+    fields = np.stack([gaussian_filter(rng.normal(size=grid), sigma=3.0) for _ in range(3)])
+    fields = (fields / fields.std() * 20).astype(np.float32)
+    fields[0] = fields[1] * np.float32(1 + 1e-7)  # heads 0 and 1 equal or one float32 step apart everywhere
+    logits = torch.from_numpy(fields)
+    expected = _nnunet_labels(logits, bundle, prepared.properties)
+
+    ours = export_logits(logits, bundle, prepared.properties).labels
+    assert np.array_equal(ours, expected), f"{int((ours != expected).sum())} of {ours.size} voxels differ"
+
+    real_rule = ties.nnunet_label_rule
+    monkeypatch.setattr(ties, "nnunet_label_rule", lambda bundle, logits, _: real_rule(bundle, logits, True))
+    assert not np.array_equal(export_logits(logits, bundle, prepared.properties).labels, expected)

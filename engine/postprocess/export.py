@@ -19,6 +19,7 @@ from ..errors import DiskSpaceError, OutOfMemoryError
 from ..events import check_cancelled
 from ..model.bundle import ModelBundle
 from ..runtime.memory import free_device_memory, is_out_of_memory
+from .agreement import AgreementLabels, agreement_applies
 from .labels import logits_to_labels
 from .resample import ORDERS, LogitResampler, slab_rows
 from .ties import settle_ties
@@ -131,7 +132,8 @@ def export_logits(logits: torch.Tensor, bundle: ModelBundle, properties: dict[st
         del resampled_all
     else:
         rows_per_slab = export_slab_rows(resampler, int(logits.shape[0]), slab_budget_bytes, with_uncertainty)
-        slabs = (slab_of(resampler, logits, *span) for span in resampler.slabs(rows_per_slab))
+        agreement = sink.agreement(resampler)
+        slabs = (slab_of(resampler, logits, *span, 0, agreement) for span in resampler.slabs(rows_per_slab))
     for slab in slabs:
         check_cancelled()
         sink.write(slab)
@@ -172,12 +174,25 @@ class LabelSink:
         self.uncertainty = np.zeros(self.shape, dtype=np.uint8) if with_uncertainty else None
         """0 outside the crop: nnU-Net's background there is certain."""
 
+    def agreement(self, resampler: LogitResampler) -> AgreementLabels | None:
+        """The labels-only shortcut for this case's slabs (:mod:`.agreement`), or None where resampled values are
+        needed (probabilities, the uncertainty map) or the model's label rule is not an argmax."""
+        if self.probabilities is not None or self.uncertainty is not None or not agreement_applies(self.bundle):
+            return None
+        return AgreementLabels(resampler, self.bundle)
+
     def write(self, slab: Slab) -> None:
         """The labels (and probabilities, and the uncertainty map) of one slab of resampled logits, in place."""
         bundle, crop = self.bundle, self.crop
         window = (slice(crop[0].start + slab.start, crop[0].start + slab.stop), *crop[1:])
+        if slab.labels is not None:  # decided by :mod:`.agreement`: already nnU-Net's labels
+            assert self.probabilities is None and self.uncertainty is None, "the shortcut makes labels only"
+            self._put_labels(window, slab.labels.cpu().numpy().astype(self.dtype, copy=False))
+            return
+        assert slab.values is not None and slab.exact is not None
         slab_labels = logits_to_labels(slab.values, bundle)
-        settle_ties(slab_labels, slab.values, bundle, slab.error, slab.exact)  # nnU-Net's labels where rounding decides
+        settle_ties(slab_labels, slab.values, bundle, slab.error, slab.exact,  # nnU-Net's labels where rounding decides
+                    through_probabilities=self.probabilities is not None)
         self._put_labels(window, slab_labels.cpu().numpy().astype(self.dtype, copy=False))
         if self.probabilities is not None:
             nonlinear = bundle.label_manager.apply_inference_nonlin(slab.values)
@@ -225,20 +240,27 @@ class LabelSink:
 @dataclass
 class Slab:
     """Output rows [start, stop) of the crop: their resampled logits, how far those may lie from nnU-Net's, and
-    nnU-Net's own values at given voxels of the slab (:func:`~.ties.settle_ties`)."""
+    nnU-Net's own values at given voxels of the slab (:func:`~.ties.settle_ties`); or, from :mod:`.agreement`, only
+    their labels (``values`` None)."""
 
     start: int
     stop: int
-    values: torch.Tensor
+    values: torch.Tensor | None
     error: float
-    exact: Callable[[torch.Tensor], torch.Tensor]
+    exact: Callable[[torch.Tensor], torch.Tensor] | None
+    labels: torch.Tensor | None = None
 
 
-def slab_of(resampler: LogitResampler, logits: torch.Tensor, start: int, stop: int, offset: int = 0) -> Slab:
+def slab_of(resampler: LogitResampler, logits: torch.Tensor, start: int, stop: int, offset: int = 0,
+            agreement: AgreementLabels | None = None) -> Slab:
     """Output rows [start, stop) resampled from ``logits``, whose rows along axis 0 are input rows ``offset``,
-    ``offset + 1``, ... (at least :meth:`~.resample.LogitResampler.input_rows`)."""
+    ``offset + 1``, ... (at least :meth:`~.resample.LogitResampler.input_rows`); with ``agreement``
+    (:meth:`LabelSink.agreement`), only their labels where it decides them."""
     low, high = resampler.input_rows(start, stop)
     rows = logits[:, low - offset:high - offset]
+    labels = None if agreement is None else agreement.labels(rows, start, stop, low)
+    if labels is not None:
+        return Slab(start, stop, None, 0.0, None, labels)
     smallest, largest = torch.aminmax(rows)
 
     def exact(index: torch.Tensor) -> torch.Tensor:

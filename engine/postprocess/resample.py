@@ -93,6 +93,10 @@ class LogitResampler:
         low, high, _ = _axis_taps(self.in_shape[0], self.out_shape[0], start, stop, self.orders[0])
         return int(low.min()), int(high.max()) + 1
 
+    def taps(self, axis: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """nnU-Net's two input indices and the second's weight for output indices [start, stop) along ``axis``."""
+        return _axis_taps(self.in_shape[axis], self.out_shape[axis], start, stop, self.orders[axis])
+
     def rows_ready(self, available: int) -> int:
         """How many leading output rows along axis 0 read only input rows below ``available`` (a streaming export
         resamples those once the sliding window has finished that many rows)."""

@@ -54,6 +54,7 @@ class StreamingExport:
         self.unpadded = unpadded
         heads = int(bundle.label_manager.num_segmentation_heads)
         self.max_rows = export_slab_rows(resampler, heads, slab_bytes, with_uncertainty)
+        self.agreement = self.sink.agreement(resampler)
         self.busy_seconds = 0.0
         """Seconds the export thread spent resampling and writing (overlapped with the tiles)."""
         self.notes: list[str] = []
@@ -166,7 +167,7 @@ class StreamingExport:
         check_cancelled()
         low, high = self.resampler.input_rows(start, stop)
         try:
-            self.sink.write(slab_of(self.resampler, self._rows(low, high), start, stop, low))
+            self.sink.write(slab_of(self.resampler, self._rows(low, high), start, stop, low, self.agreement))
         except (RuntimeError, MemoryError) as error:
             if not is_out_of_memory(error):
                 raise
@@ -177,7 +178,7 @@ class StreamingExport:
             self._held, self._on_host = [(first, rows.cpu()) for first, rows in self._held], True
             free_device_memory(device)
             self.notes.append("device memory ran out during export: resampled on the host instead")
-            self.sink.write(slab_of(self.resampler, self._rows(low, high), start, stop, low))
+            self.sink.write(slab_of(self.resampler, self._rows(low, high), start, stop, low, self.agreement))
 
 
 def _rows_from(first: int, rows: torch.Tensor, keep: int) -> tuple[int, torch.Tensor]:

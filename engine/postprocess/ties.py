@@ -33,16 +33,24 @@ def near_ties(values: torch.Tensor, bundle: ModelBundle, error: float) -> torch.
 
 
 def settle_ties(labels: torch.Tensor, values: torch.Tensor, bundle: ModelBundle, error: float,
-                exact: Callable[[torch.Tensor], torch.Tensor]) -> int:
+                exact: Callable[[torch.Tensor], torch.Tensor], *, through_probabilities: bool) -> int:
     """Relabel, in place, the voxels of ``labels`` (the label rule applied to ``values``, (heads, ...) resampled
     logits within ``error`` of nnU-Net's) that :func:`near_ties` finds, with nnU-Net's rule on ``exact(index)``:
-    nnU-Net's float32 values (heads, N) at those voxels (``index``: (N, ndim) positions in ``labels``). Returns how
-    many voxels it looked at."""
+    nnU-Net's float32 values (heads, N) at those voxels (``index``: (N, ndim) positions in ``labels``). The rule is
+    the one nnunetv2's export applies (:func:`nnunet_label_rule`). Returns how many voxels it looked at."""
     index = near_ties(values, bundle, error).nonzero()
     if len(index) == 0:
         return 0
-    manager = bundle.label_manager
-    probabilities = manager.apply_inference_nonlin(exact(index).cpu())
-    settled = torch.as_tensor(manager.convert_probabilities_to_segmentation(probabilities))
+    settled = torch.as_tensor(nnunet_label_rule(bundle, exact(index).cpu(), through_probabilities))
     labels[tuple(index.T)] = settled.to(device=labels.device, dtype=labels.dtype)
     return len(index)
+
+
+def nnunet_label_rule(bundle: ModelBundle, logits: torch.Tensor, through_probabilities: bool) -> torch.Tensor:
+    """nnunetv2's labels of float32 ``logits`` (heads, ...): when its export also writes probabilities, those
+    (softmax or sigmoid) decide; otherwise, in the nnunetv2 versions that have it, the argmax of the logits themselves
+    (two logits a float32 step apart can have equal softmax probabilities, so the two rules differ at such ties)."""
+    manager = bundle.label_manager
+    if not through_probabilities and hasattr(manager, "convert_logits_to_segmentation"):
+        return torch.as_tensor(manager.convert_logits_to_segmentation(logits))
+    return torch.as_tensor(manager.convert_probabilities_to_segmentation(manager.apply_inference_nonlin(logits)))
