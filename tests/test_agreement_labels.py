@@ -159,3 +159,20 @@ def test_a_streamed_run_through_the_shortcut_equals_the_whole_volume_export(make
 
     assert int((streamed != whole).sum()) == 0 and len(np.unique(whole)) > 1
     assert len(used) == 1 and used[0] is not None and used[0].decided_voxels > 0
+
+
+def test_winners_kept_for_the_next_slab_are_checked_again_when_its_logits_are_much_larger(make_model) -> None:
+    """A lead checked against one slab's largest logit may be within the rounding of a next slab with far larger
+    logits: the row's winners are then found again against the larger one."""
+    bundle = ModelBundle.load(make_model("3d"))
+    logits = torch.from_numpy(_organ_like_logits(bundle.label_manager.num_segmentation_heads, (10, 12, 14), seed=1))
+    logits[:, 6:] *= 50  # rows 6 on: logits 50 times larger
+    resampler = LogitResampler((10, 12, 14), (20, 25, 29), (1.0, 1.0, 1.0), (0.5, 0.48, 0.48))
+    agreement = AgreementLabels(resampler, bundle)
+    magnitudes = []
+    for start, stop in resampler.slabs(4):
+        low, high = resampler.input_rows(start, stop)
+        agreement.labels(logits[:, low:high], start, stop, low)
+        magnitudes.append(float(logits[:, low:high].abs().max()))
+        assert all(checked * 4 >= magnitudes[-1] for _, checked in agreement._kept.values())
+    assert max(magnitudes) > 4 * min(magnitudes)  # the case the rule is for occurred

@@ -25,6 +25,9 @@ _LEAD_STEPS = 16.0
 """A winner's lead must exceed this many float32 steps of the slab's largest logit (plus nnU-Net's softmax margin):
 nnU-Net rounds its float64 interpolation once to float32 (one step per value, two per lead), and the lead itself is
 computed in float32; eight times that for margin."""
+_REUSE_GROWTH = 4.0
+"""A network row's winners found for one slab serve the next only while that slab's largest logit is at most this
+many times larger (their leads then still exceed two of its steps twice over: :meth:`AgreementLabels._plane`)."""
 _BOUNDARY_STEPS = 24.0
 """How far (in float32 steps of the largest logit) this module's float32 interpolation at boundary voxels may lie
 from nnU-Net's value: three rounded weight products and the eight-term sum, about 11 steps, twice over."""
@@ -63,9 +66,10 @@ class AgreementLabels:
         self.declined_rows = 0
         """Output rows left to the full export (slabs mostly at boundaries)."""
         self._in_plane_taps = [self._taps(axis, 0, resampler.out_shape[axis]) for axis in (1, 2)]
-        self._kept: dict[int, torch.Tensor] = {}
+        self._kept: dict[int, tuple[torch.Tensor, float]] = {}
         """Network row -> its winners on the output plane (int16, -1 where the in-plane neighbours disagree or a lead
-        is too small), for the next slab's rows that read the same network row."""
+        is too small) and the largest logit their leads were checked against, for the next slab's rows that read the
+        same network row."""
 
     def _taps(self, axis: int, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """nnU-Net's two taps and the second's weight for output indices [start, stop) along ``axis``; a tap whose
@@ -86,11 +90,10 @@ class AgreementLabels:
         low, high, _ = z_taps
         needed = sorted({*low.tolist(), *high.tolist()})
         channels_last = rows.float().permute(1, 2, 3, 0).contiguous()  # (rows, y, x, heads): each voxel's heads together
-        lead_needed = _LEAD_STEPS * _EPS * magnitude + NONLINEARITY_TIES
-        planes = {index: self._plane(channels_last, index, first_row, lead_needed) for index in needed}
+        planes = {index: self._plane(channels_last, index, first_row, magnitude) for index in needed}
         self._kept = {index: plane for index, plane in planes.items() if index >= int(low[-1])}
-        below = torch.stack([planes[index] for index in low.tolist()])
-        above = torch.stack([planes[index] for index in high.tolist()])
+        below = torch.stack([planes[index][0] for index in low.tolist()])
+        above = torch.stack([planes[index][0] for index in high.tolist()])
         winners = torch.where(below == above, below, torch.full_like(below, -1))
         del below, above, planes
         boundary = (winners < 0).nonzero()
@@ -106,14 +109,17 @@ class AgreementLabels:
                                                            magnitude, dtype)
         return labels
 
-    def _plane(self, channels_last: torch.Tensor, index: int, first_row: int, lead_needed: float) -> torch.Tensor:
-        """Network row ``index``'s winners on the output plane: -1 where a lead is at most ``lead_needed`` or the four
-        in-plane taps do not share a winner."""
+    def _plane(self, channels_last: torch.Tensor, index: int, first_row: int,
+               magnitude: float) -> tuple[torch.Tensor, float]:
+        """Network row ``index``'s winners on the output plane: -1 where a lead is too small for a slab whose largest
+        logit is ``magnitude`` (see :data:`_LEAD_STEPS`) or the four in-plane taps do not share a winner; and the
+        magnitude they were checked against."""
         kept = self._kept.get(index)
-        if kept is not None:
-            return kept.to(channels_last.device)  # the rows move to the host when device memory runs out
+        if kept is not None and kept[1] * _REUSE_GROWTH >= magnitude:
+            return kept[0].to(channels_last.device), kept[1]  # the rows move to the host when device memory runs out
         top = channels_last[index - first_row].topk(2, dim=-1)
         lead = top.values[..., 0] - top.values[..., 1]
+        lead_needed = _LEAD_STEPS * _EPS * magnitude + NONLINEARITY_TIES
         winner = torch.where(lead > lead_needed, top.indices[..., 0], -1).to(torch.int16)
         (y_low, y_high, _), (x_low, x_high, _) = ((low.to(winner.device), high.to(winner.device), None)
                                                   for low, high, _ in self._in_plane_taps)
@@ -121,7 +127,7 @@ class AgreementLabels:
         agreed = corners[0]
         for corner in corners[1:]:
             agreed = torch.where(corner == agreed, agreed, torch.full_like(agreed, -1))
-        return agreed
+        return agreed, magnitude
 
     def _boundary_labels(self, rows: torch.Tensor, channels_last: torch.Tensor, voxels: torch.Tensor,
                          z_taps: tuple[torch.Tensor, ...], start: int, first_row: int, magnitude: float,
