@@ -20,7 +20,8 @@ from tilewise.engine.preprocess.pipeline import preprocess
 
 def _organ_like_logits(heads: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
     """Smooth logits (heads, *shape) at the scale of a trained network's, so that labels form regions with
-    boundaries; heads 0 and 1 within a few float32 steps of each other in one corner of the grid (where float rounding decides)."""
+    boundaries; heads 0 and 1 within a few float32 steps of each other in one corner of the grid (where float
+    rounding decides)."""
     rng = np.random.default_rng(seed)
     fields = np.stack([gaussian_filter(rng.normal(size=shape), sigma=3.0) for _ in range(heads)])
     fields = (fields / fields.std() * 20).astype(np.float32)

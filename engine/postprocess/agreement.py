@@ -89,7 +89,8 @@ class AgreementLabels:
         z_taps = self._taps(0, start, stop)
         low, high, _ = z_taps
         needed = sorted({*low.tolist(), *high.tolist()})
-        channels_last = rows.float().permute(1, 2, 3, 0).contiguous()  # (rows, y, x, heads): each voxel's heads together
+        # (rows, y, x, heads): each network voxel's heads side by side for the winner search and the gathers
+        channels_last = rows.float().permute(1, 2, 3, 0).contiguous()
         planes = {index: self._plane(channels_last, index, first_row, magnitude) for index in needed}
         self._kept = {index: plane for index, plane in planes.items() if index >= int(low[-1])}
         below = torch.stack([planes[index][0] for index in low.tolist()])
