@@ -14,12 +14,16 @@ One :meth:`TaskPredictor.predict` does what TotalSegmentator's Python API does f
    per structure, computed by its own ``get_basic_statistics``; on the resampled image with ``--fast``, as it does).
 
 All parts report into one stream of :class:`~tilewise.engine.TileEvent` (``done`` counts every part's tiles; ``total``
-grows when the task's stage starts after a crop stage) and one cancel token stops any of them.
+grows when the task's stage starts after a crop stage, and part by part when the models are loaded one at a time) and
+one cancel token stops any of them.
 """
 from __future__ import annotations
 
+import functools
+import gc
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,42 +87,68 @@ class _Events:
 
 
 class TaskPredictor:
-    """Loads every model of a TotalSegmentator task once (``spec``: :func:`~tilewise.engine.model.totalseg.
-    resolve_task`) and predicts volumes with it; ``preset`` sets the engine's speed settings, with the task's tile
-    step (unless ``step`` is given) and without mirroring (TotalSegmentator runs none); ``folds`` overrides the task's.
+    """Loads the models of a TotalSegmentator task (``spec``: :func:`~tilewise.engine.model.totalseg.resolve_task`)
+    and predicts volumes with it; ``preset`` sets the engine's speed settings, with the task's tile step (unless
+    ``step`` is given) and without mirroring (TotalSegmentator runs none); ``folds`` overrides the task's.
     ``nnunet_exact`` runs each model as nnU-Net does (:class:`~tilewise.engine.Predictor`'s option): stock
     TotalSegmentator's numbers, float16 sums included.
+
+    By default every model is loaded once, here, for all the volumes to come (a batch, the viewer). With
+    ``one_model_at_a_time`` (one volume: ``tilewise predict`` on a single case) only the task's first model is loaded
+    here and each part's model is loaded when its part runs and let go after it, as TotalSegmentator does: the peak
+    memory is one model's, not all of theirs (``total``: five). The events' ``total`` then grows part by part.
     """
 
     def __init__(self, spec: TaskSpec, preset: Preset, device: str = "auto", folds: list[str] | None = None,
                  step: float | None = None, trust: bool = False, nnunet_exact: bool = False,
-                 cancel: CancelToken | None = None) -> None:
+                 cancel: CancelToken | None = None, one_model_at_a_time: bool = False) -> None:
         started = time.perf_counter()
         self.spec = spec
         self.preset = preset
+        self.one_model_at_a_time = one_model_at_a_time
+        self._loaders: dict[Path, Callable[[], Predictor]] = {}
+        """Each part's model folder -> what loads its Predictor (in the order the parts run)."""
+        for stage in spec.stages:
+            stage_preset = preset.with_overrides(tile_step=step or stage.step, mirroring=False)
+            for part in stage.parts if stage is not spec.main else spec.parts_to_run:
+                self._loaders.setdefault(part.folder, functools.partial(
+                    Predictor, part.folder, stage_preset, device, folds or list(stage.folds), trust=trust,
+                    nnunet_exact=nnunet_exact))
         self.predictors: dict[Path, Predictor] = {}
+        """The models loaded now."""
         with cancellable(cancel):
-            for stage in spec.stages:
-                stage_preset = preset.with_overrides(tile_step=step or stage.step, mirroring=False)
-                for part in stage.parts if stage is not spec.main else spec.parts_to_run:
-                    if part.folder not in self.predictors:
-                        check_cancelled()
-                        self.predictors[part.folder] = Predictor(part.folder, stage_preset, device,
-                                                                 folds or list(stage.folds), trust=trust,
-                                                                 nnunet_exact=nnunet_exact)
+            first = self._loaded(spec.parts_to_run[0].folder)
+            for folder in ([] if one_model_at_a_time else self._loaders):
+                self._loaded(folder)
         for predictor in self.predictors.values():  # the parts run one at a time: none keeps buffers meanwhile
             release_working_memory(predictor.backend)
+        self.device = first.device
+        """The device the task's models run on."""
+        self.settings = first.settings
+        """The main stage's first model's settings (they stand for the task's)."""
+        self.backend_description = first.backend.describe()
+        self.nnunet_exact = first.nnunet_exact
         self.load_seconds = time.perf_counter() - started
 
     @property
-    def device(self) -> Any:
-        """The device the task's models run on."""
-        return self.first.device
+    def model_folders(self) -> list[Path]:
+        """Every model folder of the task, in the order the parts run."""
+        return list(self._loaders)
 
-    @property
-    def first(self) -> Predictor:
-        """The main stage's first model (its device, backend and settings stand for the task's)."""
-        return self.predictors[self.spec.parts_to_run[0].folder]
+    def _loaded(self, folder: Path) -> Predictor:
+        """The part's model, loaded now if it is not (under the current cancel token)."""
+        if folder not in self.predictors:
+            check_cancelled()
+            self.predictors[folder] = self._loaders[folder]()
+        return self.predictors[folder]
+
+    def _let_go(self, folder: Path) -> None:
+        """Unload a part's model after its part (``one_model_at_a_time``), its memory handed back to the system."""
+        predictor = self.predictors.pop(folder)
+        release_working_memory(predictor.backend)
+        del predictor
+        gc.collect()  # the networks' reference cycles, so that their memory goes now
+        return_freed_host_memory()
 
     def predict(self, volume: Volume, on_event: EventHandler | None = None, cancel: CancelToken | None = None,
                 statistics: bool = False) -> TaskResult:
@@ -172,36 +202,52 @@ class TaskPredictor:
                    result: TaskResult) -> np.ndarray:
         """Every part on the stage's image, merged (x, y, z) in TotalSegmentator's class numbers."""
         shared = PreprocessCache()  # parts whose plans preprocess alike take the same network-grid image
-        cases: list[tuple[Any, Predictor, PreparedCase]] = []
-        for index, part in enumerate(parts):
-            started = time.perf_counter()
-            predictor = self.predictors[part.folder]
-            case = predictor.preprocess_case(predictor.plan_case(volume, assess=index == 0, with_probabilities=False),
-                                             reuse=shared)  # labels only: each part may stream (a window of sums)
-            events.total += case.tiles_to_run(predictor.bundle.patch_size, predictor.settings.tile_step)
-            result.timings[f"{self._name(stage)}:{part.folder.parent.name}"] = time.perf_counter() - started
-            cases.append((part, predictor, case))
         merged = np.zeros(volume.shape[::-1], np.uint8)
-        for part, predictor, case in cases:
-            started = time.perf_counter()
-            predictor.run_tiles(case, events.for_part())
-            events.done += case.tiles
-            done = predictor.finish(case)
-            release_working_memory(predictor.backend)  # the next part's model allocates its own
-            return_freed_host_memory()  # and the heap gives those pages back, not only keeps them for reuse
-            result.tiles += done.tiles
-            result.forward_passes += done.forward_passes
-            result.notes += [n for n in done.notes if n not in result.notes]
-            seg = done.labels.transpose(2, 1, 0)  # SimpleITK's (z, y, x) -> nibabel's (x, y, z)
-            if stage.multi_part:
-                lookup = np.zeros(max(max(part.labels), int(seg.max())) + 1, np.uint8)
-                for value, name in part.labels.items():
-                    lookup[value] = stage.value_of(name)
-                seg = lookup[seg]
-            np.copyto(merged, seg.astype(np.uint8), where=seg != 0)  # a later part wins where it found something
-            result.timings[f"{self._name(stage)}:{part.folder.parent.name}"] += time.perf_counter() - started
-            check_cancelled()
+        if self.one_model_at_a_time:
+            for index, part in enumerate(parts):
+                self._run_part(stage, part, self._prepare(stage, index, part, volume, shared, events, result),
+                               events, merged, result)
+                self._let_go(part.folder)
+            return merged
+        prepared = [self._prepare(stage, index, part, volume, shared, events, result)
+                    for index, part in enumerate(parts)]  # every part's tiles counted before the first runs
+        for part, case in zip(parts, prepared):
+            self._run_part(stage, part, case, events, merged, result)
         return merged
+
+    def _prepare(self, stage: Stage, index: int, part: Any, volume: Volume, shared: PreprocessCache,
+                 events: _Events, result: TaskResult) -> PreparedCase:
+        """A part's case planned and preprocessed (its model loaded first where it is not), its tiles counted."""
+        started = time.perf_counter()
+        predictor = self._loaded(part.folder)
+        case = predictor.preprocess_case(predictor.plan_case(volume, assess=index == 0, with_probabilities=False),
+                                         reuse=shared)  # labels only: each part may stream (a window of sums)
+        events.total += case.tiles_to_run(predictor.bundle.patch_size, predictor.settings.tile_step)
+        result.timings[f"{self._name(stage)}:{part.folder.parent.name}"] = time.perf_counter() - started
+        return case
+
+    def _run_part(self, stage: Stage, part: Any, case: PreparedCase, events: _Events, merged: np.ndarray,
+                  result: TaskResult) -> None:
+        """A prepared part's tiles and export, its labels merged into ``merged`` in TotalSegmentator's numbers."""
+        started = time.perf_counter()
+        predictor = self.predictors[part.folder]
+        predictor.run_tiles(case, events.for_part())
+        events.done += case.tiles
+        done = predictor.finish(case)
+        release_working_memory(predictor.backend)  # the next part's model allocates its own
+        return_freed_host_memory()  # and the heap gives those pages back, not only keeps them for reuse
+        result.tiles += done.tiles
+        result.forward_passes += done.forward_passes
+        result.notes += [n for n in done.notes if n not in result.notes]
+        seg = done.labels.transpose(2, 1, 0)  # SimpleITK's (z, y, x) -> nibabel's (x, y, z)
+        if stage.multi_part:
+            lookup = np.zeros(max(max(part.labels), int(seg.max())) + 1, np.uint8)
+            for value, name in part.labels.items():
+                lookup[value] = stage.value_of(name)
+            seg = lookup[seg]
+        np.copyto(merged, seg.astype(np.uint8), where=seg != 0)  # a later part wins where it found something
+        result.timings[f"{self._name(stage)}:{part.folder.parent.name}"] += time.perf_counter() - started
+        check_cancelled()
 
     def _name(self, stage: Stage) -> str:
         """The stage's name in timings: ``crop`` for the crop stage, else the task's."""

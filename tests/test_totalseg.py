@@ -122,6 +122,32 @@ def test_parts_share_one_preprocessed_image_and_one_cancel_stops_them(standins: 
     assert seen and seen[-1].done < seen[-1].total, "stopped before the last tile"
 
 
+def test_one_model_at_a_time_gives_the_same_labels_with_one_model_loaded(standins: SimpleNamespace) -> None:
+    """``tilewise predict`` on one case loads each part's model as its part runs and lets it go after, as
+    TotalSegmentator does (the peak is one model's): the labels are those of the task with all five loaded."""
+    spec = resolve_task("total", root=standins.weights)
+    preset = get_preset("reference").with_overrides(backend="torch")
+    volume = read_volume([standins.ct])
+    everything = TaskPredictor(spec, preset, device="cpu")
+    assert len(everything.predictors) == 5
+    expected = everything.predict(volume).labels
+    del everything
+
+    one_at_a_time = TaskPredictor(spec, preset, device="cpu", one_model_at_a_time=True)
+    assert list(one_at_a_time.predictors) == [spec.parts_to_run[0].folder], "only the first model loaded up front"
+    loaded, parts_seen = [], set()
+
+    def watch(event) -> None:
+        loaded.append(len(one_at_a_time.predictors))
+        parts_seen.update(one_at_a_time.predictors)
+
+    result = one_at_a_time.predict(volume, on_event=watch)
+    assert np.array_equal(result.labels, expected)
+    assert loaded and max(loaded) == 1, "never more than the running part's model"
+    assert parts_seen == {part.folder for part in spec.parts_to_run} and not one_at_a_time.predictors
+    assert one_at_a_time.model_folders == [part.folder for part in spec.parts_to_run]
+
+
 def test_a_part_whose_plans_differ_is_preprocessed_for_itself(standins: SimpleNamespace, tmp_path: Path) -> None:
     from tilewise.engine.model.bundle import ModelBundle
     from tilewise.engine.preprocess.reuse import model_digest

@@ -79,15 +79,15 @@ class TaskCaseStages:
 
 def task_algorithm(predictor: TaskPredictor) -> AlgorithmInfo:
     """The task, folds and preset as a DICOM output records them."""
-    return AlgorithmInfo(model_name=predictor.spec.model_name, folds=tuple(predictor.first.settings.folds),
+    return AlgorithmInfo(model_name=predictor.spec.model_name, folds=tuple(predictor.settings.folds),
                          preset=predictor.preset.name)
 
 
 def task_header(predictor: TaskPredictor) -> dict:
     """The summary header's fields of a loaded task: its name, models, settings, device, backend, load time."""
-    settings = predictor.first.settings
-    return {"model": predictor.spec.model_name, "models": [str(folder) for folder in predictor.predictors],
+    settings = predictor.settings
+    return {"model": predictor.spec.model_name, "models": [str(folder) for folder in predictor.model_folders],
             "folds": settings.folds, "tile_step": settings.tile_step, "precision": settings.precision,
             "batch_size": settings.batch_size, "device": str(settings.device),
-            "device_name": describe_device(settings.device), "backend": predictor.first.backend.describe(),
-            "nnunet_exact": predictor.first.nnunet_exact, "load_s": round(predictor.load_seconds, 3)}
+            "device_name": describe_device(settings.device), "backend": predictor.backend_description,
+            "nnunet_exact": predictor.nnunet_exact, "load_s": round(predictor.load_seconds, 3)}

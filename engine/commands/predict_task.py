@@ -64,15 +64,18 @@ def run_task_predict(args: argparse.Namespace, started: float, progress: Any) ->
     preset = preset_from_args(args)
     cases = task_cases(args)
     refuse_overwriting_inputs(task_outputs(args, cases), [path for case in cases for path in case.inputs])
-    predictor = TaskPredictor(spec, preset, device=args.device, folds=args.folds, step=args.step_size,
-                              trust=args.trust_model, nnunet_exact=args.nnunet_exact)
     if args.continue_prediction:
         cases = [c for c in cases if not c.output.exists()]
-    quiet, first = args.quiet, predictor.first
-    algorithm = AlgorithmInfo(model_name=spec.model_name, folds=tuple(first.settings.folds), preset=preset.name)
+    # One case: each part's model loaded as its part runs (the peak is one model's, as in TotalSegmentator); several:
+    # all of them once, for every case.
+    predictor = TaskPredictor(spec, preset, device=args.device, folds=args.folds, step=args.step_size,
+                              trust=args.trust_model, nnunet_exact=args.nnunet_exact,
+                              one_model_at_a_time=len(cases) == 1)
+    quiet, settings = args.quiet, predictor.settings
+    algorithm = AlgorithmInfo(model_name=spec.model_name, folds=tuple(settings.folds), preset=preset.name)
     if args.verbose and not quiet:
-        print(f"task {spec.model_name}: {len(predictor.predictors)} model(s), step {first.settings.tile_step}, "
-              f"{first.settings.precision}, device {first.settings.device}, backend {first.backend.describe()}",
+        print(f"task {spec.model_name}: {len(predictor.model_folders)} model(s), step {settings.tile_step}, "
+              f"{settings.precision}, device {settings.device}, backend {predictor.backend_description}",
               file=sys.stderr)
     report_cases = []
     for number, case in enumerate(cases, 1):
@@ -101,14 +104,14 @@ def run_task_predict(args: argparse.Namespace, started: float, progress: Any) ->
     total = time.perf_counter() - started
     if not quiet:
         print(f"tilewise: {len(cases)} case(s) written to {args.output} in {total:.1f}s ({spec.model_name}, "
-              f"{first.backend.describe()})", file=sys.stderr)
+              f"{predictor.backend_description})", file=sys.stderr)
     if args.report is not None:
         write_json(args.report, {
             "model": spec.model_name, "task": spec.name, "fast": spec.fast, "roi_subset": spec.roi_subset,
-            "models": [str(folder) for folder in predictor.predictors], "preset": preset.name,
-            "folds": first.settings.folds, "tile_step": first.settings.tile_step,
-            "precision": first.settings.precision, "device": str(first.settings.device),
-            "device_name": describe_device(first.settings.device), "backend": first.settings.backend,
+            "models": [str(folder) for folder in predictor.model_folders], "preset": preset.name,
+            "folds": settings.folds, "tile_step": settings.tile_step,
+            "precision": settings.precision, "device": str(settings.device),
+            "device_name": describe_device(settings.device), "backend": settings.backend,
             "load_s": predictor.load_seconds, "total_s": total, "cases": report_cases,
         })
     return 0
