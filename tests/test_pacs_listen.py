@@ -109,7 +109,6 @@ def send(port: int, items: list, abort_after: int | None = None, raw: bool = Fal
     from pynetdicom.sop_class import CTImageStorage, SegmentationStorage, Verification
 
     entity = AE(ae_title="MODALITY")
-    entity.dimse_timeout = 120  # a node busy segmenting on 2 shared cores may answer later than the default 30 s
     for syntax in (CTImageStorage, SegmentationStorage, Verification):
         entity.add_requested_context(syntax)
     link = entity.associate("127.0.0.1", port, ae_title="TILEWISE")
