@@ -144,9 +144,7 @@ class TaskPredictor:
 
     def _let_go(self, folder: Path) -> None:
         """Unload a part's model after its part (``one_model_at_a_time``), its memory handed back to the system."""
-        predictor = self.predictors.pop(folder)
-        release_working_memory(predictor.backend)
-        del predictor
+        del self.predictors[folder]  # its working buffers went at the end of its part (_run_part)
         gc.collect()  # the networks' reference cycles, so that their memory goes now
         return_freed_host_memory()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import model_factory
+from export_helpers import nnunet_labels, off_grid_case
 import numpy as np
 import pytest
 import torch
@@ -38,18 +39,12 @@ def _nnunet_rule(values: np.ndarray, bundle: ModelBundle) -> np.ndarray:
 
 @pytest.mark.parametrize("kind", ["3d", "aniso", "transposed"])
 def test_export_through_agreement_gives_nnunets_labels(make_model, tmp_path: Path, kind: str, monkeypatch) -> None:
-    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-
     bundle = ModelBundle.load(make_model(kind))
-    spacing = tuple(s * f for s, f in zip(model_factory.default_spacing(kind), (0.83, 1.13, 0.91)))
-    volume = read_volume(model_factory.case_files(tmp_path, "case", kind, shape=(48, 56, 60), spacing=spacing))
-    prepared = preprocess(volume, bundle, with_nonzero_mask=False)
+    prepared = off_grid_case(bundle, kind, tmp_path)
     heads = bundle.label_manager.num_segmentation_heads
     grid = tuple(prepared.data[(0, *prepared.unpadded)].shape)
     logits = torch.from_numpy(_organ_like_logits(heads, grid, seed=3))
-    expected = np.asarray(convert_predicted_logits_to_segmentation_with_correct_shape(
-        logits.clone(), bundle.plans_manager, bundle.configuration_manager, bundle.label_manager,
-        prepared.properties))
+    expected = nnunet_labels(logits, bundle, prepared.properties)
     monkeypatch.setattr(agreement_module, "MANY_HEADS", 2)  # these test models have 3 heads
     used: list[AgreementLabels] = []
     real = LabelSink.agreement

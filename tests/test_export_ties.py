@@ -6,32 +6,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import model_factory
 import numpy as np
 import pytest
 import torch
-from tilewise.engine import read_volume
+from export_helpers import nnunet_labels, off_grid_case
 from tilewise.engine.model.bundle import ModelBundle
-from tilewise.engine.postprocess import agreement as agreement_module
 from tilewise.engine.postprocess import export as export_module
 from tilewise.engine.postprocess.export import export_logits
 from tilewise.engine.postprocess.resample import LogitResampler
-from tilewise.engine.preprocess.pipeline import preprocess
-
-
-def _nnunet_labels(logits: torch.Tensor, bundle: ModelBundle, properties: dict) -> np.ndarray:
-    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-
-    return np.asarray(convert_predicted_logits_to_segmentation_with_correct_shape(
-        logits.clone(), bundle.plans_manager, bundle.configuration_manager, bundle.label_manager, properties))
 
 
 @pytest.mark.parametrize("kind", ["3d", "aniso", "regions", "transposed"])
 def test_export_labels_are_nnunets_voxel_for_voxel(make_model, tmp_path: Path, kind: str, monkeypatch) -> None:
     bundle = ModelBundle.load(make_model(kind))
-    spacing = tuple(s * f for s, f in zip(model_factory.default_spacing(kind), (0.83, 1.13, 0.91)))
-    volume = read_volume(model_factory.case_files(tmp_path, "case", kind, shape=(48, 56, 60), spacing=spacing))
-    prepared = preprocess(volume, bundle, with_nonzero_mask=False)
+    prepared = off_grid_case(bundle, kind, tmp_path)
     heads = bundle.label_manager.num_segmentation_heads
     noise = np.random.default_rng(7).normal(size=(heads, *prepared.data.shape[1:])).astype(np.float32)
     if bundle.label_manager.has_regions:  # every region's logit close to 0
@@ -40,14 +28,12 @@ def test_export_labels_are_nnunets_voxel_for_voxel(make_model, tmp_path: Path, k
         noise *= 30
         noise[1] = noise[0] + noise[1] * 1e-5
     logits = torch.from_numpy(noise)[(slice(None), *prepared.unpadded)]
-    expected = _nnunet_labels(logits, bundle, prepared.properties)
+    expected = nnunet_labels(logits, bundle, prepared.properties)
 
     ours = export_logits(logits, bundle, prepared.properties, slab_budget_bytes=1).labels  # one row per slab
     assert np.array_equal(ours, expected), f"{int((ours != expected).sum())} of {ours.size} voxels differ"
 
-    # The test can fail: float32 alone differs (on this noise the labels-only shortcut resamples nearly every voxel).
-    monkeypatch.setattr(export_module, "settle_ties", lambda *args, **kwargs: 0)
-    monkeypatch.setattr(agreement_module, "settle_ties", lambda *args, **kwargs: 0)
+    monkeypatch.setattr(export_module, "settle_ties", lambda *args, **kwargs: 0)  # the test can fail: float32 alone differs
     assert not np.array_equal(export_logits(logits, bundle, prepared.properties).labels, expected)
 
 
@@ -83,16 +69,14 @@ def test_a_labels_only_export_breaks_softmax_ties_as_nnunet_does(make_model, tmp
     from tilewise.engine.postprocess import ties
 
     bundle = ModelBundle.load(make_model("3d"))
-    spacing = tuple(s * f for s, f in zip(model_factory.default_spacing("3d"), (0.83, 1.13, 0.91)))
-    volume = read_volume(model_factory.case_files(tmp_path, "case", "3d", shape=(48, 56, 60), spacing=spacing))
-    prepared = preprocess(volume, bundle, with_nonzero_mask=False)
+    prepared = off_grid_case(bundle, "3d", tmp_path)
     grid = tuple(prepared.data[(0, *prepared.unpadded)].shape)
     rng = np.random.default_rng(3)
     fields = np.stack([gaussian_filter(rng.normal(size=grid), sigma=3.0) for _ in range(3)])
     fields = (fields / fields.std() * 20).astype(np.float32)
     fields[0] = fields[1] * np.float32(1 + 1e-7)  # heads 0 and 1 equal or one float32 step apart everywhere
     logits = torch.from_numpy(fields)
-    expected = _nnunet_labels(logits, bundle, prepared.properties)
+    expected = nnunet_labels(logits, bundle, prepared.properties)
 
     ours = export_logits(logits, bundle, prepared.properties).labels
     assert np.array_equal(ours, expected), f"{int((ours != expected).sum())} of {ours.size} voxels differ"
