@@ -141,3 +141,22 @@ def test_check_outputs_finds_a_missing_truncated_or_changed_file(tmp_path: Path,
     why = check_outputs([output], recorded)
     assert why is not None and "c.nii.gz" in why
     assert check_outputs([output], None) == "no record of its outputs' sizes and checksums"
+
+
+def test_clear_stale_removes_only_a_dead_owners_running_claim(tmp_path: Path) -> None:
+    claims = Claims(tmp_path)
+    now = time.time()
+    write_claim(claims, "killed_after_finishing", pid=dead_pid(), started_epoch=now, claimed_epoch=now)
+    write_claim(claims, "other_host", host="elsewhere.example", pid=1, started_epoch=now, claimed_epoch=now)
+    write_claim(claims, "done", state="done", pid=dead_pid(), started_epoch=now, claimed_epoch=now, files={})
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as alive:
+        try:
+            time.sleep(0.5)
+            write_claim(claims, "live", pid=alive.pid, started_epoch=time.time(), claimed_epoch=time.time())
+            cleared = {name: claims.clear_stale(name) for name in ("killed_after_finishing", "other_host", "done",
+                                                                    "live", "never_claimed")}
+        finally:
+            alive.kill()
+    assert cleared == {"killed_after_finishing": True, "other_host": False, "done": False, "live": False,
+                       "never_claimed": False}
+    assert sorted(p.name for p in claims.folder.iterdir()) == ["done.claim", "live.claim", "other_host.claim"]

@@ -184,6 +184,16 @@ class Claims:
             self.path(name).unlink(missing_ok=True)
             self.held.discard(name)
 
+    def clear_stale(self, name: str) -> bool:
+        """Remove the claim of case ``name`` when its owner is gone (see :func:`is_stale`): for a case already
+        finished, whose owner was killed after finishing it and before giving the claim up. Returns whether one was
+        removed; a live owner's claim and a done record stay."""
+        info = self.read(name)
+        if not info or info.get("state") != RUNNING or not is_stale(info, time.time()):
+            return False
+        self._take_over(self.path(name), info)
+        return not self.path(name).exists()
+
     def release_all(self) -> None:
         """Give up every claim still held (the run ends)."""
         for name in list(self.held):

@@ -197,6 +197,7 @@ class Node:
                 continue
             if self.spool.read_state(ref).get("state") in FINAL:
                 self._known_final.add(ref.name)
+                self.claims.clear_stale(ref.name)  # its node was killed after the last step, before letting go
             else:
                 self.queue.put(ref)
 
