@@ -157,8 +157,8 @@ class SlidingWindowRunner:
                 done = self._run_batch(batch, data, window, is_2d, mapper, (done, total, started), on_event,
                                        provisional_labels)
                 if final_rows[done] > window.first:
-                    first = window.first
-                    on_rows(first, window.release(final_rows[done], background))
+                    for first, rows in window.release(final_rows[done], background):
+                        on_rows(first, rows)
             del data
         return total, len(planned) - total
 

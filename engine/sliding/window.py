@@ -104,15 +104,16 @@ class SlabWindow:
         parts = [self.logits[(slice(None), ring, *box[1:])] for ring, _ in self._pieces(box[0].start, box[0].stop)]
         return torch.cat(parts, dim=1).float()
 
-    def release(self, stop: int, background: torch.Tensor | None) -> torch.Tensor:
+    def release(self, stop: int, background: torch.Tensor | None) -> list[tuple[int, torch.Tensor]]:
         """Rows [:attr:`first`, ``stop``) averaged as :meth:`~.accumulators.Accumulator.finalise` averages them, in
-        the sums' dtype (heads, rows, y, x); their ring rows are zeroed for reuse. The last release (``stop`` is the
-        grid's end) divides in place and hands out the ring itself where it does not wrap, so the window is never
-        held twice. ``background``: logits (weight 1) for voxels no tile covered (when tiles were skipped), as
+        the sums' dtype, as (first grid row, (heads, rows, y, x)) pieces: one, or two where the ring wraps (never
+        joined: joining copies them all once more). Their ring rows are zeroed for reuse. The last release (``stop``
+        is the grid's end) divides in place and hands out the ring itself, so the window is never held twice.
+        ``background``: logits (weight 1) for voxels no tile covered (when tiles were skipped), as
         :meth:`~.accumulators.Accumulator.fill_uncovered` gives them. Raises RuntimeError on a non-finite value."""
         last = stop >= self.grid_rows
-        parts = []
-        for ring, _ in self._pieces(self.first, stop):
+        pieces = []
+        for ring, offsets in self._pieces(self.first, stop):
             logits, weights = self.logits[:, ring], self.weights[ring]
             if background is not None:
                 uncovered = weights == 0
@@ -121,16 +122,17 @@ class SlabWindow:
                         logits[head][uncovered] = float(background[head])
                     weights[uncovered] = 1
             if last:
-                parts.append(torch.div(logits, weights, out=logits))  # in place: nothing allocated
+                averaged = torch.div(logits, weights, out=logits)  # in place: nothing allocated
             else:
-                parts.append(torch.div(logits, weights))
+                averaged = torch.div(logits, weights)
                 logits.zero_()
                 weights.zero_()
+            pieces.append((self.first + offsets.start, averaged))
         self.first = stop
         if last:  # the ring is spent: only the rows handed out keep its memory
             self.logits, self.weights = None, None  # type: ignore[assignment]
-        averaged = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        for head in averaged:  # per head: the check allocates one head's mask, not the whole window's
-            if not bool(torch.isfinite(head).all()):
-                raise RuntimeError("non-finite logits after accumulation")
-        return averaged
+        for _, averaged in pieces:
+            for head in averaged:  # per head: the check allocates one head's mask, not the whole window's
+                if not bool(torch.isfinite(head).all()):
+                    raise RuntimeError("non-finite logits after accumulation")
+        return pieces
