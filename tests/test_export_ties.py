@@ -81,6 +81,39 @@ def test_a_labels_only_export_breaks_softmax_ties_as_nnunet_does(make_model, tmp
     ours = export_logits(logits, bundle, prepared.properties).labels
     assert np.array_equal(ours, expected), f"{int((ours != expected).sum())} of {ours.size} voxels differ"
 
-    real_rule = ties.nnunet_label_rule
-    monkeypatch.setattr(ties, "nnunet_label_rule", lambda bundle, logits, _: real_rule(bundle, logits, True))
+    monkeypatch.setattr(ties, "argmax_of_logits", lambda bundle, through_probabilities: False)  # the softmax rule
     assert not np.array_equal(export_logits(logits, bundle, prepared.properties).labels, expected)
+
+
+def test_near_ties_settled_from_the_close_heads_alone_match_nnunets_rule_on_every_head(make_model) -> None:
+    """A labels-only export computes nnU-Net's values of the close heads only; its labels must be what nnU-Net's
+    argmax over all heads gives, exact equals going to the lowest head (three-way ties, ties at the first and
+    last head, and heads just outside the margin included)."""
+    from tilewise.engine.postprocess import ties
+
+    bundle = ModelBundle.load(make_model("3d"))
+    heads, voxels, error = 40, 3000, 1e-3
+    rng = np.random.default_rng(5)
+    values = torch.from_numpy(rng.normal(scale=3.0, size=(heads, voxels)).astype(np.float32))
+    top = values.amax(0)
+    for voxel in range(0, voxels, 3):  # two to four heads within the margin, some exactly equal
+        chosen = rng.choice(heads, size=rng.integers(2, 5), replace=False)
+        chosen[0] = [0, heads - 1, chosen[0]][voxel % 3]
+        values[chosen, voxel] = top[voxel] + 1 + torch.from_numpy(rng.integers(-1, 2, len(chosen)) * error / 4
+                                                                 ).float()
+    exact_values = values + torch.from_numpy(rng.uniform(-error, error, values.shape).astype(np.float32))
+    exact_values[:, ::7] = exact_values[:, ::7].round()  # exact equals among the close heads
+    asked: list[int] = []
+
+    def exact(index: torch.Tensor, heads_asked: torch.Tensor | None) -> torch.Tensor:
+        assert heads_asked is not None, "a labels-only export asks for the close heads only"
+        asked.append(len(heads_asked))
+        return exact_values[heads_asked, index[:, 0]]
+
+    labels = values.argmax(0).to(torch.uint8)
+    looked = ties.settle_ties(labels, values, bundle, error, exact, through_probabilities=False)
+    expected = exact_values.numpy().argmax(0)
+    near = ties.near_ties(values, bundle, error).numpy()
+    assert looked == int(near.sum()) > voxels // 4
+    assert np.array_equal(labels.numpy()[near], expected[near])
+    assert sum(asked) < 5 * looked, "only the close heads were computed"

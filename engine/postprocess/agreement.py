@@ -140,8 +140,8 @@ class AgreementLabels:
         labels = heads.argmax(0).to(dtype)
         whole_grid = voxels + torch.tensor([start, 0, 0], device=voxels.device)
 
-        def exact(index: torch.Tensor) -> torch.Tensor:
-            return self.resampler.points(rows, first_row, whole_grid[index[:, 0]])
+        def exact(index: torch.Tensor, heads: torch.Tensor | None) -> torch.Tensor:
+            return self.resampler.points(rows, first_row, whole_grid[index[:, 0]], heads)
 
         settle_ties(labels, heads, self.bundle, _BOUNDARY_STEPS * _EPS * magnitude, exact, through_probabilities=False)
         return labels

@@ -20,9 +20,9 @@ from ..events import check_cancelled
 from ..model.bundle import ModelBundle
 from ..runtime.memory import free_device_memory, is_out_of_memory
 from .agreement import AgreementLabels, agreement_applies
-from .labels import logits_to_labels
+from .labels import labels_and_best
 from .resample import ORDERS, LogitResampler, slab_rows
-from .ties import settle_ties
+from .ties import Exact, settle_ties
 from .uncertainty import slab_budget, slab_uncertainty
 
 DEFAULT_SLAB_BYTES = 512 * 2**20
@@ -190,9 +190,9 @@ class LabelSink:
             self._put_labels(window, slab.labels.cpu().numpy().astype(self.dtype, copy=False))
             return
         assert slab.values is not None and slab.exact is not None
-        slab_labels = logits_to_labels(slab.values, bundle)
+        slab_labels, best = labels_and_best(slab.values, bundle)
         settle_ties(slab_labels, slab.values, bundle, slab.error, slab.exact,  # nnU-Net's labels where rounding decides
-                    through_probabilities=self.probabilities is not None)
+                    through_probabilities=self.probabilities is not None, best=best)
         self._put_labels(window, slab_labels.cpu().numpy().astype(self.dtype, copy=False))
         if self.probabilities is not None:
             nonlinear = bundle.label_manager.apply_inference_nonlin(slab.values)
@@ -247,7 +247,7 @@ class Slab:
     stop: int
     values: torch.Tensor | None
     error: float
-    exact: Callable[[torch.Tensor], torch.Tensor] | None
+    exact: Exact | None
     labels: torch.Tensor | None = None
 
 
@@ -263,8 +263,8 @@ def slab_of(resampler: LogitResampler, logits: torch.Tensor, start: int, stop: i
         return Slab(start, stop, None, 0.0, None, labels)
     smallest, largest = torch.aminmax(rows)
 
-    def exact(index: torch.Tensor) -> torch.Tensor:
-        return resampler.points(rows, low, index + torch.tensor([start, 0, 0], device=index.device))
+    def exact(index: torch.Tensor, heads: torch.Tensor | None) -> torch.Tensor:
+        return resampler.points(rows, low, index + torch.tensor([start, 0, 0], device=index.device), heads)
 
     return Slab(start, stop, resampler.slab(rows, start, stop, low),
                  resampler.error_bound(max(-float(smallest), float(largest))), exact)

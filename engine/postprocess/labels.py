@@ -19,6 +19,16 @@ def logits_to_labels(logits: torch.Tensor, bundle: ModelBundle) -> torch.Tensor:
     return _argmax_over_heads(logits)
 
 
+def labels_and_best(logits: torch.Tensor, bundle: ModelBundle) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`logits_to_labels` and, for an argmax over channels-innermost logits (export slabs), each voxel's largest
+    value from the same pass (why: the near-tie test needs it, and a second reduction over a many-label slab costs
+    as much as the first); None otherwise."""
+    if logits.stride(0) == 1 and logits.shape[0] > 1 and not bundle.label_manager.has_regions:
+        best, labels = logits.max(0)  # the first maximum's index, as argmax
+        return labels.to(torch.uint8 if logits.shape[0] <= 255 else torch.int16), best
+    return logits_to_labels(logits, bundle), None
+
+
 def _argmax_over_heads(logits: torch.Tensor) -> torch.Tensor:
     """``logits.argmax(0)`` (first maximum wins), by a loop over heads: 5-10x faster than torch's strided reduction
     over the leading axis, which matters for the per-tile provisional labels."""

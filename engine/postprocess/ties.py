@@ -22,28 +22,66 @@ NONLINEARITY_TIES = 4 * float(torch.finfo(torch.float32).eps)
 (a sigmoid of exactly 0.5): nnU-Net's rule then decides differently from an argmax of the logits."""
 
 
-def near_ties(values: torch.Tensor, bundle: ModelBundle, error: float) -> torch.Tensor:
+Exact = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+"""nnU-Net's float32 values at given voxels ``index`` ((N, ndim) positions in a slab's labels): of every head,
+(heads, N), or with ``heads`` ((N,) one head per voxel) of just that head, (N,)."""
+
+
+def near_ties(values: torch.Tensor, bundle: ModelBundle, error: float, best: torch.Tensor | None = None) -> torch.Tensor:
     """The voxels of ``values`` (heads, ...) whose label could change if each value moved by up to ``error``: a
-    runner-up within ``2 * error`` of the largest value, or a region's value within ``error`` of 0."""
+    runner-up within ``2 * error`` of the largest value (``best``, when the caller has it), or a region's value
+    within ``error`` of 0."""
     if bundle.label_manager.has_regions:
         return (values.abs() <= error + NONLINEARITY_TIES).any(0)
-    best = values.amax(0)
-    close = values >= best - (2 * error + NONLINEARITY_TIES)
-    return close.sum(0, dtype=torch.int16) > 1
+    return _close_heads(values, error, best).sum(0, dtype=torch.int16) > 1
 
 
-def settle_ties(labels: torch.Tensor, values: torch.Tensor, bundle: ModelBundle, error: float,
-                exact: Callable[[torch.Tensor], torch.Tensor], *, through_probabilities: bool) -> int:
+def _close_heads(values: torch.Tensor, error: float, best: torch.Tensor | None) -> torch.Tensor:
+    """Which heads lie within ``2 * error`` (and the softmax margin) of each voxel's largest value: the heads whose
+    nnU-Net value could be the largest."""
+    best = values.amax(0) if best is None else best
+    return values >= best - (2 * error + NONLINEARITY_TIES)
+
+
+def settle_ties(labels: torch.Tensor, values: torch.Tensor, bundle: ModelBundle, error: float, exact: Exact, *,
+                through_probabilities: bool, best: torch.Tensor | None = None) -> int:
     """Relabel, in place, the voxels of ``labels`` (the label rule applied to ``values``, (heads, ...) resampled
-    logits within ``error`` of nnU-Net's) that :func:`near_ties` finds, with nnU-Net's rule on ``exact(index)``:
-    nnU-Net's float32 values (heads, N) at those voxels (``index``: (N, ndim) positions in ``labels``). The rule is
-    the one nnunetv2's export applies (:func:`nnunet_label_rule`). Returns how many voxels it looked at."""
-    index = near_ties(values, bundle, error).nonzero()
-    if len(index) == 0:
-        return 0
-    settled = torch.as_tensor(nnunet_label_rule(bundle, exact(index).cpu(), through_probabilities))
+    logits within ``error`` of nnU-Net's; ``best``: their largest value per voxel, when the caller has it) that
+    :func:`near_ties` finds, with nnU-Net's rule on nnU-Net's float32 values there (``exact``). The rule is the one
+    nnunetv2's export applies (:func:`nnunet_label_rule`). Returns how many voxels it looked at.
+
+    Where that rule is the argmax of the logits, only the close heads are computed (why: a near tie is between two
+    or three of a many-label model's heads, and nnU-Net's values of all of them cost most of a random-weight 105-head
+    export); a head further off lies below the largest even in nnU-Net's values, so the argmax is the same."""
+    if bundle.label_manager.has_regions or not argmax_of_logits(bundle, through_probabilities):
+        index = near_ties(values, bundle, error, best).nonzero()
+        if len(index) == 0:
+            return 0
+        settled = torch.as_tensor(nnunet_label_rule(bundle, exact(index, None).cpu(), through_probabilities))
+    else:
+        close = _close_heads(values, error, best)
+        index = (close.sum(0, dtype=torch.int16) > 1).nonzero()
+        if len(index) == 0:
+            return 0
+        pairs = close[(slice(None), *index.T)].T.nonzero()  # (voxel number, head), voxel by voxel, heads ascending
+        settled = _first_largest(exact(index[pairs[:, 0]], pairs[:, 1]).cpu(), pairs[:, 0].cpu(),
+                                 pairs[:, 1].cpu(), len(index))
     labels[tuple(index.T)] = settled.to(device=labels.device, dtype=labels.dtype)
     return len(index)
+
+
+def _first_largest(values: torch.Tensor, voxel: torch.Tensor, head: torch.Tensor, voxels: int) -> torch.Tensor:
+    """Per voxel, the head with the largest of its ``values`` (one value per (voxel, head) pair), the lowest head
+    among equals, as ``argmax`` picks it."""
+    largest = torch.full((voxels,), float("-inf"), dtype=values.dtype).scatter_reduce(0, voxel, values, "amax")
+    winners = values == largest[voxel]
+    lowest = torch.full((voxels,), torch.iinfo(torch.int64).max, dtype=torch.int64)
+    return lowest.scatter_reduce(0, voxel[winners], head[winners], "amin")
+
+
+def argmax_of_logits(bundle: ModelBundle, through_probabilities: bool) -> bool:
+    """Whether nnunetv2's label rule here is the argmax of the logits themselves (see :func:`nnunet_label_rule`)."""
+    return not through_probabilities and hasattr(bundle.label_manager, "convert_logits_to_segmentation")
 
 
 def nnunet_label_rule(bundle: ModelBundle, logits: torch.Tensor, through_probabilities: bool) -> torch.Tensor:
@@ -51,6 +89,6 @@ def nnunet_label_rule(bundle: ModelBundle, logits: torch.Tensor, through_probabi
     (softmax or sigmoid) decide; otherwise, in the nnunetv2 versions that have it, the argmax of the logits themselves
     (two logits a float32 step apart can have equal softmax probabilities, so the two rules differ at such ties)."""
     manager = bundle.label_manager
-    if not through_probabilities and hasattr(manager, "convert_logits_to_segmentation"):
+    if argmax_of_logits(bundle, through_probabilities):
         return torch.as_tensor(manager.convert_logits_to_segmentation(logits))
     return torch.as_tensor(manager.convert_probabilities_to_segmentation(manager.apply_inference_nonlin(logits)))
