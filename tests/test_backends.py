@@ -17,6 +17,7 @@ from tilewise.engine.backends.select import OPENVINO_INSTALL, BackendChoice, cho
 from tilewise.engine.backends.torch_backend import TorchBackend
 from tilewise.engine.commands.metrics import dice_per_label
 from tilewise.engine.commands.cli import main
+from tilewise.engine.model.bundle import ModelBundle
 
 needs_openvino = pytest.mark.skipif(not select.openvino_available(), reason="the openvino extra is not installed")
 PATCH = (8, 12, 10)
@@ -466,7 +467,8 @@ def test_a_unet_is_traced_on_a_small_input_and_runs_on_the_whole_tile(ct_model: 
     monkeypatch.setenv("TILEWISE_CACHE_DIR", str(tmp_path / "cache"))
     predictor = Predictor(ct_model, get_preset("fast").with_overrides(backend="openvino", precision="fp32"),
                           device="cpu")
-    network = predictor.networks[0]
+    assert predictor.networks == [] and predictor.bundle.fold_weights == [], "OpenVINO runs: torch weights let go"
+    network = ModelBundle.load(ct_model, folds=predictor.bundle.folds).build_networks()[0]
     tile = (1, 1, *predictor.bundle.patch_size)
     small = example_shape(network, tile)
     strides = np.prod(np.array(network.encoder.strides), axis=0)
