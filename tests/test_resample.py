@@ -32,3 +32,24 @@ def test_matches_nnunet(shape, new_shape, spacing, new_spacing, force, order_z) 
 def test_same_shape_is_returned_unchanged() -> None:
     logits = torch.randn(2, 5, 6, 7)
     assert resample_logits(logits, (5, 6, 7), (1, 1, 1), (2, 2, 2)) is logits
+
+
+@pytest.mark.parametrize(("shape", "new_shape", "spacing", "new_spacing", "force"), CASES)
+def test_slabs_equal_the_whole_resampling_and_reuse_one_output_block(shape, new_shape, spacing, new_spacing,
+                                                                    force) -> None:
+    """Slab by slab (one output row at a time, as the streaming export asks) the values are those of one whole
+    resampling, to the last bit, and slabs of one shape are written into the same memory."""
+    from tilewise.engine.postprocess.resample import LogitResampler
+
+    logits = torch.from_numpy(np.random.default_rng(1).normal(size=(3, *shape)).astype(np.float32))
+    whole = resample_logits(logits, new_shape, spacing, new_spacing, force_separate_z=force)
+    resampler = LogitResampler(shape, new_shape, spacing, new_spacing, force_separate_z=force)
+    addresses = set()
+    for row in range(new_shape[0]):
+        low, high = resampler.input_rows(row, row + 1)
+        slab = resampler.slab(logits[:, low:high], row, row + 1, low)
+        assert torch.equal(slab, whole[:, row:row + 1]), f"row {row}"
+        addresses.add(slab.data_ptr())
+    bilinear_in_plane = new_shape[1:] != shape[1:] and resampler.orders[1:] == (1, 1)
+    if bilinear_in_plane:  # (elsewhere each axis is resampled on its own, into fresh memory)
+        assert len(addresses) == 1
