@@ -13,6 +13,7 @@ import itertools
 import torch
 
 from ..events import Box
+from ..runtime.allocator import returning_large_blocks
 from .accumulators import Placement, nnunet_gaussian
 from .plan import Tile, plan_tiles
 
@@ -124,7 +125,8 @@ class SlabWindow:
             if last:
                 averaged = torch.div(logits, weights, out=logits)  # in place: nothing allocated
             else:
-                averaged = torch.div(logits, weights)
+                with returning_large_blocks():  # handed back to the system when the export lets go of them
+                    averaged = torch.div(logits, weights)
                 logits.zero_()
                 weights.zero_()
             pieces.append((self.first + offsets.start, averaged))
