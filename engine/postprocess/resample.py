@@ -139,9 +139,9 @@ class LogitResampler:
 
     def _bilinear(self, planes: torch.Tensor) -> torch.Tensor:
         """``F.interpolate(planes, out_shape[1:], mode="bilinear")`` (the same kernel, bit for bit) written into the
-        last slab's output where the shape allows (why: a fresh output-sized block per slab is either faulted in again
-        by the system or, where the command line keeps freed memory (:mod:`~..runtime.allocator`), left to fragment
-        the heap: 90 MiB more peak on the 300-slice CT's 105-label export)."""
+        last slab's output where the shape allows (why: a fresh output-sized block per slab, 110 MiB a row on the
+        105-label model, is either faulted in again by the system or, where the command line keeps freed memory
+        (:mod:`~..runtime.allocator`), left in the heap between the tiles' blocks)."""
         rows, channels = planes.shape[:2]
         shape = (rows, channels, *self.out_shape[1:])
         output = self._output
