@@ -111,7 +111,9 @@ def test_near_ties_settled_from_the_close_heads_alone_match_nnunets_rule_on_ever
         return exact_values[heads_asked, index[:, 0]]
 
     labels = values.argmax(0).to(torch.uint8)
+    before = values.clone()
     looked = ties.settle_ties(labels, values, bundle, error, exact, through_probabilities=False)
+    assert torch.equal(values, before), "the values are left as they were"
     expected = exact_values.numpy().argmax(0)
     near = ties.near_ties(values, bundle, error).numpy()
     assert looked == int(near.sum()) > voxels // 4

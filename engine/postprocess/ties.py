@@ -27,20 +27,19 @@ Exact = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 (heads, N), or with ``heads`` ((N,) one head per voxel) of just that head, (N,)."""
 
 
-def near_ties(values: torch.Tensor, bundle: ModelBundle, error: float, best: torch.Tensor | None = None) -> torch.Tensor:
+def near_ties(values: torch.Tensor, bundle: ModelBundle, error: float) -> torch.Tensor:
     """The voxels of ``values`` (heads, ...) whose label could change if each value moved by up to ``error``: a
-    runner-up within ``2 * error`` of the largest value (``best``, when the caller has it), or a region's value
-    within ``error`` of 0."""
+    runner-up within ``2 * error`` of the largest value, or a region's value within ``error`` of 0."""
     if bundle.label_manager.has_regions:
         return (values.abs() <= error + NONLINEARITY_TIES).any(0)
-    return _close_heads(values, error, best).sum(0, dtype=torch.int16) > 1
+    best = values.amax(0)
+    close = values >= best - _tie_margin(error)
+    return close.sum(0, dtype=torch.int16) > 1
 
 
-def _close_heads(values: torch.Tensor, error: float, best: torch.Tensor | None) -> torch.Tensor:
-    """Which heads lie within ``2 * error`` (and the softmax margin) of each voxel's largest value: the heads whose
-    nnU-Net value could be the largest."""
-    best = values.amax(0) if best is None else best
-    return values >= best - (2 * error + NONLINEARITY_TIES)
+def _tie_margin(error: float) -> float:
+    """How close to the largest value a head may be and still be nnU-Net's largest (or tie with it under softmax)."""
+    return 2 * error + NONLINEARITY_TIES
 
 
 def settle_ties(labels: torch.Tensor, values: torch.Tensor, bundle: ModelBundle, error: float, exact: Exact, *,
@@ -54,20 +53,34 @@ def settle_ties(labels: torch.Tensor, values: torch.Tensor, bundle: ModelBundle,
     or three of a many-label model's heads, and nnU-Net's values of all of them cost most of a random-weight 105-head
     export); a head further off lies below the largest even in nnU-Net's values, so the argmax is the same."""
     if bundle.label_manager.has_regions or not argmax_of_logits(bundle, through_probabilities):
-        index = near_ties(values, bundle, error, best).nonzero()
+        index = near_ties(values, bundle, error).nonzero()
         if len(index) == 0:
             return 0
         settled = torch.as_tensor(nnunet_label_rule(bundle, exact(index, None).cpu(), through_probabilities))
     else:
-        close = _close_heads(values, error, best)
-        index = (close.sum(0, dtype=torch.int16) > 1).nonzero()
+        best = values.amax(0) if best is None else best
+        index = _runner_up_within(values, labels, best, _tie_margin(error)).nonzero()
         if len(index) == 0:
             return 0
-        pairs = close[(slice(None), *index.T)].T.nonzero()  # (voxel number, head), voxel by voxel, heads ascending
+        at = tuple(index.T)
+        close = values[(slice(None), *at)] >= (best[at] - _tie_margin(error))  # (heads, tied voxels)
+        pairs = close.T.nonzero()  # (voxel number, head), voxel by voxel, heads ascending
         settled = _first_largest(exact(index[pairs[:, 0]], pairs[:, 1]).cpu(), pairs[:, 0].cpu(),
                                  pairs[:, 1].cpu(), len(index))
     labels[tuple(index.T)] = settled.to(device=labels.device, dtype=labels.dtype)
     return len(index)
+
+
+def _runner_up_within(values: torch.Tensor, labels: torch.Tensor, best: torch.Tensor, margin: float) -> torch.Tensor:
+    """The voxels whose second head (``labels``: the argmax of ``values``, (heads, ...); ``best``: its value) lies
+    within ``margin`` of the first. The first is set to -inf for one max over the heads and then put back, so
+    ``values`` is left as it was (why: three times faster than counting the heads above the threshold, which was
+    two fifths of a random-weight 105-head export)."""
+    winner = labels.to(torch.int64).unsqueeze(0)
+    values.scatter_(0, winner, float("-inf"))
+    runner_up = values.amax(0)
+    values.scatter_(0, winner, best.unsqueeze(0))
+    return runner_up >= best - margin
 
 
 def _first_largest(values: torch.Tensor, voxel: torch.Tensor, head: torch.Tensor, voxels: int) -> torch.Tensor:
