@@ -125,8 +125,9 @@ def test_near_ties_at_boundaries_need_nnunets_own_values(make_model, monkeypatch
     assert not np.array_equal(_labels_in_slabs(resampler, bundle, torch.from_numpy(logits), out_shape[0]), expected)
 
 
-def test_a_slab_mostly_at_boundaries_is_left_to_the_full_export(make_model) -> None:
-    """Labels that change at nearly every network voxel (a random-weight network's) are cheaper to resample whole."""
+def test_a_slab_mostly_at_boundaries_is_left_to_the_full_export(make_model, monkeypatch) -> None:
+    """Labels that change at nearly every network voxel (a random-weight network's) are cheaper to resample whole;
+    after such a slab the next ones are declined without looking, for one slab, then two, then four."""
     bundle = ModelBundle.load(make_model("3d"))
     heads = bundle.label_manager.num_segmentation_heads
     noise = torch.from_numpy(np.random.default_rng(2).normal(size=(heads, 10, 12, 14)).astype(np.float32) * 20)
@@ -135,6 +136,21 @@ def test_a_slab_mostly_at_boundaries_is_left_to_the_full_export(make_model) -> N
     low, high = resampler.input_rows(0, 4)
     assert agreement.labels(noise[:, low:high], 0, 4, low) is None
     assert agreement.declined_rows == 4 and agreement.decided_voxels == agreement.boundary_voxels == 0
+
+    looked_at: set[int] = set()
+    slab = [0]
+    plane = agreement._plane
+
+    def looking(*args):
+        looked_at.add(slab[0])
+        return plane(*args)
+
+    monkeypatch.setattr(agreement, "_plane", looking)
+    for start in range(4, 20, 2):  # paused for 4 rows, looks at 8, paused for 2 x 2, looks at 14, paused for 4 x 2
+        slab[0] = start
+        low, high = resampler.input_rows(start, start + 2)
+        assert agreement.labels(noise[:, low:high], start, start + 2, low) is None
+    assert looked_at == {8, 14} and agreement.declined_rows == 20
 
 
 def test_a_streamed_run_through_the_shortcut_equals_the_whole_volume_export(make_model, tmp_path: Path,
