@@ -119,3 +119,24 @@ def test_near_ties_settled_from_the_close_heads_alone_match_nnunets_rule_on_ever
     assert looked == int(near.sum()) > voxels // 4
     assert np.array_equal(labels.numpy()[near], expected[near])
     assert sum(asked) < 5 * looked, "only the close heads were computed"
+
+
+def test_a_rule_only_nnunet_computes_settles_its_ties_from_its_own_values(make_model, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    """Where nnunetv2's own function resamples the whole grid (another resampler, cubic orders), its values are
+    nnU-Net's already; near ties are looked up in them, per head or all heads, and the labels are nnU-Net's."""
+    from scipy.ndimage import gaussian_filter
+
+    bundle = ModelBundle.load(make_model("3d"))
+    prepared = off_grid_case(bundle, "3d", tmp_path)
+    grid = tuple(prepared.data[(0, *prepared.unpadded)].shape)
+    rng = np.random.default_rng(4)
+    fields = np.stack([gaussian_filter(rng.normal(size=grid), sigma=3.0) for _ in range(3)])
+    fields = (fields / fields.std() * 20).astype(np.float32)
+    fields[0] = fields[1]  # heads 0 and 1 exactly tied everywhere: the lower head wins
+    logits = torch.from_numpy(fields)
+    monkeypatch.setattr(export_module, "slab_wise", lambda bundle: False)
+    ours = export_logits(logits, bundle, prepared.properties).labels
+    expected = nnunet_labels(logits, bundle, prepared.properties)
+    assert np.array_equal(ours, expected), f"{int((ours != expected).sum())} of {ours.size} voxels differ"
+    assert (expected == 0).any() and not (expected == 1).any()

@@ -128,7 +128,7 @@ def export_logits(logits: torch.Tensor, bundle: ModelBundle, properties: dict[st
     if resampler is None:  # nnunetv2's own function, all rows at once: its values are nnU-Net's
         resampled_all = _nnunet_resample(logits, bundle, properties)
         slabs: Iterator[Slab] = iter([Slab(0, resampled_all.shape[1], resampled_all, 0.0,
-                                             lambda index, values=resampled_all: values[(slice(None), *index.T)])])
+                                             _values_at(resampled_all))])
         del resampled_all
     else:
         rows_per_slab = export_slab_rows(resampler, int(logits.shape[0]), slab_budget_bytes, with_uncertainty)
@@ -268,6 +268,13 @@ def slab_of(resampler: LogitResampler, logits: torch.Tensor, start: int, stop: i
 
     return Slab(start, stop, resampler.slab(rows, start, stop, low),
                  resampler.error_bound(max(-float(smallest), float(largest))), exact)
+
+
+def _values_at(values: torch.Tensor) -> Exact:
+    """The :data:`~.ties.Exact` of values that are nnU-Net's already: looked up, of every head or of one per voxel."""
+    def exact(index: torch.Tensor, heads: torch.Tensor | None) -> torch.Tensor:
+        return values[(slice(None) if heads is None else heads, *index.T)]
+    return exact
 
 
 def export_with_fallback(logits: torch.Tensor, bundle: ModelBundle, properties: dict[str, Any],
