@@ -41,12 +41,12 @@ def test_every_slab_cut_gives_the_same_values(in_shape, out_shape, spacing, new_
                                               rows_per_slab) -> None:
     logits = torch.from_numpy(np.random.default_rng(1).normal(size=(4, *in_shape)).astype(np.float32))
     resampler = LogitResampler(in_shape, out_shape, spacing, new_spacing, order=1, order_z=order_z)
-    whole = resampler.slab(logits, 0, out_shape[0], 0)
+    whole = resampler.slab(logits, 0, out_shape[0], 0).clone()  # a slab is valid until the next one is made
     pieces = []
     for start, stop in resampler.slabs(rows_per_slab):
         low, high = resampler.input_rows(start, stop)
         assert 0 <= low < high <= in_shape[0]
-        pieces.append(resampler.slab(logits[:, low:high].clone(), start, stop, low))
+        pieces.append(resampler.slab(logits[:, low:high].clone(), start, stop, low).clone())
     assert torch.equal(torch.cat(pieces, dim=1), whole)
     assert whole.shape == (4, *out_shape)
 
