@@ -62,18 +62,24 @@ def test_points_are_nnunets_values_and_the_slab_is_within_its_bound(in_shape, ou
     assert 0 < error <= resampler.error_bound(float(np.abs(logits).max()))
 
 
+def _smooth_heads(prepared, seed: int) -> np.ndarray:
+    """Three smooth float32 logit fields on the case's unpadded network grid, at the scale of real logits."""
+    from scipy.ndimage import gaussian_filter
+
+    grid = tuple(prepared.data[(0, *prepared.unpadded)].shape)
+    rng = np.random.default_rng(seed)
+    fields = np.stack([gaussian_filter(rng.normal(size=grid), sigma=3.0) for _ in range(3)])
+    return (fields / fields.std() * 20).astype(np.float32)
+
+
 def test_a_labels_only_export_breaks_softmax_ties_as_nnunet_does(make_model, tmp_path: Path, monkeypatch) -> None:
     """Without probabilities nnunetv2 takes the argmax of the logits themselves; two logits a float32 step apart can
     have equal softmax probabilities, so the softmax rule would pick the first head where nnU-Net picks the larger."""
-    from scipy.ndimage import gaussian_filter
     from tilewise.engine.postprocess import ties
 
     bundle = ModelBundle.load(make_model("3d"))
     prepared = off_grid_case(bundle, "3d", tmp_path)
-    grid = tuple(prepared.data[(0, *prepared.unpadded)].shape)
-    rng = np.random.default_rng(3)
-    fields = np.stack([gaussian_filter(rng.normal(size=grid), sigma=3.0) for _ in range(3)])
-    fields = (fields / fields.std() * 20).astype(np.float32)
+    fields = _smooth_heads(prepared, seed=3)
     fields[0] = fields[1] * np.float32(1 + 1e-7)  # heads 0 and 1 equal or one float32 step apart everywhere
     logits = torch.from_numpy(fields)
     expected = nnunet_labels(logits, bundle, prepared.properties)
@@ -125,14 +131,9 @@ def test_a_rule_only_nnunet_computes_settles_its_ties_from_its_own_values(make_m
                                                                          monkeypatch) -> None:
     """Where nnunetv2's own function resamples the whole grid (another resampler, cubic orders), its values are
     nnU-Net's already; near ties are looked up in them, per head or all heads, and the labels are nnU-Net's."""
-    from scipy.ndimage import gaussian_filter
-
     bundle = ModelBundle.load(make_model("3d"))
     prepared = off_grid_case(bundle, "3d", tmp_path)
-    grid = tuple(prepared.data[(0, *prepared.unpadded)].shape)
-    rng = np.random.default_rng(4)
-    fields = np.stack([gaussian_filter(rng.normal(size=grid), sigma=3.0) for _ in range(3)])
-    fields = (fields / fields.std() * 20).astype(np.float32)
+    fields = _smooth_heads(prepared, seed=4)
     fields[0] = fields[1]  # heads 0 and 1 exactly tied everywhere: the lower head wins
     logits = torch.from_numpy(fields)
     monkeypatch.setattr(export_module, "slab_wise", lambda bundle: False)
