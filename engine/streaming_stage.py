@@ -54,7 +54,8 @@ def run_streaming(bundle: ModelBundle, case: PreparedCase, prepared: Preprocesse
     export = StreamingExport(bundle, prepared.properties, unpadded, resampler, case.with_probabilities,
                              case.plan.slab_bytes, case.with_uncertainty, labels_file)
     try:
-        run = runner.run_streaming(prepared.data, prepared.mapper, export.put, on_event, provisional_labels)
+        run = runner.run_streaming(prepared.data, prepared.mapper, export.put, on_event, provisional_labels,
+                                   export.put_plane)
     except BaseException:
         export.abort()
         raise

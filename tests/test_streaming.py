@@ -72,6 +72,40 @@ def test_released_rows_equal_the_whole_volume_sums_bit_for_bit(dtype, patch, ste
     assert rows.dtype == whole.dtype and torch.equal(rows, whole)
 
 
+@pytest.mark.parametrize(("patch", "step", "batch", "skip"), [
+    pytest.param((12, 16, 16), 0.5, 1, False, id="3d-batch1"),
+    pytest.param((12, 16, 16), 0.5, 5, False, id="3d-batch-spans-steps"),
+    pytest.param((10, 16, 16), 0.33, 2, True, id="3d-small-step-skipping"),
+])
+def test_the_last_rows_go_out_column_by_column_bit_for_bit(patch, step, batch, skip) -> None:
+    shape = (37, 26, 30)
+    data = torch.from_numpy(np.random.default_rng(5).normal(size=(1, *shape)).astype(np.float32))
+    skipped = (lambda tile: tile.index % 4 == 1) if skip else None
+
+    def runner() -> SlidingWindowRunner:
+        return SlidingWindowRunner(_FixedBackend(), patch, step, batch, 3, lambda x: x.argmax(0), skip_tile=skipped,
+                                   placement_order=[Placement(CPU, torch.float32)], nnunet_order=True)
+
+    whole = runner().run(data, _grid(shape)).logits
+    released: list[tuple[int, torch.Tensor]] = []
+    updates: list[tuple[np.ndarray, torch.Tensor]] = []
+    last_next: list[bool] = []
+
+    def on_plane(pieces: list[tuple[int, torch.Tensor]], columns: np.ndarray, last_batch_next: bool) -> None:
+        assert [first for first, _ in pieces][0] == sum(rows.shape[1] for _, rows in released)
+        updates.append((columns.copy(), torch.cat([rows for _, rows in pieces], dim=1).clone()))
+        last_next.append(last_batch_next)
+
+    runner().run_streaming(data, _grid(shape), lambda first, rows: released.append((first, rows)), on_plane=on_plane)
+    first = sum(rows.shape[1] for _, rows in released)
+    assert 0 < first < shape[0] and torch.equal(torch.cat([r for _, r in released], dim=1), whole[:, :first])
+    assert len(updates) > 2 and (updates[-1][0] == shape[2]).all() and not (updates[-2][0] == shape[2]).all()
+    assert last_next == [False] * (len(updates) - 2) + [True, False], "said once: before the last batch"
+    for columns, rows in updates:  # every column called final holds the whole-volume engine's average already
+        for y in range(shape[1]):
+            assert torch.equal(rows[:, :, y, :columns[y]], whole[:, first:, y, :columns[y]]), (y, columns[y])
+
+
 def test_the_ring_holds_about_a_patch_and_a_step_of_slices() -> None:
     grid, patch = (300, 96, 96), (64, 64, 64)
     tiles = plan_tiles(grid, patch, 0.5)

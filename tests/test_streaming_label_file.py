@@ -3,6 +3,7 @@ whole-volume run's labels with the input's geometry, the labels are never held w
 leaves nothing under the output's name."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import model_factory
@@ -106,3 +107,57 @@ def test_an_export_failure_leaves_no_label_file(ct_model: Path, long_case: Path,
     with pytest.raises(ValueError, match="the disk went away"):
         run_in_row(CaseStages(_predictor(ct_model, streaming=True), None), Case("long", (long_case,), output))
     assert list(output.parent.iterdir()) == []
+
+
+@pytest.fixture
+def wide_case(tmp_path: Path) -> Path:
+    """Two rows of tiles along z and three by three in-plane, upsampled to the input grid: the last row of tiles
+    finishes its columns tile by tile."""
+    return model_factory.make_case(tmp_path / "wide_0000.nii.gz", "3d", shape=(72, 120, 110), seed=3,
+                                   spacing=(0.6, 0.6, 0.8))
+
+
+def test_the_last_rows_are_written_window_by_window_as_their_tiles_finish(ct_model: Path, wide_case: Path,
+                                                                         tmp_path: Path, monkeypatch) -> None:
+    """The labels of the rows under the last row of tiles are made window by window as its tiles finish (issue 27:
+    what is left after the last tile is its own part), held until each file row is whole, and the file is the
+    whole-volume run's labels voxel for voxel."""
+    from tilewise.engine.postprocess import export as export_module
+    from tilewise.engine.postprocess import streaming as streaming_module
+
+    calls: list[list[int]] = []  # per put_plane handled: voxels written per window slab
+    write, take_plane = export_module.LabelSink.write, streaming_module.StreamingExport._take_plane
+
+    def recording_write(self, slab) -> None:
+        if calls and slab.window is not None:
+            calls[-1].append((slab.stop - slab.start) * math.prod(s.stop - s.start for s in slab.window))
+        write(self, slab)
+
+    def recording_take_plane(self, pieces, final_columns) -> None:
+        calls.append([])
+        take_plane(self, pieces, final_columns)
+
+    monkeypatch.setattr(export_module.LabelSink, "write", recording_write)
+    monkeypatch.setattr(streaming_module.StreamingExport, "_take_plane", recording_take_plane)
+    output = tmp_path / "out" / "wide.nii.gz"
+    output.parent.mkdir()
+    item = run_in_row(CaseStages(_predictor(ct_model, streaming=True), None), Case("wide", (wide_case,), output))
+    assert item.result is not None and item.result.labels_file == output
+    whole = _predictor(ct_model, streaming=False).predict(read_volume(wide_case))
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(output))), whole.labels)
+    assert len(np.unique(whole.labels)) > 1
+
+    assert len(calls) == 10, "the rows as the last row of tiles begins, then one update per tile (three by three)"
+    windowed = [sum(call) for call in calls]
+    assert windowed[0] == 0 and windowed[1] > 0, "the first tile's own columns go before the second tile has run"
+    # the last tile covers 40 of the 72 network columns each way (31 % of the plane), plus the interpolation's halo
+    assert 0 < windowed[-1] < 0.4 * sum(windowed), "after the last tile only its own part of the rows is left"
+
+
+def test_with_probabilities_the_last_rows_go_whole_and_equal_the_whole_volume_values(ct_model: Path,
+                                                                                    wide_case: Path) -> None:
+    volume = read_volume(wide_case)
+    streamed = _predictor(ct_model, streaming=True).predict(volume, with_probabilities=True)
+    whole = _predictor(ct_model, streaming=False).predict(volume, with_probabilities=True)
+    assert np.array_equal(streamed.labels, whole.labels)
+    assert np.array_equal(np.asarray(streamed.probabilities), np.asarray(whole.probabilities)), "bit for bit"

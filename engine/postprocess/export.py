@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.row_writer import RowWriter
 from ..data.slab_file import SlabLabelFile
 from ..data.volume import Geometry
 from ..errors import DiskSpaceError, OutOfMemoryError
@@ -22,6 +23,7 @@ from ..runtime.memory import free_device_memory, is_out_of_memory
 from .agreement import AgreementLabels, agreement_applies
 from .labels import labels_and_best
 from .resample import ORDERS, LogitResampler, slab_rows
+from .resample_window import WindowResampler
 from .ties import Exact, settle_ties
 from .uncertainty import slab_budget, slab_uncertainty
 
@@ -153,7 +155,8 @@ class LabelSink:
     cropped input grid, then un-cropped and transposed back to the input's axes by :meth:`result`.
 
     ``labels_file`` (a path and the input's geometry; only for models without a transpose): the labels go to that
-    file as the slabs come (:class:`~..data.slab_file.SlabLabelFile`), published whole by :meth:`result`, instead of
+    file as the slabs come (:class:`~..data.slab_file.SlabLabelFile`, compressed and written on a thread of its own:
+    :class:`~..data.row_writer.RowWriter`), published whole by :meth:`result`, instead of
     being held; :meth:`abort` removes it."""
 
     def __init__(self, bundle: ModelBundle, properties: dict[str, Any], with_probabilities: bool,
@@ -162,14 +165,19 @@ class LabelSink:
         self.dtype = np.uint8 if len(bundle.label_manager.foreground_labels) < 255 else np.uint16
         self.crop = tuple(slice(int(lo), int(hi)) for lo, hi in properties["bbox_used_for_cropping"])
         self.shape = tuple(int(s) for s in properties["shape_before_cropping"])
-        self.file: SlabLabelFile | None = None
+        self.file: RowWriter | None = None
         self.labels: np.ndarray | None = None
+        self._partial_rows: dict[int, tuple[np.ndarray, int]] = {}
+        """File rows written in part (windows of the streaming export's last rows): the row and its voxels written."""
+        self._next_file_row = 0
         if labels_file is None:
             self.labels = np.zeros(self.shape, dtype=self.dtype)
         else:
             assert list(bundle.plans_manager.transpose_backward) == list(range(len(self.shape))), "no transpose"
-            self.file = SlabLabelFile(labels_file[0], labels_file[1], self.dtype, self.shape)  # type: ignore[arg-type]
+            self.file = RowWriter(SlabLabelFile(labels_file[0], labels_file[1], self.dtype,
+                                                self.shape))  # type: ignore[arg-type]
             self._write_zero_rows(self.crop[0].start)  # the rows above nnU-Net's crop
+            self._next_file_row = self.crop[0].start
         self.probabilities = _probability_file(bundle, properties) if with_probabilities else None
         self.uncertainty = np.zeros(self.shape, dtype=np.uint8) if with_uncertainty else None
         """0 outside the crop: nnU-Net's background there is certain."""
@@ -185,6 +193,10 @@ class LabelSink:
         """The labels (and probabilities, and the uncertainty map) of one slab of resampled logits, in place."""
         bundle, crop = self.bundle, self.crop
         window = (slice(crop[0].start + slab.start, crop[0].start + slab.stop), *crop[1:])
+        if slab.window is not None:  # a part of the rows' planes: the streaming export's last rows, labels only
+            assert self.probabilities is None and self.uncertainty is None, "windows are for labels only"
+            window = (window[0], *(slice(whole.start + part.start, whole.start + part.stop)
+                                   for whole, part in zip(crop[1:], slab.window)))
         if slab.labels is not None:  # decided by :mod:`.agreement`: already nnU-Net's labels
             assert self.probabilities is None and self.uncertainty is None, "the shortcut makes labels only"
             self._put_labels(window, slab.labels.cpu().numpy().astype(self.dtype, copy=False))
@@ -193,6 +205,8 @@ class LabelSink:
         slab_labels, best = labels_and_best(slab.values, bundle)
         settle_ties(slab_labels, slab.values, bundle, slab.error, slab.exact,  # nnU-Net's labels where rounding decides
                     through_probabilities=self.probabilities is not None, best=best)
+        if any(slab.mirrored):
+            slab_labels = slab_labels.flip([axis for axis, mirror in zip((-2, -1), slab.mirrored) if mirror])
         self._put_labels(window, slab_labels.cpu().numpy().astype(self.dtype, copy=False))
         if self.probabilities is not None:
             nonlinear = bundle.label_manager.apply_inference_nonlin(slab.values)
@@ -205,9 +219,26 @@ class LabelSink:
             assert self.labels is not None
             self.labels[window] = labels
             return
+        if window[1:] != self.crop[1:] or self._partial_rows or window[0].start != self._next_file_row:
+            self._put_part(window, labels)
+            return
         rows = np.zeros((labels.shape[0], *self.shape[1:]), dtype=self.dtype)  # whole file rows: zero outside the crop
         rows[(slice(None), *window[1:])] = labels
         self.file.write(rows)
+        self._next_file_row = window[0].stop
+
+    def _put_part(self, window: tuple[slice, ...], labels: np.ndarray) -> None:
+        """Labels of a part of some file rows: kept until each row is whole, then written, in order (why: the
+        streaming export finishes its last rows window by window as the last tiles run; a file takes whole rows)."""
+        assert self.file is not None
+        area = math.prod(s.stop - s.start for s in self.crop[1:])
+        for offset, row in enumerate(range(window[0].start, window[0].stop)):
+            held, written = self._partial_rows.get(row) or (np.zeros(self.shape[1:], dtype=self.dtype), 0)
+            held[window[1:]] = labels[offset]
+            self._partial_rows[row] = (held, written + labels[offset].size)
+        while self._next_file_row in self._partial_rows and self._partial_rows[self._next_file_row][1] >= area:
+            self.file.write(self._partial_rows.pop(self._next_file_row)[0][None])
+            self._next_file_row += 1
 
     def _write_zero_rows(self, count: int) -> None:
         assert self.file is not None
@@ -227,6 +258,7 @@ class LabelSink:
         labels = None if self.labels is None else np.ascontiguousarray(self.labels.transpose(backward))
         labels_file = None
         if self.file is not None:
+            assert not self._partial_rows, "every row must be whole before the file is"
             self._write_zero_rows(self.shape[0] - self.crop[0].stop)  # the rows below it
             self.file.commit()
             labels_file = self.file.path
@@ -249,6 +281,10 @@ class Slab:
     error: float
     exact: Exact | None
     labels: torch.Tensor | None = None
+    window: tuple[slice, slice] | None = None
+    """The in-plane part of the rows (output y and x ranges of the crop) where it is not all of them."""
+    mirrored: tuple[bool, bool] = (False, False)
+    """Whether ``values`` run last to first along y and x (:meth:`~.resample_window.WindowResampler.mirrored`)."""
 
 
 def slab_of(resampler: LogitResampler, logits: torch.Tensor, start: int, stop: int, offset: int = 0,
@@ -268,6 +304,37 @@ def slab_of(resampler: LogitResampler, logits: torch.Tensor, start: int, stop: i
 
     return Slab(start, stop, resampler.slab(rows, start, stop, low),
                  resampler.error_bound(max(-float(smallest), float(largest))), exact)
+
+
+def window_slab_of(windows: WindowResampler, logits: torch.Tensor, start: int, stop: int, offset: int,
+                   window: tuple[slice, slice], magnitude: float) -> Slab:
+    """:func:`slab_of` for the in-plane ``window`` (output y and x ranges) of output rows [start, stop):
+    ``logits`` are input rows ``offset``, ... of whole planes, and no value the window reads is larger than
+    ``magnitude`` in size (:func:`window_magnitude`)."""
+    resampler = windows.resampler
+    low, high = resampler.input_rows(start, stop)
+    rows = logits[:, low - offset:high - offset]
+    ys, xs = (window[0].start, window[0].stop), (window[1].start, window[1].stop)
+    values = windows.slab(rows, start, stop, low, ys, xs)
+    mirrored = windows.mirrored(ys, xs)
+    corner = torch.tensor([start, ys[0], xs[0]], device=rows.device)
+    last = torch.tensor([0, ys[1] - 1, xs[1] - 1], device=rows.device)
+
+    def exact(index: torch.Tensor, heads: torch.Tensor | None) -> torch.Tensor:
+        at = index + corner.to(index.device)
+        for axis, mirror in ((1, mirrored[0]), (2, mirrored[1])):
+            if mirror:  # the slab runs last to first along this axis
+                at[:, axis] = last[axis].to(index.device) - index[:, axis]
+        return resampler.points(rows, low, at, heads)
+
+    return Slab(start, stop, values, resampler.error_bound(magnitude), exact, window=window, mirrored=mirrored)
+
+
+def window_magnitude(windows: WindowResampler, rows: torch.Tensor, ys: tuple[int, int], xs: tuple[int, int]) -> float:
+    """The largest size of the values of ``rows`` (input rows of whole planes) that the output window ``ys`` x
+    ``xs`` reads (:meth:`~.resample_window.WindowResampler.inputs`)."""
+    smallest, largest = torch.aminmax(rows[(slice(None), slice(None), *windows.inputs(ys, xs))])
+    return max(-float(smallest), float(largest))
 
 
 def _values_at(values: torch.Tensor) -> Exact:

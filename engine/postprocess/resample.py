@@ -32,20 +32,23 @@ def _axis_taps(in_size: int, out_size: int, start: int, stop: int, order: int) -
     return low, np.clip(floor + 1, 0, in_size - 1).astype(np.int64), source - floor
 
 
-def _resample_axis(x: torch.Tensor, axis: int, in_size: int, out_size: int, start: int, stop: int, order: int,
-                   offset: int = 0) -> torch.Tensor:
-    """Output rows [start, stop) along ``axis`` of ``x``, whose rows along it are input rows offset, offset+1, ..."""
+def resample_axis(x: torch.Tensor, axis: int, in_size: int, out_size: int, start: int, stop: int, order: int,
+                   offset: int = 0, into: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Output rows [start, stop) along ``axis`` of ``x``, whose rows along it are input rows offset, offset+1, ...;
+    ``into``: two blocks of the result's shape to compute it in (the result is then the first)."""
     if in_size == out_size and start == 0 and stop == out_size and offset == 0:
         return x
     low, high, weight = _axis_taps(in_size, out_size, start, stop, order)
     low_rows = torch.as_tensor(low - offset, device=x.device)
-    first = x.index_select(axis, low_rows)
+    first = x.index_select(axis, low_rows) if into is None else torch.index_select(x, axis, low_rows, out=into[0])
     if order == 0:
         return first
-    second = x.index_select(axis, torch.as_tensor(high - offset, device=x.device))
+    high_rows = torch.as_tensor(high - offset, device=x.device)
+    second = x.index_select(axis, high_rows) if into is None else torch.index_select(x, axis, high_rows, out=into[1])
     shape = [1] * x.ndim
     shape[axis] = len(weight)
-    return torch.lerp(first, second, torch.as_tensor(weight, dtype=x.dtype, device=x.device).reshape(shape))
+    weights = torch.as_tensor(weight, dtype=x.dtype, device=x.device).reshape(shape)
+    return torch.lerp(first, second, weights) if into is None else torch.lerp(first, second, weights, out=first)
 
 
 class LogitResampler:
@@ -119,8 +122,13 @@ class LogitResampler:
         # and one output plane of memory instead of up to five). The bound of error_bound holds in either order:
         # each axis's convex combination adds its own rounding to values no larger than the inputs.
         near = rows[:, low - first_row:high - first_row].float()
-        along = _resample_axis(near, 1, self.in_shape[0], self.out_shape[0], start, stop, self.orders[0], low)
+        along = resample_axis(near, 1, self.in_shape[0], self.out_shape[0], start, stop, self.orders[0], low)
         return self._in_plane(along).permute(3, 0, 1, 2)
+
+    def release_output_block(self) -> None:
+        """Let go of the block the last whole-plane slab was written into (the streaming export's last rows go
+        window by window: :mod:`.resample_window`)."""
+        self._output = None
 
     def _in_plane(self, rows: torch.Tensor) -> torch.Tensor:
         """``rows`` (channels, rows, y, x) resampled along the two in-plane axes: (rows, y, x, channels), contiguous."""
@@ -133,7 +141,7 @@ class LogitResampler:
                 planes = self._bilinear(planes)
             return planes.permute(0, 2, 3, 1)  # (rows, y, x, channels), contiguous
         for axis in (2, 1):  # one axis at a time where their orders differ (or nearest: an exact selection)
-            x = _resample_axis(x, axis + 1, self.in_shape[axis], self.out_shape[axis], 0, self.out_shape[axis],
+            x = resample_axis(x, axis + 1, self.in_shape[axis], self.out_shape[axis], 0, self.out_shape[axis],
                                self.orders[axis])
         return x.permute(1, 2, 3, 0).contiguous()
 

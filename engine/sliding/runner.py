@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import numpy as np
 import torch
 
 from ..backends import ForwardBackend
@@ -16,6 +17,7 @@ from ..runtime.memory import free_device_memory, is_out_of_memory
 from .accumulators import Accumulator, Placement, placements
 from .order import TileQueue
 from .plan import Tile, plan_tiles
+from .plane_release import final_columns, tail_start
 from .window import SlabWindow, rows_final_after, window_rows
 
 
@@ -23,6 +25,11 @@ LabelConverter = Callable[[torch.Tensor], torch.Tensor]
 Sums = TypeVar("Sums", Accumulator, SlabWindow)
 RowsHandler = Callable[[int, torch.Tensor], None]
 """Receives final rows of a streaming run: (first grid row, averaged logits (heads, rows, y, x) in the sums' dtype)."""
+PlaneHandler = Callable[[list[tuple[int, torch.Tensor]], np.ndarray, bool], None]
+"""Receives the last rows of a streaming run after each batch of its last row of tiles: (first grid row, ring view
+(heads, rows, y, x)) pieces, per grid y row how many leading x columns are final (averaged) in them
+(:meth:`~.window.SlabWindow.release_plane`; every column on the last call), and whether the next batch is the last
+(the handler may then finish its work on what is final first, so that after the last batch only its part is left)."""
 
 
 def background_logits(num_heads: int, regions: bool) -> torch.Tensor:
@@ -120,14 +127,18 @@ class SlidingWindowRunner:
         on_rows: RowsHandler,
         on_event: EventHandler | None = None,
         provisional_labels: bool = False,
+        on_plane: PlaneHandler | None = None,
     ) -> SlidingResult:
         """Predict ``data`` as :meth:`run` does, but in nnU-Net's tile order with the sums in a
         :class:`~.window.SlabWindow`: after each batch, the rows no remaining tile touches go to ``on_rows``, averaged
-        (bit for bit what :meth:`run` in nnU-Net's order would return for them), first row to last. The result
-        holds no logits. Cancel and out-of-memory behave as in :meth:`run`."""
+        (bit for bit what :meth:`run` in nnU-Net's order would return for them), first row to last. With
+        ``on_plane``, the rows under the last row of 3D tiles go to it instead, after each of its batches, with the
+        columns final so far (why: their export can then begin before the last tile, which alone touches them all).
+        The result holds no logits. Cancel and out-of-memory behave as in :meth:`run`."""
         started = time.perf_counter()
         try:
-            tiles_run, tiles_skipped = self._run_streaming(data, mapper, on_rows, on_event, provisional_labels)
+            tiles_run, tiles_skipped = self._run_streaming(data, mapper, on_rows, on_event, provisional_labels,
+                                                           on_plane)
         except Cancelled:
             free_device_memory(self.device)
             raise
@@ -135,7 +146,8 @@ class SlidingWindowRunner:
                              self.batch_size, time.perf_counter() - started, list(self.notes))
 
     def _run_streaming(self, data: torch.Tensor, mapper: GridMapper, on_rows: RowsHandler,
-                       on_event: EventHandler | None, provisional_labels: bool) -> tuple[int, int]:
+                       on_event: EventHandler | None, provisional_labels: bool,
+                       on_plane: PlaneHandler | None) -> tuple[int, int]:
         spatial = tuple(int(s) for s in data.shape[1:])
         planned = plan_tiles(spatial, self.patch_size, self.tile_step)  # type: ignore[arg-type]
         tiles = [tile for tile in planned if self.skip_tile is None or not self.skip_tile(tile)]
@@ -147,6 +159,7 @@ class SlidingWindowRunner:
             background = self.background if self.background is not None else background_logits(self.num_heads, False)
         data = data.to(self.device)
         is_2d = len(self.patch_size) == 2
+        plane_from = None if on_plane is None or is_2d else tail_start(tiles, final_rows)
         total, done, started = len(tiles), 0, time.perf_counter()
         with torch.inference_mode():
             while done < total or window.first < spatial[0]:
@@ -156,9 +169,14 @@ class SlidingWindowRunner:
                 batch = tiles[done:done + self.batch_size]
                 done = self._run_batch(batch, data, window, is_2d, mapper, (done, total, started), on_event,
                                        provisional_labels)
-                if final_rows[done] > window.first:
+                in_tail = plane_from is not None and done >= plane_from
+                if final_rows[done] > window.first and not (in_tail and done == total):
                     for first, rows in window.release(final_rows[done], background):
                         on_rows(first, rows)
+                if in_tail:
+                    assert on_plane is not None
+                    columns = final_columns(tiles[done:], spatial[1:])
+                    on_plane(window.release_plane(columns, background), columns, 0 < total - done <= self.batch_size)
             del data
         return total, len(planned) - total
 

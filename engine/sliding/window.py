@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
 
 from ..events import Box
 from ..runtime.allocator import returning_large_blocks
 from .accumulators import Placement, nnunet_gaussian
 from .plan import Tile, plan_tiles
+from .plane_release import new_boxes
 
 
 def window_rows(tiles: list[Tile], batch_size: int) -> int:
@@ -71,6 +73,8 @@ class SlabWindow:
         self.weights = torch.zeros((self.rows, *plane), dtype=placement.dtype, device=placement.device)
         self.first = 0
         """The lowest grid row not yet released."""
+        self._plane_done: np.ndarray | None = None
+        """Per grid y row, the leading x columns of rows [first, end) already averaged by :meth:`release_plane`."""
 
     def _pieces(self, start: int, stop: int) -> list[tuple[slice, slice]]:
         """Grid rows [start, stop) as (ring rows, offsets from ``start``) pieces: one, or two where the ring wraps."""
@@ -105,6 +109,35 @@ class SlabWindow:
         parts = [self.logits[(slice(None), ring, *box[1:])] for ring, _ in self._pieces(box[0].start, box[0].stop)]
         return torch.cat(parts, dim=1).float()
 
+    def release_plane(self, final_columns: np.ndarray,
+                      background: torch.Tensor | None) -> list[tuple[int, torch.Tensor]]:
+        """The last rows, [:attr:`first`, grid end), as views of the ring (pieces as :meth:`release` gives them), with
+        the columns ``final_columns`` names (per grid y row, how many leading x columns no remaining tile touches:
+        :func:`~.plane_release.final_columns`) averaged in place, as :meth:`release` averages them; the others still
+        hold running sums. Once every column is final the window is spent (:attr:`first` is the grid's end), as
+        after the last :meth:`release`. ``background`` and errors as for :meth:`release`."""
+        plane = tuple(self.logits.shape[2:])
+        done = np.zeros(plane[0], dtype=np.int64) if self._plane_done is None else self._plane_done
+        final = np.maximum(np.minimum(final_columns, plane[1]), done)
+        pieces = self._pieces(self.first, self.grid_rows)
+        for y_start, y_stop, x_start, x_stop in new_boxes(done, final):
+            for ring, _ in pieces:
+                self._average_in_place(ring, slice(y_start, y_stop), slice(x_start, x_stop), background)
+        self._plane_done = final
+        views = [(self.first + offsets.start, self.logits[:, ring]) for ring, offsets in pieces]
+        if bool((final >= plane[1]).all()):
+            self.first = self.grid_rows
+            self.logits, self.weights = None, None  # type: ignore[assignment]
+        return views
+
+    def _average_in_place(self, ring: slice, ys: slice, xs: slice, background: torch.Tensor | None) -> None:
+        """Average one final box of the ring (no tile adds to it again) in place; raises on a non-finite value."""
+        logits, weights = self.logits[:, ring, ys, xs], self.weights[ring, ys, xs]
+        _fill_uncovered(logits, weights, background)
+        torch.div(logits, weights, out=logits)
+        if not bool(torch.isfinite(logits).all()):
+            raise RuntimeError("non-finite logits after accumulation")
+
     def release(self, stop: int, background: torch.Tensor | None) -> list[tuple[int, torch.Tensor]]:
         """Rows [:attr:`first`, ``stop``) averaged as :meth:`~.accumulators.Accumulator.finalise` averages them, in
         the sums' dtype, as (first grid row, (heads, rows, y, x)) pieces: one, or two where the ring wraps (never
@@ -116,12 +149,7 @@ class SlabWindow:
         pieces = []
         for ring, offsets in self._pieces(self.first, stop):
             logits, weights = self.logits[:, ring], self.weights[ring]
-            if background is not None:
-                uncovered = weights == 0
-                if bool(uncovered.any()):
-                    for head in range(logits.shape[0]):
-                        logits[head][uncovered] = float(background[head])
-                    weights[uncovered] = 1
+            _fill_uncovered(logits, weights, background)
             if last:
                 averaged = torch.div(logits, weights, out=logits)  # in place: nothing allocated
             else:
@@ -138,3 +166,14 @@ class SlabWindow:
                 if not bool(torch.isfinite(head).all()):
                     raise RuntimeError("non-finite logits after accumulation")
         return pieces
+
+
+def _fill_uncovered(logits: torch.Tensor, weights: torch.Tensor, background: torch.Tensor | None) -> None:
+    """Give voxels that no tile covered (weight 0, when tiles were skipped) ``background``'s logits at weight 1."""
+    if background is None:
+        return
+    uncovered = weights == 0
+    if bool(uncovered.any()):
+        for head in range(logits.shape[0]):
+            logits[head][uncovered] = float(background[head])
+        weights[uncovered] = 1
