@@ -77,8 +77,9 @@ def test_a_window_of_rows_lies_within_the_error_bound_of_nnunets_own_values(shap
     windows = WindowResampler(resampler)
     bound = resampler.error_bound(float(logits.abs().max()))
     height, width = new_shape[1:]
-    spans = [((0, height), (0, width)), ((height // 3, height), (width // 2, width)), ((1, height // 2), (2, width - 3)),
-             ((0, height // 2), (width // 3, width)), ((height // 4, height // 2), (0, width)),
+    spans = [((0, height), (0, width)), ((height // 3, height), (width // 2, width)),
+             ((1, height // 2), (2, width - 3)), ((0, height // 2), (width // 3, width)),
+             ((height // 4, height // 2), (0, width)),
              ((0, 3), (0, 11)), ((0, 3), (width // 2, width))]  # as many input rows as output rows: not a copy
     for ys, xs in spans:
         for row in (0, new_shape[0] // 2, new_shape[0] - 2):

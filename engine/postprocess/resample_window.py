@@ -150,7 +150,8 @@ def _kernel_span(span: Range, mirrored: bool) -> Range:
     return (span[1] - span[0], span[1] - span[0]) if mirrored else (span[1], span[1] - span[0])
 
 
-def rows_per_window(windows: WindowResampler, channels: int, budget_bytes: int, spans: list[tuple[Range, Range]]) -> int:
+def rows_per_window(windows: WindowResampler, channels: int, budget_bytes: int,
+                    spans: list[tuple[Range, Range]]) -> int:
     """Output rows per :meth:`WindowResampler.slab` call so that the largest of ``spans`` ((y range, x range)
     pairs) keeps its blocks (the rows along axis 0, two y passes, the kernel's output, the near-tie test's byte
     per value) within ``budget_bytes``; at most :data:`WINDOW_ROWS`."""

@@ -1,4 +1,5 @@
-"""Which columns of the last row of tiles are final, tile by tile (so that their export need not wait for the last tile).
+"""Which columns of the last row of tiles are final, tile by tile (so that their export need not wait for its last
+tile).
 
 Along the slowest axis a row of the grid is final once every tile that touches it has run; the last row of tiles
 touches all the rows below its start, so a whole-row release hands them all out only after the last tile. Within that
