@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime.worker_queue import hand_over, stop_worker
 from .slab_file import SlabLabelFile
 
 PENDING_ROWS = 4
@@ -35,34 +36,19 @@ class RowWriter:
 
     def write(self, rows: np.ndarray) -> None:
         """Queue the next ``(rows, y, x)`` block; waits while :data:`PENDING_ROWS` blocks are queued."""
-        while True:
-            self._raise_error()
-            try:
-                self._queue.put(rows, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        hand_over(self._queue, rows, self._raise_error)
 
     def commit(self) -> None:
         """Wait for every queued block, then check and publish the file (:meth:`SlabLabelFile.commit`)."""
-        self._finish_thread()
+        stop_worker(self._queue, self._thread)
         self._raise_error()
         self.file.commit()
 
     def abort(self) -> None:
         """Stop writing and abandon the file: nothing is left under its name."""
         self._stop.set()
-        self._finish_thread()
+        stop_worker(self._queue, self._thread)
         self.file.abort()
-
-    def _finish_thread(self) -> None:
-        while self._thread.is_alive():
-            try:
-                self._queue.put(None, timeout=0.1)
-                break
-            except queue.Full:
-                continue
-        self._thread.join()
 
     def _raise_error(self) -> None:
         if self._error is not None:

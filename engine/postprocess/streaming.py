@@ -33,6 +33,7 @@ from ..events import check_cancelled
 from ..model.bundle import ModelBundle
 from ..runtime.memory import free_device_memory, is_out_of_memory
 from ..runtime.side_stream import Handoff, side_stream
+from ..runtime.worker_queue import hand_over, stop_worker
 from ..sliding.plane_release import new_boxes
 from .export import Exported, LabelSink, Slab, export_slab_rows, slab_of, window_magnitude, window_slab_of
 from .resample import LogitResampler
@@ -117,14 +118,8 @@ class StreamingExport:
             self._raise_error()
 
     def _put(self, update: _Update) -> None:
-        while True:
-            self._raise_error()
-            try:
-                self._queue.put(update, timeout=0.1)
-                self._updates_put += 1
-                return
-            except queue.Full:
-                continue
+        hand_over(self._queue, update, self._raise_error)
+        self._updates_put += 1
 
     def close(self) -> Exported:
         """Wait for the last slab; the labels (and probabilities, and the uncertainty map) in the input's axis order."""
@@ -137,13 +132,7 @@ class StreamingExport:
     def abort(self) -> None:
         """Stop the export thread and drop what it holds (a cancelled or failed run)."""
         self._stop.set()
-        while self._thread.is_alive():
-            try:
-                self._queue.put(None, timeout=0.1)
-                break
-            except queue.Full:
-                continue
-        self._thread.join()
+        stop_worker(self._queue, self._thread)
         self._held = []
         self.sink.abort()
 
